@@ -1,0 +1,33 @@
+"""Assembles the `product_text` table from clean products with the text preprocessor."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from wb_pipeline.core.text import TextPreprocessingConfig, normalize_raw_text, preprocess_text
+
+# The notebook refills an empty preprocessed title with the first 7 words of the preprocessed description.
+PREPROCESSED_TITLE_FILL_WORDS = 7
+
+
+def build_product_text(clean: pd.DataFrame, config: TextPreprocessingConfig) -> pd.DataFrame:
+    """nm, split, natural title/description (for transformer encoders) and preprocessed tokens.
+
+    After preprocessing, the notebook's second fill applies: an empty preprocessed description takes
+    the preprocessed title, an empty preprocessed title the first words of the description.
+    """
+    title = preprocess_text(clean["title"], "title", config)
+    description = preprocess_text(clean["description"], "description", config)
+    description = description.where(description != "", title)
+    head = description.str.split().str[:PREPROCESSED_TITLE_FILL_WORDS].str.join(" ")
+    title = title.where(title != "", head)
+    return pd.DataFrame(
+        {
+            "nm": clean["nm"].to_numpy(),
+            "split": clean["split"].to_numpy(),
+            "title_natural": normalize_raw_text(clean["title"]).to_numpy(),
+            "description_natural": normalize_raw_text(clean["description"]).to_numpy(),
+            "title_preprocessed": title.to_numpy(),
+            "description_preprocessed": description.to_numpy(),
+        }
+    )

@@ -1,0 +1,60 @@
+"""Resources: the raw WB data source and the storage IO manager (parquet under a UPath base dir)."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+from upath import UPath
+
+from wb_pipeline.core import storage
+from wb_pipeline.settings import default_sample_dir
+
+
+class WBRawData(dg.ConfigurableResource):
+    """The folder (local path or fsspec URL) holding the four WB files.
+
+    When it points at the default bundled-sample folder and the files are missing, the
+    deterministic sample is generated there first; any other folder must already hold the data.
+    """
+
+    raw_dir: str
+    sample_products: int = 3000
+    sample_seed: int = 0
+
+    def path(self, file_name: str) -> UPath:
+        return storage.as_upath(self.raw_dir) / file_name
+
+    def ensure_available(self, log=None) -> None:
+        from wb_pipeline.sample_data import SampleSpec, ensure_sample
+
+        if storage.as_upath(self.raw_dir).resolve() == UPath(default_sample_dir()).resolve():
+            manifest = ensure_sample(
+                self.raw_dir, SampleSpec(n_products=self.sample_products, seed=self.sample_seed)
+            )
+            if log is not None:
+                log.info(f"bundled sample ready in {self.raw_dir}: {manifest.get('counts', manifest)}")
+
+
+class _ParquetUPathIOManager(dg.UPathIOManager):
+    """DataFrames as parquet files; one file per asset (and per partition), written atomically."""
+
+    extension = ".parquet"
+
+    def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
+        if not isinstance(obj, pd.DataFrame):
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: the storage IO manager stores DataFrames, got {type(obj)}"
+            )
+        storage.write_parquet(obj, path)
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
+        return storage.read_parquet(path)
+
+
+class WBStorageIOManager(dg.ConfigurableIOManagerFactory):
+    """Asset outputs under `base_dir` (a local path or any fsspec URL): `<base_dir>/<asset key>.parquet`."""
+
+    base_dir: str
+
+    def create_io_manager(self, context) -> _ParquetUPathIOManager:
+        return _ParquetUPathIOManager(base_path=storage.as_upath(self.base_dir) / "assets")

@@ -1,0 +1,33 @@
+"""Where the pipeline reads raw data and writes outputs, from environment variables.
+
+`WB_PIPELINE_RAW_DIR`: folder (local path or fsspec URL) holding the four WB files; default: the
+bundled sample, generated into `data/sample/` on first use.
+`WB_PIPELINE_STORAGE_DIR`: where asset outputs, caches and models go; default: `storage/` in the repo.
+Both folders are git-ignored. No dagster import here: the CLI, tests and benchmarks share it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RAW_DIR_ENV = "WB_PIPELINE_RAW_DIR"
+STORAGE_DIR_ENV = "WB_PIPELINE_STORAGE_DIR"
+
+
+def project_root() -> Path:
+    """The repository root when running from a checkout (editable install), else the working dir."""
+    candidate = Path(__file__).resolve().parent.parent
+    return candidate if (candidate / "pyproject.toml").exists() else Path.cwd()
+
+
+def default_sample_dir() -> str:
+    return str(project_root() / "data" / "sample")
+
+
+def raw_dir() -> str:
+    return os.environ.get(RAW_DIR_ENV) or default_sample_dir()
+
+
+def storage_dir() -> str:
+    return os.environ.get(STORAGE_DIR_ENV) or str(project_root() / "storage")
