@@ -1,0 +1,91 @@
+import pandas as pd
+import pytest
+
+from wb_pipeline.core import cleaning
+from wb_pipeline.core.cleaning import CleaningConfig, clean_products
+
+
+def _index(nms, reason=None, decodable=True):
+    return pd.DataFrame({"nm": nms, "decodable": decodable, "reason": reason})
+
+
+def _raw(rows):
+    return pd.DataFrame(rows, columns=["nm", "title", "description"])
+
+
+def test_rules_table():
+    raw = _raw(
+        [
+            ("1", "Платье летнее", "Лёгкое платье"),  # clean
+            ("2", None, None),  # both missing
+            ("3", "", "   "),  # both blank
+            ("4", None, "одно два три четыре пять шесть семь восемь девять десять одиннадцать"),  # title filled
+            ("5", "Кружка", None),  # description filled from title
+            ("6", "ab", "описание"),  # title too short
+            ("7", "Кружка", "x"),  # missing image
+            ("8", "Кружка", "x"),  # empty image
+            ("9", "Кружка", "x"),  # undecodable image
+            ("1", "Дубль", "x"),  # duplicate nm
+            (None, "Без nm", "x"),  # missing nm
+        ]
+    )
+    index = pd.concat(
+        [
+            _index(["1", "2", "3", "4", "5", "6"]),
+            _index(["8"], reason="empty"),
+            _index(["9"], reason="corrupt", decodable=False),
+        ]
+    )
+    result = clean_products({"train": raw}, index)
+    clean = result.clean.set_index("nm")
+    assert sorted(clean.index) == ["1", "4", "5"]
+    assert clean.loc["4", "title"] == "одно два три четыре пять шесть семь восемь девять десять"
+    assert clean.loc["5", "description"] == "Кружка"
+    by_nm = result.rejected.groupby(result.rejected["nm"].fillna("<none>"))["reason"].apply(list).to_dict()
+    assert by_nm == {
+        "<none>": [cleaning.REJECT_MISSING_NM],
+        "1": [cleaning.REJECT_DUPLICATE_NM],
+        "2": [cleaning.REJECT_NO_TEXT],
+        "3": [cleaning.REJECT_NO_TEXT],
+        "6": [cleaning.REJECT_TITLE_TOO_SHORT],
+        "7": [cleaning.REJECT_MISSING_IMAGE],
+        "8": [cleaning.REJECT_EMPTY_IMAGE],
+        "9": [cleaning.REJECT_UNDECODABLE_IMAGE],
+    }
+    assert len(result.clean) + len(result.rejected) == len(raw)
+    undecodable = result.rejected.set_index("nm").loc["9", "detail"]
+    assert undecodable == "corrupt"
+
+
+def test_duplicate_nm_across_splits_rejected_in_later_split():
+    train = _raw([("1", "Платье", "d")])
+    test = _raw([("1", "Платье", "d"), ("2", "Юбка", "d")])
+    result = clean_products({"train": train, "test": test}, _index(["1", "2"]))
+    assert result.clean[["nm", "split"]].values.tolist() == [["1", "train"], ["2", "test"]]
+    assert result.rejected[["nm", "split", "reason"]].values.tolist() == [["1", "test", cleaning.REJECT_DUPLICATE_NM]]
+
+
+def test_non_utf8_text_bytes_rejected_with_reason():
+    raw = pd.DataFrame({"nm": ["1", "2"], "title": [b"\xff\xfe bad", "Кружка"], "description": ["d", b"\xd0\x9a\xd1\x80"]})
+    result = clean_products({"test": raw}, _index(["1", "2"]))
+    assert result.rejected["reason"].tolist() == [cleaning.REJECT_TEXT_NOT_UTF8]
+    assert result.clean["description"].tolist() == ["Кр"]
+
+
+def test_config_thresholds_are_honoured():
+    raw = _raw([("1", "abcd", "описание товара")])
+    strict = clean_products({"train": raw}, _index(["1"]), CleaningConfig(min_title_chars=5))
+    assert strict.rejected["reason"].tolist() == [cleaning.REJECT_TITLE_TOO_SHORT]
+    no_image_needed = clean_products({"train": _raw([("9", "Кружка", "d")])}, None, CleaningConfig(require_image=False))
+    assert no_image_needed.clean["nm"].tolist() == ["9"]
+
+
+def test_require_image_without_index_is_a_clear_error():
+    with pytest.raises(ValueError, match="image index"):
+        clean_products({"train": _raw([("1", "Кружка", "d")])}, None)
+
+
+def test_megabyte_description_survives():
+    raw = _raw([("1", "Кружка", "слово " * 200_000)])
+    result = clean_products({"train": raw}, _index(["1"]))
+    assert len(result.clean) == 1 and len(result.clean.loc[0, "description"]) > 1_000_000
