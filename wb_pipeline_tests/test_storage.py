@@ -69,7 +69,7 @@ def test_io_manager_refuses_non_dataframes(tmp_path):
     def not_a_frame() -> dict:
         return {"a": 1}
 
-    with pytest.raises(TypeError, match="not_a_frame.*DataFrames"):
+    with pytest.raises(TypeError, match="not_a_frame.*DataFrames and EmbeddingTables"):
         dg.materialize([not_a_frame], resources={"io_manager": WBStorageIOManager(base_dir=str(tmp_path))})
 
 
@@ -87,3 +87,22 @@ def test_config_class_mirrors_core_dataclass_and_round_trips():
     assert to_core(_Core, custom) == _Core(threshold=9, words=("x",), order="BGR")
     with pytest.raises(Exception):
         settings_cls(order="RGBA")
+
+
+def test_io_manager_round_trips_embedding_tables(tmp_path):
+    import numpy as np
+
+    from wb_pipeline.core.embeddings import EmbeddingTable
+
+    @dg.asset
+    def vectors() -> EmbeddingTable:
+        return EmbeddingTable(nm=["1", "2"], vectors=np.eye(2, 3, dtype=np.float32))
+
+    @dg.asset
+    def consumer(vectors: EmbeddingTable) -> pd.DataFrame:
+        assert isinstance(vectors, EmbeddingTable)
+        return pd.DataFrame({"nm": vectors.nm, "first": vectors.vectors[:, 0]})
+
+    io = WBStorageIOManager(base_dir=str(tmp_path))
+    assert dg.materialize([vectors, consumer], resources={"io_manager": io}).success
+    assert pd.read_parquet(tmp_path / "assets" / "consumer.parquet")["first"].tolist() == [1.0, 0.0]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
+import pyarrow.parquet as pq
 from upath import UPath
 
 from wb_pipeline.core import storage
+from wb_pipeline.core.embeddings import EmbeddingTable, is_embedding_table
 from wb_pipeline.settings import default_sample_dir
 
 
@@ -36,19 +38,26 @@ class WBRawData(dg.ConfigurableResource):
 
 
 class _ParquetUPathIOManager(dg.UPathIOManager):
-    """DataFrames as parquet files; one file per asset (and per partition), written atomically."""
+    """DataFrames and EmbeddingTables as parquet files; one file per asset (and per partition),
+    written atomically."""
 
     extension = ".parquet"
 
-    def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
-        if not isinstance(obj, pd.DataFrame):
+    def dump_to_path(self, context: dg.OutputContext, obj, path: UPath) -> None:
+        if isinstance(obj, EmbeddingTable):
+            storage.write_parquet(obj.to_arrow(), path)
+        elif isinstance(obj, pd.DataFrame):
+            storage.write_parquet(obj, path)
+        else:
             raise TypeError(
-                f"{context.asset_key.to_user_string()}: the storage IO manager stores DataFrames, got {type(obj)}"
+                f"{context.asset_key.to_user_string()}: the storage IO manager stores DataFrames "
+                f"and EmbeddingTables, got {type(obj)}"
             )
-        storage.write_parquet(obj, path)
 
-    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
-        return storage.read_parquet(path)
+    def load_from_path(self, context: dg.InputContext, path: UPath):
+        with path.open("rb") as handle:
+            table = pq.read_table(handle)
+        return EmbeddingTable.from_arrow(table) if is_embedding_table(table) else table.to_pandas()
 
 
 class WBStorageIOManager(dg.ConfigurableIOManagerFactory):
