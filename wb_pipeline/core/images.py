@@ -1,0 +1,533 @@
+"""Safe access to the WB images zip: member-name validation, the image index and image decoding.
+
+The images come as `wb_school_horizcv_images.zip`, flat, `{nm}.jpg` at the root, possibly 100k+
+members and possibly on object storage. Everything here treats the zip as hostile input:
+
+- members are resolved by exact name only; a name with a directory part, `..`, an absolute path, a
+  backslash or another extension is never read, it is listed in `rejected_members` with a reason;
+- the zip is never extracted to disk, members are read one by one with a byte cap;
+- every decode failure becomes an `ImageDecodeError` with a machine-readable `reason`, and in the
+  index a row with `decodable=False` and that reason, never a crash and never a silent drop;
+- PIL's decompression-bomb guard is applied per call from `ImageConfig.max_image_pixels` without
+  touching PIL's global settings; `ImageFile.LOAD_TRUNCATED_IMAGES` is never changed (stays False).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import weakref
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from typing import IO, Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from wb_pipeline.core.schema import IMAGE_SIZES_FILE, IMAGE_SIZES_REQUIRED_COLUMNS
+
+# --- machine-readable reasons -------------------------------------------------------------------
+# Why an image cannot be used (index `reason`, `ImageDecodeError.reason`).
+REASON_ZERO_BYTES = "zero_bytes"
+REASON_CORRUPT = "corrupt"  # not an image of an allowed format, or undecodable data
+REASON_TRUNCATED = "truncated"
+REASON_TOO_MANY_PIXELS = "too_many_pixels"  # decompression-bomb guard
+REASON_UNSUPPORTED_MODE = "unsupported_mode"
+REASON_TOO_LARGE = "too_large"  # member bytes above ImageConfig.max_member_bytes
+REASON_ENCRYPTED = "encrypted"
+REASON_BAD_ZIP_MEMBER = "bad_zip_member"  # CRC error, header/directory mismatch, bad compression
+REASON_MISSING_MEMBER = "missing_member"
+# Usable but flagged (index only; `decodable` stays True).
+REASON_EMPTY = "empty"  # WB rule: size below the "empty image" threshold
+REASON_SIZE_MISMATCH = "size_mismatch"  # image_df.parquet size != zip member size
+
+# Why a zip member (or an image_df row) is not in the index (`rejected_members.reason`).
+REJECT_DIRECTORY = "directory"
+REJECT_ABSOLUTE_PATH = "absolute_path"
+REJECT_PATH_TRAVERSAL = "path_traversal"
+REJECT_BACKSLASH = "backslash_in_name"
+REJECT_NESTED_PATH = "nested_path"
+REJECT_NOT_JPG = "not_jpg_name"
+REJECT_BAD_NM = "bad_nm"  # `.jpg` at the root, but the stem is not a plain id
+REJECT_DUPLICATE_NAME = "duplicate_name"
+REJECT_IMAGE_DF_BAD_NM = "image_df_bad_nm"
+REJECT_IMAGE_DF_BAD_SIZE = "image_df_bad_size"
+REJECT_IMAGE_DF_DUPLICATE_NM = "image_df_duplicate_nm"
+REJECT_IMAGE_DF_CONFLICTING_SIZES = "image_df_conflicting_sizes"
+REJECT_NOT_IN_ZIP = "not_in_zip"  # image_df lists an nm the zip has no member for
+
+IMAGE_SUFFIX = ".jpg"
+# A product id: ASCII letters, digits, '_' and '-' only (WB ids are digits). No dots, so no '..'.
+_NM_PATTERN = re.compile(r"[0-9A-Za-z_-]+", re.ASCII)
+
+# Modes decode_image knows how to turn into 8-bit RGB.
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+SUPPORTED_MODES = frozenset(
+    {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr"} | _ALPHA_MODES | _SIXTEEN_BIT_MODES
+)
+
+INDEX_COLUMNS = (
+    "nm", "member", "byte_size", "size_from_image_df", "decodable", "width", "height", "mode",
+    "reason", "is_empty", "size_mismatch", "detail",
+)
+REJECTED_COLUMNS = ("member", "reason", "nm", "source", "detail")
+
+_EXIF_ORIENTATION_TAG = 0x0112
+_EXIF_ORIENTATIONS_SWAPPING_AXES = frozenset({5, 6, 7, 8})
+# The decode check in the index only needs to prove the data decodes: ask JPEG for its smallest
+# DCT scale (1/8), which still entropy-decodes the whole stream, so truncation is still caught.
+_CHECK_DRAFT_SIZE = (1, 1)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Settings of image access; defaults are the WB notebook's values."""
+
+    # Real WB rule: an image with size < 25 KB is "empty" (notebook: image_df.size < 25 * 1024).
+    empty_image_max_bytes: int = 25 * 1024 - 1
+    # Decompression-bomb guard, PIL `Image.MAX_IMAGE_PIXELS` semantics, but an error already above
+    # this value (PIL only warns up to 2x). PIL's own global guard still applies on top.
+    max_image_pixels: int = 64_000_000
+    # The original WB zip may be stored BGR (the seed author swapped channels in his loader).
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    # A member larger than this is never read (a product photo is a few hundred KB).
+    max_member_bytes: int = 64 * 1024 * 1024
+    # Formats PIL may try (JPEG includes multi-picture MPO files); keeps plugins that shell out or
+    # parse exotic containers (EPS, PSD, ...) off.
+    allowed_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"ImageConfig.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        for name in ("empty_image_max_bytes", "max_image_pixels", "max_member_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ImageConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.allowed_formats:
+            raise ValueError("ImageConfig.allowed_formats must name at least one format")
+        Image.init()  # registers every PIL plugin, so the check below sees all format names
+        unknown = [name for name in self.allowed_formats if name.upper() not in Image.OPEN]
+        if unknown:
+            raise ValueError(f"ImageConfig.allowed_formats: PIL cannot open format(s) {unknown}")
+
+
+class ImageDecodeError(ValueError):
+    """An image (or its zip member) cannot be used; `reason` is one of the REASON_* codes."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        # What the header told before the failure (width, height, mode), for the index row.
+        self.header: dict[str, object] = {}
+
+
+# --- member names ---------------------------------------------------------------------------------
+
+
+def member_name_rejection(name: str) -> str | None:
+    """Why `name` is not a valid root-level `{nm}.jpg` member (a REJECT_* code), or None if valid."""
+    if "\\" in name:
+        return REJECT_BACKSLASH
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return REJECT_ABSOLUTE_PATH
+    parts = name.split("/")
+    if ".." in parts:
+        return REJECT_PATH_TRAVERSAL
+    if name.endswith("/"):
+        return REJECT_DIRECTORY
+    if len(parts) > 1:
+        return REJECT_NESTED_PATH
+    if not name.endswith(IMAGE_SUFFIX):
+        return REJECT_NOT_JPG
+    if not _NM_PATTERN.fullmatch(name[: -len(IMAGE_SUFFIX)]):
+        return REJECT_BAD_NM
+    return None
+
+
+def nm_from_member_name(name: str) -> str | None:
+    """'123.jpg' -> '123'; a directory part, '..', an absolute path, a backslash, whitespace or
+    another extension (the match is exact and case-sensitive: '1.JPG' is rejected) -> None."""
+    if member_name_rejection(name) is not None:
+        return None
+    return name[: -len(IMAGE_SUFFIX)]
+
+
+# --- opening the zip and reading members ----------------------------------------------------------
+
+
+class _OwningZipFile(zipfile.ZipFile):
+    """A ZipFile over a file object this module opened: closing the zip closes the file too."""
+
+    def __init__(self, owned_file: IO[bytes]) -> None:
+        self._owned_file = owned_file
+        try:
+            super().__init__(owned_file)
+        except BaseException:
+            owned_file.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._owned_file.close()
+
+
+def _describe(path_or_file: object) -> str:
+    return str(getattr(path_or_file, "path", None) or getattr(path_or_file, "name", None) or path_or_file)
+
+
+def open_zip(path_or_file: str | os.PathLike[str] | IO[bytes]) -> zipfile.ZipFile:
+    """Open the images zip for reading without extracting it.
+
+    Accepts a local path (str or PathLike), a UPath / fsspec URL string such as 's3://bucket/x.zip'
+    (opened as a seekable binary file object) or an already-open seekable binary file object (the
+    caller keeps ownership of that one). Raises ValueError naming the input when it is not a zip.
+    """
+    description = _describe(path_or_file)
+    try:
+        if hasattr(path_or_file, "read"):
+            file_object = path_or_file
+            if hasattr(file_object, "seekable") and not file_object.seekable():
+                raise ValueError(f"{description}: the images zip file object must be seekable")
+            return zipfile.ZipFile(file_object)  # type: ignore[arg-type]
+        if isinstance(path_or_file, str) and "://" not in path_or_file:
+            return zipfile.ZipFile(path_or_file)
+        if isinstance(path_or_file, (str, os.PathLike)):
+            from upath import UPath  # local import: only remote paths need it
+
+            upath = path_or_file if isinstance(path_or_file, UPath) else UPath(path_or_file)
+            if upath.protocol in ("", "file", "local"):
+                return zipfile.ZipFile(os.fspath(upath.path))
+            return _OwningZipFile(upath.open("rb"))
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{description}: not a valid zip archive ({error})") from error
+    raise TypeError(
+        f"open_zip expects a path, a UPath or a binary file object, got {type(path_or_file).__name__}"
+    )
+
+
+# Names that occur more than once in a zip's central directory, cached per ZipFile object so that
+# reading 100k members stays linear.
+_duplicates_cache: weakref.WeakKeyDictionary[zipfile.ZipFile, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _duplicate_names(zf: zipfile.ZipFile) -> frozenset[str]:
+    # NameToInfo keeps one entry per name, infolist() every central-directory record.
+    if len(zf.infolist()) == len(zf.NameToInfo):
+        return frozenset()
+    cached = _duplicates_cache.get(zf)
+    if cached is None:
+        counts = Counter(info.filename for info in zf.infolist())
+        cached = frozenset(name for name, count in counts.items() if count > 1)
+        _duplicates_cache[zf] = cached
+    return cached
+
+
+def _read_info(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> bytes:
+    """Read one member's bytes; every zip-level failure becomes ImageDecodeError with a reason."""
+    if info.flag_bits & 0x1:
+        raise ImageDecodeError(REASON_ENCRYPTED, f"{info.filename} is encrypted")
+    if info.file_size > max_bytes:
+        raise ImageDecodeError(
+            REASON_TOO_LARGE, f"{info.filename} has {info.file_size} bytes > limit {max_bytes}"
+        )
+    try:
+        with zf.open(info) as member_file:
+            # Read one byte past the cap: the declared size in the header is not trusted.
+            data = member_file.read(max_bytes + 1)
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError, ValueError) as error:
+        raise ImageDecodeError(REASON_BAD_ZIP_MEMBER, f"{info.filename}: {error}") from error
+    if len(data) > max_bytes:
+        raise ImageDecodeError(REASON_TOO_LARGE, f"{info.filename} inflates past {max_bytes} bytes")
+    return data
+
+
+def read_member(zf: zipfile.ZipFile, member: str, max_bytes: int) -> bytes:
+    """The bytes of the root-level `{nm}.jpg` member named exactly `member`.
+
+    Refuses (ImageDecodeError with a reason) a name that is not a valid `{nm}.jpg`
+    ('missing_member'), a name absent from the zip ('missing_member'), a name stored more than once
+    ('duplicate_name': which copy is meant is ambiguous), an encrypted member ('encrypted'), and a
+    member whose declared or actual size exceeds `max_bytes` ('too_large').
+    """
+    if nm_from_member_name(member) is None:
+        raise ImageDecodeError(REASON_MISSING_MEMBER, f"{member!r} is not a valid {{nm}}.jpg member name")
+    try:
+        info = zf.getinfo(member)
+    except KeyError:
+        raise ImageDecodeError(REASON_MISSING_MEMBER, f"{member!r} is not in the zip") from None
+    if member in _duplicate_names(zf):
+        raise ImageDecodeError(REJECT_DUPLICATE_NAME, f"{member!r} is stored more than once in the zip")
+    return _read_info(zf, info, max_bytes)
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any supported mode -> 8-bit RGB; transparency is composited on white."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        # PIL's convert('L') clips 16-bit values at 255 instead of scaling; scale 0..65535 -> 0..255.
+        values = np.asarray(image, dtype=np.int64)
+        scaled = (np.clip(values, 0, 65535) + 128) // 257
+        return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image if mode == "RGB" else image.convert("RGB")
+
+
+def _classify_pil_error(error: BaseException) -> str:
+    message = str(error).lower()
+    if isinstance(error, EOFError) or "truncated" in message:
+        return REASON_TRUNCATED
+    return REASON_CORRUPT
+
+
+@dataclass(frozen=True)
+class _DecodeResult:
+    image: Image.Image
+    width: int  # as displayed, after EXIF orientation, at full resolution
+    height: int
+    mode: str  # the stored PIL mode
+
+
+def _decode(data: bytes, config: ImageConfig, draft_size: tuple[int, int] | None) -> _DecodeResult:
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Somebody flipped PIL's global switch; truncated files would then decode as grey garbage.
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False for safe decoding")
+    header: dict[str, object] = {}
+    try:
+        return _decode_unchecked(data, config, draft_size, header)
+    except ImageDecodeError as error:
+        error.header = header
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # DecompressionBombWarning only arrives here when a warnings filter turns it into an error.
+        raise _with_header(ImageDecodeError(REASON_TOO_MANY_PIXELS, str(error)), header) from error
+    except UnidentifiedImageError as error:
+        raise _with_header(ImageDecodeError(REASON_CORRUPT, str(error)), header) from error
+    except Exception as error:  # noqa: BLE001 - PIL plugins raise many types on hostile bytes
+        reason = _classify_pil_error(error)
+        raise _with_header(ImageDecodeError(reason, f"{type(error).__name__}: {error}"), header) from error
+
+
+def _with_header(error: ImageDecodeError, header: dict[str, object]) -> ImageDecodeError:
+    error.header = header
+    return error
+
+
+def _decode_unchecked(
+    data: bytes, config: ImageConfig, draft_size: tuple[int, int] | None, header: dict[str, object]
+) -> _DecodeResult:
+    if len(data) == 0:
+        raise ImageDecodeError(REASON_ZERO_BYTES, "the image has 0 bytes")
+    image = Image.open(io.BytesIO(data), formats=list(config.allowed_formats))
+    width, height = image.size
+    header.update(mode=image.mode, width=width, height=height)
+    pixels = max(1, width) * max(1, height)
+    if pixels > config.max_image_pixels:
+        raise ImageDecodeError(
+            REASON_TOO_MANY_PIXELS, f"{width}x{height} = {pixels} pixels > limit {config.max_image_pixels}"
+        )
+    stored_mode = image.mode
+    if stored_mode not in SUPPORTED_MODES:
+        raise ImageDecodeError(REASON_UNSUPPORTED_MODE, f"PIL mode {stored_mode!r}")
+    orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
+    if orientation in _EXIF_ORIENTATIONS_SWAPPING_AXES:
+        width, height = height, width
+    header.update(width=width, height=height)
+    if draft_size is not None:
+        image.draft(None, draft_size)  # JPEG only; other formats ignore it
+    image.load()
+    image = ImageOps.exif_transpose(image)
+    rgb = _to_rgb(image)
+    if config.channel_order == "BGR":
+        red, green, blue = rgb.split()
+        rgb = Image.merge("RGB", (blue, green, red))
+    return _DecodeResult(rgb, width, height, stored_mode)
+
+
+def decode_image(data: bytes, config: ImageConfig) -> Image.Image:
+    """Fully decode image bytes to an 8-bit RGB PIL image.
+
+    Handles grayscale, CMYK JPEG, RGBA/LA/P with transparency (composited on white), 16-bit
+    grayscale (scaled to 8 bit) and EXIF orientation; swaps channels when
+    `config.channel_order == "BGR"`. Raises ImageDecodeError with reason 'zero_bytes', 'corrupt',
+    'truncated', 'too_many_pixels' or 'unsupported_mode'.
+    """
+    return _decode(data, config, draft_size=None).image
+
+
+# --- the image index ------------------------------------------------------------------------------
+
+
+def _normalize_nm(values: pd.Series) -> pd.Series:
+    """image_df nm (int, integral float or str) -> stripped str; anything else -> missing."""
+    if pd.api.types.is_float_dtype(values):
+        integral = values.notna() & np.isfinite(values) & (values == np.floor(values))
+        result = pd.Series(pd.NA, index=values.index, dtype=object)
+        result[integral] = values[integral].astype("int64").astype(str)
+        return result
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype("Int64").astype(str).where(values.notna(), pd.NA).astype(object)
+    def one(value: object) -> str | None:
+        if isinstance(value, str):
+            return value.strip()
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            return str(value)
+        return None
+
+    as_text = values.map(one)
+    return as_text.where(as_text.notna() & (as_text != ""), pd.NA).astype(object)
+
+
+def _image_df_sizes(sizes: pd.DataFrame) -> tuple[dict[str, int], list[dict[str, object]]]:
+    """nm -> size from image_df.parquet, plus rejection rows for its bad or ambiguous rows."""
+    missing = [column for column in IMAGE_SIZES_REQUIRED_COLUMNS if column not in sizes.columns]
+    if missing:
+        raise ValueError(f"{IMAGE_SIZES_FILE}: missing required column(s) {missing}")
+    nms = _normalize_nm(sizes["nm"])
+    numeric = pd.to_numeric(sizes["size"], errors="coerce")
+    size_ok = numeric.notna() & (numeric >= 0) & (numeric == np.floor(numeric.fillna(0)))
+    rejected: list[dict[str, object]] = []
+
+    def reject(mask: pd.Series, reason: str, detail: str) -> None:
+        for raw_nm, nm in zip(sizes["nm"][mask], nms[mask]):
+            rejected.append(
+                dict(member=None, reason=reason, nm=None if pd.isna(nm) else nm, source=IMAGE_SIZES_FILE,
+                     detail=f"{detail} (nm={raw_nm!r})")
+            )
+
+    bad_nm = nms.isna()
+    reject(bad_nm, REJECT_IMAGE_DF_BAD_NM, "nm is missing or not an id")
+    bad_size = ~bad_nm & ~size_ok
+    reject(bad_size, REJECT_IMAGE_DF_BAD_SIZE, "size is missing, negative or not an integer")
+    good = pd.DataFrame({"nm": nms[~bad_nm & ~bad_size], "size": numeric[~bad_nm & ~bad_size].astype("int64")})
+    sizes_per_nm = good.groupby("nm", sort=False)["size"].nunique()
+    conflicting = good["nm"].isin(sizes_per_nm.index[sizes_per_nm > 1])
+    reject(_align(conflicting, sizes), REJECT_IMAGE_DF_CONFLICTING_SIZES, "the nm is listed with different sizes")
+    consistent = good[~conflicting]
+    repeated = consistent["nm"].duplicated()
+    reject(_align(repeated, sizes), REJECT_IMAGE_DF_DUPLICATE_NM, "the nm is listed again (same size)")
+    kept = consistent[~repeated]
+    return dict(zip(kept["nm"], kept["size"].tolist())), rejected
+
+
+def _align(mask: pd.Series, frame: pd.DataFrame) -> pd.Series:
+    return mask.reindex(frame.index, fill_value=False).astype(bool)
+
+
+def build_image_index(
+    zf: zipfile.ZipFile, sizes: pd.DataFrame | None, config: ImageConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Index every member of the images zip without extracting it.
+
+    Returns `(index, rejected_members)`.
+
+    `index`: one row per valid root-level `{nm}.jpg` member, in zip order, columns
+    nm (str), member (str), byte_size (int64, uncompressed member size), size_from_image_df (Int64,
+    from `sizes` = image_df.parquet when given), decodable (bool), width/height (Int64, as displayed
+    after EXIF orientation), mode (str, the stored PIL mode), reason (str or missing), is_empty
+    (bool), size_mismatch (bool), detail (str or missing, human-readable).
+    `reason` is the first that applies of: why the image is not decodable (a REASON_* code),
+    'empty' (size <= `config.empty_image_max_bytes`, measured on the image_df size when known, as
+    the notebook did, else on the member size), 'size_mismatch' (image_df size != member size).
+    `is_empty` / `size_mismatch` hold those two flags even when an earlier reason wins.
+
+    `rejected_members`: columns member, reason, nm, source ('zip' or image_df.parquet), detail:
+    zip members that are not a valid `{nm}.jpg` (path traversal, absolute, nested, directories,
+    other files, all copies of a duplicated name) and image_df rows that are malformed, ambiguous or
+    name an nm with no member in the zip.
+
+    The decode check decodes every image (JPEGs at 1/8 DCT scale, which still reads the whole
+    entropy-coded stream), so truncated or corrupt data is caught, not only a bad header.
+    """
+    size_by_nm, rejected = ({}, []) if sizes is None else _image_df_sizes(sizes)
+    infos = zf.infolist()
+    duplicates = _duplicate_names(zf)
+    columns: dict[str, list[object]] = {name: [] for name in INDEX_COLUMNS}
+    for info in infos:
+        name = info.filename
+        rejection = member_name_rejection(name)
+        if rejection is None and name in duplicates:
+            rejection = REJECT_DUPLICATE_NAME
+        if rejection is not None:
+            rejected.append(
+                dict(member=name, reason=rejection, nm=nm_from_member_name(name), source="zip", detail=None)
+            )
+            continue
+        nm = name[: -len(IMAGE_SUFFIX)]
+        image_df_size = size_by_nm.get(nm)
+        row = _index_row(zf, info, nm, image_df_size, config)
+        for key, value in row.items():
+            columns[key].append(value)
+    indexed = set(columns["nm"])
+    for nm in size_by_nm:
+        if nm not in indexed and nm + IMAGE_SUFFIX not in duplicates:
+            rejected.append(
+                dict(member=nm + IMAGE_SUFFIX, reason=REJECT_NOT_IN_ZIP, nm=nm, source=IMAGE_SIZES_FILE,
+                     detail="image_df lists this nm but the zip has no such member")
+            )
+    return _index_frame(columns), _rejected_frame(rejected)
+
+
+def _index_row(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, nm: str, image_df_size: int | None, config: ImageConfig
+) -> dict[str, object]:
+    row: dict[str, object] = dict(
+        nm=nm, member=info.filename, byte_size=info.file_size, size_from_image_df=image_df_size,
+        decodable=False, width=None, height=None, mode=None, reason=None, detail=None,
+    )
+    try:
+        data = _read_info(zf, info, config.max_member_bytes)
+        result = _decode(data, config, draft_size=_CHECK_DRAFT_SIZE)
+        row.update(decodable=True, width=result.width, height=result.height, mode=result.mode)
+    except ImageDecodeError as error:
+        row.update(reason=error.reason, detail=error.detail or None, width=error.header.get("width"),
+                   height=error.header.get("height"), mode=error.header.get("mode"))
+    size_for_empty = info.file_size if image_df_size is None else image_df_size
+    row["is_empty"] = size_for_empty <= config.empty_image_max_bytes
+    row["size_mismatch"] = image_df_size is not None and image_df_size != info.file_size
+    if row["reason"] is None and row["is_empty"]:
+        row["reason"] = REASON_EMPTY
+    if row["reason"] is None and row["size_mismatch"]:
+        row["reason"] = REASON_SIZE_MISMATCH
+    if row["size_mismatch"]:
+        note = f"image_df size {image_df_size} != zip member size {info.file_size}"
+        row["detail"] = note if row["detail"] is None else f"{row['detail']}; {note}"
+    return row
+
+
+def _index_frame(columns: dict[str, list[object]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "nm": pd.Series(columns["nm"], dtype="str"),
+            "member": pd.Series(columns["member"], dtype="str"),
+            "byte_size": pd.Series(columns["byte_size"], dtype="int64"),
+            "size_from_image_df": pd.Series(columns["size_from_image_df"], dtype="Int64"),
+            "decodable": pd.Series(columns["decodable"], dtype="bool"),
+            "width": pd.Series(columns["width"], dtype="Int64"),
+            "height": pd.Series(columns["height"], dtype="Int64"),
+            "mode": pd.Series(columns["mode"], dtype="str"),
+            "reason": pd.Series(columns["reason"], dtype="str"),
+            "is_empty": pd.Series(columns["is_empty"], dtype="bool"),
+            "size_mismatch": pd.Series(columns["size_mismatch"], dtype="bool"),
+            "detail": pd.Series(columns["detail"], dtype="str"),
+        }
+    )
+
+
+def _rejected_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {column: pd.Series([row[column] for row in rows], dtype="str") for column in REJECTED_COLUMNS}
+    )

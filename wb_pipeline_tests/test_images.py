@@ -1,0 +1,557 @@
+"""Tests of wb_pipeline.core.images: hostile zips and bad images end as reasons, never crashes."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zipfile
+import zlib
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageFile
+from upath import UPath
+
+from wb_pipeline.core import images
+from wb_pipeline.core.images import (
+    INDEX_COLUMNS,
+    REJECTED_COLUMNS,
+    ImageConfig,
+    ImageDecodeError,
+    build_image_index,
+    decode_image,
+    member_name_rejection,
+    nm_from_member_name,
+    open_zip,
+    read_member,
+)
+
+CONFIG = ImageConfig()
+
+
+# --- image and zip builders -----------------------------------------------------------------------
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def noise_jpeg(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return encode(Image.fromarray(pixels), quality=90)
+
+
+def solid_png(mode: str, size: tuple[int, int], color: object) -> bytes:
+    return encode(Image.new(mode, size, color), "PNG")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares `width` x `height` pixels (a decompression bomb shape)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def padded_to(data: bytes, total_bytes: int) -> bytes:
+    """JPEG bytes padded after the end-of-image marker to an exact size (decoders ignore the tail)."""
+    assert len(data) <= total_bytes
+    return data + b"\0" * (total_bytes - len(data))
+
+
+def zip_bytes(members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns when we write duplicate names
+        with zipfile.ZipFile(buffer, "w", compression) as archive:
+            for name, data in members:
+                archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def open_members(members: list[tuple[str, bytes]], **kwargs: int) -> zipfile.ZipFile:
+    return zipfile.ZipFile(io.BytesIO(zip_bytes(members, **kwargs)))
+
+
+def decode_reason(data: bytes, config: ImageConfig = CONFIG) -> str:
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(data, config)
+    return caught.value.reason
+
+
+def pixel(image: Image.Image, xy: tuple[int, int] = (0, 0)) -> tuple[int, ...]:
+    return tuple(np.asarray(image)[xy[1], xy[0]].tolist())
+
+
+# --- member names ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "nm"), [("123.jpg", "123"), ("0.jpg", "0"), ("ab_c-9.jpg", "ab_c-9")]
+)
+def test_valid_member_names_give_their_nm(name: str, nm: str) -> None:
+    assert nm_from_member_name(name) == nm
+    assert member_name_rejection(name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("../evil.jpg", "path_traversal"),
+        ("a/../../evil.jpg", "path_traversal"),
+        ("/abs.jpg", "absolute_path"),
+        ("C:evil.jpg", "absolute_path"),
+        ("dir/1.jpg", "nested_path"),
+        ("dir/", "directory"),
+        ("..\\evil.jpg", "backslash_in_name"),
+        ("1\\2.jpg", "backslash_in_name"),
+        ("notes.txt", "not_jpg_name"),
+        ("1.JPG", "not_jpg_name"),
+        ("1.jpeg", "not_jpg_name"),
+        ("1.jpg.exe", "not_jpg_name"),
+        (".jpg", "bad_nm"),
+        ("..jpg", "bad_nm"),
+        (" 1.jpg", "bad_nm"),
+        ("1 2.jpg", "bad_nm"),
+        ("١٢.jpg", "bad_nm"),  # non-ASCII digits are not WB ids
+    ],
+)
+def test_unsafe_or_foreign_member_names_are_refused(name: str, reason: str) -> None:
+    assert nm_from_member_name(name) is None
+    assert member_name_rejection(name) == reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30))
+def test_any_accepted_name_is_a_plain_root_jpg(name: str) -> None:
+    nm = nm_from_member_name(name)
+    if nm is not None:
+        assert name == nm + ".jpg"
+        assert nm and not set(nm) & set("/\\. \0")
+
+
+# --- decode_image ---------------------------------------------------------------------------------
+
+
+def test_decodes_a_plain_jpeg_to_rgb() -> None:
+    image = decode_image(noise_jpeg(64, 48), CONFIG)
+    assert image.mode == "RGB" and image.size == (64, 48)
+
+
+def test_corrupt_bytes_are_reported_as_corrupt() -> None:
+    assert decode_reason(b"this is not an image at all" * 10) == "corrupt"
+    # A valid JPEG start with garbage after the header.
+    good = noise_jpeg()
+    assert decode_reason(good[:200] + bytes(range(256)) * 4) in {"corrupt", "truncated"}
+
+
+def test_truncated_jpeg_is_reported_as_truncated() -> None:
+    data = noise_jpeg(256, 256)
+    assert decode_reason(data[: len(data) // 2]) == "truncated"
+
+
+def test_truncated_png_is_reported_as_truncated() -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(pixels), "PNG")
+    assert decode_reason(data[: len(data) // 2]) == "truncated"
+
+
+def test_zero_bytes_are_reported() -> None:
+    assert decode_reason(b"") == "zero_bytes"
+
+
+def test_cmyk_jpeg_comes_back_as_rgb() -> None:
+    red_in_cmyk = encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), quality=95)
+    image = decode_image(red_in_cmyk, CONFIG)
+    assert image.mode == "RGB"
+    red, green, blue = pixel(image, (8, 8))
+    assert red > 230 and green < 25 and blue < 25
+
+
+def test_grayscale_jpeg_comes_back_as_rgb_with_equal_channels() -> None:
+    image = decode_image(encode(Image.new("L", (16, 16), 100), quality=95), CONFIG)
+    assert image.mode == "RGB"
+    red, green, blue = pixel(image, (8, 8))
+    assert red == green == blue and abs(red - 100) <= 2
+
+
+def test_rgba_png_named_jpg_is_composited_on_white() -> None:
+    rgba = Image.new("RGBA", (2, 1), (0, 0, 0, 0))
+    rgba.putpixel((1, 0), (10, 20, 30, 255))
+    image = decode_image(encode(rgba, "PNG"), CONFIG)
+    assert image.mode == "RGB"
+    assert pixel(image, (0, 0)) == (255, 255, 255)  # fully transparent -> white, not black
+    assert pixel(image, (1, 0)) == (10, 20, 30)
+
+
+def test_half_transparent_la_and_palette_transparency_are_composited_on_white() -> None:
+    half_black = decode_image(solid_png("LA", (2, 2), (0, 128)), CONFIG)
+    assert all(abs(channel - 127) <= 1 for channel in pixel(half_black))
+    palette = Image.new("P", (2, 2), 0)
+    palette.putpalette([0, 0, 0, 200, 0, 0])
+    palette.putpixel((1, 1), 1)
+    data = encode(palette, "PNG", transparency=0)
+    image = decode_image(data, CONFIG)
+    assert pixel(image, (0, 0)) == (255, 255, 255)
+    assert pixel(image, (1, 1)) == (200, 0, 0)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
+    values = np.array([[0, 128 * 257, 65535]], dtype=np.uint16)
+    data = encode(Image.fromarray(values), "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    image = decode_image(data, CONFIG)
+    assert np.asarray(image)[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_thirty_two_bit_integer_mode_is_scaled_as_sixteen_bit() -> None:
+    wide = Image.new("I", (3, 1))
+    for x, value in enumerate([0, 128 * 257, 70000]):  # above 65535 clips to white
+        wide.putpixel((x, 0), value)
+    data = encode(wide, "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I"
+    assert np.asarray(decode_image(data, CONFIG))[0, :, 1].tolist() == [0, 128, 255]
+
+
+def test_unsupported_mode_is_reported() -> None:
+    assert decode_reason(encode(Image.new("F", (4, 4), 0.5), "TIFF")) == "unsupported_mode"
+
+
+def test_formats_outside_the_allow_list_are_not_opened() -> None:
+    ppm = encode(Image.new("RGB", (4, 4), (1, 2, 3)), "PPM")
+    assert decode_reason(ppm) == "corrupt"
+    assert decode_image(ppm, ImageConfig(allowed_formats=("PPM",))).size == (4, 4)
+    with pytest.raises(ValueError, match="NOPE"):
+        ImageConfig(allowed_formats=("JPEG", "NOPE"))
+
+
+def test_exif_orientation_is_applied() -> None:
+    upright = Image.new("RGB", (20, 10), (0, 0, 255))
+    upright.paste((255, 0, 0), (0, 0, 10, 10))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90 degree clockwise turn
+    image = decode_image(encode(upright, quality=95, exif=exif.tobytes()), CONFIG)
+    assert image.size == (10, 20)
+    red, _, blue = pixel(image, (5, 2))  # the stored left half is on top after the turn
+    assert red > 200 and blue < 60
+
+
+def test_bgr_channel_order_swaps_red_and_blue() -> None:
+    data = solid_png("RGB", (4, 4), (255, 0, 0))
+    assert pixel(decode_image(data, ImageConfig(channel_order="RGB"))) == (255, 0, 0)
+    assert pixel(decode_image(data, ImageConfig(channel_order="BGR"))) == (0, 0, 255)
+    with pytest.raises(ValueError, match="channel_order"):
+        ImageConfig(channel_order="GBR")  # type: ignore[arg-type]
+
+
+def test_huge_declared_size_is_a_decompression_bomb() -> None:
+    assert decode_reason(png_declaring(100_000, 100_000)) == "too_many_pixels"  # beyond PIL's own guard
+    assert decode_reason(png_declaring(8_500, 8_500)) == "too_many_pixels"  # 72M: only our 64M guard
+
+
+def test_bomb_warning_turned_into_an_error_is_still_a_reason() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_reason(png_declaring(10_000, 10_000)) == "too_many_pixels"
+
+
+def test_bomb_guard_follows_the_config_per_call_without_touching_pil_globals() -> None:
+    before = Image.MAX_IMAGE_PIXELS
+    small = ImageConfig(max_image_pixels=100)
+    assert decode_reason(noise_jpeg(11, 10), small) == "too_many_pixels"
+    assert decode_image(noise_jpeg(10, 10), small).size == (10, 10)
+    assert Image.MAX_IMAGE_PIXELS == before
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_refuses_to_run_when_truncated_images_are_allowed_globally(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(RuntimeError, match="LOAD_TRUNCATED_IMAGES"):
+        decode_image(noise_jpeg(), CONFIG)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=400), st.integers(min_value=0, max_value=2000))
+def test_mangled_bytes_never_escape_as_other_errors(garbage: bytes, cut: int) -> None:
+    for data in (garbage, noise_jpeg(32, 32)[:cut] + garbage, solid_png("RGBA", (8, 8), (1, 2, 3, 4))[:cut] + garbage):
+        try:
+            decode_image(data, CONFIG)
+        except ImageDecodeError as error:
+            assert error.reason in {"zero_bytes", "corrupt", "truncated", "too_many_pixels", "unsupported_mode"}
+
+
+# --- read_member ----------------------------------------------------------------------------------
+
+
+def test_read_member_by_exact_name() -> None:
+    data = noise_jpeg()
+    zf = open_members([("1.jpg", data), ("dir/2.jpg", data)])
+    assert read_member(zf, "1.jpg", max_bytes=10**6) == data
+    for name in ("2.jpg", "./1.jpg", "dir/2.jpg", "1"):
+        with pytest.raises(ImageDecodeError) as caught:
+            read_member(zf, name, max_bytes=10**6)
+        assert caught.value.reason == "missing_member"
+
+
+def test_read_member_refuses_oversize_and_duplicates() -> None:
+    data = noise_jpeg()
+    zf = open_members([("1.jpg", data), ("2.jpg", b"a"), ("2.jpg", b"b")])
+    assert read_member(zf, "1.jpg", max_bytes=len(data)) == data
+    with pytest.raises(ImageDecodeError) as too_large:
+        read_member(zf, "1.jpg", max_bytes=len(data) - 1)
+    assert too_large.value.reason == "too_large"
+    with pytest.raises(ImageDecodeError) as duplicate:
+        read_member(zf, "2.jpg", max_bytes=10)
+    assert duplicate.value.reason == "duplicate_name"
+
+
+def test_damaged_and_encrypted_members_are_reasons() -> None:
+    data = noise_jpeg()
+    raw = bytearray(zip_bytes([("1.jpg", data), ("2.jpg", data)], compression=zipfile.ZIP_STORED))
+    first = raw.index(data)
+    raw[first + 100] ^= 0xFF  # damage the stored bytes of 1.jpg: CRC mismatch
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        headers = [i for i in range(len(raw)) if raw.startswith(signature, i)]
+        raw[headers[1] + flag_offset] |= 0x01  # mark 2.jpg encrypted (local and central headers)
+    zf = zipfile.ZipFile(io.BytesIO(bytes(raw)))
+    reasons = {}
+    for name in ("1.jpg", "2.jpg"):
+        with pytest.raises(ImageDecodeError) as caught:
+            read_member(zf, name, max_bytes=10**6)
+        reasons[name] = caught.value.reason
+    assert reasons == {"1.jpg": "bad_zip_member", "2.jpg": "encrypted"}
+    index, _ = build_image_index(zf, None, CONFIG)
+    assert index.set_index("nm")["reason"].to_dict() == {"1": "bad_zip_member", "2": "encrypted"}
+
+
+# --- build_image_index ----------------------------------------------------------------------------
+
+
+def test_index_of_a_hostile_zip_accounts_for_every_member() -> None:
+    good = noise_jpeg(64, 48)
+    truncated = noise_jpeg(256, 256, seed=2)
+    cmyk = encode(Image.new("CMYK", (8, 8), (0, 0, 0, 0)))
+    members = [
+        ("1.jpg", good),
+        ("2.jpg", truncated[: len(truncated) // 2]),
+        ("3.jpg", b""),
+        ("4.jpg", b"\xff\xd8 definitely not a jpeg"),
+        ("5.jpg", cmyk),
+        ("6.jpg", solid_png("RGBA", (5, 7), (0, 0, 0, 0))),
+        ("7.jpg", encode(Image.fromarray(np.zeros((3, 9), dtype=np.uint16)), "PNG")),
+        ("8.jpg", png_declaring(100_000, 100_000)),
+        ("10.jpg", png_declaring(8_500, 8_500)),
+        ("../evil.jpg", good),
+        ("/abs.jpg", good),
+        ("dir/1.jpg", good),
+        ("dir/", b""),
+        ("notes.txt", b"hello"),
+        ("9.jpg", good),
+        ("9.jpg", b"a different payload"),
+    ]
+    zf = open_members(members)
+    index, rejected = build_image_index(zf, None, CONFIG)
+
+    assert tuple(index.columns) == INDEX_COLUMNS and tuple(rejected.columns) == REJECTED_COLUMNS
+    assert len(index) + len(rejected) == len(members)  # nothing silently dropped
+    rows = index.set_index("nm")
+    assert rows.index.tolist() == ["1", "2", "3", "4", "5", "6", "7", "8", "10"]
+    assert rows["decodable"].to_dict() == {
+        "1": True, "2": False, "3": False, "4": False, "5": True, "6": True, "7": True, "8": False, "10": False,
+    }
+    assert rows.loc[["2", "3", "4", "8", "10"], "reason"].tolist() == [
+        "truncated", "zero_bytes", "corrupt", "too_many_pixels", "too_many_pixels",
+    ]
+    assert rows.loc["1", ["width", "height", "mode"]].tolist() == [64, 48, "RGB"]
+    assert rows.loc["2", ["width", "height"]].tolist() == [256, 256]  # the header was readable
+    assert rows.loc["10", ["width", "height"]].tolist() == [8_500, 8_500]  # our guard: size known
+    assert rows.loc["8", ["width", "height"]].isna().all()  # PIL's own guard fired inside open()
+    assert rows.loc[["5", "6", "7"], "mode"].tolist() == ["CMYK", "RGBA", "I;16"]
+    assert rows.loc["1", "byte_size"] == len(good)
+    assert rows["size_from_image_df"].isna().all()
+
+    assert dict(zip(rejected["member"], rejected["reason"])) == {
+        "../evil.jpg": "path_traversal",
+        "/abs.jpg": "absolute_path",
+        "dir/1.jpg": "nested_path",
+        "dir/": "directory",
+        "notes.txt": "not_jpg_name",
+        "9.jpg": "duplicate_name",
+    }
+    assert (rejected["member"] == "9.jpg").sum() == 2  # both copies: which one is real is unknown
+    assert set(rejected["source"]) == {"zip"}
+
+
+def test_index_dtypes_hold_for_an_empty_zip() -> None:
+    index, rejected = build_image_index(open_members([]), None, CONFIG)
+    assert index.empty and rejected.empty
+    assert tuple(index.columns) == INDEX_COLUMNS and tuple(rejected.columns) == REJECTED_COLUMNS
+    assert str(index["byte_size"].dtype) == "int64"
+    assert str(index["width"].dtype) == "Int64" and str(index["size_from_image_df"].dtype) == "Int64"
+    assert index["decodable"].dtype == bool
+
+
+def test_empty_image_threshold_boundary_on_member_size() -> None:
+    limit = CONFIG.empty_image_max_bytes
+    assert limit == 25 * 1024 - 1
+    base = noise_jpeg(32, 32)
+    zf = open_members([("1.jpg", padded_to(base, limit)), ("2.jpg", padded_to(base, limit + 1))])
+    rows = build_image_index(zf, None, CONFIG)[0].set_index("nm")
+    assert rows["byte_size"].tolist() == [limit, limit + 1]
+    assert rows["decodable"].all()
+    assert rows["is_empty"].to_dict() == {"1": True, "2": False}
+    assert rows.loc["1", "reason"] == "empty" and pd.isna(rows.loc["2", "reason"])
+    bigger_limit = ImageConfig(empty_image_max_bytes=limit + 1)
+    assert build_image_index(zf, None, bigger_limit)[0]["is_empty"].tolist() == [True, True]
+
+
+def test_image_df_sizes_are_recorded_and_used_for_the_empty_rule() -> None:
+    limit = CONFIG.empty_image_max_bytes
+    big = padded_to(noise_jpeg(32, 32), limit + 10)
+    zf = open_members([("1.jpg", big), ("2.jpg", big), ("3.jpg", big)])
+    sizes = pd.DataFrame({"nm": [1, 2, 3], "size": [len(big), limit, limit + 1]})
+    rows = build_image_index(zf, sizes, CONFIG)[0].set_index("nm")
+    assert rows["size_from_image_df"].tolist() == [len(big), limit, limit + 1]
+    assert rows["size_mismatch"].to_dict() == {"1": False, "2": True, "3": True}
+    assert rows["is_empty"].to_dict() == {"1": False, "2": True, "3": False}
+    # 'empty' outranks 'size_mismatch' in `reason`; both flags stay visible.
+    assert rows["reason"].fillna("-").to_dict() == {"1": "-", "2": "empty", "3": "size_mismatch"}
+    assert "image_df size" in rows.loc["3", "detail"]
+
+
+def test_bad_image_df_rows_are_recorded_not_dropped() -> None:
+    data = noise_jpeg()
+    zf = open_members([("1.jpg", data), ("2.jpg", data), ("3.jpg", data), ("4.jpg", data)])
+    sizes = pd.DataFrame(
+        {
+            "nm": [" 1 ", "2", "2", "3", "3", None, "5", "4", "42"],
+            "size": [len(data), len(data), len(data), 10, 11, 5, -1, len(data), 7],
+        },
+    )
+    index, rejected = build_image_index(zf, sizes, CONFIG)
+    rows = index.set_index("nm")
+    assert rows["size_from_image_df"].tolist() == [len(data), len(data), pd.NA, len(data)]
+    assert not rows["size_mismatch"].any()
+    from_image_df = rejected[rejected["source"] == "image_df.parquet"]
+    assert sorted(zip(from_image_df["reason"], from_image_df["nm"].fillna("-"))) == [
+        ("image_df_bad_nm", "-"),
+        ("image_df_bad_size", "5"),
+        ("image_df_conflicting_sizes", "3"),
+        ("image_df_conflicting_sizes", "3"),
+        ("image_df_duplicate_nm", "2"),
+        ("not_in_zip", "42"),
+    ]
+
+
+def test_image_df_nm_as_float_matches_string_members() -> None:
+    data = noise_jpeg()
+    sizes = pd.DataFrame({"nm": [1.0, np.nan, 2.5], "size": [len(data), 1, 1]})
+    index, rejected = build_image_index(open_members([("1.jpg", data)]), sizes, CONFIG)
+    assert index["size_from_image_df"].tolist() == [len(data)]
+    assert rejected["reason"].tolist() == ["image_df_bad_nm", "image_df_bad_nm"]
+
+
+def test_image_df_without_required_columns_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"image_df.parquet.*size"):
+        build_image_index(open_members([]), pd.DataFrame({"nm": ["1"]}), CONFIG)
+
+
+def test_index_decode_check_agrees_with_full_decode() -> None:
+    data = noise_jpeg(640, 480, seed=3)
+    cases = [data, data[: len(data) - 500], data[:300], solid_png("RGB", (3, 3), (0, 0, 0))]
+    zf = open_members([(f"{i}.jpg", case) for i, case in enumerate(cases)])
+    index = build_image_index(zf, None, ImageConfig(empty_image_max_bytes=0))[0]
+    for case, decodable in zip(cases, index["decodable"]):
+        try:
+            decode_image(case, CONFIG)
+            fully_decodable = True
+        except ImageDecodeError:
+            fully_decodable = False
+        assert decodable == fully_decodable
+
+
+def test_oversize_member_is_indexed_as_too_large() -> None:
+    data = noise_jpeg()
+    zf = open_members([("1.jpg", data)])
+    row = build_image_index(zf, None, ImageConfig(max_member_bytes=len(data) - 1))[0].iloc[0]
+    assert not row["decodable"] and row["reason"] == "too_large"
+
+
+# --- open_zip -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def zip_on_disk(tmp_path: Path) -> Path:
+    path = tmp_path / "wb_school_horizcv_images.zip"
+    path.write_bytes(zip_bytes([("1.jpg", noise_jpeg()), ("../x.jpg", b"")]))
+    return path
+
+
+def test_open_zip_from_paths(zip_on_disk: Path) -> None:
+    for source in (zip_on_disk, str(zip_on_disk), UPath(zip_on_disk), f"file://{zip_on_disk}"):
+        with open_zip(source) as zf:
+            assert zf.namelist() == ["1.jpg", "../x.jpg"]
+    assert not any(zip_on_disk.parent.glob("x.jpg")) and not (zip_on_disk.parent / "1.jpg").exists()
+
+
+def test_open_zip_from_binary_file_objects(zip_on_disk: Path) -> None:
+    with open_zip(io.BytesIO(zip_on_disk.read_bytes())) as zf:
+        assert build_image_index(zf, None, CONFIG)[0]["nm"].tolist() == ["1"]
+    with fsspec.open(f"file://{zip_on_disk}", "rb") as file_object:
+        with open_zip(file_object) as zf:
+            assert read_member(zf, "1.jpg", 10**6)[:2] == b"\xff\xd8"
+        assert not file_object.closed  # the caller's file object stays the caller's
+
+
+def test_open_zip_through_an_fsspec_filesystem_url(zip_on_disk: Path) -> None:
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/wb_test_images/images.zip", zip_on_disk.read_bytes())
+    try:
+        with open_zip("memory://wb_test_images/images.zip") as zf:
+            assert build_image_index(zf, None, CONFIG)[0]["decodable"].tolist() == [True]
+    finally:
+        memory.rm("/wb_test_images", recursive=True)
+
+
+def test_a_zip_over_a_file_this_module_opened_closes_that_file(zip_on_disk: Path) -> None:
+    file_object = zip_on_disk.open("rb")
+    images._OwningZipFile(file_object).close()
+    assert file_object.closed
+    bad = io.BytesIO(b"not a zip")
+    with pytest.raises(zipfile.BadZipFile):
+        images._OwningZipFile(bad)
+    assert bad.closed  # no leak when the file is not a zip
+
+
+def test_open_zip_errors_name_the_input(tmp_path: Path) -> None:
+    not_a_zip = tmp_path / "images.zip"
+    not_a_zip.write_bytes(b"plain text")
+    with pytest.raises(ValueError, match="images.zip.*not a valid zip"):
+        open_zip(not_a_zip)
+
+    class NonSeekable(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return False
+
+    with pytest.raises(ValueError, match="seekable"):
+        open_zip(NonSeekable())
+    with pytest.raises(TypeError, match="int"):
+        open_zip(42)  # type: ignore[arg-type]
+
+
+def test_module_does_not_import_dagster() -> None:
+    source = Path(images.__file__).read_text("utf-8")
+    assert "import dagster" not in source and "from dagster" not in source
