@@ -114,3 +114,20 @@ def test_cache_dim_mismatch_is_an_error(tmp_path):
     EmbeddingCache(tmp_path, "fp", DIM).add(["h"], np.ones((1, DIM)))
     with pytest.raises(ValueError, match="dim 4, expected 8"):
         EmbeddingCache(tmp_path, "fp", 8)
+
+
+def test_prepare_chunk_runs_ahead_and_feeds_encode(tmp_path):
+    texts = [f"t{i}" for i in range(7)]
+    hashes = [content_hash(t) for t in texts]
+    prepared = []
+
+    def prepare(rows):
+        prepared.append(list(rows))
+        return [texts[r].upper() for r in rows]
+
+    def encode(payload):
+        return _vectors_for([p.lower() for p in payload])
+
+    vectors, stats = embed_incrementally(hashes, encode, EmbeddingCache(tmp_path, "fp", DIM), chunk_size=3, prepare_chunk=prepare)
+    assert prepared == [[0, 1, 2], [3, 4, 5], [6]]
+    np.testing.assert_allclose(vectors, _vectors_for(texts))

@@ -17,7 +17,9 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -167,16 +169,19 @@ ProgressCallback = Callable[[int, int, float], None]  # (done, total, seconds so
 
 def embed_incrementally(
     hashes: Sequence[str],
-    encode_chunk: Callable[[np.ndarray], np.ndarray],
+    encode_chunk: Callable[[Any], np.ndarray],
     cache: EmbeddingCache,
     chunk_size: int = 1024,
     progress: ProgressCallback | None = None,
+    prepare_chunk: Callable[[np.ndarray], Any] | None = None,
 ) -> tuple[np.ndarray, EmbedStats]:
     """Vectors for every row: cached ones looked up, the rest encoded chunk by chunk and cached.
 
-    `encode_chunk(row_positions)` must return the L2-normalised vectors of those rows (positions into
-    `hashes`); it is called once per chunk of rows whose hash is not cached yet. Rows with the same
-    hash are encoded once.
+    Rows whose hash is not cached are encoded in chunks of `chunk_size`, each distinct hash once.
+    Without `prepare_chunk`, `encode_chunk(row_positions)` returns the L2-normalised vectors of those
+    rows (positions into `hashes`). With it, `prepare_chunk(row_positions)` (reading, decoding) runs
+    one chunk ahead in a background thread, overlapping the next chunk's I/O with this chunk's
+    inference, and `encode_chunk` receives what it returned.
     """
     started = time.perf_counter()
     hashes = list(hashes)
@@ -184,20 +189,26 @@ def embed_incrementally(
     out = np.zeros((len(hashes), cache.dim), dtype=np.float32)
     out[found] = cached
     missing_positions = np.flatnonzero(~found)
-    # one representative row per distinct missing hash
+    # one representative row per distinct missing hash, in input order
     _, first_rows = np.unique(np.asarray(hashes, dtype=object)[missing_positions], return_index=True)
     todo = missing_positions[np.sort(first_rows)]
+    chunks = [todo[start : start + chunk_size] for start in range(0, len(todo), chunk_size)]
     stats = EmbedStats(total=len(hashes), from_cache=int(found.sum()))
+    prepare = prepare_chunk or (lambda rows: rows)
     done = 0
-    for start in range(0, len(todo), chunk_size):
-        rows = todo[start : start + chunk_size]
-        vectors = np.asarray(encode_chunk(rows), dtype=np.float32)
-        if vectors.shape != (len(rows), cache.dim):
-            raise ValueError(f"encoder returned shape {vectors.shape} for {len(rows)} rows of dim {cache.dim}")
-        cache.add([hashes[r] for r in rows], vectors)
-        done += len(rows)
-        if progress is not None:
-            progress(done, len(todo), time.perf_counter() - started)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-chunk") as ahead:
+        pending = ahead.submit(prepare, chunks[0]) if chunks else None
+        for position, rows in enumerate(chunks):
+            payload = pending.result()
+            if position + 1 < len(chunks):
+                pending = ahead.submit(prepare, chunks[position + 1])
+            vectors = np.asarray(encode_chunk(payload), dtype=np.float32)
+            if vectors.shape != (len(rows), cache.dim):
+                raise ValueError(f"encoder returned shape {vectors.shape} for {len(rows)} rows of dim {cache.dim}")
+            cache.add([hashes[r] for r in rows], vectors)
+            done += len(rows)
+            if progress is not None:
+                progress(done, len(todo), time.perf_counter() - started)
     if len(todo):
         still, vectors = cache.lookup([hashes[r] for r in missing_positions])
         out[missing_positions[still]] = vectors

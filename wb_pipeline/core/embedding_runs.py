@@ -1,0 +1,78 @@
+"""Embedding runs over products: texts, and images streamed from the WB zip, through the cache.
+
+Reader -> mapper -> writer per chunk (clip-retrieval style): a chunk's inputs are read and decoded
+in worker threads (PIL releases the GIL while decoding) one chunk ahead of inference, the encoder
+maps them to vectors, and the cache writes each finished chunk to storage. Only one chunk of images
+is ever held in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from upath import UPath
+
+from wb_pipeline.core import images
+from wb_pipeline.core.embeddings import (
+    EmbedStats,
+    EmbeddingCache,
+    ProgressCallback,
+    content_hash,
+    embed_incrementally,
+)
+
+
+def embed_texts(
+    texts: Sequence[str],
+    encoder,
+    cache: EmbeddingCache,
+    chunk_size: int = 1024,
+    progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, EmbedStats]:
+    """Vectors for `texts` (row-aligned), keyed in the cache by the hash of each exact text."""
+    texts = list(texts)
+    hashes = [content_hash(t) for t in texts]
+    return embed_incrementally(
+        hashes, lambda rows: encoder.encode([texts[r] for r in rows]), cache, chunk_size, progress
+    )
+
+
+def embed_zip_images(
+    zip_path: UPath,
+    members: Sequence[str],
+    hashes: Sequence[str],
+    encoder,
+    cache: EmbeddingCache,
+    image_config: images.ImageConfig,
+    chunk_size: int = 256,
+    decode_workers: int = 2,
+    max_member_bytes: int = 64 * 1024 * 1024,
+    progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, EmbedStats]:
+    """Vectors for the zip members (row-aligned), keyed by the content hash of each member's bytes.
+
+    `hashes` come from the image index (computed when it read each member), so cached images are
+    never read again. A member that fails to decode here raises `ImageDecodeError` naming it: the
+    image index already rejected undecodable members, so this means the zip changed underneath.
+    """
+    members = list(members)
+    with zip_path.open("rb") as handle, images.open_zip(handle) as zf, ThreadPoolExecutor(
+        max_workers=decode_workers, thread_name_prefix="decode"
+    ) as pool:
+
+        def decode_one(member_and_bytes: tuple[str, bytes]) -> np.ndarray:
+            member, data = member_and_bytes
+            try:
+                return encoder.preprocess(images.decode_image(data, image_config))
+            except images.ImageDecodeError as error:
+                raise images.ImageDecodeError(error.reason, f"{member}: {error.detail}") from error
+
+        def prepare(rows: np.ndarray) -> np.ndarray:
+            raw = [(members[r], images.read_member(zf, members[r], max_member_bytes)) for r in rows]
+            return np.stack(list(pool.map(decode_one, raw)))
+
+        return embed_incrementally(
+            hashes, encoder.encode_preprocessed, cache, chunk_size, progress, prepare_chunk=prepare
+        )
