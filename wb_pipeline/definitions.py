@@ -6,27 +6,35 @@ import dagster as dg
 
 from wb_pipeline import settings
 from wb_pipeline.defs.automation import jobs
+from wb_pipeline.defs.embeddings import assets as embeddings_assets
+from wb_pipeline.defs.embeddings import checks as embeddings_checks
+from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
 from wb_pipeline.defs.ingestion import assets as ingestion_assets
 from wb_pipeline.defs.labels import assets as labels_assets
 from wb_pipeline.defs.labels import checks as labels_checks
 from wb_pipeline.defs.preprocessing import assets as preprocessing_assets
 from wb_pipeline.defs.preprocessing import checks as preprocessing_checks
-from wb_pipeline.defs.resources import WBRawData, WBStorageIOManager
+from wb_pipeline.defs.resources import WBRawData, WBStorage, WBStorageIOManager
 
-ASSET_MODULES = [ingestion_assets, preprocessing_assets, labels_assets]
-CHECK_MODULES = [preprocessing_checks, labels_checks]
+ASSET_MODULES = [ingestion_assets, preprocessing_assets, labels_assets, embeddings_assets]
+CHECK_MODULES = [preprocessing_checks, labels_checks, embeddings_checks]
 
 
 def build_definitions(raw_dir: str | None = None, storage_dir: str | None = None) -> dg.Definitions:
     """Definitions reading WB files from `raw_dir` and writing outputs under `storage_dir`
     (defaults: `WB_PIPELINE_RAW_DIR` / `WB_PIPELINE_STORAGE_DIR`, else the bundled sample and `storage/`)."""
+    storage_dir = storage_dir or settings.storage_dir()
+    models_dir = str(WBStorage(base_dir=storage_dir).path("models"))
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
         jobs=[jobs.full_pipeline],
         resources={
             "raw_data": WBRawData(raw_dir=raw_dir or settings.raw_dir()),
-            "io_manager": WBStorageIOManager(base_dir=storage_dir or settings.storage_dir()),
+            "io_manager": WBStorageIOManager(base_dir=storage_dir),
+            "pipeline_storage": WBStorage(base_dir=storage_dir),
+            "text_encoder": TextEncoderResource(cache_dir=models_dir),
+            "image_encoder": ImageEncoderResource(cache_dir=models_dir),
         },
     )
 

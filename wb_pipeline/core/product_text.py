@@ -31,3 +31,20 @@ def build_product_text(clean: pd.DataFrame, config: TextPreprocessingConfig) -> 
             "description_preprocessed": description.to_numpy(),
         }
     )
+
+
+def encoder_text(product_text: pd.DataFrame, fields: str = "title_description", form: str = "natural") -> pd.Series:
+    """The exact text each product feeds to the text encoder.
+
+    `fields`: 'title' or 'title_description' (title, then description, joined by '. ');
+    `form`: 'natural' (HTML-stripped original text, what transformer encoders were trained on) or
+    'preprocessed' (the notebook's token stream).
+    """
+    if fields not in ("title", "title_description") or form not in ("natural", "preprocessed"):
+        raise ValueError(f"encoder_text: unknown fields={fields!r} or form={form!r}")
+    title = product_text[f"title_{form}"].fillna("")
+    if fields == "title":
+        return title
+    description = product_text[f"description_{form}"].fillna("")
+    same = description.eq(title) | description.eq("")
+    return title.where(same, title + ". " + description)

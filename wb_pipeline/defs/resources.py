@@ -37,6 +37,15 @@ class WBRawData(dg.ConfigurableResource):
                 log.info(f"bundled sample ready in {self.raw_dir}: {manifest.get('counts', manifest)}")
 
 
+class WBStorage(dg.ConfigurableResource):
+    """The output root (local path or fsspec URL): asset files, embedding caches, converted models."""
+
+    base_dir: str
+
+    def path(self, *parts: str) -> UPath:
+        return storage.as_upath(self.base_dir).joinpath(*parts)
+
+
 class _ParquetUPathIOManager(dg.UPathIOManager):
     """DataFrames and EmbeddingTables as parquet files; one file per asset (and per partition),
     written atomically."""

@@ -1,0 +1,119 @@
+"""Group `embeddings`: text and image vectors per clean product, computed incrementally."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dagster as dg
+import pandas as pd
+
+from wb_pipeline.core import images, schema
+from wb_pipeline.core.embedding_runs import embed_texts, embed_zip_images
+from wb_pipeline.core.embeddings import EmbeddingCache, EmbeddingTable, EmbedStats
+from wb_pipeline.core.product_text import encoder_text
+from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
+from wb_pipeline.defs.resources import WBRawData, WBStorage
+
+
+
+class TextEmbeddingSettings(dg.Config):
+    """What text goes into the encoder, and how much work is persisted at a time."""
+
+    fields: Literal["title", "title_description"] = "title_description"
+    form: Literal["natural", "preprocessed"] = "natural"
+    chunk_size: int = 512
+
+
+def progress_logger(context: dg.AssetExecutionContext, what: str):
+    """A progress callback that logs done/total, rate and ETA to the run log."""
+
+    def report(done: int, total: int, seconds: float) -> None:
+        rate = done / seconds if seconds > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        context.log.info(f"{what}: {done}/{total} embedded ({rate:.1f}/s), ETA {eta:.0f}s")
+
+    return report
+
+
+def embedding_metadata(table: EmbeddingTable, encoder, stats: EmbedStats) -> dict:
+    return {
+        "dagster/row_count": len(table),
+        "dim": table.dim,
+        "encoder": repr(encoder),
+        "encoder_fingerprint": encoder.fingerprint,
+        "seconds": round(stats.seconds, 3),
+        "rows_per_second": round(stats.total / stats.seconds, 1) if stats.seconds else None,
+        "embedded_now": stats.embedded,
+        "from_cache": stats.from_cache,
+    }
+
+
+@dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"}, code_version="1", pool="embedding")
+def text_embeddings(
+    context: dg.AssetExecutionContext,
+    product_text: pd.DataFrame,
+    text_encoder: TextEncoderResource,
+    pipeline_storage: WBStorage,
+    config: TextEmbeddingSettings,
+) -> dg.MaterializeResult:
+    """One L2-normalised float32 text vector per clean product (row-aligned with `nm`).
+
+    Cached by (encoder fingerprint, hash of the exact input text): only new or changed texts are
+    encoded; a different encoder config re-embeds everything."""
+    encoder = text_encoder.build()
+    texts = encoder_text(product_text, config.fields, config.form)
+    cache = EmbeddingCache(pipeline_storage.path("cache", "text_embeddings"), encoder.fingerprint, encoder.dim)
+    vectors, stats = embed_texts(texts.tolist(), encoder, cache, config.chunk_size,
+                                 progress_logger(context, "text_embeddings"))
+    table = EmbeddingTable(nm=product_text["nm"].to_numpy(), vectors=vectors)
+    metadata = embedding_metadata(table, encoder, stats)
+    metadata["input_text"] = f"{config.fields} ({config.form})"
+    return dg.MaterializeResult(value=table, metadata=metadata)
+
+
+class ImageEmbeddingSettings(dg.Config):
+    chunk_size: int = 256
+    decode_workers: int = 2
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+
+
+@dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"}, code_version="1", pool="embedding")
+def image_embeddings(
+    context: dg.AssetExecutionContext,
+    clean_products: pd.DataFrame,
+    image_index: pd.DataFrame,
+    raw_data: WBRawData,
+    image_encoder: ImageEncoderResource,
+    pipeline_storage: WBStorage,
+    config: ImageEmbeddingSettings,
+) -> dg.MaterializeResult:
+    """One L2-normalised float32 image vector per clean product (row-aligned with `nm`).
+
+    Images are streamed from the zip chunk by chunk (never all in memory), decoded in worker
+    threads one chunk ahead of inference, and cached by (encoder fingerprint, hash of the image
+    bytes, channel order)."""
+    encoder = image_encoder.build()
+    rows = clean_products[["nm"]].merge(
+        image_index[["nm", "member", "content_hash"]].drop_duplicates("nm"), on="nm", how="left"
+    )
+    if rows["member"].isna().any():
+        missing = rows.loc[rows["member"].isna(), "nm"].head(5).tolist()
+        raise ValueError(f"image_embeddings: clean products without an image member, e.g. {missing}")
+    fingerprint = f"{encoder.fingerprint}-{config.channel_order.lower()}"
+    cache = EmbeddingCache(pipeline_storage.path("cache", "image_embeddings"), fingerprint, encoder.dim)
+    vectors, stats = embed_zip_images(
+        raw_data.path(schema.IMAGES_ZIP),
+        rows["member"].tolist(),
+        rows["content_hash"].tolist(),
+        encoder,
+        cache,
+        images.ImageConfig(channel_order=config.channel_order),
+        chunk_size=config.chunk_size,
+        decode_workers=config.decode_workers,
+        progress=progress_logger(context, "image_embeddings"),
+    )
+    table = EmbeddingTable(nm=rows["nm"].to_numpy(), vectors=vectors)
+    metadata = embedding_metadata(table, encoder, stats)
+    metadata["encoder_fingerprint"] = fingerprint
+    metadata["channel_order"] = config.channel_order
+    return dg.MaterializeResult(value=table, metadata=metadata)
