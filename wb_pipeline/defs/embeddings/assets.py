@@ -1,6 +1,5 @@
 """Group `embeddings`: text and image vectors per clean product, computed incrementally."""
 
-from __future__ import annotations
 
 from typing import Literal
 

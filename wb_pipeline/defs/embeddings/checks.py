@@ -1,6 +1,5 @@
 """Data tests on the embedding tables (the same checks for text and image)."""
 
-from __future__ import annotations
 
 import dagster as dg
 import numpy as np

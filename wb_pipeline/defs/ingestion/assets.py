@@ -1,6 +1,5 @@
 """Group `ingestion`: the raw WB tables and the index of the images zip."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

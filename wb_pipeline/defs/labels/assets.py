@@ -1,6 +1,5 @@
 """Group `labels`: parsed characteristics and the derived labels."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

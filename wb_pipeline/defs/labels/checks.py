@@ -1,6 +1,5 @@
 """Data tests on the labels."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

@@ -1,6 +1,5 @@
 """Group `preprocessing`: the notebook's cleaning (every product ends clean or rejected) and product text."""
 
-from __future__ import annotations
 
 import time
 

@@ -1,6 +1,5 @@
 """Data tests on the cleaning step's outputs."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

@@ -1,0 +1,53 @@
+"""The design's structural promises: a thin Dagster layer over a dagster-free core, one Definitions."""
+
+import pkgutil
+import subprocess
+import sys
+
+import wb_pipeline.core
+
+
+def test_core_never_imports_dagster():
+    modules = [m.name for m in pkgutil.walk_packages(wb_pipeline.core.__path__, "wb_pipeline.core.")]
+    modules += ["wb_pipeline.sample_data", "wb_pipeline.settings"]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "print('dagster' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert len(modules) > 10
+    assert result.stdout.strip() == "False"
+
+
+def test_definitions_load_with_every_group_and_check():
+    from wb_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    expected = {
+        "raw_products_train": "ingestion",
+        "raw_products_test": "ingestion",
+        "image_index": "ingestion",
+        "clean_products": "preprocessing",
+        "rejected_products": "preprocessing",
+        "product_text": "preprocessing",
+        "product_characteristics": "labels",
+        "characteristics_parse_errors": "labels",
+        "product_labels": "labels",
+        "text_embeddings": "embeddings",
+        "image_embeddings": "embeddings",
+    }
+    assert {k: groups.get(k) for k in expected} == expected
+    check_names = {key.name for key in graph.asset_check_keys}
+    assert {
+        "clean_products_nm_unique",
+        "input_equals_clean_plus_rejected",
+        "clean_products_have_decodable_image",
+        "derived_labels_within_vocabulary",
+        "text_embeddings_vectors_valid",
+        "image_embeddings_cover_clean_products",
+    } <= check_names
+    assert defs.resolve_job_def("full_pipeline") is not None
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).description, f"{key.to_user_string()} has no description"
