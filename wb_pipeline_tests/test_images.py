@@ -455,10 +455,12 @@ def test_bad_image_df_rows_are_recorded_not_dropped() -> None:
 
 def test_image_df_nm_as_float_matches_string_members() -> None:
     data = noise_jpeg()
-    sizes = pd.DataFrame({"nm": [1.0, np.nan, 2.5], "size": [len(data), 1, 1]})
+    sizes = pd.DataFrame({"nm": [1.0, np.nan], "size": [len(data), 1]}, index=[10, 20])
     index, rejected = build_image_index(open_members([("1.jpg", data)]), sizes, CONFIG)
     assert index["size_from_image_df"].tolist() == [len(data)]
-    assert rejected["reason"].tolist() == ["image_df_bad_nm", "image_df_bad_nm"]
+    assert rejected["reason"].tolist() == ["image_df_bad_nm"]
+    with pytest.raises(ValueError, match=r"image_df.parquet.*nm"):
+        build_image_index(open_members([]), pd.DataFrame({"nm": [2.5], "size": [1]}), CONFIG)
 
 
 def test_image_df_without_required_columns_is_a_clear_error() -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from wb_pipeline.core.ingestion import normalize_nm
 from wb_pipeline.core.schema import IMAGE_SIZES_FILE, IMAGE_SIZES_REQUIRED_COLUMNS
 
 # --- machine-readable reasons -------------------------------------------------------------------
@@ -276,7 +277,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # PIL's convert('L') clips 16-bit values at 255 instead of scaling; scale 0..65535 -> 0..255.
         values = np.asarray(image, dtype=np.int64)
         scaled = (np.clip(values, 0, 65535) + 128) // 257
-        return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")  # 2-D uint8 -> mode L
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in _ALPHA_MODES:
@@ -349,7 +350,8 @@ def _decode_unchecked(
     if draft_size is not None:
         image.draft(None, draft_size)  # JPEG only; other formats ignore it
     image.load()
-    image = ImageOps.exif_transpose(image)
+    if orientation not in (None, 1):
+        ImageOps.exif_transpose(image, in_place=True)  # not always: without a turn it copies
     rgb = _to_rgb(image)
     if config.channel_order == "BGR":
         red, green, blue = rgb.split()
@@ -371,32 +373,13 @@ def decode_image(data: bytes, config: ImageConfig) -> Image.Image:
 # --- the image index ------------------------------------------------------------------------------
 
 
-def _normalize_nm(values: pd.Series) -> pd.Series:
-    """image_df nm (int, integral float or str) -> stripped str; anything else -> missing."""
-    if pd.api.types.is_float_dtype(values):
-        integral = values.notna() & np.isfinite(values) & (values == np.floor(values))
-        result = pd.Series(pd.NA, index=values.index, dtype=object)
-        result[integral] = values[integral].astype("int64").astype(str)
-        return result
-    if pd.api.types.is_integer_dtype(values):
-        return values.astype("Int64").astype(str).where(values.notna(), pd.NA).astype(object)
-    def one(value: object) -> str | None:
-        if isinstance(value, str):
-            return value.strip()
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            return str(value)
-        return None
-
-    as_text = values.map(one)
-    return as_text.where(as_text.notna() & (as_text != ""), pd.NA).astype(object)
-
-
 def _image_df_sizes(sizes: pd.DataFrame) -> tuple[dict[str, int], list[dict[str, object]]]:
     """nm -> size from image_df.parquet, plus rejection rows for its bad or ambiguous rows."""
     missing = [column for column in IMAGE_SIZES_REQUIRED_COLUMNS if column not in sizes.columns]
     if missing:
         raise ValueError(f"{IMAGE_SIZES_FILE}: missing required column(s) {missing}")
-    nms = _normalize_nm(sizes["nm"])
+    # The pipeline-wide nm rule (int / integral float / stripped str; a fractional id raises).
+    nms = normalize_nm(sizes["nm"], source=IMAGE_SIZES_FILE).set_axis(sizes.index)
     numeric = pd.to_numeric(sizes["size"], errors="coerce")
     size_ok = numeric.notna() & (numeric >= 0) & (numeric == np.floor(numeric.fillna(0)))
     rejected: list[dict[str, object]] = []
