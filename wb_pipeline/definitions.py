@@ -20,17 +20,23 @@ ASSET_MODULES = [ingestion_assets, preprocessing_assets, labels_assets, embeddin
 CHECK_MODULES = [preprocessing_checks, labels_checks, embeddings_checks]
 
 
-def build_definitions(raw_dir: str | None = None, storage_dir: str | None = None) -> dg.Definitions:
-    """Definitions reading WB files from `raw_dir` and writing outputs under `storage_dir`
-    (defaults: `WB_PIPELINE_RAW_DIR` / `WB_PIPELINE_STORAGE_DIR`, else the bundled sample and `storage/`)."""
+def build_definitions(
+    raw_dir: str | None = None, storage_dir: str | None = None, incoming_dir: str | None = None
+) -> dg.Definitions:
+    """Definitions reading WB files from `raw_dir` (+ drops registered from `incoming_dir`) and writing
+    outputs under `storage_dir` (defaults: `WB_PIPELINE_RAW_DIR` / `WB_PIPELINE_STORAGE_DIR` /
+    `WB_PIPELINE_INCOMING_DIR`, else the bundled sample, `storage/` and `data/incoming/`)."""
     storage_dir = storage_dir or settings.storage_dir()
+    incoming_dir = incoming_dir or settings.incoming_dir()
     models_dir = str(WBStorage(base_dir=storage_dir).path("models"))
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
-        jobs=[jobs.full_pipeline],
+        jobs=[jobs.full_pipeline, jobs.reembed_new_products],
+        schedules=[jobs.build_reembed_schedule()],
+        sensors=[jobs.build_incoming_sensor(incoming_dir)],
         resources={
-            "raw_data": WBRawData(raw_dir=raw_dir or settings.raw_dir()),
+            "raw_data": WBRawData(raw_dir=raw_dir or settings.raw_dir(), incoming_dir=incoming_dir),
             "io_manager": WBStorageIOManager(base_dir=storage_dir),
             "pipeline_storage": WBStorage(base_dir=storage_dir),
             "text_encoder": TextEncoderResource(cache_dir=models_dir),

@@ -3,7 +3,8 @@
 `WB_PIPELINE_RAW_DIR`: folder (local path or fsspec URL) holding the four WB files; default: the
 bundled sample, generated into `data/sample/` on first use.
 `WB_PIPELINE_STORAGE_DIR`: where asset outputs, caches and models go; default: `storage/` in the repo.
-Both folders are git-ignored. No dagster import here: the CLI, tests and benchmarks share it.
+`WB_PIPELINE_INCOMING_DIR`: where new-product drops arrive; default: `data/incoming/` in the repo.
+All three default folders are git-ignored. No dagster import here: the CLI, tests and benchmarks share it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 RAW_DIR_ENV = "WB_PIPELINE_RAW_DIR"
 STORAGE_DIR_ENV = "WB_PIPELINE_STORAGE_DIR"
+INCOMING_DIR_ENV = "WB_PIPELINE_INCOMING_DIR"
 
 
 def project_root() -> Path:
@@ -31,3 +33,7 @@ def raw_dir() -> str:
 
 def storage_dir() -> str:
     return os.environ.get(STORAGE_DIR_ENV) or str(project_root() / "storage")
+
+
+def incoming_dir() -> str:
+    return os.environ.get(INCOMING_DIR_ENV) or str(project_root() / "data" / "incoming")

@@ -12,6 +12,9 @@ from wb_pipeline.core.embeddings import EmbeddingTable, is_embedding_table
 from wb_pipeline.settings import default_sample_dir
 
 
+MAIN_SOURCE = "main"
+
+
 class WBRawData(dg.ConfigurableResource):
     """The folder (local path or fsspec URL) holding the four WB files.
 
@@ -20,11 +23,17 @@ class WBRawData(dg.ConfigurableResource):
     """
 
     raw_dir: str
+    incoming_dir: str
     sample_products: int = 3000
     sample_seed: int = 0
 
     def path(self, file_name: str) -> UPath:
         return storage.as_upath(self.raw_dir) / file_name
+
+    def sources(self, drops: list[str]) -> list[tuple[str, UPath]]:
+        """(source name, folder): the main dump ('main') first, then each registered drop by name."""
+        incoming = storage.as_upath(self.incoming_dir)
+        return [(MAIN_SOURCE, storage.as_upath(self.raw_dir))] + [(drop, incoming / drop) for drop in sorted(drops)]
 
     def ensure_available(self, log=None) -> None:
         from wb_pipeline.sample_data import SampleSpec, ensure_sample

@@ -1,5 +1,10 @@
-"""Group `ingestion`: the raw WB tables and the index of the images zip."""
+"""Group `ingestion`: the raw WB tables and the index of the images zip.
 
+Each reads the main dump plus every registered new-product drop (see `defs/automation`), with a
+`source` column saying where a row came from.
+"""
+
+import json
 
 import dagster as dg
 import pandas as pd
@@ -7,21 +12,36 @@ import pandas as pd
 from wb_pipeline.core import images, schema
 from wb_pipeline.core.ingestion import read_wb_table
 from wb_pipeline.defs import metadata
+from wb_pipeline.defs.automation.jobs import INGESTED_DROPS_METADATA_KEY, product_drops
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.defs.resources import WBRawData
+from wb_pipeline.defs.resources import MAIN_SOURCE, WBRawData
 
 ImageIndexSettings = config_class(images.ImageConfig, "ImageIndexSettings")
 
 
-def _raw_table(context: dg.AssetExecutionContext, raw_data: WBRawData, file_name: str, required) -> dg.MaterializeResult:
+def _sources(context: dg.AssetExecutionContext, raw_data: WBRawData):
     raw_data.ensure_available(context.log)
-    path = raw_data.path(file_name)
-    frame = read_wb_table(path, required)
+    drops = context.instance.get_dynamic_partitions(product_drops.name)
+    return raw_data.sources(drops), sorted(drops)
+
+
+def _raw_table(context: dg.AssetExecutionContext, raw_data: WBRawData, file_name: str, required) -> dg.MaterializeResult:
+    sources, drops = _sources(context, raw_data)
+    parts = []
+    for source, folder in sources:
+        if source != MAIN_SOURCE and not (folder / file_name).exists():
+            continue  # a drop may carry only train or only test products
+        frame = read_wb_table(folder / file_name, required)
+        frame.insert(1, "source", source)
+        parts.append(frame)
+    frame = pd.concat(parts, ignore_index=True)
     return dg.MaterializeResult(
         value=frame,
         metadata={
             "dagster/row_count": len(frame),
-            "source": str(path),
+            "source": str(raw_data.path(file_name)),
+            "rows_by_source": metadata.value_counts(frame["source"], "source"),
+            INGESTED_DROPS_METADATA_KEY: json.dumps(drops),
             "columns": ", ".join(frame.columns),
             "missing_nm": int(frame["nm"].isna().sum()),
             "preview": metadata.preview(frame.drop(columns=["characteristics"], errors="ignore")),
@@ -45,17 +65,27 @@ def raw_products_test(context: dg.AssetExecutionContext, raw_data: WBRawData) ->
 def image_index(
     context: dg.AssetExecutionContext, raw_data: WBRawData, config: ImageIndexSettings
 ) -> dg.MaterializeResult:
-    """One row per `{nm}.jpg` member of the images zip: byte size, decodable, width, height, mode, reason.
+    """One row per `{nm}.jpg` member of the images zip(s): byte size, content hash, decodable,
+    width, height, mode, reason.
 
     Streams member by member (the zip is never extracted); sizes from `image_df.parquet` are
     recorded and cross-checked when the file exists. Members that are not a plain `{nm}.jpg`
     (path traversal, folders, other files, duplicate names) are listed in metadata with a reason.
     """
-    raw_data.ensure_available(context.log)
-    sizes_path = raw_data.path(schema.IMAGE_SIZES_FILE)
-    sizes = read_wb_table(sizes_path, schema.IMAGE_SIZES_REQUIRED_COLUMNS) if sizes_path.exists() else None
-    with raw_data.path(schema.IMAGES_ZIP).open("rb") as handle, images.open_zip(handle) as zf:
-        index, rejected_members = images.build_image_index(zf, sizes, to_core(images.ImageConfig, config))
+    sources, _ = _sources(context, raw_data)
+    image_config = to_core(images.ImageConfig, config)
+    indexes, rejected = [], []
+    for source, folder in sources:
+        sizes_path = folder / schema.IMAGE_SIZES_FILE
+        sizes = read_wb_table(sizes_path, schema.IMAGE_SIZES_REQUIRED_COLUMNS) if sizes_path.exists() else None
+        with (folder / schema.IMAGES_ZIP).open("rb") as handle, images.open_zip(handle) as zf:
+            index, rejected_members = images.build_image_index(zf, sizes, image_config)
+        index.insert(1, "source", source)
+        rejected_members.insert(0, "source", source)
+        indexes.append(index)
+        rejected.append(rejected_members)
+    index = pd.concat(indexes, ignore_index=True)
+    rejected_members = pd.concat(rejected, ignore_index=True)
     return dg.MaterializeResult(
         value=index,
         metadata={
@@ -64,7 +94,6 @@ def image_index(
             "reasons": metadata.value_counts(index["reason"], "reason"),
             "rejected_members": len(rejected_members),
             "rejected_member_reasons": metadata.table(rejected_members, max_rows=100),
-            "used_image_df_sizes": sizes is not None,
             "preview": metadata.preview(index),
         },
     )
