@@ -1,0 +1,391 @@
+"""Safe parsing of the WB ``characteristics`` cells (bytes) into a long table.
+
+The dump stores each cell in one of three forms (REFERENCE.md §1):
+
+1. the repr of a bytes literal of the repr of a bytes literal of JSON, exactly
+   ``str(str(json.dumps(items).encode()).encode()).encode()`` -- text starting ``b'b\\'``;
+2. ``str()`` of a numpy object array of dicts -- elements separated by whitespace/newlines (no
+   commas), list values printed as ``array([...], dtype=object)``, numpy 2 scalars as
+   ``np.float64(1.5)``;
+3. plain JSON bytes.
+
+Each item has ``charcName`` and either ``charcValues`` (list of str) or ``value`` (a number, or a
+string with a decimal comma). Items are normalised to ``{"name": str, "values": list[str]}``.
+
+Nothing is ever executed: bytes literals are unwrapped by ``ast.literal_eval`` (only a bytes
+constant is accepted) or, on the fast path, by vectorised unescaping that is only used when a
+regular expression proves the literal holds nothing but printable ASCII; the numpy repr is rewritten
+into a Python literal (string-aware, so text inside values is never touched) and read by
+``ast.literal_eval``; JSON by ``json.loads``. Cells above ``max_bytes`` are rejected before parsing.
+
+Deviations from the notebook (``_process_characteristics`` + ``CharExtractor``), on purpose:
+
+* ``eval`` on file data is gone (arbitrary code execution); malformed cells are rejected with a
+  machine-readable reason (:data:`REJECTION_REASONS`) instead of crashing the run.
+* Form 1 is unwrapped as what it is (two nested bytes literals) instead of collapsing every run of
+  backslashes into one, which corrupted values containing a backslash or a quote.
+* Form 2 elements on one line (numpy puts short dicts side by side: ``{...} {...}``) are split
+  too; the notebook only handled ``}\\n``.
+* ``value`` numbers become one canonical string (``1.5``, ``'1,5'`` -> ``"1.5"``; ``2.0`` -> ``"2"``)
+  instead of a float next to strings; empty and missing values are dropped; names are stripped.
+* An item that repeats a name adds values; the notebook kept the last one only.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# A real cell is a few KB; the cap bounds the parser's time and memory on a hostile cell.
+DEFAULT_MAX_CHARACTERISTICS_BYTES = 1 << 20
+# Bytes literals nested deeper than this are not a stored form.
+MAX_BYTES_LITERAL_DEPTH = 4
+
+REJECTION_REASONS = frozenset(
+    {
+        "empty",  # None / NaN / blank cell
+        "unsupported_type",  # neither bytes nor str
+        "too_large",  # over max_bytes
+        "not_utf8",  # undecodable bytes, at any wrapping level
+        "unrecognised_form",  # not a bytes literal, JSON or numpy repr
+        "malformed_bytes_literal",  # starts like form 1 but is not a valid bytes literal
+        "malformed_json",  # JSON text that does not parse
+        "malformed_numpy_repr",  # numpy repr that does not rewrite into a literal
+        "truncated_numpy_repr",  # numpy summarised the array with '...': items are lost
+        "not_a_list",  # parsed, but the top level is not a list
+        "malformed_item",  # an element is not {charcName: str, charcValues: [...] | value: scalar}
+    }
+)
+
+
+class CharacteristicsParseError(ValueError):
+    """A characteristics cell that cannot be parsed; ``reason`` is one of :data:`REJECTION_REASONS`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in REJECTION_REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}")
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class CharacteristicsTable(NamedTuple):
+    """Result of :func:`characteristics_table`.
+
+    ``long``: nm, name, value (str), one row per value. ``rejections``: nm, reason, detail.
+    ``parsed``: nm, n_items, n_values -- one row per input row that parsed (with zero items too),
+    so ``len(parsed) + len(rejections) == len(input)``.
+    """
+
+    long: pd.DataFrame
+    rejections: pd.DataFrame
+    parsed: pd.DataFrame
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation of parsed items
+
+_NUMBER_TEXT = re.compile(r"[+-]?[0-9]+(?:[.,][0-9]+)?")
+
+
+def canonical_value(value: object) -> str | None:
+    """One canonical string for a ``value`` field: numbers and decimal-comma numbers as ``"1.5"``.
+
+    ``None`` and non-finite floats -> ``None`` (no value); other strings are stripped.
+    """
+    if value is None or isinstance(value, bool):
+        return None if value is None else str(value).lower()
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            return None
+        return _canonical_decimal(repr(float(value)))
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER_TEXT.fullmatch(text):
+            return _canonical_decimal(text.replace(",", "."))
+        return text or None
+    raise CharacteristicsParseError("malformed_item", f"value of type {type(value).__name__}")
+
+
+def _canonical_decimal(text: str) -> str:
+    try:
+        number = Decimal(text)
+    except InvalidOperation:  # pragma: no cover - callers pass numeric text only
+        return text
+    return format(number.normalize(), "f")
+
+
+def _normalise_items(items: object) -> list[dict]:
+    if not isinstance(items, list):
+        raise CharacteristicsParseError("not_a_list", f"top level is {type(items).__name__}")
+    normalised = []
+    for position, item in enumerate(items):
+        if item is Ellipsis:
+            raise CharacteristicsParseError("truncated_numpy_repr", "numpy printed '...' instead of items")
+        if not isinstance(item, dict) or not isinstance(item.get("charcName"), str):
+            raise CharacteristicsParseError("malformed_item", f"item {position} has no str charcName")
+        values = item.get("charcValues")
+        if values is not None:
+            if not isinstance(values, (list, tuple)):
+                raise CharacteristicsParseError("malformed_item", f"item {position} charcValues is not a list")
+            if any(value is Ellipsis for value in values):
+                raise CharacteristicsParseError("truncated_numpy_repr", f"item {position} values elided")
+            texts = []
+            for value in values:
+                if isinstance(value, str):
+                    value = value.strip()
+                    if value:
+                        texts.append(value)
+                elif value is not None:
+                    text = canonical_value(value)
+                    if text is not None:
+                        texts.append(text)
+        else:
+            text = canonical_value(item.get("value"))
+            texts = [] if text is None else [text]
+        normalised.append({"name": item["charcName"].strip(), "values": texts})
+    _require_encodable(normalised)
+    return normalised
+
+
+def _require_encodable(items: list[dict]) -> None:
+    """JSON and Python escapes can smuggle lone surrogates, which no UTF-8 table can store."""
+    text = "".join(item["name"] + "".join(item["values"]) for item in items)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise CharacteristicsParseError("not_utf8", f"escaped lone surrogate: {error}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Per-cell parsing
+
+
+def _decode(raw: object, max_bytes: int) -> str:
+    if raw is None:
+        raise CharacteristicsParseError("empty", "missing cell")
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = bytes(raw)
+        if len(raw) > max_bytes:
+            raise CharacteristicsParseError("too_large", f"{len(raw)} bytes > {max_bytes}")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise CharacteristicsParseError("not_utf8", str(error)) from None
+    if isinstance(raw, str):
+        if len(raw) > max_bytes:
+            raise CharacteristicsParseError("too_large", f"{len(raw)} characters > {max_bytes}")
+        try:
+            size = len(raw.encode("utf-8"))
+        except UnicodeEncodeError as error:
+            raise CharacteristicsParseError("not_utf8", str(error)) from None
+        if size > max_bytes:
+            raise CharacteristicsParseError("too_large", f"{size} bytes > {max_bytes}")
+        return raw
+    if isinstance(raw, float) and math.isnan(raw):
+        raise CharacteristicsParseError("empty", "missing cell")
+    raise CharacteristicsParseError("unsupported_type", type(raw).__name__)
+
+
+def _is_bytes_literal(text: str) -> bool:
+    return len(text) >= 3 and text[0] in "bB" and text[1] in "'\""
+
+
+def _unwrap_bytes_literals(text: str) -> str:
+    depth = 0
+    while _is_bytes_literal(text):
+        depth += 1
+        if depth > MAX_BYTES_LITERAL_DEPTH:
+            raise CharacteristicsParseError("malformed_bytes_literal", f"nested deeper than {MAX_BYTES_LITERAL_DEPTH}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
+            raise CharacteristicsParseError("malformed_bytes_literal", _short(error)) from None
+        if not isinstance(value, bytes):
+            raise CharacteristicsParseError("malformed_bytes_literal", f"evaluates to {type(value).__name__}")
+        try:
+            text = value.decode("utf-8").strip()
+        except UnicodeDecodeError as error:
+            raise CharacteristicsParseError("not_utf8", f"inside bytes literal: {error}") from None
+    return text
+
+
+def _short(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:200]
+
+
+# Python string literals (kept verbatim) or the numpy-only syntax to rewrite.
+_NUMPY_REPR_TOKENS = re.compile(
+    r"""(?P<string>[bBuU]?(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"))"""
+    r"""|(?P<elided>\}\s+\.\.\.\s+\{)"""
+    r"""|(?P<between>\}\s+\{)"""
+    r"""|(?P<dtype>,\s*dtype=(?:[A-Za-z_][\w.]*|'[^'\n]*'|"[^"\n]*")\s*\))"""
+    r"""|(?P<call>\b(?:np\.|numpy\.)?(?:array|float\d*|int\d*|uint\d*|str_|bool_?|object_)\()"""
+    r"""|(?P<nan>\bnan\b)"""
+)
+_NUMPY_REPR_REWRITE = {"elided": "}, ..., {", "between": "}, {", "dtype": ")", "call": "(", "nan": "None"}
+
+
+def _numpy_repr_to_literal(text: str) -> str:
+    """Rewrite ``str(np.array([...dicts...], dtype=object))`` into a Python list literal."""
+
+    def rewrite(match: re.Match[str]) -> str:
+        kind = match.lastgroup
+        return match.group(0) if kind == "string" else _NUMPY_REPR_REWRITE[kind]
+
+    return _NUMPY_REPR_TOKENS.sub(rewrite, text)
+
+
+def _parse_unwrapped(text: str, was_bytes_literal: bool) -> object:
+    if not text:
+        raise CharacteristicsParseError("empty", "blank text")
+    if text[0] not in "[{":
+        raise CharacteristicsParseError("unrecognised_form", repr(text[:40]))
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        json_error = error
+    if was_bytes_literal or '"charcName"' in text:
+        # Form 1 always wraps JSON, and double-quoted keys mean JSON: no Python fallback.
+        raise CharacteristicsParseError("malformed_json", _short(json_error))
+    try:
+        return ast.literal_eval(_numpy_repr_to_literal(text))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
+        reason = "malformed_numpy_repr" if "'" in text else "malformed_json"
+        detail = _short(error) if reason == "malformed_numpy_repr" else _short(json_error)
+        raise CharacteristicsParseError(reason, detail) from None
+
+
+def parse_characteristics(
+    raw: bytes | str | None, max_bytes: int = DEFAULT_MAX_CHARACTERISTICS_BYTES
+) -> list[dict]:
+    """Parse one cell in any stored form into ``[{"name": str, "values": list[str]}, ...]``.
+
+    Raises :class:`CharacteristicsParseError` (with ``.reason``) for anything else; never executes
+    input. ``max_bytes`` caps the cell size before any parsing.
+    """
+    text = _decode(raw, max_bytes).strip()
+    if not text:
+        raise CharacteristicsParseError("empty", "blank cell")
+    was_bytes_literal = _is_bytes_literal(text)
+    if was_bytes_literal:
+        text = _unwrap_bytes_literals(text)
+    return _normalise_items(_parse_unwrapped(text, was_bytes_literal))
+
+
+# --------------------------------------------------------------------------------------------
+# Whole column
+
+# Form 1 as produced by the dump: b'b\'<escaped twice JSON>\''.
+_FORM1_PREFIX, _FORM1_SUFFIX = "b'b\\'", "\\''"
+# Content of a bytes literal whose value is printable ASCII: such a literal only ever contains
+# printable characters other than \ and ', plus the escapes \\ and \'.
+_PRINTABLE_ASCII_LITERAL = r"^(?:[ -&(-\[\]-~]|\\\\|\\')*$"
+_UNESCAPE = r"\\(.)"
+
+
+def _fast_unwrap_form1(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Vectorised unwrapping of the standard form 1 whose JSON is printable ASCII.
+
+    Returns (mask of rows handled, their JSON text). Other rows fall back to the per-cell parser.
+    """
+    stripped = pc.utf8_trim_whitespace(texts)
+    candidate = pc.and_(pc.starts_with(stripped, _FORM1_PREFIX), pc.ends_with(stripped, _FORM1_SUFFIX))
+    candidate = pc.and_(candidate, pc.greater_equal(pc.utf8_length(stripped), len(_FORM1_PREFIX) + len(_FORM1_SUFFIX)))
+    candidate = pc.fill_null(candidate, False)
+    content = pc.utf8_slice_codeunits(
+        pc.utf8_slice_codeunits(stripped, len(_FORM1_PREFIX)), 0, -len(_FORM1_SUFFIX)
+    )
+    for _ in range(2):
+        candidate = pc.and_(candidate, pc.fill_null(pc.match_substring_regex(content, _PRINTABLE_ASCII_LITERAL), False))
+        content = pc.replace_substring_regex(content, _UNESCAPE, r"\1")
+    mask = candidate.to_numpy(zero_copy_only=False)
+    return mask, content
+
+
+def characteristics_table(
+    nm: pd.Series, raw: pd.Series, max_bytes: int = DEFAULT_MAX_CHARACTERISTICS_BYTES
+) -> CharacteristicsTable:
+    """Parse a whole column: long table (nm, name, value), rejections (nm, reason, detail), parsed rows.
+
+    Every input row ends in exactly one of ``parsed`` (its values, if any, in ``long``) or
+    ``rejections``. Rows in the standard form 1 take a vectorised unwrapping fast path; every
+    other row goes through :func:`parse_characteristics`.
+    """
+    if len(nm) != len(raw):
+        raise ValueError(f"nm ({len(nm)} rows) and raw ({len(raw)} rows) differ in length")
+    nm_values = nm.astype(str).to_numpy(dtype=object)
+    raw_values = raw.to_numpy(dtype=object)
+    n_rows = len(raw_values)
+
+    decoded: list[str | None] = [None] * n_rows
+    rejections: list[tuple[str, str, str]] = []
+    pending: list[int] = []
+    for position, cell in enumerate(raw_values):
+        try:
+            decoded[position] = _decode(cell, max_bytes)
+        except CharacteristicsParseError as error:
+            rejections.append((nm_values[position], error.reason, error.detail))
+        else:
+            pending.append(position)
+
+    parsed_items: list[list[dict] | None] = [None] * n_rows
+    fast_json: dict[int, str] = {}
+    if pending:
+        texts = pa.array([decoded[p] for p in pending], type=pa.large_string())
+        mask, json_texts = _fast_unwrap_form1(texts)
+        handled = np.flatnonzero(mask)
+        fast_values = json_texts.take(pa.array(handled)).to_pylist() if handled.size else []
+        fast_json = {pending[i]: text for i, text in zip(handled.tolist(), fast_values)}
+
+    for position in pending:
+        try:
+            text = fast_json.get(position)
+            if text is not None:
+                parsed_items[position] = _normalise_items(_parse_unwrapped(text.strip(), True))
+            else:
+                parsed_items[position] = parse_characteristics(decoded[position], max_bytes)
+        except CharacteristicsParseError as error:
+            rejections.append((nm_values[position], error.reason, error.detail))
+
+    long_nm, long_name, long_value, parsed_rows = [], [], [], []
+    for position in pending:
+        items = parsed_items[position]
+        if items is None:
+            continue
+        n_values = 0
+        for item in items:
+            for value in item["values"]:
+                long_nm.append(nm_values[position])
+                long_name.append(item["name"])
+                long_value.append(value)
+                n_values += 1
+        parsed_rows.append((nm_values[position], len(items), n_values))
+
+    string = pd.StringDtype("pyarrow", na_value=np.nan)
+    long = pd.DataFrame(
+        {
+            "nm": pd.array(long_nm, dtype=string),
+            "name": pd.array(long_name, dtype=string),
+            "value": pd.array(long_value, dtype=string),
+        }
+    )
+    rejected = pd.DataFrame(rejections, columns=["nm", "reason", "detail"]).astype(
+        {"nm": string, "reason": string, "detail": string}
+    )
+    parsed = pd.DataFrame(parsed_rows, columns=["nm", "n_items", "n_values"]).astype(
+        {"nm": string, "n_items": "int64", "n_values": "int64"}
+    )
+    return CharacteristicsTable(long=long, rejections=rejected, parsed=parsed)
+

@@ -1,0 +1,243 @@
+"""Text preprocessing of product titles and descriptions (the seed notebook's ``TextPreprocessor``).
+
+Two outputs per text column:
+
+* :func:`normalize_raw_text` -- natural text for transformer encoders: HTML tags removed, HTML
+  entities unescaped, invisible format characters removed, whitespace collapsed.
+* :func:`preprocess_text` -- the notebook's bag-of-words normalisation: remove the
+  ``<number>x<number>`` / ``<number><unit>`` patterns, lowercase, tokenize, drop punctuation, units,
+  (description only) stop words except the kept ones, pure numbers and over-long words, then cap the
+  number of words.
+
+Both work on whole columns with pyarrow compute kernels (RE2 regular expressions); there is no
+per-row Python in the hot path. Both are total: ``None``/NaN/empty -> ``""``, any Unicode string
+(lone surrogates are replaced), megabyte-long strings are fine (RE2 runs in linear time).
+
+Tokenisation (defined here, because nltk's ``word_tokenize`` needs data that cannot be downloaded):
+
+* word characters are Unicode letters (``\\p{L}``), marks (``\\p{M}``) and numbers (``\\p{N}``);
+* a token is a maximal run of word characters, where a hyphen between two word characters
+  (``кто-то``, ``wi-fi``, ``42-44``) and a ``.`` or ``,`` between two number characters (``1,5``,
+  ``3.5``) stay inside the token;
+* every other character separates tokens and is dropped (so all punctuation is dropped).
+
+Deviations from the notebook, on purpose:
+
+* The notebook drops only single ASCII punctuation tokens (``string.punctuation``); tokens such as
+  ``«``, ``»``, ``—``, ``...`` or nltk's ```` `` ```` survived into its output. Here no token
+  contains punctuation except the joiners above.
+* Stop words come from the ``stop-words`` package (``ru``: 421 words, ships its data) instead of
+  nltk's list (151 words, needs a download); 'не' and 'для' are kept, as in the notebook.
+* HTML is stripped and entities unescaped before tokenising (``config.strip_html``), so markup
+  (``br``, ``nbsp``, ``quot``) never becomes a word. The notebook tokenised the markup.
+* "Pure number" means every character is a Unicode number (``\\p{N}``); the notebook used
+  ``str.isdigit`` which differs only on rare characters (``½`` is dropped here, kept there).
+* Missing text gives ``""`` instead of an exception.
+
+The dimension/unit removal regex is the notebook's (applied before lowercasing, so like the
+notebook it removes ``5кг`` but not ``5КГ``); ``\\d`` is spelled ``\\p{Nd}`` because RE2's ``\\d`` is
+ASCII-only while Python's is Unicode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from stop_words import get_stop_words
+
+TextKind = Literal["title", "description"]
+
+NOTEBOOK_UNITS = ("мг", "г", "гр", "кг", "мл", "л", "мм", "см", "м", "км", "шт", "штук")
+# The notebook's `\d+[хХxX]\d+|\d+[кмглршт]+|\d+ [xXхХ] \d+` in RE2 syntax.
+NOTEBOOK_REMOVAL_PATTERN = r"\p{Nd}+[хХxX]\p{Nd}+|\p{Nd}+[кмглршт]+|\p{Nd}+ [xXхХ] \p{Nd}+"
+
+_WORD = r"[\p{L}\p{M}\p{N}]"
+# Private-use code points stand in for joiners while splitting; they are removed from the input first.
+_HYPHEN_MARK, _DOT_MARK, _COMMA_MARK = "\ue000", "\ue001", "\ue002"
+_MARKS_CLASS = r"\x{E000}-\x{E002}"
+_SEPARATOR = rf"[^\p{{L}}\p{{M}}\p{{N}}{_MARKS_CLASS}]+"
+_PURE_NUMBER = r"^\p{N}+$"
+_HTML_MARKUP = r"<!--(?s:.*?)-->|</?[A-Za-z][^<>]*>|<![A-Za-z][^<>]*>"
+_ENTITY = r"&(?:#[0-9]+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);?"
+# Zero-width characters, soft hyphens, BOMs: invisible, and they would split or glue words.
+_INVISIBLE = r"\p{Cf}"
+_WHITESPACE = r"[\s\p{Z}\p{Cc}]+"
+
+
+@dataclass(frozen=True)
+class TextPreprocessingConfig:
+    """Settings of :func:`preprocess_text`; defaults are the seed notebook's values."""
+
+    max_word_len: int = 15
+    title_max_words: int = 60
+    description_max_words: int = 300
+    units: tuple[str, ...] = NOTEBOOK_UNITS
+    kept_stop_words: tuple[str, ...] = ("не", "для")
+    stop_word_language: str = "ru"
+    removal_pattern: str = NOTEBOOK_REMOVAL_PATTERN
+    strip_html: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_word_len", "title_max_words", "description_max_words"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"TextPreprocessingConfig.{name} must be an int >= 0, got {value!r}")
+        # Accept lists from config systems but store tuples so the config stays hashable.
+        for name in ("units", "kept_stop_words"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def max_words(self, kind: TextKind) -> int:
+        """Word cap for a text kind."""
+        if kind == "title":
+            return self.title_max_words
+        if kind == "description":
+            return self.description_max_words
+        raise ValueError(f"text kind must be 'title' or 'description', got {kind!r}")
+
+    def excluded_words(self, kind: TextKind) -> frozenset[str]:
+        """Words dropped from a text kind: units, plus stop words (minus the kept ones) for descriptions."""
+        self.max_words(kind)  # validates kind
+        excluded = frozenset(self.units)
+        if kind == "description":
+            excluded |= _stop_words(self.stop_word_language) - frozenset(self.kept_stop_words)
+        return excluded
+
+
+@lru_cache(maxsize=8)
+def _stop_words(language: str) -> frozenset[str]:
+    return frozenset(get_stop_words(language))
+
+
+def _as_arrow_strings(texts: pd.Series) -> pa.Array:
+    """A large_string array with missing values as "" (bytes decoded, other scalars via ``str``)."""
+    try:
+        array = pa.array(texts, type=pa.large_string(), from_pandas=True)
+    except (pa.ArrowException, TypeError, ValueError, UnicodeError):
+        array = pa.array([_coerce_text(value) for value in texts], type=pa.large_string())
+    return pc.fill_null(array, "")
+
+
+def _coerce_text(value: object) -> str:
+    if value is None or (not isinstance(value, (str, bytes)) and pd.isna(value)):
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    text = value if isinstance(value, str) else str(value)
+    # Lone surrogates cannot be encoded as UTF-8; replace them instead of failing the column.
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def _to_series(array: pa.Array, index: pd.Index) -> pd.Series:
+    return pd.Series(pd.array(array, dtype=pd.StringDtype("pyarrow", na_value=np.nan)), index=index)
+
+
+def _unescape_entities(array: pa.Array) -> pa.Array:
+    """``html.unescape`` on the (usually few) rows that contain an entity."""
+    import html
+
+    has_entity = pc.match_substring_regex(array, _ENTITY)
+    positions = np.flatnonzero(has_entity.to_numpy(zero_copy_only=False))
+    if positions.size == 0:
+        return array
+    values = array.to_pylist()
+    for position in positions:
+        values[position] = _coerce_text(html.unescape(values[position]))
+    return pa.array(values, type=pa.large_string())
+
+
+def _normalize(array: pa.Array) -> pa.Array:
+    array = pc.replace_substring_regex(array, _HTML_MARKUP, " ")
+    array = _unescape_entities(array)
+    array = pc.replace_substring_regex(array, _INVISIBLE, "")
+    array = pc.replace_substring_regex(array, _WHITESPACE, " ")
+    return pc.utf8_trim(array, " ")
+
+
+def normalize_raw_text(texts: pd.Series) -> pd.Series:
+    """Natural text for transformer encoders: HTML tags removed, entities unescaped, whitespace collapsed.
+
+    Case and punctuation are kept. ``None``/NaN/empty -> ``""``. Same index as ``texts``.
+    """
+    return _to_series(_normalize(_as_arrow_strings(texts)), texts.index)
+
+
+def _protect_joiners(array: pa.Array) -> pa.Array:
+    """Replace in-token joiners by private-use marks so that splitting on punctuation keeps them.
+
+    Each rule runs twice: a match consumes the character after the joiner, so in chains such as
+    ``a-b-c`` or ``1.2.3`` the first pass marks every other joiner and the second the rest.
+    """
+    rules = (
+        (rf"({_WORD})-({_WORD})", _HYPHEN_MARK),
+        (r"(\p{N})\.(\p{N})", _DOT_MARK),
+        (r"(\p{N}),(\p{N})", _COMMA_MARK),
+    )
+    for pattern, mark in rules:
+        for _ in range(2):
+            array = pc.replace_substring_regex(array, pattern, rf"\1{mark}\2")
+    return array
+
+
+def tokenize(texts: pa.Array) -> pa.ListArray:
+    """Tokens of each (already lowercased) string, per the module docstring's definition."""
+    array = pc.replace_substring_regex(texts, f"[{_MARKS_CLASS}]", " ")
+    tokens = pc.split_pattern_regex(_protect_joiners(array), _SEPARATOR)
+    flat = pc.list_flatten(tokens)
+    for mark, joiner in ((_HYPHEN_MARK, "-"), (_DOT_MARK, "."), (_COMMA_MARK, ",")):
+        flat = pc.replace_substring(flat, mark, joiner)
+    keep = pc.not_equal(flat, "")
+    parents = pc.list_parent_indices(tokens)
+    return _regroup(pc.filter(flat, keep), pc.filter(parents, keep), len(texts), cap=None)
+
+
+def _regroup(values: pa.Array, parents: pa.Array, n_rows: int, cap: int | None) -> pa.ListArray:
+    """Lists of ``values`` per row (``parents`` ascending), keeping at most ``cap`` per row."""
+    parent_index = parents.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    counts = np.bincount(parent_index, minlength=n_rows)
+    if cap is not None:
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        rank = np.arange(parent_index.size) - starts[parent_index]
+        values = values.filter(pa.array(rank < cap))
+        counts = np.minimum(counts, cap)
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values)
+
+
+def preprocess_text(
+    texts: pd.Series, kind: TextKind, config: TextPreprocessingConfig | None = None
+) -> pd.Series:
+    """The notebook's TextPreprocessor on a whole column: space-joined kept tokens, ``""`` if none.
+
+    ``kind`` selects the word cap and whether stop words are dropped (descriptions only).
+    Same index as ``texts``; every output has at most ``config.max_words(kind)`` words, none longer
+    than ``config.max_word_len`` characters.
+    """
+    config = config or TextPreprocessingConfig()
+    cap = config.max_words(kind)
+    excluded = pa.array(sorted(config.excluded_words(kind)), type=pa.large_string())
+
+    array = _as_arrow_strings(texts)
+    if config.strip_html:
+        array = _normalize(array)
+    if config.removal_pattern:
+        array = pc.replace_substring_regex(array, config.removal_pattern, "")
+    tokens = tokenize(pc.utf8_lower(array))
+
+    flat = pc.list_flatten(tokens)
+    keep = pc.and_(
+        pc.and_(
+            pc.invert(pc.is_in(flat, value_set=excluded)),
+            pc.invert(pc.match_substring_regex(flat, _PURE_NUMBER)),
+        ),
+        pc.less_equal(pc.utf8_length(flat), config.max_word_len),
+    )
+    parents = pc.list_parent_indices(tokens)
+    kept = _regroup(pc.filter(flat, keep), pc.filter(parents, keep), len(array), cap=cap)
+    joined = pc.binary_join(kept, pa.scalar(" ", type=pa.large_string()))
+    return _to_series(joined, texts.index)
