@@ -6,7 +6,7 @@ from wb_pipeline.core.cleaning import CleaningConfig, clean_products
 
 
 def _index(nms, reason=None, decodable=True):
-    return pd.DataFrame({"nm": nms, "decodable": decodable, "reason": reason})
+    return pd.DataFrame({"nm": nms, "decodable": decodable, "is_empty": reason == "empty", "reason": reason})
 
 
 def _raw(rows):

@@ -72,7 +72,8 @@ def clean_products(
     """Apply the cleaning rules to every split; each input row ends in exactly one of clean / rejected.
 
     `splits` maps a split name ('train', 'test') to its raw frame (with `nm` already a str);
-    `image_index` is the `image_index` table (nm, decodable, reason, ...), needed when `require_image`.
+    `image_index` is the `image_index` table (nm, decodable, is_empty, reason, ...), needed when
+    `require_image`.
     `nm` must be unique across all splits: later duplicates (in split order) are rejected.
     """
     clean_parts, rejected_parts = [], []
@@ -108,13 +109,13 @@ def clean_products(
             if image_index is None:
                 raise ValueError("clean_products: require_image=True needs the image index")
             status = frame[["nm"]].merge(
-                image_index[["nm", "decodable", "reason"]].drop_duplicates("nm"), on="nm", how="left"
+                image_index[["nm", "decodable", "is_empty", "reason"]].drop_duplicates("nm"), on="nm", how="left"
             )
             status.index = frame.index
             reject(status["decodable"].isna(), REJECT_MISSING_IMAGE, "no {nm}.jpg in the images zip")
-            is_empty = status["reason"].eq("empty").fillna(False).astype(bool)
+            is_empty = status["is_empty"].eq(True)
             reject(is_empty, REJECT_EMPTY_IMAGE, "image below the empty-image size threshold")
-            undecodable = status["decodable"].eq(False).fillna(False).astype(bool)
+            undecodable = status["decodable"].eq(False)
             reject(undecodable, REJECT_UNDECODABLE_IMAGE, status["reason"].fillna("").astype(str))
 
         frame.insert(1, "split", split)

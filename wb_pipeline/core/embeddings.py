@@ -163,6 +163,10 @@ class EmbedStats:
     embedded: int = 0
     seconds: float = 0.0
 
+    def plus(self, other: "EmbedStats") -> "EmbedStats":
+        return EmbedStats(self.total + other.total, self.from_cache + other.from_cache,
+                          self.embedded + other.embedded, self.seconds + other.seconds)
+
 
 ProgressCallback = Callable[[int, int, float], None]  # (done, total, seconds so far)
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from wb_pipeline.core.embeddings import content_hash
 from wb_pipeline.core.ingestion import normalize_nm
 from wb_pipeline.core.schema import IMAGE_SIZES_FILE, IMAGE_SIZES_REQUIRED_COLUMNS
 
@@ -72,8 +73,8 @@ SUPPORTED_MODES = frozenset(
 )
 
 INDEX_COLUMNS = (
-    "nm", "member", "byte_size", "size_from_image_df", "decodable", "width", "height", "mode",
-    "reason", "is_empty", "size_mismatch", "detail",
+    "nm", "member", "byte_size", "size_from_image_df", "content_hash", "decodable", "width", "height",
+    "mode", "reason", "is_empty", "size_mismatch", "detail",
 )
 REJECTED_COLUMNS = ("member", "reason", "nm", "source", "detail")
 
@@ -469,10 +470,12 @@ def _index_row(
 ) -> dict[str, object]:
     row: dict[str, object] = dict(
         nm=nm, member=info.filename, byte_size=info.file_size, size_from_image_df=image_df_size,
-        decodable=False, width=None, height=None, mode=None, reason=None, detail=None,
+        content_hash=None, decodable=False, width=None, height=None, mode=None, reason=None, detail=None,
     )
     try:
         data = _read_info(zf, info, config.max_member_bytes)
+        # hashed here, while the bytes are in hand, so the embedding cache never re-reads cached images
+        row["content_hash"] = content_hash(data)
         result = _decode(data, config, draft_size=_CHECK_DRAFT_SIZE)
         row.update(decodable=True, width=result.width, height=result.height, mode=result.mode)
     except ImageDecodeError as error:
@@ -498,6 +501,7 @@ def _index_frame(columns: dict[str, list[object]]) -> pd.DataFrame:
             "member": pd.Series(columns["member"], dtype="str"),
             "byte_size": pd.Series(columns["byte_size"], dtype="int64"),
             "size_from_image_df": pd.Series(columns["size_from_image_df"], dtype="Int64"),
+            "content_hash": pd.Series(columns["content_hash"], dtype="str"),
             "decodable": pd.Series(columns["decodable"], dtype="bool"),
             "width": pd.Series(columns["width"], dtype="Int64"),
             "height": pd.Series(columns["height"], dtype="Int64"),

@@ -12,7 +12,7 @@ from wb_pipeline.core.embeddings import EmbeddingTable, is_embedding_table
 from wb_pipeline.settings import default_sample_dir
 
 
-MAIN_SOURCE = "main"
+MAIN_BATCH = "main"
 
 
 class WBRawData(dg.ConfigurableResource):
@@ -30,10 +30,15 @@ class WBRawData(dg.ConfigurableResource):
     def path(self, file_name: str) -> UPath:
         return storage.as_upath(self.raw_dir) / file_name
 
+    def folder(self, batch: str) -> UPath:
+        """The folder of a batch: the main dump for 'main', else the drop's folder under incoming."""
+        if batch == MAIN_BATCH:
+            return storage.as_upath(self.raw_dir)
+        return storage.as_upath(self.incoming_dir) / batch
+
     def sources(self, drops: list[str]) -> list[tuple[str, UPath]]:
-        """(source name, folder): the main dump ('main') first, then each registered drop by name."""
-        incoming = storage.as_upath(self.incoming_dir)
-        return [(MAIN_SOURCE, storage.as_upath(self.raw_dir))] + [(drop, incoming / drop) for drop in sorted(drops)]
+        """(batch name, folder): the main dump ('main') first, then each registered drop by name."""
+        return [(batch, self.folder(batch)) for batch in [MAIN_BATCH, *sorted(drops)]]
 
     def ensure_available(self, log=None) -> None:
         from wb_pipeline.sample_data import SampleSpec, ensure_sample

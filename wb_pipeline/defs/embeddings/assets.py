@@ -4,6 +4,7 @@
 from typing import Literal
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from wb_pipeline.core import images, schema
@@ -93,24 +94,29 @@ def image_embeddings(
     bytes, channel order)."""
     encoder = image_encoder.build()
     rows = clean_products[["nm"]].merge(
-        image_index[["nm", "member", "content_hash"]].drop_duplicates("nm"), on="nm", how="left"
+        image_index[["nm", "batch", "member", "content_hash"]].drop_duplicates("nm"), on="nm", how="left"
     )
     if rows["member"].isna().any():
         missing = rows.loc[rows["member"].isna(), "nm"].head(5).tolist()
         raise ValueError(f"image_embeddings: clean products without an image member, e.g. {missing}")
     fingerprint = f"{encoder.fingerprint}-{config.channel_order.lower()}"
     cache = EmbeddingCache(pipeline_storage.path("cache", "image_embeddings"), fingerprint, encoder.dim)
-    vectors, stats = embed_zip_images(
-        raw_data.path(schema.IMAGES_ZIP),
-        rows["member"].tolist(),
-        rows["content_hash"].tolist(),
-        encoder,
-        cache,
-        images.ImageConfig(channel_order=config.channel_order),
-        chunk_size=config.chunk_size,
-        decode_workers=config.decode_workers,
-        progress=progress_logger(context, "image_embeddings"),
-    )
+    vectors = np.zeros((len(rows), encoder.dim), dtype=np.float32)
+    stats = EmbedStats()
+    for batch, part in rows.groupby("batch", sort=True):
+        part_vectors, part_stats = embed_zip_images(
+            raw_data.folder(batch) / schema.IMAGES_ZIP,
+            part["member"].tolist(),
+            part["content_hash"].tolist(),
+            encoder,
+            cache,
+            images.ImageConfig(channel_order=config.channel_order),
+            chunk_size=config.chunk_size,
+            decode_workers=config.decode_workers,
+            progress=progress_logger(context, f"image_embeddings[{batch}]"),
+        )
+        vectors[part.index.to_numpy()] = part_vectors
+        stats = stats.plus(part_stats)
     table = EmbeddingTable(nm=rows["nm"].to_numpy(), vectors=vectors)
     metadata = embedding_metadata(table, encoder, stats)
     metadata["encoder_fingerprint"] = fingerprint

@@ -1,7 +1,7 @@
 """Group `ingestion`: the raw WB tables and the index of the images zip.
 
 Each reads the main dump plus every registered new-product drop (see `defs/automation`), with a
-`source` column saying where a row came from.
+`batch` column saying where a row came from (`main` or the drop name).
 """
 
 import json
@@ -14,7 +14,7 @@ from wb_pipeline.core.ingestion import read_wb_table
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import INGESTED_DROPS_METADATA_KEY, product_drops
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.defs.resources import MAIN_SOURCE, WBRawData
+from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData
 
 ImageIndexSettings = config_class(images.ImageConfig, "ImageIndexSettings")
 
@@ -28,11 +28,11 @@ def _sources(context: dg.AssetExecutionContext, raw_data: WBRawData):
 def _raw_table(context: dg.AssetExecutionContext, raw_data: WBRawData, file_name: str, required) -> dg.MaterializeResult:
     sources, drops = _sources(context, raw_data)
     parts = []
-    for source, folder in sources:
-        if source != MAIN_SOURCE and not (folder / file_name).exists():
+    for batch, folder in sources:
+        if batch != MAIN_BATCH and not (folder / file_name).exists():
             continue  # a drop may carry only train or only test products
         frame = read_wb_table(folder / file_name, required)
-        frame.insert(1, "source", source)
+        frame.insert(1, "batch", batch)
         parts.append(frame)
     frame = pd.concat(parts, ignore_index=True)
     return dg.MaterializeResult(
@@ -40,7 +40,7 @@ def _raw_table(context: dg.AssetExecutionContext, raw_data: WBRawData, file_name
         metadata={
             "dagster/row_count": len(frame),
             "source": str(raw_data.path(file_name)),
-            "rows_by_source": metadata.value_counts(frame["source"], "source"),
+            "rows_by_batch": metadata.value_counts(frame["batch"], "batch"),
             INGESTED_DROPS_METADATA_KEY: json.dumps(drops),
             "columns": ", ".join(frame.columns),
             "missing_nm": int(frame["nm"].isna().sum()),
@@ -75,13 +75,13 @@ def image_index(
     sources, _ = _sources(context, raw_data)
     image_config = to_core(images.ImageConfig, config)
     indexes, rejected = [], []
-    for source, folder in sources:
+    for batch, folder in sources:
         sizes_path = folder / schema.IMAGE_SIZES_FILE
         sizes = read_wb_table(sizes_path, schema.IMAGE_SIZES_REQUIRED_COLUMNS) if sizes_path.exists() else None
         with (folder / schema.IMAGES_ZIP).open("rb") as handle, images.open_zip(handle) as zf:
             index, rejected_members = images.build_image_index(zf, sizes, image_config)
-        index.insert(1, "source", source)
-        rejected_members.insert(0, "source", source)
+        index.insert(1, "batch", batch)
+        rejected_members.insert(0, "batch", batch)
         indexes.append(index)
         rejected.append(rejected_members)
     index = pd.concat(indexes, ignore_index=True)

@@ -76,7 +76,7 @@ def input_equals_clean_plus_rejected(
     description="Every clean product has a decodable, non-empty image in the zip.",
 )
 def clean_products_have_decodable_image(clean_products: pd.DataFrame, image_index: pd.DataFrame) -> dg.AssetCheckResult:
-    good = image_index.loc[image_index["decodable"] & image_index["reason"].isna(), "nm"]
+    good = image_index.loc[image_index["decodable"] & ~image_index["is_empty"], "nm"]
     without = ~clean_products["nm"].isin(good)
     return dg.AssetCheckResult(
         passed=not bool(without.any()),
