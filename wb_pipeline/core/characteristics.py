@@ -232,7 +232,7 @@ _NUMPY_REPR_TOKENS = re.compile(
     r"""|(?P<between>\}\s+\{)"""
     r"""|(?P<dtype>,\s*dtype=(?:[A-Za-z_][\w.]*|'[^'\n]*'|"[^"\n]*")\s*\))"""
     r"""|(?P<call>\b(?:np\.|numpy\.)?(?:array|float\d*|int\d*|uint\d*|str_|bool_?|object_)\()"""
-    r"""|(?P<nan>\bnan\b)"""
+    r"""|(?P<nan>-?\b(?:nan|inf)\b)"""
 )
 _NUMPY_REPR_REWRITE = {"elided": "}, ..., {", "between": "}, {", "dtype": ")", "call": "(", "nan": "None"}
 
