@@ -275,3 +275,21 @@ def test_cli_writes_tables_only_without_images(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "cli")) == sorted([MANIFEST_FILE, TEST_FILE, TRAIN_FILE])
     printed = json.loads(capsys.readouterr().out)
     assert printed["counts"]["products"] == 40
+
+
+def test_numpy_form_is_exactly_numpys_own_str():
+    from wb_pipeline.sample_data.characteristics import FORM_NUMPY_REPR, encode_characteristics
+
+    items = [
+        {"charcName": "Пол", "charcValues": ["Женский"]},
+        {"charcName": "Состав", "charcValues": ["хлопок 95%", "эластан 5%", "вискоза 70%", "полиэстер 30%", "лен"]},
+        {"charcName": "A", "value": 1}, {"charcName": "B", "value": True}, {"charcName": "C", "value": "0,5"},
+    ]
+    array = np.empty(len(items), dtype=object)
+    array[:] = [{**d, "charcValues": np.array(d["charcValues"], dtype=object)} if "charcValues" in d else d
+                for d in items]
+    encoded = encode_characteristics(items, FORM_NUMPY_REPR)
+    assert encoded == str(array).encode("utf-8")
+    assert b"dtype=object)}\n {" in encoded  # dicts separated by a newline, no comma
+    assert b"],\n       dtype=object)" in encoded  # numpy wraps the long values array
+    assert b"1} {'charcName': 'B'" in encoded  # short dicts share a line, space-separated

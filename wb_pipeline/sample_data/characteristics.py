@@ -9,6 +9,7 @@ are the messy spellings seen in the dump; malformed cells exercise the parser's 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -56,13 +57,31 @@ MALFORMED_KINDS = ("truncated", "invalid_utf8", "none", "empty", "garbage", "pyt
 INJECTED_EXPRESSION = "__import__('os').system('echo pwned')"
 
 
+@lru_cache(maxsize=8192)
+def _numpy_values_repr(values: tuple[str, ...]) -> str:
+    return repr(np.array(values, dtype=object))
+
+
+class _NumpyValues:
+    """Stands in for ``np.array(values, dtype=object)`` inside a dict: its repr IS numpy's repr
+    of that array (computed by numpy, cached, since the same value lists recur on many rows)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple[str, ...]) -> None:
+        self.values = values
+
+    def __repr__(self) -> str:
+        return _numpy_values_repr(self.values)
+
+
 def encode_characteristics(items: list[dict[str, Any]], form: int) -> bytes:
     """Encode a list of ``{"charcName", "charcValues"|"value"}`` dicts the way the dump did."""
     if form == FORM_BYTES_REPR:
         return str(str(json.dumps(items).encode()).encode()).encode("utf-8")
     if form == FORM_NUMPY_REPR:
         cells = [
-            {**item, "charcValues": np.array(item["charcValues"], dtype=object)} if "charcValues" in item else item
+            {**item, "charcValues": _NumpyValues(tuple(item["charcValues"]))} if "charcValues" in item else item
             for item in items
         ]
         array = np.empty(len(cells), dtype=object)  # never let numpy broadcast the dicts' contents

@@ -21,6 +21,7 @@ import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -151,14 +152,15 @@ class SampleSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def _weighted(options: tuple[Any, ...] | str, weights: list[float], u: float) -> Any:
-    """Pick one option with a uniform draw ``u`` in [0, 1) (cheap, no per-call RNG overhead)."""
+@lru_cache(maxsize=1024)
+def _cumulative(weights: tuple[float, ...]) -> tuple[float, ...]:
     total = sum(weights)
-    cumulative, acc = [], 0.0
-    for w in weights:
-        acc += w / total
-        cumulative.append(acc)
-    return options[min(bisect.bisect_right(cumulative, u), len(options) - 1)]
+    return tuple(float(x) for x in np.cumsum(weights) / total)
+
+
+def _weighted(options: tuple[Any, ...] | str, weights: list[float] | tuple[float, ...], u: float) -> Any:
+    """Pick one option with a uniform draw ``u`` in [0, 1) (cheap, no per-call RNG overhead)."""
+    return options[min(bisect.bisect_right(_cumulative(tuple(weights)), u), len(options) - 1)]
 
 
 def _pick_raw(table: dict[str, tuple[tuple[Any, float], ...]], code: str, u: float) -> Any:
@@ -221,7 +223,7 @@ def _characteristic_items(ptype: ProductType, colour: str, rng_u: list[float], l
     if next(u) < 0.25:
         items.append({"charcName": ch.FEATURE_FLAGS[int(next(u) * len(ch.FEATURE_FLAGS))], "value": bool(next(u) < 0.5)})
     if next(u) < 0.2:
-        items.append({"charcName": "ТНВЭД", "charcValues": [str(6100000000 + int(next(u) * 99999999))]})
+        items.append({"charcName": "ТНВЭД", "charcValues": [str(6100000000 + 10000 * int(next(u) * 300))]})
     for name, value in labels.items():
         position = int(next(u) * (len(items) + 1))
         cell = {"charcName": name, "charcValues": value if isinstance(value, list) else [value]}
@@ -324,7 +326,7 @@ def _catalogue_rows(spec: SampleSpec) -> list[dict[str, Any]]:
     pu = rng.random((n, 24)).tolist()  # product-level uniforms
     cu = rng.random((n, 24)).tolist()  # characteristics uniforms
     desc_numbers = rng.integers(2, 90, size=(n, 6)).tolist()
-    filler_idx = rng.integers(0, len(tx.FILLER), size=(n, 80)).tolist()
+    filler_pool = rng.integers(0, len(tx.FILLER), size=n + 80).tolist()  # row i uses a window at i
 
     # Malformed characteristic cells on exactly this many train rows, cycling through the kinds.
     train_rows = np.flatnonzero(~test_mask)
@@ -347,7 +349,7 @@ def _catalogue_rows(spec: SampleSpec) -> list[dict[str, Any]]:
         if m not in base_cache:
             colour_in_title = u[16] < 0.2
             base_cache[m] = (_title(md, spec, u, colour=colour if colour_in_title else ""),
-                             _description(md, spec, u, desc_numbers[i], filler_idx[i]), colour_in_title)
+                             _description(md, spec, u, desc_numbers[i], filler_pool[i:i + 80]), colour_in_title)
         title, description, colour_in_title = base_cache[m]
         if v > 0 and u[0] >= spec.same_title_variant_rate and not colour_in_title:
             title = f"{title} цвет {colour}" if title else title
@@ -465,8 +467,8 @@ def _tables_from_rows(rows: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table]:
     # Built from the Python rows, not a DataFrame, so None stays None (never a float NaN).
     train = [r for r in rows if r["split"] == "train"]
     test = [r for r in rows if r["split"] == "test"]
-    train_table = pa.Table.from_pylist([{c: r[c] for c in TRAIN_SCHEMA.names} for r in train], schema=TRAIN_SCHEMA)
-    test_table = pa.Table.from_pylist([{c: r[c] for c in TEST_SCHEMA.names} for r in test], schema=TEST_SCHEMA)
+    train_table = pa.Table.from_pydict({c: [r[c] for r in train] for c in TRAIN_SCHEMA.names}, schema=TRAIN_SCHEMA)
+    test_table = pa.Table.from_pydict({c: [r[c] for r in test] for c in TEST_SCHEMA.names}, schema=TEST_SCHEMA)
     return train_table, test_table
 
 
