@@ -95,6 +95,12 @@ def test_megabyte_text_is_fine() -> None:
     assert normalize_raw_text(pd.Series([big + "  "])).iloc[0] == big
 
 
+def test_multi_chunk_arrow_strings() -> None:
+    texts = pd.concat([pd.Series(["Первый-второй"], dtype="str"), pd.Series([None, "ТРЕТИЙ"], dtype="str")])
+    assert preprocess_text(texts, "title").tolist() == ["первый-второй", "", "третий"]
+    assert normalize_raw_text(texts).tolist() == ["Первый-второй", "", "ТРЕТИЙ"]
+
+
 def test_empty_series() -> None:
     assert preprocess_text(pd.Series([], dtype=object), "title").empty
     assert normalize_raw_text(pd.Series([], dtype=object)).empty
@@ -126,3 +132,35 @@ def test_normalize_raw_text_is_total(texts) -> None:
     for value in out:
         assert isinstance(value, str)
         assert value == value.strip() and "  " not in value and "\n" not in value
+
+
+def reference_tokens(text: str) -> list[str]:
+    """The documented tokenisation, spelled out character by character (slow, for comparison)."""
+
+    def is_word(ch: str) -> bool:
+        return ch.isalnum()  # the alphabet below has no combining marks
+
+    tokens, current = [], ""
+    for i, ch in enumerate(text):
+        before, after = text[i - 1] if i else "", text[i + 1] if i + 1 < len(text) else ""
+        joins = (ch == "-" and is_word(before) and is_word(after)) or (
+            ch in ".," and before.isnumeric() and after.isnumeric()
+        )
+        if is_word(ch) or joins:
+            current += ch
+        else:
+            if current:
+                tokens.append(current)
+            current = ""
+    return tokens + ([current] if current else [])
+
+
+@FUZZ
+@given(st.lists(st.text(alphabet="ab5٣Ж -.,_!\n\t\u00a0«»—", max_size=30), max_size=6))
+def test_tokenize_matches_the_documented_grammar(texts) -> None:
+    import pyarrow as pa
+
+    from wb_pipeline.core.text import tokenize
+
+    tokens = tokenize(pa.array(texts, type=pa.large_string())).to_pylist()
+    assert tokens == [reference_tokens(text) for text in texts]

@@ -19,7 +19,9 @@ Tokenisation (defined here, because nltk's ``word_tokenize`` needs data that can
 * a token is a maximal run of word characters, where a hyphen between two word characters
   (``кто-то``, ``wi-fi``, ``42-44``) and a ``.`` or ``,`` between two number characters (``1,5``,
   ``3.5``) stay inside the token;
-* every other character separates tokens and is dropped (so all punctuation is dropped).
+* every other character separates tokens and is dropped (so all punctuation is dropped);
+* a token without any letter or number (a lone combining mark, e.g. an emoji's variation
+  selector) is dropped.
 
 Deviations from the notebook, on purpose:
 
@@ -41,6 +43,7 @@ ASCII-only while Python's is Unicode.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -58,10 +61,12 @@ NOTEBOOK_UNITS = ("мг", "г", "гр", "кг", "мл", "л", "мм", "см", "�
 NOTEBOOK_REMOVAL_PATTERN = r"\p{Nd}+[хХxX]\p{Nd}+|\p{Nd}+[кмглршт]+|\p{Nd}+ [xXхХ] \p{Nd}+"
 
 _WORD = r"[\p{L}\p{M}\p{N}]"
-# Private-use code points stand in for joiners while splitting; they are removed from the input first.
+# Private-use code points stand in for joiners while splitting (they are separators themselves,
+# so none survives into a piece from the input).
 _HYPHEN_MARK, _DOT_MARK, _COMMA_MARK = "\ue000", "\ue001", "\ue002"
-_MARKS_CLASS = r"\x{E000}-\x{E002}"
-_SEPARATOR = rf"[^\p{{L}}\p{{M}}\p{{N}}{_MARKS_CLASS}]+"
+# Pieces are runs of word characters and possible joiners; everything else separates. Turning
+# non-space separators into spaces and splitting on whitespace is faster than a regex split.
+_NON_SPACE_SEPARATOR = r"[^\p{L}\p{M}\p{N}\-.,\s]+"
 _PURE_NUMBER = r"^\p{N}+$"
 _HTML_MARKUP = r"<!--(?s:.*?)-->|</?[A-Za-z][^<>]*>|<![A-Za-z][^<>]*>"
 _ENTITY = r"&(?:#[0-9]+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);?"
@@ -120,7 +125,9 @@ def _as_arrow_strings(texts: pd.Series) -> pa.Array:
         array = pa.array(texts, type=pa.large_string(), from_pandas=True)
     except (pa.ArrowException, TypeError, ValueError, UnicodeError):
         array = pa.array([_coerce_text(value) for value in texts], type=pa.large_string())
-    return pc.fill_null(array, "")
+    if isinstance(array, pa.ChunkedArray):  # pyarrow-backed pandas strings, e.g. after pd.concat
+        array = array.combine_chunks()
+    return pc.fill_null(array, "") if array.null_count else array
 
 
 def _coerce_text(value: object) -> str:
@@ -139,22 +146,20 @@ def _to_series(array: pa.Array, index: pd.Index) -> pd.Series:
 
 def _unescape_entities(array: pa.Array) -> pa.Array:
     """``html.unescape`` on the (usually few) rows that contain an entity."""
-    import html
-
-    has_entity = pc.match_substring_regex(array, _ENTITY)
+    has_entity = pc.fill_null(pc.match_substring_regex(array, _ENTITY), False)
     positions = np.flatnonzero(has_entity.to_numpy(zero_copy_only=False))
     if positions.size == 0:
         return array
-    values = array.to_pylist()
-    for position in positions:
-        values[position] = _coerce_text(html.unescape(values[position]))
-    return pa.array(values, type=pa.large_string())
+    unescaped = [_coerce_text(html.unescape(text)) for text in array.take(pa.array(positions)).to_pylist()]
+    return pc.replace_with_mask(array, has_entity, pa.array(unescaped, type=array.type))
 
 
-def _normalize(array: pa.Array) -> pa.Array:
+def _normalize(array: pa.Array, collapse_whitespace: bool = True) -> pa.Array:
     array = pc.replace_substring_regex(array, _HTML_MARKUP, " ")
     array = _unescape_entities(array)
     array = pc.replace_substring_regex(array, _INVISIBLE, "")
+    if not collapse_whitespace:  # the tokenizer splits on any whitespace anyway
+        return array
     array = pc.replace_substring_regex(array, _WHITESPACE, " ")
     return pc.utf8_trim(array, " ")
 
@@ -184,21 +189,64 @@ def _protect_joiners(array: pa.Array) -> pa.Array:
     return array
 
 
-def tokenize(texts: pa.Array) -> pa.ListArray:
-    """Tokens of each (already lowercased) string, per the module docstring's definition."""
-    array = pc.replace_substring_regex(texts, f"[{_MARKS_CLASS}]", " ")
-    tokens = pc.split_pattern_regex(_protect_joiners(array), _SEPARATOR)
-    flat = pc.list_flatten(tokens)
+def _split_joined_pieces(pieces: pa.Array) -> pa.ListArray:
+    """Split pieces made of word characters and ``-.,`` into tokens (joiners kept where they join).
+
+    Splitting a piece cannot change a joiner's neighbours (a piece ends at a character that is not
+    a word character), so this equals protecting joiners in the whole text, at a fraction of the
+    cost: only the few pieces with an inner ``-.,`` are scanned.
+    """
+    protected = _protect_joiners(pieces)
+    parts = pc.split_pattern_regex(protected, r"[-.,]+")
+    flat = pc.list_flatten(parts)
     for mark, joiner in ((_HYPHEN_MARK, "-"), (_DOT_MARK, "."), (_COMMA_MARK, ",")):
         flat = pc.replace_substring(flat, mark, joiner)
-    keep = pc.not_equal(flat, "")
-    parents = pc.list_parent_indices(tokens)
-    return _regroup(pc.filter(flat, keep), pc.filter(parents, keep), len(texts), cap=None)
+    offsets = parts.offsets
+    return pa.LargeListArray.from_arrays(pc.cast(offsets, pa.int64()), flat)
+
+
+def _tokens_and_parents(texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Flat tokens of all strings and the row index of each token (ascending)."""
+    pieces = pc.utf8_split_whitespace(pc.replace_substring_regex(texts, _NON_SPACE_SEPARATOR, " "))
+    flat = pc.utf8_trim(pc.list_flatten(pieces), "-.,")
+    parents = pc.list_parent_indices(pieces).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    has_inner_joiner = pc.match_substring_regex(flat, "[-.,]").to_numpy(zero_copy_only=False)
+    inner = np.flatnonzero(has_inner_joiner)
+    if inner.size:
+        split = _split_joined_pieces(flat.take(pa.array(inner)))
+        sub_counts = np.diff(split.offsets.to_numpy())
+        counts = np.ones(len(flat), dtype=np.int64)
+        counts[inner] = sub_counts
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        simple = np.flatnonzero(~has_inner_joiner)
+        # Interleave the untouched pieces and the split ones back into text order.
+        source = np.empty(int(counts.sum()), dtype=np.int64)
+        source[starts[simple]] = np.arange(simple.size)
+        sub_positions = np.repeat(starts[inner], sub_counts) + _ranks(sub_counts)
+        source[sub_positions] = simple.size + np.arange(sub_positions.size)
+        combined = pa.concat_arrays([flat.take(pa.array(simple)), pc.list_flatten(split).cast(flat.type)])
+        flat = combined.take(pa.array(source))
+        parents = np.repeat(parents, counts)
+    # A token needs a letter or number: a lone mark (an emoji's variation selector) is not a word.
+    keep = pc.match_substring_regex(flat, r"[\p{L}\p{N}]")
+    return pc.filter(flat, keep), parents[keep.to_numpy(zero_copy_only=False)]
+
+
+def _ranks(counts: np.ndarray) -> np.ndarray:
+    """0..count-1 for each group, concatenated."""
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    return np.arange(int(counts.sum())) - np.repeat(starts, counts)
+
+
+def tokenize(texts: pa.Array) -> pa.LargeListArray:
+    """Tokens of each (already lowercased) string, per the module docstring's definition."""
+    flat, parents = _tokens_and_parents(texts)
+    return _regroup(flat, parents, len(texts), cap=None)
 
 
 def _regroup(values: pa.Array, parents: pa.Array, n_rows: int, cap: int | None) -> pa.ListArray:
     """Lists of ``values`` per row (``parents`` ascending), keeping at most ``cap`` per row."""
-    parent_index = parents.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    parent_index = np.asarray(parents, dtype=np.int64)
     counts = np.bincount(parent_index, minlength=n_rows)
     if cap is not None:
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
@@ -224,12 +272,10 @@ def preprocess_text(
 
     array = _as_arrow_strings(texts)
     if config.strip_html:
-        array = _normalize(array)
+        array = _normalize(array, collapse_whitespace=False)
     if config.removal_pattern:
         array = pc.replace_substring_regex(array, config.removal_pattern, "")
-    tokens = tokenize(pc.utf8_lower(array))
-
-    flat = pc.list_flatten(tokens)
+    flat, parents = _tokens_and_parents(pc.utf8_lower(array))
     keep = pc.and_(
         pc.and_(
             pc.invert(pc.is_in(flat, value_set=excluded)),
@@ -237,7 +283,6 @@ def preprocess_text(
         ),
         pc.less_equal(pc.utf8_length(flat), config.max_word_len),
     )
-    parents = pc.list_parent_indices(tokens)
-    kept = _regroup(pc.filter(flat, keep), pc.filter(parents, keep), len(array), cap=cap)
+    kept = _regroup(pc.filter(flat, keep), parents[keep.to_numpy(zero_copy_only=False)], len(array), cap=cap)
     joined = pc.binary_join(kept, pa.scalar(" ", type=pa.large_string()))
     return _to_series(joined, texts.index)
