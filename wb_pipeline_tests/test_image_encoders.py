@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,22 @@ def test_encode_contract_shapes_dtype_norms_and_batching(lite0_onnx: EfficientNe
     np.testing.assert_allclose(lite0_onnx.encode_preprocessed(stacked), vectors, atol=1e-6)
     empty = lite0_onnx.encode([])
     assert empty.shape == (0, EFFICIENTNET_LITE_FEATURE_DIM) and empty.dtype == np.float32
+
+
+def test_preprocessor_and_encoder_survive_pickling_for_worker_processes(
+    lite0_onnx: EfficientNetLiteEncoder,
+    tiny_clip: tuple[OpenClipImageEncoder, OpenClipTextEncoder],
+    natural_photos: list[Image.Image],
+) -> None:
+    photo = natural_photos[1]
+    preprocessor = pickle.loads(pickle.dumps(lite0_onnx.preprocessor()))
+    np.testing.assert_array_equal(preprocessor(photo), lite0_onnx.preprocess(photo))
+    clip_preprocessor = pickle.loads(pickle.dumps(tiny_clip[0].preprocessor()))
+    np.testing.assert_array_equal(clip_preprocessor(photo), tiny_clip[0].preprocess(photo))
+    reference = lite0_onnx.encode([photo])  # builds the onnxruntime session first
+    clone = pickle.loads(pickle.dumps(lite0_onnx))
+    np.testing.assert_array_equal(clone.encode([photo]), reference)
+    assert clone.fingerprint == lite0_onnx.fingerprint
 
 
 def test_preprocess_crops_the_centre_and_scales_to_minus_one_one(lite0_onnx: EfficientNetLiteEncoder) -> None:

@@ -49,6 +49,8 @@ __all__ = [
     "build_efficientnet_lite",
     "EfficientNetLiteFeatures",
     "EfficientNetLiteEncoder",
+    "EfficientNetLitePreprocessor",
+    "TorchvisionPreprocessor",
     "OpenClipBundle",
     "load_open_clip",
     "OpenClipImageEncoder",
@@ -82,6 +84,10 @@ class ImageEncoder(Encoder, Protocol):
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """Return the model input for one image, CHW float32."""
+        ...
+
+    def preprocessor(self) -> Callable[[Image.Image], np.ndarray]:
+        """A picklable callable equal to :meth:`preprocess`, for worker processes."""
         ...
 
     def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
@@ -251,6 +257,46 @@ def _encode_in_batches(
     return np.concatenate(rows).astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True)
+class EfficientNetLitePreprocessor:
+    """Picklable ``PIL image -> [3, res, res]`` float32 transform of :class:`EfficientNetLiteEncoder`.
+
+    Small and free of model state, so it can be shipped to worker processes that decode and
+    preprocess while the main process runs the forward passes.
+    """
+
+    resolution: int
+    crop_padding: int = 32
+    resample: Literal["bicubic", "bilinear"] = "bicubic"
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """Centre crop, resize and scale one image to ``[-1, 1]`` (TF EfficientNet-Lite eval transform)."""
+        image = _as_rgb(image)
+        width, height = image.size
+        res = self.resolution
+        # TF reference: a centred square of int(res / (res + padding) * shorter side).
+        crop = max(1, int(res / (res + self.crop_padding) * min(width, height)))
+        left = (width - crop + 1) // 2
+        top = (height - crop + 1) // 2
+        resized = image.resize(
+            (res, res), resample=_RESAMPLE_FILTERS[self.resample], box=(left, top, left + crop, top + crop)
+        )
+        pixels = np.asarray(resized, dtype=np.float32)
+        pixels = (pixels - EFFICIENTNET_LITE_PIXEL_MEAN) / EFFICIENTNET_LITE_PIXEL_STD
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class TorchvisionPreprocessor:
+    """Picklable wrapper of a torchvision transform (open_clip's) returning CHW float32 numpy."""
+
+    transform: Callable[[Image.Image], Any]
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """Apply the transform to one image (converted to RGB first)."""
+        return np.ascontiguousarray(self.transform(_as_rgb(image)).numpy(), dtype=np.float32)
+
+
 class EfficientNetLiteEncoder:
     """EfficientNet-Lite ImageNet features (1280-d, L2-normalised); the offline default.
 
@@ -318,6 +364,7 @@ class EfficientNetLiteEncoder:
         self.fingerprint = config_fingerprint(
             f"efficientnet-{variant}", self.vector_config(), f"sha256:{self.weights_sha256}"
         )
+        self._preprocessor = self.preprocessor()
         self.onnx_path: Path | None = None
         self._forward: Callable[[np.ndarray], np.ndarray] | None = None
         self._build_lock = threading.Lock()
@@ -334,21 +381,13 @@ class EfficientNetLiteEncoder:
             "normalize": "l2",
         }
 
+    def preprocessor(self) -> EfficientNetLitePreprocessor:
+        """The picklable preprocessing transform (for decode/preprocess worker processes)."""
+        return EfficientNetLitePreprocessor(self.resolution, self.crop_padding, self.resample)
+
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """Centre crop, resize and scale one image: ``[3, res, res]`` float32 in ``[-1, 1]``."""
-        image = _as_rgb(image)
-        width, height = image.size
-        res = self.resolution
-        # TF reference: a centred square of int(res / (res + padding) * shorter side).
-        crop = max(1, int(res / (res + self.crop_padding) * min(width, height)))
-        left = (width - crop + 1) // 2
-        top = (height - crop + 1) // 2
-        resized = image.resize(
-            (res, res), resample=_RESAMPLE_FILTERS[self.resample], box=(left, top, left + crop, top + crop)
-        )
-        pixels = np.asarray(resized, dtype=np.float32)
-        pixels = (pixels - EFFICIENTNET_LITE_PIXEL_MEAN) / EFFICIENTNET_LITE_PIXEL_STD
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return self._preprocessor(image)
 
     def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         """Forward a ``[n, 3, res, res]`` batch (from :meth:`preprocess`) in chunks of ``batch_size``."""
@@ -410,6 +449,18 @@ class EfficientNetLiteEncoder:
 
         return forward
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The loaded model / onnxruntime session and the lock are rebuilt lazily after unpickling,
+        # so an encoder can be sent to worker processes cheaply.
+        state = self.__dict__.copy()
+        state["_forward"] = None
+        state["_build_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._build_lock = threading.Lock()
+
     def __repr__(self) -> str:
         return (
             f"EfficientNetLiteEncoder(variant={self.variant!r}, engine={self.engine!r}, "
@@ -465,15 +516,15 @@ def load_open_clip(
     if checkpoint_path is not None and not Path(checkpoint_path).is_file():
         raise FileNotFoundError(f"open_clip checkpoint not found: {checkpoint_path}")
     resolved_device = resolve_device(device)
+    # open_clip treats a file path given as ``pretrained`` as a full checkpoint and loads it with
+    # ``load_checkpoint(strict=True, weights_only=...)`` (state_dict / module. prefixes handled).
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_name,
-        pretrained=pretrained,
+        pretrained=str(checkpoint_path) if checkpoint_path is not None else pretrained,
         device="cpu",
         cache_dir=None if cache_dir is None else str(cache_dir),
         weights_only=True,
     )
-    if checkpoint_path is not None:
-        open_clip.load_checkpoint(model, str(checkpoint_path), strict=True, weights_only=True)
     model = model.to(resolved_device).eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     config = open_clip.get_model_config(model_name) or {}
@@ -546,9 +597,13 @@ class OpenClipImageEncoder:
             self.bundle.weights_id,
         )
 
+    def preprocessor(self) -> TorchvisionPreprocessor:
+        """The picklable preprocessing transform (for decode/preprocess worker processes)."""
+        return TorchvisionPreprocessor(self.bundle.preprocess)
+
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The model's own validation transform (resize, crop, normalise): CHW float32."""
-        return np.ascontiguousarray(self.bundle.preprocess(_as_rgb(image)).numpy(), dtype=np.float32)
+        return self.preprocessor()(image)
 
     def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         """Forward a stacked ``[n, 3, H, W]`` batch in chunks of ``batch_size``."""
