@@ -101,7 +101,7 @@ def _write_tiny_e5(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     h, ffn = TINY["hidden"], TINY["ffn"]
     vocab = len(TINY_PIECES) + 2  # like e5: more embedding rows than pieces
-    shapes = e5_convert._tensor_shapes(dict(TINY, vocab=vocab))
+    shapes = e5_convert.expected_tensor_shapes(dict(TINY, vocab=vocab))
     quantised = {"emb.word"} | {n for n in shapes if n.endswith(".w") and len(shapes[n]) == 2}
     payload, directory, expected = bytearray(), [], {}
     for name, shape in shapes.items():

