@@ -126,36 +126,36 @@ def _canonical_decimal(text: str) -> str:
     return format(number.normalize(), "f")
 
 
-def _normalise_items(items: object) -> list[dict]:
-    if not isinstance(items, list):
+def _normalise_items(items: object, check_encoding: bool = True) -> list[dict]:
+    if type(items) is not list:
         raise CharacteristicsParseError("not_a_list", f"top level is {type(items).__name__}")
+    if Ellipsis in items:
+        raise CharacteristicsParseError("truncated_numpy_repr", "numpy printed '...' instead of items")
     normalised = []
     for position, item in enumerate(items):
-        if item is Ellipsis:
-            raise CharacteristicsParseError("truncated_numpy_repr", "numpy printed '...' instead of items")
-        if not isinstance(item, dict) or not isinstance(item.get("charcName"), str):
+        if type(item) is not dict or type(name := item.get("charcName")) is not str:
             raise CharacteristicsParseError("malformed_item", f"item {position} has no str charcName")
         values = item.get("charcValues")
-        if values is not None:
-            if not isinstance(values, (list, tuple)):
-                raise CharacteristicsParseError("malformed_item", f"item {position} charcValues is not a list")
-            if any(value is Ellipsis for value in values):
-                raise CharacteristicsParseError("truncated_numpy_repr", f"item {position} values elided")
-            texts = []
-            for value in values:
-                if isinstance(value, str):
-                    value = value.strip()
-                    if value:
-                        texts.append(value)
-                elif value is not None:
-                    text = canonical_value(value)
-                    if text is not None:
-                        texts.append(text)
-        else:
+        if values is None:
             text = canonical_value(item.get("value"))
             texts = [] if text is None else [text]
-        normalised.append({"name": item["charcName"].strip(), "values": texts})
-    _require_encodable(normalised)
+        elif type(values) is list or type(values) is tuple:
+            if Ellipsis in values:
+                raise CharacteristicsParseError("truncated_numpy_repr", f"item {position} values elided")
+            if all(type(value) is str for value in values):  # the usual case
+                texts = [text for value in values if (text := value.strip())]
+            else:
+                texts = [
+                    text
+                    for value in values
+                    if value is not None
+                    and (text := value.strip() if isinstance(value, str) else canonical_value(value))
+                ]
+        else:
+            raise CharacteristicsParseError("malformed_item", f"item {position} charcValues is not a list")
+        normalised.append({"name": name.strip(), "values": texts})
+    if check_encoding:
+        _require_encodable(normalised)
     return normalised
 
 
@@ -287,12 +287,12 @@ def parse_characteristics(
 # --------------------------------------------------------------------------------------------
 # Whole column
 
-# Form 1 as produced by the dump: b'b\'<escaped twice JSON>\''.
+# Form 1 as produced by the dump: b'b\'<the JSON escaped twice>\''.
 _FORM1_PREFIX, _FORM1_SUFFIX = "b'b\\'", "\\''"
-# Content of a bytes literal whose value is printable ASCII: such a literal only ever contains
-# printable characters other than \ and ', plus the escapes \\ and \'.
-_PRINTABLE_ASCII_LITERAL = r"^(?:[ -&(-\[\]-~]|\\\\|\\')*$"
-_UNESCAPE = r"\\(.)"
+# Escaping printable-ASCII JSON twice as a bytes literal turns \ into \\\\ and ' into \\\',
+# and leaves every other printable character alone. A content made only of those tokens is such
+# a double escape, and undoing it is three literal replacements (NUL cannot occur in it).
+_TWICE_ESCAPED_PRINTABLE_ASCII = r"^(?:[ -&(-\[\]-~]|\\\\\\\\|\\\\\\')*$"
 
 
 def _fast_unwrap_form1(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -300,18 +300,44 @@ def _fast_unwrap_form1(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
 
     Returns (mask of rows handled, their JSON text). Other rows fall back to the per-cell parser.
     """
-    stripped = pc.utf8_trim_whitespace(texts)
-    candidate = pc.and_(pc.starts_with(stripped, _FORM1_PREFIX), pc.ends_with(stripped, _FORM1_SUFFIX))
-    candidate = pc.and_(candidate, pc.greater_equal(pc.utf8_length(stripped), len(_FORM1_PREFIX) + len(_FORM1_SUFFIX)))
-    candidate = pc.fill_null(candidate, False)
-    content = pc.utf8_slice_codeunits(
-        pc.utf8_slice_codeunits(stripped, len(_FORM1_PREFIX)), 0, -len(_FORM1_SUFFIX)
-    )
-    for _ in range(2):
-        candidate = pc.and_(candidate, pc.fill_null(pc.match_substring_regex(content, _PRINTABLE_ASCII_LITERAL), False))
-        content = pc.replace_substring_regex(content, _UNESCAPE, r"\1")
-    mask = candidate.to_numpy(zero_copy_only=False)
-    return mask, content
+    candidate = pc.and_(pc.starts_with(texts, _FORM1_PREFIX), pc.ends_with(texts, _FORM1_SUFFIX))
+    content = pc.utf8_slice_codeunits(texts, len(_FORM1_PREFIX), -len(_FORM1_SUFFIX))
+    candidate = pc.and_(candidate, pc.match_substring_regex(content, _TWICE_ESCAPED_PRINTABLE_ASCII))
+    content = pc.replace_substring(content, "\\\\\\\\", "\x00")
+    content = pc.replace_substring(content, "\\\\\\'", "'")
+    return _mask(candidate), pc.replace_substring(content, "\x00", "\\")
+
+
+# numpy reprs whose strings are all simple ('...' without quotes or backslashes inside) rewrite
+# to JSON with regexes alone: each alternative below either consumes a whole string literal
+# (output as is, followed by a private-use mark) or a piece of numpy/Python syntax outside
+# strings, which becomes the captured text (if any) and the mark; "}<mark>", "True<mark>" etc.
+# can then only come from syntax, and are replaced by their JSON spelling.
+_NUMPY_SYNTAX = r"('[^']*')|(\})\s+\{|(True|False|None|nan|inf)|array\(|,\s*dtype=object\)"
+_MARK = "\ue000"
+# Only a \uD800-\uDFFF escape can put a lone surrogate into text decoded from valid UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_NUMPY_TO_JSON = (("}", "}, {"), ("True", "true"), ("False", "false"), ("None", "null"), ("nan", "NaN"),
+                  ("inf", "Infinity"))
+
+
+def _fast_numpy_repr_to_json(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Vectorised rewrite of form 2 into JSON for rows with simple strings (see ``_NUMPY_SYNTAX``).
+
+    A row whose rewrite is not valid JSON (np.float64(...), '...', odd shapes) falls back.
+    """
+    candidate = pc.and_(pc.starts_with(texts, "[{'"), pc.ends_with(texts, "}]"))
+    for forbidden in ('"', "\\", _MARK):
+        candidate = pc.and_(candidate, pc.invert(pc.match_substring(texts, forbidden)))
+    rewritten = pc.replace_substring_regex(texts, _NUMPY_SYNTAX, "\\1\\2\\3" + _MARK)
+    for syntax, json_spelling in _NUMPY_TO_JSON:
+        rewritten = pc.replace_substring(rewritten, syntax + _MARK, json_spelling)
+    rewritten = pc.replace_substring(rewritten, _MARK, "")
+    return _mask(candidate), pc.replace_substring(rewritten, "'", '"')
+
+
+def _mask(condition: pa.Array) -> np.ndarray:
+    return pc.fill_null(condition, False).to_numpy(zero_copy_only=False)
 
 
 def characteristics_table(
@@ -320,8 +346,9 @@ def characteristics_table(
     """Parse a whole column: long table (nm, name, value), rejections (nm, reason, detail), parsed rows.
 
     Every input row ends in exactly one of ``parsed`` (its values, if any, in ``long``) or
-    ``rejections``. Rows in the standard form 1 take a vectorised unwrapping fast path; every
-    other row goes through :func:`parse_characteristics`.
+    ``rejections``. Rows in the standard forms 1 and 2 are rewritten to JSON by vectorised
+    regexes (only where that is provably exact); anything the fast path cannot handle goes
+    through :func:`parse_characteristics`, which records the reason if it fails too.
     """
     if len(nm) != len(raw):
         raise ValueError(f"nm ({len(nm)} rows) and raw ({len(raw)} rows) differ in length")
@@ -334,28 +361,37 @@ def characteristics_table(
     pending: list[int] = []
     for position, cell in enumerate(raw_values):
         try:
-            decoded[position] = _decode(cell, max_bytes)
+            decoded[position] = _decode(cell, max_bytes).strip()
         except CharacteristicsParseError as error:
             rejections.append((nm_values[position], error.reason, error.detail))
         else:
             pending.append(position)
 
-    parsed_items: list[list[dict] | None] = [None] * n_rows
-    fast_json: dict[int, str] = {}
+    json_texts: list[str | None] = [None] * len(pending)
     if pending:
         texts = pa.array([decoded[p] for p in pending], type=pa.large_string())
-        mask, json_texts = _fast_unwrap_form1(texts)
-        handled = np.flatnonzero(mask)
-        fast_values = json_texts.take(pa.array(handled)).to_pylist() if handled.size else []
-        fast_json = {pending[i]: text for i, text in zip(handled.tolist(), fast_values)}
+        for fast_path in (_fast_unwrap_form1, _fast_numpy_repr_to_json):
+            mask, rewritten = fast_path(texts)
+            handled = np.flatnonzero(mask)
+            if handled.size:
+                for i, text in zip(handled.tolist(), rewritten.take(pa.array(handled)).to_pylist()):
+                    json_texts[i] = text
+        for i, position in enumerate(pending):  # form 3 is JSON already
+            if json_texts[i] is None and decoded[position][:2] in ('[{', "[]"):
+                json_texts[i] = decoded[position]
 
-    for position in pending:
+    parsed_items: list[list[dict] | None] = [None] * n_rows
+    for i, position in enumerate(pending):
+        text = json_texts[i]
+        if text is not None:
+            try:
+                surrogate_escape = _SURROGATE_ESCAPE.search(text) is not None
+                parsed_items[position] = _normalise_items(json.loads(text), check_encoding=surrogate_escape)
+                continue
+            except (ValueError, RecursionError, CharacteristicsParseError):
+                pass  # the per-cell parser below gives the definitive answer and reason
         try:
-            text = fast_json.get(position)
-            if text is not None:
-                parsed_items[position] = _normalise_items(_parse_unwrapped(text.strip(), True))
-            else:
-                parsed_items[position] = parse_characteristics(decoded[position], max_bytes)
+            parsed_items[position] = parse_characteristics(decoded[position], max_bytes)
         except CharacteristicsParseError as error:
             rejections.append((nm_values[position], error.reason, error.detail))
 
