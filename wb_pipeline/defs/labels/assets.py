@@ -33,13 +33,15 @@ LabelRulesSettings = config_class(LabelRulesConfig, "LabelRulesSettings")
 def parsed_characteristics(clean_products: pd.DataFrame):
     """Safe parse of the `characteristics` bytes in all stored forms (never `eval`)."""
     train = clean_products[clean_products["split"] == "train"]
-    long, errors = characteristics_table(train["nm"], train["characteristics"])
+    parsed = characteristics_table(train["nm"], train["characteristics"])
+    long, errors = parsed.long, parsed.rejections
     yield dg.Output(
         long,
         output_name="product_characteristics",
         metadata={
             "dagster/row_count": len(long),
             "products_with_characteristics": int(long["nm"].nunique()),
+            "parsed_cells": len(parsed.parsed),
             "train_products": len(train),
             "top_names": metadata.value_counts(long["name"], "name"),
             "preview": metadata.preview(long, rows=10),
