@@ -256,3 +256,24 @@ def test_every_form_round_trips(items, form) -> None:
     table = characteristics_table(pd.Series(["1"]), pd.Series([form(items)], dtype=object))
     assert table.rejections.empty
     assert table.long["value"].tolist() == [v for item in expected for v in item["values"]]
+
+
+TRICKY_FORM2_ITEMS = [
+    [{"charcName": "Флаг", "value": True}, {"charcName": "Нет", "value": None}, {"charcName": "x", "value": float("nan")}],
+    [{"charcName": "} {", "charcValues": ["True", "None", "nan", "inf", "array(", ", dtype=object)", "}\n {"]}],
+    [{"charcName": "a", "charcValues": ["it's", 'say "hi"', "back\\slash"]}, {"charcName": "b", "value": 1}],
+    [{"charcName": "Длина", "value": "12,5"}, {"charcName": "Вес", "value": 0.25}, {"charcName": "Пусто", "charcValues": []}],
+    [{"charcName": "Пол", "charcValues": ["Женский", "Унисекс"]}] * 3,
+]
+
+
+@pytest.mark.parametrize("items", TRICKY_FORM2_ITEMS)
+def test_column_fast_paths_agree_with_the_per_cell_parser(items) -> None:
+    cells = [form1(items), form2(items), form3(items), form1(items, ensure_ascii=False)]
+    table = characteristics_table(pd.Series(range(len(cells))), pd.Series(cells, dtype=object))
+    assert table.rejections.empty
+    for position, cell in enumerate(cells):
+        rows = table.long[table.long["nm"] == str(position)]
+        expected = [(item["name"], value) for item in parse_characteristics(cell) for value in item["values"]]
+        assert list(zip(rows["name"], rows["value"])) == expected
+    assert parse_characteristics(cells[1]) == parse_characteristics(cells[2])

@@ -13,10 +13,16 @@ Each item has ``charcName`` and either ``charcValues`` (list of str) or ``value`
 string with a decimal comma). Items are normalised to ``{"name": str, "values": list[str]}``.
 
 Nothing is ever executed: bytes literals are unwrapped by ``ast.literal_eval`` (only a bytes
-constant is accepted) or, on the fast path, by vectorised unescaping that is only used when a
-regular expression proves the literal holds nothing but printable ASCII; the numpy repr is rewritten
-into a Python literal (string-aware, so text inside values is never touched) and read by
-``ast.literal_eval``; JSON by ``json.loads``. Cells above ``max_bytes`` are rejected before parsing.
+constant is accepted); the numpy repr is rewritten into a Python literal (string-aware, so text
+inside values is never touched) and read by ``ast.literal_eval``; JSON by ``json.loads``. Cells
+above ``max_bytes`` are rejected before parsing.
+
+:func:`characteristics_table` first tries vectorised (pyarrow) rewrites of whole columns to JSON:
+form 1 where a regex proves the literal is a double escape of printable-ASCII JSON (undone by
+three literal replacements), form 2 where the cell has no ``"`` or backslash, so every ``'`` is a
+string delimiter and a string-skipping regex rewrites only the numpy syntax. Any cell whose rewrite
+is not valid JSON, or fails normalisation, is parsed again by :func:`parse_characteristics`, which
+gives the definitive result or rejection reason; tests check both paths agree.
 
 Deviations from the notebook (``_process_characteristics`` + ``CharExtractor``), on purpose:
 
