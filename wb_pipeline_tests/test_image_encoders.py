@@ -205,6 +205,10 @@ def test_onnx_export_is_cached_and_reused(
     exported = lite0_onnx.onnx_path
     assert exported is not None and exported.parent == onnx_cache and exported.is_file()
     assert not list(onnx_cache.glob("*.tmp")), "temporary export files must not be left behind"
+    for spinning in (False, True):
+        options = onnx_export.open_onnx_session(exported, num_threads=1, allow_spinning=spinning).get_session_options()
+        assert options.intra_op_num_threads == 1
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spinning))
 
     def export_must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached export was exported again")

@@ -314,7 +314,9 @@ class EfficientNetLiteEncoder:
         crop_padding: the centre crop keeps ``res / (res + crop_padding)`` of the shorter side
             (TF reference: 32; 0 = keep the whole shorter side).
         resample: PIL filter of the resize, ``"bicubic"`` (reference) or ``"bilinear"``.
-        memory_format: torch engine layout; ``"channels_last"`` is ~2x faster on CPU.
+        memory_format: torch engine layout; ``"channels_last"`` is faster on CPU.
+        onnx_allow_spinning: let idle onnxruntime threads busy-wait (off: better on a shared
+            CPU or with decoding overlapped in other threads).
 
     The model is built lazily on the first forward pass, so constructing the encoder (and
     reading :attr:`fingerprint`) costs only a hash of the weights file.
@@ -332,6 +334,7 @@ class EfficientNetLiteEncoder:
         crop_padding: int = 32,
         resample: Literal["bicubic", "bilinear"] = "bicubic",
         memory_format: MemoryFormat = "channels_last",
+        onnx_allow_spinning: bool = False,
     ) -> None:
         spec = _spec(variant)
         if engine not in ("onnx", "torch"):
@@ -358,6 +361,7 @@ class EfficientNetLiteEncoder:
         self.crop_padding = crop_padding
         self.resample = resample
         self.memory_format = memory_format
+        self.onnx_allow_spinning = bool(onnx_allow_spinning)
         self.dim = EFFICIENTNET_LITE_FEATURE_DIM
         self.weights_path = efficientnet_lite_weights_path(variant)
         self.weights_sha256 = file_sha256(self.weights_path)
@@ -431,6 +435,7 @@ class EfficientNetLiteEncoder:
             build_module=self._export_module,
             cache_dir=self.cache_dir,
             num_threads=self.num_threads,
+            allow_spinning=self.onnx_allow_spinning,
         )
         return OnnxFeatureRunner(session)
 
