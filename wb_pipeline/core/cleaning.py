@@ -113,10 +113,12 @@ def clean_products(
             )
             status.index = frame.index
             reject(status["decodable"].isna(), REJECT_MISSING_IMAGE, "no {nm}.jpg in the images zip")
-            is_empty = status["is_empty"].eq(True)
-            reject(is_empty, REJECT_EMPTY_IMAGE, "image below the empty-image size threshold")
+            # undecodable before empty: a zero-byte or corrupt file is also "small", but the decode
+            # failure is the more useful reason
             undecodable = status["decodable"].eq(False)
             reject(undecodable, REJECT_UNDECODABLE_IMAGE, status["reason"].fillna("").astype(str))
+            is_empty = status["is_empty"].eq(True)
+            reject(is_empty, REJECT_EMPTY_IMAGE, "image below the empty-image size threshold")
 
         frame.insert(1, "split", split)
         kept = reason.isna()
