@@ -164,3 +164,108 @@ def test_tokenize_matches_the_documented_grammar(texts) -> None:
 
     tokens = tokenize(pa.array(texts, type=pa.large_string())).to_pylist()
     assert tokens == [reference_tokens(text) for text in texts]
+
+
+# --- the fast paths agree with the straightforward definitions --------------------------------
+
+FUZZ_SLOW = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+tricky_text = st.one_of(
+    st.none(),
+    st.text(),
+    st.text(alphabet="аБ вXх-.,5٣ΣςİK\u00a0\u2028\t\x0b\x00\x85\u3000  <>&;/!pb#x2FЁ\u00ad\u200b", max_size=40),
+    st.lists(
+        st.sampled_from(["<p>", "</b>", "<!-- c -->", "&nbsp;", "&#x41;", "&amp", "5", "кг", "20х30", " x ",
+                         "10\u00a0x\u00a020", "  ", "\n", "Слово", "и", "не", "-", "1,5", "Wi-Fi", "\u200b"]),
+        max_size=12,
+    ).map("".join),
+)
+
+
+def reference_preprocess(text: str | None, kind: str, config: TextPreprocessingConfig) -> str:
+    """Removal regex, lowercase and the token grammar on the WHOLE text, then the filters in Python."""
+    import unicodedata
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from wb_pipeline.core.text import tokenize
+
+    array = pc.replace_substring_regex(pa.array([text or ""], type=pa.large_string()), config.removal_pattern, "")
+    excluded = config.excluded_words(kind)
+    kept = [
+        token
+        for token in tokenize(pc.utf8_lower(array)).to_pylist()[0]
+        if token not in excluded
+        and not all(unicodedata.category(ch).startswith("N") for ch in token)
+        and len(token) <= config.max_word_len
+    ]
+    return " ".join(kept[: config.max_words(kind)])
+
+
+@FUZZ_SLOW
+@given(st.lists(tricky_text, max_size=8), st.sampled_from(["title", "description"]), st.integers(0, 4))
+def test_word_by_word_preprocessing_equals_whole_text_tokenisation(texts, kind, cap) -> None:
+    # The pipeline tokenizes each distinct whitespace-separated word once; that must equal
+    # lowercasing and tokenizing each text as a whole.
+    config = TextPreprocessingConfig(strip_html=False, title_max_words=cap, description_max_words=cap, max_word_len=5)
+    out = preprocess_text(pd.Series(texts, dtype=object), kind, config).tolist()
+    assert out == [reference_preprocess(text, kind, config) for text in texts]
+
+
+@FUZZ
+@given(st.lists(tricky_text, max_size=8))
+def test_whitespace_collapse_equals_replacing_every_run(texts) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    markup_free = [(text or "").replace("<", "").replace("&", "").replace("\u00ad", "").replace("\u200b", "")
+                   for text in texts]
+    every_run = pc.replace_substring_regex(pa.array(markup_free, type=pa.large_string()), r"[\s\p{Z}\p{Cc}]+", " ")
+    assert normalize_raw_text(pd.Series(markup_free)).tolist() == pc.utf8_trim(every_run, " ").to_pylist()
+
+
+@FUZZ_SLOW
+@given(st.lists(tricky_text, max_size=8), st.sampled_from(["title", "description"]), st.booleans())
+def test_preprocess_and_normalize_equals_the_two_separate_calls(texts, kind, strip_html) -> None:
+    from wb_pipeline.core.text import preprocess_and_normalize
+
+    config = TextPreprocessingConfig(strip_html=strip_html)
+    series = pd.Series(texts, dtype=object, index=range(10, 10 + len(texts)))
+    preprocessed, natural = preprocess_and_normalize(series, kind, config)
+    pd.testing.assert_series_equal(preprocessed, preprocess_text(series, kind, config))
+    pd.testing.assert_series_equal(natural, normalize_raw_text(series))
+
+
+def test_duplicate_texts_get_the_same_output_at_every_row() -> None:
+    texts = pd.Series(["<b>Платье</b> 5кг", None, "<b>Платье</b> 5кг", "", "Юбка"], index=[5, 3, 9, 1, 0])
+    out = preprocess_text(texts, "title")
+    assert out.tolist() == ["платье", "", "платье", "", "юбка"]
+    assert out.index.tolist() == [5, 3, 9, 1, 0]
+
+
+@FUZZ_SLOW
+@given(st.lists(st.tuples(tricky_text, tricky_text), min_size=1, max_size=6), st.booleans())
+def test_build_product_text_equals_its_definition(rows, strip_html) -> None:
+    from wb_pipeline.core.product_text import PREPROCESSED_TITLE_FILL_WORDS, build_product_text
+
+    config = TextPreprocessingConfig(strip_html=strip_html, title_max_words=3)
+    clean = pd.DataFrame(
+        {
+            "nm": [str(i) for i in range(len(rows))],
+            "split": "train",
+            "title": [title for title, _ in rows],
+            "description": [description for _, description in rows],
+        },
+        index=range(7, 7 + len(rows)),
+    )
+    out = build_product_text(clean, config)
+    title = preprocess_text(clean["title"], "title", config).tolist()
+    description = preprocess_text(clean["description"], "description", config).tolist()
+    description = [d if d else t for t, d in zip(title, description)]
+    title = [t if t else " ".join(d.split()[:PREPROCESSED_TITLE_FILL_WORDS]) for t, d in zip(title, description)]
+    assert out["title_preprocessed"].tolist() == title
+    assert out["description_preprocessed"].tolist() == description
+    assert out["title_natural"].tolist() == normalize_raw_text(clean["title"]).tolist()
+    assert out["description_natural"].tolist() == normalize_raw_text(clean["description"]).tolist()
+    assert out["nm"].tolist() == clean["nm"].tolist()

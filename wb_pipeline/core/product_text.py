@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from wb_pipeline.core.text import TextPreprocessingConfig, normalize_raw_text, preprocess_text
+from wb_pipeline.core.text import TextPreprocessingConfig, preprocess_and_normalize
 
 # The notebook refills an empty preprocessed title with the first 7 words of the preprocessed description.
 PREPROCESSED_TITLE_FILL_WORDS = 7
@@ -16,19 +16,26 @@ def build_product_text(clean: pd.DataFrame, config: TextPreprocessingConfig) -> 
     After preprocessing, the notebook's second fill applies: an empty preprocessed description takes
     the preprocessed title, an empty preprocessed title the first words of the description.
     """
-    title = preprocess_text(clean["title"], "title", config)
-    description = preprocess_text(clean["description"], "description", config)
+    title, title_natural = preprocess_and_normalize(clean["title"], "title", config)
+    description, description_natural = preprocess_and_normalize(clean["description"], "description", config)
     description = description.where(description != "", title)
-    head = description.str.split().str[:PREPROCESSED_TITLE_FILL_WORDS].str.join(" ")
-    title = title.where(title != "", head)
+    empty_title = title == ""
+    # Only the (few) rows with an empty title need the description's first words.
+    head = description[empty_title].str.split().str[:PREPROCESSED_TITLE_FILL_WORDS].str.join(" ")
+    title = title.where(~empty_title, head)
+    texts = {
+        "title_natural": title_natural,
+        "description_natural": description_natural,
+        "title_preprocessed": title,
+        "description_preprocessed": description,
+    }
+    # The text columns keep their Arrow storage: a round trip through numpy object arrays costs
+    # more than the preprocessing of a short column.
     return pd.DataFrame(
         {
             "nm": clean["nm"].to_numpy(),
             "split": clean["split"].to_numpy(),
-            "title_natural": normalize_raw_text(clean["title"]).to_numpy(),
-            "description_natural": normalize_raw_text(clean["description"]).to_numpy(),
-            "title_preprocessed": title.to_numpy(),
-            "description_preprocessed": description.to_numpy(),
+            **{name: column.reset_index(drop=True) for name, column in texts.items()},
         }
     )
 

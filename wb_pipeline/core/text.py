@@ -10,7 +10,10 @@ Two outputs per text column:
   number of words.
 
 Both work on whole columns with pyarrow compute kernels (RE2 regular expressions); there is no
-per-row Python in the hot path. Both are total: ``None``/NaN/empty -> ``""``, any Unicode string
+per-row Python in the hot path. Work is done once per distinct text (titles repeat a lot), the
+markup/entity/removal rewrites only on the rows that match, and tokenising and filtering once per
+distinct whitespace-separated word (:func:`preprocess_and_normalize` also shares the markup pass
+between the two outputs). Both are total: ``None``/NaN/empty -> ``""``, any Unicode string
 (lone surrogates are replaced), megabyte-long strings are fine (RE2 runs in linear time).
 
 Tokenisation (defined here, because nltk's ``word_tokenize`` needs data that cannot be downloaded):
@@ -73,6 +76,10 @@ _ENTITY = r"&(?:#[0-9]+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);?"
 # Zero-width characters, soft hyphens, BOMs: invisible, and they would split or glue words.
 _INVISIBLE = r"\p{Cf}"
 _WHITESPACE = r"[\s\p{Z}\p{Cc}]+"
+# The runs of _WHITESPACE that collapsing actually changes: two or more characters, or one that is
+# not a plain space. Rewriting only those (not every single space) is ~4x faster and gives the
+# same text as replacing every run by " ".
+_WHITESPACE_TO_COLLAPSE = r"[\s\p{Z}\p{Cc}]{2,}|[^\PZ ]|\p{Cc}"
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,19 @@ def _to_series(array: pa.Array, index: pd.Index) -> pd.Series:
     return pd.Series(pd.array(array, dtype=pd.StringDtype("pyarrow", na_value=np.nan)), index=index)
 
 
+def _replace_where_matching(array: pa.Array, pattern: str, replacement: str) -> pa.Array:
+    """``replace_substring_regex`` on only the rows that contain a match.
+
+    Finding a match is several times cheaper than rewriting a string, and most rows have none.
+    """
+    matches = pc.fill_null(pc.match_substring_regex(array, pattern), False)
+    positions = np.flatnonzero(matches.to_numpy(zero_copy_only=False))
+    if positions.size == 0:
+        return array
+    replaced = pc.replace_substring_regex(array.take(pa.array(positions)), pattern, replacement)
+    return pc.replace_with_mask(array, matches, replaced)
+
+
 def _unescape_entities(array: pa.Array) -> pa.Array:
     """``html.unescape`` on the (usually few) rows that contain an entity."""
     has_entity = pc.fill_null(pc.match_substring_regex(array, _ENTITY), False)
@@ -154,14 +174,29 @@ def _unescape_entities(array: pa.Array) -> pa.Array:
     return pc.replace_with_mask(array, has_entity, pa.array(unescaped, type=array.type))
 
 
-def _normalize(array: pa.Array, collapse_whitespace: bool = True) -> pa.Array:
-    array = pc.replace_substring_regex(array, _HTML_MARKUP, " ")
+def _strip_markup(array: pa.Array) -> pa.Array:
+    """HTML tags and comments -> space, entities unescaped, invisible format characters removed."""
+    array = _replace_where_matching(array, _HTML_MARKUP, " ")
     array = _unescape_entities(array)
-    array = pc.replace_substring_regex(array, _INVISIBLE, "")
-    if not collapse_whitespace:  # the tokenizer splits on any whitespace anyway
-        return array
-    array = pc.replace_substring_regex(array, _WHITESPACE, " ")
-    return pc.utf8_trim(array, " ")
+    return _replace_where_matching(array, _INVISIBLE, "")
+
+
+def _collapse_whitespace(array: pa.Array) -> pa.Array:
+    return pc.utf8_trim(_replace_where_matching(array, _WHITESPACE_TO_COLLAPSE, " "), " ")
+
+
+def _normalize(array: pa.Array, collapse_whitespace: bool = True) -> pa.Array:
+    array = _strip_markup(array)
+    return _collapse_whitespace(array) if collapse_whitespace else array
+
+
+def _unique_rows(array: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """The distinct strings and, per row, the position of its string among them.
+
+    Titles repeat a lot (one product in several colours), so every step runs once per distinct text.
+    """
+    encoded = pc.dictionary_encode(array)
+    return encoded.dictionary, encoded.indices
 
 
 def normalize_raw_text(texts: pd.Series) -> pd.Series:
@@ -169,7 +204,8 @@ def normalize_raw_text(texts: pd.Series) -> pd.Series:
 
     Case and punctuation are kept. ``None``/NaN/empty -> ``""``. Same index as ``texts``.
     """
-    return _to_series(_normalize(_as_arrow_strings(texts)), texts.index)
+    unique, row_to_unique = _unique_rows(_as_arrow_strings(texts))
+    return _to_series(_normalize(unique).take(row_to_unique), texts.index)
 
 
 def _protect_joiners(array: pa.Array) -> pa.Array:
@@ -234,7 +270,7 @@ def _tokens_and_parents(texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
 
 def _ranks(counts: np.ndarray) -> np.ndarray:
     """0..count-1 for each group, concatenated."""
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    starts = np.cumsum(counts) - counts
     return np.arange(int(counts.sum())) - np.repeat(starts, counts)
 
 
@@ -267,22 +303,70 @@ def preprocess_text(
     than ``config.max_word_len`` characters.
     """
     config = config or TextPreprocessingConfig()
-    cap = config.max_words(kind)
-    excluded = pa.array(sorted(config.excluded_words(kind)), type=pa.large_string())
-
-    array = _as_arrow_strings(texts)
+    config.max_words(kind)  # validates kind before any work
+    unique, row_to_unique = _unique_rows(_as_arrow_strings(texts))
     if config.strip_html:
-        array = _normalize(array, collapse_whitespace=False)
+        unique = _strip_markup(unique)
+    return _to_series(_preprocess_unique(unique, kind, config).take(row_to_unique), texts.index)
+
+
+def preprocess_and_normalize(
+    texts: pd.Series, kind: TextKind, config: TextPreprocessingConfig | None = None
+) -> tuple[pd.Series, pd.Series]:
+    """``(preprocess_text(texts, kind, config), normalize_raw_text(texts))`` with the shared work done once.
+
+    Both outputs start by stripping markup and entities (when ``config.strip_html``); here that
+    runs once per distinct text instead of twice per row.
+    """
+    config = config or TextPreprocessingConfig()
+    config.max_words(kind)
+    unique, row_to_unique = _unique_rows(_as_arrow_strings(texts))
+    stripped = _strip_markup(unique)
+    preprocessed = _preprocess_unique(stripped if config.strip_html else unique, kind, config)
+    natural = _collapse_whitespace(stripped)
+    return (
+        _to_series(preprocessed.take(row_to_unique), texts.index),
+        _to_series(natural.take(row_to_unique), texts.index),
+    )
+
+
+def _preprocess_unique(array: pa.Array, kind: TextKind, config: TextPreprocessingConfig) -> pa.Array:
+    """Removal regex, lowercase, tokenize, filter and cap (markup already handled).
+
+    Tokens never span whitespace, and lowercasing maps code point by code point, so the text is
+    split on whitespace first and each distinct word (a few ten thousand in a 100k-row column,
+    against millions of occurrences) is lowercased, tokenized and filtered once; the kept tokens
+    are then laid out per row again and capped.
+    """
+    cap = config.max_words(kind)
     if config.removal_pattern:
-        array = pc.replace_substring_regex(array, config.removal_pattern, "")
-    flat, parents = _tokens_and_parents(pc.utf8_lower(array))
+        array = _replace_where_matching(array, config.removal_pattern, "")
+    words = pc.utf8_split_whitespace(array)
+    word_rows = pc.list_parent_indices(words).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    encoded = pc.dictionary_encode(pc.list_flatten(words))
+    vocabulary = pc.utf8_lower(encoded.dictionary)
+    word_codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+    # Kept tokens of each distinct word, contiguous, word by word.
+    tokens, token_words = _tokens_and_parents(vocabulary)
+    excluded = pa.array(sorted(config.excluded_words(kind)), type=pa.large_string())
     keep = pc.and_(
         pc.and_(
-            pc.invert(pc.is_in(flat, value_set=excluded)),
-            pc.invert(pc.match_substring_regex(flat, _PURE_NUMBER)),
+            pc.invert(pc.is_in(tokens, value_set=excluded)),
+            pc.invert(pc.match_substring_regex(tokens, _PURE_NUMBER)),
         ),
-        pc.less_equal(pc.utf8_length(flat), config.max_word_len),
+        pc.less_equal(pc.utf8_length(tokens), config.max_word_len),
     )
-    kept = _regroup(pc.filter(flat, keep), parents[keep.to_numpy(zero_copy_only=False)], len(array), cap=cap)
-    joined = pc.binary_join(kept, pa.scalar(" ", type=pa.large_string()))
-    return _to_series(joined, texts.index)
+    keep_mask = keep.to_numpy(zero_copy_only=False)
+    kept_tokens = pc.filter(tokens, keep)
+    kept_per_word = np.bincount(token_words[keep_mask], minlength=len(vocabulary))
+    first_kept_of_word = np.cumsum(kept_per_word) - kept_per_word
+
+    # Every occurrence of a word contributes its kept tokens, in text order.
+    per_occurrence = kept_per_word[word_codes]
+    token_index = np.repeat(first_kept_of_word[word_codes], per_occurrence) + _ranks(per_occurrence)
+    token_rows = np.repeat(word_rows, per_occurrence)
+    within_cap = _ranks(np.bincount(token_rows, minlength=len(array))) < cap
+    token_index, token_rows = token_index[within_cap], token_rows[within_cap]
+    kept = _regroup(kept_tokens.take(pa.array(token_index)), token_rows, len(array), cap=None)
+    return pc.binary_join(kept, pa.scalar(" ", type=pa.large_string()))
