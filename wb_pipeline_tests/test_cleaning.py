@@ -1,5 +1,7 @@
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wb_pipeline.core import cleaning
 from wb_pipeline.core.cleaning import CleaningConfig, clean_products
@@ -89,3 +91,45 @@ def test_megabyte_description_survives():
     raw = _raw([("1", "Кружка", "слово " * 200_000)])
     result = clean_products({"train": raw}, _index(["1"]))
     assert len(result.clean) == 1 and len(result.clean.loc[0, "description"]) > 1_000_000
+
+
+def test_python_whitespace_is_exactly_what_str_strip_removes():
+    import sys
+
+    every = "".join(chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace())
+    assert cleaning.PYTHON_WHITESPACE == every
+
+
+def test_duplicates_within_and_across_three_splits_keep_the_first():
+    a = _raw([("1", "Платье", "d"), ("1", "Платье", "d"), (None, "Без nm", "d")])
+    b = _raw([("2", "Юбка", "d"), (None, "Без nm", "d"), ("1", "Платье", "d")])
+    c = _raw([("2", "Юбка", "d"), ("3", "Шарф", "d")])
+    result = clean_products({"a": a, "b": b, "c": c}, None, CleaningConfig(require_image=False))
+    assert result.clean[["nm", "split"]].values.tolist() == [["1", "a"], ["2", "b"], ["3", "c"]]
+    rejected = result.rejected.fillna({"nm": "<none>"})[["nm", "split", "reason"]].values.tolist()
+    assert rejected == [
+        ["1", "a", cleaning.REJECT_DUPLICATE_NM],
+        ["<none>", "a", cleaning.REJECT_MISSING_NM],
+        ["<none>", "b", cleaning.REJECT_MISSING_NM],
+        ["1", "b", cleaning.REJECT_DUPLICATE_NM],
+        ["2", "c", cleaning.REJECT_DUPLICATE_NM],
+    ]
+
+
+_cells = st.one_of(
+    st.none(),
+    st.just(float("nan")),
+    st.text(alphabet=" \t\n\x0b\x1c\x85\xa0\u2028\u3000\u200baЖ", max_size=6),
+    st.text(max_size=6),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_cells, max_size=8), st.booleans())
+def test_arrow_text_path_equals_the_per_cell_rules(cells, as_str_dtype):
+    values = pd.Series(cells, dtype="str" if as_str_dtype else object, index=range(3, 3 + len(cells)))
+    text, bad = cleaning._as_text(values)
+    expected_text, expected_bad = cleaning._as_text_per_cell(values)
+    assert text.isna().tolist() == expected_text.isna().tolist()
+    assert text.dropna().tolist() == expected_text.dropna().tolist()
+    assert text.index.equals(values.index) and not bad.any() and not expected_bad.any()

@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # Rejection reasons, in the order they are tested: a row gets the first that applies.
 REJECT_MISSING_NM = "missing_nm"
@@ -29,6 +32,12 @@ REJECT_UNDECODABLE_IMAGE = "undecodable_image"
 REJECT_EMPTY_IMAGE = "empty_image"
 
 REJECTED_COLUMNS = ["nm", "split", "reason", "detail"]
+
+# The characters for which Python's str.isspace() is true (what str.strip()/str.split() remove).
+PYTHON_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,29 @@ class CleaningResult:
 
 
 def _as_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Text cells as str (None for missing/blank) and a mask of cells that were undecodable bytes."""
+    """Text cells as str (missing for missing/blank) and a mask of cells that were undecodable bytes.
+
+    A column of strings (the parquet case) is handled with Arrow kernels; any other column (bytes,
+    numbers, mixed objects) goes through :func:`_as_text_per_cell`, which defines the rules.
+    """
+    if pd.api.types.infer_dtype(values, skipna=True) != "string":
+        return _as_text_per_cell(values)
+    try:
+        array = pa.array(values, type=pa.large_string(), from_pandas=True)
+    except (pa.ArrowException, UnicodeError):  # e.g. lone surrogates: not representable in Arrow
+        return _as_text_per_cell(values)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    # Python's str.strip() whitespace, spelled out, so "blank" means exactly what it does per cell.
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim(array, PYTHON_WHITESPACE)), 0)
+    text = pc.if_else(blank, pa.scalar(None, type=array.type), array)
+    bad = pd.Series(False, index=values.index)
+    return pd.Series(pd.array(text, dtype=pd.StringDtype("pyarrow", na_value=np.nan)), index=values.index), bad
+
+
+def _as_text_per_cell(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The rules, cell by cell: bytes decoded as UTF-8 (undecodable -> missing and flagged),
+    other non-missing values via ``str``, blank -> missing."""
     bad = pd.Series(False, index=values.index)
     out = values.astype(object).copy()
     is_bytes = out.map(lambda v: isinstance(v, (bytes, bytearray)))
@@ -77,9 +108,14 @@ def clean_products(
     `nm` must be unique across all splits: later duplicates (in split order) are rejected.
     """
     clean_parts, rejected_parts = [], []
-    seen: set[str] = set()
+    # An nm is a duplicate if it occurred before, in this split or an earlier one (one hash pass).
+    all_nm = pd.concat([raw["nm"] for raw in splits.values()], ignore_index=True) if splits else pd.Series()
+    seen_before = all_nm.duplicated(keep="first").to_numpy()
+    offset = 0
     for split, raw in splits.items():
         frame = raw.reset_index(drop=True).copy()
+        duplicated = pd.Series(seen_before[offset : offset + len(frame)], index=frame.index)
+        offset += len(frame)
         reason = pd.Series(None, index=frame.index, dtype=object)
         detail = pd.Series("", index=frame.index, dtype=object)
 
@@ -89,9 +125,7 @@ def clean_products(
             detail[new] = why if isinstance(why, str) else why[new]
 
         reject(frame["nm"].isna(), REJECT_MISSING_NM)
-        duplicated = frame["nm"].duplicated(keep="first") | frame["nm"].isin(seen)
         reject(frame["nm"].notna() & duplicated, REJECT_DUPLICATE_NM, f"nm already seen (split {split} or earlier)")
-        seen.update(frame["nm"].dropna())
 
         title, bad_title = _as_text(frame["title"])
         description, bad_description = _as_text(frame["description"])
@@ -99,7 +133,9 @@ def clean_products(
         reject(title.isna() & description.isna(), REJECT_NO_TEXT)
 
         description = description.fillna(title)
-        first_words = description.str.split().str[: config.title_fill_words].str.join(" ")
+        # Only rows without a title need the description's first words.
+        needs_title = title.isna() & description.notna()
+        first_words = description[needs_title].str.split().str[: config.title_fill_words].str.join(" ")
         title = title.fillna(first_words)
         frame["title"], frame["description"] = title, description
         short = title.fillna("").str.strip().str.len() < config.min_title_chars
