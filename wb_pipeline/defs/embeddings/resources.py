@@ -37,14 +37,17 @@ class TextEncoderResource(dg.ConfigurableResource):
     batch_size: int = 32
     device: str = "auto"
     num_threads: int | None = None
+    allow_download: bool = False  # let sentence-transformers fetch `model` from the hub (needs network)
     cache_dir: str  # where converted models live (under the storage dir by default)
 
     def build(self):
         return _cached_encoder(_build_text_encoder, self.backend, self.model, self.pretrained, self.prompt,
-                               self.max_seq_length, self.batch_size, self.device, self.num_threads, self.cache_dir)
+                               self.max_seq_length, self.batch_size, self.device, self.num_threads,
+                               self.allow_download, self.cache_dir)
 
 
-def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batch_size, device, num_threads, cache_dir):
+def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batch_size, device, num_threads,
+                        allow_download, cache_dir):
     from wb_pipeline.core.encoders import text as text_encoders
 
     if backend == "use":
@@ -58,7 +61,7 @@ def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batc
                   num_threads=num_threads)
     if model == DEFAULT_TEXT_MODEL:
         return text_encoders.default_e5_encoder(str(storage.as_upath(cache_dir) / "e5"), **kwargs)
-    return text_encoders.SentenceTransformerTextEncoder(model, **kwargs)
+    return text_encoders.SentenceTransformerTextEncoder(model, allow_download=allow_download, **kwargs)
 
 
 def _open_clip_args(model: str, pretrained: str | None) -> dict:
