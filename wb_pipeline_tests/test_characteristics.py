@@ -277,3 +277,91 @@ def test_column_fast_paths_agree_with_the_per_cell_parser(items) -> None:
         expected = [(item["name"], value) for item in parse_characteristics(cell) for value in item["values"]]
         assert list(zip(rows["name"], rows["value"])) == expected
     assert parse_characteristics(cells[1]) == parse_characteristics(cells[2])
+
+
+# --- the bulk (Arrow JSON) path gives exactly the per-cell parser's result ---------------------
+
+def _table_rows(table) -> tuple[list, list]:
+    long = list(zip(table.long["nm"], table.long["name"], table.long["value"]))
+    parsed = list(zip(table.parsed["nm"], table.parsed["n_items"], table.parsed["n_values"]))
+    return long, parsed
+
+
+def _per_cell_rows(cells) -> tuple[list, list]:
+    long, parsed = [], []
+    for position, cell in enumerate(cells):
+        try:
+            items = parse_characteristics(cell)
+        except CharacteristicsParseError:
+            continue
+        long += [(str(position), item["name"], value) for item in items for value in item["values"]]
+        parsed.append((str(position), len(items), sum(len(item["values"]) for item in items)))
+    return long, parsed
+
+
+def _bulk_takes(text: str) -> bool:
+    import pyarrow as pa
+
+    from wb_pipeline.core.characteristics import _bulk_eligible
+
+    return bool(_bulk_eligible(pa.array([text], type=pa.large_string()))[0])
+
+
+bulk_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**25), 10**25),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(alphabet=" 0123456789,.-e\u00a0x", max_size=6),
+)
+bulk_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8) | st.text(
+    alphabet=' \t\n\\"/\x00\x1f\u00a0\u2028\ue001aЖ', max_size=6
+)
+bulk_item = st.one_of(
+    st.fixed_dictionaries({"charcName": bulk_text, "charcValues": st.lists(bulk_text, max_size=3)}),
+    st.fixed_dictionaries({"charcName": bulk_text, "value": bulk_scalar}),
+)
+json_style = st.sampled_from([{}, {"ensure_ascii": False}, {"indent": 1}, {"separators": (",", ":")}])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.lists(bulk_item, max_size=4), json_style), min_size=1, max_size=6))
+def test_bulk_json_path_equals_the_per_cell_parser(rows) -> None:
+    cells = [json.dumps(items, **style).encode() for items, style in rows]
+    table = characteristics_table(pd.Series(range(len(cells))), pd.Series(cells, dtype=object))
+    assert _table_rows(table) == _per_cell_rows(cells)
+    assert table.rejections.empty
+
+
+EDGE_JSON_CELLS = [
+    '[{"charcName": "a", "value": 1E400}, {"charcName": "b", "value": -0}, {"charcName": "c", "value": 1.0}]',
+    '[{"charcName": "d", "value": 0.1000000000000000055511151231257827}, {"charcName": "e", "value": 12345678901234567890123}]',
+    '[{"charcName": "f", "value": 2.5e-3}, {"charcName": "g", "value": true}, {"charcName": "h", "value": null}]',
+    '[{"charcName": "value", "value": "value"}, {"charcName": " \\u00a0x ", "value": " 1,5 "}]',
+    '[{"charcName": "i", "charcValues": ["\\u0000", "\\/", " \\t ", "\\u00a0y\\u2028", "\\"value\\": 5"]}]',
+    '[\n  {"charcName": "j",\n   "charcValues": ["k"]}\n]',
+    "[]",
+]
+
+
+@pytest.mark.parametrize("cell", EDGE_JSON_CELLS)
+def test_bulk_json_path_edge_cells(cell) -> None:
+    assert _bulk_takes(cell)  # these exercise the bulk path, not the fallback
+    cells = [cell.encode(), cell.encode()]
+    table = characteristics_table(pd.Series(range(2)), pd.Series(cells, dtype=object))
+    assert _table_rows(table) == _per_cell_rows(cells)
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        '[{"charcValues": ["x"], "charcName": "a"}]',  # other key order
+        '[{"charcName": "a", "value": 1, "value": "2"}]',  # duplicate key: json.loads keeps the last
+        '[{"charcName": "a", "charcValues": ["x", 5, null]}]',  # non-string values
+        '[{"charcName": "a", "charcValues": null}]',
+        '[{"charcName": "\\ud83d\\ude00", "charcValues": ["\\ud800"]}]',  # surrogate escapes
+    ],
+)
+def test_cells_outside_the_bulk_grammar_still_match_the_per_cell_parser(cell) -> None:
+    assert not _bulk_takes(cell)
+    cells = [cell.encode(), b'[{"charcName": "ok", "value": 3}]']
+    table = characteristics_table(pd.Series(range(2)), pd.Series(cells, dtype=object))
+    assert _table_rows(table) == _per_cell_rows(cells)
+    assert list(table.rejections["nm"]) == [str(i) for i, c in enumerate(cells) if c.startswith(b'[{"charcName": "\\ud83d')]

@@ -20,9 +20,12 @@ above ``max_bytes`` are rejected before parsing.
 :func:`characteristics_table` first tries vectorised (pyarrow) rewrites of whole columns to JSON:
 form 1 where a regex proves the literal is a double escape of printable-ASCII JSON (undone by
 three literal replacements), form 2 where the cell has no ``"`` or backslash, so every ``'`` is a
-string delimiter and a string-skipping regex rewrites only the numpy syntax. Any cell whose rewrite
-is not valid JSON, or fails normalisation, is parsed again by :func:`parse_characteristics`, which
-gives the definitive result or rejection reason; tests check both paths agree.
+string delimiter and a string-skipping regex rewrites only the numpy syntax. JSON that a regex
+proves to be in the dump's simple grammar (``_SIMPLE_JSON_ROW``: items of exactly charcName plus
+charcValues or value, no surrogate escapes) is read by ONE Arrow JSON read and normalised with
+column kernels. Any other cell, or one whose rewrite is not valid JSON or fails normalisation, is
+parsed by ``json.loads`` or :func:`parse_characteristics`, which gives the definitive result or
+rejection reason; tests check the paths agree.
 
 Deviations from the notebook (``_process_characteristics`` + ``CharExtractor``), on purpose:
 
@@ -50,6 +53,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from wb_pipeline.core.cleaning import PYTHON_WHITESPACE
 
 # A real cell is a few KB; the cap bounds the parser's time and memory on a hostile cell.
 DEFAULT_MAX_CHARACTERISTICS_BYTES = 1 << 20
@@ -304,14 +310,16 @@ _TWICE_ESCAPED_PRINTABLE_ASCII = r"^(?:[ -&(-\[\]-~]|\\\\\\\\|\\\\\\')*$"
 def _fast_unwrap_form1(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Vectorised unwrapping of the standard form 1 whose JSON is printable ASCII.
 
-    Returns (mask of rows handled, their JSON text). Other rows fall back to the per-cell parser.
+    Returns (positions of the rows handled, their JSON text). Other rows fall back to the per-cell
+    parser.
     """
-    candidate = pc.and_(pc.starts_with(texts, _FORM1_PREFIX), pc.ends_with(texts, _FORM1_SUFFIX))
-    content = pc.utf8_slice_codeunits(texts, len(_FORM1_PREFIX), -len(_FORM1_SUFFIX))
-    candidate = pc.and_(candidate, pc.match_substring_regex(content, _TWICE_ESCAPED_PRINTABLE_ASCII))
+    positions = np.flatnonzero(_mask(pc.and_(pc.starts_with(texts, _FORM1_PREFIX), pc.ends_with(texts, _FORM1_SUFFIX))))
+    content = pc.utf8_slice_codeunits(texts.take(pa.array(positions)), len(_FORM1_PREFIX), -len(_FORM1_SUFFIX))
+    exact = _mask(pc.match_substring_regex(content, _TWICE_ESCAPED_PRINTABLE_ASCII))
+    positions, content = positions[exact], content.filter(pa.array(exact))
     content = pc.replace_substring(content, "\\\\\\\\", "\x00")
     content = pc.replace_substring(content, "\\\\\\'", "'")
-    return _mask(candidate), pc.replace_substring(content, "\x00", "\\")
+    return positions, pc.replace_substring(content, "\x00", "\\")
 
 
 # numpy reprs whose strings are all simple ('...' without quotes or backslashes inside) rewrite
@@ -323,6 +331,7 @@ _NUMPY_SYNTAX = r"('[^']*')|(\})\s+\{|(True|False|None|nan|inf)|array\(|,\s*dtyp
 _MARK = "\ue000"
 # Only a \uD800-\uDFFF escape can put a lone surrogate into text decoded from valid UTF-8.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_NOT_SIMPLE_NUMPY_REPR = r'["\\\x{E000}]'
 _NUMPY_TO_JSON = (("}", "}, {"), ("True", "true"), ("False", "false"), ("None", "null"), ("nan", "NaN"),
                   ("inf", "Infinity"))
 
@@ -330,20 +339,174 @@ _NUMPY_TO_JSON = (("}", "}, {"), ("True", "true"), ("False", "false"), ("None", 
 def _fast_numpy_repr_to_json(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Vectorised rewrite of form 2 into JSON for rows with simple strings (see ``_NUMPY_SYNTAX``).
 
-    A row whose rewrite is not valid JSON (np.float64(...), '...', odd shapes) falls back.
+    Returns (positions of the candidate rows, their rewrite). A rewrite that is not valid JSON
+    (np.float64(...), '...', odd shapes) falls back to the per-cell parser.
     """
-    candidate = pc.and_(pc.starts_with(texts, "[{'"), pc.ends_with(texts, "}]"))
-    for forbidden in ('"', "\\", _MARK):
-        candidate = pc.and_(candidate, pc.invert(pc.match_substring(texts, forbidden)))
-    rewritten = pc.replace_substring_regex(texts, _NUMPY_SYNTAX, "\\1\\2\\3" + _MARK)
-    for syntax, json_spelling in _NUMPY_TO_JSON:
-        rewritten = pc.replace_substring(rewritten, syntax + _MARK, json_spelling)
+    positions = np.flatnonzero(_mask(pc.and_(pc.starts_with(texts, "[{'"), pc.ends_with(texts, "}]"))))
+    candidates = texts.take(pa.array(positions))
+    simple = _mask(pc.invert(pc.match_substring_regex(candidates, _NOT_SIMPLE_NUMPY_REPR)))
+    positions, candidates = positions[simple], candidates.filter(pa.array(simple))
+    rewritten = pc.replace_substring_regex(candidates, _NUMPY_SYNTAX, "\\1\\2\\3" + _MARK)
+    rewritten = pc.replace_substring(rewritten, "}" + _MARK, "}, {")
+    # True/None/nan/inf are rare: rewrite them only in the rows that have them.
+    rare = pc.match_substring_regex(rewritten, "(?:True|False|None|nan|inf)" + _MARK)
+    if pc.any(rare).as_py():
+        rows = rewritten.filter(rare)
+        for syntax, json_spelling in _NUMPY_TO_JSON[1:]:
+            rows = pc.replace_substring(rows, syntax + _MARK, json_spelling)
+        rewritten = pc.replace_with_mask(rewritten, rare, rows)
     rewritten = pc.replace_substring(rewritten, _MARK, "")
-    return _mask(candidate), pc.replace_substring(rewritten, "'", '"')
+    return positions, pc.replace_substring(rewritten, "'", '"')
 
 
 def _mask(condition: pa.Array) -> np.ndarray:
     return pc.fill_null(condition, False).to_numpy(zero_copy_only=False)
+
+
+def _replace_where_matching(array: pa.Array, pattern: str, replacement: str) -> pa.Array:
+    """``replace_substring_regex`` on only the rows that match (finding is cheaper than rewriting)."""
+    matches = pc.fill_null(pc.match_substring_regex(array, pattern), False)
+    if not pc.any(matches).as_py():
+        return array
+    return pc.replace_with_mask(array, matches, pc.replace_substring_regex(array.filter(matches), pattern, replacement))
+
+
+# The JSON the dump writes, as a grammar a regex can check: a list of items, each exactly
+# {"charcName": <string>, "charcValues": [<strings>]} or {"charcName": <string>, "value": <scalar>}.
+# A row in this grammar has no duplicate keys, no odd types and no raw newline inside a string, so
+# Arrow's JSON reader parses it exactly like json.loads + _normalise_items (checked by the tests).
+_JSON_WS = r"[ \t\n\r]*"
+# \uD800-\uDFFF escapes are left out: they need the per-cell surrogate check.
+_JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u(?:[0-9a-cA-CeEfF][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))*"'
+_JSON_SCALAR = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null"
+_JSON_ITEM = (
+    rf'\{{{_JSON_WS}"charcName"{_JSON_WS}:{_JSON_WS}{_JSON_STRING}{_JSON_WS},{_JSON_WS}(?:'
+    rf'"charcValues"{_JSON_WS}:{_JSON_WS}\[{_JSON_WS}(?:{_JSON_STRING}(?:{_JSON_WS},{_JSON_WS}{_JSON_STRING})*)?{_JSON_WS}\]'
+    rf'|"value"{_JSON_WS}:{_JSON_WS}(?:{_JSON_STRING}|{_JSON_SCALAR})){_JSON_WS}\}}'
+)
+_SIMPLE_JSON_ROW = rf"^{_JSON_WS}\[{_JSON_WS}(?:{_JSON_ITEM}(?:{_JSON_WS},{_JSON_WS}{_JSON_ITEM})*)?{_JSON_WS}\]{_JSON_WS}$"
+# Arrow reads `value` as a string column, so a non-string scalar value is renamed and quoted:
+# `"value": 1.5` -> `"value_json": "1.5"` (the grammar admits no other key, so this is unambiguous).
+_VALUE_SCALAR = rf'"value"({_JSON_WS}:{_JSON_WS})({_JSON_SCALAR})'
+_BULK_SCHEMA = pa.schema(
+    [
+        (
+            "items",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("charcName", pa.string()),
+                        ("charcValues", pa.list_(pa.string())),
+                        ("value", pa.string()),
+                        ("value_json", pa.string()),
+                    ]
+                )
+            ),
+        )
+    ]
+)
+
+
+class _LongParts(NamedTuple):
+    """Long-table rows of some input rows: input position of each value, name, value; per row counts."""
+
+    value_positions: np.ndarray
+    names: pa.Array
+    values: pa.Array
+    row_positions: np.ndarray
+    n_items: np.ndarray
+    n_values: np.ndarray
+
+
+def _bulk_eligible(json_texts: pa.Array) -> np.ndarray:
+    """Rows whose JSON is in the simple grammar (see _parse_json_in_bulk)."""
+    return _mask(pc.match_substring_regex(json_texts, _SIMPLE_JSON_ROW))
+
+
+def _parse_json_in_bulk(json_texts: pa.Array, positions: np.ndarray) -> _LongParts:
+    """Parse rows accepted by :func:`_bulk_eligible` with one Arrow JSON read, normalised like
+    :func:`_normalise_items` (names and values stripped, empty values dropped, scalars canonical)."""
+    quoted = _replace_where_matching(json_texts, _VALUE_SCALAR, '"value_json"\\1"\\2"')
+    # The grammar allows newlines only between tokens, where a space means the same.
+    one_line = _replace_where_matching(quoted, r"[\n\r]", " ")
+    large = pa.large_string()
+    lines = pc.binary_join_element_wise(
+        pa.scalar('{"items":', large), one_line, pa.scalar("}\n", large), pa.scalar("", large)
+    )
+    longest = int(pc.max(pc.binary_length(lines)).as_py() or 0)
+    # The character data of a string array is its strings back to back: the NDJSON document.
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
+    document = lines.buffers()[2][int(offsets[0]) : int(offsets[-1])]
+    table = pa_json.read_json(
+        pa.BufferReader(document),
+        read_options=pa_json.ReadOptions(block_size=max(1 << 22, 2 * longest + 2)),
+        parse_options=pa_json.ParseOptions(explicit_schema=_BULK_SCHEMA, unexpected_field_behavior="error"),
+    )
+    if table.num_rows != len(json_texts):
+        raise ValueError(f"bulk JSON read gave {table.num_rows} rows for {len(json_texts)}")
+    items_per_row = table.column("items").combine_chunks()
+    n_items = pc.list_value_length(items_per_row).to_numpy(zero_copy_only=False).astype(np.int64)
+    items = pc.list_flatten(items_per_row)
+    item_rows = pc.list_parent_indices(items_per_row).to_numpy(zero_copy_only=False).astype(np.int64)
+    names = pc.utf8_trim(items.field("charcName"), PYTHON_WHITESPACE)
+
+    listed = items.field("charcValues")
+    listed_values = pc.utf8_trim(pc.list_flatten(listed), PYTHON_WHITESPACE)
+    listed_items = pc.list_parent_indices(listed).to_numpy(zero_copy_only=False).astype(np.int64)
+    non_empty = _mask(pc.greater(pc.binary_length(listed_values), 0))
+    listed_values, listed_items = listed_values.filter(pa.array(non_empty)), listed_items[non_empty]
+
+    # Each item has exactly one of charcValues, value (a string) or value_json (a scalar's JSON).
+    texts, scalar_json = items.field("value"), items.field("value_json")
+    scalar_items = np.flatnonzero(_mask(pc.or_(texts.is_valid(), scalar_json.is_valid())))
+    raw_scalars = list(
+        zip(texts.take(pa.array(scalar_items)).to_pylist(), scalar_json.take(pa.array(scalar_items)).to_pylist())
+    )
+    canonical = {
+        raw: canonical_value(raw[0] if raw[1] is None else json.loads(raw[1])) for raw in set(raw_scalars)
+    }
+    scalar_values = [canonical[raw] for raw in raw_scalars]
+    has_value = np.array([value is not None for value in scalar_values], dtype=bool)
+    scalar_items = scalar_items[has_value]
+    scalar_values = pa.array([v for v in scalar_values if v is not None], type=listed_values.type)
+
+    # An item has listed values or a scalar, never both: a stable sort by item restores text order.
+    value_items = np.concatenate([listed_items, scalar_items])
+    order = np.argsort(value_items, kind="stable")
+    value_items = value_items[order]
+    values = pa.concat_arrays([listed_values, scalar_values]).take(pa.array(order))
+    value_rows = item_rows[value_items]
+    return _LongParts(
+        value_positions=positions[value_rows],
+        names=names.take(pa.array(value_items)),
+        values=values,
+        row_positions=positions,
+        n_items=n_items,
+        n_values=np.bincount(value_rows, minlength=len(json_texts)),
+    )
+
+
+def _long_parts_of_items(parsed: list[tuple[int, list[dict]]]) -> _LongParts:
+    """The same parts from per-cell parse results (input position, normalised items)."""
+    value_positions, names, values, n_items, n_values = [], [], [], [], []
+    for position, items in parsed:
+        count = 0
+        for item in items:
+            for value in item["values"]:
+                value_positions.append(position)
+                names.append(item["name"])
+                values.append(value)
+                count += 1
+        n_items.append(len(items))
+        n_values.append(count)
+    return _LongParts(
+        value_positions=np.array(value_positions, dtype=np.int64),
+        names=pa.array(names, type=pa.string()),
+        values=pa.array(values, type=pa.string()),
+        row_positions=np.array([position for position, _ in parsed], dtype=np.int64),
+        n_items=np.array(n_items, dtype=np.int64),
+        n_values=np.array(n_values, dtype=np.int64),
+    )
 
 
 def characteristics_table(
@@ -353,8 +516,9 @@ def characteristics_table(
 
     Every input row ends in exactly one of ``parsed`` (its values, if any, in ``long``) or
     ``rejections``. Rows in the standard forms 1 and 2 are rewritten to JSON by vectorised
-    regexes (only where that is provably exact); anything the fast path cannot handle goes
-    through :func:`parse_characteristics`, which records the reason if it fails too.
+    regexes (only where that is provably exact); JSON in the dump's simple grammar is then read by
+    one Arrow JSON read; anything else goes through :func:`parse_characteristics`, which records
+    the reason if it fails.
     """
     if len(nm) != len(raw):
         raise ValueError(f"nm ({len(nm)} rows) and raw ({len(raw)} rows) differ in length")
@@ -373,61 +537,73 @@ def characteristics_table(
         else:
             pending.append(position)
 
+    parts: list[_LongParts] = []
+    per_cell: list[int] = list(range(len(pending)))  # indices into `pending` the bulk path leaves
     json_texts: list[str | None] = [None] * len(pending)
     if pending:
         texts = pa.array([decoded[p] for p in pending], type=pa.large_string())
-        for fast_path in (_fast_unwrap_form1, _fast_numpy_repr_to_json):
-            mask, rewritten = fast_path(texts)
-            handled = np.flatnonzero(mask)
-            if handled.size:
-                for i, text in zip(handled.tolist(), rewritten.take(pa.array(handled)).to_pylist()):
-                    json_texts[i] = text
-        for i, position in enumerate(pending):  # form 3 is JSON already
-            if json_texts[i] is None and decoded[position][:2] in ('[{', "[]"):
-                json_texts[i] = decoded[position]
+        form1_at, form1_json = _fast_unwrap_form1(texts)
+        form2_at, form2_json = _fast_numpy_repr_to_json(texts)
+        is_json = pc.or_(pc.starts_with(texts, "[{"), pc.starts_with(texts, "[]"))  # form 3 is JSON already
+        form3_at = np.setdiff1d(np.flatnonzero(_mask(is_json)), np.concatenate([form1_at, form2_at]))
+        json_at = np.concatenate([form1_at, form2_at, form3_at])
+        order = np.argsort(json_at, kind="stable")
+        json_at = json_at[order]
+        json_array = pa.concat_arrays([form1_json, form2_json, texts.take(pa.array(form3_at))]).take(pa.array(order))
 
-    parsed_items: list[list[dict] | None] = [None] * n_rows
-    for i, position in enumerate(pending):
-        text = json_texts[i]
+        eligible = _bulk_eligible(json_array)
+        if eligible.any():
+            try:
+                parts.append(_parse_json_in_bulk(json_array.filter(pa.array(eligible)), np.asarray(pending)[json_at[eligible]]))
+            except (pa.ArrowException, ValueError):  # a safety net: the per-cell parser decides
+                eligible[:] = False
+        per_cell = np.setdiff1d(np.arange(len(pending)), json_at[eligible]).tolist()
+        not_bulk = ~eligible
+        for i, text in zip(json_at[not_bulk].tolist(), json_array.filter(pa.array(not_bulk)).to_pylist()):
+            json_texts[i] = text
+
+    parsed_items: list[tuple[int, list[dict]]] = []
+    for i in per_cell:
+        position, text = pending[i], json_texts[i]
         if text is not None:
             try:
                 surrogate_escape = _SURROGATE_ESCAPE.search(text) is not None
-                parsed_items[position] = _normalise_items(json.loads(text), check_encoding=surrogate_escape)
+                parsed_items.append((position, _normalise_items(json.loads(text), check_encoding=surrogate_escape)))
                 continue
             except (ValueError, RecursionError, CharacteristicsParseError):
                 pass  # the per-cell parser below gives the definitive answer and reason
         try:
-            parsed_items[position] = parse_characteristics(decoded[position], max_bytes)
+            parsed_items.append((position, parse_characteristics(decoded[position], max_bytes)))
         except CharacteristicsParseError as error:
             rejections.append((nm_values[position], error.reason, error.detail))
+    parts.append(_long_parts_of_items(parsed_items))
 
-    long_nm, long_name, long_value, parsed_rows = [], [], [], []
-    for position in pending:
-        items = parsed_items[position]
-        if items is None:
-            continue
-        n_values = 0
-        for item in items:
-            for value in item["values"]:
-                long_nm.append(nm_values[position])
-                long_name.append(item["name"])
-                long_value.append(value)
-                n_values += 1
-        parsed_rows.append((nm_values[position], len(items), n_values))
+    nm_array = pa.array(nm_values, type=pa.large_string()) if n_rows else pa.array([], type=pa.large_string())
+    value_positions = np.concatenate([part.value_positions for part in parts])
+    value_order = np.argsort(value_positions, kind="stable")
+    row_positions = np.concatenate([part.row_positions for part in parts])
+    row_order = np.argsort(row_positions, kind="stable")
 
     string = pd.StringDtype("pyarrow", na_value=np.nan)
+
+    def column(array: pa.Array) -> pd.api.extensions.ExtensionArray:
+        return pd.array(array, dtype=string)
+
     long = pd.DataFrame(
         {
-            "nm": pd.array(long_nm, dtype=string),
-            "name": pd.array(long_name, dtype=string),
-            "value": pd.array(long_value, dtype=string),
+            "nm": column(nm_array.take(pa.array(value_positions[value_order]))),
+            "name": column(pa.concat_arrays([part.names.cast(pa.large_string()) for part in parts]).take(pa.array(value_order))),
+            "value": column(pa.concat_arrays([part.values.cast(pa.large_string()) for part in parts]).take(pa.array(value_order))),
         }
     )
     rejected = pd.DataFrame(rejections, columns=["nm", "reason", "detail"]).astype(
         {"nm": string, "reason": string, "detail": string}
     )
-    parsed = pd.DataFrame(parsed_rows, columns=["nm", "n_items", "n_values"]).astype(
-        {"nm": string, "n_items": "int64", "n_values": "int64"}
-    )
+    parsed = pd.DataFrame(
+        {
+            "nm": column(nm_array.take(pa.array(row_positions[row_order]))),
+            "n_items": np.concatenate([part.n_items for part in parts])[row_order],
+            "n_values": np.concatenate([part.n_values for part in parts])[row_order],
+        }
+    ).astype({"n_items": "int64", "n_values": "int64"})
     return CharacteristicsTable(long=long, rejections=rejected, parsed=parsed)
-
