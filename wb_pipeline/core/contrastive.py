@@ -1,0 +1,564 @@
+"""A joint text–image space learned on the catalogue's own (text, image) pairs (e-CLIP idea).
+
+Two projection heads (linear or a small MLP) sit on top of FROZEN, precomputed unimodal
+embeddings and are trained with open_clip's symmetric `ClipLoss` and a learnable temperature.
+Design points, each because the seed or the data demands it:
+
+- No duplicate texts or images inside a batch (`DuplicateFreeBatchSampler`): two products with
+  the same title (or the same image) would be each other's false negatives under the CLIP loss.
+- Train/validation split by duplicate GROUPS (union of "same title" and "same image" links,
+  `duplicate_groups` + sklearn `GroupShuffleSplit`), so no duplicate leaks across the split.
+- Early stopping on validation loss (heads over frozen features overfit within tens of steps),
+  the best state is restored; loss curves, Recall@1/5/10 and median rank before/after are reported.
+- Deterministic for a seed: the torch RNG is forked and seeded, deterministic algorithms are on
+  for the duration of training, the sampler uses its own numpy generator.
+- Saved as safetensors weights + a JSON config (no pickle anywhere); encoder fingerprints recorded.
+
+Unfreezing encoder layers is a config field, but with precomputed embeddings the encoders are not
+in the loop, so any value > 0 is refused with a clear ValueError (it needs an end-to-end trainer
+that re-encodes texts and images every step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.model_selection import GroupShuffleSplit
+from torch import nn
+from torch.nn import functional as F
+from upath import UPath
+
+from wb_pipeline.core import storage
+from wb_pipeline.core.embeddings import content_hash
+from wb_pipeline.core.retrieval_metrics import chance_metrics, retrieval_metrics
+
+MODEL_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    """Projection heads, optimisation and early stopping of the joint text–image space."""
+
+    joint_dim: int = 256
+    head: Literal["linear", "mlp"] = "linear"
+    mlp_hidden_dim: int = 512
+    dropout: float = 0.1  # MLP heads only
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    init_temperature: float = 0.07  # CLIP's initial temperature
+    learn_temperature: bool = True
+    max_logit_scale: float = 100.0  # CLIP's clamp on 1/temperature
+    max_steps: int = 3000
+    eval_every_steps: int = 10
+    patience_evals: int = 10  # stop after this many validations without improvement
+    min_improvement: float = 1e-4
+    validation_fraction: float = 0.2
+    recall_ks: tuple[int, ...] = (1, 5, 10)
+    seed: int = 0
+    deterministic: bool = True
+    # Tiny matmuls: one thread is fastest, and on a shared CPU extra threads mostly spin-wait.
+    # 0 keeps torch's current setting.
+    num_threads: int = 1
+    # Needs the encoders in the training loop; refused with precomputed embeddings (see module doc).
+    unfreeze_text_layers: int = 0
+    unfreeze_image_layers: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("joint_dim", "mlp_hidden_dim", "batch_size", "max_steps", "eval_every_steps", "patience_evals")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ContrastiveConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ValueError("ContrastiveConfig.batch_size must be at least 2 (in-batch negatives)")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"ContrastiveConfig.validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if not (self.init_temperature > 0 and 1.0 / self.init_temperature <= self.max_logit_scale):
+            raise ValueError("ContrastiveConfig.init_temperature must be > 0 and 1/init_temperature <= max_logit_scale")
+        if self.head not in ("linear", "mlp"):
+            raise ValueError(f"ContrastiveConfig.head must be 'linear' or 'mlp', got {self.head!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ContrastiveConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.num_threads < 0:
+            raise ValueError("ContrastiveConfig.num_threads must be >= 0 (0 = keep torch's setting)")
+        if self.unfreeze_text_layers < 0 or self.unfreeze_image_layers < 0:
+            raise ValueError("ContrastiveConfig.unfreeze_*_layers must be >= 0")
+        if self.unfreeze_text_layers > 0 or self.unfreeze_image_layers > 0:
+            raise ValueError(
+                "ContrastiveConfig: unfreezing encoder layers "
+                f"(text={self.unfreeze_text_layers}, image={self.unfreeze_image_layers}) needs the encoders "
+                "inside the training loop, but this trainer works on precomputed (frozen) embeddings; "
+                "set unfreeze_text_layers = unfreeze_image_layers = 0"
+            )
+        if not self.recall_ks or min(self.recall_ks) < 1:
+            raise ValueError("ContrastiveConfig.recall_ks must hold positive ranks")
+
+
+# ---------------------------------------------------------------------------------------------
+# Duplicate groups, split and batches
+
+
+def _key_codes(keys: Sequence[Any]) -> np.ndarray:
+    """Integer code per key; missing or empty keys get -1 (they link nothing)."""
+    series = pd.Series(list(keys), dtype=object)
+    series = series.where(series.notna() & series.astype(str).ne(""), None)
+    codes, _ = pd.factorize(series, use_na_sentinel=True)
+    return codes
+
+
+def duplicate_groups(*key_columns: Sequence[Any]) -> np.ndarray:
+    """Group id per row: rows sharing ANY key (e.g. the same title, or the same image hash) are in
+    one group, transitively (a union-find done as connected components of a rows–keys graph).
+
+    Missing or empty keys link nothing. Group ids are 0..g-1 in order of first appearance."""
+    if not key_columns:
+        raise ValueError("duplicate_groups needs at least one key column")
+    n = len(key_columns[0])
+    if any(len(column) != n for column in key_columns):
+        raise ValueError(f"duplicate_groups: key columns of different lengths {[len(c) for c in key_columns]}")
+    rows, key_nodes, offset = [], [], n
+    for column in key_columns:
+        codes = _key_codes(column)
+        present = codes >= 0
+        rows.append(np.flatnonzero(present))
+        key_nodes.append(codes[present] + offset)
+        offset += int(codes.max()) + 1 if present.any() else 0
+    row_index, key_index = np.concatenate(rows), np.concatenate(key_nodes)
+    graph = coo_matrix((np.ones(len(row_index)), (row_index, key_index)), shape=(offset, offset))
+    _, labels = connected_components(graph, directed=False)
+    return pd.factorize(labels[:n])[0].astype(np.int64)
+
+
+def group_split(groups: np.ndarray, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows): whole groups on one side (sklearn `GroupShuffleSplit`)."""
+    groups = np.asarray(groups)
+    if len(np.unique(groups)) < 2:
+        raise ValueError(
+            f"group_split: {len(groups)} rows form {len(np.unique(groups))} duplicate group(s); "
+            "need at least 2 to hold some out for validation"
+        )
+    splitter = GroupShuffleSplit(n_splits=1, test_size=validation_fraction, random_state=seed)
+    train, validation = next(splitter.split(np.zeros(len(groups)), groups=groups))
+    return np.sort(train), np.sort(validation)
+
+
+class DuplicateFreeBatchSampler:
+    """Batches of row indices in which no two rows share a text key or an image key.
+
+    Each epoch is a fresh seeded shuffle, filled greedily: a row that clashes with the batch being
+    built waits in a small deferred queue and goes into the next batch it fits. Every row appears
+    exactly once per epoch; only the last batches may be short."""
+
+    def __init__(self, text_keys: Sequence[Any], image_keys: Sequence[Any], batch_size: int, seed: int = 0):
+        if len(text_keys) != len(image_keys):
+            raise ValueError(f"DuplicateFreeBatchSampler: {len(text_keys)} text keys but {len(image_keys)} image keys")
+        if batch_size < 1:
+            raise ValueError("DuplicateFreeBatchSampler: batch_size must be positive")
+        self.text_codes = _key_codes(text_keys)
+        self.image_codes = _key_codes(image_keys)
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.text_codes)
+
+    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.text_codes))
+        stream = iter(order.tolist())
+        deferred: list[int] = []
+        exhausted = False
+        while deferred or not exhausted:
+            batch: list[int] = []
+            texts: set[int] = set()
+            images: set[int] = set()
+
+            def fits(row: int) -> bool:
+                t, i = self.text_codes[row], self.image_codes[row]
+                return (t < 0 or t not in texts) and (i < 0 or i not in images)
+
+            def take(row: int) -> None:
+                batch.append(row)
+                if self.text_codes[row] >= 0:
+                    texts.add(self.text_codes[row])
+                if self.image_codes[row] >= 0:
+                    images.add(self.image_codes[row])
+
+            waiting = []
+            for row in deferred:
+                if len(batch) < self.batch_size and fits(row):
+                    take(row)
+                else:
+                    waiting.append(row)
+            deferred = waiting
+            while len(batch) < self.batch_size and not exhausted:
+                row = next(stream, None)
+                if row is None:
+                    exhausted = True
+                elif fits(row):
+                    take(row)
+                else:
+                    deferred.append(row)
+            if batch:
+                yield np.asarray(batch, dtype=np.int64)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.epoch(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def _head(in_dim: int, config: ContrastiveConfig) -> nn.Module:
+    if config.head == "linear":
+        return nn.Linear(in_dim, config.joint_dim)
+    return nn.Sequential(
+        nn.Linear(in_dim, config.mlp_hidden_dim),
+        nn.GELU(),
+        nn.Dropout(config.dropout),
+        nn.Linear(config.mlp_hidden_dim, config.joint_dim),
+    )
+
+
+class JointSpaceModel(nn.Module):
+    """Text and image projection heads into one L2-normalised space, plus the learnable logit scale
+    (1 / temperature, stored as its log like CLIP)."""
+
+    def __init__(self, text_dim: int, image_dim: int, config: ContrastiveConfig):
+        super().__init__()
+        self.text_dim, self.image_dim, self.config = int(text_dim), int(image_dim), config
+        self.text_head = _head(self.text_dim, config)
+        self.image_head = _head(self.image_dim, config)
+        self.log_logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / config.init_temperature), dtype=torch.float32),
+            requires_grad=config.learn_temperature,
+        )
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
+
+    def encode_text(self, text_vectors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_head(text_vectors), dim=-1)
+
+    def encode_image(self, image_vectors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_head(image_vectors), dim=-1)
+
+    @torch.no_grad()
+    def project_text(self, text_vectors: np.ndarray, block_rows: int = 8192) -> np.ndarray:
+        """Unimodal text vectors [n, text_dim] → joint vectors [n, joint_dim] (float32, unit norm)."""
+        return self._project(self.encode_text, text_vectors, self.text_dim, "text", block_rows)
+
+    @torch.no_grad()
+    def project_image(self, image_vectors: np.ndarray, block_rows: int = 8192) -> np.ndarray:
+        """Unimodal image vectors [n, image_dim] → joint vectors [n, joint_dim] (float32, unit norm)."""
+        return self._project(self.encode_image, image_vectors, self.image_dim, "image", block_rows)
+
+    def _project(self, encode, vectors, dim: int, what: str, block_rows: int) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != dim:
+            raise ValueError(f"JointSpaceModel: {what} vectors of shape {vectors.shape}, expected [n, {dim}]")
+        was_training = self.training
+        self.eval()
+        try:
+            blocks = [encode(torch.from_numpy(vectors[s : s + block_rows])).numpy()
+                      for s in range(0, len(vectors), block_rows)]
+        finally:
+            self.train(was_training)
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.config.joint_dim), np.float32)
+
+
+def combine_joint(text_joint: np.ndarray, image_joint: np.ndarray) -> np.ndarray:
+    """One vector per product: the normalised sum of its unit text and image joint vectors."""
+    total = np.asarray(text_joint, np.float32) + np.asarray(image_joint, np.float32)
+    norms = np.linalg.norm(total, axis=1, keepdims=True)
+    return (total / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class TrainingReport:
+    """What happened in one `train_joint_space` call (JSON-serialisable via `to_json_dict`)."""
+
+    n_pairs: int
+    n_train_pairs: int
+    n_validation_pairs: int
+    steps: int
+    epochs: float
+    best_step: int
+    best_validation_loss: float
+    stopped_early: bool
+    seconds: float
+    final_temperature: float
+    train_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, batch loss)
+    validation_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # stage → direction → metric
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def metrics_frame(self) -> pd.DataFrame:
+        """One row per (stage, direction): recall_at_k columns and median_rank, held-out pairs."""
+        rows = [
+            {"stage": stage, "direction": direction, **values}
+            for stage, by_direction in self.metrics.items()
+            for direction, values in by_direction.items()
+        ]
+        return pd.DataFrame(rows)
+
+
+@contextlib.contextmanager
+def _seeded_torch(seed: int, deterministic: bool, num_threads: int):
+    """Seed torch inside a forked RNG state, switch deterministic algorithms on and set the thread
+    count; all three are restored on exit."""
+    previous_deterministic, previous_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(previous_deterministic)
+            torch.set_num_threads(previous_threads)
+
+
+def _as_tensor(vectors: np.ndarray, what: str) -> torch.Tensor:
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or len(array) == 0:
+        raise ValueError(f"train_joint_space: {what} vectors must be a non-empty [n, dim] matrix, got {array.shape}")
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).any(axis=1).sum())
+        raise ValueError(f"train_joint_space: {bad} {what} vector row(s) hold NaN or infinite values")
+    return torch.from_numpy(np.array(array, dtype=np.float32, order="C"))  # own writable copy
+
+
+def train_joint_space(
+    text_vectors: np.ndarray,
+    image_vectors: np.ndarray,
+    text_keys: Sequence[Any],
+    image_keys: Sequence[Any],
+    config: ContrastiveConfig = ContrastiveConfig(),
+    progress: Callable[[str], None] | None = None,
+) -> tuple[JointSpaceModel, TrainingReport]:
+    """Train projection heads so that row i's text and image meet in one space.
+
+    `text_keys` / `image_keys` (e.g. normalised title, image content hash) define duplicates: rows
+    sharing either never share a batch and always land on the same side of the validation split.
+    Returns the model restored to its best validation-loss state and a `TrainingReport` with the
+    held-out Recall@k / median rank at chance, before training (random heads) and after.
+    """
+    text_t, image_t = _as_tensor(text_vectors, "text"), _as_tensor(image_vectors, "image")
+    if len(text_t) != len(image_t) or len(text_keys) != len(text_t) or len(image_keys) != len(text_t):
+        raise ValueError(
+            f"train_joint_space: {len(text_t)} text vectors, {len(image_t)} image vectors, "
+            f"{len(text_keys)} text keys, {len(image_keys)} image keys; all must be equal"
+        )
+    text_keys, image_keys = list(text_keys), list(image_keys)
+    started = time.perf_counter()
+    groups = duplicate_groups(text_keys, image_keys)
+    train_rows, validation_rows = group_split(groups, config.validation_fraction, config.seed)
+    if len(train_rows) < 2 or len(validation_rows) < 2:
+        raise ValueError(
+            f"train_joint_space: split gave {len(train_rows)} train and {len(validation_rows)} validation pairs; "
+            "need at least 2 on each side"
+        )
+    sampler = DuplicateFreeBatchSampler([text_keys[i] for i in train_rows], [image_keys[i] for i in train_rows],
+                                        config.batch_size, config.seed)
+    validation_batches = list(DuplicateFreeBatchSampler(
+        [text_keys[i] for i in validation_rows], [image_keys[i] for i in validation_rows], config.batch_size, config.seed
+    ).epoch(0))
+    train_text, train_image = text_t[train_rows], image_t[train_rows]
+    val_text, val_image = text_t[validation_rows], image_t[validation_rows]
+    from open_clip.loss import ClipLoss  # imported here: open_clip's package import costs seconds
+
+    loss_fn = ClipLoss()
+
+    with _seeded_torch(config.seed, config.deterministic, config.num_threads):
+        model = JointSpaceModel(text_t.shape[1], image_t.shape[1], config)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+
+        @torch.no_grad()
+        def validation_loss() -> float:
+            model.eval()
+            total = sum(
+                loss_fn(model.encode_image(val_image[b]), model.encode_text(val_text[b]), model.logit_scale()).item()
+                * len(b)
+                for b in validation_batches
+            )
+            model.train()
+            return total / sum(len(b) for b in validation_batches)
+
+        def held_out_metrics() -> dict[str, dict[str, float]]:
+            return retrieval_metrics(model.project_text(val_text.numpy()), model.project_image(val_image.numpy()),
+                                     config.recall_ks)
+
+        metrics = {"chance": chance_metrics(len(validation_rows), config.recall_ks), "before": held_out_metrics()}
+        best_loss = validation_loss()
+        validation_curve = [(0, best_loss)]
+        best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        best_step, stale, step, epoch, stopped_early = 0, 0, 0, 0, False
+        train_curve: list[tuple[int, float]] = []
+        model.train()
+        while step < config.max_steps and not stopped_early:
+            for batch in sampler.epoch(epoch):
+                if len(batch) < 2:  # a lone pair has no negatives
+                    continue
+                loss = loss_fn(model.encode_image(train_image[batch]), model.encode_text(train_text[batch]),
+                               model.logit_scale())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                train_curve.append((step, loss.item()))
+                if step % config.eval_every_steps == 0:
+                    current = validation_loss()
+                    validation_curve.append((step, current))
+                    if current < best_loss - config.min_improvement:
+                        best_loss, best_step, stale = current, step, 0
+                        best_state = {k: v.clone() for k, v in model.state_dict().items()}
+                    else:
+                        stale += 1
+                    if progress is not None:
+                        progress(f"step {step}: train loss {loss.item():.4f}, validation loss {current:.4f}")
+                    if stale >= config.patience_evals:
+                        stopped_early = True
+                        break
+                if step >= config.max_steps:
+                    break
+            epoch += 1
+        model.load_state_dict(best_state)
+        model.eval()
+        metrics["after"] = held_out_metrics()
+
+    report = TrainingReport(
+        n_pairs=len(text_t),
+        n_train_pairs=len(train_rows),
+        n_validation_pairs=len(validation_rows),
+        steps=step,
+        epochs=round(step * config.batch_size / max(len(train_rows), 1), 3),
+        best_step=best_step,
+        best_validation_loss=float(best_loss),
+        stopped_early=stopped_early,
+        seconds=time.perf_counter() - started,
+        final_temperature=float(1.0 / model.logit_scale().item()),
+        train_curve=train_curve,
+        validation_curve=validation_curve,
+        metrics=metrics,
+    )
+    return model, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot
+
+
+def zero_shot_scores(
+    class_names: Sequence[str],
+    product_joint_vectors: np.ndarray,
+    text_encoder_fn: Callable[[list[str]], np.ndarray],
+    model: JointSpaceModel,
+    template: str = "{}",
+) -> np.ndarray:
+    """Cosine similarity [n_products, n_classes] between products (already in the joint space:
+    image, text or combined joint vectors) and class names ('для женщин', 'зима', ...).
+
+    Each name is formatted with `template`, embedded by `text_encoder_fn` (the same text encoder
+    that made the training text vectors), L2-normalised and projected through the text head.
+    Columns follow `class_names`; `argmax(axis=1)` is the zero-shot prediction."""
+    names = [str(name) for name in class_names]
+    if not names:
+        raise ValueError("zero_shot_scores: no class names")
+    products = np.asarray(product_joint_vectors, dtype=np.float32)
+    if products.ndim != 2 or products.shape[1] != model.config.joint_dim:
+        raise ValueError(
+            f"zero_shot_scores: product vectors of shape {products.shape}, expected [n, {model.config.joint_dim}]"
+        )
+    class_vectors = np.asarray(text_encoder_fn([template.format(name) for name in names]), dtype=np.float32)
+    if class_vectors.shape != (len(names), model.text_dim):
+        raise ValueError(
+            f"zero_shot_scores: the text encoder returned {class_vectors.shape} for {len(names)} names, "
+            f"expected [{len(names)}, {model.text_dim}] (the encoder the model was trained on)"
+        )
+    norms = np.linalg.norm(class_vectors, axis=1, keepdims=True)
+    class_joint = model.project_text(class_vectors / np.where(norms > 0, norms, 1.0))
+    return products @ class_joint.T
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistence (safetensors + JSON; never pickle)
+
+
+def model_fingerprint(config: ContrastiveConfig, encoder_fingerprints: dict[str, str], *arrays: np.ndarray) -> str:
+    """Hex hash of the config, the encoder fingerprints and the exact training inputs."""
+    digest = content_hash(json.dumps({"config": asdict(config), "encoders": encoder_fingerprints}, sort_keys=True))
+    for array in arrays:
+        digest = content_hash(digest.encode() + np.ascontiguousarray(array).tobytes())
+    return digest
+
+
+def save_joint_model(
+    model: JointSpaceModel,
+    folder: UPath,
+    encoder_fingerprints: dict[str, str] | None = None,
+    report: TrainingReport | None = None,
+) -> None:
+    """Write `model.safetensors` (weights) then `model.json` (format version, dims, config, encoder
+    fingerprints, the report), each atomically; the JSON is written last, so its presence means a
+    complete artifact."""
+    folder = storage.as_upath(folder)
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    storage.atomic_write_bytes(folder / WEIGHTS_FILE, save_safetensors(tensors))
+    info = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "text_dim": model.text_dim,
+        "image_dim": model.image_dim,
+        "config": asdict(model.config),
+        "encoder_fingerprints": dict(encoder_fingerprints or {}),
+        "report": report.to_json_dict() if report is not None else None,
+    }
+    storage.atomic_write_bytes(folder / CONFIG_FILE, json.dumps(info, ensure_ascii=False, indent=1).encode("utf-8"))
+
+
+def load_joint_model(folder: UPath) -> tuple[JointSpaceModel, dict[str, Any]]:
+    """The model saved by `save_joint_model` (in eval mode) and its JSON info; clear errors when a
+    file is missing, the format is unknown or the weights do not match the config."""
+    folder = storage.as_upath(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.exists() or not weights_path.exists():
+        raise FileNotFoundError(f"load_joint_model: {folder} lacks {CONFIG_FILE} or {WEIGHTS_FILE}")
+    info = json.loads(config_path.read_bytes().decode("utf-8"))
+    if info.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ValueError(f"load_joint_model: {config_path} has format_version {info.get('format_version')!r}, "
+                         f"expected {MODEL_FORMAT_VERSION}")
+    values = dict(info["config"])
+    values["recall_ks"] = tuple(values["recall_ks"])
+    model = JointSpaceModel(info["text_dim"], info["image_dim"], ContrastiveConfig(**values))
+    state = load_safetensors(weights_path.read_bytes())
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"load_joint_model: weights in {weights_path} do not match the saved config: {error}") from error
+    model.eval()
+    return model, info

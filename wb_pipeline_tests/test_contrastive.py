@@ -1,0 +1,264 @@
+"""Joint text–image space: retrieval metrics, duplicate-aware batching/splitting, CLIP training,
+persistence, zero-shot, and the Dagster assets on small synthetic embeddings."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wb_pipeline.core.contrastive import (
+    ContrastiveConfig,
+    DuplicateFreeBatchSampler,
+    JointSpaceModel,
+    combine_joint,
+    duplicate_groups,
+    group_split,
+    load_joint_model,
+    save_joint_model,
+    train_joint_space,
+    zero_shot_scores,
+)
+from wb_pipeline.core.retrieval_metrics import chance_metrics, partner_ranks, recall_at_k, retrieval_metrics
+
+FAST = ContrastiveConfig(joint_dim=16, batch_size=32, max_steps=150, eval_every_steps=5, patience_evals=6,
+                         learning_rate=5e-3)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def paired_vectors(n: int = 240, latent: int = 6, text_dim: int = 24, image_dim: int = 40, noise: float = 0.3,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Text and image vectors that share latent factors through two different random maps (real signal)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, latent))
+    text = z @ rng.normal(size=(latent, text_dim)) + noise * rng.normal(size=(n, text_dim))
+    image = z @ rng.normal(size=(latent, image_dim)) + noise * rng.normal(size=(n, image_dim))
+    return _unit(text), _unit(image)
+
+
+def unique_keys(n: int, prefix: str) -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+# --- retrieval metrics ------------------------------------------------------------------------
+
+
+def test_partner_ranks_hand_computed():
+    queries = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    gallery = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    # query 0: scores [1, 1, 0], partner 0 tied with 1 -> rank 1 (ties never push down)
+    # query 1: scores [0, 0, 1], partner 1 scores 0, one strictly higher -> rank 2
+    # query 2: scores [1, 1, 1], partner 2 tied -> rank 1
+    assert partner_ranks(queries, gallery).tolist() == [1, 2, 1]
+    assert partner_ranks(queries, gallery, block_rows=1).tolist() == [1, 2, 1]
+
+
+def test_recall_and_median_rank_hand_computed():
+    ranks = np.array([1, 3, 7, 12])
+    assert recall_at_k(ranks, 1) == 0.25
+    assert recall_at_k(ranks, 5) == 0.5
+    assert recall_at_k(ranks, 10) == 0.75
+    identity = np.eye(4, dtype=np.float32)
+    reversed_gallery = identity[::-1].copy()
+    metrics = retrieval_metrics(identity, identity)
+    assert metrics["text_to_image"] == {"recall_at_1": 1.0, "recall_at_5": 1.0, "recall_at_10": 1.0, "median_rank": 1.0}
+    # each query's partner scores 0 while one other row scores 1 -> rank 2 everywhere
+    shifted = retrieval_metrics(identity, reversed_gallery)
+    assert shifted["image_to_text"]["recall_at_1"] == 0.0
+    assert shifted["image_to_text"]["median_rank"] == 2.0
+
+
+def test_chance_metrics_and_bad_shapes():
+    chance = chance_metrics(20)
+    assert chance["text_to_image"]["recall_at_5"] == 0.25
+    assert chance["image_to_text"]["median_rank"] == 10.5
+    with pytest.raises(ValueError, match="must both be"):
+        partner_ranks(np.zeros((3, 2)), np.zeros((3, 4)))
+
+
+# --- groups, split, batches --------------------------------------------------------------------
+
+
+def test_duplicate_groups_are_transitive_and_ignore_missing_keys():
+    titles = ["a", "a", "b", "c", None, None]
+    images = ["x", "y", "y", "z", "w", "v"]
+    groups = duplicate_groups(titles, images)
+    # rows 0-1 share a title, rows 1-2 share an image -> one group; the rest are alone
+    assert groups[0] == groups[1] == groups[2]
+    assert len({groups[3], groups[4], groups[5], groups[0]}) == 4
+
+
+def test_group_split_keeps_groups_on_one_side():
+    groups = np.repeat(np.arange(30), 3)
+    train, validation = group_split(groups, 0.2, seed=1)
+    assert set(groups[train]).isdisjoint(groups[validation])
+    assert len(train) + len(validation) == len(groups)
+    with pytest.raises(ValueError, match="duplicate group"):
+        group_split(np.zeros(5, dtype=int), 0.2, seed=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    text=st.lists(st.integers(0, 6), min_size=1, max_size=60),
+    data=st.data(),
+    batch_size=st.integers(1, 9),
+    epoch=st.integers(0, 3),
+)
+def test_duplicates_never_share_a_batch(text, data, batch_size, epoch):
+    image = data.draw(st.lists(st.integers(0, 8), min_size=len(text), max_size=len(text)))
+    sampler = DuplicateFreeBatchSampler(text, image, batch_size, seed=3)
+    batches = list(sampler.epoch(epoch))
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(len(text)))  # every row exactly once
+    for batch in batches:
+        assert 1 <= len(batch) <= batch_size
+        assert len({text[i] for i in batch}) == len(batch)
+        assert len({image[i] for i in batch}) == len(batch)
+
+
+def test_sampler_shuffles_per_epoch_and_repeats_per_seed():
+    sampler = DuplicateFreeBatchSampler(unique_keys(50, "t"), unique_keys(50, "i"), 10, seed=0)
+    first = np.concatenate(list(sampler.epoch(0)))
+    assert not np.array_equal(first, np.concatenate(list(sampler.epoch(1))))
+    again = DuplicateFreeBatchSampler(unique_keys(50, "t"), unique_keys(50, "i"), 10, seed=0)
+    assert np.array_equal(first, np.concatenate(list(again.epoch(0))))
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained():
+    text, image = paired_vectors()
+    model, report = train_joint_space(text, image, unique_keys(len(text), "t"), unique_keys(len(text), "i"), FAST)
+    return text, image, model, report
+
+
+def test_training_decreases_loss_and_beats_untrained_heads(trained):
+    _, _, _, report = trained
+    assert report.best_validation_loss < report.validation_curve[0][1] * 0.8
+    train_losses = [loss for _, loss in report.train_curve]
+    assert np.mean(train_losses[-5:]) < np.mean(train_losses[:5])
+    before, after = report.metrics["before"], report.metrics["after"]
+    for direction in ("text_to_image", "image_to_text"):
+        assert after[direction]["recall_at_1"] > before[direction]["recall_at_1"] + 0.2
+        assert after[direction]["recall_at_10"] > 0.8
+        assert after[direction]["median_rank"] < before[direction]["median_rank"]
+    assert report.n_train_pairs + report.n_validation_pairs == 240
+    assert set(report.metrics_frame()["stage"]) == {"chance", "before", "after"}
+
+
+def test_early_stopping_restores_best_state(trained):
+    text, image, model, report = trained
+    assert 0 < report.best_step <= report.steps
+    best = min(loss for _, loss in report.validation_curve)
+    assert report.best_validation_loss == pytest.approx(best)
+    if report.stopped_early:
+        assert report.steps >= report.best_step + FAST.eval_every_steps * FAST.patience_evals
+
+
+def test_same_seed_same_metrics_and_weights(trained):
+    text, image, model, report = trained
+    again_model, again = train_joint_space(text, image, unique_keys(len(text), "t"), unique_keys(len(text), "i"), FAST)
+    assert again.metrics == report.metrics
+    assert again.validation_curve == report.validation_curve
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, again_model.state_dict()[name]), name
+    other_model, _ = train_joint_space(text, image, unique_keys(len(text), "t"), unique_keys(len(text), "i"),
+                                       dataclasses.replace(FAST, seed=7, max_steps=5))
+    assert not torch.equal(other_model.text_head.weight, model.text_head.weight)
+
+
+def test_training_refuses_bad_input():
+    text, image = paired_vectors(n=20)
+    keys = unique_keys(20, "k")
+    with pytest.raises(ValueError, match="all must be equal"):
+        train_joint_space(text, image[:10], keys, keys, FAST)
+    broken = text.copy()
+    broken[3, 0] = np.nan
+    with pytest.raises(ValueError, match="1 text vector row"):
+        train_joint_space(broken, image, keys, keys, FAST)
+    with pytest.raises(ValueError, match="duplicate group"):
+        train_joint_space(text, image, ["same"] * 20, keys, FAST)
+
+
+def test_unfreezing_encoder_layers_is_refused_clearly():
+    with pytest.raises(ValueError, match="precomputed"):
+        ContrastiveConfig(unfreeze_text_layers=2)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        ContrastiveConfig(validation_fraction=1.0)
+
+
+def test_mlp_head_trains_too():
+    text, image = paired_vectors(n=120, seed=4)
+    config = dataclasses.replace(FAST, head="mlp", mlp_hidden_dim=32, max_steps=60)
+    model, report = train_joint_space(text, image, unique_keys(120, "t"), unique_keys(120, "i"), config)
+    assert isinstance(model.text_head, torch.nn.Sequential)
+    assert report.best_validation_loss < report.validation_curve[0][1]
+
+
+# --- persistence, projection, zero-shot --------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path, trained):
+    text, image, model, report = trained
+    folder = tmp_path / "model"
+    save_joint_model(model, folder, {"text": "t-fp", "image": "i-fp"}, report)
+    loaded, info = load_joint_model(folder)
+    assert info["encoder_fingerprints"] == {"text": "t-fp", "image": "i-fp"}
+    assert info["report"]["metrics"] == report.metrics
+    assert loaded.config == model.config
+    np.testing.assert_array_equal(loaded.project_text(text), model.project_text(text))
+    np.testing.assert_array_equal(loaded.project_image(image), model.project_image(image))
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_load_rejects_missing_or_mismatched_files(tmp_path, trained):
+    _, _, model, _ = trained
+    with pytest.raises(FileNotFoundError, match="lacks"):
+        load_joint_model(tmp_path / "nothing")
+    folder = tmp_path / "model"
+    save_joint_model(model, folder)
+    other = JointSpaceModel(5, 7, model.config)
+    from safetensors.torch import save_file
+
+    save_file(dict(other.state_dict()), str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match="do not match"):
+        load_joint_model(folder)
+
+
+def _identity_model(dim: int) -> JointSpaceModel:
+    model = JointSpaceModel(dim, dim, ContrastiveConfig(joint_dim=dim))
+    with torch.no_grad():
+        for head in (model.text_head, model.image_head):
+            head.weight.copy_(torch.eye(dim))
+            head.bias.zero_()
+    return model
+
+
+def test_zero_shot_scores_are_cosines_in_the_joint_space():
+    model = _identity_model(3)
+    names = {"для женщин": [1.0, 0.0, 0.0], "зима": [0.0, 2.0, 0.0]}  # unnormalised on purpose
+
+    def encode(texts):
+        return np.array([names[t] for t in texts])
+
+    products = np.array([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]], dtype=np.float32)
+    scores = zero_shot_scores(list(names), products, encode, model)
+    np.testing.assert_allclose(scores, [[1.0, 0.0], [0.0, 0.6]], atol=1e-6)
+    assert scores.argmax(axis=1).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="expected"):
+        zero_shot_scores(["зима"], products, lambda texts: np.zeros((1, 5)), model)
+
+
+def test_combine_joint_is_unit_norm():
+    text, image = _unit(np.array([[1.0, 0.0], [0.0, 1.0]])), _unit(np.array([[0.0, 1.0], [0.0, 1.0]]))
+    combined = combine_joint(text, image)
+    np.testing.assert_allclose(np.linalg.norm(combined, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(combined[0], [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)
