@@ -50,10 +50,11 @@ class NotebookFixes:
     sex_all_spellings: bool = False  # map Men/Boy/Girl too; Унисекс and conflicting lists -> None
     season_priority: bool = False  # get_from_list checks the whole priority list
     fragility: bool = False  # lowercase before matching; assign list results
+    cleaning: bool = False  # drop only rows missing BOTH texts, then fill the missing one (fill_missing_text)
 
     @classmethod
     def all(cls) -> NotebookFixes:
-        return cls(True, True, True, True, True, True)
+        return cls(True, True, True, True, True, True, True)
 
 
 # ------------------------------------------------------------------------------ cleaning
@@ -73,6 +74,23 @@ def clean_dataset(df: pd.DataFrame, cols_to_drop=("brand", "price")) -> pd.DataF
         if col in cols_to_drop:
             df = df.drop(col, axis=1)
     return df
+
+
+def fill_missing_text(titles: pd.Series, descriptions: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The intended rule of ``clean_dataset`` (its fill, without the bug that dropped these rows)."""
+    titles = titles.where(titles.notna() & (titles != ""), None)
+    descriptions = descriptions.where(descriptions.notna() & (descriptions != ""), None)
+    descriptions = descriptions.fillna(titles)
+    titles = titles.fillna(descriptions.str.split().str[:10].str.join(" "))
+    return titles, descriptions
+
+
+def fill_empty_preprocessed(title: pd.Series, description: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The notebook's fill after preprocessing (``train.loc[train.description == '', ...]``)."""
+    title, description = title.copy(), description.copy()
+    description.loc[description == ""] = title.loc[description == ""]
+    title.loc[title == ""] = description.loc[title == ""].apply(lambda x: " ".join(x.split()[:7]))
+    return title, description
 
 
 # ------------------------------------------------------------------------------ text
