@@ -420,7 +420,6 @@ class EfficientNetLiteEncoder:
         return self._forward
 
     def _export_module(self) -> tuple[torch.nn.Module, torch.Tensor]:
-
         # A fresh contiguous model: a channels_last model converted under inference_mode
         # cannot be exported.
         module = EfficientNetLiteFeatures(self.classifier()).eval()
@@ -440,7 +439,6 @@ class EfficientNetLiteEncoder:
         return OnnxFeatureRunner(session)
 
     def _build_torch(self) -> Callable[[np.ndarray], np.ndarray]:
-
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         layout = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
@@ -612,7 +610,6 @@ class OpenClipImageEncoder:
 
     def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         """Forward a stacked ``[n, 3, H, W]`` batch in chunks of ``batch_size``."""
-
         pixels = _check_batch(batch, self.image_size)
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -666,7 +663,6 @@ class OpenClipTextEncoder:
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Encode ``texts``: float32 ``[len(texts), dim]``, unit rows, row i = ``texts[i]``."""
-
         if isinstance(texts, str):
             raise TypeError("encode expects a sequence of strings; wrap a single text in a list")
         for position, text in enumerate(texts):
