@@ -345,7 +345,7 @@ def _preprocess_unique(array: pa.Array, kind: TextKind, config: TextPreprocessin
     word_rows = pc.list_parent_indices(words).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     encoded = pc.dictionary_encode(pc.list_flatten(words))
     vocabulary = pc.utf8_lower(encoded.dictionary)
-    word_codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    word_codes = encoded.indices.to_numpy(zero_copy_only=False)
 
     # Kept tokens of each distinct word, contiguous, word by word.
     tokens, token_words = _tokens_and_parents(vocabulary)
@@ -364,8 +364,13 @@ def _preprocess_unique(array: pa.Array, kind: TextKind, config: TextPreprocessin
 
     # Every occurrence of a word contributes its kept tokens, in text order.
     per_occurrence = kept_per_word[word_codes]
-    token_index = np.repeat(first_kept_of_word[word_codes], per_occurrence) + _ranks(per_occurrence)
-    token_rows = np.repeat(word_rows, per_occurrence)
+    contributes = per_occurrence > 0
+    codes, rows, counts = word_codes[contributes], word_rows[contributes], per_occurrence[contributes]
+    if counts.size and counts.max() > 1:  # a word with several kept tokens ('х/б'): expand
+        token_index = np.repeat(first_kept_of_word[codes], counts) + _ranks(counts)
+        token_rows = np.repeat(rows, counts)
+    else:
+        token_index, token_rows = first_kept_of_word[codes], rows
     within_cap = _ranks(np.bincount(token_rows, minlength=len(array))) < cap
     token_index, token_rows = token_index[within_cap], token_rows[within_cap]
     kept = _regroup(kept_tokens.take(pa.array(token_index)), token_rows, len(array), cap=None)
