@@ -3,6 +3,7 @@ persistence, zero-shot, and the Dagster assets on small synthetic embeddings."""
 
 import dataclasses
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,11 +18,17 @@ from wb_pipeline.core.contrastive import (
     combine_joint,
     duplicate_groups,
     group_split,
+    joint_matrix,
     load_joint_model,
+    product_keys,
     save_joint_model,
     train_joint_space,
     zero_shot_scores,
 )
+from upath import UPath
+
+from wb_pipeline.core.embeddings import EmbeddingTable
+from wb_pipeline.defs.resources import WBStorage, WBStorageIOManager
 from wb_pipeline.core.retrieval_metrics import chance_metrics, partner_ranks, recall_at_k, retrieval_metrics
 
 FAST = ContrastiveConfig(joint_dim=16, batch_size=32, max_steps=150, eval_every_steps=5, patience_evals=6,
@@ -262,3 +269,102 @@ def test_combine_joint_is_unit_norm():
     combined = combine_joint(text, image)
     np.testing.assert_allclose(np.linalg.norm(combined, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(combined[0], [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)
+
+
+# --- Dagster assets on a small synthetic catalogue ---------------------------------------------
+
+
+def synthetic_catalogue(n: int = 150, n_categories: int = 5, seed: int = 0) -> dict:
+    """Upstream asset values with real shared signal: category centres drive both modalities.
+    Every 10th product repeats the previous one's title and image (duplicates)."""
+    rng = np.random.default_rng(seed)
+    category = rng.integers(0, n_categories, size=n)
+    centres = rng.normal(size=(n_categories, 6)) * 3
+    z = centres[category] + rng.normal(size=(n, 6))
+    text = _unit(z @ rng.normal(size=(6, 24)) + 0.3 * rng.normal(size=(n, 24)))
+    image = _unit(z @ rng.normal(size=(6, 40)) + 0.3 * rng.normal(size=(n, 40)))
+    nm = np.array([str(100000 + i) for i in range(n)], dtype=object)
+    titles = [f"товар {i}" for i in range(n)]
+    hashes = [f"h{i:05d}" for i in range(n)]
+    for i in range(10, n, 10):
+        titles[i], hashes[i] = titles[i - 1], hashes[i - 1]
+    clean = pd.DataFrame({"nm": nm, "split": "test", "title": titles, "description": ["описание"] * n})
+    labels = pd.DataFrame({
+        "nm": nm, "split": "test",
+        "category": pd.Categorical([f"cat{c}" for c in category]),
+        "sub_category": pd.Categorical([f"sub{c}-{i % 2}" for i, c in enumerate(category)]),
+    })
+    return {
+        "text_embeddings": EmbeddingTable(nm=nm, vectors=text),
+        "image_embeddings": EmbeddingTable(nm=nm[::-1].copy(), vectors=image[::-1].copy()),  # another row order
+        "clean_products": clean,
+        "image_index": pd.DataFrame({"nm": nm, "content_hash": hashes}),
+        "product_labels": labels,
+    }
+
+
+def stub_assets(values: dict) -> list:
+    """Assets with the upstream keys that just return the given values (embeddings record a fingerprint)."""
+    stubs = []
+    for name, value in values.items():
+        def make(value=value, name=name):
+            @dg.asset(name=name)
+            def stub() -> dg.MaterializeResult:
+                return dg.MaterializeResult(value=value, metadata={"encoder_fingerprint": f"fp-{name}"})
+            return stub
+        stubs.append(make())
+    return stubs
+
+
+def storage_resources(base: str) -> dict:
+    return {"io_manager": WBStorageIOManager(base_dir=base), "pipeline_storage": WBStorage(base_dir=base)}
+
+
+FAST_RUN_CONFIG = {"joint_dim": 8, "batch_size": 32, "max_steps": 80, "eval_every_steps": 5, "learning_rate": 0.005}
+
+
+def test_contrastive_assets_materialize(tmp_path, instance):
+    from wb_pipeline.defs.contrastive import assets, checks
+
+    values = synthetic_catalogue()
+    result = dg.materialize(
+        [*stub_assets(values), assets.contrastive_model, assets.joint_embeddings,
+         checks.joint_embeddings_valid, checks.training_beats_untrained_heads],
+        resources=storage_resources(str(tmp_path)),
+        instance=instance,
+        run_config={"ops": {"contrastive_model": {"config": FAST_RUN_CONFIG}}},
+    )
+    assert result.success
+    table = result.asset_value("contrastive_model")
+    assert set(table["stage"]) == {"chance", "before", "after"}
+    after = table[table["stage"] == "after"].set_index("direction")
+    before = table[table["stage"] == "before"].set_index("direction")
+    assert (after["recall_at_5"] > before["recall_at_5"]).all()
+    loaded, info = load_joint_model(UPath(table["artifact"].iloc[0]))
+    assert info["encoder_fingerprints"] == {"text": "fp-text_embeddings", "image": "fp-image_embeddings"}
+    assert loaded.config.joint_dim == 8
+
+    joint = result.asset_value("joint_embeddings")
+    assert joint["nm"].tolist() == values["text_embeddings"].nm.tolist()
+    combined = joint_matrix(joint, "combined_joint")
+    assert combined.shape == (150, 8)
+    # the image column follows nm, not the image table's own (reversed) order
+    expected_image = loaded.project_image(values["image_embeddings"].subset(joint["nm"]).vectors)
+    np.testing.assert_allclose(joint_matrix(joint, "image_joint"), expected_image, atol=1e-6)
+
+    materialization = result.asset_materializations_for_node("contrastive_model")[0]
+    assert materialization.metadata["loss_curve"].value.startswith("![CLIP loss per step](data:image/png;base64,")
+    assert materialization.metadata["pairs_used"].value == 150
+    checks_passed = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks_passed == {"joint_embeddings_valid": True, "training_beats_untrained_heads": True}
+
+
+def test_product_keys_normalise_and_keep_every_row():
+    products = pd.DataFrame({"nm": ["1", "2", "3"], "title": ["Платье  Красное", "платье красное", None],
+                             "description": ["a", "b", None]})
+    index = pd.DataFrame({"nm": ["1", "3"], "content_hash": ["h1", "h3"]})
+    keys = product_keys(["3", "1", "2", "9"], products, index)
+    assert keys["nm"].tolist() == ["3", "1", "2", "9"]
+    assert keys["title_key"].tolist() == [None, "платье красное", "платье красное", None]
+    assert keys["text_key"].tolist()[1:3] == ["платье красное a", "платье красное b"]
+    assert keys["image_key"].tolist() == ["h3", "h1", None, None]

@@ -275,7 +275,7 @@ class JointSpaceModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            blocks = [encode(torch.from_numpy(vectors[s : s + block_rows])).numpy()
+            blocks = [encode(torch.tensor(vectors[s : s + block_rows])).numpy()  # tensor() copies: inputs may be read-only
                       for s in range(0, len(vectors), block_rows)]
         finally:
             self.train(was_training)
@@ -562,3 +562,60 @@ def load_joint_model(folder: UPath) -> tuple[JointSpaceModel, dict[str, Any]]:
         raise ValueError(f"load_joint_model: weights in {weights_path} do not match the saved config: {error}") from error
     model.eval()
     return model, info
+
+
+# ---------------------------------------------------------------------------------------------
+# Product keys and the joint_embeddings table
+
+
+def product_keys(nm: Sequence[str], products: pd.DataFrame, image_index: pd.DataFrame) -> pd.DataFrame:
+    """Duplicate keys per product, in the order of `nm`:
+
+    - `title_key`: the title lower-cased with whitespace collapsed (same title → near-duplicate text);
+    - `text_key`: the same normalisation of title + description (the seed's "identical title and
+      description");
+    - `image_key`: the image's content hash (identical image bytes).
+
+    `products` needs nm, title, description; `image_index` nm, content_hash. A product missing from
+    either gets missing keys (which link nothing) — never an error, never a dropped row."""
+    ids = pd.DataFrame({"nm": pd.Series(list(nm), dtype=object).astype(str)})
+    text = products[["nm", "title", "description"]].drop_duplicates("nm").astype({"nm": str})
+    images = image_index[["nm", "content_hash"]].drop_duplicates("nm").astype({"nm": str})
+    frame = ids.merge(text, on="nm", how="left").merge(images, on="nm", how="left")
+
+    def normalise(values: pd.Series) -> pd.Series:
+        cleaned = values.astype("string").str.lower().str.split().str.join(" ")
+        return cleaned.where(cleaned.fillna("").ne(""))
+
+    title = normalise(frame["title"])
+    full_text = normalise(frame["title"].fillna("").astype(str) + " " + frame["description"].fillna("").astype(str))
+    return pd.DataFrame({
+        "nm": frame["nm"].to_numpy(dtype=object),
+        "title_key": title.to_numpy(dtype=object, na_value=None),
+        "text_key": full_text.to_numpy(dtype=object, na_value=None),
+        "image_key": frame["content_hash"].astype("string").to_numpy(dtype=object, na_value=None),
+    }, dtype=object)
+
+
+JOINT_COLUMNS = ("text_joint", "image_joint", "combined_joint")
+
+
+def joint_embedding_frame(nm: Sequence[str], text_joint: np.ndarray, image_joint: np.ndarray) -> pd.DataFrame:
+    """The `joint_embeddings` table: nm and one float32 list column per vector kind (text, image,
+    combined = normalised sum); one table keeps the three row-aligned by construction."""
+    combined = combine_joint(text_joint, image_joint)
+    return pd.DataFrame({
+        "nm": np.asarray(list(nm), dtype=object),
+        "text_joint": list(np.asarray(text_joint, np.float32)),
+        "image_joint": list(np.asarray(image_joint, np.float32)),
+        "combined_joint": list(combined),
+    })
+
+
+def joint_matrix(frame: pd.DataFrame, column: str = "combined_joint") -> np.ndarray:
+    """One list column of the `joint_embeddings` table as a float32 [n, dim] matrix."""
+    if column not in JOINT_COLUMNS:
+        raise ValueError(f"joint_matrix: column must be one of {JOINT_COLUMNS}, got {column!r}")
+    if len(frame) == 0:
+        return np.zeros((0, 0), np.float32)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in frame[column].to_numpy()])

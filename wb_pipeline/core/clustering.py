@@ -1,0 +1,250 @@
+"""Product clustering in several embedding spaces, with the seed's metrics.
+
+Per space (text, image, early concatenation, joint): PCA (128) then UMAP (seeded, one job, so the
+result is reproducible), then KMeans (k fixed or chosen by silhouette over candidates) and HDBSCAN.
+Metrics (seed §"Кластеризация"): silhouette in the reduced space; against known labels
+(`category` / `sub_category` of test rows) AMI, NMI, ARI, homogeneity, completeness, V-measure and
+clustering accuracy (Hungarian matching of clusters to classes); and the share of duplicate pairs
+(identical title+description, or identical image) that land in one cluster.
+
+HDBSCAN's noise (label -1) counts as one more cluster in the label metrics (an honest penalty for
+leaving products unclustered) and is left out of the silhouette; `noise_fraction` is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from sklearn import metrics as skm
+from sklearn.cluster import HDBSCAN, KMeans
+from sklearn.decomposition import PCA
+
+NOISE = -1
+ALGORITHMS = ("kmeans", "hdbscan")
+
+
+@dataclass(frozen=True)
+class ClusteringConfig:
+    """Reduction, algorithms and metric settings (defaults: the seed's PCA-128, then UMAP)."""
+
+    pca_components: int = 128
+    reduction: Literal["pca_umap", "pca"] = "pca_umap"
+    umap_components: int = 10
+    umap_neighbors: int = 15
+    umap_min_dist: float = 0.0  # packed neighbourhoods suit density clustering
+    kmeans_k: int = 0  # 0: choose by silhouette among kmeans_k_candidates
+    kmeans_k_candidates: tuple[int, ...] = (8, 16, 24, 32, 48, 64)
+    kmeans_n_init: int = 4
+    hdbscan_min_cluster_size: int = 10
+    hdbscan_min_samples: int = 0  # 0: HDBSCAN's default (= min_cluster_size)
+    silhouette_sample_size: int = 5000  # silhouette is O(n²); sampled above this many rows
+    scatter_method: Literal["umap", "pca"] = "umap"  # how the 2-D picture is made
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("pca_components", "umap_components", "umap_neighbors", "kmeans_n_init",
+                     "hdbscan_min_cluster_size", "silhouette_sample_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ClusteringConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.kmeans_k < 0 or self.hdbscan_min_samples < 0:
+            raise ValueError("ClusteringConfig.kmeans_k and hdbscan_min_samples must be >= 0")
+        if self.kmeans_k == 0 and (not self.kmeans_k_candidates or min(self.kmeans_k_candidates) < 2):
+            raise ValueError("ClusteringConfig.kmeans_k_candidates must hold values >= 2 when kmeans_k is 0")
+        if self.reduction not in ("pca_umap", "pca") or self.scatter_method not in ("umap", "pca"):
+            raise ValueError(f"ClusteringConfig: unknown reduction {self.reduction!r} or scatter {self.scatter_method!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reduction and clustering
+
+
+def pca_reduce(vectors: np.ndarray, config: ClusteringConfig) -> np.ndarray:
+    """PCA to `pca_components` (capped by the data's rank limits), float32."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    components = min(config.pca_components, vectors.shape[1], len(vectors) - 1)
+    if components < 1:
+        raise ValueError(f"pca_reduce: {vectors.shape} is too small to reduce")
+    return PCA(n_components=components, random_state=config.seed).fit_transform(vectors).astype(np.float32)
+
+
+def umap_reduce(vectors: np.ndarray, n_components: int, config: ClusteringConfig) -> np.ndarray:
+    """UMAP with a fixed random_state and one job (reproducible), float32."""
+    import umap  # imported here: numba compilation makes the import slow
+
+    neighbors = max(2, min(config.umap_neighbors, len(vectors) - 1))
+    reducer = umap.UMAP(n_components=min(n_components, len(vectors) - 2), n_neighbors=neighbors,
+                        min_dist=config.umap_min_dist, random_state=config.seed, n_jobs=1)
+    return reducer.fit_transform(vectors).astype(np.float32)
+
+
+def reduce_for_clustering(vectors: np.ndarray, config: ClusteringConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(PCA output, the space clustering runs in: UMAP of the PCA output, or the PCA output itself)."""
+    reduced = pca_reduce(vectors, config)
+    if config.reduction == "pca":
+        return reduced, reduced
+    return reduced, umap_reduce(reduced, config.umap_components, config)
+
+
+def scatter_2d(pca_vectors: np.ndarray, config: ClusteringConfig) -> np.ndarray:
+    """2-D coordinates for the picture: UMAP of the PCA output, or its first two components."""
+    if config.scatter_method == "pca" or len(pca_vectors) < 4:
+        padded = np.zeros((len(pca_vectors), 2), np.float32)
+        padded[:, : min(2, pca_vectors.shape[1])] = pca_vectors[:, :2]
+        return padded
+    return umap_reduce(pca_vectors, 2, config)
+
+
+def silhouette(points: np.ndarray, labels: np.ndarray, sample_size: int, seed: int) -> float:
+    """Silhouette of the non-noise points (NaN when fewer than 2 clusters or too few points)."""
+    labels = np.asarray(labels)
+    keep = labels != NOISE
+    points, labels = points[keep], labels[keep]
+    n_clusters = len(np.unique(labels))
+    if n_clusters < 2 or n_clusters >= len(labels):
+        return float("nan")
+    size = sample_size if len(labels) > sample_size else None
+    return float(skm.silhouette_score(points, labels, sample_size=size, random_state=seed))
+
+
+def choose_k(points: np.ndarray, config: ClusteringConfig) -> tuple[int, dict[int, float]]:
+    """The configured k, or the candidate with the best silhouette (scores per candidate returned)."""
+    if config.kmeans_k:
+        return min(config.kmeans_k, len(points)), {}
+    candidates = sorted({k for k in config.kmeans_k_candidates if 2 <= k < len(points)}) or [min(2, len(points))]
+    scores = {k: silhouette(points, kmeans_labels(points, k, config), config.silhouette_sample_size, config.seed)
+              for k in candidates}
+    best = max(candidates, key=lambda k: (np.nan_to_num(scores[k], nan=-2.0), -k))
+    return best, scores
+
+
+def kmeans_labels(points: np.ndarray, k: int, config: ClusteringConfig) -> np.ndarray:
+    return KMeans(n_clusters=k, n_init=config.kmeans_n_init, random_state=config.seed).fit_predict(points)
+
+
+def hdbscan_labels(points: np.ndarray, config: ClusteringConfig) -> np.ndarray:
+    model = HDBSCAN(min_cluster_size=config.hdbscan_min_cluster_size,
+                    min_samples=config.hdbscan_min_samples or None, copy=True)
+    return model.fit_predict(points)
+
+
+@dataclass
+class SpaceClustering:
+    """One space's reduced points and cluster labels per algorithm."""
+
+    pca: np.ndarray
+    points: np.ndarray
+    labels: dict[str, np.ndarray]
+    k_scores: dict[int, float] = field(default_factory=dict)
+
+
+def cluster_spaces(spaces: Mapping[str, np.ndarray], config: ClusteringConfig = ClusteringConfig(),
+                   log=None) -> dict[str, SpaceClustering]:
+    """Reduce and cluster every space (all must have the same rows)."""
+    sizes = {name: len(vectors) for name, vectors in spaces.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"cluster_spaces: spaces have different row counts {sizes}")
+    if next(iter(sizes.values()), 0) < 3:
+        raise ValueError(f"cluster_spaces: need at least 3 products, got {sizes}")
+    result = {}
+    for name, vectors in spaces.items():
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if not np.isfinite(vectors).all():
+            raise ValueError(f"cluster_spaces: space {name!r} holds NaN or infinite values")
+        pca, points = reduce_for_clustering(vectors, config)
+        k, k_scores = choose_k(points, config)
+        labels = {"kmeans": kmeans_labels(points, k, config), "hdbscan": hdbscan_labels(points, config)}
+        result[name] = SpaceClustering(pca=pca, points=points, labels=labels, k_scores=k_scores)
+        if log is not None:
+            log(f"clustered space {name!r}: k={k}, hdbscan clusters={len(set(labels['hdbscan']) - {NOISE})}")
+    return result
+
+
+def cluster_columns(clusterings: Mapping[str, SpaceClustering]) -> dict[str, np.ndarray]:
+    """`{space}_{algorithm}` → labels, the column names of `product_clusters`."""
+    return {f"{space}_{algorithm}": labels
+            for space, clustering in clusterings.items() for algorithm, labels in clustering.labels.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def clustering_accuracy(true_labels: np.ndarray, cluster_labels: np.ndarray) -> float:
+    """Best one-to-one matching of clusters to classes (Hungarian), as the share of matched rows.
+
+    With more clusters than classes (or fewer) the unmatched ones count as wrong."""
+    true_codes, _ = pd.factorize(pd.Series(true_labels, dtype=object))
+    cluster_codes, _ = pd.factorize(pd.Series(cluster_labels, dtype=object))
+    if len(true_codes) == 0:
+        raise ValueError("clustering_accuracy: no labelled rows")
+    contingency = skm.cluster.contingency_matrix(true_codes, cluster_codes)
+    rows, cols = linear_sum_assignment(contingency, maximize=True)
+    return float(contingency[rows, cols].sum() / len(true_codes))
+
+
+def label_agreement(true_labels: np.ndarray, cluster_labels: np.ndarray) -> dict[str, float]:
+    """AMI, NMI, ARI, homogeneity, completeness, V-measure and Hungarian accuracy."""
+    true_labels = np.asarray(pd.Series(true_labels, dtype=object).astype(str))
+    cluster_labels = np.asarray(cluster_labels)
+    homogeneity, completeness, v_measure = skm.homogeneity_completeness_v_measure(true_labels, cluster_labels)
+    return {
+        "ami": float(skm.adjusted_mutual_info_score(true_labels, cluster_labels)),
+        "nmi": float(skm.normalized_mutual_info_score(true_labels, cluster_labels)),
+        "ari": float(skm.adjusted_rand_score(true_labels, cluster_labels)),
+        "homogeneity": float(homogeneity),
+        "completeness": float(completeness),
+        "v_measure": float(v_measure),
+        "accuracy": clustering_accuracy(true_labels, cluster_labels),
+    }
+
+
+def duplicate_cohesion(keys: pd.Series | np.ndarray, cluster_labels: np.ndarray) -> tuple[float, int]:
+    """(share of duplicate pairs — rows with the same non-missing key — that share a cluster, pair count).
+
+    NaN when there are no duplicate pairs. HDBSCAN noise never counts as a shared cluster."""
+    frame = pd.DataFrame({"key": pd.Series(keys).to_numpy(), "cluster": np.asarray(cluster_labels)}).dropna()
+    pairs = lambda counts: (counts * (counts - 1) // 2).sum()  # noqa: E731 - n choose 2
+    total = int(pairs(frame.groupby("key").size()))
+    if total == 0:
+        return float("nan"), 0
+    clustered = frame[frame["cluster"] != NOISE]
+    together = int(pairs(clustered.groupby(["key", "cluster"]).size()))
+    return together / total, total
+
+
+def clustering_report(
+    clusterings: Mapping[str, SpaceClustering],
+    targets: Mapping[str, pd.Series | np.ndarray],
+    duplicate_keys: Mapping[str, pd.Series | np.ndarray],
+    config: ClusteringConfig = ClusteringConfig(),
+) -> pd.DataFrame:
+    """One row per (space, algorithm): cluster count, noise share, silhouette, duplicate cohesion per
+    key (`same_<key>_rate`), and `<target>_<metric>` on the rows where the target is known."""
+    rows = []
+    for space, clustering in clusterings.items():
+        for algorithm, labels in clustering.labels.items():
+            row: dict[str, object] = {
+                "space": space,
+                "algorithm": algorithm,
+                "n_clusters": int(len(set(labels.tolist()) - {NOISE})),
+                "noise_fraction": float((labels == NOISE).mean()),
+                "silhouette": silhouette(clustering.points, labels, config.silhouette_sample_size, config.seed),
+            }
+            for key_name, keys in duplicate_keys.items():
+                rate, pairs = duplicate_cohesion(keys, labels)
+                row[f"same_{key_name}_rate"] = rate
+                row[f"same_{key_name}_pairs"] = pairs
+            for target, values in targets.items():
+                values = pd.Series(values, dtype=object).reset_index(drop=True)
+                known = values.notna().to_numpy()
+                row[f"{target}_rows"] = int(known.sum())
+                scores = label_agreement(values[known].to_numpy(), labels[known]) if known.sum() >= 2 else {}
+                for metric in ("ami", "nmi", "ari", "homogeneity", "completeness", "v_measure", "accuracy"):
+                    row[f"{target}_{metric}"] = scores.get(metric, float("nan"))
+            rows.append(row)
+    return pd.DataFrame(rows)

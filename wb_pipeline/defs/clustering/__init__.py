@@ -1,0 +1,1 @@
+"""Group `clustering`: product clusters in the text, image, concatenated and joint spaces."""

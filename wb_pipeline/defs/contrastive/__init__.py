@@ -1,0 +1,1 @@
+"""Group `contrastive`: the joint text–image space trained with the CLIP loss."""
