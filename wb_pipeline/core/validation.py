@@ -1,0 +1,87 @@
+"""Group-aware, stratified cross-validation folds (seed §"Схема валидации").
+
+Products that share an identical title or an identical image (same content hash) are near
+duplicates: if one sits in the training part and its twin in the validation part, the score
+measures memorisation. So products are grouped into the connected components of the relation
+"same title OR same image" (transitively: A~B by title and B~C by image puts A, B, C together)
+and whole groups are assigned to folds by scikit-learn's `StratifiedGroupKFold`.
+A stricter alternative (REFERENCE §6) holds out whole brands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.model_selection import StratifiedGroupKFold
+
+GroupBy = Literal["duplicates", "brand"]
+Folds = list[tuple[np.ndarray, np.ndarray]]
+
+
+def duplicate_groups(*keys: Sequence | pd.Series) -> np.ndarray:
+    """Group id per row: connected components of "rows share a value in any of `keys`".
+
+    Each key is a column of the same length (e.g. normalised title, image content hash); a
+    missing value (None/NaN/empty string) links nothing. Rows are nodes, each distinct key value
+    is a node, every row is joined to its values; the components are the groups (0..n_groups-1,
+    numbered in order of first appearance so the result is deterministic).
+    """
+    if not keys:
+        raise ValueError("duplicate_groups needs at least one key column")
+    n_rows = len(keys[0])
+    if any(len(key) != n_rows for key in keys):
+        raise ValueError(f"duplicate_groups: key columns differ in length {[len(k) for k in keys]}")
+    rows, nodes = [], []
+    offset = n_rows
+    for key in keys:
+        values = pd.Series(np.asarray(key, dtype=object)).replace("", None)
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        present = codes >= 0
+        rows.append(np.flatnonzero(present))
+        nodes.append(codes[present] + offset)
+        offset += len(uniques)
+    row_index, node_index = np.concatenate(rows), np.concatenate(nodes)
+    graph = coo_matrix((np.ones(len(row_index), dtype=np.int8), (row_index, node_index)), shape=(offset, offset))
+    _, component = connected_components(graph, directed=False)
+    # Renumber by first appearance among the rows (stable, independent of key-node numbering).
+    first_seen, _ = pd.factorize(component[:n_rows])
+    return first_seen.astype(np.int64)
+
+
+def brand_groups(brands: Sequence | pd.Series) -> np.ndarray:
+    """Group id per row = its brand; a product without a brand is a group of its own."""
+    values = pd.Series(np.asarray(brands, dtype=object)).replace("", None)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    missing = codes < 0
+    codes[missing] = len(uniques) + np.arange(int(missing.sum()))
+    return codes.astype(np.int64)
+
+
+def group_stratified_folds(y: Sequence, groups: Sequence[int], n_splits: int, seed: int) -> Folds:
+    """(train indices, valid indices) per fold from `StratifiedGroupKFold(shuffle=True)`.
+
+    Raises ValueError (naming the counts) when there are fewer groups than folds, since some
+    fold would then be empty.
+    """
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_splits < 2:
+        raise ValueError(f"n_splits must be at least 2, got {n_splits}")
+    if n_groups < n_splits:
+        raise ValueError(f"only {n_groups} distinct groups for {n_splits} folds")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return [(train, valid) for train, valid in splitter.split(np.zeros(len(y)), y, groups)]
+
+
+def fold_ids(folds: Folds, n_rows: int) -> np.ndarray:
+    """The validation fold number of each row (-1 for a row in no validation part)."""
+    ids = np.full(n_rows, -1, dtype=np.int64)
+    for number, (_, valid) in enumerate(folds):
+        ids[valid] = number
+    return ids

@@ -1,0 +1,125 @@
+"""Late fusion learns only from out-of-fold probabilities: pure-noise labels stay at chance level,
+while the same meta-model on leaked (in-sample) probabilities would look good."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+
+from wb_pipeline.core import classification as core
+from wb_pipeline.core.fusion import LateFusionClassifier, MeanProbabilityFusion, load_late_fusion, save_late_fusion
+from wb_pipeline.core.metrics import scores
+
+FAST = core.ClassificationConfig(n_splits=3, inner_splits=3, min_class_rows=3, min_labelled_rows=20,
+                                 c_values=(100.0,), class_weights=("none",), fusion_n_estimators=40)
+
+
+def make_data(y: np.ndarray, text: np.ndarray, image: np.ndarray) -> core.LabelData:
+    return core.LabelData(label="noise", nm=np.array([str(i) for i in range(len(y))], dtype=object),
+                          y=np.asarray(y, dtype=object), classes=sorted(set(y)), groups=np.arange(len(y)),
+                          features={"text": text, "image": image})
+
+
+def fused_macro_f1(data: core.LabelData, config: core.ClassificationConfig) -> dict[str, float]:
+    cv = core.cross_validate_label(data, config)
+    fused = core.cross_validate_fusion(cv.probabilities, data.label, data.classes, config)
+    outer = pd.concat([cv.probabilities[cv.probabilities["stage"] == core.OUTER], fused])
+    result = {}
+    for model, part in outer.groupby("model"):
+        predicted = core.predicted_classes(part, data.classes)
+        result[model] = scores(part["y"], predicted, data.classes)["macro_f1"]
+    return result
+
+
+def test_pure_noise_labels_give_chance_level_fusion_and_leakage_would_not():
+    rng = np.random.default_rng(0)
+    n = 240
+    y = rng.choice(["a", "b"], size=n)
+    text, image = rng.normal(size=(n, 60)), rng.normal(size=(n, 60))
+    honest = fused_macro_f1(make_data(y, text, image), FAST)
+    assert honest["late_fusion"] < 0.62, honest
+    assert honest["mean_probability"] < 0.62, honest
+
+    # Control: the same meta-model fed in-sample probabilities (base models fit on all rows) looks
+    # excellent on noise — the leak this pipeline's nesting prevents.
+    leaked = np.hstack([LogisticRegression(C=100.0, max_iter=1000).fit(X, y).predict_proba(X) for X in (text, image)])
+    predicted = np.empty(n, dtype=object)
+    for train, valid in StratifiedKFold(3, shuffle=True, random_state=0).split(leaked, y):
+        predicted[valid] = FAST.late_fusion(["a", "b"]).fit(leaked[train], y[train]).predict(leaked[valid])
+    assert scores(y, predicted, ["a", "b"])["macro_f1"] > 0.75
+
+
+def test_fusion_learns_real_signal_from_one_modality():
+    rng = np.random.default_rng(1)
+    n = 240
+    y = rng.choice(["a", "b", "c"], size=n)
+    centers = {"a": 0.0, "b": 2.0, "c": 4.0}
+    text = rng.normal(size=(n, 8)) + np.array([centers[v] for v in y])[:, None] * np.eye(8)[0]
+    image = rng.normal(size=(n, 8))
+    result = fused_macro_f1(make_data(y, text, image), FAST)
+    assert result["text"] > 0.7 and result["image"] < 0.5, result
+    assert result["late_fusion"] > 0.7, result
+
+
+def test_meta_model_of_each_fold_never_sees_that_folds_rows():
+    rng = np.random.default_rng(2)
+    n = 90
+    y = rng.choice(["a", "b"], size=n)
+    data = make_data(y, rng.normal(size=(n, 4)), rng.normal(size=(n, 4)))
+    probabilities = core.cross_validate_label(data, FAST).probabilities
+    outer = probabilities[probabilities["stage"] == core.OUTER]
+    for model in core.BASE_MODELS:  # every row predicted exactly once, by a model of another fold
+        assert sorted(outer.loc[outer["model"] == model, "row"]) == list(range(n))
+    for fold in outer["fold"].unique():
+        inner_rows = set(probabilities.loc[(probabilities["stage"] == core.INNER) & (probabilities["fold"] == fold), "row"])
+        valid_rows = set(outer.loc[outer["fold"] == fold, "row"])
+        assert inner_rows and not inner_rows & valid_rows
+        assert inner_rows | valid_rows == set(range(n))
+
+
+def test_mean_probability_fusion_is_the_block_average():
+    X = np.array([[0.2, 0.8, 0.6, 0.4], [0.9, 0.1, 0.5, 0.5]])
+    model = MeanProbabilityFusion(classes=["a", "b"]).fit(X, ["a", "b"])
+    np.testing.assert_allclose(model.predict_proba(X), [[0.4, 0.6], [0.7, 0.3]])
+    assert model.predict(X).tolist() == ["b", "a"]
+    with pytest.raises(ValueError, match="expected 2 probability blocks"):
+        model.predict_proba(X[:, :2])
+
+
+def test_late_fusion_is_a_sklearn_estimator_and_rejects_unknown_classes():
+    model = LateFusionClassifier(classes=["a", "b"], n_estimators=5)
+    assert clone(model).get_params() == model.get_params()
+    with pytest.raises(ValueError, match=r"\['c'\] that are not in classes"):
+        model.fit(np.zeros((4, 4)), ["a", "b", "c", "a"])
+
+
+def test_late_fusion_keeps_class_absent_from_training_rows():
+    rng = np.random.default_rng(3)
+    X = rng.random((60, 6))
+    y = np.where(X[:, 0] > 0.5, "a", "b")
+    proba = LateFusionClassifier(classes=["a", "b", "c"], n_estimators=10, min_child_samples=5).fit(X, y).predict_proba(X)
+    assert proba.shape == (60, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+def test_late_fusion_save_load_round_trip_without_pickle(tmp_path, monkeypatch):
+    from upath import UPath
+
+    rng = np.random.default_rng(4)
+    X = rng.random((80, 6))
+    y = np.where(X[:, 0] + X[:, 3] > 1.0, "x", "y")
+    model = LateFusionClassifier(classes=["x", "y"], n_estimators=20, min_child_samples=5).fit(X, y)
+    save_late_fusion(model, UPath(tmp_path))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    loaded = load_late_fusion(UPath(tmp_path))
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    assert loaded.classes_.tolist() == ["x", "y"]
