@@ -365,3 +365,18 @@ def test_cells_outside_the_bulk_grammar_still_match_the_per_cell_parser(cell) ->
     table = characteristics_table(pd.Series(range(2)), pd.Series(cells, dtype=object))
     assert _table_rows(table) == _per_cell_rows(cells)
     assert list(table.rejections["nm"]) == [str(i) for i, c in enumerate(cells) if c.startswith(b'[{"charcName": "\\ud83d')]
+
+
+def test_a_failing_bulk_read_falls_back_to_the_per_cell_parser(monkeypatch) -> None:
+    import pyarrow as pa
+
+    from wb_pipeline.core import characteristics
+
+    def broken_read(*args, **kwargs):
+        raise pa.ArrowInvalid("JSON parse error (simulated)")
+
+    monkeypatch.setattr(characteristics.pa_json, "read_json", broken_read)
+    cells = [form3(ITEMS[:5]), b"not json", form1(ITEMS), form2(ITEMS)]
+    table = characteristics_table(pd.Series(range(len(cells))), pd.Series(cells, dtype=object))
+    assert _table_rows(table) == _per_cell_rows(cells)
+    assert table.rejections["nm"].tolist() == ["1"]
