@@ -466,8 +466,8 @@ def fit_final_late_fusion(probabilities: pd.DataFrame, label: str, classes: Sequ
 
 def save_logistic(model: LogisticRegression, folder: UPath, name: str, extra: dict | None = None) -> None:
     """coef_/intercept_ as safetensors and classes/settings as JSON (atomic writes, no pickle)."""
-    tensors = {"coef": np.ascontiguousarray(model.coef_, dtype=np.float64),
-               "intercept": np.ascontiguousarray(model.intercept_, dtype=np.float64)}
+    # The fitted dtype is kept (float32 inputs give float32 weights), so reloaded predictions are identical.
+    tensors = {"coef": np.ascontiguousarray(model.coef_), "intercept": np.ascontiguousarray(model.intercept_)}
     sidecar = {"classes": [str(c) for c in model.classes_], "C": float(model.C),
                "class_weight": model.class_weight if isinstance(model.class_weight, str) else "none",
                "n_features_in": int(model.n_features_in_), **(extra or {})}

@@ -1,0 +1,1 @@
+"""Group `classification`: attribute classifiers, late fusion, the comparison report, test predictions."""

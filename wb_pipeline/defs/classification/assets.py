@@ -1,0 +1,223 @@
+"""Group `classification`: per-label classifiers, late fusion, the comparison table, test predictions.
+
+Lineage mirrors the no-leak rule: `fusion_classifier` never sees an embedding, only the
+out-of-fold probabilities written by `label_classifiers`.
+"""
+
+
+import time
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from wb_pipeline.core import classification as core
+from wb_pipeline.core.embeddings import EmbeddingTable
+from wb_pipeline.core.fusion import save_late_fusion
+from wb_pipeline.core.metrics import MetricsConfig, confusion_matrix_png, png_markdown
+from wb_pipeline.defs import metadata
+from wb_pipeline.defs.config import config_class, to_core
+from wb_pipeline.defs.resources import WBStorage
+
+ClassificationSettings = config_class(core.ClassificationConfig, "ClassificationSettings")
+ReportSettings = config_class(MetricsConfig, "ReportSettings")
+
+MODELS_FOLDER = ("models", "classification")
+REPORT_COLUMNS = ["label", "model", "n", "n_classes", "macro_f1", "macro_f1_low", "macro_f1_high",
+                  "weighted_f1", "weighted_f1_low", "weighted_f1_high", "f1", "positive_class",
+                  "gain_vs_best_unimodal", "best_model"]
+
+
+def models_folder(pipeline_storage: WBStorage, label: str):
+    return pipeline_storage.path(*MODELS_FOLDER, label)
+
+
+def _features(labels: pd.DataFrame, text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable) -> dict:
+    nm = labels["nm"].tolist()
+    return {"text": text_embeddings.subset(nm).vectors, "image": image_embeddings.subset(nm).vectors}
+
+
+@dg.asset(group_name="classification", kinds={"sklearn"}, code_version="1", pool="classification")
+def label_classifiers(
+    context: dg.AssetExecutionContext,
+    product_labels: pd.DataFrame,
+    clean_products: pd.DataFrame,
+    image_index: pd.DataFrame,
+    text_embeddings: EmbeddingTable,
+    image_embeddings: EmbeddingTable,
+    pipeline_storage: WBStorage,
+    config: ClassificationSettings,
+) -> dg.MaterializeResult:
+    """Text-only, image-only and early-fusion (concatenated) logistic regressions per label, evaluated
+    by nested group-aware K-fold (class weight and C chosen by inner folds), then refit on all labelled
+    rows and saved (safetensors + JSON). The value: their out-of-fold class probabilities
+    (stage 'outer' = held-out predictions, stage 'inner' = the late-fusion meta-model's training rows)."""
+    settings = to_core(core.ClassificationConfig, config)
+    labels = product_labels.reset_index(drop=True)
+    clean = labels[["nm"]].merge(clean_products.drop_duplicates("nm"), on="nm", how="left")
+    groups = core.product_groups(clean, image_index, settings.group_by)
+    features = _features(labels, text_embeddings, image_embeddings)
+    frames, choices, skipped, trained = [], [], [], []
+    for label in settings.labels:
+        data = core.prepare_label(labels, label, features, groups, settings)
+        if isinstance(data, core.LabelSkip):
+            context.log.warning(f"label {label} skipped: {data.reason} ({data.detail})")
+            skipped.append({"label": label, "reason": data.reason, "detail": data.detail})
+            continue
+        started = time.perf_counter()
+        cv = core.cross_validate_label(data, settings)
+        models = core.fit_final_base_models(data, cv.final_settings, settings)
+        core.save_label_models(models, models_folder(pipeline_storage, label))
+        seconds = time.perf_counter() - started
+        context.log.info(f"label {label}: {len(data.y)} rows, {len(data.classes)} classes, {seconds:.1f}s")
+        frames.append(cv.probabilities)
+        choices.append(cv.choices[cv.choices["chosen"]].drop(columns="chosen"))
+        trained.append({
+            "label": label, "rows": len(data.y), "classes": len(data.classes), "groups": len(np.unique(data.groups)),
+            "dropped_rare_classes": len(data.dropped_classes),
+            "dropped_rare_rows": int(sum(data.dropped_classes.values())),
+            **{f"final_{m}": f"C={c:g}, {w}" for m, (c, w) in cv.final_settings.items()},
+            "seconds": round(seconds, 1),
+        })
+    probabilities = (pd.concat(frames, ignore_index=True) if frames
+                     else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS)))
+    return dg.MaterializeResult(
+        value=probabilities,
+        metadata={
+            "dagster/row_count": len(probabilities),
+            "trained_labels": metadata.table(pd.DataFrame(trained)) if trained else "none",
+            "skipped_labels": metadata.table(pd.DataFrame(skipped, columns=["label", "reason", "detail"])),
+            "chosen_settings_per_fold": metadata.table(pd.concat(choices), max_rows=500) if choices else "none",
+            "group_by": settings.group_by,
+            "models_folder": str(pipeline_storage.path(*MODELS_FOLDER)),
+        },
+    )
+
+
+@dg.asset(group_name="classification", kinds={"lightgbm"}, code_version="1", pool="classification")
+def fusion_classifier(
+    context: dg.AssetExecutionContext,
+    label_classifiers: pd.DataFrame,
+    pipeline_storage: WBStorage,
+    config: ClassificationSettings,
+) -> dg.MaterializeResult:
+    """LightGBM decision-level fusion over the text and image class probabilities, trained for each outer
+    fold ONLY on the inner out-of-fold probabilities of that fold's training rows, plus mean-probability
+    fusion (the baseline). The final meta-model is refit on the outer out-of-fold probabilities and saved
+    in LightGBM's text format. The value: their held-out predictions (stage 'outer')."""
+    settings = to_core(core.ClassificationConfig, config)
+    frames, timings = [], []
+    for label in label_classifiers["label"].unique():
+        classes = core.label_classes(label_classifiers, label)
+        started = time.perf_counter()
+        frames.append(core.cross_validate_fusion(label_classifiers, label, classes, settings))
+        final = core.fit_final_late_fusion(label_classifiers, label, classes, settings)
+        save_late_fusion(final, models_folder(pipeline_storage, label), {"label": label})
+        timings.append({"label": label, "classes": len(classes), "seconds": round(time.perf_counter() - started, 2)})
+        context.log.info(f"fusion {label}: {timings[-1]['seconds']}s")
+    predictions = (pd.concat(frames, ignore_index=True) if frames
+                   else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS)))
+    return dg.MaterializeResult(
+        value=predictions,
+        metadata={
+            "dagster/row_count": len(predictions),
+            "labels": metadata.table(pd.DataFrame(timings)) if timings else "none",
+            "meta_model": repr(settings.late_fusion(["a", "b"]).set_params(classes=None)),
+        },
+    )
+
+
+@dg.asset(group_name="classification", kinds={"pandas"}, code_version="1")
+def classification_report(
+    label_classifiers: pd.DataFrame, fusion_classifier: pd.DataFrame, config: ReportSettings
+) -> dg.MaterializeResult:
+    """One row per label × model (text, image, early_fusion, mean_probability, late_fusion): macro-F1,
+    weighted-F1, binary F1 of the rarer class, per-class F1, bootstrap confidence intervals, and the
+    gain over the best unimodal model — all on held-out (outer-fold) predictions."""
+    metrics_config = to_core(MetricsConfig, config)
+    predictions = pd.concat([label_classifiers[label_classifiers["stage"] == core.OUTER], fusion_classifier],
+                            ignore_index=True)
+    labels = list(predictions["label"].unique())
+    classes = {label: core.label_classes(label_classifiers, label) for label in labels}
+    report = core.build_report(predictions, classes, metrics_config) if labels else pd.DataFrame(columns=REPORT_COLUMNS)
+    result_metadata = {
+        "dagster/row_count": len(report),
+        "table": dg.MetadataValue.md(_report_markdown(report)) if len(report) else "no label trained",
+        "zero_shot": "not evaluated: no joint text-image space is wired in (see core.classification."
+                     "zero_shot_probabilities for the hook)",
+    }
+    for label in labels:
+        result_metadata[f"confusion_{label}"] = dg.MetadataValue.md(_confusion_markdown(report, predictions, label,
+                                                                                        classes[label]))
+    return dg.MaterializeResult(value=report, metadata=result_metadata)
+
+
+def _report_markdown(report: pd.DataFrame) -> str:
+    shown = report.copy()
+    shown["macro_f1 [95% CI]"] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
+                                  zip(shown["macro_f1"], shown["macro_f1_low"], shown["macro_f1_high"])]
+    shown["weighted_f1"] = shown["weighted_f1"].map("{:.3f}".format)
+    shown["f1 (rarer class)"] = shown.get("f1", pd.Series(np.nan, index=shown.index)).map(
+        lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    shown["gain vs best unimodal"] = shown["gain_vs_best_unimodal"].map("{:+.3f}".format)
+    columns = ["label", "model", "n", "n_classes", "macro_f1 [95% CI]", "weighted_f1", "f1 (rarer class)",
+               "gain vs best unimodal", "best_model"]
+    return shown[columns].to_markdown(index=False)
+
+
+def _confusion_markdown(report: pd.DataFrame, predictions: pd.DataFrame, label: str, classes: list[str]) -> str:
+    own = report[report["label"] == label]
+    shown = ["late_fusion", own["best_model"].iloc[0]]
+    parts = []
+    for model in dict.fromkeys(shown):
+        part = predictions[(predictions["label"] == label) & (predictions["model"] == model)]
+        png = confusion_matrix_png(part["y"], core.predicted_classes(part, classes), classes, f"{label}: {model}")
+        parts.append(f"**{model}**\n\n{png_markdown(png, f'{label} {model}')}")
+    return "\n\n".join(parts)
+
+
+class TestPredictionSettings(dg.Config):
+    """Which model predicts the test products: the best one per label in the report (by held-out
+    macro-F1), or one model for every label."""
+
+    model: Literal["best", "text", "image", "early_fusion", "mean_probability", "late_fusion"] = "best"
+
+
+@dg.asset(group_name="classification", kinds={"pandas"}, code_version="1",
+          deps=["label_classifiers", "fusion_classifier"])
+def test_predictions(
+    clean_products: pd.DataFrame,
+    text_embeddings: EmbeddingTable,
+    image_embeddings: EmbeddingTable,
+    classification_report: pd.DataFrame,
+    pipeline_storage: WBStorage,
+    config: TestPredictionSettings,
+) -> dg.MaterializeResult:
+    """For every clean TEST product and every trained label: the predicted class and its probability
+    (long table nm, label, predicted, probability, model), from the saved final models (loaded
+    without unpickling). For labels the test file carries, the final model was trained on these rows,
+    so the honest quality is the report's, not an agreement with the file."""
+    test = clean_products.loc[clean_products["split"] == "test", ["nm"]].reset_index(drop=True)
+    features = _features(test, text_embeddings, image_embeddings)
+    frames = []
+    for label in classification_report["label"].unique():
+        model = config.model
+        if model == "best":
+            model = classification_report.loc[classification_report["label"] == label, "best_model"].iloc[0]
+        models = core.load_label_models(models_folder(pipeline_storage, label), label)
+        frames.append(core.predict_label(models, model, test["nm"], features))
+    columns = ["nm", "label", "predicted", "probability", "model"]
+    predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    summary = (predictions.groupby(["label", "model"]).agg(products=("nm", "nunique"),
+                                                           mean_probability=("probability", "mean"))
+               .reset_index() if len(predictions) else pd.DataFrame())
+    return dg.MaterializeResult(
+        value=predictions,
+        metadata={
+            "dagster/row_count": len(predictions),
+            "test_products": len(test),
+            "per_label": metadata.table(summary.round(3)) if len(summary) else "no label trained",
+            "preview": metadata.preview(predictions, rows=10),
+        },
+    )

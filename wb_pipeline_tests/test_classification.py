@@ -1,0 +1,197 @@
+"""Label preparation (skips, rare classes), saved models reload to identical predictions without
+pickle, and the classification assets end to end on a small product table they build."""
+
+import pickle
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+from upath import UPath
+
+from wb_pipeline.core import classification as core
+from wb_pipeline.core.embeddings import EmbeddingTable
+from wb_pipeline.defs.classification import assets as classification_assets
+from wb_pipeline.defs.classification import checks as classification_checks
+from wb_pipeline.defs.resources import WBStorage, WBStorageIOManager
+
+SMALL = dict(n_splits=3, inner_splits=2, min_class_rows=3, min_labelled_rows=20, c_values=[10.0],
+             class_weights=["none", "balanced"], fusion_n_estimators=20, fusion_min_child_samples=5)
+
+
+def labelled_table(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Products whose 'sex' is readable from the text vectors, plus one rare class of 2 rows."""
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["для женщин", "для мужчин", "для детей"], size=n).astype(object)
+    sex[:2] = "для мальчиков"  # rare: fewer rows than min_class_rows
+    sex[2:6] = None
+    codes = pd.Series(sex).astype("category").cat.codes.to_numpy()
+    text = rng.normal(size=(n, 12)) + 3.0 * np.eye(12)[codes.clip(0)]
+    image = rng.normal(size=(n, 10))
+    labels = pd.DataFrame({"nm": [str(1000 + i) for i in range(n)], "split": "train",
+                           "sex": pd.Categorical(sex), "fragility": pd.Categorical([None] * (n - 5) + ["хрупкий"] * 5)})
+    return labels, {"text": text.astype(np.float32), "image": image.astype(np.float32)}
+
+
+def test_prepare_label_skips_with_reasons_and_counts_rare_classes():
+    labels, features = labelled_table(60)
+    config = core.ClassificationConfig(**{**SMALL, "c_values": (10.0,), "class_weights": ("none", "balanced")})
+    groups = np.arange(60)
+    absent = core.prepare_label(labels, "season", features, groups, config)
+    assert isinstance(absent, core.LabelSkip) and absent.reason == "absent"
+    few = core.prepare_label(labels, "fragility", features, groups, config)
+    assert isinstance(few, core.LabelSkip) and few.reason == "too_few_labelled" and "5 labelled rows" in few.detail
+    data = core.prepare_label(labels, "sex", features, groups, config)
+    assert isinstance(data, core.LabelData)
+    assert data.dropped_classes == {"для мальчиков": 2}
+    assert data.classes == ["для детей", "для женщин", "для мужчин"]
+    assert len(data.y) == 60 - 2 - 4 and set(data.y) == set(data.classes)
+    np.testing.assert_array_equal(data.features["text"], features["text"][6:])
+    one_group = core.prepare_label(labels, "sex", features, np.zeros(60, dtype=int), config)
+    assert isinstance(one_group, core.LabelSkip) and one_group.reason == "too_few_groups"
+    single = labels.assign(sex=pd.Categorical(["для женщин"] * 58 + ["для детей"] * 2))
+    only_one = core.prepare_label(single, "sex", features, groups, config)
+    assert isinstance(only_one, core.LabelSkip) and only_one.reason == "too_few_classes"
+
+
+def test_config_rejects_rare_class_threshold_below_folds():
+    with pytest.raises(ValueError, match="min_class_rows"):
+        core.ClassificationConfig(n_splits=5, min_class_rows=3)
+
+
+def test_saved_models_reload_to_identical_predictions_without_pickle(tmp_path, monkeypatch):
+    labels, features = labelled_table(90, seed=1)
+    config = core.ClassificationConfig(**{**SMALL, "c_values": (10.0,), "class_weights": ("none", "balanced")})
+    data = core.prepare_label(labels, "sex", features, np.arange(90), config)
+    cv = core.cross_validate_label(data, config)
+    models = core.fit_final_base_models(data, cv.final_settings, config)
+    models.late_fusion = core.fit_final_late_fusion(cv.probabilities, "sex", data.classes, config)
+    folder = UPath(tmp_path) / "sex"
+    core.save_label_models(models, folder)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    loaded = core.load_label_models(folder, "sex")
+    assert loaded.classes == models.classes
+    for model in core.ALL_MODELS:
+        np.testing.assert_array_equal(loaded.predict_proba(model, features), models.predict_proba(model, features))
+    text_accuracy = (core.predict_label(loaded, "text", labels["nm"], features)["predicted"].to_numpy()[6:]
+                     == labels["sex"].astype(str).to_numpy()[6:]).mean()
+    assert text_accuracy > 0.8
+
+
+def test_label_classes_match_probability_width():
+    frame = pd.DataFrame({"label": "x", "y": ["b", "a", "b"], "proba": [np.ones(2)] * 3})
+    assert core.label_classes(frame, "x") == ["a", "b"]
+    with pytest.raises(ValueError, match="2 classes in y but probability vectors of length 3"):
+        core.label_classes(frame.assign(proba=[np.ones(3)] * 3), "x")
+
+
+def test_zero_shot_hook_is_a_softmax_over_cosines():
+    products = np.array([[1.0, 0.0], [0.0, 2.0]])
+    names = np.array([[1.0, 0.0], [0.0, 1.0]])
+    proba = core.zero_shot_probabilities(products, names, temperature=0.1)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert proba.argmax(axis=1).tolist() == [0, 1]
+
+
+@pytest.fixture()
+def product_world():
+    """150 products (110 train with sex labels, 40 test with category labels), duplicates included."""
+    rng = np.random.default_rng(7)
+    n_train, n_test = 110, 40
+    n = n_train + n_test
+    nm = [str(5000 + i) for i in range(n)]
+    split = ["train"] * n_train + ["test"] * n_test
+    sex = list(rng.choice(["для женщин", "для мужчин", "для детей"], size=n_train)) + [None] * n_test
+    category = [None] * n_train + list(rng.choice(["Обувь", "Игрушки"], size=n_test))
+    titles = [f"товар {i}" for i in range(n)]
+    titles[1] = titles[0]  # a duplicate pair must land in one fold
+    clean = pd.DataFrame({"nm": nm, "split": split, "title": titles, "brand": [f"b{i % 9}" for i in range(n)]})
+    labels = pd.DataFrame({"nm": nm, "split": split, "sex": pd.Categorical(sex),
+                           "season": pd.Categorical([None] * n), "category": pd.Categorical(category)})
+    image_index = pd.DataFrame({"nm": nm, "content_hash": [f"h{i}" for i in range(n)]})
+    target = [s if s is not None else c for s, c in zip(sex, category)]
+    codes = pd.Series(target).astype("category").cat.codes.to_numpy()
+    text = rng.normal(size=(n, 16)) + 3.0 * np.eye(16)[codes]
+    image = rng.normal(size=(n, 8)) + 1.0 * np.eye(8)[codes % 8]
+    norm = lambda m: (m / np.linalg.norm(m, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    return clean, labels, image_index, EmbeddingTable(np.array(nm), norm(text)), EmbeddingTable(np.array(nm), norm(image))
+
+
+def test_classification_assets_end_to_end(tmp_path, instance, product_world):
+    clean, labels, image_index, text, image = product_world
+
+    @dg.asset(name="clean_products")
+    def clean_products_stub() -> pd.DataFrame:
+        return clean
+
+    @dg.asset(name="product_labels")
+    def product_labels_stub() -> pd.DataFrame:
+        return labels
+
+    @dg.asset(name="image_index")
+    def image_index_stub() -> pd.DataFrame:
+        return image_index
+
+    @dg.asset(name="text_embeddings")
+    def text_embeddings_stub() -> EmbeddingTable:
+        return text
+
+    @dg.asset(name="image_embeddings")
+    def image_embeddings_stub() -> EmbeddingTable:
+        return image
+
+    classifier_config = {"config": {**SMALL, "labels": ["sex", "season", "fragility", "category"]}}
+    result = dg.materialize(
+        [clean_products_stub, product_labels_stub, image_index_stub, text_embeddings_stub, image_embeddings_stub,
+         classification_assets.label_classifiers, classification_assets.fusion_classifier,
+         classification_assets.classification_report, classification_assets.test_predictions,
+         classification_checks.fusion_not_worse_than_best_unimodal,
+         classification_checks.test_predictions_cover_test_products],
+        resources={"io_manager": WBStorageIOManager(base_dir=str(tmp_path)),
+                   "pipeline_storage": WBStorage(base_dir=str(tmp_path))},
+        run_config={"ops": {"label_classifiers": classifier_config, "fusion_classifier": classifier_config,
+                            "classification_report": {"config": {"n_bootstrap": 100}}}},
+        instance=instance,
+    )
+    assert result.success
+
+    report = result.output_for_node("classification_report")
+    assert sorted(report["label"].unique()) == ["category", "sex"]
+    for label in ("sex", "category"):
+        assert set(report.loc[report["label"] == label, "model"]) == set(core.ALL_MODELS)
+    assert report[["macro_f1", "macro_f1_low", "macro_f1_high", "weighted_f1"]].notna().all().all()
+    assert (report["macro_f1_low"] <= report["macro_f1"]).all() and (report["macro_f1"] <= report["macro_f1_high"]).all()
+    assert report.loc[(report["label"] == "sex") & (report["model"] == "text"), "macro_f1"].item() > 0.7
+    assert report.loc[report["label"] == "category", "f1"].notna().all()  # binary: F1 of the rarer class
+
+    skipped = result.asset_materializations_for_node("label_classifiers")[0].metadata["skipped_labels"]
+    reasons = {record.data["label"]: record.data["reason"] for record in skipped.records}
+    assert reasons == {"season": "too_few_labelled", "fragility": "absent"}
+
+    probabilities = result.output_for_node("label_classifiers")
+    outer = probabilities[(probabilities["stage"] == "outer") & (probabilities["label"] == "sex")]
+    fold_of = outer.drop_duplicates("nm").set_index("nm")["fold"]
+    assert fold_of["5000"] == fold_of["5001"]  # identical titles share a fold
+
+    predictions = result.output_for_node("test_predictions")
+    test_nm = set(clean.loc[clean["split"] == "test", "nm"])
+    for label in ("sex", "category"):
+        own = predictions[predictions["label"] == label]
+        assert set(own["nm"]) == test_nm and len(own) == len(test_nm)
+        assert own["probability"].between(0, 1).all()
+        assert set(own["predicted"]) <= set(labels[label].dropna().astype(str))
+        best = report.loc[report["label"] == label, "best_model"].iloc[0]
+        assert (own["model"] == best).all()
+
+    checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+    assert checks["test_predictions_cover_test_products"].passed
+    comparison = checks["fusion_not_worse_than_best_unimodal"].metadata["comparison"]
+    assert {record.data["label"] for record in comparison.records} == {"sex", "category"}
+
+    saved = tmp_path / "models" / "classification" / "sex"
+    assert {p.name for p in saved.iterdir()} >= {"text.safetensors", "text.json", "late_fusion.lgbm.txt"}
