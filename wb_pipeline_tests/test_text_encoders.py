@@ -224,33 +224,6 @@ def test_default_e5_encoder_on_tiny_source(tiny_e5, tmp_path):
 # --------------------------------------------------------------------------- generic ST backend
 
 
-@pytest.fixture(scope="session")
-def tiny_st_folder(tmp_path_factory) -> Path:
-    """A randomly initialised BERT + WordLevel tokenizer saved as a sentence-transformers folder."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny_st")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "платье", "женское", "кроссовки", "мужские", "query:",
-             "passage:", "летнее", "42", "хлопок", "x"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                 sep_token="[SEP]", model_max_length=32)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
-    BertModel(config).save_pretrained(root / "hf")
-    hf.save_pretrained(root / "hf")
-    modules = [Transformer(str(root / "hf"), max_seq_length=32), Pooling(16, pooling_mode="mean"), Normalize()]
-    SentenceTransformer(modules=modules, device="cpu").save(str(root / "st"))
-    return root / "st"
-
-
 TITLES = ["платье женское летнее", "кроссовки мужские 42", "хлопок", "платье"]
 
 
