@@ -368,3 +368,16 @@ def test_product_keys_normalise_and_keep_every_row():
     assert keys["title_key"].tolist() == [None, "платье красное", "платье красное", None]
     assert keys["text_key"].tolist()[1:3] == ["платье красное a", "платье красное b"]
     assert keys["image_key"].tolist() == ["h3", "h1", None, None]
+
+
+def test_model_fingerprint_changes_with_config_encoders_and_data():
+    from wb_pipeline.core.contrastive import model_fingerprint
+
+    text, image = paired_vectors(n=10)
+    base = model_fingerprint(FAST, {"text": "a"}, text, image)
+    assert base == model_fingerprint(FAST, {"text": "a"}, text.copy(), image.copy())
+    assert base != model_fingerprint(dataclasses.replace(FAST, seed=1), {"text": "a"}, text, image)
+    assert base != model_fingerprint(FAST, {"text": "b"}, text, image)
+    changed = text.copy()
+    changed[0, 0] += 1e-3
+    assert base != model_fingerprint(FAST, {"text": "a"}, changed, image)

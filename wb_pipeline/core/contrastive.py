@@ -22,6 +22,7 @@ that re-encodes texts and images every step).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -42,7 +43,6 @@ from torch.nn import functional as F
 from upath import UPath
 
 from wb_pipeline.core import storage
-from wb_pipeline.core.embeddings import content_hash
 from wb_pipeline.core.retrieval_metrics import chance_metrics, retrieval_metrics
 
 MODEL_FORMAT_VERSION = 1
@@ -511,11 +511,14 @@ def zero_shot_scores(
 
 
 def model_fingerprint(config: ContrastiveConfig, encoder_fingerprints: dict[str, str], *arrays: np.ndarray) -> str:
-    """Hex hash of the config, the encoder fingerprints and the exact training inputs."""
-    digest = content_hash(json.dumps({"config": asdict(config), "encoders": encoder_fingerprints}, sort_keys=True))
+    """Hex BLAKE2b-128 of the config, the encoder fingerprints and the exact training inputs."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps({"config": asdict(config), "encoders": encoder_fingerprints}, sort_keys=True).encode())
     for array in arrays:
-        digest = content_hash(digest.encode() + np.ascontiguousarray(array).tobytes())
-    return digest
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def save_joint_model(
