@@ -38,13 +38,11 @@ OUTPUT_NAME = "features"
 
 
 def default_cache_dir() -> Path:
-    """Where exported models live unless told otherwise.
+    """Where exported models live unless told otherwise: `<storage dir>/models/onnx`, the same
+    place the pipeline's resources use (`WB_PIPELINE_STORAGE_DIR`, default `storage/`)."""
+    from wb_pipeline.settings import storage_dir
 
-    ``$WB_PIPELINE_CACHE_DIR/onnx`` when that variable is set, else ``~/.cache/wb_pipeline/onnx``.
-    """
-    root = os.environ.get("WB_PIPELINE_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "wb_pipeline"
-    return base / "onnx"
+    return Path(storage_dir()) / "models" / "onnx"
 
 
 def export_to_onnx(
