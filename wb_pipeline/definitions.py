@@ -6,6 +6,10 @@ import dagster as dg
 
 from wb_pipeline import settings
 from wb_pipeline.defs.automation import jobs
+from wb_pipeline.defs.clustering import assets as clustering_assets
+from wb_pipeline.defs.clustering import checks as clustering_checks
+from wb_pipeline.defs.contrastive import assets as contrastive_assets
+from wb_pipeline.defs.contrastive import checks as contrastive_checks
 from wb_pipeline.defs.embeddings import assets as embeddings_assets
 from wb_pipeline.defs.embeddings import checks as embeddings_checks
 from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
@@ -16,8 +20,15 @@ from wb_pipeline.defs.preprocessing import assets as preprocessing_assets
 from wb_pipeline.defs.preprocessing import checks as preprocessing_checks
 from wb_pipeline.defs.resources import WBRawData, WBStorage, WBStorageIOManager
 
-ASSET_MODULES = [ingestion_assets, preprocessing_assets, labels_assets, embeddings_assets]
-CHECK_MODULES = [preprocessing_checks, labels_checks, embeddings_checks]
+ASSET_MODULES = [
+    ingestion_assets,
+    preprocessing_assets,
+    labels_assets,
+    embeddings_assets,
+    contrastive_assets,
+    clustering_assets,
+]
+CHECK_MODULES = [preprocessing_checks, labels_checks, embeddings_checks, contrastive_checks, clustering_checks]
 
 
 def build_definitions(

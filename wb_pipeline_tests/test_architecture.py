@@ -37,6 +37,10 @@ def test_definitions_load_with_every_group_and_check():
         "product_labels": "labels",
         "text_embeddings": "embeddings",
         "image_embeddings": "embeddings",
+        "contrastive_model": "contrastive",
+        "joint_embeddings": "contrastive",
+        "product_clusters": "clustering",
+        "clustering_report": "clustering",
     }
     assert {k: groups.get(k) for k in expected} == expected
     check_names = {key.name for key in graph.asset_check_keys}
@@ -47,6 +51,9 @@ def test_definitions_load_with_every_group_and_check():
         "derived_labels_within_vocabulary",
         "text_embeddings_vectors_valid",
         "image_embeddings_cover_clean_products",
+        "joint_embeddings_valid",
+        "training_beats_untrained_heads",
+        "joint_space_not_worse_than_unimodal",
     } <= check_names
     assert defs.resolve_job_def("full_pipeline") is not None
     for key in graph.get_all_asset_keys():
