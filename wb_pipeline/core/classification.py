@@ -96,7 +96,8 @@ class ClassificationConfig:
             raise ValueError("n_splits and inner_splits must be at least 2")
         unknown = set(self.class_weights) - {"none", "balanced"}
         if unknown or not self.class_weights or not self.c_values:
-            raise ValueError(f"class_weights must be a non-empty subset of none/balanced, c_values non-empty")
+            raise ValueError(f"class_weights must be a non-empty subset of none/balanced (got {self.class_weights}) "
+                             f"and c_values non-empty (got {self.c_values})")
 
     def late_fusion(self, classes: Sequence) -> LateFusionClassifier:
         return LateFusionClassifier(
