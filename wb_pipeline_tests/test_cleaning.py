@@ -133,3 +133,10 @@ def test_arrow_text_path_equals_the_per_cell_rules(cells, as_str_dtype):
     assert text.isna().tolist() == expected_text.isna().tolist()
     assert text.dropna().tolist() == expected_text.dropna().tolist()
     assert text.index.equals(values.index) and not bad.any() and not expected_bad.any()
+
+
+def test_lone_surrogate_text_is_rejected_not_a_crash():
+    raw = pd.DataFrame({"nm": ["1", "2"], "title": ["Кружка \udc80", "Кружка"], "description": ["d", "d"]}, dtype=object)
+    result = clean_products({"test": raw}, _index(["1", "2"]))
+    assert result.rejected[["nm", "reason"]].values.tolist() == [["1", cleaning.REJECT_TEXT_NOT_UTF8]]
+    assert result.clean["nm"].tolist() == ["2"]

@@ -77,8 +77,8 @@ def _as_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def _as_text_per_cell(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """The rules, cell by cell: bytes decoded as UTF-8 (undecodable -> missing and flagged),
-    other non-missing values via ``str``, blank -> missing."""
+    """The rules, cell by cell: bytes decoded as UTF-8 and str that is not valid UTF-8 (lone
+    surrogates) -> missing and flagged, other non-missing values via ``str``, blank -> missing."""
     bad = pd.Series(False, index=values.index)
     out = values.astype(object).copy()
     is_bytes = out.map(lambda v: isinstance(v, (bytes, bytearray)))
@@ -88,8 +88,19 @@ def _as_text_per_cell(values: pd.Series) -> tuple[pd.Series, pd.Series]:
         except UnicodeDecodeError:
             out.at[index] = None
             bad.at[index] = True
-    text = out.where(out.notna(), None)
-    text = text.map(lambda v: v if v is None else str(v))
+    cells = []
+    for position, value in enumerate(out.to_numpy()):
+        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+            cells.append(None)
+            continue
+        value = str(value)
+        try:
+            value.encode("utf-8")  # lone surrogates (a bad decode upstream) are as bad as invalid bytes
+        except UnicodeEncodeError:
+            value = None
+            bad.iat[position] = True
+        cells.append(value)
+    text = pd.Series(cells, index=values.index, dtype=object)
     stripped = text.str.strip()
     text = text.where(stripped.fillna("").str.len() > 0, None)
     return text, bad
