@@ -140,3 +140,4 @@ def test_lone_surrogate_text_is_rejected_not_a_crash():
     result = clean_products({"test": raw}, _index(["1", "2"]))
     assert result.rejected[["nm", "reason"]].values.tolist() == [["1", cleaning.REJECT_TEXT_NOT_UTF8]]
     assert result.clean["nm"].tolist() == ["2"]
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from wb_pipeline.core import schema
@@ -17,12 +18,15 @@ def file_labels(clean: pd.DataFrame) -> pd.DataFrame:
     for column in schema.TEST_LABEL_COLUMNS:
         if column not in clean.columns:
             continue
-        values = clean[column].to_numpy(dtype=object)
-        as_text = pd.Series(
-            [None if pd.isna(v) else str(bool(v)) if isinstance(v, bool) else str(v).strip() or None for v in values],
-            dtype=object,
-        )
-        out[column] = as_text.astype("category")
+        values = clean[column]
+        if pd.api.types.is_bool_dtype(values):
+            as_text = values.map({True: "True", False: "False"})
+        else:
+            # map each distinct value once (bools inside an object column also become 'True'/'False')
+            distinct = pd.unique(values.dropna())
+            mapping = {v: (str(bool(v)) if isinstance(v, (bool, np.bool_)) else str(v).strip() or None) for v in distinct}
+            as_text = values.map(mapping)
+        out[column] = pd.Categorical(as_text.to_numpy(dtype=object))
     return out
 
 
