@@ -14,6 +14,7 @@ import time
 BENCHMARKS = [
     "benchmarks.preprocessing",
     "benchmarks.embeddings",
+    "benchmarks.inference_latency",
 ]
 
 

@@ -6,6 +6,8 @@ import dagster as dg
 
 from wb_pipeline import settings
 from wb_pipeline.defs.automation import jobs
+from wb_pipeline.defs.classification import assets as classification_assets
+from wb_pipeline.defs.classification import checks as classification_checks
 from wb_pipeline.defs.clustering import assets as clustering_assets
 from wb_pipeline.defs.clustering import checks as clustering_checks
 from wb_pipeline.defs.contrastive import assets as contrastive_assets
@@ -27,8 +29,16 @@ ASSET_MODULES = [
     embeddings_assets,
     contrastive_assets,
     clustering_assets,
+    classification_assets,
 ]
-CHECK_MODULES = [preprocessing_checks, labels_checks, embeddings_checks, contrastive_checks, clustering_checks]
+CHECK_MODULES = [
+    preprocessing_checks,
+    labels_checks,
+    embeddings_checks,
+    contrastive_checks,
+    clustering_checks,
+    classification_checks,
+]
 
 
 def build_definitions(

@@ -41,6 +41,10 @@ def test_definitions_load_with_every_group_and_check():
         "joint_embeddings": "contrastive",
         "product_clusters": "clustering",
         "clustering_report": "clustering",
+        "label_classifiers": "classification",
+        "fusion_classifier": "classification",
+        "classification_report": "classification",
+        "test_predictions": "classification",
     }
     assert {k: groups.get(k) for k in expected} == expected
     check_names = {key.name for key in graph.asset_check_keys}
@@ -54,6 +58,8 @@ def test_definitions_load_with_every_group_and_check():
         "joint_embeddings_valid",
         "training_beats_untrained_heads",
         "joint_space_not_worse_than_unimodal",
+        "fusion_not_worse_than_best_unimodal",
+        "test_predictions_cover_test_products",
     } <= check_names
     assert defs.resolve_job_def("full_pipeline") is not None
     for key in graph.get_all_asset_keys():

@@ -16,7 +16,6 @@ from wb_pipeline.core.contrastive import (
     DuplicateFreeBatchSampler,
     JointSpaceModel,
     combine_joint,
-    duplicate_groups,
     group_split,
     joint_matrix,
     load_joint_model,
@@ -90,15 +89,6 @@ def test_chance_metrics_and_bad_shapes():
 
 
 # --- groups, split, batches --------------------------------------------------------------------
-
-
-def test_duplicate_groups_are_transitive_and_ignore_missing_keys():
-    titles = ["a", "a", "b", "c", None, None]
-    images = ["x", "y", "y", "z", "w", "v"]
-    groups = duplicate_groups(titles, images)
-    # rows 0-1 share a title, rows 1-2 share an image -> one group; the rest are alone
-    assert groups[0] == groups[1] == groups[2]
-    assert len({groups[3], groups[4], groups[5], groups[0]}) == 4
 
 
 def test_group_split_keeps_groups_on_one_side():

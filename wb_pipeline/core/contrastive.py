@@ -35,8 +35,6 @@ import pandas as pd
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import GroupShuffleSplit
 from torch import nn
 from torch.nn import functional as F
@@ -44,6 +42,7 @@ from upath import UPath
 
 from wb_pipeline.core import storage
 from wb_pipeline.core.retrieval_metrics import chance_metrics, retrieval_metrics
+from wb_pipeline.core.validation import duplicate_groups
 
 MODEL_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -119,29 +118,6 @@ def _key_codes(keys: Sequence[Any]) -> np.ndarray:
     series = series.where(series.notna() & series.astype(str).ne(""), None)
     codes, _ = pd.factorize(series, use_na_sentinel=True)
     return codes
-
-
-def duplicate_groups(*key_columns: Sequence[Any]) -> np.ndarray:
-    """Group id per row: rows sharing ANY key (e.g. the same title, or the same image hash) are in
-    one group, transitively (a union-find done as connected components of a rows–keys graph).
-
-    Missing or empty keys link nothing. Group ids are 0..g-1 in order of first appearance."""
-    if not key_columns:
-        raise ValueError("duplicate_groups needs at least one key column")
-    n = len(key_columns[0])
-    if any(len(column) != n for column in key_columns):
-        raise ValueError(f"duplicate_groups: key columns of different lengths {[len(c) for c in key_columns]}")
-    rows, key_nodes, offset = [], [], n
-    for column in key_columns:
-        codes = _key_codes(column)
-        present = codes >= 0
-        rows.append(np.flatnonzero(present))
-        key_nodes.append(codes[present] + offset)
-        offset += int(codes.max()) + 1 if present.any() else 0
-    row_index, key_index = np.concatenate(rows), np.concatenate(key_nodes)
-    graph = coo_matrix((np.ones(len(row_index)), (row_index, key_index)), shape=(offset, offset))
-    _, labels = connected_components(graph, directed=False)
-    return pd.factorize(labels[:n])[0].astype(np.int64)
 
 
 def group_split(groups: np.ndarray, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
