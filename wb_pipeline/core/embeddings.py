@@ -103,7 +103,8 @@ class EmbeddingCache:
         self.folder = storage.as_upath(root) / fingerprint
         self.dim = dim
         self._index: dict[str, int] = {}
-        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._blocks: list[np.ndarray] = []  # appended per chunk, concatenated only when read
+        self._rows = 0
         self._load()
 
     def _shards(self) -> list[UPath]:
@@ -125,7 +126,8 @@ class EmbeddingCache:
         if blocks:
             first = pd.Index(hashes).duplicated(keep="first")
             keep = ~np.asarray(first)
-            self._vectors = np.concatenate(blocks)[keep]
+            self._blocks = [np.concatenate(blocks)[keep]]
+            self._rows = len(self._blocks[0])
             kept_hashes = np.asarray(hashes, dtype=object)[keep]
             self._index = {h: i for i, h in enumerate(kept_hashes)}
 
@@ -136,7 +138,10 @@ class EmbeddingCache:
         """(found mask, vectors of the found rows in input order)."""
         positions = np.fromiter((self._index.get(h, -1) for h in hashes), dtype=np.int64, count=len(hashes))
         found = positions >= 0
-        return found, self._vectors[positions[found]]
+        if len(self._blocks) > 1:  # one concatenation per lookup, not one per added chunk
+            self._blocks = [np.concatenate(self._blocks)]
+        vectors = self._blocks[0] if self._blocks else np.zeros((0, self.dim), dtype=np.float32)
+        return found, vectors[positions[found]]
 
     def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
         """Persist one finished chunk as a new shard (atomic), and remember it in memory."""
@@ -149,10 +154,11 @@ class EmbeddingCache:
         )
         shard = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         storage.write_parquet(table, shard)
-        start = len(self._vectors)
+        start = self._rows
         new = [h for h in dict.fromkeys(hashes) if h not in self._index]
         order = {h: i for i, h in enumerate(hashes)}
-        self._vectors = np.concatenate([self._vectors, vectors[[order[h] for h in new]]])
+        self._blocks.append(vectors[[order[h] for h in new]])
+        self._rows += len(new)
         self._index.update({h: start + i for i, h in enumerate(new)})
 
 
