@@ -7,12 +7,16 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from sklearn.metrics import f1_score
 from upath import UPath
 
 from wb_pipeline.core import classification as core
+from wb_pipeline.core import contrastive
 from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.defs.classification import assets as classification_assets
 from wb_pipeline.defs.classification import checks as classification_checks
+from wb_pipeline.defs.embeddings.resources import TextEncoderResource
 from wb_pipeline.defs.resources import WBStorage, WBStorageIOManager
 
 SMALL = dict(n_splits=3, inner_splits=2, min_class_rows=3, min_labelled_rows=20, c_values=[10.0],
@@ -98,6 +102,65 @@ def test_zero_shot_hook_is_a_softmax_over_cosines():
     assert proba.argmax(axis=1).tolist() == [0, 1]
 
 
+def test_class_phrases_describe_isadult_and_keep_vocabulary_values():
+    phrases = core.ZeroShotConfig().class_phrases
+    assert core.class_phrases("isadult", ["False", "True"], phrases) == ["обычный товар", "товары для взрослых"]
+    assert core.class_phrases("season", ["зима", "лето"], phrases) == ["зима", "лето"]
+    with pytest.raises(ValueError, match="joint_column"):
+        core.ZeroShotConfig(joint_column="joint")
+    with pytest.raises(ValueError, match="template"):
+        core.ZeroShotConfig(template="товар")
+
+
+def _outer_rows(label: str, nm: list[str], y: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"label": label, "model": "text", "stage": core.OUTER, "fold": np.arange(len(nm)) % 2,
+                         "row": np.arange(len(nm)), "nm": nm, "y": y, "proba": [np.full(2, 0.5)] * len(nm)})
+
+
+def test_zero_shot_predictions_score_the_same_rows_and_skip_without_joint_vectors():
+    rows = _outer_rows("season", ["a", "b", "c"], ["зима", "лето", "зима"])
+    vectors = np.array([[0.0, 1.0], [1.0, 0.0], [0.9, 0.1], [0.2, 0.8]])
+    seen = []
+
+    def score(phrases, products):  # class k's vector is the k-th unit vector
+        seen.append(phrases)
+        return products
+
+    zero_shot = core.zero_shot_predictions(rows, "season", ["зима", "лето"], ["x", "c", "b", "a"], vectors, score,
+                                           {}, temperature=0.1)
+    assert seen == [["зима", "лето"]]
+    assert zero_shot["nm"].tolist() == ["a", "b", "c"] and zero_shot["fold"].tolist() == [0, 1, 0]
+    assert (zero_shot["model"] == core.ZERO_SHOT_MODEL).all() and (zero_shot["stage"] == core.OUTER).all()
+    assert core.predicted_classes(zero_shot, ["зима", "лето"]).tolist() == ["лето", "зима", "зима"]
+    missing = core.zero_shot_predictions(rows, "season", ["зима", "лето"], ["a", "b"], vectors[:2], score, {}, 0.1)
+    assert isinstance(missing, core.LabelSkip) and missing.reason == "missing_joint_vectors" and "'c'" in missing.detail
+
+
+CLASS_NAMES = ["для детей", "для женщин", "для мужчин", "Игрушки", "Обувь"]  # one joint axis each
+
+
+class OneHotClassNames:
+    """A text encoder that knows only the class names: each is the unit vector of its joint axis."""
+
+    def encode(self, texts):
+        return np.eye(len(CLASS_NAMES), dtype=np.float32)[[CLASS_NAMES.index(t) for t in texts]]
+
+
+class OneHotTextEncoder(TextEncoderResource):
+    def build(self):
+        return OneHotClassNames()
+
+
+def identity_joint_model(dim: int) -> contrastive.JointSpaceModel:
+    """Heads that leave vectors unchanged, so class k's joint vector is the k-th unit vector."""
+    model = contrastive.JointSpaceModel(dim, dim, contrastive.ContrastiveConfig(joint_dim=dim))
+    with torch.no_grad():
+        for head in (model.text_head, model.image_head):
+            head.weight.copy_(torch.eye(dim))
+            head.bias.zero_()
+    return model
+
+
 @pytest.fixture()
 def product_world():
     """150 products (110 train with sex labels, 40 test with category labels), duplicates included."""
@@ -119,11 +182,27 @@ def product_world():
     text = rng.normal(size=(n, 16)) + 3.0 * np.eye(16)[codes]
     image = rng.normal(size=(n, 8)) + 1.0 * np.eye(8)[codes % 8]
     norm = lambda m: (m / np.linalg.norm(m, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
-    return clean, labels, image_index, EmbeddingTable(np.array(nm), norm(text)), EmbeddingTable(np.array(nm), norm(image))
+    # The joint space: axis k = CLASS_NAMES[k]; products lean towards their true class, with noise.
+    truth_axis = np.array([CLASS_NAMES.index(t) for t in target])
+    text_joint = norm(rng.normal(size=(n, 5)) + 1.2 * np.eye(5)[truth_axis])
+    image_joint = norm(rng.normal(size=(n, 5)))
+    joint = contrastive.joint_embedding_frame(nm, text_joint, image_joint)
+    return (clean, labels, image_index, EmbeddingTable(np.array(nm), norm(text)), EmbeddingTable(np.array(nm), norm(image)),
+            joint)
 
 
 def test_classification_assets_end_to_end(tmp_path, instance, product_world):
-    clean, labels, image_index, text, image = product_world
+    clean, labels, image_index, text, image, joint = product_world
+    joint_folder = UPath(tmp_path) / "joint_model"
+    contrastive.save_joint_model(identity_joint_model(5), joint_folder)
+
+    @dg.asset(name="contrastive_model")
+    def contrastive_model_stub() -> pd.DataFrame:
+        return pd.DataFrame({"stage": ["after"], "artifact": [str(joint_folder)]})
+
+    @dg.asset(name="joint_embeddings")
+    def joint_embeddings_stub() -> pd.DataFrame:
+        return joint
 
     @dg.asset(name="clean_products")
     def clean_products_stub() -> pd.DataFrame:
@@ -148,12 +227,14 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
     classifier_config = {"config": {**SMALL, "labels": ["sex", "season", "fragility", "category"]}}
     result = dg.materialize(
         [clean_products_stub, product_labels_stub, image_index_stub, text_embeddings_stub, image_embeddings_stub,
+         contrastive_model_stub, joint_embeddings_stub,
          classification_assets.label_classifiers, classification_assets.fusion_classifier,
          classification_assets.classification_report, classification_assets.test_predictions,
          classification_checks.fusion_not_worse_than_best_unimodal,
          classification_checks.test_predictions_cover_test_products],
         resources={"io_manager": WBStorageIOManager(base_dir=str(tmp_path)),
-                   "pipeline_storage": WBStorage(base_dir=str(tmp_path))},
+                   "pipeline_storage": WBStorage(base_dir=str(tmp_path)),
+                   "text_encoder": OneHotTextEncoder(cache_dir=str(tmp_path))},
         run_config={"ops": {"label_classifiers": classifier_config, "fusion_classifier": classifier_config,
                             "classification_report": {"config": {"n_bootstrap": 100}}}},
         instance=instance,
@@ -163,7 +244,7 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
     report = result.output_for_node("classification_report")
     assert sorted(report["label"].unique()) == ["category", "sex"]
     for label in ("sex", "category"):
-        assert set(report.loc[report["label"] == label, "model"]) == set(core.ALL_MODELS)
+        assert set(report.loc[report["label"] == label, "model"]) == {*core.ALL_MODELS, core.ZERO_SHOT_MODEL}
     assert report[["macro_f1", "macro_f1_low", "macro_f1_high", "weighted_f1"]].notna().all().all()
     assert (report["macro_f1_low"] <= report["macro_f1"]).all() and (report["macro_f1"] <= report["macro_f1_high"]).all()
     assert report.loc[(report["label"] == "sex") & (report["model"] == "text"), "macro_f1"].item() > 0.7
@@ -177,6 +258,27 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
     outer = probabilities[(probabilities["stage"] == "outer") & (probabilities["label"] == "sex")]
     fold_of = outer.drop_duplicates("nm").set_index("nm")["fold"]
     assert fold_of["5000"] == fold_of["5001"]  # identical titles share a fold
+
+    # zero-shot: on the text model's held-out rows, the argmax over the class axes of the combined
+    # (normalised text + image) joint vectors, computed here by hand.
+    position = {n: i for i, n in enumerate(joint["nm"])}
+    combined = np.vstack(joint["text_joint"].to_numpy()) + np.vstack(joint["image_joint"].to_numpy())
+    for label in ("sex", "category"):
+        rows = outer_of(probabilities, label)
+        classes = sorted(rows["y"].unique())
+        axes = [CLASS_NAMES.index(c) for c in classes]
+        by_hand = np.array(classes)[combined[[position[n] for n in rows["nm"]]][:, axes].argmax(axis=1)]
+        zero_shot = report[(report["label"] == label) & (report["model"] == core.ZERO_SHOT_MODEL)].iloc[0]
+        text_row = report[(report["label"] == label) & (report["model"] == "text")].iloc[0]
+        assert zero_shot["n"] == text_row["n"] == len(rows)
+        assert zero_shot["macro_f1"] == pytest.approx(
+            f1_score(rows["y"], by_hand, labels=classes, average="macro", zero_division=0))
+        assert 0.0 < zero_shot["macro_f1"] < 1.0  # the constructed space is informative but noisy
+        assert zero_shot["best_model"] in core.ALL_MODELS  # a baseline is never picked for test predictions
+    category = report[(report["label"] == "category") & (report["model"] == core.ZERO_SHOT_MODEL)].iloc[0]
+    rows = outer_of(probabilities, "category")
+    by_hand = np.array(["Игрушки", "Обувь"])[combined[[position[n] for n in rows["nm"]]][:, [3, 4]].argmax(axis=1)]
+    assert category["f1"] == pytest.approx(f1_score(rows["y"], by_hand, pos_label=category["positive_class"]))
 
     predictions = result.output_for_node("test_predictions")
     test_nm = set(clean.loc[clean["split"] == "test", "nm"])
@@ -192,6 +294,14 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
     assert checks["test_predictions_cover_test_products"].passed
     comparison = checks["fusion_not_worse_than_best_unimodal"].metadata["comparison"]
     assert {record.data["label"] for record in comparison.records} == {"sex", "category"}
+    assert all(record.data["best_unimodal"] in core.UNIMODAL_MODELS and record.data["winner"] in core.ALL_MODELS
+               for record in comparison.records)
 
     saved = tmp_path / "models" / "classification" / "sex"
     assert {p.name for p in saved.iterdir()} >= {"text.safetensors", "text.json", "late_fusion.lgbm.txt"}
+
+
+def outer_of(probabilities: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The held-out rows of `label` every model is scored on (one per labelled row)."""
+    return probabilities[(probabilities["stage"] == "outer") & (probabilities["label"] == label)
+                         & (probabilities["model"] == "text")]

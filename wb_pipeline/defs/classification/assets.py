@@ -13,15 +13,24 @@ import numpy as np
 import pandas as pd
 
 from wb_pipeline.core import classification as core
+from wb_pipeline.core import contrastive
 from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core.fusion import save_late_fusion
 from wb_pipeline.core.metrics import MetricsConfig, confusion_matrix_png, png_markdown
+from wb_pipeline.core.storage import as_upath
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
+from wb_pipeline.defs.contrastive.assets import model_folder as joint_model_folder
+from wb_pipeline.defs.embeddings.resources import TextEncoderResource
 from wb_pipeline.defs.resources import WBStorage
 
 ClassificationSettings = config_class(core.ClassificationConfig, "ClassificationSettings")
 ReportSettings = config_class(MetricsConfig, "ReportSettings")
+ZeroShotSettings = config_class(core.ZeroShotConfig, "ZeroShotSettings")
+
+
+class ClassificationReportSettings(ReportSettings, ZeroShotSettings):
+    """Bootstrap settings of the metrics and how the zero-shot baseline scores class names."""
 
 MODELS_FOLDER = ("models", "classification")
 REPORT_COLUMNS = ["label", "model", "n", "n_classes", "macro_f1", "macro_f1_low", "macro_f1_high",
@@ -128,29 +137,75 @@ def fusion_classifier(
     )
 
 
-@dg.asset(group_name="classification", kinds={"pandas"}, code_version="1")
+@dg.asset(group_name="classification", kinds={"pandas"}, code_version="2")
 def classification_report(
-    label_classifiers: pd.DataFrame, fusion_classifier: pd.DataFrame, config: ReportSettings
+    context: dg.AssetExecutionContext,
+    label_classifiers: pd.DataFrame,
+    fusion_classifier: pd.DataFrame,
+    contrastive_model: pd.DataFrame,
+    joint_embeddings: pd.DataFrame,
+    text_encoder: TextEncoderResource,
+    config: ClassificationReportSettings,
 ) -> dg.MaterializeResult:
-    """One row per label × model (text, image, early_fusion, mean_probability, late_fusion): macro-F1,
-    weighted-F1, binary F1 of the rarer class, per-class F1, bootstrap confidence intervals, and the
-    gain over the best unimodal model — all on held-out (outer-fold) predictions."""
+    """One row per label × model (text, image, early_fusion, mean_probability, late_fusion, and the
+    zero_shot baseline: class names scored against each product's joint text-image vector, argmax,
+    nothing trained): macro-F1, weighted-F1, binary F1 of the rarer class, per-class F1, bootstrap
+    confidence intervals, and the gain over the best unimodal model — all on the same held-out
+    (outer-fold) rows. `best_model` is chosen among the trained models only."""
     metrics_config = to_core(MetricsConfig, config)
-    predictions = pd.concat([label_classifiers[label_classifiers["stage"] == core.OUTER], fusion_classifier],
-                            ignore_index=True)
-    labels = list(predictions["label"].unique())
+    zero_shot_config = to_core(core.ZeroShotConfig, config)
+    outer = label_classifiers[label_classifiers["stage"] == core.OUTER]
+    labels = list(outer["label"].unique())
     classes = {label: core.label_classes(label_classifiers, label) for label in labels}
+    zero_shot, zero_shot_table, temperature = _zero_shot(label_classifiers, classes, contrastive_model,
+                                                         joint_embeddings, text_encoder, zero_shot_config)
+    for row in zero_shot_table:
+        if row["status"] != "scored":
+            context.log.warning(f"zero-shot {row['label']} not scored: {row['status']} ({row['detail']})")
+    predictions = pd.concat([outer, fusion_classifier, *zero_shot], ignore_index=True)
     report = core.build_report(predictions, classes, metrics_config) if labels else pd.DataFrame(columns=REPORT_COLUMNS)
     result_metadata = {
         "dagster/row_count": len(report),
         "table": dg.MetadataValue.md(_report_markdown(report)) if len(report) else "no label trained",
-        "zero_shot": "not evaluated: no joint text-image space is wired in (see core.classification."
-                     "zero_shot_probabilities for the hook)",
+        "zero_shot": metadata.table(pd.DataFrame(zero_shot_table, columns=["label", "status", "detail", "phrases"]))
+        if zero_shot_table else "no label trained",
+        "zero_shot_setup": dg.MetadataValue.json({
+            "joint_column": zero_shot_config.joint_column, "template": zero_shot_config.template,
+            "temperature": temperature, "joint_model": joint_model_folder(contrastive_model)}),
     }
     for label in labels:
         result_metadata[f"confusion_{label}"] = dg.MetadataValue.md(_confusion_markdown(report, predictions, label,
                                                                                         classes[label]))
     return dg.MaterializeResult(value=report, metadata=result_metadata)
+
+
+def _zero_shot(label_classifiers: pd.DataFrame, classes: dict[str, list[str]], contrastive_model: pd.DataFrame,
+               joint_embeddings: pd.DataFrame, text_encoder: TextEncoderResource,
+               config: core.ZeroShotConfig) -> tuple[list[pd.DataFrame], list[dict], float]:
+    """Zero-shot outer rows per label, a status row per label, and the softmax temperature (the joint
+    model's learned one; it only shapes the probabilities, never the argmax)."""
+    model, _ = contrastive.load_joint_model(as_upath(joint_model_folder(contrastive_model)))
+    temperature = float(1.0 / model.logit_scale().item())
+    if not classes:
+        return [], [], temperature
+    encoder = text_encoder.build()
+    joint_vectors = contrastive.joint_matrix(joint_embeddings, config.joint_column)
+
+    def score(phrases: list[str], vectors: np.ndarray) -> np.ndarray:
+        return contrastive.zero_shot_scores(phrases, vectors, encoder.encode, model, config.template)
+
+    frames, table = [], []
+    for label, label_classes in classes.items():
+        phrases = core.class_phrases(label, label_classes, config.class_phrases)
+        result = core.zero_shot_predictions(label_classifiers, label, label_classes, joint_embeddings["nm"].to_numpy(),
+                                            joint_vectors, score, config.class_phrases, temperature)
+        shown = ", ".join(f"{c} → {p!r}" for c, p in zip(label_classes, phrases))
+        if isinstance(result, core.LabelSkip):
+            table.append({"label": label, "status": result.reason, "detail": result.detail, "phrases": shown})
+            continue
+        frames.append(result)
+        table.append({"label": label, "status": "scored", "detail": f"{len(result)} rows", "phrases": shown})
+    return frames, table, temperature
 
 
 def _report_markdown(report: pd.DataFrame) -> str:
