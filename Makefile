@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# Library caches (matplotlib's font cache) stay inside the repo too, not in ~/.cache.
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 # Tests: everything (slow tests included); `make test PYTEST_ARGS='-m "not slow"'` for the inner loop.
 PYTEST_ARGS ?=
 
