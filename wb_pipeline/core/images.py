@@ -242,6 +242,8 @@ def _read_info(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> by
         with zf.open(info) as member_file:
             # Read one byte past the cap: the declared size in the header is not trusted.
             data = member_file.read(max_bytes + 1)
+    # zipfile raises NotImplementedError for compression methods it lacks, RuntimeError for
+    # encrypted members: both are a bad member here, recorded with a reason, not a crash
     except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError, ValueError) as error:
         raise ImageDecodeError(REASON_BAD_ZIP_MEMBER, f"{info.filename}: {error}") from error
     if len(data) > max_bytes:

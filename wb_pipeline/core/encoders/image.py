@@ -564,7 +564,18 @@ def _bundle_from_args(
     return load_open_clip(model_name, pretrained, checkpoint_path, device, cache_dir)
 
 
-class OpenClipImageEncoder:
+class _OpenClipTower:
+    """What both open_clip towers share: argument checks, the loaded bundle, the output size."""
+
+    def __init__(self, model_name, pretrained, checkpoint_path, device, batch_size, cache_dir, bundle) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.bundle = _bundle_from_args(bundle, model_name, pretrained, checkpoint_path, device, cache_dir)
+        self.batch_size = batch_size
+        self.dim = self.bundle.embed_dim
+
+
+class OpenClipImageEncoder(_OpenClipTower):
     """Image tower of an open_clip model: L2-normalised ``encode_image`` vectors.
 
     Args mirror :func:`load_open_clip`; ``bundle`` shares an already loaded model with an
@@ -581,11 +592,7 @@ class OpenClipImageEncoder:
         cache_dir: str | Path | None = None,
         bundle: OpenClipBundle | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.bundle = _bundle_from_args(bundle, model_name, pretrained, checkpoint_path, device, cache_dir)
-        self.batch_size = batch_size
-        self.dim = self.bundle.embed_dim
+        super().__init__(model_name, pretrained, checkpoint_path, device, batch_size, cache_dir, bundle)
         size = self.bundle.model.visual.image_size
         self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
         self.fingerprint = config_fingerprint(
@@ -627,7 +634,7 @@ class OpenClipImageEncoder:
         )
 
 
-class OpenClipTextEncoder:
+class OpenClipTextEncoder(_OpenClipTower):
     """Text tower of an open_clip model: L2-normalised ``encode_text`` vectors.
 
     Texts longer than the model's context are truncated by the open_clip tokenizer.
@@ -643,11 +650,7 @@ class OpenClipTextEncoder:
         cache_dir: str | Path | None = None,
         bundle: OpenClipBundle | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.bundle = _bundle_from_args(bundle, model_name, pretrained, checkpoint_path, device, cache_dir)
-        self.batch_size = batch_size
-        self.dim = self.bundle.embed_dim
+        super().__init__(model_name, pretrained, checkpoint_path, device, batch_size, cache_dir, bundle)
         self.fingerprint = config_fingerprint(
             "open_clip-text",
             {
