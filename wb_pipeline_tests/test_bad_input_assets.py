@@ -129,3 +129,28 @@ def test_missing_raw_folder_is_a_clear_error(tmp_path, instance):
         str(e.step_failure_data.error.to_string()) for e in result.all_events if e.event_type_value == "STEP_FAILURE"
     )
     assert "WB input file not found" in messages and "nowhere" in messages
+
+
+def test_image_index_rerun_reads_only_new_members(tmp_path, instance):
+    _write_hostile_dump(tmp_path / "raw")
+    defs = build_definitions(raw_dir=str(tmp_path / "raw"), storage_dir=str(tmp_path / "storage"),
+                             incoming_dir=str(tmp_path / "incoming"))
+
+    def index_run():
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("image_index")})
+        result = job.execute_in_process(instance=instance)
+        assert result.success
+        event = instance.get_latest_materialization_event(dg.AssetKey("image_index"))
+        meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+        return defs.load_asset_value("image_index", instance=instance), meta
+
+    first, first_meta = index_run()
+    assert first_meta["checked_now"] == len(first) and first_meta["reused_from_previous_index"] == 0
+    second, second_meta = index_run()
+    assert second_meta["checked_now"] == 0 and second_meta["reused_from_previous_index"] == len(first)
+    pd.testing.assert_frame_equal(second, first)
+    with zipfile.ZipFile(tmp_path / "raw" / schema.IMAGES_ZIP, "a") as zf:
+        zf.writestr("12.jpg", _jpeg(color=(1, 2, 3)))
+    third, third_meta = index_run()
+    assert third_meta["checked_now"] == 1 and len(third) == len(first) + 1
+    assert bool(third.set_index("nm").loc["12", "decodable"])

@@ -560,3 +560,45 @@ def test_module_does_not_import_dagster() -> None:
     check = "import sys, wb_pipeline.core.images; print('dagster' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+# --- incremental index (previous=...) -------------------------------------------------------------
+
+
+def test_index_with_previous_reuses_unchanged_members_without_reading_them(monkeypatch) -> None:
+    limit = CONFIG.empty_image_max_bytes
+    members = [("1.jpg", noise_jpeg(seed=1)), ("2.jpg", b"not an image"), ("3.jpg", padded_to(noise_jpeg(seed=3), limit + 5))]
+    sizes = pd.DataFrame({"nm": [1, 2, 3], "size": [len(members[0][1]), 12, limit + 99]})
+    first, _ = build_image_index(open_members(members), sizes, CONFIG)
+    assert first["crc32"].tolist() == [zlib.crc32(data) for _, data in members]
+
+    reads: list[str] = []
+    real_read = images._read_info
+    monkeypatch.setattr(images, "_read_info", lambda zf, info, cap: reads.append(info.filename) or real_read(zf, info, cap))
+    again, _ = build_image_index(open_members(members), sizes, CONFIG, previous=first)
+    assert reads == []
+    pd.testing.assert_frame_equal(again, first)
+
+    # One member changed, one added: only those two are read; flags follow the new image_df.
+    changed = [("1.jpg", noise_jpeg(seed=11)), members[1], members[2], ("4.jpg", noise_jpeg(seed=4))]
+    new_sizes = pd.DataFrame({"nm": [1, 2, 3, 4], "size": [len(changed[0][1]), 12, limit + 5, len(changed[3][1])]})
+    grown, _ = build_image_index(open_members(changed), new_sizes, CONFIG, previous=again)
+    assert sorted(reads) == ["1.jpg", "4.jpg"]
+    fresh, _ = build_image_index(open_members(changed), new_sizes, CONFIG)
+    pd.testing.assert_frame_equal(grown, fresh)
+    assert fresh.set_index("nm").loc["3", "size_mismatch"] == False  # noqa: E712 - numpy bool
+    assert first.set_index("nm").loc["3", "reason"] == "size_mismatch"
+
+
+def test_index_previous_without_crc_column_is_refused() -> None:
+    first, _ = build_image_index(open_members([("1.jpg", noise_jpeg())]), None, CONFIG)
+    with pytest.raises(ValueError, match="crc32"):
+        build_image_index(open_members([("1.jpg", noise_jpeg())]), None, CONFIG, previous=first.drop(columns="crc32"))
+
+
+def test_decode_check_key_changes_with_settings_that_change_the_check() -> None:
+    assert images.decode_check_key(CONFIG) == images.decode_check_key(ImageConfig())
+    assert images.decode_check_key(CONFIG) != images.decode_check_key(ImageConfig(max_image_pixels=10))
+    assert images.decode_check_key(CONFIG) != images.decode_check_key(ImageConfig(max_member_bytes=10))
+    # the empty-image rule is recomputed on every run, so it is not part of the key
+    assert images.decode_check_key(CONFIG) == images.decode_check_key(ImageConfig(empty_image_max_bytes=1))

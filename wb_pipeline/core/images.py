@@ -73,9 +73,15 @@ SUPPORTED_MODES = frozenset(
 )
 
 INDEX_COLUMNS = (
-    "nm", "member", "byte_size", "size_from_image_df", "content_hash", "decodable", "width", "height",
-    "mode", "reason", "is_empty", "size_mismatch", "detail",
+    "nm", "member", "byte_size", "crc32", "size_from_image_df", "content_hash", "decodable", "width",
+    "height", "mode", "reason", "is_empty", "size_mismatch", "detail",
 )
+# What reading + decode-checking one member found: all an index row needs besides the image_df
+# size and the empty-image rule, so a re-run can take it from the previous index instead of
+# reading the member again (see `build_image_index(previous=...)`).
+_CHECK_RESULT_COLUMNS = ("content_hash", "decodable", "width", "height", "mode", "reason", "detail")
+# Bumped when the decode check itself changes, so indexes made by older code are not reused.
+DECODE_CHECK_VERSION = 1
 REJECTED_COLUMNS = ("member", "reason", "nm", "source", "detail")
 
 _EXIF_ORIENTATION_TAG = 0x0112
@@ -290,6 +296,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if mode == "RGB" else image.convert("RGB")
 
 
+_OBJECT_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _classify_pil_error(error: BaseException) -> str:
     message = str(error).lower()
     if isinstance(error, EOFError) or "truncated" in message:
@@ -319,7 +328,9 @@ def _decode(data: bytes, config: ImageConfig, draft_size: tuple[int, int] | None
         # DecompressionBombWarning only arrives here when a warnings filter turns it into an error.
         raise _with_header(ImageDecodeError(REASON_TOO_MANY_PIXELS, str(error)), header) from error
     except UnidentifiedImageError as error:
-        raise _with_header(ImageDecodeError(REASON_CORRUPT, str(error)), header) from error
+        # PIL names the BytesIO object with its memory address: keep the detail reproducible
+        detail = _OBJECT_ADDRESS.sub("the image bytes", str(error))
+        raise _with_header(ImageDecodeError(REASON_CORRUPT, detail), header) from error
     except Exception as error:  # noqa: BLE001 - PIL plugins raise many types on hostile bytes
         reason = _classify_pil_error(error)
         raise _with_header(ImageDecodeError(reason, f"{type(error).__name__}: {error}"), header) from error
@@ -413,8 +424,23 @@ def _align(mask: pd.Series, frame: pd.DataFrame) -> pd.Series:
     return mask.reindex(frame.index, fill_value=False).astype(bool)
 
 
+def decode_check_key(config: ImageConfig) -> str:
+    """Identity of everything that changes a member's decode-check result (not the empty rule).
+
+    An index made under another key must not be reused: e.g. a lower `max_image_pixels` turns
+    a decodable image into 'too_many_pixels'.
+    """
+    return (
+        f"v{DECODE_CHECK_VERSION}|pixels<={config.max_image_pixels}|bytes<={config.max_member_bytes}"
+        f"|formats={','.join(config.allowed_formats)}|draft={_CHECK_DRAFT_SIZE}"
+    )
+
+
 def build_image_index(
-    zf: zipfile.ZipFile, sizes: pd.DataFrame | None, config: ImageConfig
+    zf: zipfile.ZipFile,
+    sizes: pd.DataFrame | None,
+    config: ImageConfig,
+    previous: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Index every member of the images zip without extracting it.
 
@@ -437,8 +463,16 @@ def build_image_index(
 
     The decode check decodes every image (JPEGs at 1/8 DCT scale, which still reads the whole
     entropy-coded stream), so truncated or corrupt data is caught, not only a bad header.
+
+    `previous`: an earlier index of the same zip made with the same :func:`decode_check_key`
+    (the caller's job). A member whose (name, CRC-32, uncompressed size) from the central
+    directory equals a previous row's is not read again: its hash and decode result are copied,
+    which makes a re-run over a grown zip cost O(new members). A member whose bytes changed has
+    another CRC or size and is checked again; reading a member for embedding verifies its CRC,
+    so a forged directory entry cannot smuggle changed bytes past this.
     """
     size_by_nm, rejected = ({}, []) if sizes is None else _image_df_sizes(sizes)
+    known = _previous_check_results(previous)
     infos = zf.infolist()
     duplicates = _duplicate_names(zf)
     columns: dict[str, list[object]] = {name: [] for name in INDEX_COLUMNS}
@@ -454,7 +488,7 @@ def build_image_index(
             continue
         nm = name[: -len(IMAGE_SUFFIX)]
         image_df_size = size_by_nm.get(nm)
-        row = _index_row(zf, info, nm, image_df_size, config)
+        row = _index_row(zf, info, nm, image_df_size, config, known.get((name, info.CRC, info.file_size)))
         for key, value in row.items():
             columns[key].append(value)
     indexed = set(columns["nm"])
@@ -467,22 +501,60 @@ def build_image_index(
     return _index_frame(columns), _rejected_frame(rejected)
 
 
+def _previous_check_results(previous: pd.DataFrame | None) -> dict[tuple[str, int, int], dict[str, object]]:
+    """(member, crc32, byte_size) -> the decode-check result columns of that earlier row."""
+    if previous is None or previous.empty:
+        return {}
+    missing = [c for c in ("member", "crc32", "byte_size", *_CHECK_RESULT_COLUMNS) if c not in previous.columns]
+    if missing:
+        raise ValueError(f"previous image index lacks column(s) {missing}")
+    usable = previous.dropna(subset=["crc32"])
+    # Only the decode result is reused; the empty / size-mismatch flags are recomputed because
+    # image_df and the empty threshold may have changed since.
+    results = {}
+    for record in usable.to_dict("records"):
+        check = {column: None if pd.isna(record[column]) else record[column] for column in _CHECK_RESULT_COLUMNS}
+        if check["reason"] in (REASON_EMPTY, REASON_SIZE_MISMATCH):
+            check["reason"] = None
+        check["detail"] = _strip_size_note(check["detail"])
+        results[(record["member"], int(record["crc32"]), int(record["byte_size"]))] = check
+    return results
+
+
+_SIZE_NOTE = re.compile(r"(?:; )?image_df size \d+ != zip member size \d+$")
+
+
+def _strip_size_note(detail: object) -> object:
+    if detail is None:
+        return None
+    stripped = _SIZE_NOTE.sub("", str(detail))
+    return stripped or None
+
+
 def _index_row(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, nm: str, image_df_size: int | None, config: ImageConfig
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    nm: str,
+    image_df_size: int | None,
+    config: ImageConfig,
+    known: dict[str, object] | None = None,
 ) -> dict[str, object]:
     row: dict[str, object] = dict(
-        nm=nm, member=info.filename, byte_size=info.file_size, size_from_image_df=image_df_size,
+        nm=nm, member=info.filename, byte_size=info.file_size, crc32=info.CRC, size_from_image_df=image_df_size,
         content_hash=None, decodable=False, width=None, height=None, mode=None, reason=None, detail=None,
     )
-    try:
-        data = _read_info(zf, info, config.max_member_bytes)
-        # hashed here, while the bytes are in hand, so the embedding cache never re-reads cached images
-        row["content_hash"] = content_hash(data)
-        result = _decode(data, config, draft_size=_CHECK_DRAFT_SIZE)
-        row.update(decodable=True, width=result.width, height=result.height, mode=result.mode)
-    except ImageDecodeError as error:
-        row.update(reason=error.reason, detail=error.detail or None, width=error.header.get("width"),
-                   height=error.header.get("height"), mode=error.header.get("mode"))
+    if known is not None:
+        row.update(known)
+    else:
+        try:
+            data = _read_info(zf, info, config.max_member_bytes)
+            # hashed here, while the bytes are in hand, so the embedding cache never re-reads cached images
+            row["content_hash"] = content_hash(data)
+            result = _decode(data, config, draft_size=_CHECK_DRAFT_SIZE)
+            row.update(decodable=True, width=result.width, height=result.height, mode=result.mode)
+        except ImageDecodeError as error:
+            row.update(reason=error.reason, detail=error.detail or None, width=error.header.get("width"),
+                       height=error.header.get("height"), mode=error.header.get("mode"))
     size_for_empty = info.file_size if image_df_size is None else image_df_size
     row["is_empty"] = size_for_empty <= config.empty_image_max_bytes
     row["size_mismatch"] = image_df_size is not None and image_df_size != info.file_size
@@ -502,6 +574,7 @@ def _index_frame(columns: dict[str, list[object]]) -> pd.DataFrame:
             "nm": pd.Series(columns["nm"], dtype="str"),
             "member": pd.Series(columns["member"], dtype="str"),
             "byte_size": pd.Series(columns["byte_size"], dtype="int64"),
+            "crc32": pd.Series(columns["crc32"], dtype="int64"),
             "size_from_image_df": pd.Series(columns["size_from_image_df"], dtype="Int64"),
             "content_hash": pd.Series(columns["content_hash"], dtype="str"),
             "decodable": pd.Series(columns["decodable"], dtype="bool"),

@@ -4,17 +4,18 @@ Each reads the main dump plus every registered new-product drop (see `defs/autom
 `batch` column saying where a row came from (`main` or the drop name).
 """
 
+import hashlib
 import json
 
 import dagster as dg
 import pandas as pd
 
-from wb_pipeline.core import images, schema
+from wb_pipeline.core import images, schema, storage
 from wb_pipeline.core.ingestion import read_wb_table
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import INGESTED_DROPS_METADATA_KEY, product_drops
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData
+from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData, WBStorage
 
 ImageIndexSettings = config_class(images.ImageConfig, "ImageIndexSettings")
 
@@ -63,23 +64,37 @@ def raw_products_test(context: dg.AssetExecutionContext, raw_data: WBRawData) ->
 
 @dg.asset(group_name="ingestion", kinds={"zip", "pandas"}, code_version="1")
 def image_index(
-    context: dg.AssetExecutionContext, raw_data: WBRawData, config: ImageIndexSettings
+    context: dg.AssetExecutionContext,
+    raw_data: WBRawData,
+    pipeline_storage: WBStorage,
+    config: ImageIndexSettings,
 ) -> dg.MaterializeResult:
-    """One row per `{nm}.jpg` member of the images zip(s): byte size, content hash, decodable,
-    width, height, mode, reason.
+    """One row per `{nm}.jpg` member of the images zip(s): byte size, CRC-32, content hash,
+    decodable, width, height, mode, reason.
 
     Streams member by member (the zip is never extracted); sizes from `image_df.parquet` are
     recorded and cross-checked when the file exists. Members that are not a plain `{nm}.jpg`
     (path traversal, folders, other files, duplicate names) are listed in metadata with a reason.
+    Incremental: each batch's index is kept under `cache/image_index/`, and a member whose
+    (name, CRC-32, size) is unchanged since is not read or decoded again.
     """
     sources, _ = _sources(context, raw_data)
     image_config = to_core(images.ImageConfig, config)
+    check_key = hashlib.sha256(images.decode_check_key(image_config).encode()).hexdigest()[:16]
     indexes, rejected = [], []
+    checked_now = 0
     for batch, folder in sources:
         sizes_path = folder / schema.IMAGE_SIZES_FILE
         sizes = read_wb_table(sizes_path, schema.IMAGE_SIZES_REQUIRED_COLUMNS) if sizes_path.exists() else None
+        cache_path = pipeline_storage.path("cache", "image_index", f"{batch}-{check_key}.parquet")
+        previous = storage.read_parquet(cache_path) if cache_path.exists() else None
         with (folder / schema.IMAGES_ZIP).open("rb") as handle, images.open_zip(handle) as zf:
-            index, rejected_members = images.build_image_index(zf, sizes, image_config)
+            index, rejected_members = images.build_image_index(zf, sizes, image_config, previous=previous)
+        storage.write_parquet(index, cache_path)
+        reused = 0 if previous is None else int(
+            index.set_index(["member", "crc32", "byte_size"]).index.isin(
+                previous.set_index(["member", "crc32", "byte_size"]).index).sum())
+        checked_now += len(index) - reused
         index.insert(1, "batch", batch)
         rejected_members.insert(0, "batch", batch)
         indexes.append(index)
@@ -91,6 +106,8 @@ def image_index(
         metadata={
             "dagster/row_count": len(index),
             "decodable": int(index["decodable"].sum()),
+            "checked_now": checked_now,
+            "reused_from_previous_index": len(index) - checked_now,
             "reasons": metadata.value_counts(index["reason"], "reason"),
             "rejected_members": len(rejected_members),
             "rejected_member_reasons": metadata.table(rejected_members, max_rows=100),
