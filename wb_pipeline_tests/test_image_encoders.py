@@ -426,3 +426,40 @@ def test_open_clip_bad_arguments_raise_clear_errors(tiny_clip_name: str, tmp_pat
     _, text_encoder = open_clip_encoders(tiny_clip_name, device="cpu")
     with pytest.raises(TypeError, match="position 1"):
         text_encoder.encode(["ok", 3])  # type: ignore[list-item]
+
+
+def test_dct_scaled_decode_keeps_features_of_large_photos(
+    natural_photos: list[Image.Image], lite0_onnx: EfficientNetLiteEncoder
+) -> None:
+    """`draft_decode` (JPEG decoded at 1/2..1/8 scale down to `min_decode_side`) against a full
+    decode, on real photos at marketplace photo sizes, with crops so each photo yields several views."""
+    import io
+
+    from wb_pipeline.core.images import ImageConfig, decode_image
+
+    jpegs = []
+    for photo in natural_photos:
+        for long_side, box in ((1200, None), (1600, (0.1, 0.0, 0.9, 1.0)), (1000, (0.0, 0.2, 1.0, 0.8))):
+            view = photo if box is None else photo.crop(tuple(int(f * s) for f, s in zip(box, photo.size * 2)))
+            scale = long_side / max(view.size)
+            view = view.resize((round(view.width * scale), round(view.height * scale)), Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            view.save(buffer, "JPEG", quality=90)
+            jpegs.append(buffer.getvalue())
+    config = ImageConfig()
+    side = lite0_onnx.min_decode_side
+    assert side == 256
+    drafted = [decode_image(data, config, min_side=side) for data in jpegs]
+    assert all(min(image.size) >= side for image in drafted)
+    assert any(min(image.size) < min(decode_image(data, config).size) for image, data in zip(drafted, jpegs))
+    full = lite0_onnx.encode([decode_image(data, config) for data in jpegs])
+    reduced = lite0_onnx.encode(drafted)
+    cosines = (full * reduced).sum(axis=1)
+    assert cosines.mean() >= 0.99 and cosines.min() >= 0.98, cosines.round(4).tolist()
+
+
+def test_decode_min_side_must_be_positive() -> None:
+    from wb_pipeline.core.images import ImageConfig, decode_image
+
+    with pytest.raises(ValueError, match="min_side"):
+        decode_image(b"\xff\xd8", ImageConfig(), min_side=0)

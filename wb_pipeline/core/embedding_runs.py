@@ -50,12 +50,15 @@ def embed_zip_images(
     decode_workers: int = 2,
     max_member_bytes: int = 64 * 1024 * 1024,
     progress: ProgressCallback | None = None,
+    min_decode_side: int | None = None,
 ) -> tuple[np.ndarray, EmbedStats]:
     """Vectors for the zip members (row-aligned), keyed by the content hash of each member's bytes.
 
     `hashes` come from the image index (computed when it read each member), so cached images are
     never read again. A member that fails to decode here raises `ImageDecodeError` naming it: the
     image index already rejected undecodable members, so this means the zip changed underneath.
+    `min_decode_side`: decode JPEGs at a reduced DCT scale down to this side (see
+    `images.decode_image`); it changes the vectors slightly, so the cache key must say so.
     """
     members = list(members)
     with zip_path.open("rb") as handle, images.open_zip(handle) as zf, ThreadPoolExecutor(
@@ -65,7 +68,7 @@ def embed_zip_images(
         def decode_one(member_and_bytes: tuple[str, bytes]) -> np.ndarray:
             member, data = member_and_bytes
             try:
-                return encoder.preprocess(images.decode_image(data, image_config))
+                return encoder.preprocess(images.decode_image(data, image_config, min_decode_side))
             except images.ImageDecodeError as error:
                 raise images.ImageDecodeError(error.reason, f"{member}: {error.detail}") from error
 

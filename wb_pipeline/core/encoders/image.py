@@ -384,6 +384,13 @@ class EfficientNetLiteEncoder:
             "normalize": "l2",
         }
 
+    @property
+    def min_decode_side(self) -> int:
+        """Smallest input side the preprocessing uses without upsampling: the centre crop keeps
+        ``res / (res + crop_padding)`` of the shorter side, so a shorter side of
+        ``res + crop_padding`` already yields ``res`` crop pixels. Decoders may stop there."""
+        return self.resolution + self.crop_padding
+
     def preprocessor(self) -> EfficientNetLitePreprocessor:
         """The picklable preprocessing transform (for decode/preprocess worker processes)."""
         return EfficientNetLitePreprocessor(self.resolution, self.crop_padding, self.resample)

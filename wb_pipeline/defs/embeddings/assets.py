@@ -75,6 +75,10 @@ class ImageEmbeddingSettings(dg.Config):
     chunk_size: int = 256
     decode_workers: int = 2
     channel_order: Literal["RGB", "BGR"] = "RGB"
+    # Decode JPEGs at a reduced DCT scale that still covers the encoder's input (Image.draft):
+    # several times less decoding for large photos; features stay within cosine 0.99 of a full
+    # decode (measured in benchmarks/embeddings.py). Encoders without `min_decode_side` decode in full.
+    draft_decode: bool = True
 
 
 @dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"}, code_version="1", pool="embedding")
@@ -99,7 +103,10 @@ def image_embeddings(
     if rows["member"].isna().any():
         missing = rows.loc[rows["member"].isna(), "nm"].head(5).tolist()
         raise ValueError(f"image_embeddings: clean products without an image member, e.g. {missing}")
+    min_decode_side = getattr(encoder, "min_decode_side", None) if config.draft_decode else None
     fingerprint = f"{encoder.fingerprint}-{config.channel_order.lower()}"
+    if min_decode_side is not None:
+        fingerprint += f"-draft{min_decode_side}"
     cache = EmbeddingCache(pipeline_storage.path("cache", "image_embeddings"), fingerprint, encoder.dim)
     vectors = np.zeros((len(rows), encoder.dim), dtype=np.float32)
     stats = EmbedStats()
@@ -114,6 +121,7 @@ def image_embeddings(
             chunk_size=config.chunk_size,
             decode_workers=config.decode_workers,
             progress=progress_logger(context, f"image_embeddings[{batch}]"),
+            min_decode_side=min_decode_side,
         )
         vectors[part.index.to_numpy()] = part_vectors
         stats = stats.plus(part_stats)
@@ -121,4 +129,5 @@ def image_embeddings(
     metadata = embedding_metadata(table, encoder, stats)
     metadata["encoder_fingerprint"] = fingerprint
     metadata["channel_order"] = config.channel_order
+    metadata["decode"] = f"JPEG DCT-scaled to >= {min_decode_side} px" if min_decode_side else "full resolution"
     return dg.MaterializeResult(value=table, metadata=metadata)
