@@ -15,6 +15,7 @@ BENCHMARKS = [
     "benchmarks.preprocessing",
     "benchmarks.embeddings",
     "benchmarks.inference_latency",
+    "benchmarks.scale",
 ]
 
 
