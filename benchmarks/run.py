@@ -16,6 +16,7 @@ BENCHMARKS = [
     "benchmarks.embeddings",
     "benchmarks.inference_latency",
     "benchmarks.scale",
+    "benchmarks.text_fast_path",
 ]
 
 
