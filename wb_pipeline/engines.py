@@ -1,19 +1,24 @@
-"""The `full_pipeline` job on execution engines beyond one process (see docs/DEPLOYMENT.md).
+"""The pipeline on execution engines beyond one process (docs/DEPLOYMENT.md has the how-to).
 
-`full_pipeline_on_dask()` is the whole asset graph with `dagster_dask.dask_executor`: every step is a
-task on a dask.distributed cluster, run by a worker process that rebuilds the job from this module.
-Step outputs never travel through the scheduler: each step writes its parquet file through the
-storage IO manager (`WB_PIPELINE_STORAGE_DIR`) and the next step reads it from there, so the storage
-dir must be one place every worker sees (a local folder on a single machine, object storage such as
-`s3://bucket/wb/` across machines). Dask workers rebuild the job by calling the factory with no
-arguments, so they take the raw / storage / incoming folders from the same `WB_PIPELINE_*`
-environment variables as the orchestrating process.
+- `full_pipeline_on_dask()`: the whole asset graph as one job whose steps are tasks on a
+  dask.distributed cluster (`dagster_dask`'s executor, patched to accept jobs with pools).
+- `k8s_definitions()`: the code location with every job on `dagster_k8s.k8s_job_executor` (one
+  Kubernetes pod per step); needs the `dagster-k8s` package, imported only when called.
 
-Run it against a running scheduler (the run config is `dask_run_config(address)`):
+Both are functions without arguments because that is how Dagster rebuilds a job in another process
+(a dask worker, a step pod): it imports this module and calls the function. They read the raw /
+storage / incoming folders from the `WB_PIPELINE_*` environment variables, which must therefore be
+the same for the orchestrating process and every worker. Step outputs never travel through the
+dask scheduler or the Kubernetes API: each step writes its parquet file through the storage IO
+manager and the next step reads it from there, so the storage dir must be one place that every
+worker sees (a local folder on one machine, object storage such as `s3://bucket/wb/` otherwise).
 
-    dagster job execute -m wb_pipeline.engines -a full_pipeline_on_dask -c dask_run_config.yaml
+Run the dask job against a running scheduler:
 
-or from Python with `dg.execute_job(reconstructable_full_pipeline_on_dask(), instance, run_config=...)`.
+    dagster job execute -m wb_pipeline.engines -a full_pipeline_on_dask -c dask.yaml
+
+where dask.yaml is `dask_run_config("tcp://HOST:8786")`, or from Python:
+`dg.execute_job(reconstructable_full_pipeline_on_dask(), instance, run_config=dask_run_config(address))`.
 """
 
 from __future__ import annotations
@@ -123,21 +128,23 @@ def pool_safe_dask_executor(init_context) -> DaskExecutor:
     return _PoolSafeDaskExecutor(cluster_type, cluster_configuration)
 
 
-def full_pipeline_on_dask(
-    raw_dir: str | None = None,
-    storage_dir: str | None = None,
-    incoming_dir: str | None = None,
-    models_dir: str | None = None,
-) -> dg.JobDefinition:
-    """The `full_pipeline` job (every asset and asset check) executed by `dask_executor`.
+def _definitions_on(executor_def: dg.ExecutorDefinition | None, jobs: list | None = None) -> dg.Definitions:
+    """`build_definitions()` (folders from the environment) with another executor and/or other jobs."""
+    base = build_definitions()
+    return dg.Definitions(
+        assets=base.assets, asset_checks=base.asset_checks, resources=base.resources,
+        jobs=base.jobs if jobs is None else jobs,
+        schedules=base.schedules if jobs is None else None,
+        sensors=base.sensors if jobs is None else None,
+        executor=executor_def,
+    )
 
-    The folders default to `WB_PIPELINE_RAW_DIR` / `WB_PIPELINE_STORAGE_DIR` /
-    `WB_PIPELINE_INCOMING_DIR` (as in `build_definitions`); arguments passed here reach the dask
-    workers only when they come through `reconstructable_full_pipeline_on_dask(...)`. The encoders
-    are the default resources; change them with the run config's `resources` section.
-    """
-    base = build_definitions(raw_dir=raw_dir, storage_dir=storage_dir, incoming_dir=incoming_dir,
-                             models_dir=models_dir)
+
+def full_pipeline_on_dask() -> dg.JobDefinition:
+    """The `full_pipeline` job (every asset and asset check), named `full_pipeline_dask`, executed by
+    `pool_safe_dask_executor`: one dask task per step. Folders come from `WB_PIPELINE_RAW_DIR` /
+    `WB_PIPELINE_STORAGE_DIR` / `WB_PIPELINE_INCOMING_DIR` (as in `build_definitions`), which every
+    worker must have too; encoders and other resources can be changed in the run config."""
     job = dg.define_asset_job(
         DASK_JOB_NAME,
         selection=dg.AssetSelection.all(),
@@ -145,16 +152,13 @@ def full_pipeline_on_dask(
         description="The whole asset graph (with its asset checks), one dask task per step; outputs go "
         "through the storage dir, which every dask worker must see.",
     )
-    defs = dg.Definitions(assets=base.assets, asset_checks=base.asset_checks, resources=base.resources,
-                          jobs=[job])
-    return defs.resolve_job_def(DASK_JOB_NAME)
+    return _definitions_on(None, jobs=[job]).resolve_job_def(DASK_JOB_NAME)
 
 
-def reconstructable_full_pipeline_on_dask(**factory_kwargs: str) -> "ReconstructableJob":
-    """`full_pipeline_on_dask(**factory_kwargs)` in a form dask workers rebuild from this module
-    (what `dg.execute_job` needs); the keyword arguments must be strings (they are serialized)."""
-    return dg.build_reconstructable_job(__name__, full_pipeline_on_dask.__name__,
-                                        reconstructable_kwargs=dict(factory_kwargs))
+def reconstructable_full_pipeline_on_dask() -> "ReconstructableJob":
+    """`full_pipeline_on_dask()` in the form `dg.execute_job` needs: a pointer to this module's
+    factory, which each dask worker calls to rebuild the job."""
+    return dg.build_reconstructable_job(__name__, full_pipeline_on_dask.__name__)
 
 
 def dask_run_config(scheduler_address: str, run_config: Mapping | None = None) -> dict:
@@ -162,3 +166,13 @@ def dask_run_config(scheduler_address: str, run_config: Mapping | None = None) -
     dask executor at an existing scheduler, e.g. `tcp://10.0.0.5:8786`."""
     return {**dict(run_config or {}),
             "execution": {"config": {"cluster": {"existing": {"address": scheduler_address}}}}}
+
+
+def k8s_definitions() -> dg.Definitions:
+    """The whole code location (jobs, schedule, sensor) with `k8s_job_executor` as every job's
+    executor: each step runs in its own Kubernetes pod, configured by the run config's
+    `execution.config` (deploy/k8s/run_config.yaml) and by `dagster-k8s/config` op tags. Load it
+    with `dagster api grpc -m wb_pipeline.engines -a k8s_definitions` in the code-location image."""
+    from dagster_k8s import k8s_job_executor  # an optional dependency: only k8s deployments need it
+
+    return _definitions_on(k8s_job_executor)
