@@ -92,6 +92,18 @@ OVERHEAD_STAGE = "Dagster run overhead (outside steps)"
 # --- measuring ------------------------------------------------------------------------------------------
 
 
+def rss_mib() -> float:
+    """Current RSS of this process plus its child processes."""
+    process = psutil.Process()
+    rss = process.memory_info().rss
+    for child in process.children(recursive=True):
+        try:
+            rss += child.memory_info().rss
+        except psutil.Error:  # the child ended between listing and reading
+            pass
+    return rss / 2**20
+
+
 class RssSampler:
     """Samples this process's RSS (children included) in a background thread: (unix time, MiB) pairs.
 
@@ -104,20 +116,10 @@ class RssSampler:
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._process = psutil.Process()
-
-    def _rss_mib(self) -> float:
-        rss = self._process.memory_info().rss
-        for child in self._process.children(recursive=True):
-            try:
-                rss += child.memory_info().rss
-            except psutil.Error:  # the child ended between listing and reading
-                pass
-        return rss / 2**20
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), self._rss_mib()))
+            self.samples.append((time.time(), rss_mib()))
             self._stop.wait(self.period_s)
 
     def __enter__(self) -> RssSampler:
@@ -127,7 +129,7 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.samples.append((time.time(), self._rss_mib()))
+        self.samples.append((time.time(), rss_mib()))
 
     def peak_between(self, start: float, end: float) -> float:
         inside = [mib for t, mib in self.samples if start <= t <= end]
@@ -230,22 +232,53 @@ class PipelineRun:
     steps: dict[str, dict[str, float]]  # step key -> start, end (unix), seconds, peak_rss_mib
     metadata: dict[str, dict[str, Any]]  # asset -> materialization metadata
     rss_peak_mib: float
+    rss_before_mib: float  # after loading the encoders, before the run
+    rss_after_mib: float
     warm_up_s: dict[str, float]
     storage_bytes: int
     product_text: pd.DataFrame = field(repr=False)
 
 
+JOB_NAME = "scale_benchmark"
+JOB_PARAMETERS_ENV = "WB_PIPELINE_SCALE_BENCHMARK_JOB"  # how scale_benchmark_job gets its folders and encoders
+
+
+def benchmark_definitions(parameters: dict[str, Any]):
+    """The pipeline's Definitions over the given folders and encoder configs, plus the benchmark's
+    job: the selected assets (and their checks) on the in-process executor."""
+    import dagster as dg
+
+    from wb_pipeline.definitions import build_definitions
+    from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
+
+    defs = build_definitions(
+        raw_dir=parameters["raw_dir"], storage_dir=parameters["storage_dir"], incoming_dir=parameters["incoming_dir"],
+        models_dir=parameters["models_dir"], text_encoder=TextEncoderResource(**parameters["text_encoder"]),
+        image_encoder=ImageEncoderResource(**parameters["image_encoder"]))
+    job = dg.define_asset_job(JOB_NAME, selection=dg.AssetSelection.assets(*SELECTED_ASSETS),
+                              executor_def=dg.in_process_executor)
+    return dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+
+
+def scale_benchmark_job():
+    """The benchmark's job, rebuilt from the parameters in the environment.
+
+    `dg.execute_job` needs a reconstructable job (a module-level function without arguments). It
+    is used instead of `execute_in_process`, which keeps every step's output alive until the run
+    ends: at scale that alone would add gigabytes to the peak RSS of the later stages."""
+    return benchmark_definitions(json.loads(os.environ[JOB_PARAMETERS_ENV])).resolve_job_def(JOB_NAME)
+
+
 def run_pipeline(raw_dir: Path, work_dir: Path, models_dir: Path, *, text_encoder=None, image_encoder=None,
                  log_level: str = "WARNING") -> PipelineRun:
-    """Materialise ingestion -> preprocessing -> both embeddings (and their checks) in one in-process
-    run over a fresh storage under `work_dir`, with an ephemeral Dagster instance.
+    """Materialise ingestion -> preprocessing -> both embeddings (and their checks) in one run on the
+    in-process executor over a fresh storage under `work_dir`, with an ephemeral Dagster instance.
 
     `text_encoder` / `image_encoder` are `TextEncoderResource` / `ImageEncoderResource` instances
     (default: the pipeline's defaults with converted models in `models_dir`).
     """
     import dagster as dg
 
-    from wb_pipeline.definitions import build_definitions
     from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
 
     text_encoder = text_encoder or TextEncoderResource(cache_dir=str(models_dir))
@@ -253,18 +286,25 @@ def run_pipeline(raw_dir: Path, work_dir: Path, models_dir: Path, *, text_encode
     warm_up = _warm_up(text_encoder, image_encoder)
     storage_dir, incoming_dir = work_dir / "storage", work_dir / "incoming"
     incoming_dir.mkdir(parents=True, exist_ok=True)
-    defs = build_definitions(raw_dir=str(raw_dir), storage_dir=str(storage_dir), incoming_dir=str(incoming_dir),
-                             models_dir=str(models_dir), text_encoder=text_encoder, image_encoder=image_encoder)
-    job = dg.define_asset_job("scale_benchmark", selection=dg.AssetSelection.assets(*SELECTED_ASSETS))
-    defs = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+    parameters = {"raw_dir": str(raw_dir), "storage_dir": str(storage_dir), "incoming_dir": str(incoming_dir),
+                  "models_dir": str(models_dir), "text_encoder": text_encoder.model_dump(),
+                  "image_encoder": image_encoder.model_dump()}
+    defs = benchmark_definitions(parameters)
     # python_log_level: also quiets the IO manager's DEBUG lines when loading product_text after the run
     instance = dg.DagsterInstance.ephemeral(settings={"python_logs": {"python_log_level": log_level}})
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    with RssSampler() as sampler:
-        started = time.perf_counter()
-        result = defs.resolve_job_def(job.name).execute_in_process(
-            instance=instance, run_config=run_config, raise_on_error=False)
-        run_wall = time.perf_counter() - started
+    previous = os.environ.get(JOB_PARAMETERS_ENV)
+    os.environ[JOB_PARAMETERS_ENV] = json.dumps(parameters)
+    try:
+        with RssSampler() as sampler:
+            started = time.perf_counter()
+            result = dg.execute_job(dg.reconstructable(scale_benchmark_job), instance, run_config=run_config)
+            run_wall = time.perf_counter() - started
+    finally:
+        if previous is None:
+            os.environ.pop(JOB_PARAMETERS_ENV, None)
+        else:
+            os.environ[JOB_PARAMETERS_ENV] = previous
     if not result.success:
         failures = [e.message for e in result.all_events if e.is_failure]
         raise RuntimeError(f"the benchmark run failed: {failures[:3]}")
@@ -276,10 +316,12 @@ def run_pipeline(raw_dir: Path, work_dir: Path, models_dir: Path, *, text_encode
                                 "seconds": stat.end_time - stat.start_time,
                                 "peak_rss_mib": sampler.peak_between(stat.start_time, stat.end_time)}
     metadata = {asset: _metadata(instance, asset) for asset in SELECTED_ASSETS}
+    rss_after_run = rss_mib()
     product_text = defs.load_asset_value("product_text", instance=instance)
     storage_bytes = sum(p.stat().st_size for p in storage_dir.rglob("*") if p.is_file())
     return PipelineRun(run_wall_s=run_wall, success=result.success, steps=steps, metadata=metadata,
-                       rss_peak_mib=sampler.peak(), warm_up_s=warm_up, storage_bytes=storage_bytes,
+                       rss_peak_mib=sampler.peak(), rss_before_mib=sampler.samples[0][1],
+                       rss_after_mib=rss_after_run, warm_up_s=warm_up, storage_bytes=storage_bytes,
                        product_text=product_text)
 
 
@@ -529,7 +571,8 @@ def run_benchmark(raw_dir: Path, work_dir: Path, models_dir: Path, *, n_products
         "products": n_products,
         "stages": [asdict(r) for r in rows],
         "table": {"header": header, "lines": lines},
-        "run": {"wall_s": run.run_wall_s, "rss_peak_mib": run.rss_peak_mib, "warm_up_s": run.warm_up_s,
+        "run": {"wall_s": run.run_wall_s, "rss_peak_mib": run.rss_peak_mib, "rss_before_mib": run.rss_before_mib,
+                "rss_after_mib": run.rss_after_mib, "warm_up_s": run.warm_up_s,
                 "storage_bytes": run.storage_bytes, "steps": run.steps,
                 "metadata": {a: {k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "preview"}
                              for a, m in run.metadata.items()}},
@@ -579,7 +622,9 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"{'reused' if data['reused'] else 'generated'} in {data['seconds']:.0f} s (not in the total); "
         f"model preparation before the run (not in the total): "
         + ", ".join(f"{k} {v:.1f} s" for k, v in results["run"]["warm_up_s"].items())
-        + f"; process peak RSS {results['process_peak_rss_mib']['self']:.0f} MiB (incl. the fp32 reference).",
+        + f". RSS: {results['run']['rss_before_mib']:.0f} MiB with the encoders loaded before the run, peak "
+        f"{results['run']['rss_peak_mib']:.0f} MiB during it (one process: the in-process executor); process "
+        f"peak {results['process_peak_rss_mib']['self']:.0f} MiB (model preparation and the fp32 reference included).",
         f"Machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores of {machine['cpu_count']}, "
         f"{machine['memory_gib']} GiB, torch {machine['torch']} ({machine['torch_threads']} threads); "
         f"1-min load average {results['load_average']['start'][0]:.2f} at start, "
