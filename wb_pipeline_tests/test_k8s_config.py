@@ -21,7 +21,7 @@ from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
 from dagster_postgres import DagsterPostgresStorage
 
-from wb_pipeline.engines import k8s_definitions
+from wb_pipeline.engines import MODELS_DIR_ENV, k8s_definitions
 
 K8S_DIR = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 POSTGRES_YAML = K8S_DIR.parent / "dagster-postgres.yaml"
@@ -79,6 +79,15 @@ def test_k8s_code_location_puts_every_job_on_the_k8s_executor():
     # the automation comes along: the schedule launches the k8s-executed job
     assert defs.resolve_schedule_def("reembed_new_products_schedule").job_name == "reembed_new_products"
     assert defs.resolve_sensor_def("incoming_products_sensor") is not None
+
+
+def test_object_storage_with_a_local_models_dir(tmp_path, monkeypatch):
+    # pods keep outputs in object storage, but encoders load converted models from a local folder
+    monkeypatch.setenv("WB_PIPELINE_STORAGE_DIR", "memory://wb-bucket/storage")
+    monkeypatch.setenv(MODELS_DIR_ENV, str(tmp_path / "models"))
+    resources = k8s_definitions().resources
+    assert resources["io_manager"].base_dir == "memory://wb-bucket/storage"
+    assert resources["text_encoder"].cache_dir == resources["image_encoder"].cache_dir == str(tmp_path / "models")
 
 
 def test_run_config_validates_against_the_k8s_job(k8s_full_pipeline):
