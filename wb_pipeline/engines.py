@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 import dask.distributed
-from dagster_dask import dask_executor
 from dagster._core.errors import raise_execution_interrupts
 from dagster._utils import iterate_with_context
+from dagster_dask import dask_executor
 from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements, query_on_dask_worker
 
 from wb_pipeline.definitions import build_definitions
