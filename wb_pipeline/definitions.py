@@ -52,11 +52,12 @@ def build_definitions(
     """Definitions reading WB files from `raw_dir` (+ drops registered from `incoming_dir`) and writing
     outputs under `storage_dir` (defaults: `WB_PIPELINE_RAW_DIR` / `WB_PIPELINE_STORAGE_DIR` /
     `WB_PIPELINE_INCOMING_DIR`, else the bundled sample, `storage/` and `data/incoming/`).
-    Converted/exported models go to `models_dir` (default `<storage_dir>/models`); the encoders
+    Converted/exported models go to `models_dir` (default `WB_PIPELINE_MODELS_DIR`, else
+    `<storage_dir>/models`); the encoders
     default to the offline e5 text and EfficientNet-Lite0 image encoders."""
     storage_dir = storage_dir or settings.storage_dir()
     incoming_dir = incoming_dir or settings.incoming_dir()
-    models_dir = models_dir or str(WBStorage(base_dir=storage_dir).path("models"))
+    models_dir = models_dir or settings.models_dir() or str(WBStorage(base_dir=storage_dir).path("models"))
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),

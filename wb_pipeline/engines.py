@@ -24,7 +24,6 @@ where dask.yaml is `dask_run_config("tcp://HOST:8786")`, or from Python:
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -35,15 +34,14 @@ from dagster._utils import iterate_with_context
 from dagster_dask import dask_executor
 from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements, query_on_dask_worker
 
+from wb_pipeline import settings
 from wb_pipeline.definitions import build_definitions
 
 if TYPE_CHECKING:  # dagster exports no public name for the type build_reconstructable_job returns
     from dagster._core.definitions.reconstruct import ReconstructableJob
 
 DASK_JOB_NAME = "full_pipeline_dask"
-# Converted / exported encoder models must be a LOCAL folder (sentence-transformers and onnxruntime
-# load from disk); the default `<storage dir>/models` is not one when the storage dir is object storage.
-MODELS_DIR_ENV = "WB_PIPELINE_MODELS_DIR"
+MODELS_DIR_ENV = settings.MODELS_DIR_ENV  # read by build_definitions (see wb_pipeline.settings)
 
 # cluster type of the executor config -> (module, class); "existing" takes a scheduler address instead
 _DASK_CLUSTERS = {
@@ -135,7 +133,7 @@ def pool_safe_dask_executor(init_context) -> DaskExecutor:
 def _definitions_on(executor_def: dg.ExecutorDefinition | None, jobs: list | None = None) -> dg.Definitions:
     """`build_definitions()` (folders from the environment, models from `WB_PIPELINE_MODELS_DIR` when
     set) with another executor and/or other jobs."""
-    base = build_definitions(models_dir=os.environ.get(MODELS_DIR_ENV) or None)
+    base = build_definitions()
     return dg.Definitions(
         assets=base.assets, asset_checks=base.asset_checks, resources=base.resources,
         jobs=base.jobs if jobs is None else jobs,

@@ -4,7 +4,10 @@
 bundled sample, generated into `data/sample/` on first use.
 `WB_PIPELINE_STORAGE_DIR`: where asset outputs, caches and models go; default: `storage/` in the repo.
 `WB_PIPELINE_INCOMING_DIR`: where new-product drops arrive; default: `data/incoming/` in the repo.
-All three default folders are git-ignored. No dagster import here: the CLI, tests and benchmarks share it.
+`WB_PIPELINE_MODELS_DIR`: LOCAL folder for converted / exported encoder models (sentence-transformers
+and onnxruntime load from disk); default: `<storage dir>/models`, which is only right while the
+storage dir is local — set it when the storage dir is object storage.
+All default folders are git-ignored. No dagster import here: the CLI, tests and benchmarks share it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 RAW_DIR_ENV = "WB_PIPELINE_RAW_DIR"
 STORAGE_DIR_ENV = "WB_PIPELINE_STORAGE_DIR"
 INCOMING_DIR_ENV = "WB_PIPELINE_INCOMING_DIR"
+MODELS_DIR_ENV = "WB_PIPELINE_MODELS_DIR"
 
 
 def project_root() -> Path:
@@ -37,3 +41,8 @@ def storage_dir() -> str:
 
 def incoming_dir() -> str:
     return os.environ.get(INCOMING_DIR_ENV) or str(project_root() / "data" / "incoming")
+
+
+def models_dir() -> str | None:
+    """`WB_PIPELINE_MODELS_DIR` when set, else None (= `<storage dir>/models`)."""
+    return os.environ.get(MODELS_DIR_ENV) or None
