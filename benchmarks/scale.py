@@ -596,6 +596,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     p, b = results["projection"], results["text_baseline"]
     machine, data = results["machine"], results["data"]
     gen, real, cat = b["generated"], b["real_length"], b["catalogue_tokens"]
+    text_meta = results["run"]["metadata"].get("text_embeddings", {})
     budget_text = (f"description budget {b['budget']['description_tokens']} tokens" if b["budget"]["description_tokens"]
                    else "whole description") + f", max_seq_length {b['budget']['max_seq_length']}"
     lines = [
@@ -617,7 +618,9 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"= {gen['speedup']:.2f}x on the generated text; {real['reference_texts_per_s']:.1f} vs "
         f"{real['pipeline_texts_per_s']:.1f} = {real['speedup']:.2f}x with {REAL_DESCRIPTION_WORDS}-word descriptions "
         f"(target >= {TARGET_TEXT_SPEEDUP:.0f}x: {'met' if p['text_speedup_met'] else 'NOT met'}). "
-        f"Full text stage: {p['text_stage_rows_per_s']:,.1f} texts/s.",
+        f"Full text stage: {p['text_stage_rows_per_s']:,.1f} rows/s ({text_meta.get('embedded_now', '?')} distinct "
+        f"texts encoded for {text_meta.get('dagster/row_count', '?')} rows; the projection counts every real "
+        f"product as a distinct text).",
         f"Data: {results['products']:,} generated products, {data['bytes'] / 2**30:.2f} GiB, "
         f"{'reused' if data['reused'] else 'generated'} in {data['seconds']:.0f} s (not in the total); "
         f"model preparation before the run (not in the total): "
