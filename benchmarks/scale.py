@@ -149,7 +149,7 @@ def process_peak_rss_mib() -> dict[str, float]:
 
 
 def machine_info() -> dict[str, Any]:
-    """Cores, CPU model, memory, load average and date, for the report."""
+    """Cores, CPU model, memory, versions and date, for the report."""
     model = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
