@@ -136,7 +136,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     n_texts = args.texts or (32 if args.short else 128)
-    budgets = args.budgets if args.budgets is not None else ([128] if args.short else [64, 128, 192, 256])
+    budgets = args.budgets if args.budgets is not None else ([] if args.short else [64, 96, 128, 256])
     reps = args.reps or (1 if args.short else 3)
     from wb_pipeline.defs.embeddings.assets import DEFAULT_DESCRIPTION_TOKEN_BUDGET
 
