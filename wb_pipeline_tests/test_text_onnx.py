@@ -80,6 +80,13 @@ def test_fingerprint_differs_per_engine_and_quantization_not_per_speed_setting(t
     assert int8 == OnnxTextEncoder(tiny_st_folder, max_seq_length=32, batch_size=5, num_threads=2).fingerprint
     assert int8 != _onnx(tiny_st_folder, onnx_cache, prompt="query: ").fingerprint
     assert int8 != OnnxTextEncoder(tiny_st_folder, max_seq_length=16).fingerprint
+    assert int8 != OnnxTextEncoder(tiny_st_folder, max_seq_length=32, fuse=False).fingerprint
+
+
+def test_unfused_graph_matches_torch_too(tiny_st_folder, tiny_reference, tmp_path):
+    encoder = _onnx(tiny_st_folder, tmp_path, quantization="none", fuse=False)
+    np.testing.assert_allclose(encoder.encode(TEXTS), tiny_reference.encode(TEXTS), atol=1e-5)
+    assert not encoder.fused and "fused" not in encoder.onnx_path.name
 
 
 def test_exported_graph_is_cached_and_reused(tiny_st_folder, tmp_path, monkeypatch):

@@ -47,8 +47,9 @@ FUSED_TAG = "fused"
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
 OUTPUT_NAME = "mean_pooled"
 _SUPPORTED_MODULES = {"Transformer", "Pooling", "Normalize"}
-#: Model types whose exported graph onnxruntime's BERT optimizer fuses (same layer layout).
-_FUSABLE_MODEL_TYPES = ("bert", "xlm-roberta", "roberta")
+#: Model types whose exported graph onnxruntime's BERT optimizer is checked to fuse correctly here
+#: (the converted e5 is a BertModel). Others run the plain export (RoBERTa-style position ids unchecked).
+_FUSABLE_MODEL_TYPES = ("bert",)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,6 @@ class OnnxTextEncoder:
         self._session: Any = None
         self._input_names: tuple[str, ...] = ()
         self.onnx_path: Path | None = None
-        self._dim: int | None = None
         self._lock = threading.Lock()
 
     # --- identity -------------------------------------------------------------------------------
@@ -211,9 +211,14 @@ class OnnxTextEncoder:
         of the two engines."""
         if self._fingerprint is None:
             config = {"prompt": self.prompt, "max_seq_length": self.max_seq_length, "normalize": "l2",
-                      "engine": self.engine, "quantization": self._quantization_recipe(), "fused": self.fuse}
+                      "engine": self.engine, "quantization": self._quantization_recipe(), "fused": self.fused}
             self._fingerprint = config_fingerprint(self.kind, config, self.weights_id)
         return self._fingerprint
+
+    @property
+    def fused(self) -> bool:
+        """Whether the graph run has fused transformer ops (asked for, and the model type allows it)."""
+        return self.fuse and self.layout.model_type in _FUSABLE_MODEL_TYPES
 
     def _quantization_recipe(self) -> str:
         return INT8_RECIPE if self.quantization == "int8" else "float32"
@@ -274,7 +279,7 @@ class OnnxTextEncoder:
         key = f"sentence-transformers-mean|weights={self.weights_id}|inputs={','.join(inputs)}"
         stem = f"st-{self.model_folder.parent.name}-{self.model_folder.name}"[-80:]
         export_path = onnx_export.onnx_cache_path(key, stem, self.cache_dir)
-        fusable = self.fuse and self.layout.model_type in _FUSABLE_MODEL_TYPES
+        fusable = self.fused
         if self.fuse and not fusable:
             logger.warning("no fused graph for model type %r; running the plain export", self.layout.model_type)
         base = export_path.with_name(f"{export_path.stem}-{FUSED_TAG}.onnx") if fusable else export_path
