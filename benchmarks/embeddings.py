@@ -11,8 +11,9 @@ bursts of outside load hit both sides alike. Each section runs in its own fresh 
 peak RSS is its own. Sections, all on the same generated inputs:
 
 * ``text`` -- the offline e5 text encoder as the pipeline configures it
-  (``TextEncoderResource().build()``): the bare ``SentenceTransformer.encode`` (normalised, best
-  batch size of a small sweep) vs ``embed_texts`` through an empty cache, on distinct short
+  (``TextEncoderResource().build()``, the onnxruntime int8 engine by default): the bare
+  ``encoder.encode`` (best batch size of a small sweep) vs ``embed_texts`` through an empty cache
+  (the pipeline's own overhead; engines are compared in ``benchmarks/text_fast_path.py``), on distinct short
   titles and on distinct ~300-word Russian descriptions (generated descriptions, concatenated).
 * ``image`` -- EfficientNet-Lite0 (onnx, as configured): ``encode_preprocessed`` on a batch that is
   already decoded and preprocessed in memory (best batch size) vs ``embed_zip_images`` from the zip
@@ -188,13 +189,14 @@ def section_text(sizes: Sizes, reps: int, work: Path) -> dict:
     from wb_pipeline.defs.embeddings.resources import TextEncoderResource
 
     titles, long_texts = text_inputs(sizes)
+    # The default engine (onnxruntime int8; benchmarks/text_fast_path.py compares engines): this
+    # section measures what the pipeline path (cache, chunks) costs on top of the bare encoder call.
     encoder = TextEncoderResource(cache_dir=str(MODELS_DIR)).build()
-    model = encoder.model  # the SentenceTransformer underneath
     chunk_size = TextEmbeddingSettings().chunk_size
+    token_counter = encoder.budget_tokenizer
 
     def raw(texts: list[str], batch_size: int) -> np.ndarray:
-        return model.encode(texts, prompt=encoder.prompt, batch_size=batch_size, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=False)
+        return encoder.encode(texts, batch_size=batch_size)
 
     def end_to_end(texts: list[str]) -> np.ndarray:
         cache = EmbeddingCache(fresh_dir("text-cache-"), encoder.fingerprint, encoder.dim)
@@ -214,8 +216,8 @@ def section_text(sizes: Sizes, reps: int, work: Path) -> dict:
         agreement = float(np.abs(raw(texts[:16], best) - end_to_end(texts[:16])).max())
         results[kind] = {
             "rows": len(texts), "words_mean": float(np.mean([len(t.split()) for t in texts])),
-            "tokens_mean": float(np.mean([min(len(x), model.max_seq_length) for x in
-                                          model.tokenizer([encoder.prompt + t for t in texts[:64]])["input_ids"]])),
+            "tokens_mean": float(np.mean([min(len(e.ids), encoder.max_seq_length) for e in
+                                          token_counter.encode_batch([encoder.prompt + t for t in texts[:64]])])),
             "sweep_rows_per_s": {b: len(subset) / s for b, s in by_batch.items()}, "best_batch": best,
             "configured_batch": encoder.batch_size, "chunk_size": chunk_size,
             "raw_s": seconds["raw"], "e2e_s": seconds["e2e"], "max_abs_diff": agreement,
@@ -526,7 +528,7 @@ def table_rows(results: dict, reps: int) -> list[tuple[str, str, str, str, str, 
         r = text[kind]
         raw, e2e = _rate(r["rows"], r["raw_s"]), _rate(r["rows"], r["e2e_s"])
         rss = f"{text['peak_rss_mib']:.0f}"
-        add(f"text {label} (~{r['tokens_mean']:.0f} tokens): SentenceTransformer.encode, batch {r['best_batch']}"
+        add(f"text {label} (~{r['tokens_mean']:.0f} tokens): bare encoder.encode (default engine), batch {r['best_batch']}"
             f" (best of {','.join(map(str, r['sweep_rows_per_s']))})", r["rows"], raw, "1.00", "", rss)
         add(f"text {label}: embed_texts, empty cache (batch {r['configured_batch']}, chunk {r['chunk_size']})",
             r["rows"], e2e, f"{e2e / raw:.2f}", ">= 0.90", rss)
