@@ -63,6 +63,7 @@ class SentenceTransformerLayout:
     hidden_size: int
     num_heads: int
     max_position_embeddings: int
+    has_token_types: bool  # the model takes token_type_ids (config type_vocab_size > 0)
 
 
 def read_sentence_transformer_layout(folder: str | Path) -> SentenceTransformerLayout:
@@ -103,6 +104,7 @@ def read_sentence_transformer_layout(folder: str | Path) -> SentenceTransformerL
         hidden_size=int(config["hidden_size"]),
         num_heads=int(config["num_attention_heads"]),
         max_position_embeddings=int(config.get("max_position_embeddings", 512)),
+        has_token_types=int(config.get("type_vocab_size", 0) or 0) > 0,
     )
 
 
@@ -261,7 +263,7 @@ class OnnxTextEncoder:
         ids = torch.full((2, 8), 5, dtype=torch.long)
         mask = torch.ones_like(ids)
         mask[1, 5:] = 0  # padding in the example keeps the mask path in the traced graph
-        if self._config_has_token_types():
+        if self.layout.has_token_types:
             return module, (ids, mask, torch.zeros_like(ids))
         return module, (ids, mask)
 
@@ -273,7 +275,7 @@ class OnnxTextEncoder:
         """
         from wb_pipeline.core.encoders import onnx_export
 
-        inputs = (INPUT_IDS, ATTENTION_MASK, *((TOKEN_TYPE_IDS,) if self._config_has_token_types() else ()))
+        inputs = (INPUT_IDS, ATTENTION_MASK, *((TOKEN_TYPE_IDS,) if self.layout.has_token_types else ()))
         axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
         axes[OUTPUT_NAME] = {0: "batch"}
         key = f"sentence-transformers-mean|weights={self.weights_id}|inputs={','.join(inputs)}"
@@ -312,10 +314,6 @@ class OnnxTextEncoder:
         self.onnx_path = path
         self._input_names = tuple(i.name for i in session.get_inputs())
         return session
-
-    def _config_has_token_types(self) -> bool:
-        config = json.loads((self.layout.transformer_dir / "config.json").read_text(encoding="utf-8"))
-        return int(config.get("type_vocab_size", 0) or 0) > 0
 
     def _fuse_graph(self, source: Path, destination: Path) -> None:
         from onnxruntime.transformers.optimizer import optimize_model
