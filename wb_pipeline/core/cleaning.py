@@ -114,8 +114,8 @@ def clean_products(
     """Apply the cleaning rules to every split; each input row ends in exactly one of clean / rejected.
 
     `splits` maps a split name ('train', 'test') to its raw frame (with `nm` already a str);
-    `image_index` is the `image_index` table (nm, decodable, is_empty, reason, ...), needed when
-    `require_image`.
+    `image_index` is the `image_index` table (nm, decodable, is_empty, reason, empty_detail, ...),
+    needed when `require_image`.
     `nm` must be unique across all splits: later duplicates (in split order) are rejected.
     """
     clean_parts, rejected_parts = [], []
@@ -155,8 +155,9 @@ def clean_products(
         if config.require_image:
             if image_index is None:
                 raise ValueError("clean_products: require_image=True needs the image index")
+            columns = ["nm", "decodable", "is_empty", "reason", "empty_detail"]
             status = frame[["nm"]].merge(
-                image_index[["nm", "decodable", "is_empty", "reason"]].drop_duplicates("nm"), on="nm", how="left"
+                image_index.reindex(columns=columns).drop_duplicates("nm"), on="nm", how="left"
             )
             status.index = frame.index
             reject(status["decodable"].isna(), REJECT_MISSING_IMAGE, "no {nm}.jpg in the images zip")
@@ -165,7 +166,8 @@ def clean_products(
             undecodable = status["decodable"].eq(False)
             reject(undecodable, REJECT_UNDECODABLE_IMAGE, status["reason"].fillna("").astype(str))
             is_empty = status["is_empty"].eq(True)
-            reject(is_empty, REJECT_EMPTY_IMAGE, "image below the empty-image size threshold")
+            # the detail names the rule of the empty-image check that fired (core.images)
+            reject(is_empty, REJECT_EMPTY_IMAGE, status["empty_detail"].fillna("empty image").astype(str))
 
         frame.insert(1, "split", split)
         kept = reason.isna()

@@ -14,6 +14,7 @@ members and possibly on object storage. Everything here treats the zip as hostil
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -43,7 +44,7 @@ REASON_ENCRYPTED = "encrypted"
 REASON_BAD_ZIP_MEMBER = "bad_zip_member"  # CRC error, header/directory mismatch, bad compression
 REASON_MISSING_MEMBER = "missing_member"
 # Usable but flagged (index only; `decodable` stays True).
-REASON_EMPTY = "empty"  # WB rule: size below the "empty image" threshold
+REASON_EMPTY = "empty"  # an "empty image" (placeholder) by `ImageConfig.empty_image_rule`
 REASON_SIZE_MISMATCH = "size_mismatch"  # image_df.parquet size != zip member size
 
 # Why a zip member (or an image_df row) is not in the index (`rejected_members.reason`).
@@ -72,16 +73,30 @@ SUPPORTED_MODES = frozenset(
     {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr"} | _ALPHA_MODES | _SIXTEEN_BIT_MODES
 )
 
+# Which rule of the content check confirmed an "empty image" (index `empty_rule`, the start of
+# `empty_detail` and of `rejected_products.detail`), in the order they are tested.
+EMPTY_RULE_SIZE = "size"  # empty_image_rule="size": the seed's size rule alone
+EMPTY_RULE_NEAR_UNIFORM = "near_uniform"
+EMPTY_RULE_TINY_AREA = "tiny_informative_area"
+EMPTY_RULE_BLURRED = "blurred"
+EMPTY_RULE_REPEATED = "repeated_placeholder"
+EMPTY_RULES = (EMPTY_RULE_SIZE, EMPTY_RULE_NEAR_UNIFORM, EMPTY_RULE_TINY_AREA, EMPTY_RULE_BLURRED, EMPTY_RULE_REPEATED)
+
 INDEX_COLUMNS = (
     "nm", "member", "byte_size", "crc32", "size_from_image_df", "content_hash", "decodable", "width",
     "height", "mode", "reason", "is_empty", "size_mismatch", "detail",
+    "pixel_std", "informative_share", "edge_sharpness", "pixel_hash", "same_image_count", "empty_rule", "empty_detail",
 )
+# The content signals of the empty-image check, measured only on members under the size trigger.
+CONTENT_SIGNAL_COLUMNS = ("pixel_std", "informative_share", "edge_sharpness", "pixel_hash")
 # What reading + decode-checking one member found: all an index row needs besides the image_df
 # size and the empty-image rule, so a re-run can take it from the previous index instead of
 # reading the member again (see `build_image_index(previous=...)`).
-_CHECK_RESULT_COLUMNS = ("content_hash", "decodable", "width", "height", "mode", "reason", "detail")
-# Bumped when the decode check itself changes, so indexes made by older code are not reused.
-DECODE_CHECK_VERSION = 1
+_CHECK_RESULT_COLUMNS = ("content_hash", "decodable", "width", "height", "mode", "reason", "detail",
+                         *CONTENT_SIGNAL_COLUMNS)
+# Bumped when the decode check or the content signals change, so indexes made by older code are
+# not reused (2: content signals of the empty-image check).
+DECODE_CHECK_VERSION = 2
 REJECTED_COLUMNS = ("member", "reason", "nm", "source", "detail")
 
 _EXIF_ORIENTATION_TAG = 0x0112
@@ -93,10 +108,34 @@ _CHECK_DRAFT_SIZE = (1, 1)
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """Settings of image access; defaults are the WB notebook's values."""
+    """Settings of image access; defaults are the WB notebook's values, and for the empty-image
+    content check values chosen from principle (docs/DESIGN-NOTES.md "Empty images by content")."""
 
-    # Real WB rule: an image with size < 25 KB is "empty" (notebook: image_df.size < 25 * 1024).
+    # The WB notebook's size rule (image_df.size < 25 KB is "empty") is the TRIGGER: only an image
+    # this small is looked at by the content check, and with empty_image_rule="size" it is the rule.
     empty_image_max_bytes: int = 25 * 1024 - 1
+    # "content": a small image is empty only when a content rule below confirms it (a placeholder);
+    # "size": every small image is empty (the seed's rule; rejects good small product shots).
+    empty_image_rule: Literal["content", "size"] = "content"
+    # The content signals are measured on the image scaled to about this many pixels (128 x 128).
+    empty_analysis_pixels: int = 128 * 128
+    # near_uniform: max over R, G, B of the pixel standard deviation below this (grey levels):
+    # no more variation than a flat fill plus compression noise.
+    empty_max_pixel_std: float = 2.0
+    # A pixel is "informative" when a channel differs from the background (the median border
+    # colour) by more than this many grey levels (~2 just-noticeable differences).
+    empty_informative_delta: int = 4
+    # tiny_informative_area: informative pixels below this share of the frame (a product photo
+    # shows the product; a placeholder is a flat card with a thin icon or a few letters).
+    empty_min_informative_share: float = 0.05
+    # blurred: the sharpest edges (top 0.1% of gradient magnitudes / the value range, per channel) below
+    # this; 0.25 is a step edge blurred with a Gaussian of sigma ~1.6 analysis px (1/(sigma*sqrt(2pi))),
+    # three times softer than a sharp edge at the analysis scale.
+    empty_min_edge_sharpness: float = 0.25
+    # repeated_placeholder: at least this many small images with the same pixels (the same
+    # picture, whatever its bytes); one placeholder serves many cards, while a real photo is
+    # shared by the few variants of one listing. 0 turns the rule off.
+    empty_min_repeats: int = 10
     # Decompression-bomb guard, PIL `Image.MAX_IMAGE_PIXELS` semantics, but an error already above
     # this value (PIL only warns up to 2x). PIL's own global guard still applies on top.
     max_image_pixels: int = 64_000_000
@@ -111,9 +150,15 @@ class ImageConfig:
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"ImageConfig.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
-        for name in ("empty_image_max_bytes", "max_image_pixels", "max_member_bytes"):
+        if self.empty_image_rule not in ("content", "size"):
+            raise ValueError(f"ImageConfig.empty_image_rule must be 'content' or 'size', got {self.empty_image_rule!r}")
+        for name in ("empty_image_max_bytes", "max_image_pixels", "max_member_bytes", "empty_max_pixel_std",
+                     "empty_informative_delta", "empty_min_informative_share", "empty_min_edge_sharpness",
+                     "empty_min_repeats"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ImageConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.empty_analysis_pixels < 64:
+            raise ValueError(f"ImageConfig.empty_analysis_pixels must be >= 64, got {self.empty_analysis_pixels}")
         if not self.allowed_formats:
             raise ValueError("ImageConfig.allowed_formats must name at least one format")
         Image.init()  # registers every PIL plugin, so the check below sees all format names
@@ -314,13 +359,17 @@ class _DecodeResult:
     mode: str  # the stored PIL mode
 
 
-def _decode(data: bytes, config: ImageConfig, draft_size: tuple[int, int] | None) -> _DecodeResult:
+def _decode(
+    data: bytes, config: ImageConfig, draft_size: tuple[int, int] | None = None, draft_pixels: int | None = None
+) -> _DecodeResult:
+    """`draft_size`: JPEG DCT scaling down to at least that size; `draft_pixels` instead: down to at
+    least the analysis size of the content check (about that many pixels)."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Somebody flipped PIL's global switch; truncated files would then decode as grey garbage.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False for safe decoding")
     header: dict[str, object] = {}
     try:
-        return _decode_unchecked(data, config, draft_size, header)
+        return _decode_unchecked(data, config, draft_size, draft_pixels, header)
     except ImageDecodeError as error:
         error.header = header
         raise
@@ -342,7 +391,8 @@ def _with_header(error: ImageDecodeError, header: dict[str, object]) -> ImageDec
 
 
 def _decode_unchecked(
-    data: bytes, config: ImageConfig, draft_size: tuple[int, int] | None, header: dict[str, object]
+    data: bytes, config: ImageConfig, draft_size: tuple[int, int] | None, draft_pixels: int | None,
+    header: dict[str, object],
 ) -> _DecodeResult:
     if len(data) == 0:
         raise ImageDecodeError(REASON_ZERO_BYTES, "the image has 0 bytes")
@@ -361,6 +411,8 @@ def _decode_unchecked(
     if orientation in _EXIF_ORIENTATIONS_SWAPPING_AXES:
         width, height = height, width
     header.update(width=width, height=height)
+    if draft_pixels is not None:
+        draft_size = _analysis_size(*image.size, draft_pixels)  # the stored size: draft works on it
     if draft_size is not None:
         image.draft(None, draft_size)  # JPEG only; other formats ignore it
     image.load()
@@ -390,6 +442,72 @@ def decode_image(data: bytes, config: ImageConfig, min_side: int | None = None) 
         raise ValueError(f"min_side must be a positive number of pixels or None, got {min_side}")
     draft_size = None if min_side is None else (min_side, min_side)
     return _decode(data, config, draft_size=draft_size).image
+
+
+# --- content signals of the empty-image check ----------------------------------------------------
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as PIL's convert("L")
+_EDGE_TOP_SHARE = 0.001  # edge sharpness is read at the top 0.1% of gradient magnitudes
+_PIXEL_HASH_SIDE = 16  # pixel fingerprint: a 16 x 16 difference hash (256 bits)
+
+
+def _analysis_size(width: int, height: int, pixels: int) -> tuple[int, int]:
+    """(width, height) scaled down (never up) to about `pixels` pixels, aspect kept."""
+    scale = min(1.0, (pixels / max(1, width * height)) ** 0.5)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _analysis_pixels(image: Image.Image, pixels: int) -> np.ndarray:
+    """The image as float32 RGB at about `pixels` pixels (area-averaged, so JPEG noise is too)."""
+    size = _analysis_size(*image.size, pixels)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BOX)
+    return np.asarray(image, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ContentSignals:
+    """What the empty-image check measures on a small image (see ImageConfig for the rules)."""
+
+    pixel_std: float  # max over R, G, B of the pixel standard deviation (grey levels)
+    informative_share: float  # share of pixels differing from the border colour by > delta
+    edge_sharpness: float  # top-0.1% gradient magnitude / value range (p0.5..p99.5), max over R, G, B
+    pixel_hash: str  # 16 x 16 difference hash (hex): equal for the same picture in other bytes
+
+
+def content_signals(pixels: np.ndarray, informative_delta: int) -> ContentSignals:
+    """The empty-image content signals of an RGB float array [h, w, 3] (the analysis image)."""
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.size == 0:
+        raise ValueError(f"content_signals expects an [h, w, 3] RGB array, got shape {pixels.shape}")
+    pixel_std = float(pixels.reshape(-1, 3).std(axis=0).max())
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = np.median(border, axis=0)
+    informative = np.abs(pixels - background).max(axis=2) > informative_delta
+    # Per channel, not on grey: an edge between two colours of similar luminance is still an edge,
+    # and a low grey range would let JPEG blocking pass for sharpness.
+    if pixels.shape[0] > 1 and pixels.shape[1] > 1:
+        gradient = np.hypot(np.diff(pixels, axis=1)[:-1], np.diff(pixels, axis=0)[:, :-1]).max(axis=2).ravel()
+        top = max(1, round(gradient.size * _EDGE_TOP_SHARE))
+        strongest = float(np.partition(gradient, gradient.size - top)[gradient.size - top])
+    else:
+        strongest = 0.0
+    low, high = np.percentile(pixels.reshape(-1, 3), [0.5, 99.5], axis=0)
+    edge_sharpness = strongest / max(float((high - low).max()), 1.0)
+    gray = pixels @ _LUMA
+    thumb = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), "L").resize(
+        (_PIXEL_HASH_SIDE + 1, _PIXEL_HASH_SIDE), Image.Resampling.BOX)
+    cells = np.asarray(thumb, dtype=np.int16)
+    bits = (cells[:, 1:] > cells[:, :-1]).ravel()
+    return ContentSignals(pixel_std, float(informative.mean()), edge_sharpness, np.packbits(bits).tobytes().hex())
+
+
+def image_content_signals(data: bytes, config: ImageConfig) -> ContentSignals:
+    """Decode `data` at the analysis scale and measure the empty-image content signals.
+
+    Raises ImageDecodeError as :func:`decode_image` does."""
+    result = _decode(data, config, draft_pixels=config.empty_analysis_pixels)
+    return content_signals(_analysis_pixels(result.image, config.empty_analysis_pixels),
+                           config.empty_informative_delta)
 
 
 # --- the image index ------------------------------------------------------------------------------
@@ -433,14 +551,18 @@ def _align(mask: pd.Series, frame: pd.DataFrame) -> pd.Series:
 
 
 def decode_check_key(config: ImageConfig) -> str:
-    """Identity of everything that changes a member's decode-check result (not the empty rule).
+    """Identity of everything that changes a member's decode-check result and content signals
+    (not the empty-image thresholds, which are applied again on every run).
 
     An index made under another key must not be reused: e.g. a lower `max_image_pixels` turns
-    a decodable image into 'too_many_pixels'.
+    a decodable image into 'too_many_pixels', another `empty_informative_delta` changes
+    `informative_share`. The size trigger is not part of it: a reused row that falls under a
+    raised trigger and has no content signals yet is read again (see `build_image_index`).
     """
     return (
         f"v{DECODE_CHECK_VERSION}|pixels<={config.max_image_pixels}|bytes<={config.max_member_bytes}"
         f"|formats={','.join(config.allowed_formats)}|draft={_CHECK_DRAFT_SIZE}"
+        f"|analysis={config.empty_analysis_pixels}|delta={config.empty_informative_delta}"
     )
 
 
@@ -460,9 +582,12 @@ def build_image_index(
     after EXIF orientation), mode (str, the stored PIL mode), reason (str or missing), is_empty
     (bool), size_mismatch (bool), detail (str or missing, human-readable).
     `reason` is the first that applies of: why the image is not decodable (a REASON_* code),
-    'empty' (size <= `config.empty_image_max_bytes`, measured on the image_df size when known, as
-    the notebook did, else on the member size), 'size_mismatch' (image_df size != member size).
+    'empty' (see :func:`apply_empty_image_rule`), 'size_mismatch' (image_df size != member size).
     `is_empty` / `size_mismatch` hold those two flags even when an earlier reason wins.
+    Members under the size trigger (size <= `config.empty_image_max_bytes`, measured on the
+    image_df size when known, as the notebook did, else on the member size) also get the content
+    signals pixel_std, informative_share, edge_sharpness, pixel_hash (missing for the others),
+    and every row same_image_count, empty_rule, empty_detail (see :func:`apply_empty_image_rule`).
 
     `rejected_members`: columns member, reason, nm, source ('zip' or image_df.parquet), detail:
     zip members that are not a valid `{nm}.jpg` (path traversal, absolute, nested, directories,
@@ -470,12 +595,14 @@ def build_image_index(
     name an nm with no member in the zip.
 
     The decode check decodes every image (JPEGs at 1/8 DCT scale, which still reads the whole
-    entropy-coded stream), so truncated or corrupt data is caught, not only a bad header.
+    entropy-coded stream; a member under the size trigger at the content check's analysis scale,
+    in the same single decode), so truncated or corrupt data is caught, not only a bad header.
 
     `previous`: an earlier index of the same zip made with the same :func:`decode_check_key`
     (the caller's job). A member whose (name, CRC-32, uncompressed size) from the central
     directory equals a previous row's is not read again: its hash and decode result are copied,
-    which makes a re-run over a grown zip cost O(new members). A member whose bytes changed has
+    which makes a re-run over a grown zip cost O(new members) (a previous row under the size
+    trigger without content signals is read again). A member whose bytes changed has
     another CRC or size and is checked again; reading a member for embedding verifies its CRC,
     so a forged directory entry cannot smuggle changed bytes past this.
     """
@@ -506,7 +633,7 @@ def build_image_index(
                 dict(member=nm + IMAGE_SUFFIX, reason=REJECT_NOT_IN_ZIP, nm=nm, source=IMAGE_SIZES_FILE,
                      detail="image_df lists this nm but the zip has no such member")
             )
-    return _index_frame(columns), _rejected_frame(rejected)
+    return apply_empty_image_rule(_index_frame(columns), config), _rejected_frame(rejected)
 
 
 def _previous_check_results(previous: pd.DataFrame | None) -> dict[tuple[str, int, int], dict[str, object]]:
@@ -517,8 +644,8 @@ def _previous_check_results(previous: pd.DataFrame | None) -> dict[tuple[str, in
     if missing:
         raise ValueError(f"previous image index lacks column(s) {missing}")
     usable = previous.dropna(subset=["crc32"])
-    # Only the decode result is reused; the empty / size-mismatch flags are recomputed because
-    # image_df and the empty threshold may have changed since.
+    # Only the decode result and content signals are reused; the empty / size-mismatch flags are
+    # recomputed because image_df and the empty-image settings may have changed since.
     results = {}
     for record in usable.to_dict("records"):
         check = {column: None if pd.isna(record[column]) else record[column] for column in _CHECK_RESULT_COLUMNS}
@@ -551,6 +678,11 @@ def _index_row(
         nm=nm, member=info.filename, byte_size=info.file_size, crc32=info.CRC, size_from_image_df=image_df_size,
         content_hash=None, decodable=False, width=None, height=None, mode=None, reason=None, detail=None,
     )
+    row.update(dict.fromkeys(CONTENT_SIGNAL_COLUMNS))
+    size_for_empty = info.file_size if image_df_size is None else image_df_size
+    under_trigger = size_for_empty <= config.empty_image_max_bytes
+    if known is not None and under_trigger and known["decodable"] and known["pixel_std"] is None:
+        known = None  # checked under a lower trigger: its content signals are still to measure
     if known is not None:
         row.update(known)
     else:
@@ -558,22 +690,83 @@ def _index_row(
             data = _read_info(zf, info, config.max_member_bytes)
             # hashed here, while the bytes are in hand, so the embedding cache never re-reads cached images
             row["content_hash"] = content_hash(data)
-            result = _decode(data, config, draft_size=_CHECK_DRAFT_SIZE)
+            if under_trigger:  # one decode serves the decode check and the content signals
+                result = _decode(data, config, draft_pixels=config.empty_analysis_pixels)
+                signals = content_signals(_analysis_pixels(result.image, config.empty_analysis_pixels),
+                                          config.empty_informative_delta)
+                row.update(dataclasses.asdict(signals))
+            else:
+                result = _decode(data, config, draft_size=_CHECK_DRAFT_SIZE)
             row.update(decodable=True, width=result.width, height=result.height, mode=result.mode)
         except ImageDecodeError as error:
             row.update(reason=error.reason, detail=error.detail or None, width=error.header.get("width"),
                        height=error.header.get("height"), mode=error.header.get("mode"))
-    size_for_empty = info.file_size if image_df_size is None else image_df_size
-    row["is_empty"] = size_for_empty <= config.empty_image_max_bytes
     row["size_mismatch"] = image_df_size is not None and image_df_size != info.file_size
-    if row["reason"] is None and row["is_empty"]:
-        row["reason"] = REASON_EMPTY
-    if row["reason"] is None and row["size_mismatch"]:
-        row["reason"] = REASON_SIZE_MISMATCH
     if row["size_mismatch"]:
         note = f"image_df size {image_df_size} != zip member size {info.file_size}"
         row["detail"] = note if row["detail"] is None else f"{row['detail']}; {note}"
     return row
+
+
+def apply_empty_image_rule(index: pd.DataFrame, config: ImageConfig) -> pd.DataFrame:
+    """The index with `is_empty`, `empty_rule`, `empty_detail`, `same_image_count` and `reason`
+    (re)computed from its sizes and content signals under `config`; the input is not changed.
+
+    Only a member under the size trigger (size <= `empty_image_max_bytes`, the image_df size when
+    known) can be empty. `empty_image_rule="size"`: every such member is (rule 'size').
+    `"content"`: a decodable one is empty only when the first of these confirms it, in this order:
+    'near_uniform' (pixel_std < empty_max_pixel_std), 'tiny_informative_area' (informative_share
+    < empty_min_informative_share), 'blurred' (edge_sharpness < empty_min_edge_sharpness),
+    'repeated_placeholder' (same_image_count >= empty_min_repeats > 0: that many members under
+    the trigger share its pixel hash, identical bytes included). An undecodable small member is
+    not flagged: its decode failure is the reason. `empty_detail` names the rule and the measured
+    value, e.g. 'near_uniform: pixel std 0.4 < 2.0'.
+
+    Idempotent, so the asset can run it again over the indexes of all batches together (repeats
+    then count across batches).
+    """
+    out = index.copy()
+    size = out["size_from_image_df"].fillna(out["byte_size"]).astype("int64")
+    under = size <= config.empty_image_max_bytes
+    analysed = under & out["decodable"] & out["pixel_hash"].notna()
+    repeats = out.loc[analysed].groupby("pixel_hash")["pixel_hash"].transform("size")
+    out["same_image_count"] = repeats.reindex(out.index).astype("Int64")
+    rule = pd.Series(None, index=out.index, dtype=object)
+    detail = pd.Series(None, index=out.index, dtype=object)
+    if config.empty_image_rule == "size":
+        rule[under] = EMPTY_RULE_SIZE
+        detail[under] = [f"{EMPTY_RULE_SIZE}: {n} bytes <= {config.empty_image_max_bytes} (empty_image_rule=size)"
+                         for n in size[under]]
+    else:
+        for position in np.flatnonzero(analysed.to_numpy()):
+            fired = _content_rule(out.iloc[position], config)
+            if fired is not None:
+                rule.iat[position], detail.iat[position] = fired[0], f"{fired[0]}: {fired[1]}"
+    out["empty_rule"] = rule.astype("str")
+    out["empty_detail"] = detail.astype("str")
+    out["is_empty"] = rule.notna().astype(bool)
+    decode_reason = out["reason"].where(~out["reason"].isin([REASON_EMPTY, REASON_SIZE_MISMATCH]))
+    reason = decode_reason.where(decode_reason.notna(), None)
+    reason = reason.where(reason.notna() | ~out["is_empty"], REASON_EMPTY)
+    reason = reason.where(reason.notna() | ~out["size_mismatch"], REASON_SIZE_MISMATCH)
+    out["reason"] = reason.astype("str")
+    return out
+
+
+def _content_rule(row: pd.Series, config: ImageConfig) -> tuple[str, str] | None:
+    """(rule, why) of the first content rule that confirms an empty image, or None."""
+    if row["pixel_std"] < config.empty_max_pixel_std:
+        return EMPTY_RULE_NEAR_UNIFORM, f"pixel std {row['pixel_std']:.1f} < {config.empty_max_pixel_std}"
+    if row["informative_share"] < config.empty_min_informative_share:
+        return EMPTY_RULE_TINY_AREA, (
+            f"{row['informative_share']:.1%} of the frame differs from the background by more than "
+            f"{config.empty_informative_delta} levels < {config.empty_min_informative_share:.1%}")
+    if row["edge_sharpness"] < config.empty_min_edge_sharpness:
+        return EMPTY_RULE_BLURRED, f"edge sharpness {row['edge_sharpness']:.2f} < {config.empty_min_edge_sharpness}"
+    if config.empty_min_repeats and row["same_image_count"] >= config.empty_min_repeats:
+        return EMPTY_RULE_REPEATED, (
+            f"the same picture in {row['same_image_count']} small images >= {config.empty_min_repeats}")
+    return None
 
 
 def _index_frame(columns: dict[str, list[object]]) -> pd.DataFrame:
@@ -590,9 +783,15 @@ def _index_frame(columns: dict[str, list[object]]) -> pd.DataFrame:
             "height": pd.Series(columns["height"], dtype="Int64"),
             "mode": pd.Series(columns["mode"], dtype="str"),
             "reason": pd.Series(columns["reason"], dtype="str"),
-            "is_empty": pd.Series(columns["is_empty"], dtype="bool"),
+            "is_empty": pd.Series([False] * len(columns["nm"]), dtype="bool"),  # set by apply_empty_image_rule
             "size_mismatch": pd.Series(columns["size_mismatch"], dtype="bool"),
             "detail": pd.Series(columns["detail"], dtype="str"),
+            **{name: pd.Series(columns[name], dtype="float64")
+               for name in ("pixel_std", "informative_share", "edge_sharpness")},
+            "pixel_hash": pd.Series(columns["pixel_hash"], dtype="str"),
+            "same_image_count": pd.Series([None] * len(columns["nm"]), dtype="Int64"),
+            "empty_rule": pd.Series([None] * len(columns["nm"]), dtype="str"),
+            "empty_detail": pd.Series([None] * len(columns["nm"]), dtype="str"),
         }
     )
 

@@ -38,7 +38,7 @@ from wb_pipeline.sample_data.catalog import (
     AGE_PRIOR, CURATED_TYPES, SEASON_PRIOR, SEX_PRIOR, ProductType, long_tail_types,
 )
 
-GENERATOR_VERSION = "1"  # bump whenever the output for a given spec changes
+GENERATOR_VERSION = "2"  # bump whenever the output for a given spec changes
 MANIFEST_FILE = "sample_manifest.json"
 
 # Latent code -> the derived label value the pipeline should recover (None: no vocabulary value).
@@ -122,7 +122,8 @@ class SampleSpec:
     image_noise_sigma: float = 6.0
     empty_image_threshold_bytes: int = 25 * 1024  # the notebook's "empty image" cut
     normal_image_margin_bytes: int = 1024  # normal photos are at least threshold + margin
-    empty_image_rate: float = 0.02
+    empty_image_rate: float = 0.02  # placeholders (uniform, "no photo", logo, blurred): must be rejected
+    small_clean_image_rate: float = 0.02  # good product shots on white below the size cut: must be kept
     corrupt_image_rate: float = 0.003
     missing_image_rate: float = 0.01
     duplicate_image_rate: float = 0.01  # identical bytes under two nms
@@ -503,7 +504,10 @@ def _assign_image_defects(rows: list[dict[str, Any]], spec: SampleSpec) -> dict[
         return chosen
 
     missing = take(_defect_count(spec.missing_image_rate, n, spec))
-    empty = take(_defect_count(spec.empty_image_rate, n, spec))
+    n_empty = _defect_count(spec.empty_image_rate, n, spec)
+    if n_empty and n >= spec.min_defects_from:
+        n_empty = max(n_empty, len(im.PLACEHOLDER_KINDS))
+    empty = {row: im.PLACEHOLDER_KINDS[k % len(im.PLACEHOLDER_KINDS)] for k, row in enumerate(take(n_empty))}
     n_corrupt = _defect_count(spec.corrupt_image_rate, n, spec)
     if n_corrupt and n >= spec.min_defects_from:
         n_corrupt = max(n_corrupt, len(im.CORRUPT_KINDS))
@@ -511,6 +515,7 @@ def _assign_image_defects(rows: list[dict[str, Any]], spec: SampleSpec) -> dict[
     duplicates = take(_defect_count(spec.duplicate_image_rate, n, spec))
     grayscale = take(_defect_count(spec.grayscale_image_rate, n, spec))
     cmyk = take(_defect_count(spec.cmyk_image_rate, n, spec))
+    small_clean = take(_defect_count(spec.small_clean_image_rate, n, spec))
     normal = order[taken:]
     if duplicates and not normal:
         raise ValueError(f"SampleSpec with n_products={n} leaves no normal image to duplicate; lower the defect rates")
@@ -520,8 +525,9 @@ def _assign_image_defects(rows: list[dict[str, Any]], spec: SampleSpec) -> dict[
     n_orphans = _defect_count(spec.orphan_image_rate, n, spec)
     max_nm = max(r["nm"] for r in rows)
     orphans = (max_nm + np.cumsum(rng.integers(1, 5000, size=n_orphans))).tolist()
-    return {"missing": set(missing), "empty": set(empty), "corrupt": corrupt, "duplicate_of": sources,
-            "grayscale": set(grayscale), "cmyk": set(cmyk), "quality": quality, "orphans": orphans}
+    return {"missing": set(missing), "empty": empty, "corrupt": corrupt, "duplicate_of": sources,
+            "grayscale": set(grayscale), "cmyk": set(cmyk), "small_clean": set(small_clean), "quality": quality,
+            "orphans": orphans}
 
 
 def _render_member(index: int, rows: list[dict[str, Any]], defects: dict[str, Any], spec: SampleSpec,
@@ -530,10 +536,16 @@ def _render_member(index: int, rows: list[dict[str, Any]], defects: dict[str, An
     source = defects["duplicate_of"].get(index, index)
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 2, source]))
     row = rows[source]
+    small = spec.empty_image_threshold_bytes
     if source in defects["empty"]:
-        return im.render_blank_jpeg(row["image_width"], row["image_height"], rng)
+        kind = defects["empty"][source]
+        if kind == "logo":  # one placeholder picture for all: the same bytes under every such nm
+            rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 8]))
+        return im.render_placeholder_jpeg(kind, _image_plan(row, "RGB", 75), rng, small)
     mode = "L" if source in defects["grayscale"] else "CMYK" if source in defects["cmyk"] else "RGB"
     plan = _image_plan(row, mode, defects["quality"][source])
+    if source in defects["small_clean"]:
+        return im.render_small_clean_jpeg(plan, rng, small)
     data = im.render_jpeg(plan, rng, noise_bank, spec.image_noise_sigma,
                           spec.empty_image_threshold_bytes + spec.normal_image_margin_bytes)
     if source in defects["corrupt"]:
@@ -583,6 +595,8 @@ def _write_images(path: Path, rows: list[dict[str, Any]], spec: SampleSpec) -> t
 
     summary = {
         "missing": nms(defects["missing"]), "empty": nms(defects["empty"]), "corrupt": nms(defects["corrupt"]),
+        "empty_kind": {str(rows[i]["nm"]): kind for i, kind in sorted(defects["empty"].items())},
+        "small_clean": nms(defects["small_clean"]),
         "duplicate": sorted([str(rows[d]["nm"]), str(rows[s]["nm"])] for d, s in defects["duplicate_of"].items()),
         "grayscale": nms(defects["grayscale"]), "cmyk": nms(defects["cmyk"]),
         "orphan": [str(nm) for nm in defects["orphans"]],
@@ -643,7 +657,7 @@ def write_sample(out_dir: str | os.PathLike, spec: SampleSpec = SampleSpec()) ->
         written += [IMAGES_ZIP, IMAGE_SIZES_FILE]
         image_defects = holder["defects"]
         counts["image_members"] = holder["table"].num_rows
-        counts.update({f"{kind}_images": len(nms) for kind, nms in image_defects.items()})
+        counts.update({f"{kind}_images": len(nms) for kind, nms in image_defects.items() if isinstance(nms, list)})
     manifest = {
         "generator": "wb_pipeline.sample_data",
         "generator_version": GENERATOR_VERSION,

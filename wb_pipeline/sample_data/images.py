@@ -3,17 +3,20 @@
 Category -> shape (primitive x count x fill), sub_category -> aspect and rotation of the shape,
 sex -> colour palette of the product, season -> background brightness/texture (snow speckles,
 warm bright light, autumn stripes, plain grey). Fragility is NOT drawn: it lives only in the text.
-Defects (near-blank "empty" photos, corrupt bytes) are produced here too.
+Defects are produced here too: placeholder ("empty") images of the kinds a marketplace serves
+(uniform colour, a "no photo" graphic, a faint logo, a heavily blurred picture), small clean product
+shots on white (small files that are NOT empty) and corrupt bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 # Product colours: name (used in text/characteristics) -> RGB. Palettes per latent sex code.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -50,6 +53,7 @@ class ImagePlan:
     layout_seed: int  # shared by colour variants -> near-duplicate photos
     mode: str = "RGB"  # "RGB", "L" or "CMYK" as stored in the JPEG
     quality: int = 90
+    white_background: bool = False  # a studio shot: the product alone on white (season not drawn)
 
 
 def make_noise_bank(seed: int, count: int = 4) -> list[np.ndarray]:
@@ -60,6 +64,8 @@ def make_noise_bank(seed: int, count: int = 4) -> list[np.ndarray]:
 
 def _background(plan: ImagePlan, rng: np.random.Generator) -> np.ndarray:
     h, w = plan.height, plan.width
+    if plan.white_background:
+        return np.full((h, w, 3), 255.0, np.float32)
     rows = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
     if plan.season == "S":  # bright, warm, high-key light
         top, bottom = np.array([255, 214, 110], np.float32), np.array([255, 248, 205], np.float32)
@@ -161,14 +167,81 @@ def render_jpeg(plan: ImagePlan, rng: np.random.Generator, noise_bank: list[np.n
     return data
 
 
-def render_blank_jpeg(width: int, height: int, rng: np.random.Generator) -> bytes:
-    """A near-blank placeholder photo (the dump's "empty image": a few KB)."""
-    value = int(rng.integers(235, 256))
-    pixels = np.full((height, width, 3), value, np.int16)
-    pixels += rng.integers(-1, 2, size=(height, width, 1), dtype=np.int16)
+def _jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(buffer, format="JPEG", quality=75)
+    image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def _fit_under(image: Image.Image, quality: int, max_bytes: int) -> bytes:
+    """JPEG bytes of `image` below `max_bytes`: lower quality, then smaller, until it fits."""
+    while True:
+        data = _jpeg(image, quality)
+        if len(data) < max_bytes or min(image.size) < 32:
+            return data
+        if quality > 60:
+            quality -= 10
+        else:
+            image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.LANCZOS)
+
+
+def render_small_clean_jpeg(plan: ImagePlan, rng: np.random.Generator, max_bytes: int) -> bytes:
+    """A clean studio shot: the product alone on white, little sensor noise, a small file (below
+    `max_bytes`, i.e. under the "empty image" size cut) that is nonetheless a good photo."""
+    white = dataclasses.replace(plan, white_background=True, season="")
+    canvas = Image.fromarray(_background(white, rng).astype(np.uint8), "RGB")
+    _draw_product(canvas, white)
+    # a soft contact shadow under the product, as studio shots have
+    shadow = Image.new("L", canvas.size, 0)
+    ImageDraw.Draw(shadow).ellipse([plan.width * 0.2, plan.height * 0.78, plan.width * 0.8, plan.height * 0.86], fill=40)
+    shadow = shadow.filter(ImageFilter.GaussianBlur(max(2, plan.width // 40)))
+    pixels = np.asarray(canvas, np.float32) - np.asarray(shadow, np.float32)[:, :, None] * 0.5
+    pixels += rng.normal(0.0, 1.0, size=pixels.shape[:2] + (1,)).astype(np.float32)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    if plan.mode != "RGB":
+        image = image.convert(plan.mode)
+    return _fit_under(image, plan.quality, max_bytes)
+
+
+# Placeholder ("empty image") kinds: what a marketplace shows when a card has no real photo.
+PLACEHOLDER_KINDS = ("uniform", "no_photo", "logo", "blurred")
+_PLACEHOLDER_GREYS = ((255, 255, 255), (245, 245, 245), (238, 238, 240), (242, 238, 230))
+LOGO_PLACEHOLDER_SIZE = (400, 533)  # the one logo placeholder picture, shared by many products
+
+
+def render_placeholder_jpeg(kind: str, plan: ImagePlan, rng: np.random.Generator, max_bytes: int) -> bytes:
+    """A placeholder image of `kind` (one of PLACEHOLDER_KINDS), below `max_bytes`.
+
+    uniform: a flat colour with +-1 level of noise; no_photo: a thin grey camera icon and
+    "NO PHOTO" on a light card; logo: a faint grey marketplace logo on a light card, the same
+    bytes for every product (pass the same `rng` seed); blurred: the product picture under a
+    Gaussian blur of 3% of its long side (a lazy-load preview stretched to full size).
+    """
+    w, h = plan.width, plan.height
+    if kind == "uniform":
+        pixels = np.full((h, w, 3), _PLACEHOLDER_GREYS[int(rng.integers(len(_PLACEHOLDER_GREYS)))], np.int16)
+        pixels += rng.integers(-1, 2, size=(h, w, 1), dtype=np.int16)
+        return _fit_under(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB"), 75, max_bytes)
+    if kind == "no_photo":
+        card = Image.new("RGB", (w, h), _PLACEHOLDER_GREYS[int(rng.integers(1, len(_PLACEHOLDER_GREYS)))])
+        grey = int(rng.integers(150, 200))
+        draw, r, stroke = ImageDraw.Draw(card), w * 0.16, max(2, int(w * 0.01))
+        cx, cy = w / 2, h * 0.45
+        draw.rounded_rectangle([cx - r, cy - r * 0.7, cx + r, cy + r * 0.7], radius=r * 0.15, outline=(grey,) * 3, width=stroke)
+        draw.ellipse([cx - r * 0.4, cy - r * 0.4, cx + r * 0.4, cy + r * 0.4], outline=(grey,) * 3, width=stroke)
+        draw.text((cx, cy + r * 1.1), "NO PHOTO", fill=(grey,) * 3, font=ImageFont.load_default(size=max(8, int(w * 0.06))), anchor="mt")
+        return _fit_under(card, 85, max_bytes)
+    if kind == "logo":
+        lw, lh = LOGO_PLACEHOLDER_SIZE
+        card = Image.new("RGB", (lw, lh), (242, 242, 242))
+        ImageDraw.Draw(card).text((lw / 2, lh / 2), "WB", fill=(190, 190, 190),
+                                  font=ImageFont.load_default(size=int(lw * 0.25)), anchor="mm")
+        return _fit_under(card, 85, max_bytes)
+    if kind == "blurred":
+        canvas = Image.fromarray(np.clip(_background(plan, rng), 0, 255).astype(np.uint8), "RGB")
+        _draw_product(canvas, plan)
+        return _fit_under(canvas.filter(ImageFilter.GaussianBlur(max(w, h) * 0.03)), 70, max_bytes)
+    raise ValueError(f"unknown placeholder kind {kind!r}; expected one of {PLACEHOLDER_KINDS}")
 
 
 CORRUPT_KINDS = ("truncated", "garbage_after_header", "html_error_page")

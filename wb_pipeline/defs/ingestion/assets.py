@@ -62,7 +62,7 @@ def raw_products_test(context: dg.AssetExecutionContext, raw_data: WBRawData) ->
     return _raw_table(context, raw_data, schema.TEST_FILE, schema.TEST_REQUIRED_COLUMNS)
 
 
-@dg.asset(group_name="ingestion", kinds={"zip", "pandas"}, code_version="1")
+@dg.asset(group_name="ingestion", kinds={"zip", "pandas"}, code_version="2")
 def image_index(
     context: dg.AssetExecutionContext,
     raw_data: WBRawData,
@@ -70,7 +70,8 @@ def image_index(
     config: ImageIndexSettings,
 ) -> dg.MaterializeResult:
     """One row per `{nm}.jpg` member of the images zip(s): byte size, CRC-32, content hash,
-    decodable, width, height, mode, reason.
+    decodable, width, height, mode, reason, and for images under the empty-image size trigger the
+    content check (signals, `empty_rule`, `empty_detail`; see `core.images.apply_empty_image_rule`).
 
     Streams member by member (the zip is never extracted); sizes from `image_df.parquet` are
     recorded and cross-checked when the file exists. Members that are not a plain `{nm}.jpg`
@@ -99,7 +100,8 @@ def image_index(
         rejected_members.insert(0, "batch", batch)
         indexes.append(index)
         rejected.append(rejected_members)
-    index = pd.concat(indexes, ignore_index=True)
+    # again over all batches together, so a placeholder repeated across drops counts as repeated
+    index = images.apply_empty_image_rule(pd.concat(indexes, ignore_index=True), image_config)
     rejected_members = pd.concat(rejected, ignore_index=True)
     return dg.MaterializeResult(
         value=index,
@@ -109,6 +111,9 @@ def image_index(
             "checked_now": checked_now,
             "reused_from_previous_index": len(index) - checked_now,
             "reasons": metadata.value_counts(index["reason"], "reason"),
+            "empty_image_rule": image_config.empty_image_rule,
+            "empty_by_rule": metadata.value_counts(index["empty_rule"], "empty_rule"),
+            "small_images_kept": int((index["pixel_std"].notna() & ~index["is_empty"]).sum()),
             "rejected_members": len(rejected_members),
             "rejected_member_reasons": metadata.table(rejected_members, max_rows=100),
             "preview": metadata.preview(index),

@@ -22,12 +22,12 @@ TextPreprocessingSettings = config_class(text.TextPreprocessingConfig, "TextPrep
         "clean_products": dg.AssetOut(
             kinds={"pandas"},
             description="Products that pass the cleaning rules (train and test, `split` column); titles/descriptions filled.",
-            code_version="1",
+            code_version="2",
         ),
         "rejected_products": dg.AssetOut(
             kinds={"pandas"},
             description="Every product that did not pass, with a machine-readable `reason` and a `detail`.",
-            code_version="1",
+            code_version="2",
         ),
     },
 )
