@@ -7,8 +7,9 @@ from wb_pipeline.core import cleaning
 from wb_pipeline.core.cleaning import CleaningConfig, clean_products
 
 
-def _index(nms, reason=None, decodable=True):
-    return pd.DataFrame({"nm": nms, "decodable": decodable, "is_empty": reason == "empty", "reason": reason})
+def _index(nms, reason=None, decodable=True, empty_detail=None):
+    return pd.DataFrame({"nm": nms, "decodable": decodable, "is_empty": reason == "empty", "reason": reason,
+                         "empty_detail": empty_detail})
 
 
 def _raw(rows):
@@ -34,7 +35,7 @@ def test_rules_table():
     index = pd.concat(
         [
             _index(["1", "2", "3", "4", "5", "6"]),
-            _index(["8"], reason="empty"),
+            _index(["8"], reason="empty", empty_detail="near_uniform: pixel std 0.4 < 2.0"),
             _index(["9"], reason="corrupt", decodable=False),
         ]
     )
@@ -57,6 +58,8 @@ def test_rules_table():
     assert len(result.clean) + len(result.rejected) == len(raw)
     undecodable = result.rejected.set_index("nm").loc["9", "detail"]
     assert undecodable == "corrupt"
+    # an empty image's detail names the rule of the content check that fired
+    assert result.rejected.set_index("nm").loc["8", "detail"] == "near_uniform: pixel std 0.4 < 2.0"
 
 
 def test_duplicate_nm_across_splits_rejected_in_later_split():

@@ -35,6 +35,7 @@ from wb_pipeline.core.images import (
 )
 
 CONFIG = ImageConfig()
+SIZE_RULE = ImageConfig(empty_image_rule="size")  # the seed's rule: every image under the size cut is empty
 
 
 # --- image and zip builders -----------------------------------------------------------------------
@@ -408,13 +409,18 @@ def test_empty_image_threshold_boundary_on_member_size() -> None:
     assert limit == 25 * 1024 - 1
     base = noise_jpeg(32, 32)
     zf = open_members([("1.jpg", padded_to(base, limit)), ("2.jpg", padded_to(base, limit + 1))])
-    rows = build_image_index(zf, None, CONFIG)[0].set_index("nm")
+    rows = build_image_index(zf, None, SIZE_RULE)[0].set_index("nm")
     assert rows["byte_size"].tolist() == [limit, limit + 1]
     assert rows["decodable"].all()
     assert rows["is_empty"].to_dict() == {"1": True, "2": False}
     assert rows.loc["1", "reason"] == "empty" and pd.isna(rows.loc["2", "reason"])
-    bigger_limit = ImageConfig(empty_image_max_bytes=limit + 1)
+    assert rows.loc["1", "empty_rule"] == "size" and rows.loc["1", "empty_detail"].startswith("size: ")
+    bigger_limit = ImageConfig(empty_image_max_bytes=limit + 1, empty_image_rule="size")
     assert build_image_index(zf, None, bigger_limit)[0]["is_empty"].tolist() == [True, True]
+    # the trigger decides which images the content check looks at: only the one under it
+    content = build_image_index(zf, None, CONFIG)[0].set_index("nm")
+    assert content["pixel_std"].notna().to_dict() == {"1": True, "2": False}
+    assert not content["is_empty"].any()  # random noise is no placeholder
 
 
 def test_image_df_sizes_are_recorded_and_used_for_the_empty_rule() -> None:
@@ -422,7 +428,7 @@ def test_image_df_sizes_are_recorded_and_used_for_the_empty_rule() -> None:
     big = padded_to(noise_jpeg(32, 32), limit + 10)
     zf = open_members([("1.jpg", big), ("2.jpg", big), ("3.jpg", big)])
     sizes = pd.DataFrame({"nm": [1, 2, 3], "size": [len(big), limit, limit + 1]})
-    rows = build_image_index(zf, sizes, CONFIG)[0].set_index("nm")
+    rows = build_image_index(zf, sizes, SIZE_RULE)[0].set_index("nm")
     assert rows["size_from_image_df"].tolist() == [len(big), limit, limit + 1]
     assert rows["size_mismatch"].to_dict() == {"1": False, "2": True, "3": True}
     assert rows["is_empty"].to_dict() == {"1": False, "2": True, "3": False}
@@ -602,3 +608,188 @@ def test_decode_check_key_changes_with_settings_that_change_the_check() -> None:
     assert images.decode_check_key(CONFIG) != images.decode_check_key(ImageConfig(max_member_bytes=10))
     # the empty-image rule is recomputed on every run, so it is not part of the key
     assert images.decode_check_key(CONFIG) == images.decode_check_key(ImageConfig(empty_image_max_bytes=1))
+    for thresholds in (dict(empty_image_rule="size"), dict(empty_max_pixel_std=9.0), dict(empty_min_repeats=2),
+                       dict(empty_min_informative_share=0.5), dict(empty_min_edge_sharpness=0.9)):
+        assert images.decode_check_key(CONFIG) == images.decode_check_key(ImageConfig(**thresholds))
+    # ... but what the content signals are measured with is
+    assert images.decode_check_key(CONFIG) != images.decode_check_key(ImageConfig(empty_analysis_pixels=4096))
+    assert images.decode_check_key(CONFIG) != images.decode_check_key(ImageConfig(empty_informative_delta=8))
+
+
+# --- empty images by content ----------------------------------------------------------------------
+# Small product shots that must be KEPT and placeholder kinds that must be REJECTED, drawn here
+# (independently of the sample generator) at marketplace sizes, all below the 25 KB size trigger.
+
+
+def product_on_white(width: int = 400, height: int = 520, colour=(40, 60, 150), outline=(20, 30, 80)) -> Image.Image:
+    """A clean studio shot: one object (a bag-like shape with a handle) on a white background."""
+    from PIL import ImageDraw, ImageFilter
+
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([width * 0.25, height * 0.85, width * 0.75, height * 0.9], fill=(235, 235, 235))  # soft shadow
+    draw.rounded_rectangle([width * 0.22, height * 0.35, width * 0.78, height * 0.86], radius=width * 0.05,
+                           fill=colour, outline=outline, width=4)
+    draw.arc([width * 0.35, height * 0.15, width * 0.65, height * 0.5], 180, 360, fill=outline, width=8)
+    draw.line([width * 0.3, height * 0.5, width * 0.7, height * 0.5], fill=outline, width=3)
+    return image.filter(ImageFilter.SMOOTH)
+
+
+def no_photo_graphic(width: int = 400, height: int = 533) -> Image.Image:
+    """A "no photo" placeholder: a thin grey camera outline and a caption on a light card."""
+    from PIL import ImageDraw, ImageFont
+
+    image = Image.new("RGB", (width, height), (243, 243, 243))
+    draw, grey = ImageDraw.Draw(image), (170, 170, 170)
+    draw.rounded_rectangle([width * 0.35, height * 0.35, width * 0.65, height * 0.52], radius=8, outline=grey, width=3)
+    draw.ellipse([width * 0.45, height * 0.39, width * 0.55, height * 0.48], outline=grey, width=3)
+    draw.text((width / 2, height * 0.58), "no photo", fill=grey, font=ImageFont.load_default(size=26), anchor="mt")
+    return image
+
+
+def big_logo_badge(width: int = 400, height: int = 533) -> Image.Image:
+    """A marketplace-logo placeholder that looks like a product to every pixel rule (a large, sharp,
+    colourful badge): only its repetition over many cards gives it away."""
+    from PIL import ImageDraw, ImageFont
+
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.rounded_rectangle([width * 0.2, height * 0.3, width * 0.8, height * 0.7], radius=30, fill=(203, 17, 171))
+    draw.text((width / 2, height / 2), "WB", fill=(255, 255, 255), font=ImageFont.load_default(size=90), anchor="mm")
+    return image
+
+
+def small_jpeg(image: Image.Image, quality: int = 85) -> bytes:
+    data = encode(image, quality=quality)
+    assert len(data) <= CONFIG.empty_image_max_bytes, "a test image meant to be small is not"
+    return data
+
+
+def test_content_rule_keeps_small_clean_shots_and_rejects_each_placeholder_kind() -> None:
+    from PIL import ImageFilter
+
+    shot = product_on_white()
+    kept = {
+        "shot": small_jpeg(shot),
+        "white_on_white": small_jpeg(product_on_white(colour=(236, 236, 238), outline=(180, 180, 185))),
+        "thin_object": small_jpeg(product_on_white(width=120, height=520, colour=(230, 40, 120))),
+        "grayscale_shot": small_jpeg(shot.convert("L")),
+    }
+    placeholders = {
+        "uniform_white": (small_jpeg(Image.new("RGB", (600, 800), (255, 255, 255))), "near_uniform"),
+        "uniform_beige": (small_jpeg(Image.new("RGB", (600, 800), (242, 236, 224))), "near_uniform"),
+        "no_photo": (small_jpeg(no_photo_graphic()), "tiny_informative_area"),
+        "blurred": (small_jpeg(shot.filter(ImageFilter.GaussianBlur(max(shot.size) * 0.03)), 70), "blurred"),
+    }
+    names = list(kept) + list(placeholders)
+    members = [(f"{i}.jpg", data) for i, data in enumerate(list(kept.values()) + [d for d, _ in placeholders.values()])]
+    rows = build_image_index(open_members(members), None, CONFIG)[0]
+    rows.index = names
+    assert rows["decodable"].all() and rows["pixel_std"].notna().all()
+    assert not rows.loc[list(kept), "is_empty"].any(), rows.loc[list(kept), ["pixel_std", "informative_share", "edge_sharpness"]]
+    for name, (_, rule) in placeholders.items():
+        assert rows.loc[name, "is_empty"] and rows.loc[name, "reason"] == "empty", name
+        assert rows.loc[name, "empty_rule"] == rule and rows.loc[name, "empty_detail"].startswith(f"{rule}: "), name
+    assert rows.loc[list(kept), "empty_rule"].isna().all() and rows.loc[list(kept), "reason"].isna().all()
+    # the seed's size rule, still available as config, throws the good shots away too
+    by_size = build_image_index(open_members(members), None, SIZE_RULE)[0]
+    assert by_size["is_empty"].all() and set(by_size["empty_rule"]) == {"size"}
+
+
+def test_content_rule_details_carry_the_measured_value_and_the_threshold() -> None:
+    zf = open_members([("1.jpg", small_jpeg(Image.new("RGB", (300, 300), (250, 250, 250))))])
+    row = build_image_index(zf, None, ImageConfig(empty_max_pixel_std=3.0))[0].iloc[0]
+    assert row["empty_detail"] == f"near_uniform: pixel std {row['pixel_std']:.1f} < 3.0"
+    assert row["pixel_std"] < 0.5 and row["informative_share"] == 0.0
+
+
+def test_a_picture_repeated_over_many_small_images_is_a_placeholder() -> None:
+    badge = big_logo_badge()
+    same_bytes = small_jpeg(badge)
+    reencoded = small_jpeg(badge, quality=70)  # the same picture in other bytes
+    assert same_bytes != reencoded
+    shot = small_jpeg(product_on_white())
+    members = [(f"{i}.jpg", same_bytes) for i in range(6)] + [(f"{i}.jpg", reencoded) for i in range(6, 10)]
+    members += [("100.jpg", shot), ("101.jpg", shot)]  # two listings sharing one real photo
+    rows = build_image_index(open_members(members), None, CONFIG)[0].set_index("nm")
+    badges = [str(i) for i in range(10)]
+    # a single badge passes every pixel rule: only the repetition confirms it
+    assert (rows.loc[badges, "informative_share"] > CONFIG.empty_min_informative_share).all()
+    assert (rows.loc[badges, "edge_sharpness"] > CONFIG.empty_min_edge_sharpness).all()
+    assert rows.loc[badges, "same_image_count"].tolist() == [10] * 10
+    assert rows.loc[badges, "is_empty"].all() and set(rows.loc[badges, "empty_rule"]) == {"repeated_placeholder"}
+    assert rows.loc[badges[0], "empty_detail"] == "repeated_placeholder: the same picture in 10 small images >= 10"
+    assert rows.loc[["100", "101"], "same_image_count"].tolist() == [2, 2]
+    assert not rows.loc[["100", "101"], "is_empty"].any()
+    # below the minimum repeat count, and with the rule switched off, the badges are kept
+    fewer = build_image_index(open_members(members[1:]), None, CONFIG)[0]
+    assert not fewer["is_empty"].any()
+    off = build_image_index(open_members(members), None, ImageConfig(empty_min_repeats=0))[0]
+    assert not off["is_empty"].any()
+
+
+def test_repeats_count_only_images_under_the_size_trigger() -> None:
+    badge = small_jpeg(big_logo_badge())
+    members = [(f"{i}.jpg", badge) for i in range(10)]
+    sizes = pd.DataFrame({"nm": list(range(10)), "size": [len(badge)] * 9 + [CONFIG.empty_image_max_bytes + 1]})
+    rows = build_image_index(open_members(members), sizes, CONFIG)[0]
+    assert rows["same_image_count"].tolist() == [9] * 9 + [pd.NA]
+    assert not rows["is_empty"].any()
+
+
+def test_apply_empty_image_rule_is_idempotent_and_follows_new_settings() -> None:
+    members = [("1.jpg", small_jpeg(Image.new("RGB", (300, 300), (240, 240, 240)))), ("2.jpg", small_jpeg(product_on_white()))]
+    index = build_image_index(open_members(members), None, CONFIG)[0]
+    pd.testing.assert_frame_equal(images.apply_empty_image_rule(index, CONFIG), index)
+    by_size = images.apply_empty_image_rule(index, SIZE_RULE)
+    assert by_size["is_empty"].all() and by_size["reason"].tolist() == ["empty", "empty"]
+    back = images.apply_empty_image_rule(by_size, CONFIG)
+    pd.testing.assert_frame_equal(back, index)
+
+
+def test_an_undecodable_small_member_is_not_flagged_empty_by_the_content_rule() -> None:
+    rows = build_image_index(open_members([("1.jpg", b"\xff\xd8 not really"), ("2.jpg", b"")]), None, CONFIG)[0]
+    assert not rows["decodable"].any() and not rows["is_empty"].any()
+    assert rows["pixel_std"].isna().all() and rows["reason"].tolist() == ["corrupt", "zero_bytes"]
+    assert build_image_index(open_members([("1.jpg", b"")]), None, SIZE_RULE)[0]["is_empty"].all()
+
+
+def test_raising_the_size_trigger_measures_the_newly_small_members_once(monkeypatch) -> None:
+    small, larger = small_jpeg(Image.new("RGB", (300, 300), (250, 250, 250))), small_jpeg(product_on_white())
+    assert len(small) < len(larger)
+    members = [("1.jpg", small), ("2.jpg", larger)]
+    low = ImageConfig(empty_image_max_bytes=len(small))
+    first, _ = build_image_index(open_members(members), None, low)
+    assert first["pixel_std"].notna().tolist() == [True, False]
+    reads: list[str] = []
+    real_read = images._read_info
+    monkeypatch.setattr(images, "_read_info", lambda zf, info, cap: reads.append(info.filename) or real_read(zf, info, cap))
+    raised, _ = build_image_index(open_members(members), None, CONFIG, previous=first)
+    assert reads == ["2.jpg"]  # the member that now falls under the trigger, and only it
+    pd.testing.assert_frame_equal(raised, build_image_index(open_members(members), None, CONFIG)[0])
+    reads.clear()
+    again, _ = build_image_index(open_members(members), None, CONFIG, previous=raised)
+    assert reads == [] and again["pixel_std"].notna().all()  # content signals are reused, not remeasured
+
+
+def test_content_signals_of_an_array() -> None:
+    flat = np.full((40, 60, 3), 200.0, np.float32)
+    signals = images.content_signals(flat, informative_delta=4)
+    assert signals.pixel_std == 0.0 and signals.informative_share == 0.0
+    spot = flat.copy()
+    spot[10:30, 20:40] = (20.0, 20.0, 200.0)  # a sharp dark square, blue kept equal
+    signals = images.content_signals(spot, informative_delta=4)
+    assert signals.informative_share == pytest.approx(400 / 2400)
+    assert signals.edge_sharpness > 0.9 and signals.pixel_std > 50
+    assert images.content_signals(spot, 4).pixel_hash == signals.pixel_hash != images.content_signals(flat, 4).pixel_hash
+    with pytest.raises(ValueError, match="RGB array"):
+        images.content_signals(np.zeros((4, 4)), 4)
+
+
+def test_empty_image_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="empty_image_rule"):
+        ImageConfig(empty_image_rule="sizes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty_min_repeats"):
+        ImageConfig(empty_min_repeats=-1)
+    with pytest.raises(ValueError, match="empty_analysis_pixels"):
+        ImageConfig(empty_analysis_pixels=10)

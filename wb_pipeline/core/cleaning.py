@@ -167,7 +167,7 @@ def clean_products(
             reject(undecodable, REJECT_UNDECODABLE_IMAGE, status["reason"].fillna("").astype(str))
             is_empty = status["is_empty"].eq(True)
             # the detail names the rule of the empty-image check that fired (core.images)
-            reject(is_empty, REJECT_EMPTY_IMAGE, status["empty_detail"].fillna("empty image").astype(str))
+            reject(is_empty, REJECT_EMPTY_IMAGE, status["empty_detail"].astype(object).fillna("empty image"))
 
         frame.insert(1, "split", split)
         kept = reason.isna()

@@ -448,7 +448,8 @@ def decode_image(data: bytes, config: ImageConfig, min_side: int | None = None) 
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as PIL's convert("L")
 _EDGE_TOP_SHARE = 0.001  # edge sharpness is read at the top 0.1% of gradient magnitudes
-_PIXEL_HASH_SIDE = 16  # pixel fingerprint: a 16 x 16 difference hash (256 bits)
+_PIXEL_HASH_SIDE = 16  # pixel fingerprint: a 16 x 16 difference hash with a dead zone (512 bits)
+_PIXEL_HASH_DEAD_ZONE = 2  # grey levels; the box-averaged cells carry well under 1 level of JPEG noise
 
 
 def _analysis_size(width: int, height: int, pixels: int) -> tuple[int, int]:
@@ -497,7 +498,10 @@ def content_signals(pixels: np.ndarray, informative_delta: int) -> ContentSignal
     thumb = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), "L").resize(
         (_PIXEL_HASH_SIDE + 1, _PIXEL_HASH_SIDE), Image.Resampling.BOX)
     cells = np.asarray(thumb, dtype=np.int16)
-    bits = (cells[:, 1:] > cells[:, :-1]).ravel()
+    step = cells[:, 1:] - cells[:, :-1]
+    # brighter / darker / level (within the dead zone) per neighbour pair: flat areas stay "level"
+    # whatever the compression noise, so a re-encoded copy of a picture keeps its hash
+    bits = np.concatenate([(step > _PIXEL_HASH_DEAD_ZONE).ravel(), (step < -_PIXEL_HASH_DEAD_ZONE).ravel()])
     return ContentSignals(pixel_std, float(informative.mean()), edge_sharpness, np.packbits(bits).tobytes().hex())
 
 
