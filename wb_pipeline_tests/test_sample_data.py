@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from wb_pipeline.core.images import ImageConfig, build_image_index, open_zip
 from wb_pipeline.core.schema import IMAGE_SIZES_FILE, IMAGES_ZIP, TEST_FILE, TRAIN_FILE, label_vocabularies
 from wb_pipeline.sample_data import (
     MANIFEST_FILE, SampleSpec, ensure_sample, generate_catalogue, generate_tables, read_manifest, write_sample,
@@ -177,7 +178,16 @@ def test_image_defects_are_present(sample_dir):
     with zipfile.ZipFile(out / IMAGES_ZIP) as archive:
         members = {i.filename[:-4] for i in archive.infolist()}
         assert defects["empty"] and all(sizes[nm] < threshold for nm in defects["empty"])
-        _decode(archive.read(f"{defects['empty'][0]}.jpg"))  # near-blank, but a valid JPEG
+        for nm in defects["empty"]:
+            _decode(archive.read(f"{nm}.jpg"))  # a placeholder, but a valid JPEG
+        # every placeholder kind is there, and the logo placeholder is one picture shared by all its cards
+        assert sorted(defects["empty_kind"]) == defects["empty"]
+        assert set(defects["empty_kind"].values()) == {"uniform", "no_photo", "logo", "blurred"}
+        logos = [nm for nm, kind in defects["empty_kind"].items() if kind == "logo"]
+        assert len({archive.read(f"{nm}.jpg") for nm in logos}) == 1
+        # small clean product shots: below the size cut too, but good photos
+        assert defects["small_clean"] and all(sizes[nm] < threshold for nm in defects["small_clean"])
+        assert not set(defects["small_clean"]) & set(defects["empty"])
         assert len(defects["corrupt"]) >= 1
         for nm in defects["corrupt"]:
             with pytest.raises(Exception):
@@ -186,7 +196,7 @@ def test_image_defects_are_present(sample_dir):
         assert defects["duplicate"]
         for copy, source in defects["duplicate"]:
             assert archive.read(f"{copy}.jpg") == archive.read(f"{source}.jpg")
-        normal = members - set(defects["empty"]) - set(defects["corrupt"])
+        normal = members - set(defects["empty"]) - set(defects["corrupt"]) - set(defects["small_clean"])
         assert all(sizes[nm] >= threshold for nm in normal)
         modes = {_decode(archive.read(f"{nm}.jpg")).mode for nm in defects["grayscale"] + defects["cmyk"]}
         assert modes == {"L", "CMYK"}
@@ -194,10 +204,25 @@ def test_image_defects_are_present(sample_dir):
     assert defects["orphan"] and not set(defects["orphan"]) & products
 
 
+def test_the_content_rule_rejects_the_placeholders_and_keeps_the_small_clean_shots(sample_dir):
+    out, manifest = sample_dir
+    defects = manifest["image_defects"]
+    with open_zip(out / IMAGES_ZIP) as zf:
+        index = build_image_index(zf, pd.read_parquet(out / IMAGE_SIZES_FILE), ImageConfig())[0].set_index("nm")
+    assert index.loc[defects["empty"], "is_empty"].all()
+    assert not index.loc[defects["small_clean"], "is_empty"].any()
+    assert index["is_empty"].sum() == len(defects["empty"])  # nothing else is taken for a placeholder
+    expected = {"uniform": "near_uniform", "no_photo": "tiny_informative_area", "logo": "tiny_informative_area",
+                "blurred": "blurred"}
+    for nm, kind in defects["empty_kind"].items():
+        assert index.loc[nm, "empty_rule"] == expected[kind], (nm, kind)
+
+
 def test_images_carry_sex_and_season_signal(sample_dir, catalogue):
     out, manifest = sample_dir
     skip = set(manifest["image_defects"]["empty"]) | set(manifest["image_defects"]["corrupt"]) \
-        | {d for d, _ in manifest["image_defects"]["duplicate"]} | set(manifest["image_defects"]["missing"])
+        | {d for d, _ in manifest["image_defects"]["duplicate"]} | set(manifest["image_defects"]["missing"]) \
+        | set(manifest["image_defects"]["small_clean"])  # studio shots on white: no season background
     redness: dict[str, list[float]] = {"W": [], "M": []}
     brightness: dict[str, list[float]] = {"W": [], "D": []}
     with zipfile.ZipFile(out / IMAGES_ZIP) as archive:
