@@ -16,7 +16,7 @@ from wb_pipeline.core.ingestion import read_wb_table
 from wb_pipeline.core.storage import as_upath
 from wb_pipeline.definitions import build_definitions
 from wb_pipeline.defs.automation.jobs import product_drops
-from wb_pipeline.sample_data import SampleSpec, write_sample
+from wb_pipeline.sample_data import SampleSpec, read_manifest, write_sample
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +72,16 @@ def test_nothing_is_lost_between_raw_and_clean(full_run, small_sample_dir):
     assert len(clean) + len(rejected) == len(raw_train) + len(raw_test)
     assert set(clean["nm"]) | set(rejected["nm"].dropna()) == set(raw_train["nm"].astype(str)) | set(raw_test["nm"].astype(str))
     assert {"empty_image", "missing_image"} <= set(rejected["reason"])  # the sample carries these defects
+    # empty by content: every placeholder is rejected (as empty_image unless an earlier rule took
+    # it), nothing else is taken for one, and the small clean product shots are kept
+    defects = read_manifest(small_sample_dir)["image_defects"]
+    products = set(clean["nm"]) | set(rejected["nm"].dropna())
+    placeholders = set(defects["empty"]) & products
+    as_empty = rejected.loc[rejected["reason"] == "empty_image"]
+    assert placeholders and placeholders <= set(rejected["nm"]) and set(as_empty["nm"]) <= placeholders
+    assert as_empty["detail"].str.match(r"(near_uniform|tiny_informative_area|blurred|repeated_placeholder): ").all()
+    small_clean = set(defects["small_clean"]) & products
+    assert small_clean and not small_clean & set(as_empty["nm"])
 
 
 def test_embeddings_are_real_and_aligned(full_run):

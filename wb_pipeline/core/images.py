@@ -480,21 +480,26 @@ def content_signals(pixels: np.ndarray, informative_delta: int) -> ContentSignal
     """The empty-image content signals of an RGB float array [h, w, 3] (the analysis image)."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.size == 0:
         raise ValueError(f"content_signals expects an [h, w, 3] RGB array, got shape {pixels.shape}")
-    pixel_std = float(pixels.reshape(-1, 3).std(axis=0).max())
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background = np.median(border, axis=0)
-    informative = np.abs(pixels - background).max(axis=2) > informative_delta
-    # Per channel, not on grey: an edge between two colours of similar luminance is still an edge,
-    # and a low grey range would let JPEG blocking pass for sharpness.
-    if pixels.shape[0] > 1 and pixels.shape[1] > 1:
-        gradient = np.hypot(np.diff(pixels, axis=1)[:-1], np.diff(pixels, axis=0)[:, :-1]).max(axis=2).ravel()
+    planes = [np.ascontiguousarray(pixels[:, :, c]) for c in range(3)]  # reductions over [h, w, 3] are slow
+    pixel_std = max(float(plane.std()) for plane in planes)
+    informative = np.zeros(pixels.shape[:2], dtype=bool)
+    strongest = np.zeros(pixels.shape[:2], dtype=np.float32)[:-1, :-1]
+    value_range = 1.0
+    for plane in planes:
+        border = np.concatenate([plane[0], plane[-1], plane[:, 0], plane[:, -1]])
+        informative |= np.abs(plane - np.median(border)) > informative_delta
+        # Per channel, not on grey: an edge between two colours of similar luminance is still an
+        # edge, and a low grey range would let JPEG blocking pass for sharpness.
+        np.maximum(strongest, np.hypot(np.diff(plane, axis=1)[:-1], np.diff(plane, axis=0)[:, :-1]), out=strongest)
+        low, high = np.percentile(plane, [0.5, 99.5])
+        value_range = max(value_range, float(high - low))
+    gradient = strongest.ravel()
+    if gradient.size:
         top = max(1, round(gradient.size * _EDGE_TOP_SHARE))
-        strongest = float(np.partition(gradient, gradient.size - top)[gradient.size - top])
-    else:
-        strongest = 0.0
-    low, high = np.percentile(pixels.reshape(-1, 3), [0.5, 99.5], axis=0)
-    edge_sharpness = strongest / max(float((high - low).max()), 1.0)
-    gray = pixels @ _LUMA
+        edge_sharpness = float(np.partition(gradient, gradient.size - top)[gradient.size - top]) / value_range
+    else:  # a single row or column of pixels has no 2-D gradient
+        edge_sharpness = 0.0
+    gray = planes[0] * _LUMA[0] + planes[1] * _LUMA[1] + planes[2] * _LUMA[2]
     thumb = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), "L").resize(
         (_PIXEL_HASH_SIDE + 1, _PIXEL_HASH_SIDE), Image.Resampling.BOX)
     cells = np.asarray(thumb, dtype=np.int16)

@@ -225,11 +225,12 @@ def render_placeholder_jpeg(kind: str, plan: ImagePlan, rng: np.random.Generator
     if kind == "no_photo":
         card = Image.new("RGB", (w, h), _PLACEHOLDER_GREYS[int(rng.integers(1, len(_PLACEHOLDER_GREYS)))])
         grey = int(rng.integers(150, 200))
-        draw, r, stroke = ImageDraw.Draw(card), w * 0.16, max(2, int(w * 0.01))
+        side = min(w, h)  # the graphic is drawn to the short side, so it stays small in any frame
+        draw, r, stroke = ImageDraw.Draw(card), side * 0.16, max(2, int(side * 0.01))
         cx, cy = w / 2, h * 0.45
         draw.rounded_rectangle([cx - r, cy - r * 0.7, cx + r, cy + r * 0.7], radius=r * 0.15, outline=(grey,) * 3, width=stroke)
         draw.ellipse([cx - r * 0.4, cy - r * 0.4, cx + r * 0.4, cy + r * 0.4], outline=(grey,) * 3, width=stroke)
-        draw.text((cx, cy + r * 1.1), "NO PHOTO", fill=(grey,) * 3, font=ImageFont.load_default(size=max(8, int(w * 0.06))), anchor="mt")
+        draw.text((cx, cy + r * 1.1), "NO PHOTO", fill=(grey,) * 3, font=ImageFont.load_default(size=max(8, int(side * 0.06))), anchor="mt")
         return _fit_under(card, 85, max_bytes)
     if kind == "logo":
         lw, lh = LOGO_PLACEHOLDER_SIZE
