@@ -13,6 +13,7 @@ import time
 
 BENCHMARKS = [
     "benchmarks.preprocessing",
+    "benchmarks.empty_images",
     "benchmarks.embeddings",
     "benchmarks.inference_latency",
     "benchmarks.scale",
