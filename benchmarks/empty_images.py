@@ -114,7 +114,7 @@ def main() -> None:
           "< 0.05 tiny_informative_area, edge_sharpness < 0.25 blurred):\n")
     print(_signal_table(groups).to_markdown(index=False))
     print("\nWhat the rules flag (default config; the size rule for comparison):\n")
-    print(pd.DataFrame(outcomes).astype(object).fillna("-").to_markdown(index=False))
+    print(pd.DataFrame(outcomes, dtype=object).fillna("-").to_markdown(index=False))
     print("\nCost of the content check in build_image_index (best of 3, same run):\n")
     print(pd.DataFrame(costs).to_markdown(index=False))
 
