@@ -510,15 +510,6 @@ def content_signals(pixels: np.ndarray, informative_delta: int) -> ContentSignal
     return ContentSignals(pixel_std, float(informative.mean()), edge_sharpness, np.packbits(bits).tobytes().hex())
 
 
-def image_content_signals(data: bytes, config: ImageConfig) -> ContentSignals:
-    """Decode `data` at the analysis scale and measure the empty-image content signals.
-
-    Raises ImageDecodeError as :func:`decode_image` does."""
-    result = _decode(data, config, draft_pixels=config.empty_analysis_pixels)
-    return content_signals(_analysis_pixels(result.image, config.empty_analysis_pixels),
-                           config.empty_informative_delta)
-
-
 # --- the image index ------------------------------------------------------------------------------
 
 
