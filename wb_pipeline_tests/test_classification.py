@@ -69,7 +69,8 @@ def test_saved_models_reload_to_identical_predictions_without_pickle(tmp_path, m
     data = core.prepare_label(labels, "sex", features, np.arange(90), config)
     cv = core.cross_validate_label(data, config)
     models = core.fit_final_base_models(data, cv.final_settings, config)
-    models.late_fusion = core.fit_final_late_fusion(cv.probabilities, "sex", data.classes, config)
+    models.late_fusion, models.fusion_inputs, models.brand_encoding = core.fit_final_late_fusion(
+        cv.probabilities, "sex", data.classes, config)
     folder = UPath(tmp_path) / "sex"
     core.save_label_models(models, folder)
 
@@ -80,7 +81,8 @@ def test_saved_models_reload_to_identical_predictions_without_pickle(tmp_path, m
     monkeypatch.setattr(pickle, "loads", refuse)
     loaded = core.load_label_models(folder, "sex")
     assert loaded.classes == models.classes
-    for model in core.ALL_MODELS:
+    assert set(loaded.base) == {"text", "image", "early_fusion"}  # no joint vectors were given
+    for model in (*loaded.base, *core.FUSION_MODELS):
         np.testing.assert_array_equal(loaded.predict_proba(model, features), models.predict_proba(model, features))
     text_accuracy = (core.predict_label(loaded, "text", labels["nm"], features)["predicted"].to_numpy()[6:]
                      == labels["sex"].astype(str).to_numpy()[6:]).mean()
@@ -153,7 +155,7 @@ class OneHotTextEncoder(TextEncoderResource):
 
 def identity_joint_model(dim: int) -> contrastive.JointSpaceModel:
     """Heads that leave vectors unchanged, so class k's joint vector is the k-th unit vector."""
-    model = contrastive.JointSpaceModel(dim, dim, contrastive.ContrastiveConfig(joint_dim=dim))
+    model = contrastive.JointSpaceModel(dim, dim, contrastive.ContrastiveConfig(joint_dim=dim, closed_form_dim=0))
     with torch.no_grad():
         for head in (model.text_head, model.image_head):
             head.weight.copy_(torch.eye(dim))
@@ -216,6 +218,10 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
     def image_index_stub() -> pd.DataFrame:
         return image_index
 
+    @dg.asset(name="product_characteristics")
+    def characteristics_stub() -> pd.DataFrame:
+        return pd.DataFrame({"nm": clean["nm"].iloc[:10].tolist(), "name": "Цвет", "value": "красный"})
+
     @dg.asset(name="text_embeddings")
     def text_embeddings_stub() -> EmbeddingTable:
         return text
@@ -226,8 +232,8 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
 
     classifier_config = {"config": {**SMALL, "labels": ["sex", "season", "fragility", "category"]}}
     result = dg.materialize(
-        [clean_products_stub, product_labels_stub, image_index_stub, text_embeddings_stub, image_embeddings_stub,
-         contrastive_model_stub, joint_embeddings_stub,
+        [clean_products_stub, product_labels_stub, image_index_stub, characteristics_stub, text_embeddings_stub,
+         image_embeddings_stub, contrastive_model_stub, joint_embeddings_stub,
          classification_assets.label_classifiers, classification_assets.fusion_classifier,
          classification_assets.classification_report, classification_assets.test_predictions,
          classification_checks.fusion_not_worse_than_best_unimodal,

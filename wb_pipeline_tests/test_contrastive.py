@@ -20,6 +20,7 @@ from wb_pipeline.core.contrastive import (
     joint_matrix,
     load_joint_model,
     product_keys,
+    regularised_cca,
     save_joint_model,
     train_joint_space,
     zero_shot_scores,
@@ -148,7 +149,26 @@ def test_training_decreases_loss_and_beats_untrained_heads(trained):
         assert after[direction]["recall_at_10"] > 0.8
         assert after[direction]["median_rank"] < before[direction]["median_rank"]
     assert report.n_train_pairs + report.n_validation_pairs == 240
-    assert set(report.metrics_frame()["stage"]) == {"chance", "before", "after"}
+    assert set(report.metrics_frame()["stage"]) == {"chance", "before", "closed_form", "heads", "after"}
+    # The joint vectors (CCA part + trained head) retrieve at least as well as the heads alone.
+    for direction in ("text_to_image", "image_to_text"):
+        assert after[direction]["recall_at_10"] >= report.metrics["heads"][direction]["recall_at_10"] - 0.05
+
+
+def test_regularised_cca_finds_the_shared_factor_and_heads_only_mode_works():
+    rng = np.random.default_rng(5)
+    shared = rng.normal(size=(400, 3))
+    text = np.hstack([shared @ rng.normal(size=(3, 6)), rng.normal(size=(400, 10))]).astype(np.float32)
+    image = np.hstack([rng.normal(size=(400, 8)), shared @ rng.normal(size=(3, 5))]).astype(np.float32)
+    text_mean, text_map, image_mean, image_map = regularised_cca(text[:300], image[:300], 3, 0.01)
+    a, b = (text[300:] - text_mean) @ text_map, (image[300:] - image_mean) @ image_map
+    correlations = [np.corrcoef(a[:, i], b[:, i])[0, 1] for i in range(3)]
+    assert min(correlations) > 0.9, correlations  # held-out pairs: the shared factor, not noise
+    assert text_map.shape == (16, 3) and image_map.shape == (13, 3)
+    heads_only = dataclasses.replace(FAST, closed_form_dim=0, max_steps=20)
+    model, report = train_joint_space(text, image, unique_keys(400, "t"), unique_keys(400, "i"), heads_only)
+    assert model.output_dim == heads_only.joint_dim and model.project_text(text).shape == (400, heads_only.joint_dim)
+    assert set(report.metrics) == {"chance", "before", "after"}
 
 
 def test_early_stopping_restores_best_state(trained):
@@ -231,7 +251,7 @@ def test_load_rejects_missing_or_mismatched_files(tmp_path, trained):
 
 
 def _identity_model(dim: int) -> JointSpaceModel:
-    model = JointSpaceModel(dim, dim, ContrastiveConfig(joint_dim=dim))
+    model = JointSpaceModel(dim, dim, ContrastiveConfig(joint_dim=dim, closed_form_dim=0))
     with torch.no_grad():
         for head in (model.text_head, model.image_head):
             head.weight.copy_(torch.eye(dim))
@@ -326,7 +346,7 @@ def test_contrastive_assets_materialize(tmp_path, instance):
     )
     assert result.success
     table = result.asset_value("contrastive_model")
-    assert set(table["stage"]) == {"chance", "before", "after"}
+    assert set(table["stage"]) == {"chance", "before", "closed_form", "heads", "after"}
     after = table[table["stage"] == "after"].set_index("direction")
     before = table[table["stage"] == "before"].set_index("direction")
     assert (after["recall_at_5"] > before["recall_at_5"]).all()
@@ -337,7 +357,7 @@ def test_contrastive_assets_materialize(tmp_path, instance):
     joint = result.asset_value("joint_embeddings")
     assert joint["nm"].tolist() == values["text_embeddings"].nm.tolist()
     combined = joint_matrix(joint, "combined_joint")
-    assert combined.shape == (150, 8)
+    assert combined.shape == (150, loaded.output_dim) and loaded.output_dim == 8 + loaded.closed_form_dim > 8
     # the image column follows nm, not the image table's own (reversed) order
     expected_image = loaded.project_image(values["image_embeddings"].subset(joint["nm"]).vectors)
     np.testing.assert_allclose(joint_matrix(joint, "image_joint"), expected_image, atol=1e-6)

@@ -26,7 +26,7 @@ def make_data(y: np.ndarray, text: np.ndarray, image: np.ndarray) -> core.LabelD
 
 def fused_macro_f1(data: core.LabelData, config: core.ClassificationConfig) -> dict[str, float]:
     cv = core.cross_validate_label(data, config)
-    fused = core.cross_validate_fusion(cv.probabilities, data.label, data.classes, config)
+    fused, _ = core.cross_validate_fusion(cv.probabilities, data.label, data.classes, config)
     outer = pd.concat([cv.probabilities[cv.probabilities["stage"] == core.OUTER], fused])
     result = {}
     for model, part in outer.groupby("model"):
@@ -72,7 +72,8 @@ def test_meta_model_of_each_fold_never_sees_that_folds_rows():
     data = make_data(y, rng.normal(size=(n, 4)), rng.normal(size=(n, 4)))
     probabilities = core.cross_validate_label(data, FAST).probabilities
     outer = probabilities[probabilities["stage"] == core.OUTER]
-    for model in core.BASE_MODELS:  # every row predicted exactly once, by a model of another fold
+    assert data.models == ("text", "image", "early_fusion")  # no joint vectors given, no joint model
+    for model in data.models:  # every row predicted exactly once, by a model of another fold
         assert sorted(outer.loc[outer["model"] == model, "row"]) == list(range(n))
     for fold in outer["fold"].unique():
         inner_rows = set(probabilities.loc[(probabilities["stage"] == core.INNER) & (probabilities["fold"] == fold), "row"])

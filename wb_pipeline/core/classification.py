@@ -47,9 +47,14 @@ from upath import UPath
 from wb_pipeline.core import schema, storage
 from wb_pipeline.core.contrastive import JOINT_COLUMNS
 from wb_pipeline.core.fusion import (
+    TABULAR_COLUMNS,
+    BrandTargetEncoding,
     LateFusionClassifier,
     MeanProbabilityFusion,
+    load_brand_encoding,
     load_late_fusion,
+    out_of_fold_brand_encoding,
+    save_brand_encoding,
     save_late_fusion,
 )
 from wb_pipeline.core.metrics import MetricsConfig, per_class_f1, scores_with_intervals
@@ -58,12 +63,15 @@ from wb_pipeline.core.validation import brand_groups, duplicate_groups, group_st
 LABELS = (*schema.DERIVED_LABEL_COLUMNS, *schema.TEST_LABEL_COLUMNS)
 MODALITIES = ("text", "image")
 UNIMODAL_MODELS = ("text", "image")
-BASE_MODELS = ("text", "image", "early_fusion")
+JOINT_MODEL = "joint"  # a regression on the joint space's combined vectors (only when they are given)
+BASE_MODELS = ("text", "image", "early_fusion", JOINT_MODEL)
+# The feature blocks each base model reads, in order; early fusion scales and weighs its two blocks.
+MODEL_BLOCKS = {"text": ("text",), "image": ("image",), "early_fusion": MODALITIES, JOINT_MODEL: ("joint",)}
 FUSION_MODELS = ("mean_probability", "late_fusion")
 ZERO_SHOT_MODEL = "zero_shot"
 ALL_MODELS = (*BASE_MODELS, *FUSION_MODELS)
 OUTER, INNER = "outer", "inner"
-PROBABILITY_COLUMNS = ("label", "model", "stage", "fold", "row", "nm", "y", "proba")
+PROBABILITY_COLUMNS = ("label", "model", "stage", "fold", "row", "nm", "y", "group", "proba")
 
 
 @dataclass(frozen=True)
@@ -79,13 +87,27 @@ class ClassificationConfig:
     min_class_rows: int = 5  # rarer classes are dropped (counted); must be >= n_splits
     c_values: tuple[float, ...] = (1.0, 10.0)
     class_weights: tuple[str, ...] = ("none", "balanced")
+    # Every feature block is divided by the root of its total variance on the training rows, so a
+    # 1,280-d image block and a 384-d text block enter a regression on the same footing; early fusion
+    # then weighs the image block by one of these factors, chosen by the inner folds with C.
+    early_fusion_image_weights: tuple[float, ...] = (0.5, 1.0, 2.0)
     max_iter: int = 1000
     # One BLAS thread: on 2 shared cores, multi-threaded OpenBLAS made a 0.05 s fit take 2-3 s.
     blas_threads: int = 1
-    fusion_n_estimators: int = 100
-    fusion_num_leaves: int = 7
+    # Late fusion: which base models' out-of-fold probabilities it reads (those present), and the
+    # tabular product features (price, brand frequency, out-of-fold brand target encoding, count of
+    # characteristics). It boosts from its best input (see `core.fusion.LateFusionClassifier`).
+    fusion_inputs: tuple[str, ...] = BASE_MODELS
+    fusion_tabular: bool = True
+    fusion_brand_smoothing: float = 10.0
+    fusion_boost_from: str = "mean"  # mean (of the inputs) | auto (the mean or the best block) | best_block | block:<i>
+    fusion_n_estimators: int = 200  # the most trees; early stopping on inner folds picks how many (maybe 0)
+    fusion_early_stopping_rounds: int = 20
+    fusion_num_leaves: int = 4
+    fusion_max_depth: int = 2
     fusion_learning_rate: float = 0.05
-    fusion_min_child_samples: int = 10
+    fusion_min_child_samples: int = 20
+    fusion_lambda_l2: float = 1.0
     fusion_class_weight: str = "balanced"
     # One LightGBM thread: on 2 shared cores, 2 OpenMP threads made a 2 s meta-model fit take ~110 s.
     fusion_n_jobs: int = 1
@@ -101,12 +123,20 @@ class ClassificationConfig:
         if unknown or not self.class_weights or not self.c_values:
             raise ValueError(f"class_weights must be a non-empty subset of none/balanced (got {self.class_weights}) "
                              f"and c_values non-empty (got {self.c_values})")
+        if not self.early_fusion_image_weights or min(self.early_fusion_image_weights) <= 0:
+            raise ValueError(f"early_fusion_image_weights must be positive (got {self.early_fusion_image_weights})")
+        unknown_inputs = set(self.fusion_inputs) - set(BASE_MODELS)
+        if unknown_inputs or not self.fusion_inputs:
+            raise ValueError(f"fusion_inputs must be a non-empty subset of {BASE_MODELS}, got {self.fusion_inputs}")
 
-    def late_fusion(self, classes: Sequence) -> LateFusionClassifier:
+    def late_fusion(self, classes: Sequence, n_prob_blocks: int = len(UNIMODAL_MODELS)) -> LateFusionClassifier:
         return LateFusionClassifier(
-            classes=list(classes), n_estimators=self.fusion_n_estimators, num_leaves=self.fusion_num_leaves,
-            learning_rate=self.fusion_learning_rate, min_child_samples=self.fusion_min_child_samples,
+            classes=list(classes), n_prob_blocks=n_prob_blocks, boost_from=self.fusion_boost_from,
+            n_estimators=self.fusion_n_estimators, num_leaves=self.fusion_num_leaves,
+            max_depth=self.fusion_max_depth, learning_rate=self.fusion_learning_rate,
+            min_child_samples=self.fusion_min_child_samples, lambda_l2=self.fusion_lambda_l2,
             class_weight=None if self.fusion_class_weight == "none" else self.fusion_class_weight,
+            early_stopping_rounds=self.fusion_early_stopping_rounds, inner_splits=self.inner_splits,
             random_state=self.seed, n_jobs=self.fusion_n_jobs,
         )
 
@@ -140,10 +170,17 @@ class LabelData:
         counts = pd.Series(self.y).value_counts()
         return str(min(self.classes, key=lambda c: (counts.get(c, 0), c)))
 
-    def matrix(self, model: str) -> np.ndarray:
-        if model == "early_fusion":
-            return np.hstack([self.features[m] for m in MODALITIES])
-        return self.features[model]
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The base models this label can train: the joint one only when joint vectors were given."""
+        return available_models(self.features)
+
+    def blocks(self, model: str) -> list[np.ndarray]:
+        return [self.features[block] for block in MODEL_BLOCKS[model]]
+
+
+def available_models(features: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+    return tuple(m for m in BASE_MODELS if all(block in features for block in MODEL_BLOCKS[m]))
 
 
 @contextmanager
@@ -216,12 +253,34 @@ def prepare_label(
 
 # --- unimodal logistic regressions -------------------------------------------------------------
 
-def fit_logistic(X: np.ndarray, y: np.ndarray, c_value: float, class_weight: str, max_iter: int) -> LogisticRegression:
-    """A LogisticRegression (lbfgs, multinomial) with the given inverse regularisation and weighting."""
+Setting = tuple[float, str, float]  # (C, class_weight, image block weight — early fusion only)
+
+
+def block_scales(blocks: Sequence[np.ndarray]) -> list[float]:
+    """Per block: the root of its total variance (sum over columns), 1 for a constant block."""
+    scales = []
+    for block in blocks:
+        total = float(np.asarray(block, dtype=np.float64).var(axis=0).sum())
+        scales.append(np.sqrt(total) if total > 0 else 1.0)
+    return scales
+
+
+def fit_logistic(blocks: Sequence[np.ndarray], y: np.ndarray, setting: Setting, max_iter: int) -> LogisticRegression:
+    """A LogisticRegression (lbfgs, multinomial) on the horizontally stacked `blocks`, each divided by its
+    `block_scales` value (and the second — the image block of early fusion — weighed by the setting).
+
+    The scaling is folded into `coef_` afterwards, so the returned model predicts on the RAW stacked
+    blocks (what `save_logistic` stores and every caller passes)."""
+    c_value, class_weight, image_weight = setting
+    weights = [1.0, image_weight][: len(blocks)] if len(blocks) == 2 else [1.0] * len(blocks)
+    factors = [w / s for w, s in zip(weights, block_scales(blocks))]
+    X = np.hstack([np.asarray(b, dtype=np.float32) * np.float32(f) for b, f in zip(blocks, factors)])
     model = LogisticRegression(
         C=c_value, class_weight=None if class_weight == "none" else class_weight, max_iter=max_iter
-    )
-    return model.fit(X, y)
+    ).fit(X, y)
+    column_factors = np.concatenate([np.full(b.shape[1], f, dtype=np.float64) for b, f in zip(blocks, factors)])
+    model.coef_ = (model.coef_ * column_factors).astype(model.coef_.dtype)
+    return model
 
 
 def aligned_proba(model, X: np.ndarray, classes: Sequence[str]) -> np.ndarray:
@@ -240,16 +299,18 @@ def _single_class_proba(y: np.ndarray, n_rows: int, classes: Sequence[str]) -> n
     return out
 
 
-def _fit_predict(X_train, y_train, X_pred, setting: tuple[float, str], classes, config) -> np.ndarray:
+def _fit_predict(blocks_train, y_train, blocks_pred, setting: Setting, classes, config) -> np.ndarray:
+    n_pred = len(blocks_pred[0])
     if len(np.unique(y_train)) < 2:  # a training part holding one class: predict it (no fit possible)
-        return _single_class_proba(y_train, len(X_pred), classes)
-    model = fit_logistic(X_train, y_train, setting[0], setting[1], config.max_iter)
-    return aligned_proba(model, X_pred, classes)
+        return _single_class_proba(y_train, n_pred, classes)
+    model = fit_logistic(blocks_train, y_train, setting, config.max_iter)
+    return aligned_proba(model, np.hstack(blocks_pred), classes)
 
 
-def grid(config: ClassificationConfig) -> list[tuple[float, str]]:
-    """Every (C, class_weight) pair the inner validation chooses from."""
-    return [(float(c), w) for c in config.c_values for w in config.class_weights]
+def grid(config: ClassificationConfig, model: str = "text") -> list[Setting]:
+    """Every (C, class_weight, image weight) the inner validation chooses from for `model`."""
+    weights = config.early_fusion_image_weights if model == "early_fusion" else (1.0,)
+    return [(float(c), w, float(iw)) for c in config.c_values for w in config.class_weights for iw in weights]
 
 
 def _macro_f1(y_true, proba, classes) -> float:
@@ -257,14 +318,15 @@ def _macro_f1(y_true, proba, classes) -> float:
     return float(f1_score(y_true, predicted, labels=list(classes), average="macro", zero_division=0))
 
 
-def _oof_for_grid(X, y, groups, classes, config, seed) -> dict[tuple[float, str], np.ndarray]:
+def _oof_for_grid(blocks, y, groups, classes, settings, config, seed) -> dict[Setting, np.ndarray]:
     """Inner group-aware out-of-fold probabilities of every grid setting."""
     folds = group_stratified_folds(y, groups, config.inner_splits, seed)
     result = {}
-    for setting in grid(config):
+    for setting in settings:
         oof = np.zeros((len(y), len(classes)))
         for train, valid in folds:
-            oof[valid] = _fit_predict(X[train], y[train], X[valid], setting, classes, config)
+            oof[valid] = _fit_predict([b[train] for b in blocks], y[train], [b[valid] for b in blocks], setting,
+                                      classes, config)
         result[setting] = oof
     return result
 
@@ -272,7 +334,8 @@ def _oof_for_grid(X, y, groups, classes, config, seed) -> dict[tuple[float, str]
 def _rows(label, model, stage, fold, rows, data: LabelData, proba: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({
         "label": label, "model": model, "stage": stage, "fold": fold, "row": rows,
-        "nm": data.nm[rows], "y": data.y[rows], "proba": list(proba.astype(np.float64)),
+        "nm": data.nm[rows], "y": data.y[rows], "group": np.asarray(data.groups)[rows],
+        "proba": list(proba.astype(np.float64)),
     })
 
 
@@ -281,36 +344,39 @@ class LabelCV:
     """The probabilities of one label's nested CV, the chosen settings and the outer folds."""
 
     probabilities: pd.DataFrame
-    choices: pd.DataFrame  # label, model, fold, C, class_weight, inner_macro_f1
-    final_settings: dict[str, tuple[float, str]]
+    choices: pd.DataFrame  # label, model, fold, C, class_weight, image_weight, inner_macro_f1
+    final_settings: dict[str, Setting]
 
 
 def cross_validate_label(data: LabelData, config: ClassificationConfig) -> LabelCV:
-    """Nested group-aware CV of the text, image and early-fusion logistic regressions."""
+    """Nested group-aware CV of the text, image, early-fusion (and joint) logistic regressions."""
     outer_folds = group_stratified_folds(data.y, data.groups, config.n_splits, config.seed)
     frames, choices = [], []
     with _quiet_fits(config):
         for fold, (train, valid) in enumerate(outer_folds):
-            for model in BASE_MODELS:
-                X = data.matrix(model)
-                inner = _oof_for_grid(X[train], data.y[train], data.groups[train], data.classes, config,
-                                      config.seed + 1 + fold)
+            for model in data.models:
+                blocks = data.blocks(model)
+                settings = grid(config, model)
+                inner = _oof_for_grid([b[train] for b in blocks], data.y[train], data.groups[train], data.classes,
+                                      settings, config, config.seed + 1 + fold)
                 inner_scores = {s: _macro_f1(data.y[train], p, data.classes) for s, p in inner.items()}
-                best = max(grid(config), key=lambda s: (inner_scores[s], -grid(config).index(s)))
+                best = max(settings, key=lambda s: (inner_scores[s], -settings.index(s)))
                 for setting, score in inner_scores.items():
                     choices.append({"label": data.label, "model": model, "fold": fold, "C": setting[0],
-                                    "class_weight": setting[1], "inner_macro_f1": score, "chosen": setting == best})
-                if model in UNIMODAL_MODELS:  # the late-fusion meta-model's training features
-                    frames.append(_rows(data.label, model, INNER, fold, train, data, inner[best]))
-                outer = _fit_predict(X[train], data.y[train], X[valid], best, data.classes, config)
+                                    "class_weight": setting[1], "image_weight": setting[2],
+                                    "inner_macro_f1": score, "chosen": setting == best})
+                # Every base model's inner out-of-fold probabilities: the late-fusion meta-model's training rows.
+                frames.append(_rows(data.label, model, INNER, fold, train, data, inner[best]))
+                outer = _fit_predict([b[train] for b in blocks], data.y[train], [b[valid] for b in blocks], best,
+                                     data.classes, config)
                 frames.append(_rows(data.label, model, OUTER, fold, valid, data, outer))
     choice_frame = pd.DataFrame(choices)
     # Final settings: best mean inner macro-F1 over the outer folds (no outer score is used).
-    mean_inner = choice_frame.groupby(["model", "C", "class_weight"], sort=False)["inner_macro_f1"].mean()
+    mean_inner = choice_frame.groupby(["model", "C", "class_weight", "image_weight"], sort=False)["inner_macro_f1"].mean()
     final = {}
-    for model in BASE_MODELS:
+    for model in data.models:
         best_index = mean_inner.loc[model].idxmax()
-        final[model] = (float(best_index[0]), str(best_index[1]))
+        final[model] = (float(best_index[0]), str(best_index[1]), float(best_index[2]))
     return LabelCV(pd.concat(frames, ignore_index=True), choice_frame, final)
 
 
@@ -347,24 +413,85 @@ def stacked(probabilities: pd.DataFrame, stage: str, fold: int | None, models: S
     return rows, y, np.hstack(blocks)
 
 
+def fusion_inputs(probabilities: pd.DataFrame, config: ClassificationConfig) -> tuple[str, ...]:
+    """The configured late-fusion inputs that this probability frame holds, in `BASE_MODELS` order."""
+    present = set(probabilities["model"].unique())
+    return tuple(m for m in BASE_MODELS if m in config.fusion_inputs and m in present)
+
+
+def _encoded(y: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    position = {c: i for i, c in enumerate(classes)}
+    return np.fromiter((position[str(v)] for v in y), dtype=np.int64, count=len(y))
+
+
+def _tabular_block(tabular: pd.DataFrame | None, nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(numeric tabular columns [n, 3], brands [n]) for `nm` from a `core.fusion.tabular_features` frame."""
+    part = tabular.drop_duplicates("nm").set_index("nm").reindex(pd.Index(nm, dtype=object))
+    return part[list(TABULAR_COLUMNS)].to_numpy(dtype=np.float64), part["brand"].to_numpy(dtype=object)
+
+
+def meta_features(probabilities: pd.DataFrame, stage: str, fold: int | None, inputs: Sequence[str],
+                  tabular: pd.DataFrame | None, classes: Sequence[str], config: ClassificationConfig,
+                  brand_encoding: BrandTargetEncoding | None = None):
+    """(rows, y, groups, X, brand encoding fitted on these rows) of the late-fusion meta-model.
+
+    X = [P_input1 | P_input2 | ... | tabular columns | brand encoding]. The brand encoding of these
+    rows is computed out of fold (group-aware folds over these rows) when `brand_encoding` is None —
+    the meta-model's own training rows — and with the given encoding otherwise (rows to predict)."""
+    rows, y, X = stacked(probabilities, stage, fold, inputs)
+    part = probabilities[(probabilities["stage"] == stage) & (probabilities["model"] == inputs[0])]
+    if fold is not None:
+        part = part[part["fold"] == fold]
+    part = part.sort_values("row")
+    groups = part["group"].to_numpy()
+    fitted = None
+    if tabular is not None:
+        numeric, brands = _tabular_block(tabular, part["nm"].to_numpy(dtype=object))
+        if brand_encoding is None:
+            encoded = _encoded(y, classes)
+            folds = group_stratified_folds(y, groups, config.inner_splits, config.seed)
+            encoding = out_of_fold_brand_encoding(brands, encoded, len(classes), config.fusion_brand_smoothing, folds)
+            fitted = BrandTargetEncoding(len(classes), config.fusion_brand_smoothing).fit(brands, encoded)
+        else:
+            encoding = brand_encoding.transform(brands)
+        X = np.hstack([X, numeric, encoding])
+    return rows, y, groups, X, fitted
+
+
 def cross_validate_fusion(probabilities: pd.DataFrame, label: str, classes: Sequence[str],
-                          config: ClassificationConfig) -> pd.DataFrame:
-    """Outer-fold predictions of late fusion (trained on inner OOF probabilities) and mean-prob fusion."""
+                          config: ClassificationConfig, tabular: pd.DataFrame | None = None
+                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Outer-fold predictions of late fusion (trained on inner OOF probabilities of the configured base
+    models, plus `tabular` product features when given) and of mean-probability fusion (text + image);
+    and one row per fold saying where the meta-model started and how many trees it kept."""
     own = probabilities[probabilities["label"] == label]
     nm_by_row = own.drop_duplicates("row").set_index("row")["nm"]
-    frames = []
+    inputs = fusion_inputs(own, config)
+    tabular = tabular if config.fusion_tabular else None
+    frames, diagnostics = [], []
     for fold in sorted(own.loc[own["stage"] == OUTER, "fold"].unique()):
-        _, y_inner, X_inner = stacked(own, INNER, fold)
-        rows, y_outer, X_outer = stacked(own, OUTER, fold)
-        late = config.late_fusion(classes).fit(X_inner, y_inner)
-        mean = MeanProbabilityFusion(classes=list(classes)).fit(X_inner, y_inner)
-        for name, model in (("late_fusion", late), ("mean_probability", mean)):
+        _, y_inner, groups_inner, X_inner, encoding = meta_features(own, INNER, fold, inputs, tabular, classes, config)
+        rows, y_outer, _, X_outer, _ = meta_features(own, OUTER, fold, inputs, tabular, classes, config, encoding)
+        late = config.late_fusion(classes, len(inputs)).fit(X_inner, y_inner, groups=groups_inner)
+        _, y_uni, X_uni_inner = stacked(own, INNER, fold)
+        _, _, X_uni_outer = stacked(own, OUTER, fold)
+        mean = MeanProbabilityFusion(classes=list(classes)).fit(X_uni_inner, y_uni)
+        diagnostics.append({"label": label, "fold": int(fold), "inputs": ", ".join(inputs),
+                            "tabular": tabular is not None, "start": fusion_start_name(late.start_, inputs),
+                            "trees": int(late.n_trees_)})
+        for name, proba in (("late_fusion", late.predict_proba(X_outer)),
+                            ("mean_probability", mean.predict_proba(X_uni_outer))):
             frames.append(pd.DataFrame({
                 "label": label, "model": name, "stage": OUTER, "fold": int(fold), "row": rows,
                 "nm": nm_by_row.loc[rows].to_numpy(), "y": y_outer,
-                "proba": list(model.predict_proba(X_outer).astype(np.float64)),
+                "group": own.drop_duplicates("row").set_index("row")["group"].loc[rows].to_numpy(),
+                "proba": list(proba.astype(np.float64)),
             }))
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(diagnostics)
+
+
+def fusion_start_name(start: str, inputs: Sequence[str]) -> str:
+    return "mean of inputs" if start == "mean" else inputs[int(start.split(":")[1])]
 
 
 # --- zero-shot in the joint text-image space ---------------------------------------------------
@@ -508,38 +635,53 @@ class LabelModels:
 
     label: str
     classes: list[str]
-    base: dict[str, LogisticRegression]  # text, image, early_fusion
+    base: dict[str, LogisticRegression]  # text, image, early_fusion (+ joint)
     late_fusion: LateFusionClassifier | None = None
+    fusion_inputs: tuple[str, ...] = UNIMODAL_MODELS  # whose probabilities the meta-model reads
+    brand_encoding: BrandTargetEncoding | None = None  # set when the meta-model reads tabular features
 
-    def predict_proba(self, model: str, features: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Class probabilities (columns = `classes`) of `model` for row-aligned text/image features."""
-        if model in BASE_MODELS:
-            X = np.hstack([features[m] for m in MODALITIES]) if model == "early_fusion" else features[model]
-            return aligned_proba(self.base[model], np.asarray(X, dtype=np.float32), self.classes)
-        unimodal = np.hstack([self.predict_proba(m, features) for m in UNIMODAL_MODELS])
+    def predict_proba(self, model: str, features: Mapping[str, np.ndarray],
+                      tabular: pd.DataFrame | None = None, nm: Sequence[str] | None = None) -> np.ndarray:
+        """Class probabilities (columns = `classes`) of `model` for row-aligned features (text, image,
+        joint); late fusion with tabular inputs also needs the products' `nm` and their `tabular` rows."""
+        if model in self.base:
+            X = np.hstack([np.asarray(features[b], dtype=np.float32) for b in MODEL_BLOCKS[model]])
+            return aligned_proba(self.base[model], X, self.classes)
         if model == "mean_probability":
+            unimodal = np.hstack([self.predict_proba(m, features) for m in UNIMODAL_MODELS])
             return unimodal.reshape(len(unimodal), len(UNIMODAL_MODELS), len(self.classes)).mean(axis=1)
         if model == "late_fusion":
             if self.late_fusion is None:
                 raise ValueError(f"{self.label}: no late-fusion model fitted")
-            return aligned_proba(self.late_fusion, unimodal, self.classes)
-        raise ValueError(f"unknown model {model!r}; known: {ALL_MODELS}")
+            X = np.hstack([self.predict_proba(m, features) for m in self.fusion_inputs])
+            if self.brand_encoding is not None:
+                if tabular is None or nm is None:
+                    raise ValueError(f"{self.label}: this late-fusion model reads tabular features; pass tabular and nm")
+                numeric, brands = _tabular_block(tabular, np.asarray(list(nm), dtype=object))
+                X = np.hstack([X, numeric, self.brand_encoding.transform(brands)])
+            return aligned_proba(self.late_fusion, X, self.classes)
+        raise ValueError(f"unknown model {model!r}; known: {(*self.base, *FUSION_MODELS)}")
 
 
-def fit_final_base_models(data: LabelData, settings: Mapping[str, tuple[float, str]],
+def fit_final_base_models(data: LabelData, settings: Mapping[str, Setting],
                           config: ClassificationConfig) -> LabelModels:
-    """Refit text, image and early-fusion regressions on all labelled rows with the chosen settings."""
+    """Refit every base regression on all labelled rows with the chosen settings."""
     with _quiet_fits(config):
-        base = {m: fit_logistic(data.matrix(m), data.y, *settings[m], config.max_iter) for m in BASE_MODELS}
+        base = {m: fit_logistic(data.blocks(m), data.y, settings[m], config.max_iter) for m in data.models}
     return LabelModels(label=data.label, classes=list(data.classes), base=base)
 
 
 def fit_final_late_fusion(probabilities: pd.DataFrame, label: str, classes: Sequence[str],
-                          config: ClassificationConfig) -> LateFusionClassifier:
-    """The meta-model refit on the outer out-of-fold probabilities of all labelled rows."""
+                          config: ClassificationConfig, tabular: pd.DataFrame | None = None
+                          ) -> tuple[LateFusionClassifier, tuple[str, ...], BrandTargetEncoding | None]:
+    """The meta-model refit on the outer out-of-fold probabilities of all labelled rows (+ tabular
+    features, the brand encoding out of fold), its inputs, and the brand encoding fitted on all rows
+    (what predictions of new products use)."""
     own = probabilities[probabilities["label"] == label]
-    _, y, X = stacked(own, OUTER, None)
-    return config.late_fusion(classes).fit(X, y)
+    inputs = fusion_inputs(own, config)
+    tabular = tabular if config.fusion_tabular else None
+    _, y, groups, X, encoding = meta_features(own, OUTER, None, inputs, tabular, classes, config)
+    return config.late_fusion(classes, len(inputs)).fit(X, y, groups=groups), inputs, encoding
 
 
 def save_logistic(model: LogisticRegression, folder: UPath, name: str, extra: dict | None = None) -> None:
@@ -571,20 +713,36 @@ def save_label_models(models: LabelModels, folder: UPath) -> None:
     """Every model of a label under `folder` (base models; the late-fusion booster when fitted)."""
     for name, model in models.base.items():
         save_logistic(model, folder, name, {"label": models.label})
+    storage.atomic_write_bytes(folder / "base_models.json", json.dumps(list(models.base)).encode("utf-8"))
     if models.late_fusion is not None:
-        save_late_fusion(models.late_fusion, folder, {"label": models.label})
+        save_fusion_model(folder, models.label, models.late_fusion, models.fusion_inputs, models.brand_encoding)
+
+
+def save_fusion_model(folder: UPath, label: str, model: LateFusionClassifier, inputs: Sequence[str],
+                      brand_encoding: BrandTargetEncoding | None) -> None:
+    """The meta-model, its inputs and (when it reads tabular features) the brand encoding."""
+    if brand_encoding is not None:
+        save_brand_encoding(brand_encoding, folder)
+    save_late_fusion(model, folder, {"label": label, "inputs": list(inputs), "tabular": brand_encoding is not None})
 
 
 def load_label_models(folder: UPath, label: str) -> LabelModels:
     """`LabelModels` from `save_label_models` files (the late-fusion model only if it was saved)."""
-    base = {name: load_logistic(folder, name) for name in BASE_MODELS}
-    late = load_late_fusion(folder) if (folder / "late_fusion.json").exists() else None
-    return LabelModels(label=label, classes=[str(c) for c in base["text"].classes_], base=base, late_fusion=late)
+    names = json.loads((folder / "base_models.json").read_text(encoding="utf-8"))
+    base = {name: load_logistic(folder, name) for name in names}
+    models = LabelModels(label=label, classes=[str(c) for c in base["text"].classes_], base=base)
+    if (folder / "late_fusion.json").exists():
+        sidecar = json.loads((folder / "late_fusion.json").read_text(encoding="utf-8"))
+        models.late_fusion = load_late_fusion(folder)
+        models.fusion_inputs = tuple(sidecar["inputs"])
+        models.brand_encoding = load_brand_encoding(folder) if sidecar["tabular"] else None
+    return models
 
 
-def predict_label(models: LabelModels, model: str, nm: Sequence[str], features: Mapping[str, np.ndarray]) -> pd.DataFrame:
+def predict_label(models: LabelModels, model: str, nm: Sequence[str], features: Mapping[str, np.ndarray],
+                  tabular: pd.DataFrame | None = None) -> pd.DataFrame:
     """nm, label, predicted, probability, model for every given product."""
-    proba = models.predict_proba(model, features)
+    proba = models.predict_proba(model, features, tabular, nm)
     best = np.argmax(proba, axis=1)
     return pd.DataFrame({
         "nm": np.asarray(nm, dtype=object), "label": models.label,

@@ -15,7 +15,7 @@ import pandas as pd
 from wb_pipeline.core import classification as core
 from wb_pipeline.core import contrastive
 from wb_pipeline.core.embeddings import EmbeddingTable
-from wb_pipeline.core.fusion import save_late_fusion
+from wb_pipeline.core.fusion import tabular_features
 from wb_pipeline.core.metrics import MetricsConfig, confusion_matrix_png, png_markdown
 from wb_pipeline.core.storage import as_upath
 from wb_pipeline.defs import metadata
@@ -42,12 +42,19 @@ def models_folder(pipeline_storage: WBStorage, label: str):
     return pipeline_storage.path(*MODELS_FOLDER, label)
 
 
-def _features(labels: pd.DataFrame, text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable) -> dict:
+def _features(labels: pd.DataFrame, text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable,
+              joint_embeddings: pd.DataFrame) -> dict:
+    """Row-aligned text, image and joint (combined) vectors of the products in `labels`."""
     nm = labels["nm"].tolist()
-    return {"text": text_embeddings.subset(nm).vectors, "image": image_embeddings.subset(nm).vectors}
+    joint = joint_embeddings.drop_duplicates("nm").set_index("nm")
+    missing = pd.Index(nm).difference(joint.index)
+    if len(missing):
+        raise ValueError(f"classification: {len(missing)} products have no joint vector (e.g. {list(missing[:3])})")
+    return {"text": text_embeddings.subset(nm).vectors, "image": image_embeddings.subset(nm).vectors,
+            "joint": contrastive.joint_matrix(joint.loc[nm].reset_index(), "combined_joint")}
 
 
-@dg.asset(group_name="classification", kinds={"sklearn"}, code_version="1", pool="classification")
+@dg.asset(group_name="classification", kinds={"sklearn"}, code_version="2", pool="classification")
 def label_classifiers(
     context: dg.AssetExecutionContext,
     product_labels: pd.DataFrame,
@@ -55,18 +62,20 @@ def label_classifiers(
     image_index: pd.DataFrame,
     text_embeddings: EmbeddingTable,
     image_embeddings: EmbeddingTable,
+    joint_embeddings: pd.DataFrame,
     pipeline_storage: WBStorage,
     config: ClassificationSettings,
 ) -> dg.MaterializeResult:
-    """Text-only, image-only and early-fusion (concatenated) logistic regressions per label, evaluated
-    by nested group-aware K-fold (class weight and C chosen by inner folds), then refit on all labelled
-    rows and saved (safetensors + JSON). The value: their out-of-fold class probabilities
-    (stage 'outer' = held-out predictions, stage 'inner' = the late-fusion meta-model's training rows)."""
+    """Text-only, image-only, early-fusion (the two blocks scaled to equal variance, the image block
+    weighed) and joint-space logistic regressions per label, evaluated by nested group-aware K-fold
+    (class weight, C and the block weight chosen by inner folds), then refit on all labelled rows and
+    saved (safetensors + JSON). The value: their out-of-fold class probabilities (stage 'outer' =
+    held-out predictions, stage 'inner' = the late-fusion meta-model's training rows)."""
     settings = to_core(core.ClassificationConfig, config)
     labels = product_labels.reset_index(drop=True)
     clean = labels[["nm"]].merge(clean_products.drop_duplicates("nm"), on="nm", how="left")
     groups = core.product_groups(clean, image_index, settings.group_by)
-    features = _features(labels, text_embeddings, image_embeddings)
+    features = _features(labels, text_embeddings, image_embeddings, joint_embeddings)
     frames, choices, skipped, trained = [], [], [], []
     for label in settings.labels:
         data = core.prepare_label(labels, label, features, groups, settings)
@@ -86,7 +95,8 @@ def label_classifiers(
             "label": label, "rows": len(data.y), "classes": len(data.classes), "groups": len(np.unique(data.groups)),
             "dropped_rare_classes": len(data.dropped_classes),
             "dropped_rare_rows": int(sum(data.dropped_classes.values())),
-            **{f"final_{m}": f"C={c:g}, {w}" for m, (c, w) in cv.final_settings.items()},
+            **{f"final_{m}": f"C={c:g}, {w}" + (f", image×{iw:g}" if m == "early_fusion" else "")
+               for m, (c, w, iw) in cv.final_settings.items()},
             "seconds": round(seconds, 1),
         })
     probabilities = (pd.concat(frames, ignore_index=True) if frames
@@ -104,26 +114,35 @@ def label_classifiers(
     )
 
 
-@dg.asset(group_name="classification", kinds={"lightgbm"}, code_version="1", pool="classification")
+@dg.asset(group_name="classification", kinds={"lightgbm"}, code_version="2", pool="classification")
 def fusion_classifier(
     context: dg.AssetExecutionContext,
     label_classifiers: pd.DataFrame,
+    clean_products: pd.DataFrame,
+    product_characteristics: pd.DataFrame,
     pipeline_storage: WBStorage,
     config: ClassificationSettings,
 ) -> dg.MaterializeResult:
-    """LightGBM decision-level fusion over the text and image class probabilities, trained for each outer
-    fold ONLY on the inner out-of-fold probabilities of that fold's training rows, plus mean-probability
-    fusion (the baseline). The final meta-model is refit on the outer out-of-fold probabilities and saved
+    """LightGBM decision-level fusion over the out-of-fold class probabilities of the base models (text,
+    image, early fusion, joint) plus tabular product features (price, brand frequency, out-of-fold
+    brand target encoding, number of characteristics), trained for each outer fold ONLY on the inner
+    out-of-fold rows of that fold's training part. It boosts from its best input and keeps only the trees
+    that early stopping on inner folds finds useful (possibly none). Mean-probability fusion (text +
+    image) is the baseline. The final meta-model is refit on the outer out-of-fold probabilities and saved
     in LightGBM's text format. The value: their held-out predictions (stage 'outer')."""
     settings = to_core(core.ClassificationConfig, config)
-    frames, timings = [], []
+    tabular = tabular_features(clean_products["nm"], clean_products, product_characteristics)
+    frames, timings, diagnostics = [], [], []
     for label in label_classifiers["label"].unique():
         classes = core.label_classes(label_classifiers, label)
         started = time.perf_counter()
-        frames.append(core.cross_validate_fusion(label_classifiers, label, classes, settings))
-        final = core.fit_final_late_fusion(label_classifiers, label, classes, settings)
-        save_late_fusion(final, models_folder(pipeline_storage, label), {"label": label})
-        timings.append({"label": label, "classes": len(classes), "seconds": round(time.perf_counter() - started, 2)})
+        predictions, per_fold = core.cross_validate_fusion(label_classifiers, label, classes, settings, tabular)
+        frames.append(predictions)
+        diagnostics.append(per_fold)
+        final, inputs, encoding = core.fit_final_late_fusion(label_classifiers, label, classes, settings, tabular)
+        core.save_fusion_model(models_folder(pipeline_storage, label), label, final, inputs, encoding)
+        timings.append({"label": label, "classes": len(classes), "final_start": core.fusion_start_name(final.start_, inputs),
+                        "final_trees": int(final.n_trees_), "seconds": round(time.perf_counter() - started, 2)})
         context.log.info(f"fusion {label}: {timings[-1]['seconds']}s")
     predictions = (pd.concat(frames, ignore_index=True) if frames
                    else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS)))
@@ -132,6 +151,7 @@ def fusion_classifier(
         metadata={
             "dagster/row_count": len(predictions),
             "labels": metadata.table(pd.DataFrame(timings)) if timings else "none",
+            "per_fold": metadata.table(pd.concat(diagnostics, ignore_index=True)) if diagnostics else "none",
             "meta_model": repr(settings.late_fusion(["a", "b"]).set_params(classes=None)),
         },
     )
@@ -236,15 +256,17 @@ class TestPredictionSettings(dg.Config):
     """Which model predicts the test products: the best one per label in the report (by held-out
     macro-F1), or one model for every label."""
 
-    model: Literal["best", "text", "image", "early_fusion", "mean_probability", "late_fusion"] = "best"
+    model: Literal["best", "text", "image", "early_fusion", "joint", "mean_probability", "late_fusion"] = "best"
 
 
-@dg.asset(group_name="classification", kinds={"pandas"}, code_version="1",
+@dg.asset(group_name="classification", kinds={"pandas"}, code_version="2",
           deps=["label_classifiers", "fusion_classifier"])
 def test_predictions(
     clean_products: pd.DataFrame,
+    product_characteristics: pd.DataFrame,
     text_embeddings: EmbeddingTable,
     image_embeddings: EmbeddingTable,
+    joint_embeddings: pd.DataFrame,
     classification_report: pd.DataFrame,
     pipeline_storage: WBStorage,
     config: TestPredictionSettings,
@@ -254,14 +276,15 @@ def test_predictions(
     without unpickling). For labels the test file carries, the final model was trained on these rows,
     so the honest quality is the report's, not an agreement with the file."""
     test = clean_products.loc[clean_products["split"] == "test", ["nm"]].reset_index(drop=True)
-    features = _features(test, text_embeddings, image_embeddings)
+    features = _features(test, text_embeddings, image_embeddings, joint_embeddings)
+    tabular = tabular_features(clean_products["nm"], clean_products, product_characteristics)
     frames = []
     for label in classification_report["label"].unique():
         model = config.model
         if model == "best":
             model = classification_report.loc[classification_report["label"] == label, "best_model"].iloc[0]
         models = core.load_label_models(models_folder(pipeline_storage, label), label)
-        frames.append(core.predict_label(models, model, test["nm"], features))
+        frames.append(core.predict_label(models, model, test["nm"], features, tabular))
     columns = ["nm", "label", "predicted", "probability", "model"]
     predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     summary = (predictions.groupby(["label", "model"]).agg(products=("nm", "nunique"),
