@@ -142,6 +142,20 @@ def test_umap_reduction_is_deterministic():
     np.testing.assert_array_equal(first.points, second.points)
     assert first.points.shape == (75, 3)
     assert label_agreement(labels, first.labels["kmeans"])["ami"] > 0.9
+    # the precomputed exact distance matrix is UMAP's own, so the embedding is identical to UMAP's path
+    own_path = cluster_spaces({"s": points}, dataclasses.replace(config, umap_precomputed_distances=False))["s"]
+    np.testing.assert_array_equal(first.points, own_path.points)
+
+
+@pytest.mark.slow
+def test_distance_matrix_is_bit_identical_to_umaps_small_data_matrix():
+    from sklearn.metrics import pairwise_distances
+    from umap.distances import euclidean
+
+    from wb_pipeline.core.umap_distances import euclidean_distance_matrix
+
+    points, _ = blobs(n_per=20, centres=3, dim=16)
+    np.testing.assert_array_equal(euclidean_distance_matrix(points), pairwise_distances(points, metric=euclidean))
 
 
 def test_lead_table_and_equal_k_comparison():

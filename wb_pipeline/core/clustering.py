@@ -17,6 +17,7 @@ leaving products unclustered) and is left out of the silhouette; `noise_fraction
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -48,6 +49,9 @@ class ClusteringConfig:
     umap_components: int = 10
     umap_neighbors: int = 15
     umap_min_dist: float = 0.0  # packed neighbourhoods suit density clustering
+    # below 4,096 rows: compute UMAP's exact distance matrix in one compiled loop (identical result);
+    # False = UMAP's own path (sklearn calling the numba metric once per pair from Python)
+    umap_precomputed_distances: bool = True
     kmeans_k: int = 0  # 0: choose by silhouette among kmeans_k_candidates
     kmeans_k_candidates: tuple[int, ...] = (8, 16, 24, 32, 48, 64)
     kmeans_n_init: int = 4
@@ -87,13 +91,23 @@ def pca_reduce(vectors: np.ndarray, config: ClusteringConfig) -> np.ndarray:
 
 
 def umap_reduce(vectors: np.ndarray, n_components: int, config: ClusteringConfig) -> np.ndarray:
-    """UMAP with a fixed random_state and one job (reproducible), float32."""
+    """UMAP with a fixed random_state and one job (reproducible), float32. Below UMAP's small-data
+    threshold the exact distance matrix is computed here and passed as `metric="precomputed"`
+    (`config.umap_precomputed_distances`): the same matrix, hence the same embedding, ~2x less CPU."""
     import umap  # imported here: numba compilation makes the import slow
 
     neighbors = max(2, min(config.umap_neighbors, len(vectors) - 1))
-    reducer = umap.UMAP(n_components=min(n_components, len(vectors) - 2), n_neighbors=neighbors,
-                        min_dist=config.umap_min_dist, random_state=config.seed, n_jobs=1)
-    return reducer.fit_transform(vectors).astype(np.float32)
+    settings = dict(n_components=min(n_components, len(vectors) - 2), n_neighbors=neighbors,
+                    min_dist=config.umap_min_dist, random_state=config.seed, n_jobs=1)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    from wb_pipeline.core.umap_distances import UMAP_SMALL_DATA_ROWS, euclidean_distance_matrix
+
+    if config.umap_precomputed_distances and len(vectors) < UMAP_SMALL_DATA_ROWS:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="using precomputed metric")
+            reducer = umap.UMAP(metric="precomputed", **settings)
+            return reducer.fit_transform(euclidean_distance_matrix(vectors)).astype(np.float32)
+    return umap.UMAP(**settings).fit_transform(vectors).astype(np.float32)
 
 
 def reduce_for_clustering(vectors: np.ndarray, config: ClusteringConfig) -> tuple[np.ndarray, np.ndarray]:
