@@ -239,3 +239,27 @@ def test_clustering_assets_and_check(tmp_path, instance):
         ami = report[report["algorithm"] == f"kmeans_k_{target}"].set_index("space")[f"{target}_ami"]
         passed.append(ami["joint"] >= max(ami["text"], ami["image"]))
     assert evaluation.passed == all(passed)
+
+
+# --- pictures -----------------------------------------------------------------------------------
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_silhouette_by_k_png_and_grouped_bars_png():
+    from wb_pipeline.core.joint_space_figures import grouped_bars_png, png_markdown, silhouette_by_k_png
+
+    png = silhouette_by_k_png({"text": {8: 0.3, 16: 0.4, 24: 0.35}, "joint": {8: 0.5, 16: 0.45}},
+                              {"text": 16, "joint": 8}, marks={"k = category classes (5)": {"text": (5, 0.2)}})
+    width, height = _png_size(png)
+    assert width > 300 and height > 200
+    scores = pd.DataFrame({"text": [0.7, 0.8], "late fusion": [0.75, 0.78]}, index=["sex", "season"])
+    bars = grouped_bars_png(scores, lower=scores - 0.05, upper=scores + 0.05, ylabel="macro-F1",
+                            highlight={"sex": "late fusion", "season": "text"})
+    assert _png_size(bars)[0] > 300
+    markdown = png_markdown(bars, "models per label", "*What to look for:* the outlined bar")
+    assert markdown.startswith("![models per label](data:image/png;base64,")
+    assert markdown.endswith("\n\n*What to look for:* the outlined bar")

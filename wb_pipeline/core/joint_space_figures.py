@@ -113,15 +113,15 @@ def grouped_bars_png(values: pd.DataFrame, lower: pd.DataFrame | None = None, up
         errors = None
         if lower is not None and upper is not None:
             errors = np.vstack([heights - lower[bar].to_numpy(dtype=float), upper[bar].to_numpy(dtype=float) - heights])
-        drawn = axes.bar(x + (position - (len(bars) - 1) / 2) * width, heights, width, label=str(bar), yerr=errors,
-                         capsize=2, error_kw={"linewidth": 0.8})
-        for index, group in enumerate(groups):
-            if (highlight or {}).get(group) == bar:
-                drawn[index].set_edgecolor("black")
-                drawn[index].set_linewidth(1.5)
+        offsets = x + (position - (len(bars) - 1) / 2) * width
+        axes.bar(offsets, heights, width, label=str(bar), color=f"C{position % 10}", yerr=errors, capsize=2,
+                 error_kw={"linewidth": 0.8})
+        outlined = [index for index, group in enumerate(groups) if (highlight or {}).get(group) == bar]
+        if outlined:  # drawn over, unlabelled: the legend keeps the plain bar style
+            axes.bar(offsets[outlined], heights[outlined], width, fill=False, edgecolor="black", linewidth=1.5)
     axes.set_xticks(x, [str(g) for g in groups], rotation=20, ha="right")
     axes.set_ylabel(ylabel)
-    axes.legend(fontsize=7, ncol=min(len(bars), 4))
+    axes.legend(fontsize=7, ncol=min(len(bars), 6), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     axes.grid(axis="y", alpha=0.3)
     return _figure_png(figure)
 
