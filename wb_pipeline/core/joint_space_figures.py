@@ -91,7 +91,9 @@ def silhouette_by_k_png(scores: Mapping[str, Mapping[int, float]], chosen: Mappi
                              label=name if position == 0 else None)
     axes.set_xlabel("k (KMeans clusters)")
     axes.set_ylabel("silhouette (reduced space)")
-    axes.legend(fontsize=8)
+    handles, names = axes.get_legend_handles_labels()
+    order = sorted(range(len(names)), key=lambda i: names[i] not in scores)  # the spaces' lines first
+    axes.legend([handles[i] for i in order], [names[i] for i in order], fontsize=8)
     axes.grid(alpha=0.3)
     return _figure_png(figure)
 
