@@ -17,7 +17,8 @@ Per step: wall seconds (STEP_START..STEP_SUCCESS in the event log: input loading
 included), CPU seconds of all threads (a success hook reads the process CPU: in-process, the CPU
 between this step's end and the previous one's; multiprocess, the step process's own CPU, start-up
 imports included),
-the CPU/wall ratio (≈ the cores a step keeps busy), rows (`dagster/row_count`), and for multiprocess
+the CPU/wall ratio (≈ the cores a step keeps busy), rows (`dagster/row_count`, summed over a
+multi-asset's outputs), and for multiprocess
 the worker start-up (STEP_WORKER_STARTING..STEP_START: a new interpreter importing the code location).
 Printed as a table sorted by wall time, and written to `<out>/profile.json` and `<out>/profile.md`.
 Never passes or fails on a timing.
