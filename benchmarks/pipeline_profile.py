@@ -127,6 +127,7 @@ def run_profile(raw_dir: str | None, executor: str, models_dir: str | None, out_
         workers = _records(instance, run_id, DagsterEventType.STEP_WORKER_STARTING)
         rows = _row_counts(instance, run_id)
     step_cpu = step_cpu_seconds(Path(parameters["cpu_marks"]), cpu_before)
+    first_finished = next(iter(step_cpu), None) if executor == "in_process" else None
     steps = []
     for step, start in starts.items():
         end = ends.get(step)
@@ -135,7 +136,7 @@ def run_profile(raw_dir: str | None, executor: str, models_dir: str | None, out_
     steps.sort(key=lambda s: -(s["wall_s"] or 0))
     return {"success": result.success, "executor": executor, "raw_dir": raw_dir or "bundled sample",
             "run_wall_s": wall, "run_cpu_s": (time.process_time() - cpu_before) + children_cpu,
-            "steps": steps, "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "steps": steps, "first_finished": first_finished, "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "load_average": os.getloadavg(), "cpus": os.cpu_count()}
 
 
@@ -156,6 +157,9 @@ def markdown(profile: dict) -> str:
               + (f", worker start-ups {startup:.1f} s" if startup else "")
               + f"; {profile['cpus']} CPUs, load average at the end {profile['load_average'][0]:.1f}; "
               f"success={profile['success']} ({profile['when']})"]
+    if profile.get("first_finished"):
+        lines.append(f"(the CPU of {profile['first_finished']}, the first step to finish, includes the run's own "
+                     "set-up before it: resources, imports)")
     return "\n".join(lines)
 
 
