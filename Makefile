@@ -5,10 +5,14 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 # Library caches (matplotlib's font cache) stay inside the repo too, not in ~/.cache.
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
+# numba's compile cache (UMAP / pynndescent) inside the repo: kept between runs, whatever site-packages allows.
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+# Debian packages the tests drive for real: headless Chromium + its driver (UI test), PostgreSQL (instance test).
+SYSTEM_PACKAGES ?= chromium chromium-driver postgresql
 # Tests: everything (slow tests included); `make test PYTEST_ARGS='-m "not slow"'` for the inner loop.
 PYTEST_ARGS ?=
 
-.PHONY: setup run ui test bench bench-short
+.PHONY: setup system-deps run ui test bench bench-short
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -22,16 +26,21 @@ $(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp deploy/dagster.yaml $@
 
-# (1) Materialize the whole asset graph (and run its checks) on the bundled sample.
+# Installs the missing SYSTEM_PACKAGES (as root or with passwordless sudo), else stops with the command to run.
+system-deps:
+	@.ci/system-deps $(SYSTEM_PACKAGES)
+
+# (1) Materialize the whole asset graph (and run its checks) on the bundled sample. deploy/cli-run.yaml:
+# one log line per finished step (time, rows) plus the steps' own progress, instead of every DEBUG event.
 run: setup
-	$(BIN)/dagster job execute -m wb_pipeline.definitions -j full_pipeline
+	$(BIN)/dagster job execute -m wb_pipeline.definitions -j full_pipeline -c deploy/cli-run.yaml
 
 # The Dagster UI on http://127.0.0.1:3000
 ui: setup
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # (2) The test suite.
-test: setup
+test: system-deps setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup

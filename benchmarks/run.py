@@ -18,6 +18,8 @@ BENCHMARKS = [
     "benchmarks.inference_latency",
     "benchmarks.scale",
     "benchmarks.text_fast_path",
+    "benchmarks.clustering",
+    "benchmarks.pipeline_profile",
 ]
 
 

@@ -16,7 +16,11 @@ from wb_pipeline.core.clustering import (
     clustering_accuracy,
     clustering_report,
     duplicate_cohesion,
+    equal_k_comparison,
+    known_class_counts,
     label_agreement,
+    lead_table,
+    scatter_2d,
     silhouette,
 )
 from wb_pipeline.core.contrastive import joint_embedding_frame
@@ -90,21 +94,39 @@ def test_choose_k_finds_the_number_of_blobs():
     assert choose_k(points, dataclasses.replace(FAST, kmeans_k=3)) == (3, {})
 
 
+def test_known_class_counts_ignore_missing_and_single_class_targets():
+    targets = {"category": np.array(["a", "b", None, "a", "c"], dtype=object),
+               "sub_category": np.array(["x", None, "x", "x", None], dtype=object),
+               "empty": np.array([None] * 5, dtype=object)}
+    assert known_class_counts(targets) == {"category": 3}
+
+
 def test_cluster_spaces_and_report_on_blobs():
     points, labels = blobs(centres=4)
     rng = np.random.default_rng(1)
     spaces = {"signal": points, "noise": rng.normal(size=points.shape).astype(np.float32)}
-    result = cluster_spaces(spaces, FAST)
     categories = np.array([f"c{label}" for label in labels], dtype=object)
     categories[::7] = None  # unknown for some rows: metrics use only the known ones
+    # silhouette picks k=4 (the blobs); the equal-k run uses k = the 2 known classes of a coarser target
+    coarse = np.array([f"half{label // 2}" for label in labels], dtype=object)
+    progress = []
+    result = cluster_spaces(spaces, FAST, equal_k=known_class_counts({"coarse": coarse}),
+                            progress=lambda done, total, seconds: progress.append((done, total)))
+    assert progress == [(1, 2), (2, 2)]
+    assert result["signal"].scatter.shape == (len(points), 2)
     keys = np.array([f"dup{i // 2}" for i in range(len(labels))], dtype=object)
-    report = clustering_report(result, {"category": categories}, {"text": keys}, FAST).set_index(["space", "algorithm"])
+    report = clustering_report(result, {"category": categories, "coarse": coarse}, {"text": keys}, FAST)
+    report = report.set_index(["space", "algorithm"])
     assert report.loc[("signal", "kmeans"), "category_ami"] > 0.95
     assert report.loc[("signal", "kmeans"), "n_clusters"] == 4
+    assert report.loc[("signal", "kmeans"), "k_choice"] == "silhouette"
+    assert report.loc[("signal", "kmeans_k_coarse"), "n_clusters"] == 2
+    # 2 clusters cannot hold 4 categories: the equal-k run of the coarse target scores far lower on category
+    assert report.loc[("signal", "kmeans_k_coarse"), "category_ami"] < 0.8
     assert report.loc[("noise", "kmeans"), "category_ami"] < 0.2
     assert report.loc[("signal", "kmeans"), "category_rows"] == int(pd.notna(categories).sum())
     assert report.loc[("signal", "kmeans"), "same_text_pairs"] == len(labels) // 2
-    assert set(report.index.get_level_values("algorithm")) == {"kmeans", "hdbscan"}
+    assert set(report.index.get_level_values("algorithm")) == {"kmeans", "kmeans_k_coarse", "hdbscan"}
     with pytest.raises(ValueError, match="different row counts"):
         cluster_spaces({"a": points, "b": points[:5]}, FAST)
     with pytest.raises(ValueError, match="NaN"):
@@ -120,6 +142,51 @@ def test_umap_reduction_is_deterministic():
     np.testing.assert_array_equal(first.points, second.points)
     assert first.points.shape == (75, 3)
     assert label_agreement(labels, first.labels["kmeans"])["ami"] > 0.9
+    # the precomputed exact distance matrix is UMAP's own, so the embedding is identical to UMAP's path
+    own_path = cluster_spaces({"s": points}, dataclasses.replace(config, umap_precomputed_distances=False))["s"]
+    np.testing.assert_array_equal(first.points, own_path.points)
+
+
+@pytest.mark.slow
+def test_distance_matrix_is_bit_identical_to_umaps_small_data_matrix():
+    from sklearn.metrics import pairwise_distances
+    from umap.distances import euclidean
+
+    from wb_pipeline.core.umap_distances import euclidean_distance_matrix
+
+    points, _ = blobs(n_per=20, centres=3, dim=16)
+    np.testing.assert_array_equal(euclidean_distance_matrix(points), pairwise_distances(points, metric=euclidean))
+
+
+def test_lead_table_and_equal_k_comparison():
+    report = pd.DataFrame({
+        "space": ["text", "image", "joint"] * 2,
+        "algorithm": ["kmeans_k_category"] * 3 + ["kmeans"] * 3,
+        "k_choice": ["= known category classes"] * 3 + ["silhouette"] * 3,
+        "n_clusters": [5, 5, 5, 8, 16, 8],
+        "category_ami": [0.4, 0.6, 0.5, 0.45, 0.3, 0.7],
+        "category_v_measure": [0.5, 0.7, 0.6, 0.5, 0.4, 0.8],
+    })
+    table = lead_table(report, ["category", "sub_category"])  # sub_category absent: no rows for it
+    assert list(table.columns) == ["target", "k chosen by", "space", "k", "AMI", "V-measure"]
+    assert table["k chosen by"].tolist() == ["= category classes"] * 3 + ["silhouette"] * 3
+    assert table["k"].tolist() == [5, 5, 5, 8, 16, 8]
+    # at its silhouette k the joint space looks best (0.7); at equal k the image space wins (0.6 > 0.5)
+    comparison = equal_k_comparison(report, "category", "joint", ("text", "image"))
+    assert comparison == {"target": "category", "k": 5, "candidate_ami": 0.5, "best_baseline": "image",
+                          "best_baseline_ami": 0.6, "passed": False}
+    assert equal_k_comparison(report, "sub_category", "joint", ("text", "image")) is None
+
+
+def test_scatter_from_the_clustering_space_needs_no_extra_fit():
+    points, _ = blobs(n_per=10, centres=3)
+    pca = points[:, :6]
+    config = dataclasses.replace(FAST, scatter_method="clustering_space")
+    xy = scatter_2d(pca, points, config)
+    assert xy.shape == (30, 2)
+    # the 2-D map is the PCA of the clustering space: its first axis carries the most variance there
+    assert np.var(xy[:, 0]) >= np.var(xy[:, 1]) > 0
+    np.testing.assert_array_equal(scatter_2d(pca, points, FAST), pca[:, :2])
 
 
 # --- assets --------------------------------------------------------------------------------------
@@ -146,16 +213,53 @@ def test_clustering_assets_and_check(tmp_path, instance):
     assert result.success
     clusters = result.asset_value("product_clusters")
     assert clusters["nm"].tolist() == text.nm.tolist()
-    expected_columns = {f"{s}_{a}" for s in ("text", "image", "early_concat", "joint") for a in ("kmeans", "hdbscan")}
+    expected_columns = {f"{s}_{a}" for s in ("text", "image", "early_concat", "joint")
+                        for a in ("kmeans", "kmeans_k_category", "kmeans_k_sub_category", "hdbscan")}
     assert set(clusters.columns) == {"nm", *expected_columns}
     report = result.asset_value("clustering_report")
-    assert len(report) == 8
+    assert len(report) == 4 * 4  # kmeans (silhouette k), kmeans_k_category, kmeans_k_sub_category, hdbscan
     assert report["category_rows"].eq(120).all()
     assert report["same_text_pairs"].gt(0).all()  # the catalogue repeats titles
     metadata = result.asset_materializations_for_node("product_clusters_and_report")
     report_metadata = next(m for m in metadata if m.asset_key == dg.AssetKey("clustering_report")).metadata
     assert report_metadata["scatter"].value.startswith("![2-D map per space")
+    assert "What to look for" in report_metadata["scatter"].value
+    assert report_metadata["silhouette_by_k"].value.startswith("![silhouette by k per space](data:image/png;base64,")
+    decides = report_metadata["decides"].value
+    assert [column.name for column in decides.schema.columns] == ["target", "k chosen by", "space", "k", "AMI",
+                                                                   "V-measure"]
+    assert len(decides.records) == 4 * 2 * 2  # 4 spaces x (category, sub_category) x (equal k, silhouette k)
+    equal = report[report["algorithm"] == "kmeans_k_category"]
+    assert equal["n_clusters"].eq(4).all()  # k = the 4 known categories in every space
+    assert report.loc[report["algorithm"] == "kmeans_k_sub_category", "n_clusters"].eq(8).all()
     evaluation = result.get_asset_check_evaluations()[0]
     assert evaluation.check_name == "joint_space_not_worse_than_unimodal"
-    best = report.groupby("space")["category_ami"].max()
-    assert evaluation.passed == bool(best["joint"] >= max(best["text"], best["image"]))
+    passed = []
+    for target in ("category", "sub_category"):
+        ami = report[report["algorithm"] == f"kmeans_k_{target}"].set_index("space")[f"{target}_ami"]
+        passed.append(ami["joint"] >= max(ami["text"], ami["image"]))
+    assert evaluation.passed == all(passed)
+
+
+# --- pictures -----------------------------------------------------------------------------------
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_silhouette_by_k_png_and_grouped_bars_png():
+    from wb_pipeline.core.joint_space_figures import grouped_bars_png, png_markdown, silhouette_by_k_png
+
+    png = silhouette_by_k_png({"text": {8: 0.3, 16: 0.4, 24: 0.35}, "joint": {8: 0.5, 16: 0.45}},
+                              {"text": 16, "joint": 8}, marks={"k = category classes (5)": {"text": (5, 0.2)}})
+    width, height = _png_size(png)
+    assert width > 300 and height > 200
+    scores = pd.DataFrame({"text": [0.7, 0.8], "late fusion": [0.75, 0.78]}, index=["sex", "season"])
+    bars = grouped_bars_png(scores, lower=scores - 0.05, upper=scores + 0.05, ylabel="macro-F1",
+                            highlight={"sex": "late fusion", "season": "text"})
+    assert _png_size(bars)[0] > 300
+    markdown = png_markdown(bars, "models per label", "*What to look for:* the outlined bar")
+    assert markdown.startswith("![models per label](data:image/png;base64,")
+    assert markdown.endswith("\n\n*What to look for:* the outlined bar")

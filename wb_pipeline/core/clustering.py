@@ -1,7 +1,10 @@
 """Product clustering in several embedding spaces, with the seed's metrics.
 
 Per space (text, image, early concatenation, joint): PCA (128) then UMAP (seeded, one job, so the
-result is reproducible), then KMeans (k fixed or chosen by silhouette over candidates) and HDBSCAN.
+result is reproducible), then KMeans and HDBSCAN, all on that ONE reduction (the 2-D picture too).
+KMeans runs at the k chosen by silhouette over candidates (or a fixed k) AND at k = the number of
+known classes of each target (`kmeans_k_<target>`): spaces compared at their own silhouette k can
+differ in k, which hides how well each keeps the classes; the equal-k rows compare like with like.
 Metrics (seed §"Кластеризация"): silhouette in the reduced space; against known labels
 (`category` / `sub_category` of test rows) AMI, NMI, ARI, homogeneity, completeness, V-measure and
 clustering accuracy (Hungarian matching of clusters to classes); and the share of duplicate pairs
@@ -13,7 +16,9 @@ leaving products unclustered) and is left out of the silhouette; `noise_fraction
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,7 +30,14 @@ from sklearn.cluster import HDBSCAN, KMeans
 from sklearn.decomposition import PCA
 
 NOISE = -1
-ALGORITHMS = ("kmeans", "hdbscan")
+SCATTER_METHODS = ("clustering_space", "umap", "pca")
+KNOWN_TARGETS = ("category", "sub_category")  # label columns clusters are scored against (test rows)
+KMEANS_FAMILY = "kmeans"  # "kmeans" (silhouette or fixed k) and "kmeans_k_<target>" (k = known classes)
+
+
+def equal_k_algorithm(target: str) -> str:
+    """The algorithm name of KMeans at k = the number of known `target` classes."""
+    return f"{KMEANS_FAMILY}_k_{target}"
 
 
 @dataclass(frozen=True)
@@ -37,13 +49,19 @@ class ClusteringConfig:
     umap_components: int = 10
     umap_neighbors: int = 15
     umap_min_dist: float = 0.0  # packed neighbourhoods suit density clustering
+    # below 4,096 rows: compute UMAP's exact distance matrix in one compiled loop (identical result);
+    # False = UMAP's own path (sklearn calling the numba metric once per pair from Python)
+    umap_precomputed_distances: bool = True
     kmeans_k: int = 0  # 0: choose by silhouette among kmeans_k_candidates
     kmeans_k_candidates: tuple[int, ...] = (8, 16, 24, 32, 48, 64)
     kmeans_n_init: int = 4
     hdbscan_min_cluster_size: int = 10
     hdbscan_min_samples: int = 0  # 0: HDBSCAN's default (= min_cluster_size)
     silhouette_sample_size: int = 5000  # silhouette is O(n²); sampled above this many rows
-    scatter_method: Literal["umap", "pca"] = "umap"  # how the 2-D picture is made
+    # the 2-D picture: "clustering_space" = PCA of the points the clusters were found in (no extra fit);
+    # "umap" = one more 2-D UMAP of the PCA output per space (the seed's picture, ~1 UMAP fit more per space);
+    # "pca" = the first two PCA components.
+    scatter_method: Literal["clustering_space", "umap", "pca"] = "clustering_space"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -55,7 +73,7 @@ class ClusteringConfig:
             raise ValueError("ClusteringConfig.kmeans_k and hdbscan_min_samples must be >= 0")
         if self.kmeans_k == 0 and (not self.kmeans_k_candidates or min(self.kmeans_k_candidates) < 2):
             raise ValueError("ClusteringConfig.kmeans_k_candidates must hold values >= 2 when kmeans_k is 0")
-        if self.reduction not in ("pca_umap", "pca") or self.scatter_method not in ("umap", "pca"):
+        if self.reduction not in ("pca_umap", "pca") or self.scatter_method not in SCATTER_METHODS:
             raise ValueError(f"ClusteringConfig: unknown reduction {self.reduction!r} or scatter {self.scatter_method!r}")
 
 
@@ -73,13 +91,23 @@ def pca_reduce(vectors: np.ndarray, config: ClusteringConfig) -> np.ndarray:
 
 
 def umap_reduce(vectors: np.ndarray, n_components: int, config: ClusteringConfig) -> np.ndarray:
-    """UMAP with a fixed random_state and one job (reproducible), float32."""
+    """UMAP with a fixed random_state and one job (reproducible), float32. Below UMAP's small-data
+    threshold the exact distance matrix is computed here and passed as `metric="precomputed"`
+    (`config.umap_precomputed_distances`): the same matrix, hence the same embedding, ~2x less CPU."""
     import umap  # imported here: numba compilation makes the import slow
 
     neighbors = max(2, min(config.umap_neighbors, len(vectors) - 1))
-    reducer = umap.UMAP(n_components=min(n_components, len(vectors) - 2), n_neighbors=neighbors,
-                        min_dist=config.umap_min_dist, random_state=config.seed, n_jobs=1)
-    return reducer.fit_transform(vectors).astype(np.float32)
+    settings = dict(n_components=min(n_components, len(vectors) - 2), n_neighbors=neighbors,
+                    min_dist=config.umap_min_dist, random_state=config.seed, n_jobs=1)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    from wb_pipeline.core.umap_distances import UMAP_SMALL_DATA_ROWS, euclidean_distance_matrix
+
+    if config.umap_precomputed_distances and len(vectors) < UMAP_SMALL_DATA_ROWS:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="using precomputed metric")
+            reducer = umap.UMAP(metric="precomputed", **settings)
+            return reducer.fit_transform(euclidean_distance_matrix(vectors)).astype(np.float32)
+    return umap.UMAP(**settings).fit_transform(vectors).astype(np.float32)
 
 
 def reduce_for_clustering(vectors: np.ndarray, config: ClusteringConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -90,13 +118,16 @@ def reduce_for_clustering(vectors: np.ndarray, config: ClusteringConfig) -> tupl
     return reduced, umap_reduce(reduced, config.umap_components, config)
 
 
-def scatter_2d(pca_vectors: np.ndarray, config: ClusteringConfig) -> np.ndarray:
-    """2-D coordinates for the picture: UMAP of the PCA output, or its first two components."""
-    if config.scatter_method == "pca" or len(pca_vectors) < 4:
-        padded = np.zeros((len(pca_vectors), 2), np.float32)
-        padded[:, : min(2, pca_vectors.shape[1])] = pca_vectors[:, :2]
-        return padded
-    return umap_reduce(pca_vectors, 2, config)
+def scatter_2d(pca_vectors: np.ndarray, points: np.ndarray, config: ClusteringConfig) -> np.ndarray:
+    """2-D coordinates for the picture (see `ClusteringConfig.scatter_method`)."""
+    if config.scatter_method == "umap" and len(pca_vectors) >= 4:
+        return umap_reduce(pca_vectors, 2, config)
+    source = points if config.scatter_method == "clustering_space" else pca_vectors
+    if config.scatter_method == "clustering_space" and source.shape[1] > 2 and len(source) > 2:
+        return PCA(n_components=2, random_state=config.seed).fit_transform(source).astype(np.float32)
+    padded = np.zeros((len(source), 2), np.float32)
+    padded[:, : min(2, source.shape[1])] = source[:, :2]
+    return padded
 
 
 def silhouette(points: np.ndarray, labels: np.ndarray, sample_size: int, seed: int) -> float:
@@ -111,19 +142,38 @@ def silhouette(points: np.ndarray, labels: np.ndarray, sample_size: int, seed: i
     return float(skm.silhouette_score(points, labels, sample_size=size, random_state=seed))
 
 
-def choose_k(points: np.ndarray, config: ClusteringConfig) -> tuple[int, dict[int, float]]:
+class KMeansByK:
+    """KMeans labels of one set of points, fitted once per k (the k search, the chosen k and the
+    equal-k runs often ask for the same k)."""
+
+    def __init__(self, points: np.ndarray, config: ClusteringConfig):
+        self.points, self.config, self._labels = points, config, {}
+
+    def __call__(self, k: int) -> np.ndarray:
+        if k not in self._labels:
+            self._labels[k] = KMeans(n_clusters=k, n_init=self.config.kmeans_n_init,
+                                     random_state=self.config.seed).fit_predict(self.points)
+        return self._labels[k]
+
+
+def choose_k(points: np.ndarray, config: ClusteringConfig,
+             kmeans: KMeansByK | None = None) -> tuple[int, dict[int, float]]:
     """The configured k, or the candidate with the best silhouette (scores per candidate returned)."""
     if config.kmeans_k:
         return min(config.kmeans_k, len(points)), {}
+    kmeans = kmeans or KMeansByK(points, config)
     candidates = sorted({k for k in config.kmeans_k_candidates if 2 <= k < len(points)}) or [min(2, len(points))]
-    scores = {k: silhouette(points, kmeans_labels(points, k, config), config.silhouette_sample_size, config.seed)
-              for k in candidates}
+    scores = {k: silhouette(points, kmeans(k), config.silhouette_sample_size, config.seed) for k in candidates}
     best = max(candidates, key=lambda k: (np.nan_to_num(scores[k], nan=-2.0), -k))
     return best, scores
 
 
-def kmeans_labels(points: np.ndarray, k: int, config: ClusteringConfig) -> np.ndarray:
-    return KMeans(n_clusters=k, n_init=config.kmeans_n_init, random_state=config.seed).fit_predict(points)
+def known_class_counts(targets: Mapping[str, pd.Series | np.ndarray]) -> dict[str, int]:
+    """Per target, the number of distinct known classes (the equal-k comparison's k); targets with
+    fewer than 2 known classes are left out (nothing to compare)."""
+    counts = {name: int(pd.Series(values, dtype=object).dropna().astype(str).nunique())
+              for name, values in targets.items()}
+    return {name: count for name, count in counts.items() if count >= 2}
 
 
 def hdbscan_labels(points: np.ndarray, config: ClusteringConfig) -> np.ndarray:
@@ -134,33 +184,57 @@ def hdbscan_labels(points: np.ndarray, config: ClusteringConfig) -> np.ndarray:
 
 @dataclass
 class SpaceClustering:
-    """One space's reduced points and cluster labels per algorithm."""
+    """One space's reduction (PCA output, the points clustering ran in, the 2-D picture), cluster
+    labels per algorithm, how each algorithm's k was chosen, and the silhouette per candidate k."""
 
     pca: np.ndarray
     points: np.ndarray
     labels: dict[str, np.ndarray]
     k_scores: dict[int, float] = field(default_factory=dict)
+    k_choice: dict[str, str] = field(default_factory=dict)
+    scatter: np.ndarray | None = None
+
+
+def cluster_space(vectors: np.ndarray, config: ClusteringConfig,
+                  equal_k: Mapping[str, int] | None = None) -> SpaceClustering:
+    """Reduce one space once; KMeans (silhouette / fixed k, then k = known classes per target), HDBSCAN
+    and the 2-D picture all use that reduction."""
+    pca, points = reduce_for_clustering(vectors, config)
+    kmeans = KMeansByK(points, config)
+    k, k_scores = choose_k(points, config, kmeans)
+    labels = {KMEANS_FAMILY: kmeans(k)}
+    k_choice = {KMEANS_FAMILY: "fixed (config)" if config.kmeans_k else "silhouette"}
+    for target, classes in (equal_k or {}).items():
+        labels[equal_k_algorithm(target)] = kmeans(max(2, min(classes, len(points) - 1)))
+        k_choice[equal_k_algorithm(target)] = f"= known {target} classes"
+    labels["hdbscan"] = hdbscan_labels(points, config)
+    k_choice["hdbscan"] = "density (HDBSCAN)"
+    return SpaceClustering(pca=pca, points=points, labels=labels, k_scores=k_scores, k_choice=k_choice,
+                           scatter=scatter_2d(pca, points, config))
 
 
 def cluster_spaces(spaces: Mapping[str, np.ndarray], config: ClusteringConfig = ClusteringConfig(),
-                   log=None) -> dict[str, SpaceClustering]:
-    """Reduce and cluster every space (all must have the same rows)."""
+                   log=None, equal_k: Mapping[str, int] | None = None,
+                   progress: Callable[[int, int, float], None] | None = None) -> dict[str, SpaceClustering]:
+    """Reduce and cluster every space (all must have the same rows). `equal_k`: target → number of
+    known classes, for the equal-k KMeans runs. `progress(done, total, seconds)` after each space."""
     sizes = {name: len(vectors) for name, vectors in spaces.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"cluster_spaces: spaces have different row counts {sizes}")
     if next(iter(sizes.values()), 0) < 3:
         raise ValueError(f"cluster_spaces: need at least 3 products, got {sizes}")
+    started = time.perf_counter()
     result = {}
-    for name, vectors in spaces.items():
+    for position, (name, vectors) in enumerate(spaces.items()):
         vectors = np.asarray(vectors, dtype=np.float32)
         if not np.isfinite(vectors).all():
             raise ValueError(f"cluster_spaces: space {name!r} holds NaN or infinite values")
-        pca, points = reduce_for_clustering(vectors, config)
-        k, k_scores = choose_k(points, config)
-        labels = {"kmeans": kmeans_labels(points, k, config), "hdbscan": hdbscan_labels(points, config)}
-        result[name] = SpaceClustering(pca=pca, points=points, labels=labels, k_scores=k_scores)
+        result[name] = clustered = cluster_space(vectors, config, equal_k)
         if log is not None:
-            log(f"clustered space {name!r}: k={k}, hdbscan clusters={len(set(labels['hdbscan']) - {NOISE})}")
+            ks = {algorithm: len(set(labels.tolist()) - {NOISE}) for algorithm, labels in clustered.labels.items()}
+            log(f"clustered space {name!r}: clusters per algorithm {ks}")
+        if progress is not None:
+            progress(position + 1, len(spaces), time.perf_counter() - started)
     return result
 
 
@@ -223,14 +297,15 @@ def clustering_report(
     duplicate_keys: Mapping[str, pd.Series | np.ndarray],
     config: ClusteringConfig = ClusteringConfig(),
 ) -> pd.DataFrame:
-    """One row per (space, algorithm): cluster count, noise share, silhouette, duplicate cohesion per
-    key (`same_<key>_rate`), and `<target>_<metric>` on the rows where the target is known."""
+    """One row per (space, algorithm): how k was chosen, cluster count, noise share, silhouette, duplicate
+    cohesion per key (`same_<key>_rate`), and `<target>_<metric>` on the rows where the target is known."""
     rows = []
     for space, clustering in clusterings.items():
         for algorithm, labels in clustering.labels.items():
             row: dict[str, object] = {
                 "space": space,
                 "algorithm": algorithm,
+                "k_choice": clustering.k_choice.get(algorithm, ""),
                 "n_clusters": int(len(set(labels.tolist()) - {NOISE})),
                 "noise_fraction": float((labels == NOISE).mean()),
                 "silhouette": silhouette(clustering.points, labels, config.silhouette_sample_size, config.seed),
@@ -248,3 +323,45 @@ def clustering_report(
                     row[f"{target}_{metric}"] = scores.get(metric, float("nan"))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparisons that decide
+
+
+def lead_table(report: pd.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
+    """The narrow table a reader needs first: per target, every space's KMeans at k = the target's
+    known classes (the fair comparison), then at the silhouette k — space, k, AMI, V-measure."""
+    rows = []
+    for target in targets:
+        if f"{target}_ami" not in report.columns:
+            continue
+        for algorithm, rule in ((equal_k_algorithm(target), f"= {target} classes"), (KMEANS_FAMILY, None)):
+            for _, row in report[report["algorithm"] == algorithm].iterrows():
+                rows.append({"target": target, "k chosen by": rule or row["k_choice"], "space": row["space"],
+                             "k": int(row["n_clusters"]), "AMI": row[f"{target}_ami"],
+                             "V-measure": row[f"{target}_v_measure"]})
+    return pd.DataFrame(rows, columns=["target", "k chosen by", "space", "k", "AMI", "V-measure"])
+
+
+def equal_k_comparison(report: pd.DataFrame, target: str, candidate: str,
+                       baselines: Sequence[str]) -> dict[str, object] | None:
+    """`candidate` space vs the best of `baselines` by `<target>` AMI of KMeans at k = known classes
+    (None when the report has no such rows or scores)."""
+    column, algorithm = f"{target}_ami", equal_k_algorithm(target)
+    if column not in report.columns:
+        return None
+    scores = report[report["algorithm"] == algorithm].set_index("space")[column].dropna()
+    if candidate not in scores.index or not scores.index.isin(baselines).any():
+        return None
+    best = scores[scores.index.isin(baselines)].idxmax()
+    return {"target": target, "k": int(report.loc[report["algorithm"] == algorithm, "n_clusters"].max()),
+            "candidate_ami": float(scores[candidate]), "best_baseline": str(best),
+            "best_baseline_ami": float(scores[best]),
+            "passed": bool(scores[candidate] >= scores[best])}
+
+
+def equal_k_silhouettes(report: pd.DataFrame, target: str) -> dict[str, tuple[int, float]]:
+    """space → (k, silhouette) of KMeans at k = the known `target` classes (for the silhouette picture)."""
+    rows = report[report["algorithm"] == equal_k_algorithm(target)]
+    return {str(r.space): (int(r.n_clusters), float(r.silhouette)) for r in rows.itertuples()}

@@ -6,6 +6,7 @@ import os
 import dagster as dg
 
 from wb_pipeline.core.drops import scan_incoming
+from wb_pipeline.defs.progress import log_finished_step
 
 # The registry of new-product drops: one dynamic partition key per drop folder (product batches,
 # never one partition per product). Ingestion reads the main dump plus every registered drop.
@@ -18,6 +19,7 @@ full_pipeline = dg.define_asset_job(
     "full_pipeline",
     selection=dg.AssetSelection.all(),
     description="Materialize the whole asset graph (with its asset checks) from the raw WB files.",
+    hooks={log_finished_step},
 )
 
 reembed_new_products = dg.define_asset_job(
@@ -26,6 +28,7 @@ reembed_new_products = dg.define_asset_job(
     description="Ingest the main dump plus every registered drop, preprocess, and embed. The embedding "
     "cache makes this embed only the products that are new or changed; downstream groups can then be "
     "refreshed with `full_pipeline`.",
+    hooks={log_finished_step},
 )
 
 

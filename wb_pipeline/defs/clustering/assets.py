@@ -12,12 +12,12 @@ from wb_pipeline.core import clustering
 from wb_pipeline.core.clustering import ClusteringConfig
 from wb_pipeline.core.contrastive import joint_matrix, product_keys
 from wb_pipeline.core.embeddings import EmbeddingTable
-from wb_pipeline.core.joint_space_figures import png_markdown, scatter_grid_png
+from wb_pipeline.core import joint_space_figures
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
+from wb_pipeline.defs.progress import progress_logger
 
 ClusteringSettings = config_class(ClusteringConfig, "ClusteringSettings")
-LABEL_TARGETS = ("category", "sub_category")
 
 
 def clustering_spaces(text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable,
@@ -37,19 +37,34 @@ def clustering_spaces(text_embeddings: EmbeddingTable, image_embeddings: Embeddi
     }
 
 
+WIDE_COLUMNS = ["space", "algorithm", "k_choice", "n_clusters", "noise_fraction", "silhouette", "same_text_rate",
+                "same_image_rate", "category_ami", "category_v_measure", "category_homogeneity",
+                "category_completeness", "category_ari", "category_nmi", "category_accuracy",
+                "sub_category_ami", "sub_category_v_measure"]
+SCATTER_CAPTION = (
+    "*What to look for:* one row per space, coloured by KMeans (silhouette k), HDBSCAN (grey = noise) and the "
+    "known category (grey = unknown, train rows). A good space shows compact islands whose category colours "
+    "do not mix; the map is a 2-D PCA of the very points the clusters were found in.")
+SILHOUETTE_CAPTION = (
+    "*What to look for:* the peak of each line is the silhouette-chosen k (ringed); the other markers are the "
+    "silhouette at k = the number of known classes. A flat line means the space has no preferred k; compare "
+    "spaces by AMI at equal k (the table `decides`), not by their silhouette k.")
+
+
 @dg.multi_asset(
     group_name="clustering",
     outs={
         "product_clusters": dg.AssetOut(
-            kinds={"pandas"}, code_version="1",
+            kinds={"pandas"}, code_version="2",
             description="Per product (`nm`): a cluster id per `{space}_{algorithm}` (spaces text, image, "
-            "early_concat, joint; algorithms kmeans, hdbscan; -1 = HDBSCAN noise).",
+            "early_concat, joint; algorithms kmeans (silhouette k), kmeans_k_category / kmeans_k_sub_category "
+            "(k = the number of known classes), hdbscan; -1 = HDBSCAN noise).",
         ),
         "clustering_report": dg.AssetOut(
-            kinds={"pandas"}, code_version="1",
-            description="One row per (space, algorithm): clusters, noise share, silhouette, same-text / "
-            "same-image cohesion, and AMI/NMI/ARI/V-measure/homogeneity/completeness/accuracy vs the known "
-            "category and sub_category.",
+            kinds={"pandas"}, code_version="2",
+            description="One row per (space, algorithm): how k was chosen, clusters, noise share, silhouette, "
+            "same-text / same-image cohesion, and AMI/NMI/ARI/V-measure/homogeneity/completeness/accuracy vs "
+            "the known category and sub_category. Metadata leads with `decides`: every space at equal k.",
         ),
     },
 )
@@ -63,48 +78,52 @@ def product_clusters_and_report(
     image_index: pd.DataFrame,
     config: ClusteringSettings,
 ):
-    """PCA (128) → UMAP, then KMeans (k fixed or by silhouette) and HDBSCAN in every space; metrics
-    against the known labels on the rows that have them (test products)."""
+    """PCA (128) → UMAP once per space, then KMeans (silhouette k and k = known classes per target) and
+    HDBSCAN on it; metrics against the known labels on the rows that have them (test products)."""
     core_config = to_core(ClusteringConfig, config)
     started = time.perf_counter()
     spaces = clustering_spaces(text_embeddings, image_embeddings, joint_embeddings)
-    clusterings = clustering.cluster_spaces(spaces, core_config, log=context.log.info)
     nm = list(text_embeddings.nm)
     labels = product_labels.drop_duplicates("nm").set_index("nm").reindex(nm)
-    targets = {t: labels[t].astype(object).to_numpy() for t in LABEL_TARGETS if t in labels.columns}
+    targets = {t: labels[t].astype(object).to_numpy() for t in clustering.KNOWN_TARGETS if t in labels.columns}
+    equal_k = clustering.known_class_counts(targets)
+    clusterings = clustering.cluster_spaces(
+        spaces, core_config, log=context.log.info, equal_k=equal_k,
+        progress=progress_logger(context, "clustering", "spaces clustered"))
     keys = product_keys(nm, clean_products, image_index)
     report = clustering.clustering_report(
         clusterings, targets, {"text": keys["text_key"].to_numpy(), "image": keys["image_key"].to_numpy()},
         core_config,
     )
     clusters = pd.DataFrame({"nm": np.asarray(nm, dtype=object), **clustering.cluster_columns(clusterings)})
-    points = {space: clustering.scatter_2d(result.pca, core_config) for space, result in clusterings.items()}
+    points = {space: result.scatter for space, result in clusterings.items()}
     colourings = {space: {"kmeans": result.labels["kmeans"], "hdbscan": result.labels["hdbscan"],
                           "category": targets.get("category", np.full(len(nm), None, dtype=object))}
                   for space, result in clusterings.items()}
-    seconds = time.perf_counter() - started
     chosen_k = {space: int(len(set(result.labels["kmeans"]))) for space, result in clusterings.items()}
+    silhouette_png = joint_space_figures.silhouette_by_k_png(
+        {space: result.k_scores for space, result in clusterings.items()}, chosen_k,
+        marks={f"k = {target} classes ({k})": clustering.equal_k_silhouettes(report, target) for target, k in equal_k.items()})
+    seconds = time.perf_counter() - started
     yield dg.Output(
         clusters,
         output_name="product_clusters",
-        metadata={"dagster/row_count": len(clusters), "kmeans_k": dg.MetadataValue.json(chosen_k),
+        metadata={"dagster/row_count": len(clusters),
+                  "kmeans_k": dg.MetadataValue.json({"silhouette": chosen_k, "known_classes": equal_k}),
                   "preview": metadata.preview(clusters)},
     )
-    shown = ["space", "algorithm", "n_clusters", "noise_fraction", "silhouette", "same_text_rate",
-             "same_image_rate", "category_ami", "category_v_measure", "category_homogeneity",
-             "category_completeness", "category_ari", "category_nmi", "category_accuracy",
-             "sub_category_ami", "sub_category_v_measure"]
     yield dg.Output(
         report,
         output_name="clustering_report",
         metadata={
             "dagster/row_count": len(report),
-            "comparison": metadata.table(report[[c for c in shown if c in report.columns]].round(4)),
-            "scatter": dg.MetadataValue.md(png_markdown(scatter_grid_png(points, colourings),
-                                                        "2-D map per space, coloured by cluster and by category")),
-            "silhouette_by_k": dg.MetadataValue.json(
-                {space: {str(k): round(v, 4) for k, v in result.k_scores.items()}
-                 for space, result in clusterings.items()}),
+            "decides": metadata.table(clustering.lead_table(report, clustering.KNOWN_TARGETS).round(4)),
+            "silhouette_by_k": dg.MetadataValue.md(joint_space_figures.png_markdown(
+                silhouette_png, "silhouette by k per space", SILHOUETTE_CAPTION)),
+            "scatter": dg.MetadataValue.md(joint_space_figures.png_markdown(
+                joint_space_figures.scatter_grid_png(points, colourings),
+                "2-D map per space, coloured by cluster and by category", SCATTER_CAPTION)),
+            "comparison": metadata.table(report[[c for c in WIDE_COLUMNS if c in report.columns]].round(4)),
             "seconds": round(seconds, 2),
             "labelled_rows": dg.MetadataValue.json({t: int(pd.notna(v).sum()) for t, v in targets.items()}),
         },

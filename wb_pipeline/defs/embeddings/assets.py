@@ -12,6 +12,7 @@ from wb_pipeline.core.embedding_runs import embed_texts, embed_zip_images
 from wb_pipeline.core.embeddings import EmbeddingCache, EmbeddingTable, EmbedStats
 from wb_pipeline.core.product_text import encoder_text
 from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
+from wb_pipeline.defs.progress import progress_logger
 from wb_pipeline.defs.resources import WBRawData, WBStorage
 
 # Chosen by measurement (benchmarks/text_fast_path.py, 2 cores, int8 engine, title + ~200-word
@@ -34,17 +35,6 @@ class TextEmbeddingSettings(dg.Config):
     form: Literal["natural", "preprocessed"] = "natural"
     description_token_budget: int | None = DEFAULT_DESCRIPTION_TOKEN_BUDGET
     chunk_size: int = 512
-
-
-def progress_logger(context: dg.AssetExecutionContext, what: str):
-    """A progress callback that logs done/total, rate and ETA to the run log."""
-
-    def report(done: int, total: int, seconds: float) -> None:
-        rate = done / seconds if seconds > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else float("nan")
-        context.log.info(f"{what}: {done}/{total} embedded ({rate:.1f}/s), ETA {eta:.0f}s")
-
-    return report
 
 
 def embedding_metadata(table: EmbeddingTable, encoder, stats: EmbedStats) -> dict:
