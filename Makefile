@@ -12,7 +12,7 @@ SYSTEM_PACKAGES ?= chromium chromium-driver postgresql
 # Tests: everything (slow tests included); `make test PYTEST_ARGS='-m "not slow"'` for the inner loop.
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps run ui test bench bench-short
+.PHONY: setup system-deps run eval ui test bench bench-short
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -34,6 +34,21 @@ system-deps:
 # one log line per finished step (time, rows) plus the steps' own progress, instead of every DEBUG event.
 run: setup
 	$(BIN)/dagster job execute -m wb_pipeline.definitions -j full_pipeline -c deploy/cli-run.yaml
+
+# Quality of the whole graph on any dump in the WB layout: `make eval RAW_DIR=/path/to/folder`. Its own
+# storage and Dagster instance under storage/eval/<name>/ (converted models shared with the main run),
+# then one quality table, also written there as quality.md / quality.json.
+RAW_DIR ?=
+EVAL_NAME ?= $(notdir $(patsubst %/,%,$(RAW_DIR)))
+EVAL_DIR := $(CURDIR)/storage/eval/$(EVAL_NAME)
+eval: setup
+	@test -n "$(RAW_DIR)" || { echo "usage: make eval RAW_DIR=/path/to/wb_layout_folder [EVAL_NAME=name]"; exit 2; }
+	mkdir -p $(EVAL_DIR)/dagster_home
+	cp deploy/dagster.yaml $(EVAL_DIR)/dagster_home/dagster.yaml
+	WB_PIPELINE_RAW_DIR=$(abspath $(RAW_DIR)) WB_PIPELINE_STORAGE_DIR=$(EVAL_DIR) \
+	  WB_PIPELINE_MODELS_DIR=$${WB_PIPELINE_MODELS_DIR:-$(CURDIR)/storage/models} DAGSTER_HOME=$(EVAL_DIR)/dagster_home \
+	  $(BIN)/dagster job execute -m wb_pipeline.definitions -j full_pipeline -c deploy/cli-run.yaml
+	$(BIN)/python -m wb_pipeline.evaluate $(EVAL_DIR) --name $(EVAL_NAME)
 
 # The Dagster UI on http://127.0.0.1:3000
 ui: setup

@@ -65,6 +65,25 @@ def test_full_graph_succeeds_with_every_check_passing(full_run):
     assert checks["input_equals_clean_plus_rejected"] and checks["text_embeddings_vectors_valid"]
 
 
+def test_quality_report_of_the_run(full_run):
+    """`python -m wb_pipeline.evaluate` on the finished run: the four tables, written as markdown + JSON."""
+    import json
+
+    from wb_pipeline import evaluate
+
+    storage_dir = full_run["root"] / "storage"
+    assert evaluate.main([str(storage_dir), "--folds", "3"]) == 0
+    tables = json.loads((storage_dir / "quality.json").read_text())["tables"]
+    classifiers, retrieval, clustering_rows, rejections = tables.values()
+    assert {row["label"] for row in classifiers} == set(_load(full_run, "classification_report")["label"])
+    assert all("late − best unimodal" in row for row in classifiers)
+    assert {(row["method"], row["direction"]) for row in retrieval} == {
+        (m, d) for m in ("cca_pca128", "closed_form", "heads", "joint") for d in ("text_to_image", "image_to_text")}
+    assert {row["k chosen by"] for row in clustering_rows} >= {"= category classes"}
+    assert sum(row["products"] for row in rejections) == len(_load(full_run, "rejected_products"))
+    assert "## retrieval" in (storage_dir / "quality.md").read_text()
+
+
 def test_nothing_is_lost_between_raw_and_clean(full_run, small_sample_dir):
     clean, rejected = _load(full_run, "clean_products"), _load(full_run, "rejected_products")
     raw_train = pd.read_parquet(small_sample_dir / schema.TRAIN_FILE)

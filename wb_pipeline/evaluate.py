@@ -1,0 +1,61 @@
+"""`python -m wb_pipeline.evaluate STORAGE_DIR [--name NAME]`: the quality table of a finished run.
+
+`make eval RAW_DIR=/path/to/wb_layout_folder` runs the full graph into `storage/eval/<name>/` (its own
+storage and Dagster instance, nothing mixed with the main run), then this command, which reads the
+run's assets, cross-validates retrieval on its embeddings, prints one table per concern and writes
+them beside the run as `quality.md` and `quality.json`. It fails only when an output is missing,
+never on a score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from wb_pipeline.core import contrastive, storage
+from wb_pipeline.core.embeddings import read_embedding_table
+from wb_pipeline.core.evaluation import report
+from wb_pipeline.core.evaluation.retrieval import cross_validated_retrieval, summarise_retrieval
+
+REQUIRED_ASSETS = ("text_embeddings", "image_embeddings", "clean_products", "rejected_products", "image_index",
+                   "raw_products_train", "raw_products_test", "classification_report", "clustering_report")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("storage_dir", help="the run's WB_PIPELINE_STORAGE_DIR")
+    parser.add_argument("--name", default=None, help="title of the report (default: the folder name)")
+    parser.add_argument("--folds", type=int, default=5, help="group folds of the retrieval cross-validation")
+    args = parser.parse_args(argv)
+    root = storage.as_upath(args.storage_dir)
+    assets = root / "assets"
+    missing = [name for name in REQUIRED_ASSETS if not (assets / f"{name}.parquet").exists()]
+    if missing:
+        print(f"evaluate: {assets} lacks {', '.join(missing)} — did the run finish?", file=sys.stderr)
+        return 2
+    read = lambda name: storage.read_parquet(assets / f"{name}.parquet")  # noqa: E731
+    started = time.perf_counter()
+    text = read_embedding_table(assets / "text_embeddings.parquet")
+    image = read_embedding_table(assets / "image_embeddings.parquet").subset(text.nm)
+    clean = read("clean_products")
+    keys = contrastive.product_keys(text.nm, clean, read("image_index"))
+    folds = cross_validated_retrieval(text.vectors, image.vectors, keys["title_key"].tolist(),
+                                      keys["image_key"].tolist(), n_splits=args.folds)
+    n_input = len(read("raw_products_train")) + len(read("raw_products_test"))
+    tables = report.quality_tables(read("classification_report"), summarise_retrieval(folds),
+                                   read("clustering_report"), read("rejected_products"), n_input)
+    notes = {"storage": str(root), "input products": n_input, "clean products": len(clean),
+             "paired products (text + image)": len(text), "retrieval folds": args.folds,
+             "evaluation seconds": round(time.perf_counter() - started, 1)}
+    title = f"Quality of the run on {args.name or root.name}"
+    markdown = report.to_markdown(title, tables, notes)
+    storage.atomic_write_bytes(root / "quality.md", markdown.encode("utf-8"))
+    storage.atomic_write_bytes(root / "quality.json", report.to_json(tables, notes).encode("utf-8"))
+    print(markdown)
+    print(f"written: {root / 'quality.md'} and {root / 'quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
