@@ -256,6 +256,11 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
     assert report.loc[(report["label"] == "sex") & (report["model"] == "text"), "macro_f1"].item() > 0.7
     assert report.loc[report["label"] == "category", "f1"].notna().all()  # binary: F1 of the rarer class
 
+    report_metadata = result.asset_materializations_for_node("classification_report")[0].metadata
+    summary = report_metadata["summary"].value  # the narrow lead table: label, best model, macro-F1, fusion gain
+    assert summary.splitlines()[0].startswith("| label") and "sex" in summary and "category" in summary
+    assert "late fusion − best unimodal" in summary
+    assert "data:image/png;base64," in report_metadata["model_comparison"].value
     skipped = result.asset_materializations_for_node("label_classifiers")[0].metadata["skipped_labels"]
     reasons = {record.data["label"]: record.data["reason"] for record in skipped.records}
     assert reasons == {"season": "too_few_labelled", "fragility": "absent"}

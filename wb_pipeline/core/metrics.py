@@ -147,7 +147,3 @@ def confusion_matrix_png(y_true: Sequence, y_pred: Sequence, labels: Sequence, t
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
-
-def png_markdown(png: bytes, alt: str) -> str:
-    """A PNG embedded as a base64 data URI in markdown (Dagster metadata has no image type)."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"

@@ -7,7 +7,7 @@ import pandas as pd
 from wb_pipeline.core.classification import ALL_MODELS, UNIMODAL_MODELS
 from wb_pipeline.defs import metadata
 
-FUSION_TOLERANCE = 0.01  # macro-F1 points late fusion may trail the best unimodal model before warning
+FUSION_TOLERANCE = 0.005  # macro-F1 points late fusion may trail the best unimodal model before warning
 
 
 @dg.asset_check(

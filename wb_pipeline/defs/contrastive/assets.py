@@ -38,7 +38,7 @@ def aligned_images(text_embeddings: EmbeddingTable, image_embeddings: EmbeddingT
         raise ValueError(f"contrastive: text and image embeddings cover different products: {error}") from error
 
 
-@dg.asset(group_name="contrastive", kinds={"pytorch", "safetensors"}, code_version="1")
+@dg.asset(group_name="contrastive", kinds={"pytorch", "safetensors"}, code_version="2")
 def contrastive_model(
     context: dg.AssetExecutionContext,
     text_embeddings: EmbeddingTable,
@@ -50,8 +50,10 @@ def contrastive_model(
 ) -> dg.MaterializeResult:
     """Projection heads over the frozen text and image embeddings, trained with open_clip's ClipLoss
     and a learnable temperature; no duplicate title or image in a batch; group-aware validation split;
-    early stopping on validation loss. Value: held-out Recall@1/5/10 and median rank per direction at
-    chance, before (random heads) and after training; `artifact` = the saved model folder."""
+    early stopping on validation loss; beside them a closed-form regularised CCA of the two inputs,
+    concatenated with the heads' vectors. Value: held-out Recall@1/5/10 and median rank per direction at
+    chance, before (random heads), for the CCA part and the heads alone, and after (the joint vectors);
+    `artifact` = the saved model folder."""
     core_config = to_core(ContrastiveConfig, config)
     images = aligned_images(text_embeddings, image_embeddings)
     keys = contrastive.product_keys(text_embeddings.nm, clean_products, image_index)
@@ -86,6 +88,9 @@ def contrastive_model(
             "temperature": round(report.final_temperature, 4),
             "image_to_text_recall_at_10": after["image_to_text"].get("recall_at_10"),
             "text_to_image_recall_at_10": after["text_to_image"].get("recall_at_10"),
+            "image_to_text_recall_at_1": after["image_to_text"].get("recall_at_1"),
+            "text_to_image_recall_at_1": after["text_to_image"].get("recall_at_1"),
+            "closed_form_dim": model.closed_form_dim,
             "encoder_fingerprints": dg.MetadataValue.json(fingerprints),
             "artifact": dg.MetadataValue.path(str(folder)),
         },
