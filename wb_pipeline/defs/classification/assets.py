@@ -23,6 +23,7 @@ from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.defs.contrastive.assets import model_folder as joint_model_folder
 from wb_pipeline.defs.embeddings.resources import TextEncoderResource
+from wb_pipeline.defs.progress import progress_logger
 from wb_pipeline.defs.resources import WBStorage
 
 ClassificationSettings = config_class(core.ClassificationConfig, "ClassificationSettings")
@@ -78,7 +79,13 @@ def label_classifiers(
     groups = core.product_groups(clean, image_index, settings.group_by)
     features = _features(labels, text_embeddings, image_embeddings, joint_embeddings)
     frames, choices, skipped, trained = [], [], [], []
+    # Progress in labelled rows (the nested CV's cost grows with them), rate and ETA over the labels.
+    total_rows = int(sum(labels[label].notna().sum() for label in settings.labels if label in labels.columns))
+    report_progress = progress_logger(context, "label_classifiers", "labelled rows fitted")
+    done_rows, step_started = 0, time.perf_counter()
     for label in settings.labels:
+        if label in labels.columns:
+            done_rows += int(labels[label].notna().sum())
         data = core.prepare_label(labels, label, features, groups, settings)
         if isinstance(data, core.LabelSkip):
             context.log.warning(f"label {label} skipped: {data.reason} ({data.detail})")
@@ -90,6 +97,7 @@ def label_classifiers(
         core.save_label_models(models, models_folder(pipeline_storage, label))
         seconds = time.perf_counter() - started
         context.log.info(f"label {label}: {len(data.y)} rows, {len(data.classes)} classes, {seconds:.1f}s")
+        report_progress(done_rows, total_rows, time.perf_counter() - step_started)
         frames.append(cv.probabilities)
         choices.append(cv.choices[cv.choices["chosen"]].drop(columns="chosen"))
         trained.append({
