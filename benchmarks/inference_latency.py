@@ -110,7 +110,8 @@ def fit_label_models(text_vectors: np.ndarray, image_vectors: np.ndarray, n_esti
     from wb_pipeline.core import classification as core
 
     rng = np.random.default_rng(0)
-    config = core.ClassificationConfig(fusion_n_estimators=n_estimators)
+    # Random labels: no tree would pass the macro-F1 gate, so it is off here to time a meta-model WITH trees.
+    config = core.ClassificationConfig(fusion_n_estimators=n_estimators, fusion_gate_on_macro_f1=False)
     features = {"text": text_vectors, "image": image_vectors}
     models = []
     for label, n_classes in LABEL_CLASSES.items():
@@ -119,9 +120,10 @@ def fit_label_models(text_vectors: np.ndarray, image_vectors: np.ndarray, n_esti
         rng.shuffle(y)
         data = core.LabelData(label=label, nm=np.arange(len(y)).astype(str), y=y, classes=classes,
                               groups=np.arange(len(y)), features=features)
-        label_models = core.fit_final_base_models(data, {m: (1.0, "balanced") for m in core.BASE_MODELS}, config)
-        stacked = np.hstack([label_models.predict_proba(m, features) for m in core.UNIMODAL_MODELS])
-        label_models.late_fusion = config.late_fusion(classes).fit(stacked, y)
+        label_models = core.fit_final_base_models(data, {m: (1.0, "balanced", 1.0) for m in data.models}, config)
+        label_models.fusion_inputs = data.models
+        stacked = np.hstack([label_models.predict_proba(m, features) for m in data.models])
+        label_models.late_fusion = config.late_fusion(classes, len(data.models)).fit(stacked, y)
         models.append(label_models)
     return models
 

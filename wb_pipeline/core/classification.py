@@ -103,6 +103,7 @@ class ClassificationConfig:
     fusion_boost_from: str = "mean"  # mean (of the inputs) | auto (the mean or the best block) | best_block | block:<i>
     fusion_n_estimators: int = 200  # the most trees; early stopping on inner folds picks how many (maybe 0)
     fusion_early_stopping_rounds: int = 20
+    fusion_gate_on_macro_f1: bool = True  # keep trees only when they raise inner out-of-fold macro-F1
     fusion_num_leaves: int = 4
     fusion_max_depth: int = 2
     fusion_learning_rate: float = 0.05
@@ -136,7 +137,8 @@ class ClassificationConfig:
             max_depth=self.fusion_max_depth, learning_rate=self.fusion_learning_rate,
             min_child_samples=self.fusion_min_child_samples, lambda_l2=self.fusion_lambda_l2,
             class_weight=None if self.fusion_class_weight == "none" else self.fusion_class_weight,
-            early_stopping_rounds=self.fusion_early_stopping_rounds, inner_splits=self.inner_splits,
+            early_stopping_rounds=self.fusion_early_stopping_rounds, gate_on_macro_f1=self.fusion_gate_on_macro_f1,
+            inner_splits=self.inner_splits,
             random_state=self.seed, n_jobs=self.fusion_n_jobs,
         )
 

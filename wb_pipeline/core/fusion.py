@@ -113,6 +113,7 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         lambda_l2: float = 1.0,
         class_weight: str | None = "balanced",
         early_stopping_rounds: int = 20,
+        gate_on_macro_f1: bool = True,
         inner_splits: int = 3,
         random_state: int = 0,
         n_jobs: int = 1,
@@ -128,6 +129,7 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         self.lambda_l2 = lambda_l2
         self.class_weight = class_weight
         self.early_stopping_rounds = early_stopping_rounds
+        self.gate_on_macro_f1 = gate_on_macro_f1
         self.inner_splits = inner_splits
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -227,7 +229,7 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
             predicted = (raw > 0).astype(np.int64) if raw.ndim == 1 else np.argmax(raw, axis=1)
             return f1_score(encoded, predicted, labels=labels, average="macro", zero_division=0)
 
-        if macro_f1(boosted) <= macro_f1(init_score):
+        if self.gate_on_macro_f1 and macro_f1(boosted) <= macro_f1(init_score):
             return 0, chosen
         return max(1, int(round(float(np.mean(chosen))))), chosen
 
