@@ -17,6 +17,7 @@ BENCHMARKS = [
     "benchmarks.inference_latency",
     "benchmarks.scale",
     "benchmarks.text_fast_path",
+    "benchmarks.search",
 ]
 
 
