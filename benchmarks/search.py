@@ -130,6 +130,16 @@ def jpeg_bytes(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+def run_stages(prefix: str, steps: list, value, stages: dict[str, list[float]]) -> None:
+    """Feed `value` through the (name, function) steps, timing each and the whole."""
+    started = time.perf_counter()
+    for name, step in steps:
+        step_started = time.perf_counter()
+        value = step(value)
+        stages[f"{prefix}: {name}"].append(time.perf_counter() - step_started)
+    stages[f"{prefix}: total"].append(time.perf_counter() - started)
+
+
 def bench_queries(index, threads: int, reps: int) -> list[dict]:
     """Batch-1 text and photo queries end to end against `index` (a VectorIndex in a 256-d space)."""
     import torch
@@ -152,30 +162,18 @@ def bench_queries(index, threads: int, reps: int) -> list[dict]:
         "photo: decode", "photo: encoder", "photo: joint head", "photo: search", "photo: total")}
     text_encoder.encode([QUERIES[0]])  # warm-up: model load, first-call allocations
     image_encoder.encode([images.decode_image(photos[0], config, image_encoder.min_decode_side)])
+    text_steps = [("encoder", lambda q: text_encoder.encode([q])),
+                  ("joint head", lambda v: query_vector("joint", text_vector=v, joint_model=model)),
+                  ("search", lambda v: index.search(v, K, 1))]
+    photo_steps = [("decode", lambda data: images.decode_image(data, config, image_encoder.min_decode_side)),
+                   ("encoder", lambda photo: image_encoder.encode([photo])),
+                   ("joint head", lambda v: query_vector("joint", image_vector=v, joint_model=model)),
+                   ("search", lambda v: index.search(v, K, 1))]
     for _ in range(reps):
         for query in QUERIES:
-            t0 = time.perf_counter()
-            vector = text_encoder.encode([query])
-            t1 = time.perf_counter()
-            joint = query_vector("joint", text_vector=vector, joint_model=model)
-            t2 = time.perf_counter()
-            index.search(joint, K, 1)
-            t3 = time.perf_counter()
-            for name, seconds in (("encoder", t1 - t0), ("joint head", t2 - t1), ("search", t3 - t2), ("total", t3 - t0)):
-                stages[f"text: {name}"].append(seconds)
+            run_stages("text", text_steps, query, stages)
         for data in photos:
-            t0 = time.perf_counter()
-            photo = images.decode_image(data, config, image_encoder.min_decode_side)
-            t1 = time.perf_counter()
-            vector = image_encoder.encode([photo])
-            t2 = time.perf_counter()
-            joint = query_vector("joint", image_vector=vector, joint_model=model)
-            t3 = time.perf_counter()
-            index.search(joint, K, 1)
-            t4 = time.perf_counter()
-            for name, seconds in (("decode", t1 - t0), ("encoder", t2 - t1), ("joint head", t3 - t2),
-                                  ("search", t4 - t3), ("total", t4 - t0)):
-                stages[f"photo: {name}"].append(seconds)
+            run_stages("photo", photo_steps, data, stages)
     return [{"stage": name, "p50_ms": float(np.percentile(values, 50) * 1e3),
              "p99_ms": float(np.percentile(values, 99) * 1e3), "calls": len(values)}
             for name, values in stages.items()]

@@ -22,6 +22,7 @@ import pandas as pd
 
 from wb_pipeline.core.contrastive import joint_matrix
 from wb_pipeline.core.embeddings import EmbeddingTable
+from wb_pipeline.core.encoders.base import l2_normalize
 
 Space = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat"]
 SPACES: tuple[str, ...] = ("joint", "joint_text", "joint_image", "text", "image", "early_concat")
@@ -30,12 +31,6 @@ JOINT_SPACES = {"joint": "combined_joint", "joint_text": "text_joint", "joint_im
 
 class QueryError(ValueError):
     """A query that cannot be answered (empty text, unreadable image, wrong modality for the space)."""
-
-
-def l2_rows(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 def uses_joint_model(space: str) -> bool:
@@ -61,7 +56,7 @@ def space_vectors(space: str, text: EmbeddingTable, image: EmbeddingTable,
     images = image.subset(nm)
     if space == "image":
         return nm, images.vectors
-    return nm, l2_rows(np.hstack([text.vectors, images.vectors]))
+    return nm, l2_normalize(np.hstack([text.vectors, images.vectors]))
 
 
 def query_vector(space: str, *, text_vector: np.ndarray | None = None, image_vector: np.ndarray | None = None,
@@ -78,16 +73,16 @@ def query_vector(space: str, *, text_vector: np.ndarray | None = None, image_vec
         if joint_model is None:
             raise ValueError(f"space {space!r} needs the joint model to project the query")
         projected = joint_model.project_text(vector) if modality == "text" else joint_model.project_image(vector)
-        return l2_rows(projected)
+        return l2_normalize(projected)
     if space in ("text", "image"):
         if modality != space:
             raise QueryError(f"the index is over the {space!r} space: it can only take a {space} query, "
                              f"not a {modality} query (build it over 'joint' for cross-modal search)")
-        return l2_rows(vector)
+        return l2_normalize(vector)
     if space == "early_concat":
         if text_dim is None or image_dim is None:
             raise ValueError("space 'early_concat' needs text_dim and image_dim")
         zeros = np.zeros((1, image_dim if modality == "text" else text_dim), np.float32)
         parts = [vector, zeros] if modality == "text" else [zeros, vector]
-        return l2_rows(np.hstack(parts))
+        return l2_normalize(np.hstack(parts))
     raise ValueError(f"space must be one of {SPACES}, got {space!r}")
