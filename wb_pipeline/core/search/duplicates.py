@@ -39,10 +39,10 @@ class DuplicateConfig:
 
     vectors: Literal["encoders", "joint"] = "encoders"
     candidates: int = 20
-    text_threshold: float = 0.97
-    image_threshold: float = 0.97
-    text_floor: float = 0.93
-    image_floor: float = 0.85
+    text_threshold: float = 0.99
+    image_threshold: float = 0.99
+    text_floor: float = 0.97
+    image_floor: float = 0.95
     exact_below: int = 20_000  # kNN exact below this many products, HNSW above (like the index)
     threads: int = 2
     sample_groups: int = 8  # groups shown in the metadata (table + contact sheet)

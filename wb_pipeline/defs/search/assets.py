@@ -271,8 +271,8 @@ class DuplicateReportSettings(dg.Config):
 
     text_grid: list[float] = [0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.985, 0.99, 0.995, 2.0]
     image_grid: list[float] = [0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 2.0]
-    floor_text_grid: list[float] = [0.85, 0.9, 0.93, 0.95, 2.0]
-    floor_image_grid: list[float] = [0.7, 0.8, 0.85, 0.9, 2.0]
+    floor_text_grid: list[float] = [0.9, 0.95, 0.97, 0.98, 2.0]
+    floor_image_grid: list[float] = [0.85, 0.9, 0.95, 0.97, 2.0]
     vector_sources: list[str] = ["encoders", "joint"]
     purity_k: int = 10
     threads: int = 2
