@@ -519,3 +519,49 @@ def test_cli_without_a_materialized_index_says_so(tmp_path):
     done = subprocess.run([sys.executable, "-m", "wb_pipeline.search", ""], capture_output=True, text=True, env=env,
                           cwd=REPO_ROOT, timeout=300)
     assert done.returncode == 2 and "empty text query" in done.stderr
+
+
+# --- the checks, called directly on good and bad inputs -------------------------------------------------
+
+
+def _index_table(build) -> pd.DataFrame:
+    return build.products.assign(position=np.arange(len(build.products)), index_folder=str(build.folder))
+
+
+def test_index_size_check_fails_when_the_index_and_the_space_differ(tmp_path):
+    from wb_pipeline.defs.search.checks import product_index_size_matches_space
+
+    nm, text, _ = _tables()
+    build, _ = update_index(tmp_path, None, nm, text.vectors, nm, IndexConfig())
+    assert product_index_size_matches_space(product_index=_index_table(build), text_embeddings=text).passed
+    extra = EmbeddingTable(np.append(nm, "999"), np.vstack([text.vectors, text.vectors[:1]]))
+    result = product_index_size_matches_space(product_index=_index_table(build), text_embeddings=extra)
+    assert not result.passed and result.metadata["missing"].value == 1
+
+
+def test_recall_check_warns_on_a_poor_hnsw(tmp_path):
+    from wb_pipeline.defs.search.checks import product_index_recall
+
+    rng = np.random.default_rng(0)
+    vectors = _unit(rng.standard_normal((3000, 128)))  # no structure: the hardest case for a graph index
+    nm = np.array([str(i) for i in range(3000)], dtype=object)
+    poor = IndexConfig(exact_below=0, hnsw_m=2, ef_construction=2, ef_search=1, recall_queries=100)
+    build, stats = update_index(tmp_path / "poor", None, nm, vectors, nm, poor)
+    result = product_index_recall(product_index=_index_table(build))
+    assert stats.recall_at_k < 0.95 and not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    good, _ = update_index(tmp_path / "good", None, nm, vectors, nm, IndexConfig())  # exact at this size
+    assert product_index_recall(product_index=_index_table(good)).passed
+
+
+def test_partition_check_catches_a_product_in_two_groups_or_none():
+    from wb_pipeline.defs.search.checks import duplicate_groups_partition_products
+
+    nm, text, _ = _tables(4)
+    good = dup.groups_frame(nm, np.array([0, 0, 1, 2]))
+    assert duplicate_groups_partition_products(duplicate_groups=good, text_embeddings=text).passed
+    twice = pd.concat([good, good.iloc[[0]].assign(group_id=2)], ignore_index=True)
+    assert not duplicate_groups_partition_products(duplicate_groups=twice, text_embeddings=text).passed
+    assert not duplicate_groups_partition_products(duplicate_groups=good.iloc[1:], text_embeddings=text).passed
+    wrong_size = good.assign(group_size=[2, 2, 2, 1])
+    result = duplicate_groups_partition_products(duplicate_groups=wrong_size, text_embeddings=text)
+    assert not result.passed and result.metadata["wrong_group_size"].value == 1

@@ -17,6 +17,14 @@ RECALL_QUERIES = 500
 RECALL_SEED = 1  # other queries than the build's own measurement (seed 0)
 
 
+def coverage(nm: pd.Series, text_embeddings: EmbeddingTable) -> dict[str, int]:
+    """How `nm` differs from the embedded products: missing, extra and repeated ids."""
+    nm = nm.astype(str)
+    expected = set(pd.Series(text_embeddings.nm).astype(str))
+    return {"missing": len(expected - set(nm)), "extra": len(set(nm) - expected),
+            "duplicated": int(nm.duplicated().sum()), "embedded_products": len(expected)}
+
+
 @dg.asset_check(
     asset="product_index",
     blocking=True,
@@ -26,14 +34,11 @@ RECALL_SEED = 1  # other queries than the build's own measurement (seed 0)
 )
 def product_index_size_matches_space(product_index: pd.DataFrame, text_embeddings: EmbeddingTable) -> dg.AssetCheckResult:
     build = load_build(index_folder(product_index))
-    indexed = build.products["nm"].astype(str)
-    expected = set(pd.Series(text_embeddings.nm).astype(str))
-    missing, extra = len(expected - set(indexed)), len(set(indexed) - expected)
-    duplicated = int(indexed.duplicated().sum())
+    found = coverage(build.products["nm"], text_embeddings)
+    sizes_agree = build.index.size == found["embedded_products"] == len(product_index)
     return dg.AssetCheckResult(
-        passed=bool(build.index.size == len(expected) == len(product_index) and not (missing or extra or duplicated)),
-        metadata={"index_size": build.index.size, "products_in_space": len(expected), "table_rows": len(product_index),
-                  "missing": missing, "extra": extra, "duplicated": duplicated},
+        passed=bool(sizes_agree and not (found["missing"] or found["extra"] or found["duplicated"])),
+        metadata={"index_size": build.index.size, "table_rows": len(product_index), **found},
     )
 
 
@@ -61,16 +66,12 @@ def product_index_recall(product_index: pd.DataFrame) -> dg.AssetCheckResult:
     "group's recorded size is its real size.",
 )
 def duplicate_groups_partition_products(duplicate_groups: pd.DataFrame, text_embeddings: EmbeddingTable) -> dg.AssetCheckResult:
-    nm = duplicate_groups["nm"].astype(str)
-    expected = set(pd.Series(text_embeddings.nm).astype(str))
-    duplicated = int(nm.duplicated().sum())
-    missing, extra = len(expected - set(nm)), len(set(nm) - expected)
+    found = coverage(duplicate_groups["nm"], text_embeddings)  # `duplicated` = a product in two groups
     real_sizes = duplicate_groups.groupby("group_id")["nm"].transform("size")
     wrong_sizes = int((real_sizes != duplicate_groups["group_size"]).sum())
     no_group = int(duplicate_groups["group_id"].isna().sum())
     return dg.AssetCheckResult(
-        passed=bool(not (duplicated or missing or extra or wrong_sizes or no_group)),
-        metadata={"products": len(duplicate_groups), "in_two_groups": duplicated, "missing": missing, "extra": extra,
-                  "wrong_group_size": wrong_sizes, "without_group": no_group,
-                  "groups": int(duplicate_groups["group_id"].nunique())},
+        passed=bool(not (found["duplicated"] or found["missing"] or found["extra"] or wrong_sizes or no_group)),
+        metadata={"products": len(duplicate_groups), **found, "wrong_group_size": wrong_sizes,
+                  "without_group": no_group, "groups": int(duplicate_groups["group_id"].nunique())},
     )
