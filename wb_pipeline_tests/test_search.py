@@ -565,3 +565,31 @@ def test_partition_check_catches_a_product_in_two_groups_or_none():
     wrong_size = good.assign(group_size=[2, 2, 2, 1])
     result = duplicate_groups_partition_products(duplicate_groups=wrong_size, text_embeddings=text)
     assert not result.passed and result.metadata["wrong_group_size"].value == 1
+
+
+def test_report_table_on_hand_built_products():
+    from wb_pipeline.core.search import report
+
+    text, image = _hand_built()
+    nm = np.array(list("ABCDEFG"), dtype=object)
+    products = pd.DataFrame({"nm": nm, "title": ["t1", "t1", "t2", "t3", "t4", "t5", "t6"], "description": ""})
+    image_index = pd.DataFrame({"nm": nm, "content_hash": ["h1", "h2", "h3", "h3", "h4", "h5", "h6"]})
+    truths = report.known_duplicates(nm, products, image_index, {"E": "m1", "F": "m1"})
+    assert truths["same_title_or_image"].tolist() == [0, 0, 1, 1, 2, 3, 4]  # A/B same title, C/D same photo
+    assert truths["colour_variants"][4] == truths["colour_variants"][5]
+    settings = {"vectors": "encoders", "candidates": 6, "text_threshold": 0.99, "image_threshold": 0.99,
+                "text_floor": 0.95, "image_floor": 0.9}
+    pairs = dup.candidate_pairs(text, image, 6, IndexConfig())
+    groups, _ = dup.group_products(pairs, 7, dup.DuplicateConfig(**{k: v for k, v in settings.items()}))
+    labels = pd.DataFrame({"category": ["x", "x", "y", "y", None, None, "z"], "sub_category": None})
+    table = report.duplicate_report(
+        nm, groups, {"encoders": pairs}, truths, settings, report.ReportGrids([0.99, 2.0], [0.99, 2.0], [0.95], [0.9]),
+        {"text": text, "image": image}, labels, pd.DataFrame({"nm": ["A"], "neighbour_nm": ["B"]}), "text", 1,
+        IndexConfig())
+    configured = table[(table["section"] == "configured") & (table["level"] == "groups")].set_index("truth")
+    assert configured.at["same_title_or_image", "precision"] == pytest.approx(2 / 3)  # E–F is not a title/photo twin
+    assert configured.at["any_known", "f1"] == 1.0  # ... but a colour variant: every known pair found, nothing else
+    assert len(table[table["section"] == "sweep"]) == 4 * 3 and len(table[table["section"] == "floors"]) == 3
+    purity = table[table["section"] == "purity"].set_index("space")
+    assert set(purity.index) == {"text", "image", "text (similar_products)"}  # sub_category unknown: no rows
+    assert purity.at["text (similar_products)", "purity"] == 1.0

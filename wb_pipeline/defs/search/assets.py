@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from wb_pipeline.core import contrastive, images, schema, validation
+from wb_pipeline.core import images, schema
 from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core.joint_space_figures import png_markdown
 from wb_pipeline.core.search import duplicates as dup
-from wb_pipeline.core.search import evaluation
+from wb_pipeline.core.search import report
 from wb_pipeline.core.search.contact_sheet import contact_sheet_png
-from wb_pipeline.core.search.index import IndexConfig, knn, neighbours_of_all
+from wb_pipeline.core.search.index import IndexConfig, neighbours_of_all
 from wb_pipeline.core.search.spaces import SPACES, space_vectors, uses_joint_model
 from wb_pipeline.core.search.store import load_build, update_index
 from wb_pipeline.defs import metadata
@@ -291,48 +291,6 @@ def read_sample_ground_truth(raw_data: WBRawData) -> dict[str, str] | None:
     return {str(nm): f"model-{m}" for m, group in enumerate(models) for nm in group}
 
 
-def _truths(nm: np.ndarray, clean_products: pd.DataFrame, image_index: pd.DataFrame,
-            variants: dict[str, str] | None) -> dict[str, np.ndarray]:
-    keys = contrastive.product_keys(nm, clean_products, image_index)
-    truths = {"same_title_or_image": validation.duplicate_groups(keys["title_key"], keys["image_key"])}
-    if variants is not None:
-        model = pd.Series(nm).astype(str).map(variants).to_numpy(dtype=object)
-        truths["colour_variants"] = evaluation.truth_from_labels(model)
-        truths["any_known"] = validation.duplicate_groups(keys["title_key"], keys["image_key"], model)
-    return truths
-
-
-def _purity_rows(spaces: dict[str, np.ndarray], labels: pd.DataFrame, k: int, config: IndexConfig,
-                 similar: pd.DataFrame, index_space: str, nm: np.ndarray) -> list[dict]:
-    rows = []
-    for label in ("category", "sub_category"):
-        if label not in labels:
-            continue
-        known = labels[label].notna().to_numpy()
-        if known.sum() < 2:
-            continue
-        values = labels[label].astype(object).to_numpy()[known]
-        for space, vectors in spaces.items():
-            _, positions = knn(vectors[known], k, config)
-            rows.append({"section": "purity", "space": space, "label": label, "gallery": "labelled products",
-                         **evaluation.neighbour_purity(positions, values)})
-        # The index's own similar_products, over the whole catalogue, counting labelled neighbours only.
-        position_of = pd.Series(np.arange(len(nm)), index=pd.Index(nm.astype(str)))
-        query = position_of.reindex(similar["nm"].astype(str)).to_numpy()
-        neighbour = position_of.reindex(similar["neighbour_nm"].astype(str)).to_numpy()
-        all_values = labels[label].astype(object).to_numpy()
-        if len(similar):
-            ok = ~(np.isnan(query) | np.isnan(neighbour))
-            q, nb = query[ok].astype(np.int64), neighbour[ok].astype(np.int64)
-            both = pd.notna(all_values[q]) & pd.notna(all_values[nb])
-            same = (all_values[q][both] == all_values[nb][both]).sum()
-            rows.append({"section": "purity", "space": f"{index_space} (similar_products)", "label": label,
-                         "gallery": "whole catalogue, labelled pairs", "purity": float(same / both.sum()) if both.any()
-                         else float("nan"), "neighbours_counted": int(both.sum()),
-                         "queries": int(len(np.unique(q[both])))})
-    return rows
-
-
 @dg.asset(group_name="search", kinds={"pandas"}, code_version="1")
 def duplicate_report(
     context: dg.AssetExecutionContext,
@@ -357,71 +315,40 @@ def duplicate_report(
     of each product's top-k neighbours with its category / sub_category, per space."""
     dup_config = latest_metadata(context, "duplicate_groups").get("config") or {}
     defaults = dup.DuplicateConfig()
-    settings = {k: dup_config.get(k, getattr(defaults, k)) for k in (
-        "vectors", "candidates", "text_threshold", "image_threshold", "text_floor", "image_floor")}
+    settings = {k: dup_config.get(k, getattr(defaults, k)) for k in report.SETTINGS}
     nm = np.asarray(text_embeddings.nm, dtype=object)
     groups = by_nm(duplicate_groups, nm)["group_id"].to_numpy()
     if pd.isna(groups).any():
         raise ValueError("duplicate_report: duplicate_groups lacks products of text_embeddings")
-    groups = groups.astype(np.int64)
-    variants = read_sample_ground_truth(raw_data)
-    truths = _truths(nm, clean_products, image_index, variants)
-    index_config = IndexConfig(exact_below=dup.DuplicateConfig().exact_below, threads=config.threads, recall_queries=0)
-    rows: list[dict] = []
+    truths = report.known_duplicates(nm, clean_products, image_index, read_sample_ground_truth(raw_data))
+    index_config = IndexConfig(exact_below=defaults.exact_below, threads=config.threads, recall_queries=0)
     pairs_by_source = {}
     for source in dict.fromkeys([settings["vectors"], *config.vector_sources]):
         _, text_vectors, image_vectors = modality_vectors(source, text_embeddings, image_embeddings, joint_embeddings)
-        pairs_by_source[source] = dup.candidate_pairs(text_vectors, image_vectors, int(settings["candidates"]), index_config)
-    configured_pairs = pairs_by_source[settings["vectors"]]
-    edges = dup.match_edges(configured_pairs, len(nm), settings["text_threshold"], settings["image_threshold"],
-                            settings["text_floor"], settings["image_floor"])
-    for truth_name, truth in truths.items():
-        common = {"truth": truth_name, "vectors": settings["vectors"], "text_threshold": settings["text_threshold"],
-                  "image_threshold": settings["image_threshold"], "text_floor": settings["text_floor"],
-                  "image_floor": settings["image_floor"]}
-        rows.append({"section": "configured", "level": "groups", **common, **evaluation.group_scores(groups, truth),
-                     "candidate_recall": evaluation.candidate_recall(configured_pairs, truth)})
-        rows.append({"section": "configured", "level": "match edges", **common,
-                     **evaluation.edge_scores(configured_pairs["i"].to_numpy()[edges],
-                                              configured_pairs["j"].to_numpy()[edges], truth)})
-    for source, pairs in pairs_by_source.items():
-        sweep = evaluation.threshold_sweep(pairs, len(nm), truths, config.text_grid, config.image_grid,
-                                           dup.OFF, dup.OFF)
-        rows.extend({"section": "sweep", "level": "groups", "vectors": source, "text_floor": dup.OFF,
-                     "image_floor": dup.OFF, **row} for row in sweep.to_dict("records"))
-    for text_floor in config.floor_text_grid:
-        for image_floor in config.floor_image_grid:
-            floor_edges = dup.match_edges(configured_pairs, len(nm), settings["text_threshold"],
-                                          settings["image_threshold"], text_floor, image_floor)
-            floor_groups = dup.components(len(nm), configured_pairs["i"].to_numpy()[floor_edges],
-                                          configured_pairs["j"].to_numpy()[floor_edges])
-            for truth_name, truth in truths.items():
-                rows.append({"section": "floors", "level": "groups", "truth": truth_name, "vectors": settings["vectors"],
-                             "text_threshold": settings["text_threshold"], "image_threshold": settings["image_threshold"],
-                             "text_floor": text_floor, "image_floor": image_floor,
-                             **evaluation.group_scores(floor_groups, truth)})
-    labels = by_nm(product_labels, nm)
+        pairs_by_source[source] = dup.candidate_pairs(text_vectors, image_vectors, int(settings["candidates"]),
+                                                      index_config)
     spaces = {space: space_vectors(space, text_embeddings, image_embeddings, joint_embeddings)[1] for space in SPACES}
-    index_space = str(latest_metadata(context, "product_index").get("space", IndexConfig().space))
-    purity_config = IndexConfig(exact_below=IndexConfig().exact_below, threads=config.threads, recall_queries=0)
-    rows.extend(_purity_rows(spaces, labels, config.purity_k, purity_config, similar_products, index_space, nm))
-    report = pd.DataFrame(rows)
-    report_metadata = _report_metadata(report, truths, settings)
-    return dg.MaterializeResult(value=report, metadata=report_metadata)
+    table = report.duplicate_report(
+        nm, groups.astype(np.int64), pairs_by_source, truths, settings,
+        report.ReportGrids(config.text_grid, config.image_grid, config.floor_text_grid, config.floor_image_grid),
+        spaces, by_nm(product_labels, nm), similar_products,
+        str(latest_metadata(context, "product_index").get("space", IndexConfig().space)), config.purity_k,
+        index_config)
+    return dg.MaterializeResult(value=table, metadata=_report_metadata(table, truths, settings))
 
 
-def _report_metadata(report: pd.DataFrame, truths: dict[str, np.ndarray], settings: dict) -> dict:
+def _report_metadata(table: pd.DataFrame, truths: dict[str, np.ndarray], settings: dict) -> dict:
     scores = ["precision", "recall", "f1", "product_f1", "product_f1_dup", "groups", "largest_group"]
-    configured = report.loc[report["section"] == "configured",
+    configured = table.loc[table["section"] == "configured",
                             ["truth", "level", *scores, "candidate_recall", "true_pairs", "predicted_pairs"]]
-    sweep = report.loc[report["section"] == "sweep"]
+    sweep = table.loc[table["section"] == "sweep"]
     best = (sweep.sort_values(["truth", "vectors", "f1"], ascending=[True, True, False])
             .groupby(["truth", "vectors"], as_index=False).head(1))
-    floors = report.loc[report["section"] == "floors"]
-    purity = report.loc[report["section"] == "purity", ["space", "label", "gallery", "purity", "neighbours_counted"]]
+    floors = table.loc[table["section"] == "floors"]
+    purity = table.loc[table["section"] == "purity", ["space", "label", "gallery", "purity", "neighbours_counted"]]
     main = configured.loc[configured["level"] == "groups"].set_index("truth")
     result = {
-        "dagster/row_count": len(report),
+        "dagster/row_count": len(table),
         "truths": dg.MetadataValue.json({name: {"products_with_a_duplicate": int((np.bincount(t)[t] > 1).sum()),
                                                 "true_pairs": float((np.bincount(t) * (np.bincount(t) - 1) / 2).sum())}
                                          for name, t in truths.items()}),
