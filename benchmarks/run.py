@@ -20,6 +20,7 @@ BENCHMARKS = [
     "benchmarks.text_fast_path",
     "benchmarks.clustering",
     "benchmarks.pipeline_profile",
+    "benchmarks.search",
 ]
 
 

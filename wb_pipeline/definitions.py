@@ -21,6 +21,8 @@ from wb_pipeline.defs.labels import checks as labels_checks
 from wb_pipeline.defs.preprocessing import assets as preprocessing_assets
 from wb_pipeline.defs.preprocessing import checks as preprocessing_checks
 from wb_pipeline.defs.resources import WBRawData, WBStorage, WBStorageIOManager
+from wb_pipeline.defs.search import assets as search_assets
+from wb_pipeline.defs.search import checks as search_checks
 
 ASSET_MODULES = [
     ingestion_assets,
@@ -30,6 +32,7 @@ ASSET_MODULES = [
     contrastive_assets,
     clustering_assets,
     classification_assets,
+    search_assets,
 ]
 CHECK_MODULES = [
     preprocessing_checks,
@@ -38,6 +41,7 @@ CHECK_MODULES = [
     contrastive_checks,
     clustering_checks,
     classification_checks,
+    search_checks,
 ]
 
 
@@ -61,7 +65,7 @@ def build_definitions(
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
-        jobs=[jobs.full_pipeline, jobs.reembed_new_products],
+        jobs=[jobs.full_pipeline, jobs.reembed_new_products, jobs.refresh_search_index],
         schedules=[jobs.build_reembed_schedule()],
         sensors=[jobs.build_incoming_sensor(incoming_dir)],
         resources={

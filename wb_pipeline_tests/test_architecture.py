@@ -45,6 +45,10 @@ def test_definitions_load_with_every_group_and_check():
         "fusion_classifier": "classification",
         "classification_report": "classification",
         "test_predictions": "classification",
+        "product_index": "search",
+        "similar_products": "search",
+        "duplicate_groups": "search",
+        "duplicate_report": "search",
     }
     assert {k: groups.get(k) for k in expected} == expected
     check_names = {key.name for key in graph.asset_check_keys}
@@ -60,7 +64,14 @@ def test_definitions_load_with_every_group_and_check():
         "joint_space_not_worse_than_unimodal",
         "fusion_not_worse_than_best_unimodal",
         "test_predictions_cover_test_products",
+        "product_index_size_matches_space",
+        "product_index_recall",
+        "duplicate_groups_partition_products",
     } <= check_names
-    assert defs.resolve_job_def("full_pipeline") is not None
+    full = defs.resolve_job_def("full_pipeline")
+    assert set(full.asset_layer.executable_asset_keys) == set(graph.get_all_asset_keys())  # the search group too
+    refresh = defs.resolve_job_def("refresh_search_index")
+    assert {key.to_user_string() for key in refresh.asset_layer.executable_asset_keys} == {
+        "joint_embeddings", "product_index", "similar_products", "duplicate_groups", "duplicate_report"}
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key.to_user_string()} has no description"

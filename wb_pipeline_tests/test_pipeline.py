@@ -189,3 +189,36 @@ def test_new_drop_is_registered_and_only_its_products_are_embedded(full_run):
 
     with dg.build_schedule_context(instance=instance) as context:
         assert schedule.evaluate_tick(context).skip_message  # nothing pending any more
+
+
+def test_search_command_on_the_real_encoders(full_run, shared_models_dir):
+    """`python -m wb_pipeline.search` against the materialized run: the real e5 (query prompt) + joint text
+    head, and a catalogue photo through Lite0 + the image head, which finds that very product."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    storage = full_run["root"] / "storage"
+    command = [sys.executable, "-m", "wb_pipeline.search", "--storage", str(storage),
+               "--models-dir", str(shared_models_dir), "--top", "5"]
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([*command, "платье женское летнее"], capture_output=True, text=True, cwd=repo, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().split("\n")
+    indexed = set(_load(full_run, "product_index")["nm"])
+    assert len(lines) == 5 and all(line.split("\t")[0] in indexed for line in lines)
+    scores = [float(line.split("\t")[1]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+    # a photo of one clean product, written out of the zip: its own product is the best match
+    clean = _load(full_run, "clean_products")
+    index = _load(full_run, "image_index").drop_duplicates("content_hash", keep=False)  # a photo only it has
+    nm = next(n for n in clean["nm"] if n in set(index["nm"]))
+    member = index.loc[index["nm"] == nm, "member"].iloc[0]
+    raw = Path(full_run["defs"].resources["raw_data"].raw_dir)
+    photo = full_run["root"] / "query.jpg"
+    with zipfile.ZipFile(raw / schema.IMAGES_ZIP) as archive:
+        photo.write_bytes(archive.read(member))
+    done = subprocess.run([*command, "--image", str(photo)], capture_output=True, text=True, cwd=repo, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = [line.split("\t")[0] for line in done.stdout.strip().split("\n")]
+    assert len(found) == 5 and nm in found  # colour variants have near-identical photos: top 5, not always first

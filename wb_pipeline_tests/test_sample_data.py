@@ -265,6 +265,21 @@ def test_text_has_marketplace_quirks_and_duplicates(text_tables):
     assert titles.dropna().str.fullmatch(r"[A-Za-z0-9' &\-\./]+").any()  # English titles
 
 
+def test_manifest_records_the_colour_variant_ground_truth(sample_dir, catalogue):
+    _, manifest = sample_dir
+    groups = manifest["ground_truth"]["colour_variant_models"]
+    expected = catalogue.groupby("model_id")["nm"].apply(lambda nms: sorted(str(nm) for nm in nms))
+    assert sorted(groups) == sorted(g for g in expected if len(g) > 1)
+    assert all(len(g) >= 2 for g in groups) and groups == sorted(groups, key=lambda g: g[0])
+    member_of = {nm: i for i, group in enumerate(groups) for nm in group}
+    assert len(member_of) == sum(len(g) for g in groups)  # each product in one model at most
+    # variants of one model are the same product type, and the files never carry the model id
+    for group in groups:
+        assert catalogue.loc[catalogue["nm"].astype(str).isin(group), "sub_category"].nunique() == 1
+    train_columns = set(pd.read_parquet(sample_dir[0] / TRAIN_FILE).columns)
+    assert "model_id" not in train_columns
+
+
 def test_ensure_sample_writes_once_and_rewrites_on_spec_change(tmp_path):
     out = tmp_path / "sample"
     spec = SampleSpec(n_products=60, with_images=False)

@@ -38,7 +38,9 @@ from wb_pipeline.sample_data.catalog import (
     AGE_PRIOR, CURATED_TYPES, SEASON_PRIOR, SEX_PRIOR, ProductType, long_tail_types,
 )
 
-GENERATOR_VERSION = "2"  # bump whenever the output for a given spec changes
+# Bump whenever the output for a given spec changes (2: placeholder kinds + small clean shots; 3: the
+# manifest's duplicate ground truth).
+GENERATOR_VERSION = "3"
 MANIFEST_FILE = "sample_manifest.json"
 
 # Latent code -> the derived label value the pipeline should recover (None: no vocabulary value).
@@ -625,11 +627,24 @@ def _atomic_write(path: Path, write: Any) -> None:
             os.remove(tmp)
 
 
+def colour_variant_ground_truth(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which products are colour variants of one model (the near-duplicates a matcher should find):
+    `colour_variant_models` lists the nms (as strings, sorted) of every model sold in 2+ colours,
+    ordered by their first nm. Products whose text or image the pipeline rejects are listed too."""
+    by_model: dict[int, list[str]] = {}
+    for row in rows:
+        by_model.setdefault(int(row["model_id"]), []).append(str(row["nm"]))
+    groups = sorted((sorted(nms) for nms in by_model.values() if len(nms) > 1), key=lambda nms: nms[0])
+    return {"colour_variant_models": groups,
+            "note": "nms of one model in several colours; ingestion ignores this, the duplicate report scores against it"}
+
+
 def write_sample(out_dir: str | os.PathLike, spec: SampleSpec = SampleSpec()) -> dict[str, Any]:
     """Write the WB files (train, test, and with images the zip + image_df) and the manifest.
 
-    Returns the manifest: generator version, spec, row/defect counts, defect nm lists and the
-    sha256 + byte size of every file. The manifest is written last, as ``sample_manifest.json``.
+    Returns the manifest: generator version, spec, row/defect counts, defect nm lists, the ground
+    truth of colour variants (``colour_variant_ground_truth``) and the sha256 + byte size of every
+    file. The manifest is written last, as ``sample_manifest.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -659,6 +674,7 @@ def write_sample(out_dir: str | os.PathLike, spec: SampleSpec = SampleSpec()) ->
         counts["image_members"] = holder["table"].num_rows
         counts.update({f"{kind}_images": len(nms) for kind, nms in image_defects.items() if isinstance(nms, list)})
     manifest = {
+        "ground_truth": colour_variant_ground_truth(rows),
         "generator": "wb_pipeline.sample_data",
         "generator_version": GENERATOR_VERSION,
         "synthetic": True,

@@ -31,6 +31,14 @@ reembed_new_products = dg.define_asset_job(
     hooks={log_finished_step},
 )
 
+refresh_search_index = dg.define_asset_job(
+    "refresh_search_index",
+    selection=dg.AssetSelection.assets("joint_embeddings") | dg.AssetSelection.groups("search"),
+    description="After `reembed_new_products`: project every product with the CURRENT joint model (no "
+    "retraining, so indexed products keep their vectors), add the new ones to the product index instead "
+    "of rebuilding it, and refresh similar products, duplicate groups and their report.",
+)
+
 
 def build_incoming_sensor(incoming_dir: str) -> dg.SensorDefinition:
     @dg.sensor(

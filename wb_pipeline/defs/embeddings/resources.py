@@ -34,6 +34,10 @@ class TextEncoderResource(dg.ConfigurableResource):
     float32) or `"torch"` (sentence-transformers float32, the reference). The onnx engines need a
     local folder (the default model, or a path) and run on the CPU; each engine has its own
     fingerprint, so cached vectors of different engines never mix.
+
+    `prompt` is what product texts get (e5's `passage: `); `query_prompt` is what a search query
+    gets (`query: `, e5's prompt for the short side of an asymmetric retrieval), through
+    `build_query_encoder()`: same model and engine, other prompt.
     """
 
     backend: Literal["sentence_transformers", "use", "open_clip"] = "sentence_transformers"
@@ -41,6 +45,7 @@ class TextEncoderResource(dg.ConfigurableResource):
     model: str = DEFAULT_TEXT_MODEL
     pretrained: str | None = None
     prompt: str = "passage: "
+    query_prompt: str = "query: "
     max_seq_length: int = 512
     batch_size: int = 32
     device: str = "auto"
@@ -50,6 +55,12 @@ class TextEncoderResource(dg.ConfigurableResource):
 
     def build(self):
         return _cached_encoder(_build_text_encoder, self.backend, self.model, self.pretrained, self.prompt,
+                               self.max_seq_length, self.batch_size, self.device, self.num_threads,
+                               self.allow_download, self.cache_dir, self.engine)
+
+    def build_query_encoder(self):
+        """The same encoder with `query_prompt` instead of `prompt` (for search queries)."""
+        return _cached_encoder(_build_text_encoder, self.backend, self.model, self.pretrained, self.query_prompt,
                                self.max_seq_length, self.batch_size, self.device, self.num_threads,
                                self.allow_download, self.cache_dir, self.engine)
 

@@ -1,0 +1,236 @@
+"""The product index: build time and memory, batch-1 query latency, recall@10 vs exact search,
+incremental add vs rebuild, and a search query's latency with the encoder included.
+
+    .venv/bin/python -m benchmarks.search            # 10,000 and 128,000 vectors (several minutes on 2 cores)
+    .venv/bin/python -m benchmarks.search --short    # CI smoke run: 10,000 vectors (< 1 min)
+
+Vectors are generated (the catalogue's joint space is 256-d): unit vectors around ``n / 100``
+random centres (products come in families of similar items), seeded. Queries are held-out vectors
+of the same distribution, not in the index. Per size:
+
+* ``exact`` (faiss ``IndexFlatIP``) and ``hnsw`` (``IndexHNSWFlat`` with the project's defaults,
+  `core.search.index.IndexConfig`): build seconds (``--threads`` OpenMP threads), index memory
+  (the serialised index: vectors + graph), p50 / p99 latency of one query at a time on one thread,
+  recall@10 against exact search (ties within 1e-5 count as hits);
+* HNSW at other ``efSearch`` values (search effort, no rebuild): the recall / latency trade-off;
+* incremental: 1% new vectors added to the built index vs building the whole index again.
+
+Then a text query end to end at batch 1: the default text encoder (multilingual-e5-small, onnx
+int8, ``query: `` prompt, ``--threads`` threads) on short Russian queries, a joint text head of
+the real shape (384 → 256, random weights: the cost does not depend on them), and the HNSW search
+on the largest index; and a photo query (decode + EfficientNet-Lite0 onnx + image head + search).
+Target: <= 50 ms per text query on 2 cores for a 128,000-product index, encoder included. Timings
+are medians of interleaved repetitions; this VM has bursts of outside load. Results also go to
+``benchmarks/out/search[-short].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+OUT_DIR = BENCH_DIR / "out"
+MODELS_DIR = OUT_DIR / "models"
+DIM = 256
+K = 10
+TARGET_MS = 50.0
+QUERIES = ("женские зимние ботинки", "платье летнее миди", "кроссовки мужские белые", "чехол для телефона",
+           "набор посуды стеклянный", "детский конструктор lego", "шампунь для волос", "рюкзак школьный")
+
+
+def generate(n: int, seed: int, dim: int = DIM, spread: float = 1.4) -> tuple[np.ndarray, np.ndarray]:
+    """(n index vectors, 500 held-out query vectors) around n/100 random centres, unit norm."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(n // 100, 10), dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    total = n + 500
+    vectors = np.empty((total, dim), np.float32)
+    for start in range(0, total, 32_768):  # in blocks: 128k × 256 floats plus noise would double the memory
+        stop = min(start + 32_768, total)
+        block = centres[rng.integers(0, len(centres), stop - start)]
+        block = block + spread / np.sqrt(dim) * rng.standard_normal(block.shape).astype(np.float32)
+        vectors[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return vectors[:n], vectors[n:]
+
+
+def latency_ms(search, queries: np.ndarray, reps: int) -> tuple[float, float]:
+    """(p50, p99) ms of one query at a time, over `reps` passes through the queries."""
+    times = []
+    for _ in range(reps):
+        for query in queries:
+            started = time.perf_counter()
+            search(query[None, :])
+            times.append(time.perf_counter() - started)
+    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+
+
+def recall(found: np.ndarray, found_sims: np.ndarray, exact_sims: np.ndarray) -> float:
+    kth = exact_sims[:, K - 1:K]
+    return float(np.mean(np.minimum(((found_sims >= kth - 1e-5) & (found >= 0)).sum(axis=1), K) / K))
+
+
+def bench_size(n: int, threads: int, reps: int, ef_values: list[int], seed: int = 0) -> tuple[list[dict], object]:
+    from wb_pipeline.core.search.index import IndexConfig, VectorIndex
+
+    config = IndexConfig(threads=threads)
+    vectors, queries = generate(n, seed)
+    rows = []
+    started = time.perf_counter()
+    exact = VectorIndex.build(vectors, config, "exact")
+    exact_build = time.perf_counter() - started
+    exact_sims, _ = exact.search(queries, K, threads)
+    p50, p99 = latency_ms(lambda q: exact.search(q, K, 1), queries[:200], reps)
+    rows.append({"vectors": n, "index": "exact (flat)", "build_s": exact_build, "memory_mib": exact.memory_bytes() / 2**20,
+                 "p50_ms": p50, "p99_ms": p99, "recall_at_10": 1.0})
+    del exact
+    started = time.perf_counter()
+    hnsw = VectorIndex.build(vectors, config, "hnsw")
+    hnsw_build = time.perf_counter() - started
+    for ef in sorted({config.ef_search, *ef_values}):
+        hnsw.index.hnsw.efSearch = ef
+        sims, positions = hnsw.search(queries, K, threads)
+        p50, p99 = latency_ms(lambda q: hnsw.search(q, K, 1), queries[:200], reps)
+        rows.append({"vectors": n, "index": f"hnsw M={config.hnsw_m} efC={config.ef_construction} efSearch={ef}"
+                     + (" (default)" if ef == config.ef_search else ""),
+                     "build_s": hnsw_build if ef == config.ef_search else None,
+                     "memory_mib": hnsw.memory_bytes() / 2**20 if ef == config.ef_search else None,
+                     "p50_ms": p50, "p99_ms": p99, "recall_at_10": recall(positions, sims, exact_sims)})
+    hnsw.index.hnsw.efSearch = config.ef_search
+    # incremental: 1% new products added to an index of the other 99%, vs building all of it again
+    n_new = max(n // 100, 1)
+    started = time.perf_counter()
+    base = VectorIndex.build(vectors[:-n_new], config, "hnsw")
+    base_build = time.perf_counter() - started
+    started = time.perf_counter()
+    base.add(vectors[-n_new:], threads)
+    add_seconds = time.perf_counter() - started
+    sims, positions = base.search(queries, K, threads)
+    rows.append({"vectors": n, "index": f"hnsw + {n_new} added (1%)", "build_s": add_seconds,
+                 "memory_mib": base.memory_bytes() / 2**20, "p50_ms": None, "p99_ms": None,
+                 "recall_at_10": recall(positions, sims, exact_sims),
+                 "note": f"add {add_seconds:.2f} s vs full rebuild {hnsw_build:.1f} s "
+                         f"({hnsw_build / max(add_seconds, 1e-9):.0f}x); 99% build {base_build:.1f} s"})
+    del base
+    return rows, hnsw
+
+
+def jpeg_bytes(seed: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((360, 300, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def run_stages(prefix: str, steps: list, value, stages: dict[str, list[float]]) -> None:
+    """Feed `value` through the (name, function) steps, timing each and the whole."""
+    started = time.perf_counter()
+    for name, step in steps:
+        step_started = time.perf_counter()
+        value = step(value)
+        stages[f"{prefix}: {name}"].append(time.perf_counter() - step_started)
+    stages[f"{prefix}: total"].append(time.perf_counter() - started)
+
+
+def bench_queries(index, threads: int, reps: int) -> list[dict]:
+    """Batch-1 text and photo queries end to end against `index` (a VectorIndex in a 256-d space)."""
+    import torch
+
+    from wb_pipeline.core import images
+    from wb_pipeline.core.contrastive import ContrastiveConfig, JointSpaceModel
+    from wb_pipeline.core.search.spaces import query_vector
+    from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
+
+    torch.set_num_threads(threads)
+    text_resource = TextEncoderResource(cache_dir=str(MODELS_DIR), num_threads=threads)
+    text_encoder = text_resource.build_query_encoder()
+    image_encoder = ImageEncoderResource(cache_dir=str(MODELS_DIR), num_threads=threads).build()
+    torch.manual_seed(0)
+    model = JointSpaceModel(text_encoder.dim, image_encoder.dim, ContrastiveConfig(joint_dim=index.dim)).eval()
+    photos = [jpeg_bytes(seed) for seed in range(4)]
+    config = images.ImageConfig()
+    stages: dict[str, list[float]] = {name: [] for name in (
+        "text: encoder", "text: joint head", "text: search", "text: total",
+        "photo: decode", "photo: encoder", "photo: joint head", "photo: search", "photo: total")}
+    text_encoder.encode([QUERIES[0]])  # warm-up: model load, first-call allocations
+    image_encoder.encode([images.decode_image(photos[0], config, image_encoder.min_decode_side)])
+    text_steps = [("encoder", lambda q: text_encoder.encode([q])),
+                  ("joint head", lambda v: query_vector("joint", text_vector=v, joint_model=model)),
+                  ("search", lambda v: index.search(v, K, 1))]
+    photo_steps = [("decode", lambda data: images.decode_image(data, config, image_encoder.min_decode_side)),
+                   ("encoder", lambda photo: image_encoder.encode([photo])),
+                   ("joint head", lambda v: query_vector("joint", image_vector=v, joint_model=model)),
+                   ("search", lambda v: index.search(v, K, 1))]
+    for _ in range(reps):
+        for query in QUERIES:
+            run_stages("text", text_steps, query, stages)
+        for data in photos:
+            run_stages("photo", photo_steps, data, stages)
+    return [{"stage": name, "p50_ms": float(np.percentile(values, 50) * 1e3),
+             "p99_ms": float(np.percentile(values, 99) * 1e3), "calls": len(values)}
+            for name, values in stages.items()]
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if digits == 4 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--short", action="store_true", help="10,000 vectors only, fewer repetitions (CI)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for building and the encoders (default 2)")
+    parser.add_argument("--reps", type=int, default=None, help="passes over the queries (default 3, short 1)")
+    parser.add_argument("--sizes", type=int, nargs="*", help="index sizes (default 10000 128000; short 10000)")
+    args = parser.parse_args()
+    from wb_pipeline.core.search.index import IndexConfig, faiss_threads
+
+    reps = args.reps or (1 if args.short else 3)
+    sizes = args.sizes or ([10_000] if args.short else [10_000, 128_000])
+    ef_values = [32, 64, 128] if args.short else [16, 32, 64, 128, 256]
+    started = time.perf_counter()
+    rows, largest = [], None
+    with faiss_threads(args.threads):
+        for n in sizes:
+            size_rows, largest = bench_size(n, args.threads, reps, ef_values)
+            rows.extend(size_rows)
+            print(f"({n} vectors done, {time.perf_counter() - started:.0f} s)", flush=True)
+        query_rows = bench_queries(largest, args.threads, reps)
+    config = IndexConfig()
+    print(f"\nIndex over generated {DIM}-d unit vectors; {args.threads} build threads, 1 search thread, "
+          f"batch-1 queries (held-out vectors)\n")
+    print("| vectors | index | build s | memory MiB | p50 ms | p99 ms | recall@10 |\n|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['vectors']:,} | {row['index']} | {_fmt(row['build_s'])} | {_fmt(row['memory_mib'], 1)} | "
+              f"{_fmt(row['p50_ms'], 3)} | {_fmt(row['p99_ms'], 3)} | {_fmt(row['recall_at_10'], 4)} |")
+    for row in rows:
+        if row.get("note"):
+            print(f"- {row['vectors']:,}: {row['note']}")
+    total = next(r for r in query_rows if r["stage"] == "text: total")
+    print(f"\nQuery latency at batch 1 against the {largest.size:,}-vector HNSW index "
+          f"(encoder threads {args.threads}, search 1 thread):\n")
+    print("| stage | p50 ms | p99 ms | calls |\n|---|---|---|---|")
+    for row in query_rows:
+        print(f"| {row['stage']} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['calls']} |")
+    verdict = "met" if total["p50_ms"] <= TARGET_MS else "NOT met"
+    print(f"\nText query, encoder included: p50 {total['p50_ms']:.1f} ms (target <= {TARGET_MS:.0f} ms: {verdict}); "
+          f"defaults M={config.hnsw_m}, efConstruction={config.ef_construction}, efSearch={config.ef_search}; "
+          f"{time.perf_counter() - started:.0f} s in all")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out = OUT_DIR / f"search{'-short' if args.short else ''}.json"
+    out.write_text(json.dumps({"index": rows, "queries": query_rows, "threads": args.threads, "reps": reps}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

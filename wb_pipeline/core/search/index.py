@@ -1,0 +1,251 @@
+"""A nearest-neighbour index over unit product vectors, built with faiss.
+
+Why faiss (faiss-cpu) and not usearch: measured on this project's 2-core VM (`docs/DESIGN-NOTES.md`):
+at 128,000 × 256-d vectors faiss HNSW builds 2.4× faster than usearch HNSW with the same graph
+parameters (123 s vs 295 s), answers a batch-1 query 2.4× faster (p50 0.32 vs 0.78 ms) at the same
+recall, has an exact flat index in the same file format, and needs no extra dependency (usearch
+pulls in numkong).
+
+- Below `IndexConfig.exact_below` vectors the index is exact (`IndexFlatIP`: a BLAS matrix product,
+  recall 1 by construction); at or above it, HNSW (`IndexHNSWFlat`, inner product). Vectors are
+  unit-norm, so inner product = cosine similarity.
+- Saved in faiss's own binary format (`faiss.serialize_index`, the bytes `faiss.write_index` writes),
+  never pickled; `ef_search` is not part of that format and is set again on load.
+- Incremental: both index kinds take `add`; faiss HNSW cannot remove vectors, so a changed or
+  removed product means a rebuild (decided in `core.search.store.plan_update`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from wb_pipeline.core.search.spaces import SPACES, Space
+
+LIBRARY = "faiss-cpu"
+LIBRARY_VERSION = faiss.__version__
+IndexKind = Literal["exact", "hnsw"]
+# Similarities within this of the exact k-th one count as a hit: identical vectors (same photo,
+# same text) tie, and which of them an exact search returns is arbitrary.
+TIE_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """The `product_index`: which space, exact or HNSW, graph parameters, and the recall measurement.
+
+    `exact_below`: below this many vectors the index is exact (a flat scan costs ~1 ms per query at
+    20,000 × 256 on 2 cores, and builds instantly); at or above it HNSW.
+    HNSW defaults (M=16, efConstruction=100, efSearch=64): recall@10 >= 0.99 at 128,000 generated
+    256-d vectors in `benchmarks/search.py`, well under 1 ms per query; M=32 bought <= 0.0006 recall
+    for 3x the build time. `ef_search` is search effort only: raise it without rebuilding.
+    `threads`: OpenMP threads faiss may use for building and batch searches (0 = faiss's default).
+    `recall_queries` products are searched both ways to measure recall@`recall_k` of the ANN
+    against exact search (skipped for an exact index: 1 by construction)."""
+
+    space: Space = "joint"
+    exact_below: int = 20_000
+    hnsw_m: int = 16
+    ef_construction: int = 100
+    ef_search: int = 64
+    threads: int = 2
+    recall_queries: int = 1000
+    recall_k: int = 10
+    seed: int = 0
+    keep_builds: int = 3  # index folders kept under <storage>/search/index (the newest ones)
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"IndexConfig.space must be one of {SPACES}, got {self.space!r}")
+        for name in ("hnsw_m", "ef_construction", "ef_search", "recall_k", "keep_builds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("exact_below", "threads", "recall_queries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"IndexConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+    def kind_for(self, size: int) -> IndexKind:
+        return "exact" if size < self.exact_below else "hnsw"
+
+
+@contextlib.contextmanager
+def faiss_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with faiss (OpenMP) limited to `threads` (None / 0: leave it as it is)."""
+    if not threads:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _as_matrix(vectors: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D [n, dim] matrix, got shape {array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(f"{what}: vectors of dimension {array.shape[1]}, the index holds {dim}")
+    if array.size and not np.isfinite(array).all():
+        raise ValueError(f"{what}: vectors hold NaN or infinite values")
+    return array
+
+
+class VectorIndex:
+    """A faiss index (exact flat or HNSW, inner product) with its kind and search effort."""
+
+    def __init__(self, index: faiss.Index, kind: IndexKind, ef_search: int = 128):
+        self.index, self.kind, self.ef_search = index, kind, int(ef_search)
+        if kind == "hnsw":
+            self.index.hnsw.efSearch = self.ef_search
+
+    @classmethod
+    def empty(cls, dim: int, kind: IndexKind, config: IndexConfig) -> "VectorIndex":
+        if dim < 1:
+            raise ValueError(f"VectorIndex: dimension must be >= 1, got {dim}")
+        if kind == "exact":
+            return cls(faiss.IndexFlatIP(int(dim)), "exact")
+        index = faiss.IndexHNSWFlat(int(dim), config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = config.ef_construction
+        return cls(index, "hnsw", config.ef_search)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, config: IndexConfig, kind: IndexKind | None = None) -> "VectorIndex":
+        """An index over `vectors` (row i = position i); exact or HNSW by size unless `kind` says."""
+        vectors = _as_matrix(vectors, "VectorIndex.build")
+        if vectors.shape[1] == 0:
+            raise ValueError("VectorIndex.build: vectors have dimension 0 (no products in the space?)")
+        index = cls.empty(vectors.shape[1], kind or config.kind_for(len(vectors)), config)
+        index.add(vectors, config.threads)
+        return index
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def add(self, vectors: np.ndarray, threads: int | None = None) -> None:
+        """Append vectors; they get the next positions."""
+        vectors = _as_matrix(vectors, "VectorIndex.add", self.dim)
+        if len(vectors):
+            with faiss_threads(threads):
+                self.index.add(vectors)
+
+    def search(self, queries: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities float32 [q, k], positions int64 [q, k]), best first; position -1 and
+        similarity -inf where the index holds fewer than k vectors."""
+        queries = _as_matrix(np.atleast_2d(queries), "VectorIndex.search", self.dim)
+        if k < 1:
+            raise ValueError(f"VectorIndex.search: k must be >= 1, got {k}")
+        if len(queries) == 0 or self.size == 0:
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        with faiss_threads(threads):
+            sims, positions = self.index.search(queries, k)
+        sims = np.where(positions >= 0, sims, -np.inf).astype(np.float32)
+        return sims, positions.astype(np.int64)
+
+    def vectors(self) -> np.ndarray:
+        """Every stored vector, in position order (both kinds keep the raw vectors)."""
+        if self.size == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self.index.reconstruct_n(0, self.size)
+
+    def memory_bytes(self) -> int:
+        """Bytes of the serialised index (vectors + HNSW graph): what it takes in memory, ~exactly."""
+        return int(faiss.serialize_index(self.index).nbytes)
+
+    def to_bytes(self) -> bytes:
+        """The index in faiss's own binary format (what `faiss.write_index` writes)."""
+        return faiss.serialize_index(self.index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, ef_search: int = 128) -> "VectorIndex":
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if isinstance(index, faiss.IndexHNSWFlat):
+            kind: IndexKind = "hnsw"
+        elif isinstance(index, faiss.IndexFlatIP):
+            kind = "exact"
+        else:
+            raise ValueError(f"VectorIndex.from_bytes: unexpected faiss index type {type(index).__name__}")
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ValueError("VectorIndex.from_bytes: the index does not use the inner-product metric")
+        return cls(index, kind, ef_search)
+
+
+def exact_search(queries: np.ndarray, gallery: np.ndarray, k: int, threads: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product (faiss flat scan: a blocked BLAS product)."""
+    gallery = _as_matrix(gallery, "exact_search")
+    flat = VectorIndex(faiss.IndexFlatIP(gallery.shape[1]), "exact")
+    flat.add(gallery, threads)
+    return flat.search(queries, k, threads)
+
+
+def drop_self(sims: np.ndarray, positions: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """From k+1 results per query row, the k best that are not the row itself (row `rows[i]`).
+
+    When the row is not among its own results (possible with ties or an approximate index), the
+    last result is dropped instead, so every row keeps exactly k."""
+    rows = np.asarray(rows, dtype=np.int64)[:, None]
+    is_self = positions == rows
+    missing = ~is_self.any(axis=1)
+    is_self[missing, -1] = True
+    keep = ~is_self
+    return (sims[keep].reshape(len(rows), -1)[:, :k], positions[keep].reshape(len(rows), -1)[:, :k])
+
+
+def neighbours_of_all(index: VectorIndex, k: int, threads: int | None = None, block_rows: int = 16_384,
+                      vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest other products of every indexed product: (similarities [n, k], positions [n, k])."""
+    vectors = index.vectors() if vectors is None else vectors
+    k = min(k, max(index.size - 1, 0))
+    if k == 0:
+        return np.zeros((index.size, 0), np.float32), np.zeros((index.size, 0), np.int64)
+    sims, positions = [], []
+    for start in range(0, index.size, block_rows):
+        rows = np.arange(start, min(start + block_rows, index.size))
+        s, p = index.search(vectors[rows], k + 1, threads)
+        s, p = drop_self(s, p, rows, k)
+        sims.append(s)
+        positions.append(p)
+    return np.concatenate(sims), np.concatenate(positions)
+
+
+def knn(vectors: np.ndarray, k: int, config: IndexConfig) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest other rows of every row (exact or HNSW by size, as `config` says)."""
+    vectors = _as_matrix(vectors, "knn")
+    if len(vectors) == 0:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int64)
+    return neighbours_of_all(VectorIndex.build(vectors, config), k, config.threads, vectors=vectors)
+
+
+def recall_at_k(index: VectorIndex, vectors: np.ndarray, k: int, n_queries: int, seed: int,
+                threads: int | None = None) -> float:
+    """Recall@k of `index` against exact search over the same `vectors`, on `n_queries` stored
+    vectors drawn at random as queries: the share of the exact top-k the index returns (a result
+    whose similarity ties the exact k-th one within 1e-5 counts, so interchangeable duplicates do
+    not count as misses). 1.0 for an exact index; NaN when there is nothing to query."""
+    if index.kind == "exact":
+        return 1.0
+    n = len(vectors)
+    k = min(k, n)
+    if n == 0 or n_queries == 0 or k == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
+    queries = vectors[rows]
+    exact_sims, _ = exact_search(queries, vectors, k, threads)
+    ann_sims, ann_positions = index.search(queries, k, threads)
+    kth = exact_sims[:, k - 1:k]
+    hits = ((ann_sims >= kth - TIE_TOLERANCE) & (ann_positions >= 0)).sum(axis=1)
+    return float(np.mean(np.minimum(hits, k) / k))

@@ -1,0 +1,138 @@
+"""The duplicate-detection report as one table (what the `duplicate_report` asset holds).
+
+Rows by `section`:
+
+- `configured`: the duplicate groups as built, against each truth — pairwise precision / recall /
+  F1 of the groups, Shopee's per-product F1, the ceiling set by the candidates (`candidate_recall`),
+  and the match edges alone (`level = "match edges"`);
+- `sweep`: the same for every (text threshold, image threshold) of the grids, per vector source,
+  with the floor fallback off;
+- `floors`: the floor fallback at the configured thresholds, for every pair of floors;
+- `purity`: per space, the share of each labelled product's k nearest labelled products with its
+  label (`gallery = "labelled products"`), and for the index's own `similar_products` the share of
+  neighbour pairs whose labels are both known and equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from wb_pipeline.core import contrastive, validation
+from wb_pipeline.core.search import duplicates as dup
+from wb_pipeline.core.search import evaluation
+from wb_pipeline.core.search.index import IndexConfig, knn
+
+SETTINGS = ("vectors", "candidates", "text_threshold", "image_threshold", "text_floor", "image_floor")
+
+
+@dataclass(frozen=True)
+class ReportGrids:
+    text: Sequence[float]
+    image: Sequence[float]
+    text_floor: Sequence[float]
+    image_floor: Sequence[float]
+
+
+def known_duplicates(nm: np.ndarray, products: pd.DataFrame, image_index: pd.DataFrame,
+                     variant_model: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Truth group ids per product: `same_title_or_image` always; with a generator's nm → model map
+    also `colour_variants` and `any_known` (either)."""
+    keys = contrastive.product_keys(nm, products, image_index)
+    truths = {"same_title_or_image": validation.duplicate_groups(keys["title_key"], keys["image_key"])}
+    if variant_model is not None:
+        model = pd.Series(np.asarray(nm, dtype=object)).astype(str).map(variant_model).to_numpy(dtype=object)
+        truths["colour_variants"] = evaluation.truth_from_labels(model)
+        truths["any_known"] = validation.duplicate_groups(keys["title_key"], keys["image_key"], model)
+    return truths
+
+
+def _groups_of(pairs: pd.DataFrame, n: int, edges: np.ndarray) -> np.ndarray:
+    return dup.components(n, pairs["i"].to_numpy()[edges], pairs["j"].to_numpy()[edges])
+
+
+def configured_rows(groups: np.ndarray, pairs: pd.DataFrame, truths: Mapping[str, np.ndarray],
+                    settings: Mapping) -> list[dict]:
+    n = len(groups)
+    edges = dup.match_edges(pairs, n, settings["text_threshold"], settings["image_threshold"],
+                            settings["text_floor"], settings["image_floor"])
+    rows = []
+    for truth_name, truth in truths.items():
+        common = {"section": "configured", "truth": truth_name, **{k: settings[k] for k in SETTINGS if k != "candidates"}}
+        rows.append({**common, "level": "groups", **evaluation.group_scores(groups, truth),
+                     "candidate_recall": evaluation.candidate_recall(pairs, truth)})
+        rows.append({**common, "level": "match edges",
+                     **evaluation.edge_scores(pairs["i"].to_numpy()[edges], pairs["j"].to_numpy()[edges], truth)})
+    return rows
+
+
+def floor_rows(pairs: pd.DataFrame, n: int, truths: Mapping[str, np.ndarray], settings: Mapping,
+               text_floors: Sequence[float], image_floors: Sequence[float]) -> list[dict]:
+    rows = []
+    for text_floor in text_floors:
+        for image_floor in image_floors:
+            edges = dup.match_edges(pairs, n, settings["text_threshold"], settings["image_threshold"],
+                                    text_floor, image_floor)
+            groups = _groups_of(pairs, n, edges)
+            for truth_name, truth in truths.items():
+                rows.append({"section": "floors", "level": "groups", "truth": truth_name,
+                             "vectors": settings["vectors"], "text_threshold": settings["text_threshold"],
+                             "image_threshold": settings["image_threshold"], "text_floor": text_floor,
+                             "image_floor": image_floor, **evaluation.group_scores(groups, truth)})
+    return rows
+
+
+def similar_products_purity(nm: np.ndarray, labels: np.ndarray, similar: pd.DataFrame) -> dict[str, float]:
+    """Over `similar` (nm, neighbour_nm): the share of pairs with both labels known that agree."""
+    position_of = pd.Series(np.arange(len(nm)), index=pd.Index(np.asarray(nm, dtype=object).astype(str)))
+    query = position_of.reindex(similar["nm"].astype(str)).to_numpy(dtype=float)
+    neighbour = position_of.reindex(similar["neighbour_nm"].astype(str)).to_numpy(dtype=float)
+    ok = ~(np.isnan(query) | np.isnan(neighbour))
+    q, nb = query[ok].astype(np.int64), neighbour[ok].astype(np.int64)
+    both = pd.notna(labels[q]) & pd.notna(labels[nb])
+    counted = int(both.sum())
+    return {"purity": float((labels[q][both] == labels[nb][both]).sum() / counted) if counted else float("nan"),
+            "neighbours_counted": counted, "queries": int(len(np.unique(q[both])))}
+
+
+def purity_rows(spaces: Mapping[str, np.ndarray], labels: pd.DataFrame, k: int, config: IndexConfig,
+                nm: np.ndarray, similar: pd.DataFrame, index_space: str) -> list[dict]:
+    rows = []
+    for label in ("category", "sub_category"):
+        if label not in labels:
+            continue
+        values = labels[label].astype(object).to_numpy()
+        known = pd.notna(values)
+        if known.sum() < 2:
+            continue
+        for space, vectors in spaces.items():
+            _, positions = knn(vectors[known], k, config)
+            rows.append({"section": "purity", "space": space, "label": label, "gallery": "labelled products",
+                         **evaluation.neighbour_purity(positions, values[known])})
+        if len(similar):
+            rows.append({"section": "purity", "space": f"{index_space} (similar_products)", "label": label,
+                         "gallery": "whole catalogue, labelled pairs",
+                         **similar_products_purity(nm, values, similar)})
+    return rows
+
+
+def duplicate_report(nm: np.ndarray, groups: np.ndarray, pairs_by_source: Mapping[str, pd.DataFrame],
+                     truths: Mapping[str, np.ndarray], settings: Mapping, grids: ReportGrids,
+                     spaces: Mapping[str, np.ndarray], labels: pd.DataFrame, similar: pd.DataFrame,
+                     index_space: str, purity_k: int, index_config: IndexConfig) -> pd.DataFrame:
+    """The report table (module docstring). `groups` are the built duplicate groups (row-aligned
+    with `nm`), made from `pairs_by_source[settings["vectors"]]` with `settings`' thresholds;
+    `labels` holds `category` / `sub_category` row-aligned with `nm`."""
+    n = len(nm)
+    pairs = pairs_by_source[settings["vectors"]]
+    rows = configured_rows(groups, pairs, truths, settings)
+    for source, source_pairs in pairs_by_source.items():
+        sweep = evaluation.threshold_sweep(source_pairs, n, truths, grids.text, grids.image, dup.OFF, dup.OFF)
+        rows.extend({"section": "sweep", "level": "groups", "vectors": source, "text_floor": dup.OFF,
+                     "image_floor": dup.OFF, **row} for row in sweep.to_dict("records"))
+    rows.extend(floor_rows(pairs, n, truths, settings, grids.text_floor, grids.image_floor))
+    rows.extend(purity_rows(spaces, labels, purity_k, index_config, nm, similar, index_space))
+    return pd.DataFrame(rows)

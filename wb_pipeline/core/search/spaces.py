@@ -1,0 +1,88 @@
+"""The vector spaces a product index can live in, and how a text or image query enters each.
+
+| space | product vector | text query | image query |
+|---|---|---|---|
+| `joint` (default) | `combined_joint` (normalised sum of the joint text and image vectors) | text head | image head |
+| `joint_text` | `text_joint` | text head | image head (cross-modal) |
+| `joint_image` | `image_joint` | text head (cross-modal) | image head |
+| `text` | the text encoder's vector | encoder vector | — (no shared space) |
+| `image` | the image encoder's vector | — | encoder vector |
+| `early_concat` | [text, image] / √2 | [text, 0] | [0, image] |
+
+An early-concatenation query with one modality ranks like that modality alone (the other half
+contributes 0 to every inner product); it is allowed, and says so in the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from wb_pipeline.core.contrastive import joint_matrix
+from wb_pipeline.core.embeddings import EmbeddingTable
+from wb_pipeline.core.encoders.base import l2_normalize
+
+Space = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat"]
+SPACES: tuple[str, ...] = ("joint", "joint_text", "joint_image", "text", "image", "early_concat")
+JOINT_SPACES = {"joint": "combined_joint", "joint_text": "text_joint", "joint_image": "image_joint"}
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered (empty text, unreadable image, wrong modality for the space)."""
+
+
+def uses_joint_model(space: str) -> bool:
+    return space in JOINT_SPACES
+
+
+def space_vectors(space: str, text: EmbeddingTable, image: EmbeddingTable,
+                  joint: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(nm, float32 unit vectors) of every product in `space`, in the order of `text.nm`."""
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    nm = np.asarray(text.nm, dtype=object)
+    if space in JOINT_SPACES:
+        if joint is None:
+            raise ValueError(f"space {space!r} needs the joint_embeddings table")
+        order = pd.Index(joint["nm"].astype(str)).get_indexer(nm.astype(str))
+        if (order < 0).any():
+            raise ValueError(f"joint_embeddings lack {int((order < 0).sum())} products of text_embeddings, "
+                             f"e.g. {nm[order < 0][:3].tolist()}")
+        return nm, np.ascontiguousarray(joint_matrix(joint, JOINT_SPACES[space])[order])
+    if space == "text":
+        return nm, text.vectors
+    images = image.subset(nm)
+    if space == "image":
+        return nm, images.vectors
+    return nm, l2_normalize(np.hstack([text.vectors, images.vectors]))
+
+
+def query_vector(space: str, *, text_vector: np.ndarray | None = None, image_vector: np.ndarray | None = None,
+                 joint_model=None, text_dim: int | None = None, image_dim: int | None = None) -> np.ndarray:
+    """The unit query vector [1, dim] for one encoder vector (text or image) in `space`.
+
+    `joint_model` (a `core.contrastive.JointSpaceModel`) is needed for the joint spaces;
+    `text_dim` / `image_dim` (the encoder dimensions) for `early_concat`."""
+    if (text_vector is None) == (image_vector is None):
+        raise QueryError("give exactly one of a text query or an image query")
+    modality = "text" if text_vector is not None else "image"
+    vector = np.atleast_2d(np.asarray(text_vector if text_vector is not None else image_vector, np.float32))
+    if space in JOINT_SPACES:
+        if joint_model is None:
+            raise ValueError(f"space {space!r} needs the joint model to project the query")
+        projected = joint_model.project_text(vector) if modality == "text" else joint_model.project_image(vector)
+        return l2_normalize(projected)
+    if space in ("text", "image"):
+        if modality != space:
+            raise QueryError(f"the index is over the {space!r} space: it can only take a {space} query, "
+                             f"not a {modality} query (build it over 'joint' for cross-modal search)")
+        return l2_normalize(vector)
+    if space == "early_concat":
+        if text_dim is None or image_dim is None:
+            raise ValueError("space 'early_concat' needs text_dim and image_dim")
+        zeros = np.zeros((1, image_dim if modality == "text" else text_dim), np.float32)
+        parts = [vector, zeros] if modality == "text" else [zeros, vector]
+        return l2_normalize(np.hstack(parts))
+    raise ValueError(f"space must be one of {SPACES}, got {space!r}")

@@ -1,0 +1,1 @@
+"""Group `search`: nearest-neighbour index, similar products, duplicate groups, duplicate report."""
