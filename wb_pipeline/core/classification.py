@@ -100,7 +100,7 @@ class ClassificationConfig:
     fusion_inputs: tuple[str, ...] = BASE_MODELS
     fusion_tabular: bool = True
     fusion_brand_smoothing: float = 10.0
-    fusion_boost_from: str = "mean"  # mean (of the inputs) | auto (the mean or the best block) | best_block | block:<i>
+    fusion_boost_from: str = "auto"  # auto (the inputs' mean, or the best input when it beats the mean) | mean | best_block | block:<i>
     fusion_n_estimators: int = 200  # the most trees; early stopping on inner folds picks how many (maybe 0)
     fusion_early_stopping_rounds: int = 20
     fusion_gate_on_macro_f1: bool = True  # keep trees only when they raise inner out-of-fold macro-F1
