@@ -1,6 +1,7 @@
 """Label preparation (skips, rare classes), saved models reload to identical predictions without
 pickle, and the classification assets end to end on a small product table they build."""
 
+import json
 import pickle
 
 import dagster as dg
@@ -309,7 +310,11 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
                for record in comparison.records)
 
     saved = tmp_path / "models" / "classification" / "sex"
-    assert {p.name for p in saved.iterdir()} >= {"text.safetensors", "text.json", "late_fusion.lgbm.txt"}
+    names = {p.name for p in saved.iterdir()}
+    assert names >= {"text.safetensors", "text.json", "joint.safetensors", "late_fusion.json", "base_models.json"}
+    sidecar = json.loads((saved / "late_fusion.json").read_text())
+    assert sidecar["inputs"] == ["text", "image", "early_fusion", "joint"] and sidecar["tabular"]
+    assert ("late_fusion.lgbm.txt" in names) == (sidecar["n_trees"] > 0)  # no booster file when no tree helped
 
 
 def outer_of(probabilities: pd.DataFrame, label: str) -> pd.DataFrame:
