@@ -20,7 +20,8 @@ imports included),
 the CPU/wall ratio (≈ the cores a step keeps busy), rows (`dagster/row_count`, summed over a
 multi-asset's outputs), and for multiprocess
 the worker start-up (STEP_WORKER_STARTING..STEP_START: a new interpreter importing the code location).
-Printed as a table sorted by wall time, and written to `<out>/profile.json` and `<out>/profile.md`.
+Printed as a table sorted by wall time, and written to `<out>/profile-<executor>.json` / `.md`;
+`--executor both` runs both executors one after the other and prints their wall and CPU ratios.
 Never passes or fails on a timing.
 """
 
@@ -167,7 +168,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help=f"a generated {SHORT_PRODUCTS}-product sample (CI)")
     parser.add_argument("--raw-dir", help="a WB-layout folder (default: the bundled sample)")
-    parser.add_argument("--executor", choices=("in_process", "multiprocess"), default="in_process")
+    parser.add_argument("--executor", choices=("in_process", "multiprocess", "both"), default="in_process",
+                        help="both: one run on each, one after the other, and their ratio")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     raw_dir = args.raw_dir
@@ -177,12 +179,20 @@ def main() -> int:
         raw_dir = str(args.out / f"sample-{SHORT_PRODUCTS}")
         ensure_sample(raw_dir, SampleSpec(n_products=SHORT_PRODUCTS, seed=11))
     args.out.mkdir(parents=True, exist_ok=True)
-    profile = run_profile(raw_dir, args.executor, os.environ.get("WB_PIPELINE_MODELS_DIR"), args.out)
-    table = markdown(profile)
-    print(table)
-    (args.out / "profile.json").write_text(json.dumps(profile, indent=2))
-    (args.out / "profile.md").write_text(table + "\n")
-    return 0 if profile["success"] else 1
+    executors = ("in_process", "multiprocess") if args.executor == "both" else (args.executor,)
+    profiles = {}
+    for executor in executors:
+        profiles[executor] = profile = run_profile(raw_dir, executor, os.environ.get("WB_PIPELINE_MODELS_DIR"),
+                                                   args.out)
+        table = markdown(profile)
+        print(table, flush=True)
+        (args.out / f"profile-{executor}.json").write_text(json.dumps(profile, indent=2))
+        (args.out / f"profile-{executor}.md").write_text(table + "\n")
+    if len(profiles) == 2:
+        inside, multi = profiles["in_process"], profiles["multiprocess"]
+        print(f"in-process / multiprocess: wall {inside['run_wall_s'] / multi['run_wall_s']:.2f}, "
+              f"CPU {inside['run_cpu_s'] / multi['run_cpu_s']:.2f}")
+    return 0 if all(p["success"] for p in profiles.values()) else 1
 
 
 if __name__ == "__main__":
