@@ -20,7 +20,8 @@ imports included),
 the CPU/wall ratio (≈ the cores a step keeps busy), rows (`dagster/row_count`, summed over a
 multi-asset's outputs), and for multiprocess
 the worker start-up (STEP_WORKER_STARTING..STEP_START: a new interpreter importing the code location).
-Printed as a table sorted by wall time, and written to `<out>/profile.json` and `<out>/profile.md`.
+Printed as a table sorted by wall time, and written to `<out>/profile-<executor>.json` / `.md`;
+`--executor both` runs both executors one after the other and prints their wall and CPU ratios.
 Never passes or fails on a timing.
 """
 
@@ -32,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -167,7 +169,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help=f"a generated {SHORT_PRODUCTS}-product sample (CI)")
     parser.add_argument("--raw-dir", help="a WB-layout folder (default: the bundled sample)")
-    parser.add_argument("--executor", choices=("in_process", "multiprocess"), default="in_process")
+    parser.add_argument("--executor", choices=("in_process", "multiprocess", "both"), default="in_process",
+                        help="both: one run on each, one after the other, and their ratio")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     raw_dir = args.raw_dir
@@ -177,12 +180,29 @@ def main() -> int:
         raw_dir = str(args.out / f"sample-{SHORT_PRODUCTS}")
         ensure_sample(raw_dir, SampleSpec(n_products=SHORT_PRODUCTS, seed=11))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.executor == "both":
+        return compare_executors(args, raw_dir)
     profile = run_profile(raw_dir, args.executor, os.environ.get("WB_PIPELINE_MODELS_DIR"), args.out)
     table = markdown(profile)
-    print(table)
-    (args.out / "profile.json").write_text(json.dumps(profile, indent=2))
-    (args.out / "profile.md").write_text(table + "\n")
+    print(table, flush=True)
+    (args.out / f"profile-{args.executor}.json").write_text(json.dumps(profile, indent=2))
+    (args.out / f"profile-{args.executor}.md").write_text(table + "\n")
     return 0 if profile["success"] else 1
+
+
+def compare_executors(args, raw_dir: str | None) -> int:
+    """One run per executor, one after the other, each in its own interpreter (Dagster caches the
+    reconstructed job per process, so a second run in this one would reuse the first's executor)."""
+    profiles = {}
+    for executor in ("in_process", "multiprocess"):
+        out = args.out / executor
+        command = [sys.executable, "-m", "benchmarks.pipeline_profile", "--executor", executor, "--out", str(out)]
+        subprocess.run(command + (["--raw-dir", raw_dir] if raw_dir else []), check=False)
+        profiles[executor] = json.loads((out / f"profile-{executor}.json").read_text())
+    inside, multi = profiles["in_process"], profiles["multiprocess"]
+    print(f"in-process / multiprocess: wall {inside['run_wall_s'] / multi['run_wall_s']:.2f}, "
+          f"CPU {inside['run_cpu_s'] / multi['run_cpu_s']:.2f}")
+    return 0 if all(p["success"] for p in profiles.values()) else 1
 
 
 if __name__ == "__main__":
