@@ -123,4 +123,6 @@ def test_bootstrap_rejects_unknown_label():
 def test_confusion_png_is_embeddable():
     png = metrics.confusion_matrix_png(["a", "b", "b"], ["a", "a", "b"], ["a", "b"], "t")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert metrics.png_markdown(png, "cm").startswith("![cm](data:image/png;base64,")
+    from wb_pipeline.core.joint_space_figures import png_markdown
+
+    assert png_markdown(png, "cm").startswith("![cm](data:image/png;base64,")
