@@ -4,7 +4,7 @@ incremental add vs rebuild, and a search query's latency with the encoder includ
     .venv/bin/python -m benchmarks.search            # 10,000 and 128,000 vectors (several minutes on 2 cores)
     .venv/bin/python -m benchmarks.search --short    # CI smoke run: 10,000 vectors (< 1 min)
 
-Vectors are generated (the catalogue's joint space is 256-d): unit vectors around ``n / 100``
+Vectors are generated (the catalogue's joint space is 320-d: 256 head + 64 CCA; 256-d here): unit vectors around ``n / 100``
 random centres (products come in families of similar items), seeded. Queries are held-out vectors
 of the same distribution, not in the index. Per size:
 
@@ -154,7 +154,11 @@ def bench_queries(index, threads: int, reps: int) -> list[dict]:
     text_encoder = text_resource.build_query_encoder()
     image_encoder = ImageEncoderResource(cache_dir=str(MODELS_DIR), num_threads=threads).build()
     torch.manual_seed(0)
-    model = JointSpaceModel(text_encoder.dim, image_encoder.dim, ContrastiveConfig(joint_dim=index.dim)).eval()
+    # Default layout (CCA part + head) with the head sized so the joint vectors match the index's dimension.
+    closed_form_dim = ContrastiveConfig().closed_form_dim
+    model = JointSpaceModel(text_encoder.dim, image_encoder.dim,
+                            ContrastiveConfig(joint_dim=index.dim - closed_form_dim)).eval()
+    assert model.output_dim == index.dim, (model.output_dim, index.dim)
     photos = [jpeg_bytes(seed) for seed in range(4)]
     config = images.ImageConfig()
     stages: dict[str, list[float]] = {name: [] for name in (
