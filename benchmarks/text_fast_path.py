@@ -119,7 +119,7 @@ def macro_f1_per_label(vectors: np.ndarray, labels: pd.DataFrame, groups: np.nda
         predicted = np.empty(len(data.y), dtype=object)
         with threadpool_limits(limits=config.blas_threads):
             for train, valid in group_stratified_folds(data.y, data.groups, config.n_splits, config.seed):
-                model = fit_logistic(data.features["text"][train], data.y[train], 1.0, "balanced", config.max_iter)
+                model = fit_logistic([data.features["text"][train]], data.y[train], (1.0, "balanced", 1.0), config.max_iter)
                 predicted[valid] = np.asarray(data.classes, dtype=object)[
                     aligned_proba(model, data.features["text"][valid], data.classes).argmax(axis=1)]
         scores[label] = float(f1_score(data.y, predicted, labels=data.classes, average="macro", zero_division=0))
