@@ -467,7 +467,7 @@ def cross_validate_fusion(probabilities: pd.DataFrame, label: str, classes: Sequ
     models, plus `tabular` product features when given) and of mean-probability fusion (text + image);
     and one row per fold saying where the meta-model started and how many trees it kept."""
     own = probabilities[probabilities["label"] == label]
-    nm_by_row = own.drop_duplicates("row").set_index("row")["nm"]
+    by_row = own.drop_duplicates("row").set_index("row")
     inputs = fusion_inputs(own, config)
     tabular = tabular if config.fusion_tabular else None
     frames, diagnostics = [], []
@@ -485,8 +485,7 @@ def cross_validate_fusion(probabilities: pd.DataFrame, label: str, classes: Sequ
                             ("mean_probability", mean.predict_proba(X_uni_outer))):
             frames.append(pd.DataFrame({
                 "label": label, "model": name, "stage": OUTER, "fold": int(fold), "row": rows,
-                "nm": nm_by_row.loc[rows].to_numpy(), "y": y_outer,
-                "group": own.drop_duplicates("row").set_index("row")["group"].loc[rows].to_numpy(),
+                "nm": by_row["nm"].loc[rows].to_numpy(), "y": y_outer, "group": by_row["group"].loc[rows].to_numpy(),
                 "proba": list(proba.astype(np.float64)),
             }))
     return pd.concat(frames, ignore_index=True), pd.DataFrame(diagnostics)
