@@ -37,7 +37,7 @@ import numpy as np
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
 MODELS_DIR = OUT_DIR / "models"
-DIM = 256
+DIM = 2 * (ContrastiveConfig().joint_dim + ContrastiveConfig().closed_form_dim)  # the default combined joint vector
 K = 10
 TARGET_MS = 50.0
 QUERIES = ("женские зимние ботинки", "платье летнее миди", "кроссовки мужские белые", "чехол для телефона",
@@ -154,11 +154,12 @@ def bench_queries(index, threads: int, reps: int) -> list[dict]:
     text_encoder = text_resource.build_query_encoder()
     image_encoder = ImageEncoderResource(cache_dir=str(MODELS_DIR), num_threads=threads).build()
     torch.manual_seed(0)
-    # Default layout (CCA part + head) with the head sized so the joint vectors match the index's dimension.
+    # Default layout (CCA part + head) with the head sized so that the combined vectors ([text, image]
+    # joint vectors, what the default `joint` index holds) match the index's dimension.
     closed_form_dim = ContrastiveConfig().closed_form_dim
     model = JointSpaceModel(text_encoder.dim, image_encoder.dim,
-                            ContrastiveConfig(joint_dim=index.dim - closed_form_dim)).eval()
-    assert model.output_dim == index.dim, (model.output_dim, index.dim)
+                            ContrastiveConfig(joint_dim=index.dim // 2 - closed_form_dim)).eval()
+    assert 2 * model.output_dim == index.dim, (model.output_dim, index.dim)
     photos = [jpeg_bytes(seed) for seed in range(4)]
     config = images.ImageConfig()
     stages: dict[str, list[float]] = {name: [] for name in (

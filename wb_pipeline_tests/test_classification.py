@@ -272,7 +272,8 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
     assert fold_of["5000"] == fold_of["5001"]  # identical titles share a fold
 
     # zero-shot: on the text model's held-out rows, the argmax over the class axes of the combined
-    # (normalised text + image) joint vectors, computed here by hand.
+    # joint vectors (a class name scores the mean of its cosines with the text and image sides: the
+    # argmax of text + image), computed here by hand.
     position = {n: i for i, n in enumerate(joint["nm"])}
     combined = np.vstack(joint["text_joint"].to_numpy()) + np.vstack(joint["image_joint"].to_numpy())
     for label in ("sex", "category"):

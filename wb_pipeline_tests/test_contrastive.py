@@ -19,6 +19,7 @@ from wb_pipeline.core.contrastive import (
     group_split,
     joint_matrix,
     load_joint_model,
+    one_sided_in_combined,
     product_keys,
     regularised_cca,
     save_joint_model,
@@ -180,6 +181,26 @@ def test_early_stopping_restores_best_state(trained):
         assert report.steps >= report.best_step + FAST.eval_every_steps * FAST.patience_evals
 
 
+def test_the_kept_model_is_refit_on_all_pairs(trained):
+    text, image, model, report = trained
+    # the same number of epochs on all pairs as the best validation state took on the training part
+    assert report.refit_steps == round(report.best_step * len(text) / report.n_train_pairs) > report.best_step
+    # the CCA part of the kept model is fitted on every pair, not on the training part alone
+    text_mean, text_map, _, _ = regularised_cca(text, image, model.closed_form_dim, FAST.closed_form_regularization)
+    np.testing.assert_allclose(model.text_cca_mean.numpy(), text_mean, atol=1e-6)
+    np.testing.assert_allclose(model.text_cca_map.numpy(), text_map, atol=1e-5)
+    # without the refit the kept model is the early-stopping state: other weights, the same held-out figures
+    no_refit = dataclasses.replace(FAST, refit_on_all_pairs=False)
+    stopped, stopped_report = train_joint_space(text, image, unique_keys(len(text), "t"), unique_keys(len(text), "i"),
+                                                no_refit)
+    assert stopped_report.refit_steps == 0 and stopped_report.metrics == report.metrics
+    assert not torch.equal(stopped.text_head.weight, model.text_head.weight)
+    assert not np.allclose(stopped.text_cca_mean.numpy(), text_mean, atol=1e-6)
+    # the refit model still aligns the pairs (it has seen them all: R@1 on all pairs above held-out)
+    ranks = (model.project_text(text) @ model.project_image(image).T).argmax(axis=1)
+    assert (ranks == np.arange(len(text))).mean() >= report.metrics["after"]["text_to_image"]["recall_at_1"]
+
+
 def test_same_seed_same_metrics_and_weights(trained):
     text, image, model, report = trained
     again_model, again = train_joint_space(text, image, unique_keys(len(text), "t"), unique_keys(len(text), "i"), FAST)
@@ -272,13 +293,27 @@ def test_zero_shot_scores_are_cosines_in_the_joint_space():
     assert scores.argmax(axis=1).tolist() == [0, 1]
     with pytest.raises(ValueError, match="expected"):
         zero_shot_scores(["зима"], products, lambda texts: np.zeros((1, 5)), model)
+    # combined product vectors: a class name is scored against the mean of the two sides' cosines
+    image_side = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    combined_scores = zero_shot_scores(list(names), combine_joint(products, image_side), encode, model)
+    np.testing.assert_allclose(combined_scores, [[0.5, 0.5], [0.0, 0.3]], atol=1e-6)
+    with pytest.raises(ValueError, match="combined"):
+        zero_shot_scores(list(names), np.zeros((2, 4), np.float32), encode, model)
 
 
-def test_combine_joint_is_unit_norm():
+def test_combine_joint_concatenates_and_keeps_each_side():
     text, image = _unit(np.array([[1.0, 0.0], [0.0, 1.0]])), _unit(np.array([[0.0, 1.0], [0.0, 1.0]]))
     combined = combine_joint(text, image)
+    assert combined.shape == (2, 4)
     np.testing.assert_allclose(np.linalg.norm(combined, axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(combined[0], [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)
+    np.testing.assert_allclose(combined[0], np.sqrt(0.5) * np.array([1.0, 0.0, 0.0, 1.0]), atol=1e-6)
+    # opposite sides do not cancel (a sum would give the zero vector here)
+    opposite = combine_joint(_unit(np.array([[1.0, 0.0]])), _unit(np.array([[-1.0, 0.0]])))
+    np.testing.assert_allclose(opposite, np.sqrt(0.5) * np.array([[1.0, 0.0, -1.0, 0.0]]), atol=1e-6)
+    # a one-sided query scores a product by the mean of its cosines with the product's two sides
+    query = _unit(np.array([[0.6, 0.8]]))
+    expected = (query @ text.T + query @ image.T) / 2
+    np.testing.assert_allclose(one_sided_in_combined(query) @ combined.T, expected, atol=1e-6)
 
 
 # --- Dagster assets on a small synthetic catalogue ---------------------------------------------
@@ -357,7 +392,7 @@ def test_contrastive_assets_materialize(tmp_path, instance):
     joint = result.asset_value("joint_embeddings")
     assert joint["nm"].tolist() == values["text_embeddings"].nm.tolist()
     combined = joint_matrix(joint, "combined_joint")
-    assert combined.shape == (150, loaded.output_dim) and loaded.output_dim == 8 + loaded.closed_form_dim > 8
+    assert combined.shape == (150, 2 * loaded.output_dim) and loaded.output_dim == 8 + loaded.closed_form_dim > 8
     # the image column follows nm, not the image table's own (reversed) order
     expected_image = loaded.project_image(values["image_embeddings"].subset(joint["nm"]).vectors)
     np.testing.assert_allclose(joint_matrix(joint, "image_joint"), expected_image, atol=1e-6)

@@ -15,6 +15,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from wb_pipeline.core.embeddings import EmbeddingTable
@@ -318,6 +319,20 @@ def test_spaces_and_query_vectors():
         query_vector("text")
     with pytest.raises(ValueError, match="joint_embeddings"):
         space_vectors("joint", text, image)
+    # the joint spaces: a text query enters `joint` (combined vectors [text, image]) as [q, q]/√2 and
+    # `joint_text` as the head's vector itself; both rank products by what the text head sees
+    from wb_pipeline.core.contrastive import ContrastiveConfig, JointSpaceModel, joint_embedding_frame
+
+    torch.manual_seed(0)
+    model = JointSpaceModel(6, 4, ContrastiveConfig(joint_dim=3, closed_form_dim=0)).eval()
+    joint = joint_embedding_frame(nm, model.project_text(text.vectors), model.project_image(image.subset(nm).vectors))
+    _, combined = space_vectors("joint", text, image, joint)
+    query = query_vector("joint", text_vector=text.vectors[:1], joint_model=model)
+    one_side = query_vector("joint_text", text_vector=text.vectors[:1], joint_model=model)
+    assert combined.shape == (30, 6) and query.shape == (1, 6) and one_side.shape == (1, 3)
+    np.testing.assert_allclose(query[0, :3], query[0, 3:], atol=1e-6)
+    text_joint, image_joint = combined[:, :3] * np.sqrt(2), combined[:, 3:] * np.sqrt(2)
+    np.testing.assert_allclose(combined @ query[0], (text_joint @ one_side[0] + image_joint @ one_side[0]) / 2, atol=1e-5)
 
 
 def _image_searcher(tmp_path, space: str = "image"):

@@ -76,6 +76,10 @@ class ContrastiveConfig:
     patience_evals: int = 10  # stop after this many validations without improvement
     min_improvement: float = 1e-4
     validation_fraction: float = 0.2
+    # After early stopping, train a fresh model (CCA part and heads) on ALL pairs for the same number of
+    # epochs the best validation state took: the held-out figures come from the early-stopping model, and
+    # the model that is kept has not left a fifth of a small catalogue unused (docs/DESIGN-NOTES.md).
+    refit_on_all_pairs: bool = True
     recall_ks: tuple[int, ...] = (1, 5, 10)
     seed: int = 0
     deterministic: bool = True
@@ -329,10 +333,20 @@ class JointSpaceModel(nn.Module):
 
 
 def combine_joint(text_joint: np.ndarray, image_joint: np.ndarray) -> np.ndarray:
-    """One vector per product: the normalised sum of its unit text and image joint vectors."""
-    total = np.asarray(text_joint, np.float32) + np.asarray(image_joint, np.float32)
-    norms = np.linalg.norm(total, axis=1, keepdims=True)
-    return (total / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    """One vector per product: the normalised CONCATENATION [text, image] of its joint vectors
+    (2 × `output_dim`). A sum would average away what each side knows alone (where the photo and
+    the text disagree); the concatenation keeps both, and its inner product is the mean of the two
+    sides' cosines."""
+    both = np.hstack([np.asarray(text_joint, np.float32), np.asarray(image_joint, np.float32)])
+    norms = np.linalg.norm(both, axis=1, keepdims=True)
+    return (both / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def one_sided_in_combined(joint_vectors: np.ndarray) -> np.ndarray:
+    """Joint vectors of ONE modality (a text query, a class name, a photo) placed in the combined
+    space: [q, q] / √2, so that its inner product with a product's combined vector is the mean of
+    its cosines with the product's text and image joint vectors."""
+    return combine_joint(joint_vectors, joint_vectors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +367,7 @@ class TrainingReport:
     stopped_early: bool
     seconds: float
     final_temperature: float
+    refit_steps: int = 0  # steps of the refit on all pairs (0: the kept model is the early-stopping one)
     train_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, batch loss)
     validation_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # stage → direction → metric
@@ -398,6 +413,28 @@ def _as_tensor(vectors: np.ndarray, what: str) -> torch.Tensor:
     return torch.from_numpy(np.array(array, dtype=np.float32, order="C"))  # own writable copy
 
 
+def _train_steps(model: JointSpaceModel, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+                 sampler: DuplicateFreeBatchSampler, text: torch.Tensor, image: torch.Tensor, max_steps: int,
+                 after_step: Callable[[int, float], bool]) -> int:
+    """CLIP-loss steps over fresh epochs of `sampler` until `max_steps` or until `after_step(step, loss)`
+    returns True; the number of steps taken."""
+    step, epoch = 0, 0
+    model.train()
+    while step < max_steps:
+        for batch in sampler.epoch(epoch):
+            if len(batch) < 2:  # a lone pair has no negatives
+                continue
+            loss = loss_fn(model.head_image(image[batch]), model.head_text(text[batch]), model.logit_scale())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if after_step(step, loss.item()) or step >= max_steps:
+                return step
+        epoch += 1
+    return step
+
+
 def train_joint_space(
     text_vectors: np.ndarray,
     image_vectors: np.ndarray,
@@ -410,9 +447,10 @@ def train_joint_space(
 
     `text_keys` / `image_keys` (e.g. normalised title, image content hash) define duplicates: rows
     sharing either never share a batch and always land on the same side of the validation split.
-    Returns the model restored to its best validation-loss state and a `TrainingReport` with the
-    held-out Recall@k / median rank at chance, before training (random heads) and after.
-    """
+    Returns the model and a `TrainingReport` with the held-out Recall@k / median rank at chance,
+    before training (random heads) and after (the best validation-loss state). With
+    `refit_on_all_pairs` the returned model is then retrained from scratch on every pair for the same
+    number of epochs; otherwise it is the best validation-loss state itself."""
     text_t, image_t = _as_tensor(text_vectors, "text"), _as_tensor(image_vectors, "image")
     if len(text_t) != len(image_t) or len(text_keys) != len(text_t) or len(image_keys) != len(text_t):
         raise ValueError(
@@ -475,41 +513,45 @@ def train_joint_space(
         best_loss = validation_loss()
         validation_curve = [(0, best_loss)]
         best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        best_step, stale, step, epoch, stopped_early = 0, 0, 0, 0, False
+        best_step, stale, stopped_early = 0, 0, False
         train_curve: list[tuple[int, float]] = []
-        model.train()
-        while step < config.max_steps and not stopped_early:
-            for batch in sampler.epoch(epoch):
-                if len(batch) < 2:  # a lone pair has no negatives
-                    continue
-                loss = loss_fn(model.head_image(train_image[batch]), model.head_text(train_text[batch]),
-                               model.logit_scale())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                train_curve.append((step, loss.item()))
-                if step % config.eval_every_steps == 0:
-                    current = validation_loss()
-                    validation_curve.append((step, current))
-                    if current < best_loss - config.min_improvement:
-                        best_loss, best_step, stale = current, step, 0
-                        best_state = {k: v.clone() for k, v in model.state_dict().items()}
-                    else:
-                        stale += 1
-                    if progress is not None:
-                        progress(f"step {step}: train loss {loss.item():.4f}, validation loss {current:.4f}")
-                    if stale >= config.patience_evals:
-                        stopped_early = True
-                        break
-                if step >= config.max_steps:
-                    break
-            epoch += 1
+
+        def after_step(step: int, loss: float) -> bool:
+            nonlocal best_loss, best_step, best_state, stale, stopped_early
+            train_curve.append((step, loss))
+            if step % config.eval_every_steps:
+                return False
+            current = validation_loss()
+            validation_curve.append((step, current))
+            if current < best_loss - config.min_improvement:
+                best_loss, best_step, stale = current, step, 0
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            if progress is not None:
+                progress(f"step {step}: train loss {loss:.4f}, validation loss {current:.4f}")
+            stopped_early = stale >= config.patience_evals
+            return stopped_early
+
+        step = _train_steps(model, optimizer, loss_fn, sampler, train_text, train_image, config.max_steps, after_step)
         model.load_state_dict(best_state)
         model.eval()
         if model.closed_form_dim:
             metrics["heads"] = held_out_metrics("heads")
         metrics["after"] = held_out_metrics()
+        refit_steps = 0
+        if config.refit_on_all_pairs and best_step > 0:
+            # Same number of epochs on all pairs as the best validation state took on the training part.
+            refit_steps = max(1, round(best_step * len(text_t) / len(train_rows)))
+            model = JointSpaceModel(text_t.shape[1], image_t.shape[1], config)
+            model.set_closed_form(text_t.numpy(), image_t.numpy())
+            optimizer = torch.optim.AdamW(
+                [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
+                weight_decay=config.weight_decay)
+            _train_steps(model, optimizer, loss_fn, DuplicateFreeBatchSampler(text_keys, image_keys, config.batch_size,
+                                                                              config.seed),
+                         text_t, image_t, refit_steps, lambda step, loss: False)
+            model.eval()
 
     report = TrainingReport(
         n_pairs=len(text_t),
@@ -522,6 +564,7 @@ def train_joint_space(
         stopped_early=stopped_early,
         seconds=time.perf_counter() - started,
         final_temperature=float(1.0 / model.logit_scale().item()),
+        refit_steps=refit_steps,
         train_curve=train_curve,
         validation_curve=validation_curve,
         metrics=metrics,
@@ -541,18 +584,21 @@ def zero_shot_scores(
     template: str = "{}",
 ) -> np.ndarray:
     """Cosine similarity [n_products, n_classes] between products (already in the joint space:
-    image, text or combined joint vectors) and class names ('для женщин', 'зима', ...).
+    image or text joint vectors [n, output_dim], or combined ones [n, 2 × output_dim]) and class
+    names ('для женщин', 'зима', ...).
 
     Each name is formatted with `template`, embedded by `text_encoder_fn` (the same text encoder
-    that made the training text vectors), L2-normalised and projected through the text head.
-    Columns follow `class_names`; `argmax(axis=1)` is the zero-shot prediction."""
+    that made the training text vectors), L2-normalised and projected through the text head (and
+    placed in the combined space for combined product vectors). Columns follow `class_names`;
+    `argmax(axis=1)` is the zero-shot prediction."""
     names = [str(name) for name in class_names]
     if not names:
         raise ValueError("zero_shot_scores: no class names")
     products = np.asarray(product_joint_vectors, dtype=np.float32)
-    if products.ndim != 2 or products.shape[1] != model.output_dim:
+    if products.ndim != 2 or products.shape[1] not in (model.output_dim, 2 * model.output_dim):
         raise ValueError(
-            f"zero_shot_scores: product vectors of shape {products.shape}, expected [n, {model.output_dim}]"
+            f"zero_shot_scores: product vectors of shape {products.shape}, expected [n, {model.output_dim}] "
+            f"(one modality) or [n, {2 * model.output_dim}] (combined)"
         )
     class_vectors = np.asarray(text_encoder_fn([template.format(name) for name in names]), dtype=np.float32)
     if class_vectors.shape != (len(names), model.text_dim):
@@ -562,6 +608,8 @@ def zero_shot_scores(
         )
     norms = np.linalg.norm(class_vectors, axis=1, keepdims=True)
     class_joint = model.project_text(class_vectors / np.where(norms > 0, norms, 1.0))
+    if products.shape[1] != model.output_dim:
+        class_joint = one_sided_in_combined(class_joint)
     return products @ class_joint.T
 
 
@@ -664,7 +712,7 @@ JOINT_COLUMNS = ("text_joint", "image_joint", "combined_joint")
 
 def joint_embedding_frame(nm: Sequence[str], text_joint: np.ndarray, image_joint: np.ndarray) -> pd.DataFrame:
     """The `joint_embeddings` table: nm and one float32 list column per vector kind (text, image,
-    combined = normalised sum); one table keeps the three row-aligned by construction."""
+    combined = their normalised concatenation); one table keeps the three row-aligned by construction."""
     combined = combine_joint(text_joint, image_joint)
     return pd.DataFrame({
         "nm": np.asarray(list(nm), dtype=object),

@@ -3,8 +3,8 @@
 One held-out split of ~200 pairs gives Recall@1 with a standard error of ~0.03, larger than most
 differences worth deciding on; so every product is held out once (group-aware K-fold over duplicate
 groups) and the folds' metrics are averaged. In each fold the joint trainer sees only that fold's
-training pairs (it makes its own inner split for early stopping), and the baselines are fitted on the
-same pairs:
+training pairs (it makes its own inner split for early stopping, then refits on all of them), and the
+baselines are fitted on the same pairs:
 
 - `cca_pca128`: classic CCA on PCA-128 inputs (closed form, negligible ridge) — the standard baseline;
 - `closed_form`: the joint model's own regularised CCA part alone;

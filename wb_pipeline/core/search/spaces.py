@@ -2,7 +2,7 @@
 
 | space | product vector | text query | image query |
 |---|---|---|---|
-| `joint` (default) | `combined_joint` (normalised sum of the joint text and image vectors) | text head | image head |
+| `joint` (default) | `combined_joint` (normalised concatenation of the joint text and image vectors) | text head, as [q, q]/√2 | image head, as [q, q]/√2 |
 | `joint_text` | `text_joint` | text head | image head (cross-modal) |
 | `joint_image` | `image_joint` | text head (cross-modal) | image head |
 | `text` | the text encoder's vector | encoder vector | — (no shared space) |
@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.contrastive import joint_matrix
+from wb_pipeline.core.contrastive import joint_matrix, one_sided_in_combined
 from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core.encoders.base import l2_normalize
 
@@ -72,8 +72,9 @@ def query_vector(space: str, *, text_vector: np.ndarray | None = None, image_vec
     if space in JOINT_SPACES:
         if joint_model is None:
             raise ValueError(f"space {space!r} needs the joint model to project the query")
-        projected = joint_model.project_text(vector) if modality == "text" else joint_model.project_image(vector)
-        return l2_normalize(projected)
+        projected = l2_normalize(joint_model.project_text(vector) if modality == "text"
+                                 else joint_model.project_image(vector))
+        return one_sided_in_combined(projected) if space == "joint" else projected
     if space in ("text", "image"):
         if modality != space:
             raise QueryError(f"the index is over the {space!r} space: it can only take a {space} query, "

@@ -38,7 +38,7 @@ def aligned_images(text_embeddings: EmbeddingTable, image_embeddings: EmbeddingT
         raise ValueError(f"contrastive: text and image embeddings cover different products: {error}") from error
 
 
-@dg.asset(group_name="contrastive", kinds={"pytorch", "safetensors"}, code_version="2")
+@dg.asset(group_name="contrastive", kinds={"pytorch", "safetensors"}, code_version="3")
 def contrastive_model(
     context: dg.AssetExecutionContext,
     text_embeddings: EmbeddingTable,
@@ -52,8 +52,9 @@ def contrastive_model(
     and a learnable temperature; no duplicate title or image in a batch; group-aware validation split;
     early stopping on validation loss; beside them a closed-form regularised CCA of the two inputs,
     concatenated with the heads' vectors. Value: held-out Recall@1/5/10 and median rank per direction at
-    chance, before (random heads), for the CCA part and the heads alone, and after (the joint vectors);
-    `artifact` = the saved model folder."""
+    chance, before (random heads), for the CCA part and the heads alone, and after (the joint vectors
+    of the early-stopping model); the saved model is then refit on ALL pairs for the same number of
+    epochs (`refit_on_all_pairs`). `artifact` = the saved model folder."""
     core_config = to_core(ContrastiveConfig, config)
     images = aligned_images(text_embeddings, image_embeddings)
     keys = contrastive.product_keys(text_embeddings.nm, clean_products, image_index)
@@ -83,6 +84,7 @@ def contrastive_model(
             "steps": report.steps,
             "epochs": report.epochs,
             "best_step": report.best_step,
+            "refit_steps_on_all_pairs": report.refit_steps,
             "stopped_early": report.stopped_early,
             "best_validation_loss": round(report.best_validation_loss, 4),
             "temperature": round(report.final_temperature, 4),
@@ -105,14 +107,14 @@ def model_folder(contrastive_model: pd.DataFrame) -> str:
     return str(folders[0])
 
 
-@dg.asset(group_name="contrastive", kinds={"pytorch", "parquet"}, code_version="1")
+@dg.asset(group_name="contrastive", kinds={"pytorch", "parquet"}, code_version="2")
 def joint_embeddings(
     contrastive_model: pd.DataFrame,
     text_embeddings: EmbeddingTable,
     image_embeddings: EmbeddingTable,
 ) -> dg.MaterializeResult:
     """Every product in the joint space: `nm` and three float32 list columns, `text_joint`,
-    `image_joint` and `combined_joint` (the normalised sum), unit-norm, row-aligned with
+    `image_joint` and `combined_joint` (their normalised concatenation), unit-norm, row-aligned with
     `text_embeddings`. Read a column as a matrix with `wb_pipeline.core.contrastive.joint_matrix`."""
     model, info = contrastive.load_joint_model(as_upath(model_folder(contrastive_model)))
     images = aligned_images(text_embeddings, image_embeddings)
