@@ -124,3 +124,18 @@ def test_late_fusion_save_load_round_trip_without_pickle(tmp_path, monkeypatch):
     loaded = load_late_fusion(UPath(tmp_path))
     np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
     assert loaded.classes_.tolist() == ["x", "y"]
+
+
+def test_trees_are_kept_only_when_their_gain_clears_its_own_standard_error():
+    rng = np.random.default_rng(4)
+    n = 400
+    y = rng.choice(["a", "b"], size=n)
+    signal = (y == "b").astype(float)
+    # the probability block is weak; a tabular column holds the answer the trees can learn
+    block = np.clip(0.5 + 0.1 * (signal - 0.5) + 0.2 * rng.normal(size=n), 0.01, 0.99)
+    X = np.column_stack([1 - block, block, signal + 0.3 * rng.normal(size=n)])
+    learnt = LateFusionClassifier(classes=["a", "b"], n_prob_blocks=1, n_estimators=60).fit(X, y)
+    assert learnt.n_trees_ > 0  # a large gain: kept under the default one-standard-error rule
+    strict = LateFusionClassifier(classes=["a", "b"], n_prob_blocks=1, n_estimators=60, gate_margin_se=1e6).fit(X, y)
+    assert strict.n_trees_ == 0 and strict.booster_ is None  # an impossible margin keeps the start alone
+    np.testing.assert_allclose(strict.predict_proba(X)[:, 1], np.clip(block, 1e-6, 1.0), atol=1e-6)

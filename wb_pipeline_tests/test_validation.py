@@ -115,6 +115,28 @@ def test_interval_brackets_point_estimate_and_narrows_with_data():
     assert interval(2000) < interval(100)
 
 
+def test_paired_gain_is_the_sklearn_difference_with_the_error_of_the_difference():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    good = np.where(rng.random(300) < 0.8, y, rng.integers(0, 3, 300))
+    worse = np.where(rng.random(300) < 0.6, y, rng.integers(0, 3, 300))
+    gain, error = metrics.paired_macro_f1_gain(y, good, worse, 3, n_bootstrap=300, seed=0)
+    expected = (f1_score(y, good, labels=[0, 1, 2], average="macro")
+                - f1_score(y, worse, labels=[0, 1, 2], average="macro"))
+    assert gain == pytest.approx(expected)
+    assert 0 < error < 0.06 and gain > 3 * error  # a real gain stands well clear of its error
+    # a candidate that differs from the reference by noise alone (12 rows re-drawn at random): its
+    # gain is of the order of its error, so a one-standard-error rule would not take it
+    nearly = good.copy()
+    changed = rng.choice(300, 12, replace=False)
+    nearly[changed] = rng.integers(0, 3, 12)
+    small, small_error = metrics.paired_macro_f1_gain(y, nearly, good, 3, n_bootstrap=300, seed=0)
+    assert small_error > 0 and small < small_error
+    assert metrics.paired_macro_f1_gain(y, good, good, 3) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="predictions"):
+        metrics.paired_macro_f1_gain(y, good[:10], worse, 3)
+
+
 def test_bootstrap_rejects_unknown_label():
     with pytest.raises(ValueError, match="'q' is not in labels"):
         metrics.bootstrap_f1(["a", "q"], ["a", "a"], ["a", "b"])

@@ -103,7 +103,8 @@ class ClassificationConfig:
     fusion_boost_from: str = "auto"  # auto (the inputs' mean, or the best input when it beats the mean) | mean | best_block | block:<i>
     fusion_n_estimators: int = 200  # the most trees; early stopping on inner folds picks how many (maybe 0)
     fusion_early_stopping_rounds: int = 20
-    fusion_gate_on_macro_f1: bool = True  # keep trees only when they raise inner out-of-fold macro-F1
+    fusion_gate_on_macro_f1: bool = True  # keep trees only when they raise inner out-of-fold macro-F1 ...
+    fusion_gate_margin_se: float = 1.0  # ... by more than this many paired-bootstrap standard errors of the gain
     fusion_num_leaves: int = 4
     fusion_max_depth: int = 2
     fusion_learning_rate: float = 0.05
@@ -138,6 +139,7 @@ class ClassificationConfig:
             min_child_samples=self.fusion_min_child_samples, lambda_l2=self.fusion_lambda_l2,
             class_weight=None if self.fusion_class_weight == "none" else self.fusion_class_weight,
             early_stopping_rounds=self.fusion_early_stopping_rounds, gate_on_macro_f1=self.fusion_gate_on_macro_f1,
+            gate_margin_se=self.fusion_gate_margin_se,
             inner_splits=self.inner_splits,
             random_state=self.seed, n_jobs=self.fusion_n_jobs,
         )

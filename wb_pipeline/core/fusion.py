@@ -31,6 +31,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from upath import UPath
 
 from wb_pipeline.core import storage
+from wb_pipeline.core.metrics import paired_macro_f1_gain
 
 BOOSTER_FILE = "late_fusion.lgbm.txt"
 SIDECAR_FILE = "late_fusion.json"
@@ -114,6 +115,7 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         class_weight: str | None = "balanced",
         early_stopping_rounds: int = 20,
         gate_on_macro_f1: bool = True,
+        gate_margin_se: float = 1.0,
         inner_splits: int = 3,
         random_state: int = 0,
         n_jobs: int = 1,
@@ -130,6 +132,7 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.early_stopping_rounds = early_stopping_rounds
         self.gate_on_macro_f1 = gate_on_macro_f1
+        self.gate_margin_se = gate_margin_se
         self.inner_splits = inner_splits
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -225,12 +228,16 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
             boosted[valid] = boosted[valid] + raw.reshape(boosted[valid].shape)
         labels = np.arange(len(self.classes_))
 
-        def macro_f1(raw: np.ndarray) -> float:
-            predicted = (raw > 0).astype(np.int64) if raw.ndim == 1 else np.argmax(raw, axis=1)
-            return f1_score(encoded, predicted, labels=labels, average="macro", zero_division=0)
+        def decisions(raw: np.ndarray) -> np.ndarray:
+            return (raw > 0).astype(np.int64) if raw.ndim == 1 else np.argmax(raw, axis=1)
 
-        if self.gate_on_macro_f1 and macro_f1(boosted) <= macro_f1(init_score):
-            return 0, chosen
+        if self.gate_on_macro_f1:
+            # One-standard-error rule: on a few hundred rows a gain smaller than its own bootstrap error
+            # is as likely noise as signal, and the start is the simpler model.
+            gain, error = paired_macro_f1_gain(encoded, decisions(boosted), decisions(init_score), len(labels),
+                                               seed=self.random_state)
+            if gain <= self.gate_margin_se * error:
+                return 0, chosen
         return max(1, int(round(float(np.mean(chosen))))), chosen
 
     def fit(self, X, y, groups=None) -> "LateFusionClassifier":
