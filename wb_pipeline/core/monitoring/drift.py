@@ -59,6 +59,9 @@ class DriftConfig:
             raise ValueError(f"DriftConfig.label_js_threshold must be in [0, 1], got {self.label_js_threshold}")
         if self.folds < 2 or self.mmd_permutations < 1 or self.max_reference_rows < 2 or self.min_drop_rows < 2:
             raise ValueError("DriftConfig: folds >= 2, mmd_permutations >= 1, max_reference_rows >= 2, min_drop_rows >= 2")
+        if 1.0 / (1 + self.mmd_permutations) >= self.mmd_p_threshold:
+            raise ValueError(f"DriftConfig: {self.mmd_permutations} permutations cannot give p < {self.mmd_p_threshold} "
+                             f"(smallest p = 1/{1 + self.mmd_permutations}); raise mmd_permutations")
         if self.decide_by not in ("domain_auc", "mmd"):
             raise ValueError(f"DriftConfig.decide_by must be 'domain_auc' or 'mmd', got {self.decide_by!r}")
 

@@ -119,7 +119,6 @@ def build_reembed_schedule() -> dg.ScheduleDefinition:
 predict_new_drops = dg.define_asset_job(
     "predict_new_drops",
     selection=dg.AssetSelection.groups(DROPS_GROUP),
-    partitions_def=product_drops,
     description="One drop (partition): predictions from the saved models and the drift verdict (a WARN check). "
     "Started by `predict_new_drops_sensor` after `reembed_new_products`; no model is retrained.",
     hooks={log_finished_step},
@@ -178,9 +177,10 @@ def _number(metadata: dict, key: str) -> float | None:
 
 def retrain_decision(instance: dg.DagsterInstance, policy: RetrainPolicy):
     """(decision, storage id of the last training) from the instance's event log, or (None, reason)."""
-    trained = instance.get_latest_materialization_event(TRAINED_ASSET)
-    if trained is None or trained.asset_materialization is None:
+    latest = instance.fetch_materializations(TRAINED_ASSET, limit=1).records
+    if not latest:
         return None, "no trained classifiers yet (run `full_pipeline` first)"
+    trained = latest[0]
     at_training = _number(trained.asset_materialization.metadata, CATALOGUE_METADATA_KEY)
     if not at_training:
         return None, f"the last `label_classifiers` materialization has no `{CATALOGUE_METADATA_KEY}` metadata"
