@@ -242,6 +242,17 @@ def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
     its run, with predictions from the saved models and a drift verdict; the retraining sensor then asks
     for a retraining because of the out-of-distribution drop (and says so)."""
     defs, instance, root = full_run["defs"], full_run["instance"], full_run["root"]
+    # The 160-product sample has too few labelled rows for the default classifier settings (every label is
+    # skipped there); train two labels with small-data settings through `retrain_models`, as the sensor would.
+    small = {"labels": ["sex", "category"], "n_splits": 3, "inner_splits": 2, "min_labelled_rows": 12,
+             "min_class_rows": 3}
+    trained = defs.resolve_job_def("retrain_models").execute_in_process(
+        instance=instance, run_config={"ops": {"label_classifiers": {"config": small},
+                                               "fusion_classifier": {"config": small}}},
+        tags={jobs.RETRAIN_TRIGGER_TAG: "manual", jobs.RETRAIN_REASON_TAG: "test: small-data settings"})
+    assert trained.success
+    assert _metadata(instance, "label_classifiers")["trained_because"] == "test: small-data settings"
+    assert set(_load(full_run, "classification_report")["label"]) == {"sex", "category"}
     incoming = root / "incoming"
     catalogue_nm = set(_load(full_run, "clean_products")["nm"])
     drops = {}
@@ -266,7 +277,7 @@ def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
 
     context = dg.build_run_status_sensor_context(sensor_name="predict_new_drops_sensor", dagster_instance=instance,
                                                  dagster_run=reembed.dagster_run,
-                                                 dagster_event=reembed.get_job_success_event())
+                                                 dagster_event=reembed.get_run_success_event())
     requests = jobs.predict_new_drops_sensor(context)
     requested = {r.partition_key: r for r in requests}
     assert {"drop-in", "drop-out"} <= set(requested) and "bad-drop" not in requested
@@ -281,6 +292,7 @@ def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
     report = _load(full_run, "classification_report")
     labels = set(report["label"])
     best = report.drop_duplicates("label").set_index("label")["best_model"]
+    clean = _load(full_run, "clean_products")
     for drop, nm in drops.items():
         table = defs.load_asset_value("drop_predictions", instance=instance, partition_key=drop)
         assert set(table["nm"]) == set(nm) and set(table["label"]) == labels
@@ -291,9 +303,12 @@ def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
         assert predicted["predicted"].notna().all() and predicted["probability"].between(0, 1).all()
         assert (predicted.loc[predicted["status"] == "predicted", "model"]
                 == predicted.loc[predicted["status"] == "predicted", "label"].map(best)).all()
-        if drop == "drop-in":  # its first product came without a photo: cleaning rejected it, the rows say why
-            assert set(table.loc[rejected, "nm"]) == {nm[0]}
-            assert table.loc[rejected, "reason"].str.startswith("rejected at cleaning: missing_image").all()
+        # exactly the products cleaning rejected carry no prediction, and their rows say why
+        clean_here = set(clean.loc[clean["batch"] == drop, "nm"])
+        assert set(table.loc[rejected, "nm"]) == set(nm) - clean_here
+        assert table.loc[rejected, "reason"].str.match(r"rejected at cleaning: [a-z_]+").all()
+        if drop == "drop-in":  # its first product came without a photo
+            assert table.loc[table["nm"] == nm[0], "reason"].str.startswith("rejected at cleaning: missing_image").all()
     verdicts = {}
     for drop in ("drop-in", "drop-out"):
         figures = defs.load_asset_value("drop_drift", instance=instance, partition_key=drop).iloc[0]

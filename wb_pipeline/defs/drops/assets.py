@@ -13,6 +13,7 @@ import pandas as pd
 
 from wb_pipeline.core import classification as core
 from wb_pipeline.core import contrastive
+from wb_pipeline.core.characteristics import characteristics_table
 from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core.fusion import tabular_features
 from wb_pipeline.core.monitoring import drift, predictions, retrain
@@ -74,6 +75,12 @@ def drop_predictions(
     features, available = predictions.drop_features(products["nm"], text_embeddings, image_embeddings, model)
     for block in available:  # a rejected product has no vectors and must not be mistaken for a clean one
         available[block] = available[block] & products["nm"].isin(clean_here).to_numpy()
+    # The nightly flow does not re-run the labels group: parse the drop's own characteristics (same parser).
+    own = clean_products[(clean_products["batch"] == drop) & (clean_products["split"] == "train")]
+    own = own[~own["nm"].isin(set(product_characteristics["nm"]))]
+    if len(own):
+        product_characteristics = pd.concat(
+            [product_characteristics, characteristics_table(own["nm"], own["characteristics"]).long], ignore_index=True)
     tabular = tabular_features(products["nm"], clean_products, product_characteristics)
     labels = list(classification_report["label"].unique())
     label_models = {label: core.load_label_models(models_folder(pipeline_storage, label), label) for label in labels}
