@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from wb_pipeline import settings
+from wb_pipeline.core.monitoring.retrain import RetrainPolicy
 from wb_pipeline.defs.automation import jobs
 from wb_pipeline.defs.classification import assets as classification_assets
 from wb_pipeline.defs.classification import checks as classification_checks
@@ -12,6 +13,8 @@ from wb_pipeline.defs.clustering import assets as clustering_assets
 from wb_pipeline.defs.clustering import checks as clustering_checks
 from wb_pipeline.defs.contrastive import assets as contrastive_assets
 from wb_pipeline.defs.contrastive import checks as contrastive_checks
+from wb_pipeline.defs.drops import assets as drops_assets
+from wb_pipeline.defs.drops import checks as drops_checks
 from wb_pipeline.defs.embeddings import assets as embeddings_assets
 from wb_pipeline.defs.embeddings import checks as embeddings_checks
 from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
@@ -33,6 +36,7 @@ ASSET_MODULES = [
     clustering_assets,
     classification_assets,
     search_assets,
+    drops_assets,
 ]
 CHECK_MODULES = [
     preprocessing_checks,
@@ -42,6 +46,7 @@ CHECK_MODULES = [
     clustering_checks,
     classification_checks,
     search_checks,
+    drops_checks,
 ]
 
 
@@ -52,22 +57,26 @@ def build_definitions(
     models_dir: str | None = None,
     text_encoder: TextEncoderResource | None = None,
     image_encoder: ImageEncoderResource | None = None,
+    retrain_policy: RetrainPolicy | None = None,
 ) -> dg.Definitions:
     """Definitions reading WB files from `raw_dir` (+ drops registered from `incoming_dir`) and writing
     outputs under `storage_dir` (defaults: `WB_PIPELINE_RAW_DIR` / `WB_PIPELINE_STORAGE_DIR` /
     `WB_PIPELINE_INCOMING_DIR`, else the bundled sample, `storage/` and `data/incoming/`).
     Converted/exported models go to `models_dir` (default `WB_PIPELINE_MODELS_DIR`, else
     `<storage_dir>/models`); the encoders
-    default to the offline e5 text and EfficientNet-Lite0 image encoders."""
+    default to the offline e5 text and EfficientNet-Lite0 image encoders; the retraining rule to
+    `settings.retrain_policy()` (`WB_PIPELINE_RETRAIN_*`)."""
     storage_dir = storage_dir or settings.storage_dir()
     incoming_dir = incoming_dir or settings.incoming_dir()
     models_dir = models_dir or settings.models_dir() or str(WBStorage(base_dir=storage_dir).path("models"))
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
-        jobs=[jobs.full_pipeline, jobs.reembed_new_products, jobs.refresh_search_index],
+        jobs=[jobs.full_pipeline, jobs.reembed_new_products, jobs.refresh_search_index, jobs.predict_new_drops,
+              jobs.retrain_models],
         schedules=[jobs.build_reembed_schedule()],
-        sensors=[jobs.build_incoming_sensor(incoming_dir)],
+        sensors=[jobs.build_incoming_sensor(incoming_dir), jobs.predict_new_drops_sensor,
+                 jobs.build_retrain_sensor(retrain_policy or settings.retrain_policy())],
         resources={
             "raw_data": WBRawData(raw_dir=raw_dir or settings.raw_dir(), incoming_dir=incoming_dir),
             "io_manager": WBStorageIOManager(base_dir=storage_dir),

@@ -36,6 +36,7 @@ from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements, 
 
 from wb_pipeline import settings
 from wb_pipeline.definitions import build_definitions
+from wb_pipeline.defs.automation import jobs
 
 if TYPE_CHECKING:  # dagster exports no public name for the type build_reconstructable_job returns
     from dagster._core.definitions.reconstruct import ReconstructableJob
@@ -150,7 +151,7 @@ def full_pipeline_on_dask() -> dg.JobDefinition:
     worker must have too; encoders and other resources can be changed in the run config."""
     job = dg.define_asset_job(
         DASK_JOB_NAME,
-        selection=dg.AssetSelection.all(),
+        selection=jobs.CATALOGUE,
         executor_def=pool_safe_dask_executor,
         description="The whole asset graph (with its asset checks), one dask task per step; outputs go "
         "through the storage dir, which every dask worker must see.",

@@ -46,3 +46,34 @@ def incoming_dir() -> str:
 def models_dir() -> str | None:
     """`WB_PIPELINE_MODELS_DIR` when set, else None (= `<storage dir>/models`)."""
     return os.environ.get(MODELS_DIR_ENV) or None
+
+
+# Retraining rule (`wb_pipeline.core.monitoring.retrain.RetrainPolicy`), read by `retrain_models_sensor`.
+RETRAIN_ENV = {
+    "drift_auc_threshold": "WB_PIPELINE_RETRAIN_DRIFT_AUC",
+    "drift_mmd_p_threshold": "WB_PIPELINE_RETRAIN_DRIFT_MMD_P",
+    "drift_by": "WB_PIPELINE_RETRAIN_DRIFT_BY",
+    "added_share_threshold": "WB_PIPELINE_RETRAIN_ADDED_SHARE",
+}
+
+
+def retrain_policy():
+    """The retraining rule with any `WB_PIPELINE_RETRAIN_*` overrides (a bad value: ValueError naming it)."""
+    from wb_pipeline.core.monitoring.retrain import RetrainPolicy
+
+    values = {}
+    for name, env in RETRAIN_ENV.items():
+        raw = os.environ.get(env)
+        if not raw:
+            continue
+        if name == "drift_by":
+            values[name] = raw
+            continue
+        try:
+            values[name] = float(raw)
+        except ValueError:
+            raise ValueError(f"{env}={raw!r} is not a number") from None
+    try:
+        return RetrainPolicy(**values)
+    except ValueError as error:
+        raise ValueError(f"retraining settings ({', '.join(RETRAIN_ENV.values())}): {error}") from None

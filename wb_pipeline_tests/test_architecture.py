@@ -49,6 +49,8 @@ def test_definitions_load_with_every_group_and_check():
         "similar_products": "search",
         "duplicate_groups": "search",
         "duplicate_report": "search",
+        "drop_predictions": "drops",
+        "drop_drift": "drops",
     }
     assert {k: groups.get(k) for k in expected} == expected
     check_names = {key.name for key in graph.asset_check_keys}
@@ -67,9 +69,19 @@ def test_definitions_load_with_every_group_and_check():
         "product_index_size_matches_space",
         "product_index_recall",
         "duplicate_groups_partition_products",
+        "drop_within_training_distribution",
     } <= check_names
     full = defs.resolve_job_def("full_pipeline")
-    assert set(full.asset_layer.executable_asset_keys) == set(graph.get_all_asset_keys())  # the search group too
+    per_drop = {key for key in graph.get_all_asset_keys() if graph.get(key).group_name == "drops"}
+    assert {key.to_user_string() for key in per_drop} == {"drop_predictions", "drop_drift"}
+    # the search group too; the per-drop group runs per drop partition in its own job
+    assert set(full.asset_layer.executable_asset_keys) == set(graph.get_all_asset_keys()) - per_drop
+    predict = defs.resolve_job_def("predict_new_drops")
+    assert set(predict.asset_layer.executable_asset_keys) == per_drop and predict.partitions_def is not None
+    retrain = defs.resolve_job_def("retrain_models")
+    assert {"contrastive_model", "joint_embeddings", "label_classifiers", "fusion_classifier", "product_labels"} <= {
+        key.to_user_string() for key in retrain.asset_layer.executable_asset_keys}
+    assert retrain.partitions_def is None and full.partitions_def is None
     refresh = defs.resolve_job_def("refresh_search_index")
     assert {key.to_user_string() for key in refresh.asset_layer.executable_asset_keys} == {
         "joint_embeddings", "product_index", "similar_products", "duplicate_groups", "duplicate_report"}

@@ -15,8 +15,10 @@ from wb_pipeline.core.cleaning import clean_products
 from wb_pipeline.core.ingestion import read_wb_table
 from wb_pipeline.core.storage import as_upath
 from wb_pipeline.definitions import build_definitions
-from wb_pipeline.defs.automation.jobs import product_drops
+from wb_pipeline.defs.automation import jobs
+from wb_pipeline.defs.automation.jobs import DROPS_GROUP, product_drops
 from wb_pipeline.sample_data import SampleSpec, read_manifest, write_sample
+from wb_pipeline.sample_data.drops import write_drop
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +60,11 @@ def test_full_graph_succeeds_with_every_check_passing(full_run):
     result = full_run["result"]
     assert result.success
     checks = _check_results(result)
-    defined = {key.name for key in full_run["defs"].resolve_asset_graph().asset_check_keys}
-    assert set(checks) == defined  # every check ran
+    graph = full_run["defs"].resolve_asset_graph()
+    per_drop = {key.name for key in graph.asset_check_keys if graph.get(key.asset_key).group_name == DROPS_GROUP}
+    defined = {key.name for key in graph.asset_check_keys} - per_drop
+    assert per_drop == {"drop_within_training_distribution"}  # runs per drop, in `predict_new_drops`
+    assert set(checks) == defined  # every catalogue check ran
     # ERROR checks must pass; WARN checks (e.g. "joint space beats unimodal") may fail on a 160-product sample
     assert _failed_blocking_or_error_checks(result) == [], checks
     assert checks["input_equals_clean_plus_rejected"] and checks["text_embeddings_vectors_valid"]
@@ -222,3 +227,107 @@ def test_search_command_on_the_real_encoders(full_run, shared_models_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     found = [line.split("\t")[0] for line in done.stdout.strip().split("\n")]
     assert len(found) == 5 and nm in found  # colour variants have near-identical photos: top 5, not always first
+
+
+# Drops measured by `python -m benchmarks.drop_drift --short` against this very catalogue (seed 11, 160
+# products): seed 94 is one of its in-distribution drops; the other one has only long-tail categories,
+# English titles and a different photo style (grey, noisy), i.e. another distribution.
+IN_DISTRIBUTION = SampleSpec(n_products=60, seed=94)
+OUT_OF_DISTRIBUTION = SampleSpec(n_products=60, seed=96, long_tail_fraction=1.0, english_title_rate=1.0,
+                                 grayscale_image_rate=0.6, image_noise_sigma=20.0, min_defects_from=10**9)
+
+
+def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
+    """A drop placed in the incoming folder ends, after the sensor, the schedule and the sensor chained on
+    its run, with predictions from the saved models and a drift verdict; the retraining sensor then asks
+    for a retraining because of the out-of-distribution drop (and says so)."""
+    defs, instance, root = full_run["defs"], full_run["instance"], full_run["root"]
+    # The 160-product sample has too few labelled rows for the default classifier settings (every label is
+    # skipped there); train two labels with small-data settings through `retrain_models`, as the sensor would.
+    small = {"labels": ["sex", "category"], "n_splits": 3, "inner_splits": 2, "min_labelled_rows": 12,
+             "min_class_rows": 3}
+    trained = defs.resolve_job_def("retrain_models").execute_in_process(
+        instance=instance, run_config={"ops": {"label_classifiers": {"config": small},
+                                               "fusion_classifier": {"config": small}}},
+        tags={jobs.RETRAIN_TRIGGER_TAG: "manual", jobs.RETRAIN_REASON_TAG: "test: small-data settings"})
+    assert trained.success
+    assert _metadata(instance, "label_classifiers")["trained_because"] == "test: small-data settings"
+    assert set(_load(full_run, "classification_report")["label"]) == {"sex", "category"}
+    incoming = root / "incoming"
+    catalogue_nm = set(_load(full_run, "clean_products")["nm"])
+    drops = {}
+    for name, spec in (("drop-in", IN_DISTRIBUTION), ("drop-out", OUT_OF_DISTRIBUTION)):
+        write_sample(tmp_path / name, spec)
+        drops[name] = write_drop(tmp_path / name, incoming / name, 30, seed=1, exclude_nm=catalogue_nm,
+                                 without_image=1 if name == "drop-in" else 0)
+    bad = incoming / "bad-drop"  # fails validation: never registered, never predicted
+    bad.mkdir()
+    (bad / schema.TRAIN_FILE).write_bytes(b"PAR1 truncated")
+
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        sensor_result = defs.resolve_sensor_def("incoming_products_sensor")(context)
+    for request in sensor_result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    assert {"drop-in", "drop-out"} <= set(instance.get_dynamic_partitions(product_drops.name))
+    assert "bad-drop" not in instance.get_dynamic_partitions(product_drops.name)
+    with dg.build_schedule_context(instance=instance) as context:
+        request = defs.resolve_schedule_def("reembed_new_products_schedule").evaluate_tick(context).run_requests[0]
+    reembed = defs.resolve_job_def("reembed_new_products").execute_in_process(instance=instance, tags=request.tags)
+    assert reembed.success
+
+    context = dg.build_run_status_sensor_context(sensor_name="predict_new_drops_sensor", dagster_instance=instance,
+                                                 dagster_run=reembed.dagster_run,
+                                                 dagster_event=reembed.get_run_success_event())
+    requests = jobs.predict_new_drops_sensor(context)
+    requested = {r.partition_key: r for r in requests}
+    assert {"drop-in", "drop-out"} <= set(requested) and "bad-drop" not in requested
+    checks = {}
+    for drop, run_request in sorted(requested.items()):
+        result = defs.resolve_job_def("predict_new_drops").execute_in_process(
+            instance=instance, partition_key=drop, tags=run_request.tags)
+        assert result.success
+        checks[drop] = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert jobs.drops_to_predict(instance) == []  # every ingested drop has predictions now
+
+    report = _load(full_run, "classification_report")
+    labels = set(report["label"])
+    best = report.drop_duplicates("label").set_index("label")["best_model"]
+    clean = _load(full_run, "clean_products")
+    for drop, nm in drops.items():
+        table = defs.load_asset_value("drop_predictions", instance=instance, partition_key=drop)
+        assert set(table["nm"]) == set(nm) and set(table["label"]) == labels
+        assert len(table) == len(nm) * len(labels)  # every product of the drop, every label: no gap
+        rejected = table["status"] == "rejected"
+        assert (table["status"].isin(["predicted", "fallback", "rejected"])).all()
+        predicted = table[~rejected]
+        assert predicted["predicted"].notna().all() and predicted["probability"].between(0, 1).all()
+        assert (predicted.loc[predicted["status"] == "predicted", "model"]
+                == predicted.loc[predicted["status"] == "predicted", "label"].map(best)).all()
+        # exactly the products cleaning rejected carry no prediction, and their rows say why
+        clean_here = set(clean.loc[clean["batch"] == drop, "nm"])
+        assert set(table.loc[rejected, "nm"]) == set(nm) - clean_here
+        assert table.loc[rejected, "reason"].str.match(r"rejected at cleaning: [a-z_]+").all()
+        if drop == "drop-in":  # its first product came without a photo
+            assert table.loc[table["nm"] == nm[0], "reason"].str.startswith("rejected at cleaning: missing_image").all()
+    verdicts = {}
+    for drop in ("drop-in", "drop-out"):
+        figures = defs.load_asset_value("drop_drift", instance=instance, partition_key=drop).iloc[0]
+        check = checks[drop]["drop_within_training_distribution"]
+        assert check.severity == dg.AssetCheckSeverity.WARN
+        assert check.metadata["verdict"].value == figures["verdict"]
+        verdicts[drop] = (check.passed, figures)
+        print(f"{drop}: text AUC {figures['text_domain_auc']:.3f}, image AUC {figures['image_domain_auc']:.3f}, "
+              f"text MMD p {figures['text_mmd_p_value']:.3f}, image MMD p {figures['image_mmd_p_value']:.3f}, "
+              f"max label JS excess {figures['max_label_js_excess']:.3f} -> {figures['verdict']}")
+    assert verdicts["drop-in"][0] and not verdicts["drop-in"][1]["drifted"]
+    assert verdicts["drop-in"][1]["verdict"].startswith("In distribution")
+    assert not verdicts["drop-out"][0] and verdicts["drop-out"][1]["drifted"]
+    assert verdicts["drop-out"][1]["verdict"].startswith("DRIFTED")
+
+    retrain = defs.resolve_sensor_def("retrain_models_sensor")
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        run_request = retrain(context)
+    assert isinstance(run_request, dg.RunRequest) and run_request.job_name in (None, "retrain_models")
+    assert "drift" in run_request.tags[jobs.RETRAIN_TRIGGER_TAG].split("+")
+    assert "drop drop-out" in run_request.tags[jobs.RETRAIN_REASON_TAG]
+    assert "drop drop-in" not in run_request.tags[jobs.RETRAIN_REASON_TAG]

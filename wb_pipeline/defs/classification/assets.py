@@ -18,8 +18,10 @@ from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core.fusion import tabular_features
 from wb_pipeline.core.joint_space_figures import grouped_bars_png, png_markdown
 from wb_pipeline.core.metrics import MetricsConfig, confusion_matrix_png
+from wb_pipeline.core.monitoring.retrain import TrainingManifest, save_training_manifest
 from wb_pipeline.core.storage import as_upath
 from wb_pipeline.defs import metadata
+from wb_pipeline.defs.automation.jobs import CATALOGUE_METADATA_KEY, RETRAIN_REASON_TAG
 from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.defs.contrastive.assets import model_folder as joint_model_folder
 from wb_pipeline.defs.embeddings.resources import TextEncoderResource
@@ -78,7 +80,7 @@ def label_classifiers(
     clean = labels[["nm"]].merge(clean_products.drop_duplicates("nm"), on="nm", how="left")
     groups = core.product_groups(clean, image_index, settings.group_by)
     features = _features(labels, text_embeddings, image_embeddings, joint_embeddings)
-    frames, choices, skipped, trained = [], [], [], []
+    frames, choices, skipped, trained, shares = [], [], [], [], {}
     # Progress in labelled rows (the nested CV's cost grows with them), rate and ETA over the labels.
     total_rows = int(sum(labels[label].notna().sum() for label in settings.labels if label in labels.columns))
     report_progress = progress_logger(context, "label_classifiers", "labelled rows fitted")
@@ -95,6 +97,7 @@ def label_classifiers(
         cv = core.cross_validate_label(data, settings)
         models = core.fit_final_base_models(data, cv.final_settings, settings)
         core.save_label_models(models, models_folder(pipeline_storage, label))
+        shares[label] = {str(c): float(v) for c, v in pd.Series(data.y).value_counts(normalize=True).items()}
         seconds = time.perf_counter() - started
         context.log.info(f"label {label}: {len(data.y)} rows, {len(data.classes)} classes, {seconds:.1f}s")
         report_progress(done_rows, total_rows, time.perf_counter() - step_started)
@@ -110,10 +113,16 @@ def label_classifiers(
         })
     probabilities = (pd.concat(frames, ignore_index=True) if frames
                      else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS)))
+    # What drift and the retraining rule compare new drops with (the batches and size trained on).
+    batches = tuple(sorted(clean_products["batch"].astype(str).unique())) if "batch" in clean_products else ("main",)
+    save_training_manifest(TrainingManifest(batches, len(clean_products), shares), pipeline_storage.path(*MODELS_FOLDER))
     return dg.MaterializeResult(
         value=probabilities,
         metadata={
             "dagster/row_count": len(probabilities),
+            CATALOGUE_METADATA_KEY: len(clean_products),
+            "trained_on_batches": ", ".join(batches),
+            "trained_because": context.run.tags.get(RETRAIN_REASON_TAG, "not started by the retraining sensor"),
             "trained_labels": metadata.table(pd.DataFrame(trained)) if trained else "none",
             "skipped_labels": metadata.table(pd.DataFrame(skipped, columns=["label", "reason", "detail"])),
             "chosen_settings_per_fold": metadata.table(pd.concat(choices), max_rows=500) if choices else "none",

@@ -1,0 +1,1 @@
+"""Group `drops`: predictions and a drift verdict for each new-product drop."""
