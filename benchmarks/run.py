@@ -21,6 +21,7 @@ BENCHMARKS = [
     "benchmarks.clustering",
     "benchmarks.pipeline_profile",
     "benchmarks.search",
+    "benchmarks.drop_drift",
 ]
 
 
