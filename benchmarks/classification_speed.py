@@ -9,11 +9,12 @@ What `label_classifiers` and `fusion_classifier` compute (nested CV of the base 
 refits; late fusion's CV and final meta-model, `core.classification`), once per variant, variants
 interleaved over `--reps` rounds so outside load hits all alike (the median is printed):
 
-- **before**: every regression solved on all its columns from zero (`row_space=False`,
-  `warm_start=False`) — the code before issue 14 (the inner folds, computed once per outer fold
-  instead of once per base model, are the same folds);
+- **before**: every regression solved by lbfgs on all its columns from zero (`solver="lbfgs"`,
+  `row_space=False`, `warm_start=False`) — the code before issue 14 (the inner folds, computed once
+  per outer fold instead of once per base model, are the same folds);
 - **row space**: a training part with fewer rows than columns solved in its rows' span (exact);
-- **now (default)**: row space + warm-started grid chains (C ascending within a class weight);
+- **row space + warm starts**: + warm-started grid chains (C ascending within a class weight), lbfgs;
+- **now (default)**: the same with newton-cg;
 - **now, n_jobs=2**: the same, outer folds in 2 processes (helps only where a core is idle).
 
 Per variant: wall and CPU seconds of the base models and of late fusion, the wall ratio to
@@ -122,8 +123,9 @@ def main() -> int:
     inputs = saved_inputs(args.storage) if args.storage and not args.short else synthetic_inputs()
     reps = args.reps or (1 if args.short else 2)
     default = core.ClassificationConfig()
-    before = dataclasses.replace(default, row_space=False, warm_start=False, n_jobs=1)
+    before = dataclasses.replace(default, row_space=False, warm_start=False, solver="lbfgs", n_jobs=1)
     variants = {"before": before, "row space": dataclasses.replace(before, row_space=True),
+                "row space + warm starts": dataclasses.replace(before, row_space=True, warm_start=True),
                 "now (default)": default, "now, n_jobs=2": dataclasses.replace(default, n_jobs=2)}
     if args.variants:
         variants = {k: v for k, v in variants.items() if k in args.variants or k == "before"}

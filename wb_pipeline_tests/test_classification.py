@@ -336,9 +336,10 @@ def _wide_problem(n: int = 40, d: int = 120, seed: int = 3) -> tuple[list[np.nda
 def test_row_space_fit_solves_the_same_regression_with_fewer_weights():
     blocks, y = _wide_problem()
     new_rows = [b[:10] + 0.1 for b in blocks]
-    for setting in ((1.0, "none", 1.0), (10.0, "balanced", 2.0)):
+    for setting, solver in (((1.0, "none", 1.0), "lbfgs"), ((10.0, "balanced", 2.0), "lbfgs"),
+                            ((10.0, "balanced", 2.0), "newton-cg")):
         full = core.fit_logistic(blocks, y, setting, max_iter=5000)
-        rotated = core.fit_logistic(blocks, y, setting, max_iter=5000, row_space=True)
+        rotated = core.fit_logistic(blocks, y, setting, max_iter=5000, row_space=True, solver=solver)
         assert rotated.coef_.shape == full.coef_.shape == (3, 120)
         for X in (np.hstack(blocks), np.hstack(new_rows)):
             np.testing.assert_allclose(rotated.predict_proba(X), full.predict_proba(X), atol=2e-3)
@@ -353,8 +354,8 @@ def test_warm_started_grid_chooses_the_same_settings_as_cold_fits():
     labels, features = labelled_table(150, seed=2)
     small = {**SMALL, "c_values": (0.1, 1.0, 10.0), "class_weights": ("none", "balanced"),
              "early_fusion_image_weights": (0.5, 2.0)}
-    cold = core.ClassificationConfig(**small, warm_start=False, row_space=False)
-    warm = core.ClassificationConfig(**small, warm_start=True, row_space=True)
+    cold = core.ClassificationConfig(**small, warm_start=False, row_space=False, solver="lbfgs")
+    warm = core.ClassificationConfig(**small)  # the default: warm-started newton-cg in the row space
     data = core.prepare_label(labels, "sex", features, np.arange(150), cold)
     results = [core.cross_validate_label(data, config) for config in (cold, warm)]
     chosen = [r.choices[r.choices["chosen"]][["model", "fold", "C", "class_weight", "image_weight"]].to_numpy()
