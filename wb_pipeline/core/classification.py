@@ -293,7 +293,7 @@ class _Design:
     rows spanning the rows of the scaled matrix), `X` holds the rows' coordinates in that basis instead
     (n × n, n < d). An L2-penalised linear model's weights lie in the span of its training rows
     (any other component changes no logit and only adds penalty), so solving on the coordinates and
-    mapping back (`coef @ basis`) solves the same problem with r instead of d weights per class."""
+    mapping back (`coef @ basis`) solves the same problem with n instead of d weights per class."""
 
     X: np.ndarray
     column_factors: np.ndarray
@@ -321,7 +321,7 @@ def _design(blocks: Sequence[np.ndarray], image_weight: float, row_space: bool) 
 def _solve(design: _Design, y: np.ndarray, c_value: float, class_weight: str, max_iter: int,
            warm: LogisticRegression | None = None, solver: str = "lbfgs") -> tuple[LogisticRegression, LogisticRegression]:
     """(the solver's model on `design.X` — reusable as the next warm start —, a copy predicting on the RAW
-    stacked blocks). With `warm`, lbfgs starts from that model's solution (same design, same y)."""
+    stacked blocks). With `warm`, the solver starts from that model's solution (same design, same y)."""
     weight = None if class_weight == "none" else class_weight
     if warm is None:
         fitted = LogisticRegression(C=c_value, class_weight=weight, max_iter=max_iter, warm_start=True, solver=solver)
