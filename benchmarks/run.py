@@ -19,6 +19,7 @@ BENCHMARKS = [
     "benchmarks.scale",
     "benchmarks.text_fast_path",
     "benchmarks.clustering",
+    "benchmarks.classification_speed",
     "benchmarks.pipeline_profile",
     "benchmarks.search",
     "benchmarks.drop_drift",

@@ -322,3 +322,66 @@ def outer_of(probabilities: pd.DataFrame, label: str) -> pd.DataFrame:
     """The held-out rows of `label` every model is scored on (one per labelled row)."""
     return probabilities[(probabilities["stage"] == "outer") & (probabilities["label"] == label)
                          & (probabilities["model"] == "text")]
+
+
+def _wide_problem(n: int = 40, d: int = 120, seed: int = 3) -> tuple[list[np.ndarray], np.ndarray]:
+    """Fewer rows than columns (two blocks), three classes readable from a few columns."""
+    rng = np.random.default_rng(seed)
+    y = np.array(["a", "b", "c"], dtype=object)[rng.integers(0, 3, size=n)]
+    codes = pd.Series(y).astype("category").cat.codes.to_numpy()
+    text = rng.normal(size=(n, d // 3)) + 1.5 * np.eye(d // 3)[codes]
+    image = 4.0 * rng.normal(size=(n, d - d // 3))
+    return [text.astype(np.float32), image.astype(np.float32)], y
+
+
+def test_row_space_fit_solves_the_same_regression_with_fewer_weights():
+    blocks, y = _wide_problem()
+    new_rows = [b[:10] + 0.1 for b in blocks]
+    for setting, solver in (((1.0, "none", 1.0), "lbfgs"), ((10.0, "balanced", 2.0), "lbfgs"),
+                            ((10.0, "balanced", 2.0), "newton-cg")):
+        full = core.fit_logistic(blocks, y, setting, max_iter=5000)
+        rotated = core.fit_logistic(blocks, y, setting, max_iter=5000, row_space=True, solver=solver)
+        assert rotated.coef_.shape == full.coef_.shape == (3, 120)
+        for X in (np.hstack(blocks), np.hstack(new_rows)):
+            np.testing.assert_allclose(rotated.predict_proba(X), full.predict_proba(X), atol=2e-3)
+            np.testing.assert_array_equal(rotated.predict(X), full.predict(X))
+    design = core._design(blocks, 1.0, row_space=True)
+    assert design.X.shape == (40, 40) and design.basis.shape == (40, 120)
+    tall = core._design([b[:, :10] for b in blocks], 1.0, row_space=True)  # more rows than columns: unchanged
+    assert tall.basis is None and tall.X.shape == (40, 20)
+
+
+def test_warm_started_grid_chooses_the_same_settings_as_cold_fits():
+    labels, features = labelled_table(150, seed=2)
+    small = {**SMALL, "c_values": (0.1, 1.0, 10.0), "class_weights": ("none", "balanced"),
+             "early_fusion_image_weights": (0.5, 2.0)}
+    cold = core.ClassificationConfig(**small, warm_start=False, row_space=False, solver="lbfgs")
+    warm = core.ClassificationConfig(**small)  # the default: warm-started newton-cg in the row space
+    data = core.prepare_label(labels, "sex", features, np.arange(150), cold)
+    results = [core.cross_validate_label(data, config) for config in (cold, warm)]
+    chosen = [r.choices[r.choices["chosen"]][["model", "fold", "C", "class_weight", "image_weight"]].to_numpy()
+              for r in results]
+    np.testing.assert_array_equal(chosen[0], chosen[1])
+    assert results[0].final_settings == results[1].final_settings
+    np.testing.assert_allclose(results[0].choices["inner_macro_f1"], results[1].choices["inner_macro_f1"], atol=0.02)
+    # The warm chain really starts from the previous solution: C ascending within a class weight.
+    order = core._fit_order(core.grid(warm, "early_fusion"))
+    assert [[(c, w) for c, w, _ in chain] for chain in order] == [[(0.1, "none"), (1.0, "none"), (10.0, "none"),
+                                                                  (0.1, "balanced"), (1.0, "balanced"),
+                                                                  (10.0, "balanced")]] * 2
+
+
+def test_outer_folds_in_two_processes_give_identical_results():
+    labels, features = labelled_table(90, seed=1)
+    config = core.ClassificationConfig(**{**SMALL, "c_values": (1.0, 10.0)})
+    data = core.prepare_label(labels, "sex", features, np.arange(90), config)
+    runs = [core.cross_validate_label(data, core.ClassificationConfig(**{**SMALL, "c_values": (1.0, 10.0)}, n_jobs=n))
+            for n in (1, 2)]
+    pd.testing.assert_frame_equal(runs[0].choices, runs[1].choices)
+    assert runs[0].final_settings == runs[1].final_settings
+    pd.testing.assert_frame_equal(runs[0].probabilities.drop(columns="proba"), runs[1].probabilities.drop(columns="proba"))
+    np.testing.assert_array_equal(np.vstack(runs[0].probabilities["proba"]), np.vstack(runs[1].probabilities["proba"]))
+    fusion = [core.cross_validate_fusion(runs[0].probabilities, "sex", data.classes,
+                                         core.ClassificationConfig(**SMALL, n_jobs=n)) for n in (1, 2)]
+    pd.testing.assert_frame_equal(fusion[0][1], fusion[1][1])
+    np.testing.assert_array_equal(np.vstack(fusion[0][0]["proba"]), np.vstack(fusion[1][0]["proba"]))

@@ -29,6 +29,7 @@ class was rejected: 'other' is not a value of any label vocabulary and mixes unr
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 from sklearn.linear_model import LogisticRegression
@@ -94,6 +96,22 @@ class ClassificationConfig:
     max_iter: int = 1000
     # One BLAS thread: on 2 shared cores, multi-threaded OpenBLAS made a 0.05 s fit take 2-3 s.
     blas_threads: int = 1
+    # Speed of the nested CV (issue 14); none of these changes which problem a fit solves:
+    # - row_space: when a training part has fewer rows than columns, solve the regression in the row
+    #   space of its (scaled) design matrix (an exact rotation: an L2-penalised linear model's weights
+    #   lie in that span), then map the weights back — e.g. 271 rows × 1,664 early-fusion columns;
+    # - warm_start: along each inner fold's grid, start a fit from the previous setting's solution
+    #   (C ascending within a class weight, then the next class weight) instead of from zero;
+    # - n_jobs: outer folds run in that many processes (loky), each with `blas_threads` BLAS threads;
+    #   results do not depend on it (every fit is deterministic and the folds are merged in order).
+    #   2 = the 2 cores `make run` has: 1.35x (base models) / 1.43x (late fusion) faster than 1 with a
+    #   core mostly idle; ~0.8-1.1x when other work already fills both cores (then set it to 1).
+    row_space: bool = True
+    warm_start: bool = True
+    n_jobs: int = 2
+    # LogisticRegression's solver, on the same penalised problem: newton-cg (Hessian-vector products, few
+    # iterations) was 1.6-1.9x faster than warm-started lbfgs in the row space (benchmarks/classification_speed).
+    solver: str = "newton-cg"  # newton-cg | lbfgs
     # Late fusion: which base models' out-of-fold probabilities it reads (those present), and the
     # tabular product features (price, brand frequency, out-of-fold brand target encoding, count of
     # characteristics). It boosts from its best input (see `core.fusion.LateFusionClassifier`).
@@ -127,6 +145,8 @@ class ClassificationConfig:
                              f"and c_values non-empty (got {self.c_values})")
         if not self.early_fusion_image_weights or min(self.early_fusion_image_weights) <= 0:
             raise ValueError(f"early_fusion_image_weights must be positive (got {self.early_fusion_image_weights})")
+        if self.solver not in ("lbfgs", "newton-cg"):
+            raise ValueError(f"solver must be 'lbfgs' or 'newton-cg', got {self.solver!r}")
         unknown_inputs = set(self.fusion_inputs) - set(BASE_MODELS)
         if unknown_inputs or not self.fusion_inputs:
             raise ValueError(f"fusion_inputs must be a non-empty subset of {BASE_MODELS}, got {self.fusion_inputs}")
@@ -269,22 +289,66 @@ def block_scales(blocks: Sequence[np.ndarray]) -> list[float]:
     return scales
 
 
-def fit_logistic(blocks: Sequence[np.ndarray], y: np.ndarray, setting: Setting, max_iter: int) -> LogisticRegression:
-    """A LogisticRegression (lbfgs, multinomial) on the horizontally stacked `blocks`, each divided by its
+@dataclass
+class _Design:
+    """The scaled design matrix a regression is solved on, and how its weights map back to raw columns.
+
+    `X` = the stacked blocks, each times its factor (`column_factors`); with `basis` (n × d, orthonormal
+    rows spanning the rows of the scaled matrix), `X` holds the rows' coordinates in that basis instead
+    (n × n, n < d). An L2-penalised linear model's weights lie in the span of its training rows
+    (any other component changes no logit and only adds penalty), so solving on the coordinates and
+    mapping back (`coef @ basis`) solves the same problem with n instead of d weights per class."""
+
+    X: np.ndarray
+    column_factors: np.ndarray
+    basis: np.ndarray | None = None
+
+    def raw_coef(self, coef: np.ndarray) -> np.ndarray:
+        full = coef if self.basis is None else coef @ self.basis
+        return (full * self.column_factors).astype(coef.dtype)
+
+
+def _design(blocks: Sequence[np.ndarray], image_weight: float, row_space: bool) -> _Design:
+    weights = [1.0, image_weight] if len(blocks) == 2 else [1.0] * len(blocks)
+    factors = [w / s for w, s in zip(weights, block_scales(blocks))]
+    X = np.hstack([np.asarray(b, dtype=np.float32) * np.float32(f) for b, f in zip(blocks, factors)])
+    column_factors = np.concatenate([np.full(b.shape[1], f, dtype=np.float64) for b, f in zip(blocks, factors)])
+    if not row_space or X.shape[0] >= X.shape[1]:
+        return _Design(X, column_factors)
+    # X.T = Q R (Householder, float64): Q's columns are an orthonormal basis of the rows' span and the
+    # rows' coordinates in it are R.T. A rank-deficient X (duplicate rows) only gives zero columns,
+    # whose weights the penalty keeps at 0.
+    q, r = np.linalg.qr(X.T.astype(np.float64))
+    return _Design(np.ascontiguousarray(r.T, dtype=np.float32), column_factors, np.ascontiguousarray(q.T, dtype=np.float32))
+
+
+def _solve(design: _Design, y: np.ndarray, c_value: float, class_weight: str, max_iter: int,
+           warm: LogisticRegression | None = None, solver: str = "lbfgs") -> tuple[LogisticRegression, LogisticRegression]:
+    """(the solver's model on `design.X` — reusable as the next warm start —, a copy predicting on the RAW
+    stacked blocks). With `warm`, the solver starts from that model's solution (same design, same y)."""
+    weight = None if class_weight == "none" else class_weight
+    if warm is None:
+        fitted = LogisticRegression(C=c_value, class_weight=weight, max_iter=max_iter, warm_start=True, solver=solver)
+    else:
+        fitted = copy.deepcopy(warm).set_params(C=c_value, class_weight=weight)
+    fitted.fit(design.X, y)
+    raw = copy.copy(fitted)
+    raw.coef_ = design.raw_coef(fitted.coef_)
+    raw.n_features_in_ = len(design.column_factors)
+    raw.set_params(warm_start=False)
+    return fitted, raw
+
+
+def fit_logistic(blocks: Sequence[np.ndarray], y: np.ndarray, setting: Setting, max_iter: int,
+                 row_space: bool = False, solver: str = "lbfgs") -> LogisticRegression:
+    """A LogisticRegression (multinomial; `solver`) on the horizontally stacked `blocks`, each divided by its
     `block_scales` value (and the second — the image block of early fusion — weighed by the setting).
 
     The scaling is folded into `coef_` afterwards, so the returned model predicts on the RAW stacked
-    blocks (what `save_logistic` stores and every caller passes)."""
+    blocks (what `save_logistic` stores and every caller passes). `row_space`: solve in the row space of
+    the scaled matrix when it has fewer rows than columns (the same problem; see `_Design`)."""
     c_value, class_weight, image_weight = setting
-    weights = [1.0, image_weight][: len(blocks)] if len(blocks) == 2 else [1.0] * len(blocks)
-    factors = [w / s for w, s in zip(weights, block_scales(blocks))]
-    X = np.hstack([np.asarray(b, dtype=np.float32) * np.float32(f) for b, f in zip(blocks, factors)])
-    model = LogisticRegression(
-        C=c_value, class_weight=None if class_weight == "none" else class_weight, max_iter=max_iter
-    ).fit(X, y)
-    column_factors = np.concatenate([np.full(b.shape[1], f, dtype=np.float64) for b, f in zip(blocks, factors)])
-    model.coef_ = (model.coef_ * column_factors).astype(model.coef_.dtype)
-    return model
+    return _solve(_design(blocks, image_weight, row_space), y, c_value, class_weight, max_iter, solver=solver)[1]
 
 
 def aligned_proba(model, X: np.ndarray, classes: Sequence[str]) -> np.ndarray:
@@ -307,7 +371,7 @@ def _fit_predict(blocks_train, y_train, blocks_pred, setting: Setting, classes, 
     n_pred = len(blocks_pred[0])
     if len(np.unique(y_train)) < 2:  # a training part holding one class: predict it (no fit possible)
         return _single_class_proba(y_train, n_pred, classes)
-    model = fit_logistic(blocks_train, y_train, setting, config.max_iter)
+    model = fit_logistic(blocks_train, y_train, setting, config.max_iter, config.row_space, config.solver)
     return aligned_proba(model, np.hstack(blocks_pred), classes)
 
 
@@ -322,16 +386,36 @@ def _macro_f1(y_true, proba, classes) -> float:
     return float(f1_score(y_true, predicted, labels=list(classes), average="macro", zero_division=0))
 
 
-def _oof_for_grid(blocks, y, groups, classes, settings, config, seed) -> dict[Setting, np.ndarray]:
-    """Inner group-aware out-of-fold probabilities of every grid setting."""
-    folds = group_stratified_folds(y, groups, config.inner_splits, seed)
-    result = {}
+def _fit_order(settings: Sequence[Setting]) -> list[list[Setting]]:
+    """The grid as warm-start chains: one per image weight (one design matrix each), walking each class
+    weight's C values in ascending order, the class weights in their configured order."""
+    chains: dict[float, list[Setting]] = {}
     for setting in settings:
-        oof = np.zeros((len(y), len(classes)))
-        for train, valid in folds:
-            oof[valid] = _fit_predict([b[train] for b in blocks], y[train], [b[valid] for b in blocks], setting,
-                                      classes, config)
-        result[setting] = oof
+        chains.setdefault(setting[2], []).append(setting)
+    order = {w: i for i, w in enumerate(dict.fromkeys(s[1] for s in settings))}
+    return [sorted(chain, key=lambda s: (order[s[1]], s[0])) for chain in chains.values()]
+
+
+def _oof_for_grid(blocks, y, folds, classes, settings, config) -> dict[Setting, np.ndarray]:
+    """Inner group-aware out-of-fold probabilities of every grid setting on the given inner `folds`.
+
+    Per inner fold and image weight the design matrix is built once; the fits along it are warm-started
+    from one another (`config.warm_start`)."""
+    result = {setting: np.zeros((len(y), len(classes))) for setting in settings}
+    for train, valid in folds:
+        if len(np.unique(y[train])) < 2:  # a training part holding one class: predict it (no fit possible)
+            for setting in settings:
+                result[setting][valid] = _single_class_proba(y[train], len(valid), classes)
+            continue
+        X_valid = np.hstack([b[valid] for b in blocks])
+        for chain in _fit_order(settings):
+            design = _design([b[train] for b in blocks], chain[0][2], config.row_space)
+            previous = None
+            for c_value, class_weight, image_weight in chain:
+                fitted, model = _solve(design, y[train], c_value, class_weight, config.max_iter,
+                                       previous if config.warm_start else None, config.solver)
+                previous = fitted
+                result[(c_value, class_weight, image_weight)][valid] = aligned_proba(model, X_valid, classes)
     return result
 
 
@@ -352,28 +436,48 @@ class LabelCV:
     final_settings: dict[str, Setting]
 
 
-def cross_validate_label(data: LabelData, config: ClassificationConfig) -> LabelCV:
-    """Nested group-aware CV of the text, image, early-fusion (and joint) logistic regressions."""
-    outer_folds = group_stratified_folds(data.y, data.groups, config.n_splits, config.seed)
+def _outer_fold(data: LabelData, fold: int, train: np.ndarray, valid: np.ndarray,
+                config: ClassificationConfig) -> tuple[list[pd.DataFrame], list[dict]]:
+    """One outer fold of `cross_validate_label`: every base model's inner grid, choice and outer fit."""
     frames, choices = [], []
     with _quiet_fits(config):
-        for fold, (train, valid) in enumerate(outer_folds):
-            for model in data.models:
-                blocks = data.blocks(model)
-                settings = grid(config, model)
-                inner = _oof_for_grid([b[train] for b in blocks], data.y[train], data.groups[train], data.classes,
-                                      settings, config, config.seed + 1 + fold)
-                inner_scores = {s: _macro_f1(data.y[train], p, data.classes) for s, p in inner.items()}
-                best = max(settings, key=lambda s: (inner_scores[s], -settings.index(s)))
-                for setting, score in inner_scores.items():
-                    choices.append({"label": data.label, "model": model, "fold": fold, "C": setting[0],
-                                    "class_weight": setting[1], "image_weight": setting[2],
-                                    "inner_macro_f1": score, "chosen": setting == best})
-                # Every base model's inner out-of-fold probabilities: the late-fusion meta-model's training rows.
-                frames.append(_rows(data.label, model, INNER, fold, train, data, inner[best]))
-                outer = _fit_predict([b[train] for b in blocks], data.y[train], [b[valid] for b in blocks], best,
-                                     data.classes, config)
-                frames.append(_rows(data.label, model, OUTER, fold, valid, data, outer))
+        # The inner folds depend only on the outer training rows: the same for every base model.
+        inner_folds = group_stratified_folds(data.y[train], data.groups[train], config.inner_splits,
+                                             config.seed + 1 + fold)
+        for model in data.models:
+            blocks = data.blocks(model)
+            settings = grid(config, model)
+            inner = _oof_for_grid([b[train] for b in blocks], data.y[train], inner_folds, data.classes,
+                                  settings, config)
+            inner_scores = {s: _macro_f1(data.y[train], inner[s], data.classes) for s in settings}
+            best = max(settings, key=lambda s: (inner_scores[s], -settings.index(s)))
+            for setting, score in inner_scores.items():
+                choices.append({"label": data.label, "model": model, "fold": fold, "C": setting[0],
+                                "class_weight": setting[1], "image_weight": setting[2],
+                                "inner_macro_f1": score, "chosen": setting == best})
+            # Every base model's inner out-of-fold probabilities: the late-fusion meta-model's training rows.
+            frames.append(_rows(data.label, model, INNER, fold, train, data, inner[best]))
+            outer = _fit_predict([b[train] for b in blocks], data.y[train], [b[valid] for b in blocks], best,
+                                 data.classes, config)
+            frames.append(_rows(data.label, model, OUTER, fold, valid, data, outer))
+    return frames, choices
+
+
+def _parallel(tasks: Sequence, n_jobs: int) -> list:
+    """`joblib` over delayed `tasks` in order (in this process when n_jobs is 1 or there is one task)."""
+    if n_jobs == 1 or len(tasks) < 2:
+        return [function(*args) for function, args, _ in tasks]
+    return Parallel(n_jobs=min(n_jobs, len(tasks)), backend="loky")(tasks)
+
+
+def cross_validate_label(data: LabelData, config: ClassificationConfig) -> LabelCV:
+    """Nested group-aware CV of the text, image, early-fusion (and joint) logistic regressions; the outer
+    folds run in `config.n_jobs` processes (the same results for any n_jobs)."""
+    outer_folds = group_stratified_folds(data.y, data.groups, config.n_splits, config.seed)
+    results = _parallel([delayed(_outer_fold)(data, fold, train, valid, config)
+                         for fold, (train, valid) in enumerate(outer_folds)], config.n_jobs)
+    frames = [frame for fold_frames, _ in results for frame in fold_frames]
+    choices = [choice for _, fold_choices in results for choice in fold_choices]
     choice_frame = pd.DataFrame(choices)
     # Final settings: best mean inner macro-F1 over the outer folds (no outer score is used).
     mean_inner = choice_frame.groupby(["model", "C", "class_weight", "image_weight"], sort=False)["inner_macro_f1"].mean()
@@ -462,35 +566,47 @@ def meta_features(probabilities: pd.DataFrame, stage: str, fold: int | None, inp
     return rows, y, groups, X, fitted
 
 
+def _fusion_fold(own: pd.DataFrame, fold: int, inputs: tuple[str, ...], tabular: pd.DataFrame | None,
+                 classes: Sequence[str], config: ClassificationConfig) -> tuple[list[pd.DataFrame], dict]:
+    """One outer fold of `cross_validate_fusion`: the meta-model on the fold's inner rows, the mean baseline."""
+    by_row = own.drop_duplicates("row").set_index("row")
+    _, y_inner, groups_inner, X_inner, encoding = meta_features(own, INNER, fold, inputs, tabular, classes, config)
+    rows, y_outer, _, X_outer, _ = meta_features(own, OUTER, fold, inputs, tabular, classes, config, encoding)
+    late = config.late_fusion(classes, len(inputs)).fit(X_inner, y_inner, groups=groups_inner)
+    _, y_uni, X_uni_inner = stacked(own, INNER, fold)
+    _, _, X_uni_outer = stacked(own, OUTER, fold)
+    mean = MeanProbabilityFusion(classes=list(classes)).fit(X_uni_inner, y_uni)
+    diagnostic = {"label": own["label"].iloc[0], "fold": int(fold), "inputs": ", ".join(inputs),
+                  "tabular": tabular is not None, "start": fusion_start_name(late.start_, inputs),
+                  "trees": int(late.n_trees_)}
+    frames = []
+    for name, proba in (("late_fusion", late.predict_proba(X_outer)),
+                        ("mean_probability", mean.predict_proba(X_uni_outer))):
+        frames.append(pd.DataFrame({
+            "label": own["label"].iloc[0], "model": name, "stage": OUTER, "fold": int(fold), "row": rows,
+            "nm": by_row["nm"].loc[rows].to_numpy(), "y": y_outer, "group": by_row["group"].loc[rows].to_numpy(),
+            "proba": list(proba.astype(np.float64)),
+        }))
+    return frames, diagnostic
+
+
 def cross_validate_fusion(probabilities: pd.DataFrame, label: str, classes: Sequence[str],
                           config: ClassificationConfig, tabular: pd.DataFrame | None = None
                           ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Outer-fold predictions of late fusion (trained on inner OOF probabilities of the configured base
     models, plus `tabular` product features when given) and of mean-probability fusion (text + image);
-    and one row per fold saying where the meta-model started and how many trees it kept."""
+    and one row per fold saying where the meta-model started and how many trees it kept. The folds run
+    in `config.n_jobs` processes (the same results for any n_jobs)."""
     own = probabilities[probabilities["label"] == label]
-    by_row = own.drop_duplicates("row").set_index("row")
     inputs = fusion_inputs(own, config)
     tabular = tabular if config.fusion_tabular else None
-    frames, diagnostics = [], []
-    for fold in sorted(own.loc[own["stage"] == OUTER, "fold"].unique()):
-        _, y_inner, groups_inner, X_inner, encoding = meta_features(own, INNER, fold, inputs, tabular, classes, config)
-        rows, y_outer, _, X_outer, _ = meta_features(own, OUTER, fold, inputs, tabular, classes, config, encoding)
-        late = config.late_fusion(classes, len(inputs)).fit(X_inner, y_inner, groups=groups_inner)
-        _, y_uni, X_uni_inner = stacked(own, INNER, fold)
-        _, _, X_uni_outer = stacked(own, OUTER, fold)
-        mean = MeanProbabilityFusion(classes=list(classes)).fit(X_uni_inner, y_uni)
-        diagnostics.append({"label": label, "fold": int(fold), "inputs": ", ".join(inputs),
-                            "tabular": tabular is not None, "start": fusion_start_name(late.start_, inputs),
-                            "trees": int(late.n_trees_)})
-        for name, proba in (("late_fusion", late.predict_proba(X_outer)),
-                            ("mean_probability", mean.predict_proba(X_uni_outer))):
-            frames.append(pd.DataFrame({
-                "label": label, "model": name, "stage": OUTER, "fold": int(fold), "row": rows,
-                "nm": by_row["nm"].loc[rows].to_numpy(), "y": y_outer, "group": by_row["group"].loc[rows].to_numpy(),
-                "proba": list(proba.astype(np.float64)),
-            }))
-    return pd.concat(frames, ignore_index=True), pd.DataFrame(diagnostics)
+    if tabular is not None:  # only this label's products travel to the workers
+        tabular = tabular[tabular["nm"].isin(set(own["nm"]))]
+    folds = sorted(own.loc[own["stage"] == OUTER, "fold"].unique())
+    results = _parallel([delayed(_fusion_fold)(own, fold, inputs, tabular, classes, config) for fold in folds],
+                        config.n_jobs)
+    frames = [frame for fold_frames, _ in results for frame in fold_frames]
+    return pd.concat(frames, ignore_index=True), pd.DataFrame([diagnostic for _, diagnostic in results])
 
 
 def fusion_start_name(start: str, inputs: Sequence[str]) -> str:
@@ -670,7 +786,8 @@ def fit_final_base_models(data: LabelData, settings: Mapping[str, Setting],
                           config: ClassificationConfig) -> LabelModels:
     """Refit every base regression on all labelled rows with the chosen settings."""
     with _quiet_fits(config):
-        base = {m: fit_logistic(data.blocks(m), data.y, settings[m], config.max_iter) for m in data.models}
+        base = {m: fit_logistic(data.blocks(m), data.y, settings[m], config.max_iter, config.row_space, config.solver)
+                for m in data.models}
     return LabelModels(label=data.label, classes=list(data.classes), base=base)
 
 
