@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wb_pipeline.core.contrastive import ContrastiveConfig
+
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
 MODELS_DIR = OUT_DIR / "models"
