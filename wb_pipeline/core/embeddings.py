@@ -75,9 +75,13 @@ class EmbeddingTable:
         vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
         return cls(nm=np.asarray(table.column("nm").to_pylist(), dtype=object), vectors=vectors)
 
+    def positions(self, nm: Sequence[str]) -> np.ndarray:
+        """Row of each id of `nm` in this table, -1 where it has no vector."""
+        return pd.Index(self.nm).get_indexer(list(nm))
+
     def subset(self, nm: Sequence[str]) -> "EmbeddingTable":
         """Rows for `nm`, in that order (KeyError naming the first missing id)."""
-        position = pd.Index(self.nm).get_indexer(list(nm))
+        position = self.positions(nm)
         if (position < 0).any():
             raise KeyError(f"no embedding for nm {list(nm)[int(np.argmax(position < 0))]!r}")
         return EmbeddingTable(nm=self.nm[position], vectors=self.vectors[position])

@@ -30,7 +30,7 @@ def drop_features(nm: Sequence[str], text: EmbeddingTable, image: EmbeddingTable
     nm = [str(x) for x in nm]
     features, available = {}, {}
     for block, table in (("text", text), ("image", image)):
-        position = pd.Index(table.nm).get_indexer(nm)
+        position = table.positions(nm)
         has = position >= 0
         matrix = np.zeros((len(nm), table.dim if len(table) else 0), np.float32)
         matrix[has] = table.vectors[position[has]]
