@@ -131,10 +131,11 @@ def pool_safe_dask_executor(init_context) -> DaskExecutor:
     return _PoolSafeDaskExecutor(cluster_type, cluster_configuration)
 
 
-def _definitions_on(executor_def: dg.ExecutorDefinition | None, jobs: list | None = None) -> dg.Definitions:
+def _definitions_on(executor_def: dg.ExecutorDefinition | None, jobs: list | None = None,
+                     encoder_op_tags: Mapping[str, object] | None = None) -> dg.Definitions:
     """`build_definitions()` (folders from the environment, models from `WB_PIPELINE_MODELS_DIR` when
     set) with another executor and/or other jobs."""
-    base = build_definitions()
+    base = build_definitions(encoder_op_tags=encoder_op_tags)
     return dg.Definitions(
         assets=base.assets, asset_checks=base.asset_checks, resources=base.resources,
         jobs=base.jobs if jobs is None else jobs,
@@ -179,4 +180,16 @@ def k8s_definitions() -> dg.Definitions:
     with `dagster api grpc -m wb_pipeline.engines -a k8s_definitions` in the code-location image."""
     from dagster_k8s import k8s_job_executor  # an optional dependency: only k8s deployments need it
 
-    return _definitions_on(k8s_job_executor)
+    return _definitions_on(k8s_job_executor, encoder_op_tags={"dagster-k8s/config": ENCODER_STEP_K8S_CONFIG})
+
+
+# The pod of every encoder shard step (`text_embeddings_shard_<k>`, `image_embeddings_shard_<k>`), as a
+# `dagster-k8s/config` op tag: the run config's per-step keys are op names, which depend on the shard
+# count. One GPU each (the `embedding` pool caps how many run at once), CPU for decoding JPEGs /
+# tokenizing alongside, memory for the model, the chunk in flight and ONE shard's table.
+ENCODER_STEP_K8S_CONFIG = {
+    "container_config": {"resources": {"requests": {"cpu": "4", "memory": "8Gi"},
+                                       "limits": {"memory": "16Gi", "nvidia.com/gpu": "1"}}},
+    "pod_spec_config": {"node_selector": {"nvidia.com/gpu.present": "true"},
+                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+}

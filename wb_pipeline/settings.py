@@ -4,6 +4,7 @@
 bundled sample, generated into `data/sample/` on first use.
 `WB_PIPELINE_STORAGE_DIR`: where asset outputs, caches and models go; default: `storage/` in the repo.
 `WB_PIPELINE_INCOMING_DIR`: where new-product drops arrive; default: `data/incoming/` in the repo.
+`WB_PIPELINE_SHARDS`: the number of product shards of the heavy steps (default 4; see defs/sharding.py).
 `WB_PIPELINE_MODELS_DIR`: LOCAL folder for converted / exported encoder models (sentence-transformers
 and onnxruntime load from disk); default: `<storage dir>/models`, which is only right while the
 storage dir is local — set it when the storage dir is object storage.
@@ -19,6 +20,8 @@ RAW_DIR_ENV = "WB_PIPELINE_RAW_DIR"
 STORAGE_DIR_ENV = "WB_PIPELINE_STORAGE_DIR"
 INCOMING_DIR_ENV = "WB_PIPELINE_INCOMING_DIR"
 MODELS_DIR_ENV = "WB_PIPELINE_MODELS_DIR"
+SHARDS_ENV = "WB_PIPELINE_SHARDS"
+DEFAULT_SHARDS = 4
 
 
 def project_root() -> Path:
@@ -46,6 +49,21 @@ def incoming_dir() -> str:
 def models_dir() -> str | None:
     """`WB_PIPELINE_MODELS_DIR` when set, else None (= `<storage dir>/models`)."""
     return os.environ.get(MODELS_DIR_ENV) or None
+
+
+def n_shards() -> int:
+    """`WB_PIPELINE_SHARDS` (the number of product shards the heavy steps are split into), default 4.
+    Every process of a deployment (orchestrator, workers, pods) must see the same value."""
+    raw = os.environ.get(SHARDS_ENV)
+    if not raw:
+        return DEFAULT_SHARDS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{SHARDS_ENV}={raw!r} is not a whole number") from None
+    if not 1 <= value <= 4096:
+        raise ValueError(f"{SHARDS_ENV}={value}: use 1 to 4096 shards")
+    return value
 
 
 # Retraining rule (`wb_pipeline.core.monitoring.retrain.RetrainPolicy`), read by `retrain_models_sensor`.

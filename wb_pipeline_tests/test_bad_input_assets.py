@@ -137,7 +137,9 @@ def test_image_index_rerun_reads_only_new_members(tmp_path, instance):
                              incoming_dir=str(tmp_path / "incoming"))
 
     def index_run():
-        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("image_index")})
+        with_shards = dg.AssetSelection.assets("image_index").upstream(depth=1)  # image_index + its shard steps
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection=with_shards.resolve(defs.resolve_asset_graph()))
         result = job.execute_in_process(instance=instance)
         assert result.success
         event = instance.get_latest_materialization_event(dg.AssetKey("image_index"))

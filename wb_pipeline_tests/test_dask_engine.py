@@ -26,12 +26,14 @@ from dask.distributed import Client
 
 from wb_pipeline import settings
 from wb_pipeline.core.embeddings import EmbeddingTable, is_embedding_table
+from wb_pipeline.core.storage import arrow_to_frame
 from wb_pipeline.definitions import build_definitions
 from wb_pipeline.engines import dask_run_config, full_pipeline_on_dask, reconstructable_full_pipeline_on_dask
 
 pytestmark = pytest.mark.slow
 
 N_WORKERS = 2
+N_SHARDS = 4
 STARTUP_TIMEOUT_S = 120
 # Groups whose outputs are compared with the in-process run (the reference run materializes only these)
 COMPARED_GROUPS = ("ingestion", "preprocessing", "labels", "embeddings")
@@ -113,9 +115,19 @@ def _step_pids(instance: dg.DagsterInstance, run_id: str) -> dict[str, int]:
 
 
 def _read_output(storage: Path, key: dg.AssetKey):
-    """An asset's file as the storage IO manager wrote it: a DataFrame or an EmbeddingTable."""
+    """An asset's file as the storage IO manager wrote it: a DataFrame (in catalogue order, also when
+    it is stored grouped by shard) or an EmbeddingTable."""
     table = pq.read_table(storage / "assets" / f"{key.to_python_identifier()}.parquet")
-    return EmbeddingTable.from_arrow(table) if is_embedding_table(table) else table.to_pandas()
+    return EmbeddingTable.from_arrow(table) if is_embedding_table(table) else arrow_to_frame(table)
+
+
+def _step_times(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
+    """step key -> (start, end) timestamps from the run's STEP_START / STEP_SUCCESS events."""
+    starts = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_START).records
+    ends = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records
+    end = {r.event_log_entry.step_key: r.event_log_entry.timestamp for r in ends}
+    return {r.event_log_entry.step_key: (r.event_log_entry.timestamp, end[r.event_log_entry.step_key])
+            for r in starts if r.event_log_entry.step_key in end}
 
 
 def _compare_outputs(storage: Path, reference_storage: Path, keys) -> int:
@@ -140,7 +152,7 @@ def test_full_pipeline_runs_on_a_dask_cluster_like_in_process(
 ):
     storage, incoming = tmp_path / "storage-dask", tmp_path / "incoming"
     folders = {settings.RAW_DIR_ENV: str(small_sample_dir), settings.STORAGE_DIR_ENV: str(storage),
-               settings.INCOMING_DIR_ENV: str(incoming)}
+               settings.INCOMING_DIR_ENV: str(incoming), settings.SHARDS_ENV: str(N_SHARDS)}
     for name, value in folders.items():
         monkeypatch.setenv(name, value)  # the orchestrating (test) process plans from the same folders
     address = dask_cluster(folders)
@@ -171,6 +183,11 @@ def test_full_pipeline_runs_on_a_dask_cluster_like_in_process(
         assert set(step_pids.values()) <= worker_pids, step_pids  # every step ran in a dask worker process
         assert os.getpid() not in step_pids.values()
         assert len(set(step_pids.values())) == N_WORKERS  # and the steps were spread over both workers
+        # the shard steps of one stage split over both workers, two of them running at the same time
+        shard_steps = {key: pid for key, pid in step_pids.items() if "_shard_" in key}
+        assert len(shard_steps) == 4 * N_SHARDS and len(set(shard_steps.values())) == N_WORKERS
+        times = sorted(span for key, span in _step_times(instance, run_id).items() if key in shard_steps)
+        assert any(later[0] < earlier[1] for earlier, later in zip(times, times[1:])), times
 
         # outputs travelled through the storage dir, one parquet file per asset written during this run
         asset_keys = full_pipeline_on_dask().asset_layer.executable_asset_keys
@@ -180,16 +197,18 @@ def test_full_pipeline_runs_on_a_dask_cluster_like_in_process(
             assert path.exists() and path.stat().st_mtime >= started - 1, path
         assert any((storage / "cache").rglob("*.parquet"))  # the embedding caches too
 
-    # the same data and config in process, into a separate storage dir
+    # the same data and config in process and UNSHARDED (one shard), into a separate storage dir: the
+    # catalogue tables must not depend on how the work was split
     (tmp_path / "home-ref").mkdir()
     reference_defs = build_definitions(raw_dir=str(small_sample_dir), storage_dir=str(tmp_path / "storage-ref"),
-                                       incoming_dir=str(incoming))
+                                       incoming_dir=str(incoming), n_shards=1)
     with dg.instance_for_test(temp_dir=str(tmp_path / "home-ref")) as reference_instance:
-        compared = sorted(dg.AssetSelection.groups(*COMPARED_GROUPS).resolve(reference_defs.resolve_asset_graph()))
+        planned = dg.AssetSelection.groups(*COMPARED_GROUPS).resolve(reference_defs.resolve_asset_graph())
+        compared = sorted(key for key in planned if "_shard_" not in key.to_user_string())
         assert len(compared) >= 8  # raw tables, image index, clean/rejected, text, characteristics, labels, embeddings
         reference_started = time.time()
         reference = reference_defs.resolve_job_def("full_pipeline").execute_in_process(
-            run_config=run_config, instance=reference_instance, asset_selection=compared)
+            run_config=run_config, instance=reference_instance, asset_selection=sorted(planned))
         assert reference.success
         reference_seconds = time.time() - reference_started
     compared_vectors = _compare_outputs(storage, tmp_path / "storage-ref", compared)

@@ -6,6 +6,7 @@ Kubernetes Job object dagster-k8s would submit for a step pod."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
 from dagster_postgres import DagsterPostgresStorage
 
+from wb_pipeline import settings
+from wb_pipeline.core.storage import shard_keys
 from wb_pipeline.engines import MODELS_DIR_ENV, k8s_definitions
 
 K8S_DIR = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
@@ -102,22 +105,31 @@ def test_per_step_config_names_real_ops_and_gives_every_embedding_pool_step_a_gp
     per_step = _yaml("run_config.yaml")["execution"]["config"]["per_step_k8s_config"]
     op_names = {node.name for node in k8s_full_pipeline.graph.node_defs}
     assert set(per_step) <= op_names, set(per_step) - op_names  # dagster-k8s would ignore a typo silently
-    embedding_ops = {node.name for node in k8s_full_pipeline.graph.node_defs if node.pool == "embedding"}
-    assert embedding_ops == {"text_embeddings", "image_embeddings"}
-    for op in embedding_ops:
-        assert per_step[op]["container_config"]["resources"]["limits"][GPU] == "1"
+    embedding_ops = {node.name: node for node in k8s_full_pipeline.graph.node_defs if node.pool == "embedding"}
+    shards = shard_keys(settings.n_shards())
+    assert set(embedding_ops) == {f"{stage}_embeddings_shard_{key}" for stage in ("text", "image") for key in shards}
+    for op in embedding_ops.values():  # the GPU pod comes from the op tag, whatever the shard count
+        assert json.loads(op.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"][GPU] == "1"
 
 
-@pytest.mark.parametrize("op_name", ["text_embeddings", "image_embeddings", "raw_products_train"])
-def test_step_pod_that_dagster_k8s_would_submit(op_name):
-    """The Kubernetes Job for one step, built by dagster-k8s from the run config the way the executor
-    merges it (executor-wide step config, then the per-op override): Kubernetes field names are
-    checked against the client's models on the way."""
+def _step_k8s_config(op_name: str) -> dict:
+    """What the executor merges for a step: the executor-wide step config, the per-op run config, then
+    the op's `dagster-k8s/config` tag."""
     execution = _yaml("run_config.yaml")["execution"]["config"]
-    context = K8sContainerContext(
-        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(execution["step_k8s_config"])
-    ).merge(K8sContainerContext(
-        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(execution["per_step_k8s_config"].get(op_name, {}))))
+    node = {n.name: n for n in k8s_definitions().resolve_job_def("full_pipeline").graph.node_defs}[op_name]
+    return execution, [execution["step_k8s_config"], execution["per_step_k8s_config"].get(op_name, {}),
+                       json.loads(node.tags.get("dagster-k8s/config", "{}"))]
+
+
+@pytest.mark.parametrize("op_name", ["text_embeddings_shard_00", "image_embeddings_shard_01", "raw_products_train",
+                                     "text_embeddings"])
+def test_step_pod_that_dagster_k8s_would_submit(op_name):
+    """The Kubernetes Job for one step, built by dagster-k8s from the run config and op tags the way the
+    executor merges them: Kubernetes field names are checked against the client's models on the way."""
+    execution, layers = _step_k8s_config(op_name)
+    context = K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layers[0]))
+    for layer in layers[1:]:
+        context = context.merge(K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer)))
     job_config = DagsterK8sJobConfig(
         job_image="registry.example/wb-pipeline:1", dagster_home="/opt/dagster/dagster_home",
         instance_config_map="dagster-instance", env_config_maps=execution["env_config_maps"],
@@ -127,7 +139,7 @@ def test_step_pod_that_dagster_k8s_would_submit(op_name):
     pod = job.spec.template.spec
     (container,) = pod.containers
     assert {source.config_map_ref.name for source in container.env_from if source.config_map_ref} == {"wb-pipeline-env"}
-    if op_name.endswith("_embeddings"):
+    if "_embeddings_shard_" in op_name:
         assert container.resources.limits[GPU] == "1"
         assert container.resources.requests["cpu"] == "4"  # the per-op override won over the default
         assert pod.node_selector == {f"{GPU}.present": "true"}

@@ -13,7 +13,8 @@ import pytest
 from wb_pipeline.core import images, schema
 from wb_pipeline.core.cleaning import clean_products
 from wb_pipeline.core.ingestion import read_wb_table
-from wb_pipeline.core.storage import as_upath
+from wb_pipeline import settings
+from wb_pipeline.core.storage import as_upath, product_shards, shard_keys
 from wb_pipeline.definitions import build_definitions
 from wb_pipeline.defs.automation import jobs
 from wb_pipeline.defs.automation.jobs import DROPS_GROUP, product_drops
@@ -178,10 +179,16 @@ def test_new_drop_is_registered_and_only_its_products_are_embedded(full_run):
     assert "broken-drop" in sensor_result.cursor  # rejected, remembered, not registered
 
     schedule = defs.resolve_schedule_def("reembed_new_products_schedule")
-    with dg.build_schedule_context(instance=instance) as context:
+    with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:
         request = schedule.evaluate_tick(context).run_requests[0]
     assert request.tags["wb_pipeline/new_drops"] == "drop-001"
-    result = defs.resolve_job_def("reembed_new_products").execute_in_process(instance=instance, tags=request.tags)
+    touched = sorted({shard_keys(settings.n_shards())[s] for s in product_shards(new_nm, settings.n_shards())})
+    assert request.tags["wb_pipeline/shards"] == ",".join(touched)  # the shards of the drop's products
+    selected_shards = {key.to_user_string().rsplit("_shard_", 1)[1] for key in request.asset_selection
+                       if "_shard_" in key.to_user_string()}
+    assert selected_shards == set(touched)
+    result = defs.resolve_job_def("reembed_new_products").execute_in_process(
+        instance=instance, tags=request.tags, asset_selection=request.asset_selection)
     assert result.success
 
     assert _metadata(instance, "text_embeddings")["embedded_now"] == 30
@@ -270,9 +277,10 @@ def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     assert {"drop-in", "drop-out"} <= set(instance.get_dynamic_partitions(product_drops.name))
     assert "bad-drop" not in instance.get_dynamic_partitions(product_drops.name)
-    with dg.build_schedule_context(instance=instance) as context:
+    with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:
         request = defs.resolve_schedule_def("reembed_new_products_schedule").evaluate_tick(context).run_requests[0]
-    reembed = defs.resolve_job_def("reembed_new_products").execute_in_process(instance=instance, tags=request.tags)
+    reembed = defs.resolve_job_def("reembed_new_products").execute_in_process(
+        instance=instance, tags=request.tags, asset_selection=request.asset_selection)
     assert reembed.success
 
     context = dg.build_run_status_sensor_context(sensor_name="predict_new_drops_sensor", dagster_instance=instance,

@@ -71,3 +71,25 @@ def scan_incoming(incoming_dir: str) -> list[DropStatus]:
     for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
         statuses.append(DropStatus(folder.name, str(folder), drop_signature(folder), validate_drop(folder)))
     return statuses
+
+
+def drop_shards(folder: UPath, n_shards: int) -> set[int]:
+    """The product shards a drop touches (see `storage.product_shards`): those of the nm of its product
+    rows and of its photos (a photo may replace the one of a product already in the catalogue).
+    Reads only the `nm` columns and the zip's directory."""
+    import pyarrow.parquet as pq
+
+    from wb_pipeline.core.images import nm_from_member_name
+    from wb_pipeline.core.ingestion import normalize_nm
+
+    ids: list[str] = []
+    for name in (schema.TRAIN_FILE, schema.TEST_FILE):
+        if (folder / name).exists():
+            with (folder / name).open("rb") as handle:
+                column = pq.read_table(handle, columns=["nm"]).column("nm")
+            ids += normalize_nm(column, source=name).dropna().tolist()
+    zip_path = folder / schema.IMAGES_ZIP
+    if zip_path.exists():
+        with zip_path.open("rb") as handle, zipfile.ZipFile(handle) as zf:
+            ids += [nm for nm in map(nm_from_member_name, zf.namelist()) if nm is not None]
+    return set(storage.product_shards(ids, n_shards).tolist())

@@ -120,9 +120,13 @@ class EmbeddingCache:
         hashes: list[str] = []
         blocks: list[np.ndarray] = []
         for shard in self._shards():
-            with shard.open("rb") as handle:
-                table = pq.read_table(handle)
-            column = table.column("vector").combine_chunks()
+            try:
+                with shard.open("rb") as handle:
+                    table = pq.read_table(handle)
+                column = table.column("vector").combine_chunks()
+            except (pa.ArrowException, KeyError, OSError) as error:
+                raise ValueError(f"embedding cache chunk {shard} is unreadable ({error}); delete that file and re-run:"
+                                 " its vectors are embedded again") from error
             if column.type.list_size != self.dim:
                 raise ValueError(f"{shard}: cached vectors have dim {column.type.list_size}, expected {self.dim}")
             hashes += table.column("content_hash").to_pylist()

@@ -30,6 +30,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from wb_pipeline.core.embeddings import content_hash
 from wb_pipeline.core.ingestion import normalize_nm
+from wb_pipeline.core.storage import product_shards
 from wb_pipeline.core.schema import IMAGE_SIZES_FILE, IMAGE_SIZES_REQUIRED_COLUMNS
 
 # --- machine-readable reasons -------------------------------------------------------------------
@@ -571,8 +572,11 @@ def build_image_index(
     sizes: pd.DataFrame | None,
     config: ImageConfig,
     previous: pd.DataFrame | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Index every member of the images zip without extracting it.
+    """Index every member of the images zip without extracting it (or, with `shard` = (index,
+    n_shards), only the members and image_df rows of the products in that shard, see
+    `core.storage.product_shards`; a rejected member without an nm goes to the shard of its name).
 
     Returns `(index, rejected_members)`.
 
@@ -607,12 +611,18 @@ def build_image_index(
     so a forged directory entry cannot smuggle changed bytes past this.
     """
     size_by_nm, rejected = ({}, []) if sizes is None else _image_df_sizes(sizes)
+    if shard is not None:
+        size_by_nm = {nm: size for nm, size in size_by_nm.items() if _in_shard(nm, shard)}
+        rejected = [row for row in rejected if _in_shard(row["nm"] or "", shard)]
     known = _previous_check_results(previous)
     infos = zf.infolist()
     duplicates = _duplicate_names(zf)
     columns: dict[str, list[object]] = {name: [] for name in INDEX_COLUMNS}
-    for info in infos:
+    positions: list[int] = []
+    for position, info in enumerate(infos):
         name = info.filename
+        if shard is not None and not _in_shard(nm_from_member_name(name) or name, shard):
+            continue
         rejection = member_name_rejection(name)
         if rejection is None and name in duplicates:
             rejection = REJECT_DUPLICATE_NAME
@@ -626,6 +636,7 @@ def build_image_index(
         row = _index_row(zf, info, nm, image_df_size, config, known.get((name, info.CRC, info.file_size)))
         for key, value in row.items():
             columns[key].append(value)
+        positions.append(position)
     indexed = set(columns["nm"])
     for nm in size_by_nm:
         if nm not in indexed and nm + IMAGE_SUFFIX not in duplicates:
@@ -633,7 +644,26 @@ def build_image_index(
                 dict(member=nm + IMAGE_SUFFIX, reason=REJECT_NOT_IN_ZIP, nm=nm, source=IMAGE_SIZES_FILE,
                      detail="image_df lists this nm but the zip has no such member")
             )
-    return apply_empty_image_rule(_index_frame(columns), config), _rejected_frame(rejected)
+    index = apply_empty_image_rule(_index_frame(columns), config)
+    if shard is not None:  # the zip order, to merge the shards back into it (`merge_shard_indexes`)
+        index["zip_position"] = np.asarray(positions, dtype=np.int64)
+    return index, _rejected_frame(rejected)
+
+
+def _in_shard(key: str, shard: tuple[int, int]) -> bool:
+    return int(product_shards([key], shard[1])[0]) == shard[0]
+
+
+def merge_shard_indexes(shard_indexes: list[pd.DataFrame], batches: list[str], config: ImageConfig) -> pd.DataFrame:
+    """The per-shard indexes of `build_image_index(..., shard=...)` (each with a `batch` column) as one
+    index in batch order (`batches`) then zip order — the rows and order an unsharded index has —
+    with the empty-image rule applied over all of them (a placeholder repeated across shards and
+    batches counts as repeated)."""
+    index = pd.concat(shard_indexes, ignore_index=True)
+    rank = index["batch"].map({batch: i for i, batch in enumerate(batches)})
+    index = index.assign(_rank=rank).sort_values(["_rank", "zip_position"], kind="stable")
+    index = index.drop(columns=["_rank", "zip_position"]).reset_index(drop=True)
+    return apply_empty_image_rule(index, config)
 
 
 def _previous_check_results(previous: pd.DataFrame | None) -> dict[tuple[str, int, int], dict[str, object]]:

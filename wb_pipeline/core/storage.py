@@ -7,10 +7,14 @@ same code serves local folders and `s3://`, `gs://`, `memory://` URLs.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -56,9 +60,106 @@ def write_parquet(frame: pd.DataFrame | pa.Table, path: UPath) -> None:
 
 
 def read_parquet(path: UPath, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a parquet file (any fsspec URL) into pandas."""
+    """Read a parquet file (any fsspec URL) into pandas; a table written by `write_sharded_parquet`
+    comes back whole, in its original row order."""
+    return read_sharded_parquet(path, None, columns)
+
+
+# --- product shards ------------------------------------------------------------------------------
+# A product's shard is a stable function of its id alone (CRC-32 of the UTF-8 `nm`, mod N): the same
+# product lands in the same shard in every run, drop and machine, whatever else the catalogue holds.
+
+SHARD_LAYOUT_KEY = b"wb_pipeline.shards"
+POSITION_COLUMN = "__catalogue_position"
+
+
+def product_shards(nm: Sequence[str], n_shards: int) -> np.ndarray:
+    """The shard (0 .. n_shards-1) of each product id."""
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    return np.fromiter((zlib.crc32(str(value).encode("utf-8")) % n_shards for value in nm), dtype=np.int64,
+                       count=len(nm))
+
+
+def shard_keys(n_shards: int) -> list[str]:
+    """Names of the shards, zero-padded so they sort as numbers: '00' .. '07' for 8 shards."""
+    width = max(2, len(str(n_shards - 1)))
+    return [f"{shard:0{width}d}" for shard in range(n_shards)]
+
+
+def write_sharded_parquet(frame: pd.DataFrame, path: UPath, n_shards: int, key: str = "nm") -> None:
+    """Write `frame` as ONE parquet file (atomically) whose rows are grouped by the shard of `key`, one
+    or more row groups per shard, plus their original positions: a shard step reads only its row
+    groups (`read_sharded_parquet(path, shard)`), a whole read gets the rows back in their order."""
+    shards = product_shards(frame[key].tolist(), n_shards)
+    order = np.argsort(shards, kind="stable")
+    table = pa.Table.from_pandas(frame.iloc[order], preserve_index=False)
+    table = table.append_column(POSITION_COLUMN, pa.array(order, type=pa.int64()))
+    bounds = np.searchsorted(shards[order], np.arange(n_shards + 1))
+    layout = {"n_shards": n_shards, "rows": [[int(bounds[s]), int(bounds[s + 1])] for s in range(n_shards)]}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), SHARD_LAYOUT_KEY: json.dumps(layout)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        with tmp.open("wb") as handle, pq.ParquetWriter(handle, table.schema) as writer:
+            for shard in range(n_shards):  # row groups never straddle two shards
+                start, end = layout["rows"][shard]
+                if end > start:
+                    writer.write_table(table.slice(start, end - start), row_group_size=64 * 1024)
+            if len(table) == 0:
+                writer.write_table(table)
+        _replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_sharded_parquet(path: UPath, shard: tuple[int, int] | None = None,
+                         columns: list[str] | None = None) -> pd.DataFrame:
+    """Rows of a parquet file: all of them in their original order (`shard=None`), or only the rows of
+    shard `(index, n_shards)` in their original relative order. A file written by
+    `write_sharded_parquet` with the same shard count serves a shard from its own row groups; any
+    other file is read whole and filtered (correct, just not cheaper)."""
     with path.open("rb") as handle:
-        return pq.read_table(handle, columns=columns).to_pandas()
+        parquet = pq.ParquetFile(handle)
+        layout = (parquet.schema_arrow.metadata or {}).get(SHARD_LAYOUT_KEY)
+        layout = json.loads(layout) if layout else None
+        names = parquet.schema_arrow.names
+        wanted = None if columns is None else [c for c in columns if c in names] + (
+            [POSITION_COLUMN] if layout else [])
+        if shard is not None and layout is not None and layout["n_shards"] == shard[1]:
+            start, end = layout["rows"][shard[0]]
+            groups, offset = [], 0
+            for group in range(parquet.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                if offset < end and offset + rows > start:
+                    groups.append(group)
+                offset += rows
+            table = parquet.read_row_groups(groups, columns=wanted) if groups else \
+                parquet.schema_arrow.empty_table().select(wanted or names)
+            return _drop_position(table.sort_by(POSITION_COLUMN)) if layout else table.to_pandas()
+        if shard is not None and wanted is not None and "nm" not in wanted:
+            wanted.append("nm")  # to filter by; dropped again below
+        table = parquet.read(columns=wanted)
+    frame = arrow_to_frame(table)
+    if shard is not None:
+        frame = frame[product_shards(frame["nm"].tolist(), shard[1]) == shard[0]].reset_index(drop=True)
+        if columns is not None and "nm" not in columns:
+            frame = frame.drop(columns=["nm"])
+    return frame
+
+
+def arrow_to_frame(table: pa.Table) -> pd.DataFrame:
+    """pandas from Arrow; a table written by `write_sharded_parquet` in its original row order."""
+    if SHARD_LAYOUT_KEY not in (table.schema.metadata or {}):
+        return table.to_pandas()
+    return _drop_position(table.sort_by(POSITION_COLUMN))
+
+
+def _drop_position(table: pa.Table) -> pd.DataFrame:
+    table = table.drop_columns([POSITION_COLUMN])
+    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != SHARD_LAYOUT_KEY}
+    return table.replace_schema_metadata(metadata).to_pandas()
 
 
 def _replace(src: UPath, dst: UPath) -> None:

@@ -22,8 +22,9 @@ def _dagster_type(annotation: Any) -> Any:
     return annotation
 
 
-def config_class(core_cls: type, name: str | None = None) -> type[dg.Config]:
-    """A `dg.Config` subclass with the same fields and defaults as the dataclass `core_cls`."""
+def config_class(core_cls: type, name: str | None = None, base: type = dg.Config) -> type[dg.Config]:
+    """A `dg.Config` subclass (or a `dg.ConfigurableResource` one, `base`: settings every shard step of
+    a run must share) with the same fields and defaults as the dataclass `core_cls`."""
     hints = typing.get_type_hints(core_cls)
     fields: dict[str, Any] = {}
     for field in dataclasses.fields(core_cls):
@@ -33,7 +34,7 @@ def config_class(core_cls: type, name: str | None = None) -> type[dg.Config]:
         if isinstance(default, tuple):
             default = list(default)
         fields[field.name] = (_dagster_type(hints[field.name]), default)
-    model = pydantic.create_model(name or f"{core_cls.__name__}Settings", __base__=dg.Config, **fields)
+    model = pydantic.create_model(name or f"{core_cls.__name__}Settings", __base__=base, **fields)
     model.__doc__ = core_cls.__doc__
     return model
 

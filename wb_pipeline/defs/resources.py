@@ -9,6 +9,7 @@ from upath import UPath
 
 from wb_pipeline.core import storage
 from wb_pipeline.core.embeddings import EmbeddingTable, is_embedding_table
+from wb_pipeline.defs.sharding import COLUMNS_INPUT, SHARD_INPUT, SHARDED_LAYOUT
 from wb_pipeline.settings import default_sample_dir
 
 
@@ -62,13 +63,21 @@ class WBStorage(dg.ConfigurableResource):
 
 class _ParquetUPathIOManager(dg.UPathIOManager):
     """DataFrames and EmbeddingTables as parquet files; one file per asset (and per partition),
-    written atomically."""
+    written atomically. A DataFrame output with `SHARDED_LAYOUT` metadata is stored grouped by
+    product shard; an input with `SHARD_INPUT` metadata reads only that shard's rows, one with
+    `COLUMNS_INPUT` only those columns."""
 
     extension = ".parquet"
+
+    def __init__(self, base_path: UPath, n_shards: int = 1):
+        super().__init__(base_path=base_path)
+        self.n_shards = n_shards
 
     def dump_to_path(self, context: dg.OutputContext, obj, path: UPath) -> None:
         if isinstance(obj, EmbeddingTable):
             storage.write_parquet(obj.to_arrow(), path)
+        elif isinstance(obj, pd.DataFrame) and (context.definition_metadata or {}).get(SHARDED_LAYOUT):
+            storage.write_sharded_parquet(obj, path, self.n_shards)
         elif isinstance(obj, pd.DataFrame):
             storage.write_parquet(obj, path)
         else:
@@ -78,15 +87,23 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
             )
 
     def load_from_path(self, context: dg.InputContext, path: UPath):
+        wanted = context.definition_metadata or {}
+        shard, columns = wanted.get(SHARD_INPUT), wanted.get(COLUMNS_INPUT)
+        if shard is not None or columns is not None:
+            return storage.read_sharded_parquet(path, None if shard is None else tuple(shard), columns)
         with path.open("rb") as handle:
             table = pq.read_table(handle)
-        return EmbeddingTable.from_arrow(table) if is_embedding_table(table) else table.to_pandas()
+        if is_embedding_table(table):
+            return EmbeddingTable.from_arrow(table)
+        return storage.arrow_to_frame(table)
 
 
 class WBStorageIOManager(dg.ConfigurableIOManagerFactory):
-    """Asset outputs under `base_dir` (a local path or any fsspec URL): `<base_dir>/<asset key>.parquet`."""
+    """Asset outputs under `base_dir` (a local path or any fsspec URL): `<base_dir>/<asset key>.parquet`;
+    `n_shards`: the product shards that sharded tables are grouped by (the run's shard count)."""
 
     base_dir: str
+    n_shards: int = 1
 
     def create_io_manager(self, context) -> _ParquetUPathIOManager:
-        return _ParquetUPathIOManager(base_path=storage.as_upath(self.base_dir) / "assets")
+        return _ParquetUPathIOManager(base_path=storage.as_upath(self.base_dir) / "assets", n_shards=self.n_shards)

@@ -6,7 +6,9 @@ import os
 
 import dagster as dg
 
-from wb_pipeline.core.drops import scan_incoming
+from wb_pipeline.core import storage
+from wb_pipeline.core.drops import drop_shards, scan_incoming
+from wb_pipeline.core.storage import shard_keys
 from wb_pipeline.core.monitoring.retrain import DropDrift, RetrainPolicy, decide_retrain
 from wb_pipeline.defs.progress import log_finished_step
 
@@ -93,7 +95,23 @@ def ingested_drops(instance: dg.DagsterInstance) -> set[str]:
     return set(json.loads(value.value)) if value is not None else set()
 
 
-def build_reembed_schedule() -> dg.ScheduleDefinition:
+def reembed_selection(asset_keys: set[dg.AssetKey], incoming_dir: str, drops: list[str],
+                      n_shards: int) -> tuple[list[dg.AssetKey], list[str]]:
+    """The assets of `reembed_new_products` that `drops` need: every catalogue-wide one, and the shard
+    steps of only the shards the drops touch (an untouched shard's output would come out the same).
+    Also the touched shard keys; all shards when a drop cannot be read."""
+    keys = shard_keys(n_shards)
+    try:
+        touched = set().union(*(drop_shards(storage.as_upath(incoming_dir) / drop, n_shards) for drop in drops))
+    except Exception:  # noqa: BLE001 - unreadable here means the run itself will report it: run everything
+        touched = set(range(n_shards))
+    skipped = {keys[shard] for shard in range(n_shards)} - {keys[shard] for shard in touched}
+    selection = [key for key in asset_keys
+                 if not any(key.to_user_string().endswith(f"_shard_{shard}") for shard in skipped)]
+    return sorted(selection), [keys[shard] for shard in sorted(touched)]
+
+
+def build_reembed_schedule(incoming_dir: str | None = None, n_shards: int = 1) -> dg.ScheduleDefinition:
     cron = os.environ.get(REEMBED_CRON_ENV) or DEFAULT_REEMBED_CRON
 
     @dg.schedule(
@@ -108,9 +126,15 @@ def build_reembed_schedule() -> dg.ScheduleDefinition:
         pending = sorted(set(context.instance.get_dynamic_partitions(product_drops.name)) - ingested_drops(context.instance))
         if not pending:
             return dg.SkipReason("no registered drop waits to be embedded")
+        selection, touched = None, None
+        if incoming_dir is not None and context.repository_def is not None:
+            job_keys = set(context.repository_def.get_job(reembed_new_products.name).asset_layer.executable_asset_keys)
+            selection, touched = reembed_selection(job_keys, incoming_dir, pending, n_shards)
         return dg.RunRequest(
             run_key=f"reembed:{','.join(pending)}",
-            tags={"wb_pipeline/new_drops": ",".join(pending)},
+            asset_selection=selection,
+            tags={"wb_pipeline/new_drops": ",".join(pending),
+                  **({"wb_pipeline/shards": ",".join(touched)} if touched is not None else {})},
         )
 
     return reembed_new_products_schedule

@@ -15,9 +15,13 @@ from wb_pipeline.core.ingestion import read_wb_table
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import INGESTED_DROPS_METADATA_KEY, product_drops
 from wb_pipeline.defs.config import config_class, to_core
+from wb_pipeline.core.storage import shard_keys
 from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData, WBStorage
+from wb_pipeline.defs.sharding import (SHARD_TAG, SHARDED_LAYOUT, latest_shard_metadata, shard_asset_name,
+                                       shard_description, shard_names, summed)
 
-ImageIndexSettings = config_class(images.ImageConfig, "ImageIndexSettings")
+# A resource, not per-step config: every shard step of a run must check images the same way.
+ImageIndexSettings = config_class(images.ImageConfig, "ImageIndexSettings", base=dg.ConfigurableResource)
 
 
 def _sources(context: dg.AssetExecutionContext, raw_data: WBRawData):
@@ -62,35 +66,22 @@ def raw_products_test(context: dg.AssetExecutionContext, raw_data: WBRawData) ->
     return _raw_table(context, raw_data, schema.TEST_FILE, schema.TEST_REQUIRED_COLUMNS)
 
 
-@dg.asset(group_name="ingestion", kinds={"zip", "pandas"}, code_version="2")
-def image_index(
-    context: dg.AssetExecutionContext,
-    raw_data: WBRawData,
-    pipeline_storage: WBStorage,
-    config: ImageIndexSettings,
-) -> dg.MaterializeResult:
-    """One row per `{nm}.jpg` member of the images zip(s): byte size, CRC-32, content hash,
-    decodable, width, height, mode, reason, and for images under the empty-image size trigger the
-    content check (signals, `empty_rule`, `empty_detail`; see `core.images.apply_empty_image_rule`).
-
-    Streams member by member (the zip is never extracted); sizes from `image_df.parquet` are
-    recorded and cross-checked when the file exists. Members that are not a plain `{nm}.jpg`
-    (path traversal, folders, other files, duplicate names) are listed in metadata with a reason.
-    Incremental: each batch's index is kept under `cache/image_index/`, and a member whose
-    (name, CRC-32, size) is unchanged since is not read or decoded again.
-    """
+def _scan_image_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pipeline_storage: WBStorage,
+                      settings: "ImageIndexSettings", shard: tuple[int, int]) -> dg.MaterializeResult:
     sources, _ = _sources(context, raw_data)
-    image_config = to_core(images.ImageConfig, config)
+    image_config = to_core(images.ImageConfig, settings)
     check_key = hashlib.sha256(images.decode_check_key(image_config).encode()).hexdigest()[:16]
+    index_n, n_shards = shard
     indexes, rejected = [], []
     checked_now = 0
     for batch, folder in sources:
         sizes_path = folder / schema.IMAGE_SIZES_FILE
         sizes = read_wb_table(sizes_path, schema.IMAGE_SIZES_REQUIRED_COLUMNS) if sizes_path.exists() else None
-        cache_path = pipeline_storage.path("cache", "image_index", f"{batch}-{check_key}.parquet")
+        cache_path = pipeline_storage.path("cache", "image_index", f"{n_shards}-shards",
+                                           f"{batch}-{check_key}-{index_n}.parquet")
         previous = storage.read_parquet(cache_path) if cache_path.exists() else None
         with (folder / schema.IMAGES_ZIP).open("rb") as handle, images.open_zip(handle) as zf:
-            index, rejected_members = images.build_image_index(zf, sizes, image_config, previous=previous)
+            index, rejected_members = images.build_image_index(zf, sizes, image_config, previous=previous, shard=shard)
         storage.write_parquet(index, cache_path)
         reused = 0 if previous is None else int(
             index.set_index(["member", "crc32", "byte_size"]).index.isin(
@@ -100,8 +91,7 @@ def image_index(
         rejected_members.insert(0, "batch", batch)
         indexes.append(index)
         rejected.append(rejected_members)
-    # again over all batches together, so a placeholder repeated across drops counts as repeated
-    index = images.apply_empty_image_rule(pd.concat(indexes, ignore_index=True), image_config)
+    index = pd.concat(indexes, ignore_index=True)
     rejected_members = pd.concat(rejected, ignore_index=True)
     return dg.MaterializeResult(
         value=index,
@@ -110,12 +100,68 @@ def image_index(
             "decodable": int(index["decodable"].sum()),
             "checked_now": checked_now,
             "reused_from_previous_index": len(index) - checked_now,
-            "reasons": metadata.value_counts(index["reason"], "reason"),
-            "empty_image_rule": image_config.empty_image_rule,
-            "empty_by_rule": metadata.value_counts(index["empty_rule"], "empty_rule"),
-            "small_images_kept": int((index["pixel_std"].notna() & ~index["is_empty"]).sum()),
             "rejected_members": len(rejected_members),
             "rejected_member_reasons": metadata.table(rejected_members, max_rows=100),
-            "preview": metadata.preview(index),
         },
     )
+
+
+def _image_index_shard(index: int, n_shards: int) -> dg.AssetsDefinition:
+    key = shard_keys(n_shards)[index]
+
+    @dg.asset(name=shard_asset_name("image_index", key), group_name="ingestion", kinds={"zip", "pandas"},
+              code_version="2", description=shard_description("image_index", key, n_shards),
+              tags={SHARD_TAG: key})
+    def image_index_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pipeline_storage: WBStorage,
+                          image_index_settings: ImageIndexSettings) -> dg.MaterializeResult:
+        """The members of one shard checked (decode, content hash, content signals), each batch's
+        result kept under `cache/image_index/` so an unchanged member is not read again."""
+        return _scan_image_shard(context, raw_data, pipeline_storage, image_index_settings, (index, n_shards))
+
+    return image_index_shard
+
+
+def build_image_index_assets(n_shards: int) -> list[dg.AssetsDefinition]:
+    """`image_index_shard_<k>` per shard, and `image_index`: their rows in zip order with the empty-image
+    rule applied over the whole catalogue."""
+    shards = [_image_index_shard(index, n_shards) for index in range(n_shards)]
+    names = shard_names("image_index", n_shards)
+
+    @dg.asset(group_name="ingestion", kinds={"zip", "pandas"}, code_version="3",
+              ins={name: dg.AssetIn() for name in names}, metadata={SHARDED_LAYOUT: True})
+    def image_index(context: dg.AssetExecutionContext, image_index_settings: ImageIndexSettings,
+                    **shard_indexes: pd.DataFrame) -> dg.MaterializeResult:
+        """One row per `{nm}.jpg` member of the images zip(s): byte size, CRC-32, content hash,
+        decodable, width, height, mode, reason, and for images under the empty-image size trigger the
+        content check (signals, `empty_rule`, `empty_detail`; see `core.images.apply_empty_image_rule`).
+
+        Gathered from the `image_index_shard_<k>` assets, which stream the zip member by member (it is
+        never extracted); sizes from `image_df.parquet` are recorded and cross-checked when the file
+        exists. Members that are not a plain `{nm}.jpg` (path traversal, folders, other files, duplicate
+        names) are listed in the shards' metadata with a reason. Incremental: a member whose (name,
+        CRC-32, size) is unchanged since the last run is not read or decoded again. Stored grouped by
+        shard, so `image_embeddings_shard_<k>` reads only its rows."""
+        image_config = to_core(images.ImageConfig, image_index_settings)
+        drops = sorted(context.instance.get_dynamic_partitions(product_drops.name))
+        index = images.merge_shard_indexes([shard_indexes[name] for name in names], [MAIN_BATCH, *drops],
+                                           image_config)
+        shard_meta = latest_shard_metadata(context, names)
+        checked_now = summed(shard_meta, "checked_now", ran_now_only=True)
+        return dg.MaterializeResult(
+            value=index,
+            metadata={
+                "dagster/row_count": len(index),
+                "decodable": int(index["decodable"].sum()),
+                "checked_now": checked_now,
+                "reused_from_previous_index": len(index) - checked_now,
+                "reasons": metadata.value_counts(index["reason"], "reason"),
+                "empty_image_rule": image_config.empty_image_rule,
+                "empty_by_rule": metadata.value_counts(index["empty_rule"], "empty_rule"),
+                "small_images_kept": int((index["pixel_std"].notna() & ~index["is_empty"]).sum()),
+                "rejected_members": summed(shard_meta, "rejected_members"),
+                "shards": n_shards,
+                "preview": metadata.preview(index),
+            },
+        )
+
+    return [*shards, image_index]
