@@ -89,9 +89,10 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
     `X` = `n_prob_blocks` probability blocks of `len(classes)` columns each, then any extra feature
     columns (tabular product features, target encodings). A tree meta-model trained from class priors
     on a few hundred rows loses to its own inputs (41 classes × 200 rows is ~5 rows per class); so the
-    booster starts from the log-probabilities of the block (or the block mean, `boost_from`) that scores
-    best on the training rows — they are out-of-fold probabilities, so that choice is honest — and only
-    learns corrections. The number of trees is chosen by early stopping on `inner_splits` group-aware
+    booster starts from the log-probabilities of its inputs — by default (`boost_from='bagged'`) a
+    mixture of the blocks and their mean, weighted by how often each scores the best macro-F1 on
+    bootstrap resamples of the training rows (out-of-fold probabilities, so the choice is honest) — and
+    only learns corrections. The number of trees is chosen by early stopping on `inner_splits` group-aware
     folds of the training rows, and is 0 when no tree improves the weighted log-loss of the start: the
     model then IS its best input instead of something worse. Shallow, regularised trees
     (`max_depth`, `min_child_samples`, `lambda_l2`) suit a few hundred labelled rows.
