@@ -118,7 +118,11 @@ class ClassificationConfig:
     fusion_inputs: tuple[str, ...] = BASE_MODELS
     fusion_tabular: bool = True
     fusion_brand_smoothing: float = 10.0
-    fusion_boost_from: str = "auto"  # auto (the inputs' mean, or the best input when it beats the mean) | mean | best_block | block:<i>
+    # Where the booster starts: bagged (the mixture of the inputs and their mean weighted by how often each
+    # has the best macro-F1 over `fusion_start_bootstrap` resamples of the training rows) | auto (the
+    # inputs' mean, or the best input when it beats the mean) | mean | best_block | block:<i>
+    fusion_boost_from: str = "bagged"
+    fusion_start_bootstrap: int = 200
     fusion_n_estimators: int = 200  # the most trees; early stopping on inner folds picks how many (maybe 0)
     fusion_early_stopping_rounds: int = 20
     fusion_gate_on_macro_f1: bool = True  # keep trees only when they raise inner out-of-fold macro-F1 ...
@@ -160,7 +164,7 @@ class ClassificationConfig:
             class_weight=None if self.fusion_class_weight == "none" else self.fusion_class_weight,
             early_stopping_rounds=self.fusion_early_stopping_rounds, gate_on_macro_f1=self.fusion_gate_on_macro_f1,
             gate_margin_se=self.fusion_gate_margin_se,
-            inner_splits=self.inner_splits,
+            inner_splits=self.inner_splits, start_bootstrap=self.fusion_start_bootstrap,
             random_state=self.seed, n_jobs=self.fusion_n_jobs,
         )
 
@@ -577,7 +581,7 @@ def _fusion_fold(own: pd.DataFrame, fold: int, inputs: tuple[str, ...], tabular:
     _, _, X_uni_outer = stacked(own, OUTER, fold)
     mean = MeanProbabilityFusion(classes=list(classes)).fit(X_uni_inner, y_uni)
     diagnostic = {"label": own["label"].iloc[0], "fold": int(fold), "inputs": ", ".join(inputs),
-                  "tabular": tabular is not None, "start": fusion_start_name(late.start_, inputs),
+                  "tabular": tabular is not None, "start": fusion_start_name(late.start_, inputs, late.start_weights_),
                   "trees": int(late.n_trees_)}
     frames = []
     for name, proba in (("late_fusion", late.predict_proba(X_outer)),
@@ -609,7 +613,10 @@ def cross_validate_fusion(probabilities: pd.DataFrame, label: str, classes: Sequ
     return pd.concat(frames, ignore_index=True), pd.DataFrame([diagnostic for _, diagnostic in results])
 
 
-def fusion_start_name(start: str, inputs: Sequence[str]) -> str:
+def fusion_start_name(start: str, inputs: Sequence[str], weights: Sequence[float] | None = None) -> str:
+    """'mean of inputs', an input's name, or a mixture's weights ('text 0.62 + joint 0.38')."""
+    if start == "mixture":
+        return " + ".join(f"{name} {w:.2f}" for name, w in zip(inputs, weights) if round(w, 2) > 0) or "mixture"
     return "mean of inputs" if start == "mean" else inputs[int(start.split(":")[1])]
 
 

@@ -31,7 +31,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from upath import UPath
 
 from wb_pipeline.core import storage
-from wb_pipeline.core.metrics import paired_macro_f1_gain
+from wb_pipeline.core.metrics import bootstrap_macro_f1, paired_macro_f1_gain
 
 BOOSTER_FILE = "late_fusion.lgbm.txt"
 SIDECAR_FILE = "late_fusion.json"
@@ -89,9 +89,10 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
     `X` = `n_prob_blocks` probability blocks of `len(classes)` columns each, then any extra feature
     columns (tabular product features, target encodings). A tree meta-model trained from class priors
     on a few hundred rows loses to its own inputs (41 classes × 200 rows is ~5 rows per class); so the
-    booster starts from the log-probabilities of the block (or the block mean, `boost_from`) that scores
-    best on the training rows — they are out-of-fold probabilities, so that choice is honest — and only
-    learns corrections. The number of trees is chosen by early stopping on `inner_splits` group-aware
+    booster starts from the log-probabilities of its inputs — by default (`boost_from='bagged'`) a
+    mixture of the blocks and their mean, weighted by how often each scores the best macro-F1 on
+    bootstrap resamples of the training rows (out-of-fold probabilities, so the choice is honest) — and
+    only learns corrections. The number of trees is chosen by early stopping on `inner_splits` group-aware
     folds of the training rows, and is 0 when no tree improves the weighted log-loss of the start: the
     model then IS its best input instead of something worse. Shallow, regularised trees
     (`max_depth`, `min_child_samples`, `lambda_l2`) suit a few hundred labelled rows.
@@ -105,7 +106,7 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         self,
         classes: Sequence | None = None,
         n_prob_blocks: int = 2,
-        boost_from: str = "auto",
+        boost_from: str = "bagged",
         n_estimators: int = 200,
         num_leaves: int = 4,
         max_depth: int = 2,
@@ -117,6 +118,7 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         gate_on_macro_f1: bool = True,
         gate_margin_se: float = 1.0,
         inner_splits: int = 3,
+        start_bootstrap: int = 200,
         random_state: int = 0,
         n_jobs: int = 1,
     ):
@@ -134,6 +136,7 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         self.gate_on_macro_f1 = gate_on_macro_f1
         self.gate_margin_se = gate_margin_se
         self.inner_splits = inner_splits
+        self.start_bootstrap = start_bootstrap
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -162,22 +165,32 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         k = len(self.classes_)
         return X[:, : self.n_prob_blocks * k].reshape(len(X), self.n_prob_blocks, k)
 
-    def _start_proba(self, X: np.ndarray, start: str) -> np.ndarray:
-        blocks = self._blocks(X)
-        return blocks.mean(axis=1) if start == "mean" else blocks[:, int(start.split(":")[1])]
+    def _start_weights(self, start: str) -> np.ndarray:
+        """The weights of the probability blocks in a 'mean' or 'block:<i>' start."""
+        if start == "mean":
+            return np.full(self.n_prob_blocks, 1.0 / self.n_prob_blocks)
+        weights = np.zeros(self.n_prob_blocks)
+        weights[int(start.split(":")[1])] = 1.0
+        return weights
+
+    def _start_proba(self, X: np.ndarray, start: str | np.ndarray) -> np.ndarray:
+        weights = self._start_weights(start) if isinstance(start, str) else np.asarray(start, dtype=np.float64)
+        return np.einsum("nbk,b->nk", self._blocks(X), weights)
 
     def _init_score(self, X: np.ndarray) -> np.ndarray:
-        proba = np.clip(self._start_proba(X, self.start_), 1e-6, 1.0)
+        proba = np.clip(self._start_proba(X, self.start_weights_), 1e-6, 1.0)
         if len(self.classes_) == 2:
             return np.log(proba[:, 1]) - np.log(proba[:, 0])  # binary: the logit of classes_[1]
         return np.log(proba / proba.sum(axis=1, keepdims=True))
 
-    def _choose_start(self, X: np.ndarray, encoded: np.ndarray) -> str:
-        """'mean', 'block:<i>' as configured; for 'auto', the mean of the blocks unless the best single
-        block beats it on macro-F1 over the training rows (out-of-fold probabilities, so the score is
-        honest). Only two candidates: picking the best of many on a few hundred rows mostly picks noise."""
+    def _choose_start(self, X: np.ndarray, encoded: np.ndarray) -> tuple[str, np.ndarray]:
+        """(name, block weights) of the start. 'mean', 'block:<i>' as configured; 'best_block' the block
+        with the best macro-F1 on the training rows (out-of-fold probabilities, so the score is honest);
+        'auto' the mean of the blocks unless the best block beats it there; 'bagged' (see `_bagged_start`)."""
         if self.boost_from == "mean" or self.boost_from.startswith("block:"):
-            return self.boost_from
+            return self.boost_from, self._start_weights(self.boost_from)
+        if self.boost_from == "bagged":
+            return "mixture", self._bagged_start(X, encoded)
         labels = np.arange(len(self.classes_))
 
         def score(start: str) -> float:
@@ -186,9 +199,24 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
 
         blocks = [f"block:{b}" for b in range(self.n_prob_blocks)]
         best_block = max(blocks, key=lambda start: (score(start), -blocks.index(start)))
-        if self.boost_from == "best_block":
-            return best_block
-        return best_block if score(best_block) > score("mean") else "mean"
+        chosen = best_block if self.boost_from == "best_block" or score(best_block) > score("mean") else "mean"
+        return chosen, self._start_weights(chosen)
+
+    def _bagged_start(self, X: np.ndarray, encoded: np.ndarray) -> np.ndarray:
+        """Block weights of the bootstrap-smoothed ('bagged') choice among the candidates {each block, the
+        mean of the blocks}: on each of `start_bootstrap` resamples of the training rows (the same
+        resamples for every candidate) the candidate with the best macro-F1 wins (ties share); a
+        candidate's weight is its share of wins, and the start is the weighted mixture of the candidates'
+        probabilities. A hard argmax on ~200 rows flips between near-tied inputs at the slightest change
+        of their probabilities; the shares move only a little (Breiman's bagging of a selection)."""
+        blocks = self._blocks(X)
+        candidates = [np.argmax(blocks[:, b], axis=1) for b in range(self.n_prob_blocks)]
+        candidates.append(np.argmax(blocks.mean(axis=1), axis=1))
+        resampled = bootstrap_macro_f1(encoded, candidates, len(self.classes_), max(1, self.start_bootstrap),
+                                       seed=self.random_state)
+        best = resampled == resampled.max(axis=0, keepdims=True)
+        share = (best / best.sum(axis=0, keepdims=True)).mean(axis=1)
+        return share[: self.n_prob_blocks] + share[self.n_prob_blocks] / self.n_prob_blocks
 
     # --- fit / predict --------------------------------------------------------------------------
 
@@ -253,7 +281,7 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         position = {label: i for i, label in enumerate(self.classes_.tolist())}
         encoded = np.fromiter((position[v] for v in y), dtype=np.int64, count=len(y))
         weight = compute_sample_weight(self.class_weight, encoded) if self.class_weight else None
-        self.start_ = self._choose_start(X, encoded)
+        self.start_, self.start_weights_ = self._choose_start(X, encoded)
         init_score = self._init_score(X)
         self.n_trees_, self.fold_trees_ = self._choose_rounds(X, encoded, weight, init_score, groups)
         self.booster_ = None
@@ -390,6 +418,7 @@ def save_late_fusion(model: LateFusionClassifier, folder: UPath, extra: dict | N
         "n_features_in": int(model.n_features_in_),
         "params": {k: v for k, v in model.get_params().items() if k != "classes"},
         "start": model.start_,
+        "start_weights": [float(w) for w in model.start_weights_],
         "n_trees": int(model.n_trees_),
         "fold_trees": [int(v) for v in model.fold_trees_],
         **(extra or {}),
@@ -407,6 +436,8 @@ def load_late_fusion(folder: UPath) -> LateFusionClassifier:
     model.classes_ = np.asarray(sidecar["classes"], dtype=object)
     model.n_features_in_ = int(sidecar["n_features_in"])
     model.start_, model.n_trees_, model.fold_trees_ = sidecar["start"], int(sidecar["n_trees"]), sidecar["fold_trees"]
+    model.start_weights_ = (np.asarray(sidecar["start_weights"], dtype=np.float64) if "start_weights" in sidecar
+                            else model._start_weights(model.start_))  # saved before mixtures existed
     model.booster_ = (lgb.Booster(model_str=(folder / BOOSTER_FILE).read_text(encoding="utf-8"))
                       if model.n_trees_ > 0 else None)
     return model

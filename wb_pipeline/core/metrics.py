@@ -125,6 +125,25 @@ def paired_macro_f1_gain(true_code: np.ndarray, candidate_code: np.ndarray, refe
     return gain, float(differences.std(ddof=1)) if n_bootstrap > 1 else 0.0
 
 
+def bootstrap_macro_f1(true_code: np.ndarray, predictions: Sequence[np.ndarray], n_classes: int,
+                       n_bootstrap: int = 200, seed: int = 0) -> np.ndarray:
+    """Macro-F1 of each prediction (class codes 0..n_classes-1) on the SAME `n_bootstrap` resamples of
+    the rows (seeded): an array [len(predictions), n_bootstrap], for paired comparisons of many."""
+    true_code = np.asarray(true_code, dtype=np.int64)
+    n, k = len(true_code), int(n_classes)
+    if n == 0 or any(len(p) != n for p in predictions):
+        raise ValueError(f"bootstrap_macro_f1: {n} true values and predictions of lengths "
+                         f"{[len(p) for p in predictions]}")
+    rows = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
+    offsets = (np.arange(n_bootstrap) * k * k)[:, None]
+    result = np.empty((len(predictions), n_bootstrap))
+    for i, prediction in enumerate(predictions):
+        pair = true_code * k + np.asarray(prediction, dtype=np.int64)
+        counts = np.bincount((pair[rows] + offsets).ravel(), minlength=n_bootstrap * k * k)
+        result[i] = _f1_from_counts(counts.reshape(n_bootstrap, k, k)).mean(axis=-1)
+    return result
+
+
 def confidence_interval(distribution: np.ndarray, confidence: float) -> tuple[float, float]:
     """Percentile interval holding `confidence` of the bootstrap distribution."""
     tail = (1.0 - confidence) / 2.0

@@ -159,7 +159,7 @@ def fusion_classifier(
         diagnostics.append(per_fold)
         final, inputs, encoding = core.fit_final_late_fusion(label_classifiers, label, classes, settings, tabular)
         core.save_fusion_model(models_folder(pipeline_storage, label), label, final, inputs, encoding)
-        timings.append({"label": label, "classes": len(classes), "final_start": core.fusion_start_name(final.start_, inputs),
+        timings.append({"label": label, "classes": len(classes), "final_start": core.fusion_start_name(final.start_, inputs, final.start_weights_),
                         "final_trees": int(final.n_trees_), "seconds": round(time.perf_counter() - started, 2)})
         context.log.info(f"fusion {label}: {timings[-1]['seconds']}s")
     predictions = (pd.concat(frames, ignore_index=True) if frames
