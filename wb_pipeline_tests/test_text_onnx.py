@@ -77,7 +77,10 @@ def test_fingerprint_differs_per_engine_and_quantization_not_per_speed_setting(t
     fp32 = _onnx(tiny_st_folder, onnx_cache, quantization="none").fingerprint
     int8 = _onnx(tiny_st_folder, onnx_cache, quantization="int8").fingerprint
     assert len({torch_fp, fp32, int8}) == 3
-    assert int8 == OnnxTextEncoder(tiny_st_folder, max_seq_length=32, batch_size=5, num_threads=2).fingerprint
+    assert int8 == OnnxTextEncoder(tiny_st_folder, max_seq_length=32, num_threads=2).fingerprint
+    # int8 scales activations per batch, so its batch size changes vectors (and the fingerprint); fp32's does not
+    assert int8 != OnnxTextEncoder(tiny_st_folder, max_seq_length=32, batch_size=5).fingerprint
+    assert fp32 == _onnx(tiny_st_folder, onnx_cache, quantization="none", batch_size=5).fingerprint
     assert int8 != _onnx(tiny_st_folder, onnx_cache, prompt="query: ").fingerprint
     assert int8 != OnnxTextEncoder(tiny_st_folder, max_seq_length=16).fingerprint
     assert int8 != OnnxTextEncoder(tiny_st_folder, max_seq_length=32, fuse=False).fingerprint
@@ -206,3 +209,13 @@ def test_real_e5_onnx_engines_match_the_fp32_reference(shared_models_dir, produc
     cut = truncate_to_tokens(product_texts[:8], tokenizer, 64)
     counts = [len(e.ids) for e in tokenizer.encode_batch(cut, add_special_tokens=False)]
     assert max(counts) <= 65 and max(counts) >= 60  # one token of slack where a re-tokenised cut merges
+
+
+def test_int8_vectors_one_text_per_batch_do_not_depend_on_the_other_texts(tiny_st_folder, onnx_cache):
+    """Dynamic int8 quantisation picks each batch's activation scale from the batch: with batch_size=1
+    (the pipeline's int8 default) a text's vector is the same whatever it is embedded with (another
+    shard, a drop, a re-run); in shared batches it is not."""
+    alone = _onnx(tiny_st_folder, onnx_cache, quantization="int8", batch_size=1)
+    assert np.array_equal(alone.encode(TEXTS)[:3], alone.encode(TEXTS[:3]))
+    shared = _onnx(tiny_st_folder, onnx_cache, quantization="int8", batch_size=len(TEXTS))
+    assert not np.array_equal(shared.encode(TEXTS)[:3], shared.encode(TEXTS[:3]))

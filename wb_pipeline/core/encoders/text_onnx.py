@@ -207,13 +207,18 @@ class OnnxTextEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of (weights, prompt, max_seq_length, engine, quantisation, fusion); no model load.
+        """sha256 of (weights, prompt, max_seq_length, engine, quantisation, fusion, and for int8 the
+        batch size); no model load.
 
         Differs from the torch path's fingerprint for the same folder, so caches never mix vectors
         of the two engines."""
         if self._fingerprint is None:
             config = {"prompt": self.prompt, "max_seq_length": self.max_seq_length, "normalize": "l2",
                       "engine": self.engine, "quantization": self._quantization_recipe(), "fused": self.fused}
+            if self.quantization == "int8":
+                # dynamic int8 quantisation scales activations per batch: a vector depends on its batch
+                # mates unless batch_size is 1, so caches of other batch sizes must not mix
+                config["batch_size"] = self.batch_size
             self._fingerprint = config_fingerprint(self.kind, config, self.weights_id)
         return self._fingerprint
 
