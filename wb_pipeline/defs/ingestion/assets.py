@@ -96,14 +96,17 @@ def _scan_image_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pi
     return dg.MaterializeResult(
         value=index,
         metadata={
-            "dagster/row_count": len(index),
-            "decodable": int(index["decodable"].sum()),
-            "checked_now": checked_now,
-            "reused_from_previous_index": len(index) - checked_now,
+            **_check_counts(index, checked_now),
             "rejected_members": len(rejected_members),
             "rejected_member_reasons": metadata.table(rejected_members, max_rows=100),
         },
     )
+
+
+def _check_counts(index: pd.DataFrame, checked_now: int) -> dict:
+    """Rows, decodable ones, and how many were read now vs reused from the previous index."""
+    return {"dagster/row_count": len(index), "decodable": int(index["decodable"].sum()), "checked_now": checked_now,
+            "reused_from_previous_index": len(index) - checked_now}
 
 
 def _image_index_shard(index: int, n_shards: int) -> dg.AssetsDefinition:
@@ -150,10 +153,7 @@ def build_image_index_assets(n_shards: int) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(
             value=index,
             metadata={
-                "dagster/row_count": len(index),
-                "decodable": int(index["decodable"].sum()),
-                "checked_now": checked_now,
-                "reused_from_previous_index": len(index) - checked_now,
+                **_check_counts(index, checked_now),
                 "reasons": metadata.value_counts(index["reason"], "reason"),
                 "empty_image_rule": image_config.empty_image_rule,
                 "empty_by_rule": metadata.value_counts(index["empty_rule"], "empty_rule"),
