@@ -4,16 +4,27 @@ Usage::
 
     .venv/bin/python -m benchmarks.scale                    # 128,000 products (about 5 GB of generated data)
     .venv/bin/python -m benchmarks.scale --short            # 2,000 products (CI)
-    .venv/bin/python -m benchmarks.scale --products 5000
+    .venv/bin/python -m benchmarks.scale --products 32000 --shards 4 --executor multiprocess
+    .venv/bin/python -m benchmarks.scale --products 8000 --dask          # + the same run on 2 dask workers
+    .venv/bin/python -m benchmarks.scale --compare out/scale/scale-8000-1sh-multiprocess.json ...
 
 Generates the catalogue with the sample generator (reused when ``<out>/data-<n>-<seed>`` already holds
 one of the same spec: its manifest is written last), prepares the models (e5 conversion, onnx
-export: reused from ``--models``), then materialises ``raw_products_train``, ``raw_products_test``,
-``image_index``, ``clean_products`` + ``rejected_products``, ``product_text``, ``text_embeddings`` and
-``image_embeddings`` (with their asset checks) in ONE in-process Dagster run over a fresh storage
-folder. Per stage it prints wall seconds (STEP_START..STEP_SUCCESS from the run's event log, so
-input loading and output writing are included), rows (``dagster/row_count``), rows/s and the peak
-RSS of the process while the step ran (sampled every 0.2 s).
+export: reused from ``--models``), then materialises the ``ingestion``, ``preprocessing`` and
+``embeddings`` groups — ``raw_products_train``, ``raw_products_test``, the ``image_index_shard_<k>``
+steps and their gather ``image_index``, ``clean_products`` + ``rejected_products``, the
+``product_text``, ``text_embeddings`` and ``image_embeddings`` shard steps and gathers, with their
+asset checks — in ONE Dagster run over a fresh storage folder, on ``--shards`` N product shards
+(default: the pipeline's). Per stage (its shard steps + gather summed) it prints wall seconds
+(STEP_START..STEP_SUCCESS from the run's event log, so input loading and output writing are
+included), rows (``dagster/row_count``), rows/s and peak RSS; then every step on its own.
+
+Executors (``--executor``): ``in_process`` (default; every step in this process, RSS sampled every
+0.2 s — a step's peak then includes whatever earlier steps left in the process) or ``multiprocess``
+(one step at a time, each in a fresh process forked from a preloaded forkserver; a success hook
+records that process's own peak RSS, /proc VmHWM, into ``step-memory.jsonl``): the per-shard-step
+memory. ``--dask`` also runs the same selection on a local dask cluster of 2 single-threaded worker
+processes (fresh storage) and reports its wall time against the measured run's.
 
 Text baseline, in the same process after the run: on ``--baseline-subset`` products drawn from the
 run's ``product_text``, the fp32 torch reference (multilingual-e5-small, full 512 tokens) vs the
@@ -28,7 +39,11 @@ shorter, and any token budget or truncation of the text path is then measured, n
 A second total shows the text stage if real Russian text has REFERENCE.md's ~2.3 tokens per word
 rather than the generated vocabulary's rate.
 
-Never passes or fails on a timing. Results: ``<out>/scale-<n>.json`` and ``<out>/scale-<n>.md``.
+Projection for 10 million products on K workers: the shard steps' seconds per product spread over K
+workers, every other step (raw tables, cleaning, gathers, checks) in series on one, both linear in
+products at the measured shard size (see `projection_many`).
+
+Never passes or fails on a timing. Results: ``<out>/scale-<n>-<N>sh-<executor>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -245,7 +260,7 @@ class PipelineRun:
     n_shards: int
     steps: dict[str, dict[str, float]]  # step key -> start, end (unix), seconds, peak_rss_mib
     metadata: dict[str, dict[str, Any]]  # asset -> materialization metadata (shard assets included)
-    rss_peak_mib: float  # this process and its children (multiprocess: + the step process; dask: + the cluster)
+    rss_peak_mib: float  # this process and its children (multiprocess: + forkserver + step process; dask: + cluster)
     rss_before_mib: float  # after loading the encoders, before the run
     rss_after_mib: float
     warm_up_s: dict[str, float]
@@ -976,7 +991,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         + f". RSS: {results['run']['rss_before_mib']:.0f} MiB with the encoders loaded before the run, peak "
         f"{results['run']['rss_peak_mib']:.0f} MiB during it ("
         + ("one process: the in-process executor" if executor == "in_process" else
-           "this process + the step process running")
+           "this process + the forkserver + the step process running")
         + f"); process peak {results['process_peak_rss_mib']['self']:.0f} MiB (model preparation and the fp32 "
         "reference included).",
         f"Machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores of {machine['cpu_count']}, "

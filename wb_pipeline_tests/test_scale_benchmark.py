@@ -206,6 +206,7 @@ def test_multiprocess_mode_measures_each_step_in_its_own_process(tiny_run, share
     assert {s.step: s.rows for s in steps} == in_process_rows  # the same steps and rows as the in-process run
 
 
+@pytest.mark.slow  # a local dask cluster: ~50 s on 2 busy cores
 def test_dask_mode_runs_the_same_steps_on_two_worker_processes(tiny_run, shared_models_dir, tiny_st_folder):
     models = str(shared_models_dir)
     run = scale.run_pipeline(tiny_run["raw"], tiny_run["root"] / "work-dask", shared_models_dir,
