@@ -11,7 +11,8 @@ import json
 import os
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,31 +33,31 @@ def _tmp_sibling(path: UPath) -> UPath:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
 
 
-def atomic_write_bytes(path: UPath, data: bytes) -> None:
-    """Write `data` to `path` through a temp sibling + rename."""
+@contextmanager
+def _atomic_handle(path: UPath) -> Iterator:
+    """A binary handle on a temp sibling of `path`, renamed onto `path` only when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     try:
         with tmp.open("wb") as handle:
-            handle.write(data)
+            yield handle
         _replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_write_bytes(path: UPath, data: bytes) -> None:
+    """Write `data` to `path` through a temp sibling + rename."""
+    with _atomic_handle(path) as handle:
+        handle.write(data)
 
 
 def write_parquet(frame: pd.DataFrame | pa.Table, path: UPath) -> None:
     """Write a DataFrame or Arrow table as parquet, atomically."""
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        with tmp.open("wb") as handle:
-            pq.write_table(table, handle)
-        _replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with _atomic_handle(path) as handle:
+        pq.write_table(table, handle)
 
 
 def read_parquet(path: UPath, columns: list[str] | None = None) -> pd.DataFrame:
@@ -98,20 +99,13 @@ def write_sharded_parquet(frame: pd.DataFrame, path: UPath, n_shards: int, key: 
     bounds = np.searchsorted(shards[order], np.arange(n_shards + 1))
     layout = {"n_shards": n_shards, "rows": [[int(bounds[s]), int(bounds[s + 1])] for s in range(n_shards)]}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), SHARD_LAYOUT_KEY: json.dumps(layout)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        with tmp.open("wb") as handle, pq.ParquetWriter(handle, table.schema) as writer:
-            for shard in range(n_shards):  # row groups never straddle two shards
-                start, end = layout["rows"][shard]
-                if end > start:
-                    writer.write_table(table.slice(start, end - start), row_group_size=64 * 1024)
-            if len(table) == 0:
-                writer.write_table(table)
-        _replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with _atomic_handle(path) as handle, pq.ParquetWriter(handle, table.schema) as writer:
+        for shard in range(n_shards):  # row groups never straddle two shards
+            start, end = layout["rows"][shard]
+            if end > start:
+                writer.write_table(table.slice(start, end - start), row_group_size=64 * 1024)
+        if len(table) == 0:
+            writer.write_table(table)
 
 
 def read_sharded_parquet(path: UPath, shard: tuple[int, int] | None = None,
@@ -137,7 +131,7 @@ def read_sharded_parquet(path: UPath, shard: tuple[int, int] | None = None,
                 offset += rows
             table = parquet.read_row_groups(groups, columns=wanted) if groups else \
                 parquet.schema_arrow.empty_table().select(wanted or names)
-            return _drop_position(table.sort_by(POSITION_COLUMN)) if layout else table.to_pandas()
+            return arrow_to_frame(table)
         if shard is not None and wanted is not None and "nm" not in wanted:
             wanted.append("nm")  # to filter by; dropped again below
         table = parquet.read(columns=wanted)
