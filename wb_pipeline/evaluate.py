@@ -13,13 +13,14 @@ import argparse
 import sys
 import time
 
-from wb_pipeline.core import contrastive, storage
+from wb_pipeline.core import clustering, contrastive, storage
 from wb_pipeline.core.embeddings import read_embedding_table
 from wb_pipeline.core.evaluation import report
 from wb_pipeline.core.evaluation.retrieval import cross_validated_retrieval, summarise_retrieval
 
-REQUIRED_ASSETS = ("text_embeddings", "image_embeddings", "clean_products", "rejected_products", "image_index",
-                   "raw_products_train", "raw_products_test", "classification_report", "clustering_report")
+REQUIRED_ASSETS = ("text_embeddings", "image_embeddings", "joint_embeddings", "product_labels", "clean_products",
+                   "rejected_products", "image_index", "raw_products_train", "raw_products_test",
+                   "classification_report", "clustering_report")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("storage_dir", help="the run's WB_PIPELINE_STORAGE_DIR")
     parser.add_argument("--name", default=None, help="title of the report (default: the folder name)")
     parser.add_argument("--folds", type=int, default=5, help="group folds of the retrieval cross-validation")
+    parser.add_argument("--cluster-seeds", type=int, default=5,
+                        help="UMAP/KMeans seeds of the equal-k clustering comparison (0 = skip it; each seed "
+                        "reduces every space once more)")
     args = parser.parse_args(argv)
     root = storage.as_upath(args.storage_dir)
     assets = root / "assets"
@@ -42,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     keys = contrastive.product_keys(text.nm, clean, read("image_index"))
     folds = cross_validated_retrieval(text.vectors, image.vectors, keys["title_key"].tolist(),
                                       keys["image_key"].tolist(), n_splits=args.folds)
+    seeds = clustering_over_seeds(text, image, read("joint_embeddings"), read("product_labels"), args.cluster_seeds)
     n_input = len(read("raw_products_train")) + len(read("raw_products_test"))
     tables = report.quality_tables(read("classification_report"), summarise_retrieval(folds),
-                                   read("clustering_report"), read("rejected_products"), n_input)
+                                   read("clustering_report"), read("rejected_products"), n_input, seeds)
     notes = {"storage": str(root), "input products": n_input, "clean products": len(clean),
              "paired products (text + image)": len(text), "retrieval folds": args.folds,
+             "clustering seeds": args.cluster_seeds,
              "evaluation seconds": round(time.perf_counter() - started, 1)}
     title = f"Quality of the run on {args.name or root.name}"
     markdown = report.to_markdown(title, tables, notes)
@@ -55,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     print(f"written: {root / 'quality.md'} and {root / 'quality.json'}")
     return 0
+
+
+def clustering_over_seeds(text, image, joint_embeddings, product_labels, n_seeds: int):
+    """The run's four spaces re-clustered at equal k under seeds 0..n-1 (the run's own is seed 0)."""
+    if n_seeds <= 0:
+        return None
+    spaces = clustering.clustering_spaces(text, image, joint_embeddings)
+    labels = product_labels.drop_duplicates("nm").set_index("nm").reindex(list(text.nm))
+    targets = {t: labels[t].astype(object).to_numpy() for t in clustering.KNOWN_TARGETS if t in labels.columns}
+    return clustering.equal_k_over_seeds(spaces, targets, clustering.ClusteringConfig(), range(n_seeds))
 
 
 if __name__ == "__main__":

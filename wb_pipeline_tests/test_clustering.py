@@ -17,10 +17,12 @@ from wb_pipeline.core.clustering import (
     clustering_report,
     duplicate_cohesion,
     equal_k_comparison,
+    equal_k_over_seeds,
     known_class_counts,
     label_agreement,
     lead_table,
     scatter_2d,
+    seed_comparison,
     silhouette,
 )
 from wb_pipeline.core.contrastive import joint_embedding_frame
@@ -176,6 +178,37 @@ def test_lead_table_and_equal_k_comparison():
     assert comparison == {"target": "category", "k": 5, "candidate_ami": 0.5, "best_baseline": "image",
                           "best_baseline_ami": 0.6, "passed": False}
     assert equal_k_comparison(report, "sub_category", "joint", ("text", "image")) is None
+
+
+def test_equal_k_over_seeds_scores_each_seed_and_space():
+    points, labels = blobs(n_per=25, centres=4)
+    rng = np.random.default_rng(1)
+    spaces = {"text": points, "image": rng.normal(size=points.shape).astype(np.float32), "joint": points * 2}
+    known = np.where(np.arange(len(labels)) % 2 == 0, labels.astype(str), None).astype(object)  # half labelled
+    per_seed = equal_k_over_seeds(spaces, {"category": known}, FAST, seeds=[0, 1, 2])
+    assert len(per_seed) == 3 * 3 and set(per_seed["k"]) == {4}
+    by_space = per_seed.groupby("space")["ami"].mean()
+    assert by_space["text"] > 0.9 and by_space["image"] < 0.2  # well-separated blobs vs pure noise
+    table = seed_comparison(per_seed, "joint", ("text", "image")).set_index("space")
+    assert table.loc["joint − text", "verdict"] == "tie"  # a scaled copy of the text space clusters the same
+
+
+def test_seed_comparison_intervals_and_verdicts():
+    rows = [{"seed": s, "target": "category", "space": space, "k": 5, "ami": ami}
+            for s, (t, i, j) in enumerate([(0.60, 0.50, 0.70), (0.62, 0.52, 0.71), (0.61, 0.49, 0.69)])
+            for space, ami in (("text", t), ("image", i), ("joint", j))]
+    table = seed_comparison(pd.DataFrame(rows), "joint", ("text", "image")).set_index("space")
+    assert table.loc["text", "AMI mean"] == pytest.approx(0.61) and table.loc["text", "seeds"] == 3
+    # t-interval: t(0.975, 2) · sd / √3 with sd = 0.01
+    assert table.loc["text", "± (CI)"] == pytest.approx(4.302653 * 0.01 / np.sqrt(3), rel=1e-4)
+    difference = table.loc["joint − text"]
+    assert difference["AMI mean"] == pytest.approx(0.09) and difference["verdict"] == "above"
+    noisy = pd.DataFrame(rows)
+    noisy.loc[noisy["space"] == "joint", "ami"] = [0.40, 0.80, 0.66]  # mean 0.62 > 0.61, but spread wide
+    assert seed_comparison(noisy, "joint", ("text", "image")).set_index("space").loc["joint − text", "verdict"] == "tie"
+    lower = pd.DataFrame(rows)
+    lower.loc[lower["space"] == "joint", "ami"] = [0.50, 0.51, 0.52]
+    assert seed_comparison(lower, "joint", ("text", "image")).set_index("space").loc["joint − text", "verdict"] == "below"
 
 
 def test_scatter_from_the_clustering_space_needs_no_extra_fit():

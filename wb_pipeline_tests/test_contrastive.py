@@ -21,6 +21,7 @@ from wb_pipeline.core.contrastive import (
     load_joint_model,
     one_sided_in_combined,
     product_keys,
+    ResidualHead,
     regularised_cca,
     save_joint_model,
     train_joint_space,
@@ -194,11 +195,15 @@ def test_the_kept_model_is_refit_on_all_pairs(trained):
     stopped, stopped_report = train_joint_space(text, image, unique_keys(len(text), "t"), unique_keys(len(text), "i"),
                                                 no_refit)
     assert stopped_report.refit_steps == 0 and stopped_report.metrics == report.metrics
-    assert not torch.equal(stopped.text_head.weight, model.text_head.weight)
+    assert not torch.equal(_head_weights(stopped), _head_weights(model))
     assert not np.allclose(stopped.text_cca_mean.numpy(), text_mean, atol=1e-6)
     # the refit model still aligns the pairs (it has seen them all: R@1 on all pairs above held-out)
     ranks = (model.project_text(text) @ model.project_image(image).T).argmax(axis=1)
     assert (ranks == np.arange(len(text))).mean() >= report.metrics["after"]["text_to_image"]["recall_at_1"]
+
+
+def _head_weights(model: JointSpaceModel) -> torch.Tensor:
+    return torch.cat([parameter.detach().flatten() for parameter in model.text_head.parameters()])
 
 
 def test_same_seed_same_metrics_and_weights(trained):
@@ -210,7 +215,7 @@ def test_same_seed_same_metrics_and_weights(trained):
         assert torch.equal(tensor, again_model.state_dict()[name]), name
     other_model, _ = train_joint_space(text, image, unique_keys(len(text), "t"), unique_keys(len(text), "i"),
                                        dataclasses.replace(FAST, seed=7, max_steps=5))
-    assert not torch.equal(other_model.text_head.weight, model.text_head.weight)
+    assert not torch.equal(_head_weights(other_model), _head_weights(model))
 
 
 def test_training_refuses_bad_input():
@@ -239,6 +244,25 @@ def test_mlp_head_trains_too():
     model, report = train_joint_space(text, image, unique_keys(120, "t"), unique_keys(120, "i"), config)
     assert isinstance(model.text_head, torch.nn.Sequential)
     assert report.best_validation_loss < report.validation_curve[0][1]
+
+
+def test_residual_head_starts_at_the_text_geometry_and_trains_away_from_it():
+    text, image = paired_vectors(n=200, seed=5)  # text 24-d, image 40-d
+    config = dataclasses.replace(FAST, head="residual", joint_dim=text.shape[1], closed_form_dim=0)
+    untrained = JointSpaceModel(text.shape[1], image.shape[1], config)
+    assert isinstance(untrained.text_head, ResidualHead) and isinstance(untrained.image_head, torch.nn.Linear)
+    np.testing.assert_allclose(untrained.project_text(text), text, atol=1e-6)  # the identity before training
+    model, report = train_joint_space(text, image, unique_keys(200, "t"), unique_keys(200, "i"), config)
+    assert float(model.text_head.residual.weight.abs().max()) > 0  # the residual is trained, not frozen
+    assert report.metrics["after"]["text_to_image"]["recall_at_1"] > report.metrics["chance"]["text_to_image"]["recall_at_1"]
+    # text neighbourhoods survive: each product's nearest text neighbour is mostly the same as in the input
+    before = (text @ text.T - 2 * np.eye(200)).argmax(axis=1)
+    joint = model.project_text(text)
+    after = (joint @ joint.T - 2 * np.eye(200)).argmax(axis=1)
+    assert (before == after).mean() > 0.5
+    # a side whose input dimension differs from joint_dim falls back to a linear head
+    other = JointSpaceModel(text.shape[1] + 1, image.shape[1], config)
+    assert isinstance(other.text_head, torch.nn.Linear)
 
 
 # --- persistence, projection, zero-shot --------------------------------------------------------
@@ -272,12 +296,8 @@ def test_load_rejects_missing_or_mismatched_files(tmp_path, trained):
 
 
 def _identity_model(dim: int) -> JointSpaceModel:
-    model = JointSpaceModel(dim, dim, ContrastiveConfig(joint_dim=dim, closed_form_dim=0))
-    with torch.no_grad():
-        for head in (model.text_head, model.image_head):
-            head.weight.copy_(torch.eye(dim))
-            head.bias.zero_()
-    return model
+    """Both inputs have `joint_dim` dimensions, so both get the residual head: the identity until trained."""
+    return JointSpaceModel(dim, dim, ContrastiveConfig(joint_dim=dim, closed_form_dim=0, head="residual"))
 
 
 def test_zero_shot_scores_are_cosines_in_the_joint_space():

@@ -59,3 +59,18 @@ def test_classifier_and_rejection_tables():
 def test_evaluate_says_what_is_missing(tmp_path, capsys):
     assert evaluate.main([str(tmp_path)]) == 2
     assert "classification_report" in capsys.readouterr().err
+
+
+def test_quality_tables_lead_the_clustering_with_the_seed_comparison():
+    per_seed = pd.DataFrame([{"seed": s, "target": "category", "space": space, "k": 3, "ami": ami + 0.01 * s}
+                             for s in range(3) for space, ami in (("text", 0.5), ("image", 0.4), ("joint", 0.6))])
+    empty = pd.DataFrame(columns=["space", "algorithm", "n_clusters"])
+    classification = pd.DataFrame(columns=["label", "model", "n", "n_classes", "macro_f1", "best_model"])
+    summary = summarise_retrieval(pd.DataFrame([
+        {"fold": f, "method": m, "direction": "text_to_image", "pairs": 10, "recall_at_1": 0.2 + 0.1 * (m == "joint"),
+         "recall_at_10": 0.5} for f in range(2) for m in METHODS]))
+    tables = report.quality_tables(classification, summary, empty, pd.DataFrame({"reason": []}), 10, per_seed)
+    (heading,) = [h for h in tables if "over 3 UMAP/KMeans seeds" in h]
+    seeds = tables[heading].set_index("space")
+    assert seeds.loc["joint − text", "verdict"] == "above" and seeds.loc["joint − text", "AMI mean"] == pytest.approx(0.1)
+    assert "over" not in " ".join(report.quality_tables(classification, summary, empty, pd.DataFrame({"reason": []}), 10))

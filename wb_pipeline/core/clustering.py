@@ -19,8 +19,8 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -29,9 +29,13 @@ from sklearn import metrics as skm
 from sklearn.cluster import HDBSCAN, KMeans
 from sklearn.decomposition import PCA
 
+if TYPE_CHECKING:
+    from wb_pipeline.core.embeddings import EmbeddingTable
+
 NOISE = -1
 SCATTER_METHODS = ("clustering_space", "umap", "pca")
 KNOWN_TARGETS = ("category", "sub_category")  # label columns clusters are scored against (test rows)
+UNIMODAL_SPACES = ("text", "image")  # what the joint space has to keep up with
 KMEANS_FAMILY = "kmeans"  # "kmeans" (silhouette or fixed k) and "kmeans_k_<target>" (k = known classes)
 
 
@@ -75,6 +79,25 @@ class ClusteringConfig:
             raise ValueError("ClusteringConfig.kmeans_k_candidates must hold values >= 2 when kmeans_k is 0")
         if self.reduction not in ("pca_umap", "pca") or self.scatter_method not in SCATTER_METHODS:
             raise ValueError(f"ClusteringConfig: unknown reduction {self.reduction!r} or scatter {self.scatter_method!r}")
+
+
+def clustering_spaces(text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable,
+                      joint_embeddings: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The four spaces, row-aligned with `text_embeddings.nm`; early concatenation weighs the two
+    unit vectors equally (scaled by 1/√2 to stay unit-norm)."""
+    from wb_pipeline.core.contrastive import joint_matrix  # torch: imported only where spaces are built
+
+    try:
+        images = image_embeddings.subset(text_embeddings.nm)
+        joint = joint_embeddings.set_index("nm").loc[list(text_embeddings.nm)].reset_index()
+    except KeyError as error:
+        raise ValueError(f"clustering: embeddings cover different products: {error}") from error
+    return {
+        "text": text_embeddings.vectors,
+        "image": images.vectors,
+        "early_concat": np.hstack([text_embeddings.vectors, images.vectors]) / np.sqrt(2.0),
+        "joint": joint_matrix(joint, "combined_joint"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +382,60 @@ def equal_k_comparison(report: pd.DataFrame, target: str, candidate: str,
             "candidate_ami": float(scores[candidate]), "best_baseline": str(best),
             "best_baseline_ami": float(scores[best]),
             "passed": bool(scores[candidate] >= scores[best])}
+
+
+def equal_k_over_seeds(spaces: Mapping[str, np.ndarray], targets: Mapping[str, pd.Series | np.ndarray],
+                       config: ClusteringConfig, seeds: Sequence[int]) -> pd.DataFrame:
+    """AMI of KMeans at k = the known classes per (seed, target, space), each seed its own reduction and
+    KMeans (config.seed replaced). On ~1k products one seed's equal-k AMI moves by ±0.05 between
+    seeds, more than the differences between spaces; this is what a comparison should stand on."""
+    equal_k = known_class_counts(targets)
+    rows = []
+    for seed in seeds:
+        seeded = replace(config, seed=int(seed))
+        for space, vectors in spaces.items():
+            _, points = reduce_for_clustering(np.asarray(vectors, dtype=np.float32), seeded)
+            kmeans = KMeansByK(points, seeded)
+            for target, classes in equal_k.items():
+                values = pd.Series(targets[target], dtype=object).reset_index(drop=True)
+                known = values.notna().to_numpy()
+                labels = kmeans(max(2, min(classes, len(points) - 1)))
+                rows.append({"seed": int(seed), "target": target, "space": space, "k": classes,
+                             "ami": label_agreement(values[known].to_numpy(), labels[known])["ami"]})
+    return pd.DataFrame(rows, columns=["seed", "target", "space", "k", "ami"])
+
+
+def seed_comparison(per_seed: pd.DataFrame, candidate: str, baselines: Sequence[str],
+                    confidence: float = 0.95) -> pd.DataFrame:
+    """Per target: every space's mean AMI over the seeds with a t-interval, then `candidate` − the best of
+    `baselines` (by mean) with a Welch interval of the difference and a verdict: "above" / "below" when
+    the interval excludes 0, else "tie"."""
+    from scipy import stats
+
+    def half_width(standard_error: float, n: int) -> float:  # t-interval with n - 1 degrees of freedom
+        return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * standard_error) if n > 1 else float("nan")
+
+    rows = []
+    for target, part in per_seed.groupby("target", sort=False):
+        summary = part.groupby("space", sort=False)["ami"].agg(["mean", "std", "count", "min", "max"])
+        for space, r in summary.iterrows():
+            n = int(r["count"])
+            rows.append({"target": target, "k": int(part["k"].iloc[0]), "space": space, "seeds": n,
+                         "AMI mean": r["mean"], "± (CI)": half_width(r["std"] / np.sqrt(n), n),
+                         "min": r["min"], "max": r["max"], "verdict": ""})
+        present = summary.index[summary.index.isin(baselines)]
+        if candidate not in summary.index or not len(present):
+            continue
+        best = summary.loc[present, "mean"].idxmax()
+        c, b = summary.loc[candidate], summary.loc[best]
+        difference = c["mean"] - b["mean"]
+        n = int(min(c["count"], b["count"]))
+        margin = half_width(float(np.sqrt((np.nan_to_num(c["std"]) ** 2 + np.nan_to_num(b["std"]) ** 2) / n)), n)
+        verdict = "tie" if not np.isfinite(margin) or abs(difference) <= margin else ("above" if difference > 0 else "below")
+        rows.append({"target": target, "k": int(part["k"].iloc[0]), "space": f"{candidate} − {best}",
+                     "seeds": n, "AMI mean": difference, "± (CI)": margin, "min": np.nan, "max": np.nan,
+                     "verdict": verdict})
+    return pd.DataFrame(rows, columns=["target", "k", "space", "seeds", "AMI mean", "± (CI)", "min", "max", "verdict"])
 
 
 def equal_k_silhouettes(report: pd.DataFrame, target: str) -> dict[str, tuple[int, float]]:

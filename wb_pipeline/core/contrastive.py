@@ -53,7 +53,8 @@ CONFIG_FILE = "model.json"
 class ContrastiveConfig:
     """Projection heads, optimisation and early stopping of the joint text–image space."""
 
-    joint_dim: int = 256
+    # 384 = the default text encoder's (e5-small) dimension, so that its side gets the residual head
+    joint_dim: int = 384
     # The closed-form part of the joint space: regularised CCA (ridge `closed_form_regularization` ×
     # the mean eigenvalue on each side's covariance) fitted on the training pairs, `closed_form_dim`
     # canonical directions (0 = heads only). Each product vector is the normalised concatenation of the
@@ -62,7 +63,12 @@ class ContrastiveConfig:
     closed_form_dim: int = 64
     closed_form_regularization: float = 0.5
     closed_form_weight: float = 1.0
-    head: Literal["linear", "mlp"] = "linear"
+    # "residual": a side whose input already has `joint_dim` dimensions (the text side by default) maps
+    # x → x + W·x with W zero-initialised, so training starts from the encoder's own geometry and weight
+    # decay pulls back to it (LiT / CLIP-Adapter idea); the other side gets a linear head into that space.
+    # On ~1k real pairs the linear heads re-learnt the text space from scratch and lost its category
+    # structure at equal k (docs/DESIGN-NOTES.md). "linear" / "mlp": both sides learn their map.
+    head: Literal["residual", "linear", "mlp"] = "residual"
     mlp_hidden_dim: int = 512
     dropout: float = 0.1  # MLP heads only
     batch_size: int = 128
@@ -101,8 +107,8 @@ class ContrastiveConfig:
             raise ValueError(f"ContrastiveConfig.validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not (self.init_temperature > 0 and 1.0 / self.init_temperature <= self.max_logit_scale):
             raise ValueError("ContrastiveConfig.init_temperature must be > 0 and 1/init_temperature <= max_logit_scale")
-        if self.head not in ("linear", "mlp"):
-            raise ValueError(f"ContrastiveConfig.head must be 'linear' or 'mlp', got {self.head!r}")
+        if self.head not in ("residual", "linear", "mlp"):
+            raise ValueError(f"ContrastiveConfig.head must be 'residual', 'linear' or 'mlp', got {self.head!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ContrastiveConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.num_threads < 0:
@@ -215,8 +221,23 @@ class DuplicateFreeBatchSampler:
 # Model
 
 
+class ResidualHead(nn.Module):
+    """x → x + W·x + b, W and b starting at zero (the identity): the input's geometry is the start."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.residual = nn.Linear(dim, dim)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors + self.residual(vectors)
+
+
 def _head(in_dim: int, config: ContrastiveConfig) -> nn.Module:
-    if config.head == "linear":
+    if config.head == "residual" and in_dim == config.joint_dim:
+        return ResidualHead(in_dim)
+    if config.head in ("linear", "residual"):
         return nn.Linear(in_dim, config.joint_dim)
     return nn.Sequential(
         nn.Linear(in_dim, config.mlp_hidden_dim),

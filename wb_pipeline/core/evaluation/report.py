@@ -2,7 +2,8 @@
 
 Every number is read from the run's own materialized assets (classification_report, clustering_report,
 rejected_products, clean_products) except retrieval, which `evaluation.retrieval` cross-validates on the
-run's embeddings; nothing here retrains a classifier or re-clusters.
+run's embeddings, and the equal-k clustering over several seeds, which re-clusters the run's four spaces
+(one seed's AMI on ~1k products moves by more than the spaces differ); nothing here retrains a classifier.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def clustering_table(report: pd.DataFrame) -> pd.DataFrame:
     return clustering.lead_table(report, clustering.KNOWN_TARGETS)
 
 
+def clustering_seed_table(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Equal-k AMI per space over several UMAP/KMeans seeds (mean, 95% t-interval, range), and the joint
+    space − the best unimodal space with its interval and verdict (above / tie / below)."""
+    return clustering.seed_comparison(per_seed, "joint", clustering.UNIMODAL_SPACES).round(3)
+
+
 def rejection_table(rejected: pd.DataFrame, n_input: int) -> pd.DataFrame:
     counts = rejected["reason"].value_counts() if len(rejected) else pd.Series(dtype=int)
     table = counts.rename_axis("reason").reset_index(name="products")
@@ -62,13 +69,19 @@ def rejection_table(rejected: pd.DataFrame, n_input: int) -> pd.DataFrame:
 
 
 def quality_tables(classification_report: pd.DataFrame, retrieval_summary: pd.DataFrame,
-                   clustering_report: pd.DataFrame, rejected: pd.DataFrame, n_input: int) -> dict[str, pd.DataFrame]:
-    return {
+                   clustering_report: pd.DataFrame, rejected: pd.DataFrame, n_input: int,
+                   clustering_per_seed: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    tables = {
         "classifiers (macro-F1, 95% bootstrap CI, held-out group-aware folds)": classifier_table(classification_report),
         "retrieval (group 5-fold, fold mean ± 1.96·SE)": retrieval_table(retrieval_summary),
-        "clustering (KMeans; AMI / V-measure vs known classes)": clustering_table(clustering_report),
-        "rejections by reason": rejection_table(rejected, n_input),
+        "clustering (KMeans; AMI / V-measure vs known classes; the run's own seed)": clustering_table(clustering_report),
     }
+    if clustering_per_seed is not None and len(clustering_per_seed):
+        seeds = clustering_per_seed["seed"].nunique()
+        tables[f"clustering at equal k over {seeds} UMAP/KMeans seeds (AMI mean ± 95% t-interval; decides)"] = \
+            clustering_seed_table(clustering_per_seed)
+    tables["rejections by reason"] = rejection_table(rejected, n_input)
+    return tables
 
 
 def to_markdown(title: str, tables: Mapping[str, pd.DataFrame], notes: Mapping[str, object]) -> str:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from wb_pipeline.core import clustering
 from wb_pipeline.core.clustering import ClusteringConfig
-from wb_pipeline.core.contrastive import joint_matrix, product_keys
+from wb_pipeline.core.contrastive import product_keys
 from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core import joint_space_figures
 from wb_pipeline.defs import metadata
@@ -18,23 +18,6 @@ from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.defs.progress import progress_logger
 
 ClusteringSettings = config_class(ClusteringConfig, "ClusteringSettings")
-
-
-def clustering_spaces(text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable,
-                      joint_embeddings: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The four spaces, row-aligned with `text_embeddings.nm`; early concatenation weighs the two
-    unit vectors equally (scaled by 1/√2 to stay unit-norm)."""
-    try:
-        images = image_embeddings.subset(text_embeddings.nm)
-        joint = joint_embeddings.set_index("nm").loc[list(text_embeddings.nm)].reset_index()
-    except KeyError as error:
-        raise ValueError(f"clustering: embeddings cover different products: {error}") from error
-    return {
-        "text": text_embeddings.vectors,
-        "image": images.vectors,
-        "early_concat": np.hstack([text_embeddings.vectors, images.vectors]) / np.sqrt(2.0),
-        "joint": joint_matrix(joint, "combined_joint"),
-    }
 
 
 WIDE_COLUMNS = ["space", "algorithm", "k_choice", "n_clusters", "noise_fraction", "silhouette", "same_text_rate",
@@ -82,7 +65,7 @@ def product_clusters_and_report(
     HDBSCAN on it; metrics against the known labels on the rows that have them (test products)."""
     core_config = to_core(ClusteringConfig, config)
     started = time.perf_counter()
-    spaces = clustering_spaces(text_embeddings, image_embeddings, joint_embeddings)
+    spaces = clustering.clustering_spaces(text_embeddings, image_embeddings, joint_embeddings)
     nm = list(text_embeddings.nm)
     labels = product_labels.drop_duplicates("nm").set_index("nm").reindex(nm)
     targets = {t: labels[t].astype(object).to_numpy() for t in clustering.KNOWN_TARGETS if t in labels.columns}

@@ -7,7 +7,6 @@ import pandas as pd
 from wb_pipeline.core import clustering
 from wb_pipeline.defs import metadata
 
-UNIMODAL_SPACES = ("text", "image")
 
 
 @dg.asset_check(
@@ -18,7 +17,7 @@ UNIMODAL_SPACES = ("text", "image")
 )
 def joint_space_not_worse_than_unimodal(clustering_report: pd.DataFrame) -> dg.AssetCheckResult:
     comparisons = [c for target in clustering.KNOWN_TARGETS
-                   if (c := clustering.equal_k_comparison(clustering_report, target, "joint", UNIMODAL_SPACES))]
+                   if (c := clustering.equal_k_comparison(clustering_report, target, "joint", clustering.UNIMODAL_SPACES))]
     if not comparisons:
         return dg.AssetCheckResult(
             passed=False,
