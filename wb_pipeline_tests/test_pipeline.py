@@ -72,20 +72,25 @@ def test_full_graph_succeeds_with_every_check_passing(full_run):
 
 
 def test_quality_report_of_the_run(full_run):
-    """`python -m wb_pipeline.evaluate` on the finished run: the four tables, written as markdown + JSON."""
+    """`python -m wb_pipeline.evaluate` on the finished run: the five tables, written as markdown + JSON."""
     import json
 
     from wb_pipeline import evaluate
 
     storage_dir = full_run["root"] / "storage"
-    assert evaluate.main([str(storage_dir), "--folds", "3"]) == 0
+    assert evaluate.main([str(storage_dir), "--folds", "3", "--cluster-seeds", "2"]) == 0
     tables = json.loads((storage_dir / "quality.json").read_text())["tables"]
-    classifiers, retrieval, clustering_rows, rejections = tables.values()
+    classifiers, retrieval, clustering_rows, over_seeds, rejections = tables.values()
     assert {row["label"] for row in classifiers} == set(_load(full_run, "classification_report")["label"])
     assert all("late − best unimodal" in row for row in classifiers)
     assert {(row["method"], row["direction"]) for row in retrieval} == {
         (m, d) for m in ("cca_pca128", "closed_form", "heads", "joint") for d in ("text_to_image", "image_to_text")}
     assert {row["k chosen by"] for row in clustering_rows} >= {"= category classes"}
+    # every space at equal k under 2 seeds, then the joint space against the best unimodal one
+    assert {row["space"] for row in over_seeds} >= {"text", "image", "early_concat", "joint"}
+    assert all(row["seeds"] == 2 for row in over_seeds)
+    verdicts = [row["verdict"] for row in over_seeds if row["space"].startswith("joint − ")]
+    assert len(verdicts) == len({row["target"] for row in over_seeds}) and set(verdicts) <= {"above", "tie", "below"}
     assert sum(row["products"] for row in rejections) == len(_load(full_run, "rejected_products"))
     assert "## retrieval" in (storage_dir / "quality.md").read_text()
 
