@@ -43,9 +43,7 @@ def saved_spaces(storage_dir: str) -> tuple[dict[str, np.ndarray], dict[str, np.
     defs = build_definitions(storage_dir=storage_dir)
     text, image, joint, labels = (defs.load_asset_value(name) for name in
                                   ("text_embeddings", "image_embeddings", "joint_embeddings", "product_labels"))
-    labels = labels.drop_duplicates("nm").set_index("nm").reindex(list(text.nm))
-    targets = {t: labels[t].astype(object).to_numpy() for t in clustering.KNOWN_TARGETS if t in labels.columns}
-    return clustering_spaces(text, image, joint), targets
+    return clustering_spaces(text, image, joint), clustering.known_targets(labels, text.nm)
 
 
 def synthetic_spaces(n: int = 600, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -68,9 +68,8 @@ def clustering_over_seeds(text, image, joint_embeddings, product_labels, n_seeds
     if n_seeds <= 0:
         return None
     spaces = clustering.clustering_spaces(text, image, joint_embeddings)
-    labels = product_labels.drop_duplicates("nm").set_index("nm").reindex(list(text.nm))
-    targets = {t: labels[t].astype(object).to_numpy() for t in clustering.KNOWN_TARGETS if t in labels.columns}
-    return clustering.equal_k_over_seeds(spaces, targets, clustering.ClusteringConfig(), range(n_seeds))
+    return clustering.equal_k_over_seeds(spaces, clustering.known_targets(product_labels, text.nm),
+                                         clustering.ClusteringConfig(), range(n_seeds))
 
 
 if __name__ == "__main__":

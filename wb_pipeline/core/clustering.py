@@ -191,6 +191,12 @@ def choose_k(points: np.ndarray, config: ClusteringConfig,
     return best, scores
 
 
+def known_targets(product_labels: pd.DataFrame, nm: Sequence[str]) -> dict[str, np.ndarray]:
+    """`KNOWN_TARGETS` columns of `product_labels`, row-aligned with `nm` (None where unknown)."""
+    labels = product_labels.drop_duplicates("nm").set_index("nm").reindex(list(nm))
+    return {t: labels[t].astype(object).to_numpy() for t in KNOWN_TARGETS if t in labels.columns}
+
+
 def known_class_counts(targets: Mapping[str, pd.Series | np.ndarray]) -> dict[str, int]:
     """Per target, the number of distinct known classes (the equal-k comparison's k); targets with
     fewer than 2 known classes are left out (nothing to compare)."""

@@ -67,8 +67,7 @@ def product_clusters_and_report(
     started = time.perf_counter()
     spaces = clustering.clustering_spaces(text_embeddings, image_embeddings, joint_embeddings)
     nm = list(text_embeddings.nm)
-    labels = product_labels.drop_duplicates("nm").set_index("nm").reindex(nm)
-    targets = {t: labels[t].astype(object).to_numpy() for t in clustering.KNOWN_TARGETS if t in labels.columns}
+    targets = clustering.known_targets(product_labels, nm)
     equal_k = clustering.known_class_counts(targets)
     clusterings = clustering.cluster_spaces(
         spaces, core_config, log=context.log.info, equal_k=equal_k,

@@ -8,7 +8,6 @@ from wb_pipeline.core import clustering
 from wb_pipeline.defs import metadata
 
 
-
 @dg.asset_check(
     asset="clustering_report",
     description="At equal k (KMeans with k = the number of known classes), the joint space clusters products at "
