@@ -403,6 +403,9 @@ class LocalDaskCluster:
         import dask
         from dask.distributed import LocalCluster
 
+        from wb_pipeline.engines import keep_sigterm_deliverable
+
+        keep_sigterm_deliverable()  # the workers start after runs of this process: see its docstring
         started = time.perf_counter()
         with dask.config.set({"distributed.worker.daemon": False}):
             self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,

@@ -24,6 +24,8 @@ where dask.yaml is `dask_run_config("tcp://HOST:8786")`, or from Python:
 from __future__ import annotations
 
 import importlib
+import signal
+import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -54,6 +56,23 @@ _DASK_CLUSTERS = {
     "moab": ("dask_jobqueue", "MoabCluster"),
     "slurm": ("dask_jobqueue", "SLURMCluster"),
 }
+
+
+def keep_sigterm_deliverable() -> None:
+    """Give SIGINT Python's default handler when this process started with it ignored, so that
+    processes it starts after a Dagster run can still be stopped with SIGTERM.
+
+    A background job of a non-interactive shell (CI, `cmd &` in a script) starts with SIGINT
+    ignored. When a Dagster run ends, `capture_interrupts` puts SIGINT's old handler back and copies
+    it onto SIGTERM (dagster 1.13 `_utils/interrupts.py`), so SIGTERM is then ignored too, and every
+    process started later inherits that: a dask worker, and the `tail -F` that Dagster's compute-log
+    capture starts for each step, which it stops with SIGTERM and then waits 2 x 30 s for. Call this
+    in the main thread of a process that runs several jobs and starts processes after them (a test
+    session, a benchmark, a notebook). The CLI's one run per process is not affected."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _StepCall:

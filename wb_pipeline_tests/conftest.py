@@ -6,9 +6,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from wb_pipeline.engines import keep_sigterm_deliverable
 from wb_pipeline.sample_data import SampleSpec, write_sample
 
 SMALL_SAMPLE = SampleSpec(n_products=160, seed=11)
+
+
+def pytest_configure(config):
+    # CI runs the suite as a background job (SIGINT ignored): without this, every process the tests
+    # start after the first Dagster run (dask workers, Dagster's per-step `tail`) ignores SIGTERM.
+    keep_sigterm_deliverable()
 
 
 @pytest.fixture(scope="session")
