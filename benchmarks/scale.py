@@ -11,7 +11,8 @@ Usage::
 Generates the catalogue with the sample generator (reused when ``<out>/data-<n>-<seed>`` already holds
 one of the same spec: its manifest is written last), prepares the models (e5 conversion, onnx
 export: reused from ``--models``), then materialises the ``ingestion``, ``preprocessing`` and
-``embeddings`` groups — ``raw_products_train``, ``raw_products_test``, the ``image_index_shard_<k>``
+``embeddings`` groups — ``raw_products_train``, ``raw_products_test``, ``image_members`` (the zip's
+directory, read once), the ``image_index_shard_<k>``
 steps and their gather ``image_index``, ``clean_products`` + ``rejected_products``, the
 ``product_text``, ``text_embeddings`` and ``image_embeddings`` shard steps and gathers, with their
 asset checks — in ONE Dagster run over a fresh storage folder, on ``--shards`` N product shards
@@ -99,6 +100,7 @@ TOKEN_SAMPLE = 2_000  # encoder texts tokenised to measure the mean token count
 STAGES: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
     ("raw_products_train", "ingestion: raw_products_train", ("raw_products_train",), False),
     ("raw_products_test", "ingestion: raw_products_test", ("raw_products_test",), False),
+    ("image_members", "ingestion: image_members (zip directory)", ("image_members",), False),
     ("image_index", "ingestion: image_index", ("image_index",), True),
     ("clean_and_rejected_products", "preprocessing: clean + rejected products", ("clean_products", "rejected_products"),
      False),

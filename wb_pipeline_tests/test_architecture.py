@@ -28,6 +28,7 @@ def test_definitions_load_with_every_group_and_check():
     expected = {
         "raw_products_train": "ingestion",
         "raw_products_test": "ingestion",
+        "image_members": "ingestion",
         "image_index": "ingestion",
         "clean_products": "preprocessing",
         "rejected_products": "preprocessing",

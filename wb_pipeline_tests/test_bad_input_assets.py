@@ -137,7 +137,7 @@ def test_image_index_rerun_reads_only_new_members(tmp_path, instance):
                              incoming_dir=str(tmp_path / "incoming"))
 
     def index_run():
-        with_shards = dg.AssetSelection.assets("image_index").upstream(depth=1)  # image_index + its shard steps
+        with_shards = dg.AssetSelection.assets("image_index").upstream(depth=2)  # + its shard steps + image_members
         job = defs.resolve_implicit_global_asset_job_def().get_subset(
             asset_selection=with_shards.resolve(defs.resolve_asset_graph()))
         result = job.execute_in_process(instance=instance)

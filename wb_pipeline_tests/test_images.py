@@ -562,6 +562,63 @@ def test_open_zip_errors_name_the_input(tmp_path: Path) -> None:
         open_zip(42)  # type: ignore[arg-type]
 
 
+# --- the member table and zips opened from it -----------------------------------------------------
+
+
+def _zip_with_table(members: list[tuple[str, bytes]], **kwargs: int) -> tuple[io.BytesIO, pd.DataFrame]:
+    data = zip_bytes(members, **kwargs)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return io.BytesIO(data), images.zip_member_table(zf, len(data))
+
+
+def test_member_table_lists_every_directory_record_with_where_it_lies() -> None:
+    members = [("1.jpg", noise_jpeg(seed=1)), ("../x.jpg", b"e"), ("2.jpg", noise_jpeg(seed=2)), ("2.jpg", b"dup")]
+    handle, table = _zip_with_table(members)
+    assert list(table.columns) == list(images.MEMBER_TABLE_COLUMNS)
+    assert table["member"].tolist() == ["1.jpg", "../x.jpg", "2.jpg", "2.jpg"]  # every copy, zip order
+    assert table["shard_key"].tolist() == ["1", "../x.jpg", "2", "2"]
+    assert table["zip_position"].tolist() == [0, 1, 2, 3]
+    assert table["crc32"].tolist() == [zlib.crc32(data) for _, data in members]
+    assert table["file_size"].tolist() == [len(data) for _, data in members]
+    assert set(table["zip_bytes"]) == {len(handle.getvalue())}
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_zip_opened_from_some_rows_reads_exactly_those_members(compression: int) -> None:
+    members = [(f"{nm}.jpg", noise_jpeg(seed=nm)) for nm in range(6)]
+    handle, table = _zip_with_table(members, compression=compression)
+    rows = table.iloc[[1, 4]]
+    with images.open_listed_zip(handle, rows) as listed:
+        assert listed.namelist() == ["1.jpg", "4.jpg"] and listed.zip_positions.tolist() == [1, 4]
+        assert read_member(listed, "4.jpg", 10**6) == members[4][1]
+        with pytest.raises(ImageDecodeError) as caught:
+            read_member(listed, "2.jpg", 10**6)  # in the zip, but not in this shard's rows
+        assert caught.value.reason == images.REASON_MISSING_MEMBER
+        index, _ = build_image_index(listed, None, CONFIG)
+    assert index["nm"].tolist() == ["1", "4"] and index["decodable"].all()
+
+
+def test_a_member_table_that_does_not_fit_the_zip_is_refused() -> None:
+    members = [(f"{nm}.jpg", noise_jpeg(seed=nm)) for nm in range(3)]
+    handle, table = _zip_with_table(members)
+    with pytest.raises(ValueError, match="changed since"):  # another zip (size) than the table's
+        images.open_listed_zip(io.BytesIO(handle.getvalue() + b"\0"), table)
+    with pytest.raises(ValueError, match="lacks column"):
+        images.open_listed_zip(handle, table.drop(columns=["crc32"]))
+    forged = table.copy()
+    forged.loc[2, "header_offset"] = forged.loc[0, "header_offset"]  # points at another member's bytes
+    with images.open_listed_zip(handle, forged) as listed:
+        with pytest.raises(ImageDecodeError) as caught:
+            read_member(listed, "2.jpg", 10**6)
+    assert caught.value.reason == images.REASON_BAD_ZIP_MEMBER and "differ" in caught.value.detail
+    wrong_crc = table.copy()
+    wrong_crc.loc[1, "crc32"] = wrong_crc.loc[1, "crc32"] ^ 1
+    with images.open_listed_zip(handle, wrong_crc) as listed:
+        with pytest.raises(ImageDecodeError) as caught:
+            read_member(listed, "1.jpg", 10**6)
+    assert caught.value.reason == images.REASON_BAD_ZIP_MEMBER
+
+
 def test_module_does_not_import_dagster() -> None:
     check = "import sys, wb_pipeline.core.images; print('dagster' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)

@@ -116,14 +116,29 @@ def test_image_index_of_the_shards_equals_the_unsharded_index(tmp_path):
         for nm in range(40):
             zf.writestr(f"{nm}.jpg", _placeholder() if nm % 9 == 0 else _jpeg(nm))  # repeats span the shards
         zf.writestr("../evil.jpg", _jpeg(99))
+        zf.writestr("7.jpg", _jpeg(7))  # a second copy: both copies must land in one shard to be refused
     config = images.ImageConfig()
     with zipfile.ZipFile(path) as zf:
         whole, whole_rejected = images.build_image_index(zf, None, config)
         parts = [images.build_image_index(zf, None, config, shard=(s, 4)) for s in range(4)]
-    assert sum(len(rejected) for _, rejected in parts) == len(whole_rejected) == 1  # reported once
+        members = images.zip_member_table(zf, path.stat().st_size)
+    assert sum(len(rejected) for _, rejected in parts) == len(whole_rejected) == 3  # each reported once
     merged = images.merge_shard_indexes([index.assign(batch="main") for index, _ in parts], ["main"], config)
     pd.testing.assert_frame_equal(merged.drop(columns=["batch"]), whole)
     assert whole["is_empty"].sum() == 5  # the five copies of the placeholder, counted across shards
+
+    # As the shard steps do it: the member table stored grouped by shard, each shard's zip opened from
+    # its own rows only (not the central directory) gives the same index and rejections.
+    table_path = UPath(tmp_path / "image_members.parquet")
+    storage.write_sharded_parquet(members, table_path, 4, key="shard_key")
+    for shard, (index, rejected) in enumerate(parts):
+        rows = storage.read_sharded_parquet(table_path, (shard, 4))
+        assert set(storage.product_shards(rows["shard_key"].tolist(), 4)) <= {shard}
+        with path.open("rb") as handle, images.open_listed_zip(handle, rows) as listed:
+            assert len(listed.infolist()) == len(rows) < len(members)
+            listed_index, listed_rejected = images.build_image_index(listed, None, config, shard=(shard, 4))
+        pd.testing.assert_frame_equal(listed_index, index)
+        pd.testing.assert_frame_equal(listed_rejected, rejected)
 
 
 def _drop(folder, ids: list[int], photos: list[int]):

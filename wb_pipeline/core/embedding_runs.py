@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pandas as pd
 from upath import UPath
 
 from wb_pipeline.core import images
@@ -51,6 +52,7 @@ def embed_zip_images(
     max_member_bytes: int = 64 * 1024 * 1024,
     progress: ProgressCallback | None = None,
     min_decode_side: int | None = None,
+    member_table: pd.DataFrame | None = None,
 ) -> tuple[np.ndarray, EmbedStats]:
     """Vectors for the zip members (row-aligned), keyed by the content hash of each member's bytes.
 
@@ -59,9 +61,13 @@ def embed_zip_images(
     image index already rejected undecodable members, so this means the zip changed underneath.
     `min_decode_side`: decode JPEGs at a reduced DCT scale down to this side (see
     `images.decode_image`); it changes the vectors slightly, so the cache key must say so.
+    `member_table`: rows of `images.zip_member_table` that include these members; the zip is then
+    opened from them (`images.open_listed_zip`) instead of from its whole central directory.
     """
     members = list(members)
-    with zip_path.open("rb") as handle, images.open_zip(handle) as zf, ThreadPoolExecutor(
+    with zip_path.open("rb") as handle, (
+        images.open_zip(handle) if member_table is None else images.open_listed_zip(handle, member_table)
+    ) as zf, ThreadPoolExecutor(
         max_workers=decode_workers, thread_name_prefix="decode"
     ) as pool:
 

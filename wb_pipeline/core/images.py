@@ -265,6 +265,79 @@ def open_zip(path_or_file: str | os.PathLike[str] | IO[bytes]) -> zipfile.ZipFil
     )
 
 
+# --- the member table: the central directory read once, so shard steps need not read it -----------
+# `zipfile.ZipFile` parses the whole central directory when it opens (~630 B of Python objects a
+# member: ~6 GiB for 10 M members), so a shard step that opens the zip pays for the whole catalogue.
+# `zip_member_table` keeps where each member lies, one catalogue-wide step writes it grouped by
+# shard, and `open_listed_zip` opens the zip from a shard's rows alone.
+
+MEMBER_TABLE_COLUMNS = ("member", "shard_key", "zip_position", "header_offset", "compress_size", "file_size",
+                        "crc32", "compress_type", "flag_bits", "zip_bytes")
+
+
+def member_shard_key(name: str) -> str:
+    """What a member's shard is computed from: its nm, or the raw name when it names none (a rejected
+    member still lands in exactly one shard, which lists it)."""
+    return nm_from_member_name(name) or name
+
+
+def zip_member_table(zf: zipfile.ZipFile, zip_bytes: int) -> pd.DataFrame:
+    """One row per central-directory record of `zf` (every member, valid or not, in zip order; a
+    duplicated name once per copy): its name, shard key (see `member_shard_key`), position, and where
+    and how its bytes are stored. `zip_bytes`: the zip file's size, recorded so that
+    `open_listed_zip` notices a zip that changed since the table was made."""
+    infos = zf.infolist()
+    return pd.DataFrame({
+        "member": pd.Series([info.orig_filename for info in infos], dtype=object),
+        "shard_key": pd.Series([member_shard_key(info.filename) for info in infos], dtype=object),
+        "zip_position": np.arange(len(infos), dtype=np.int64),
+        **{column: np.fromiter((getattr(info, attribute) for info in infos), dtype=np.int64, count=len(infos))
+           for column, attribute in (("header_offset", "header_offset"), ("compress_size", "compress_size"),
+                                     ("file_size", "file_size"), ("crc32", "CRC"),
+                                     ("compress_type", "compress_type"), ("flag_bits", "flag_bits"))},
+        "zip_bytes": np.full(len(infos), zip_bytes, dtype=np.int64),
+    }, columns=list(MEMBER_TABLE_COLUMNS))
+
+
+class _ListedZipFile(zipfile.ZipFile):
+    """A read-only ZipFile whose directory is the given member-table rows instead of the zip's central
+    directory. Reading a member is zipfile's own: the local header's name must match, the CRC-32 is
+    verified, so a table that does not fit the zip gives `BadZipFile`, never other bytes."""
+
+    def __init__(self, file: IO[bytes], members: pd.DataFrame) -> None:
+        self._listed = members
+        super().__init__(file)  # calls _RealGetContents below instead of parsing the directory
+
+    def _RealGetContents(self) -> None:  # noqa: N802 (zipfile's name)
+        self._comment = b""
+        self.start_dir = None
+        for row in self._listed.itertuples(index=False):
+            info = zipfile.ZipInfo(row.member)
+            info.header_offset, info.compress_size, info.file_size = row.header_offset, row.compress_size, row.file_size
+            info.CRC, info.compress_type, info.flag_bits = row.crc32, row.compress_type, row.flag_bits
+            self.filelist.append(info)
+            self.NameToInfo[info.filename] = info
+        # the members' positions in the whole zip, for `build_image_index` (its rows keep zip order)
+        self.zip_positions = self._listed["zip_position"].to_numpy()
+
+
+def open_listed_zip(file_object: IO[bytes], members: pd.DataFrame) -> zipfile.ZipFile:
+    """The zip in `file_object` (seekable, binary; the caller keeps it) opened with only the listed
+    members (rows of `zip_member_table`, typically one shard's): memory and time follow those rows,
+    not the zip. Raises ValueError when the file's size is not the one the table was made from."""
+    missing = [column for column in MEMBER_TABLE_COLUMNS if column not in members.columns]
+    if missing:
+        raise ValueError(f"member table lacks column(s) {missing}")
+    if len(members):
+        recorded = set(members["zip_bytes"].tolist())
+        actual = file_object.seek(0, os.SEEK_END)
+        if recorded != {actual}:
+            raise ValueError(f"{_describe(file_object)}: the zip has {actual} bytes but its member table was "
+                             f"made from {sorted(recorded)}: the zip changed since, re-read its directory")
+        file_object.seek(0)
+    return _ListedZipFile(file_object, members)
+
+
 # Names that occur more than once in a zip's central directory, cached per ZipFile object so that
 # reading 100k members stays linear.
 _duplicates_cache: weakref.WeakKeyDictionary[zipfile.ZipFile, frozenset[str]] = weakref.WeakKeyDictionary()
@@ -619,9 +692,10 @@ def build_image_index(
     duplicates = _duplicate_names(zf)
     columns: dict[str, list[object]] = {name: [] for name in INDEX_COLUMNS}
     positions: list[int] = []
-    for position, info in enumerate(infos):
+    zip_positions = getattr(zf, "zip_positions", range(len(infos)))  # a listed zip knows its members' places
+    for position, info in zip(zip_positions, infos):
         name = info.filename
-        if shard is not None and not _in_shard(nm_from_member_name(name) or name, shard):
+        if shard is not None and not _in_shard(member_shard_key(name), shard):
             continue
         rejection = member_name_rejection(name)
         if rejection is None and name in duplicates:
@@ -636,7 +710,7 @@ def build_image_index(
         row = _index_row(zf, info, nm, image_df_size, config, known.get((name, info.CRC, info.file_size)))
         for key, value in row.items():
             columns[key].append(value)
-        positions.append(position)
+        positions.append(int(position))
     indexed = set(columns["nm"])
     for nm in size_by_nm:
         if nm not in indexed and nm + IMAGE_SUFFIX not in duplicates:

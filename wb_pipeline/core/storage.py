@@ -97,7 +97,8 @@ def write_sharded_parquet(frame: pd.DataFrame, path: UPath, n_shards: int, key: 
     table = pa.Table.from_pandas(frame.iloc[order], preserve_index=False)
     table = table.append_column(POSITION_COLUMN, pa.array(order, type=pa.int64()))
     bounds = np.searchsorted(shards[order], np.arange(n_shards + 1))
-    layout = {"n_shards": n_shards, "rows": [[int(bounds[s]), int(bounds[s + 1])] for s in range(n_shards)]}
+    layout = {"n_shards": n_shards, "key": key,
+              "rows": [[int(bounds[s]), int(bounds[s + 1])] for s in range(n_shards)]}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), SHARD_LAYOUT_KEY: json.dumps(layout)})
     with _atomic_handle(path) as handle, pq.ParquetWriter(handle, table.schema) as writer:
         for shard in range(n_shards):  # row groups never straddle two shards
@@ -113,7 +114,8 @@ def read_sharded_parquet(path: UPath, shard: tuple[int, int] | None = None,
     """Rows of a parquet file: all of them in their original order (`shard=None`), or only the rows of
     shard `(index, n_shards)` in their original relative order. A file written by
     `write_sharded_parquet` with the same shard count serves a shard from its own row groups; any
-    other file is read whole and filtered (correct, just not cheaper)."""
+    other file is read whole and filtered by the column it was sharded by (`nm` when it was not)
+    (correct, just not cheaper)."""
     with path.open("rb") as handle:
         parquet = pq.ParquetFile(handle)
         layout = (parquet.schema_arrow.metadata or {}).get(SHARD_LAYOUT_KEY)
@@ -132,14 +134,15 @@ def read_sharded_parquet(path: UPath, shard: tuple[int, int] | None = None,
             table = parquet.read_row_groups(groups, columns=wanted) if groups else \
                 parquet.schema_arrow.empty_table().select(wanted or names)
             return arrow_to_frame(table)
-        if shard is not None and wanted is not None and "nm" not in wanted:
-            wanted.append("nm")  # to filter by; dropped again below
+        key = (layout or {}).get("key", "nm")
+        if shard is not None and wanted is not None and key not in wanted:
+            wanted.append(key)  # to filter by; dropped again below
         table = parquet.read(columns=wanted)
     frame = arrow_to_frame(table)
     if shard is not None:
-        frame = frame[product_shards(frame["nm"].tolist(), shard[1]) == shard[0]].reset_index(drop=True)
-        if columns is not None and "nm" not in columns:
-            frame = frame.drop(columns=["nm"])
+        frame = frame[product_shards(frame[key].tolist(), shard[1]) == shard[0]].reset_index(drop=True)
+        if columns is not None and key not in columns:
+            frame = frame.drop(columns=[key])
     return frame
 
 

@@ -76,8 +76,8 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
     def dump_to_path(self, context: dg.OutputContext, obj, path: UPath) -> None:
         if isinstance(obj, EmbeddingTable):
             storage.write_parquet(obj.to_arrow(), path)
-        elif isinstance(obj, pd.DataFrame) and (context.definition_metadata or {}).get(SHARDED_LAYOUT):
-            storage.write_sharded_parquet(obj, path, self.n_shards)
+        elif isinstance(obj, pd.DataFrame) and (layout := (context.definition_metadata or {}).get(SHARDED_LAYOUT)):
+            storage.write_sharded_parquet(obj, path, self.n_shards, key=layout if isinstance(layout, str) else "nm")
         elif isinstance(obj, pd.DataFrame):
             storage.write_parquet(obj, path)
         else:

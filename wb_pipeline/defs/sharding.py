@@ -19,7 +19,8 @@ import pandas as pd
 
 from wb_pipeline.core.storage import shard_keys
 
-# Output metadata: store this DataFrame grouped by product shard (the IO manager's `n_shards`).
+# Output metadata: store this DataFrame grouped by product shard (the IO manager's `n_shards`); True
+# shards by the `nm` column, a column name by that column.
 SHARDED_LAYOUT = "wb_pipeline/sharded_layout"
 # Input metadata: load only shard (index, count) of the upstream table / only these columns.
 SHARD_INPUT = "wb_pipeline/shard"

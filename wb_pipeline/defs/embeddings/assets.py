@@ -185,12 +185,14 @@ def _image_embeddings_shard(index: int, n_shards: int, op_tags: Mapping[str, obj
     @dg.asset(name=shard_asset_name("image_embeddings", key), group_name="embeddings",
               kinds={"pytorch", "parquet"}, code_version="1", pool="embedding",
               description=shard_description("image_embeddings", key, n_shards),
-              ins={"clean_products": shard_rows, "image_index": shard_input(index, n_shards)}, tags={SHARD_TAG: key},
+              ins={"clean_products": shard_rows, "image_index": shard_input(index, n_shards),
+                   "image_members": shard_input(index, n_shards)}, tags={SHARD_TAG: key},
               op_tags=op_tags)
     def image_embeddings_shard(
         context: dg.AssetExecutionContext,
         clean_products: pd.DataFrame,
         image_index: pd.DataFrame,
+        image_members: pd.DataFrame,
         raw_data: WBRawData,
         image_encoder: ImageEncoderResource,
         pipeline_storage: WBStorage,
@@ -224,6 +226,7 @@ def _image_embeddings_shard(index: int, n_shards: int, op_tags: Mapping[str, obj
                 decode_workers=config.decode_workers,
                 progress=progress_logger(context, f"image_embeddings[{key}/{batch}]"),
                 min_decode_side=min_decode_side,
+                member_table=image_members[image_members["batch"] == batch],
             )
             vectors[part.index.to_numpy()] = part_vectors
             stats = stats.plus(part_stats)

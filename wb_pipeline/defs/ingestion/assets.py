@@ -18,7 +18,7 @@ from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.core.storage import shard_keys
 from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData, WBStorage
 from wb_pipeline.defs.sharding import (SHARD_TAG, SHARDED_LAYOUT, latest_shard_metadata, shard_asset_name,
-                                       shard_description, shard_names, summed)
+                                       shard_description, shard_input, shard_names, summed)
 
 # A resource, not per-step config: every shard step of a run must check images the same way.
 ImageIndexSettings = config_class(images.ImageConfig, "ImageIndexSettings", base=dg.ConfigurableResource)
@@ -66,8 +66,35 @@ def raw_products_test(context: dg.AssetExecutionContext, raw_data: WBRawData) ->
     return _raw_table(context, raw_data, schema.TEST_FILE, schema.TEST_REQUIRED_COLUMNS)
 
 
+@dg.asset(group_name="ingestion", kinds={"zip", "pandas"}, code_version="1", metadata={SHARDED_LAYOUT: "shard_key"})
+def image_members(context: dg.AssetExecutionContext, raw_data: WBRawData) -> dg.MaterializeResult:
+    """Where every member of the images zip(s) lies: one row per central-directory record (name, shard
+    key, position, offset, sizes, CRC-32, compression), with its `batch`; see
+    `core.images.zip_member_table`. The one step that reads each zip's whole central directory:
+    stored grouped by shard, so `image_index_shard_<k>` and `image_embeddings_shard_<k>` open the zip
+    from their own rows only and their memory follows the shard, not the zip (zipfile holds ~630 B
+    a member for a directory it parses)."""
+    sources, _ = _sources(context, raw_data)
+    parts = []
+    for batch, folder in sources:
+        with (folder / schema.IMAGES_ZIP).open("rb") as handle:
+            zip_bytes = handle.seek(0, 2)
+            handle.seek(0)
+            with images.open_zip(handle) as zf:
+                table = images.zip_member_table(zf, zip_bytes)
+        table.insert(0, "batch", batch)
+        parts.append(table)
+    table = pd.concat(parts, ignore_index=True)
+    return dg.MaterializeResult(
+        value=table,
+        metadata={"dagster/row_count": len(table), "rows_by_batch": metadata.value_counts(table["batch"], "batch"),
+                  "zip_bytes": int(table.drop_duplicates("batch")["zip_bytes"].sum())},
+    )
+
+
 def _scan_image_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pipeline_storage: WBStorage,
-                      settings: "ImageIndexSettings", shard: tuple[int, int]) -> dg.MaterializeResult:
+                      settings: "ImageIndexSettings", members: pd.DataFrame,
+                      shard: tuple[int, int]) -> dg.MaterializeResult:
     sources, _ = _sources(context, raw_data)
     image_config = to_core(images.ImageConfig, settings)
     check_key = hashlib.sha256(images.decode_check_key(image_config).encode()).hexdigest()[:16]
@@ -80,7 +107,8 @@ def _scan_image_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pi
         cache_path = pipeline_storage.path("cache", "image_index", f"{n_shards}-shards",
                                            f"{batch}-{check_key}-{index_n}.parquet")
         previous = storage.read_parquet(cache_path) if cache_path.exists() else None
-        with (folder / schema.IMAGES_ZIP).open("rb") as handle, images.open_zip(handle) as zf:
+        batch_members = members[members["batch"] == batch]
+        with (folder / schema.IMAGES_ZIP).open("rb") as handle, images.open_listed_zip(handle, batch_members) as zf:
             index, rejected_members = images.build_image_index(zf, sizes, image_config, previous=previous, shard=shard)
         storage.write_parquet(index, cache_path)
         reused = 0 if previous is None else int(
@@ -114,12 +142,14 @@ def _image_index_shard(index: int, n_shards: int) -> dg.AssetsDefinition:
 
     @dg.asset(name=shard_asset_name("image_index", key), group_name="ingestion", kinds={"zip", "pandas"},
               code_version="2", description=shard_description("image_index", key, n_shards),
-              tags={SHARD_TAG: key})
-    def image_index_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pipeline_storage: WBStorage,
-                          image_index_settings: ImageIndexSettings) -> dg.MaterializeResult:
+              tags={SHARD_TAG: key}, ins={"image_members": shard_input(index, n_shards)})
+    def image_index_shard(context: dg.AssetExecutionContext, image_members: pd.DataFrame, raw_data: WBRawData,
+                          pipeline_storage: WBStorage, image_index_settings: ImageIndexSettings) -> dg.MaterializeResult:
         """The members of one shard checked (decode, content hash, content signals), each batch's
-        result kept under `cache/image_index/` so an unchanged member is not read again."""
-        return _scan_image_shard(context, raw_data, pipeline_storage, image_index_settings, (index, n_shards))
+        result kept under `cache/image_index/` so an unchanged member is not read again. The zip is
+        opened from this shard's rows of `image_members`, not from its central directory."""
+        return _scan_image_shard(context, raw_data, pipeline_storage, image_index_settings, image_members,
+                                 (index, n_shards))
 
     return image_index_shard
 
