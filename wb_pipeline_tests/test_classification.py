@@ -96,6 +96,35 @@ def test_label_classes_match_probability_width():
         core.label_classes(frame.assign(proba=[np.ones(3)] * 3), "x")
 
 
+def _decided_rows(label: str, model: str, y: list[str], predicted: list[str], classes: list[str]) -> pd.DataFrame:
+    proba = [[1.0 if c == p else 0.0 for c in classes] for p in predicted]
+    return pd.DataFrame({"label": label, "model": model, "stage": core.OUTER, "fold": 0, "row": range(len(y)),
+                         "nm": [str(i) for i in range(len(y))], "y": y, "group": range(len(y)), "proba": proba})
+
+
+def test_report_gives_the_gain_over_the_best_unimodal_model_a_paired_interval():
+    classes = ["a", "b"]
+    rng = np.random.default_rng(0)
+    y = rng.choice(classes, 300).tolist()
+    flip = lambda values, share: [("b" if v == "a" else "a") if rng.random() < share else v for v in values]  # noqa: E731
+    text = flip(y, 0.2)
+    image = flip(y, 0.4)
+    late_same = list(text)  # the best unimodal model's own decisions
+    late_better = [truth if i < 40 else t for i, (truth, t) in enumerate(zip(y, text))]  # fixes some of its errors
+    predictions = pd.concat([_decided_rows("sex", "text", y, text, classes), _decided_rows("sex", "image", y, image, classes),
+                             _decided_rows("sex", "early_fusion", y, late_same, classes),
+                             _decided_rows("sex", "late_fusion", y, late_better, classes)], ignore_index=True)
+    report = core.build_report(predictions, {"sex": classes}).set_index("model")
+    assert report.loc["text", "gain_vs_best_unimodal"] == 0 and report.loc["image", "gain_vs_best_unimodal"] < 0
+    # identical decisions: a difference of exactly zero on every resample
+    assert report.loc["early_fusion", ["gain_low", "gain_high"]].tolist() == [0.0, 0.0]
+    late = report.loc["late_fusion"]
+    assert 0 < late["gain_low"] < late["gain_vs_best_unimodal"] < late["gain_high"]
+    # pairing makes the difference's interval much narrower than either model's own interval
+    assert late["gain_high"] - late["gain_low"] < 0.5 * (late["macro_f1_high"] - late["macro_f1_low"])
+    assert report.loc["image", "gain_high"] < 0  # a clearly worse model is below zero all the way
+
+
 def test_zero_shot_hook_is_a_softmax_over_cosines():
     products = np.array([[1.0, 0.0], [0.0, 2.0]])
     names = np.array([[1.0, 0.0], [0.0, 1.0]])

@@ -43,8 +43,10 @@ def test_classifier_and_rejection_tables():
     rows = []
     for model, f1 in (("text", 0.8), ("image", 0.6), ("early_fusion", 0.82), ("late_fusion", 0.79), ("zero_shot", 0.3)):
         rows.append({"label": "sex", "model": model, "n": 100, "n_classes": 3, "macro_f1": f1,
-                     "macro_f1_low": f1 - 0.05, "macro_f1_high": f1 + 0.05, "best_model": "early_fusion"})
+                     "macro_f1_low": f1 - 0.05, "macro_f1_high": f1 + 0.05, "best_model": "early_fusion",
+                     "gain_low": -0.05 if model == "late_fusion" else np.nan, "gain_high": 0.03})
     table = report.classifier_table(pd.DataFrame(rows))
+    assert table.iloc[0]["late − best unimodal, 95% paired"] == "[-0.050, +0.030]"
     row = table.iloc[0]
     assert row["text"] == "0.800 [0.750, 0.850]" and row["best model"] == "early_fusion"
     assert row["late − best unimodal"] == pytest.approx(-0.01) and row["early − text"] == pytest.approx(0.02)

@@ -35,6 +35,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,7 @@ from wb_pipeline.core.fusion import (
     save_brand_encoding,
     save_late_fusion,
 )
-from wb_pipeline.core.metrics import MetricsConfig, per_class_f1, scores_with_intervals
+from wb_pipeline.core.metrics import MetricsConfig, paired_macro_f1_gain, per_class_f1, scores_with_intervals
 from wb_pipeline.core.validation import brand_groups, duplicate_groups, group_stratified_folds
 
 LABELS = (*schema.DERIVED_LABEL_COLUMNS, *schema.TEST_LABEL_COLUMNS)
@@ -721,7 +722,8 @@ def build_report(predictions: pd.DataFrame, label_classes: Mapping[str, Sequence
 
     Columns: label, model, n, n_classes, macro_f1 (+ _low/_high), weighted_f1 (+ bounds),
     accuracy, f1 and positive_class for binary labels, per_class_f1 (JSON), gain_vs_best_unimodal
-    (macro-F1 minus the better of text/image), best_model (per label, among the trained models
+    (macro-F1 minus the better of text/image) with gain_low / gain_high (its paired-bootstrap
+    interval, see `_paired_gain_bounds`), best_model (per label, among the trained models
     `ALL_MODELS`: zero-shot is a baseline and has no saved model to predict the test products)."""
     rows = []
     outer = predictions[predictions["stage"] == OUTER]
@@ -740,10 +742,41 @@ def build_report(predictions: pd.DataFrame, label_classes: Mapping[str, Sequence
         {l: i for i, l in enumerate(LABELS)}).fillna(len(LABELS)), ignore_index=True)
     best_unimodal = report[report["model"].isin(UNIMODAL_MODELS)].groupby("label")["macro_f1"].max()
     report["gain_vs_best_unimodal"] = report["macro_f1"] - report["label"].map(best_unimodal)
+    report["gain_low"], report["gain_high"] = _paired_gain_bounds(report, outer, label_classes, metrics)
     trained = report[report["model"].isin(ALL_MODELS)]
     best = trained.loc[trained.groupby("label")["macro_f1"].idxmax(), ["label", "model"]]
     report["best_model"] = report["label"].map(best.set_index("label")["model"])
     return report
+
+
+def _paired_gain_bounds(report: pd.DataFrame, outer: pd.DataFrame, label_classes: Mapping[str, Sequence[str]],
+                        metrics: MetricsConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The confidence bounds of each row's `gain_vs_best_unimodal` by a PAIRED bootstrap: the model and
+    the label's best unimodal model scored on the same resampled held-out rows. Two models' own
+    intervals overlap far more often than their difference is unsure; this is the interval of the
+    difference (normal, from the paired bootstrap's standard error)."""
+    z = NormalDist().inv_cdf(0.5 + metrics.confidence / 2)
+    low, high = np.full(len(report), np.nan), np.full(len(report), np.nan)
+    for label, part in report.groupby("label", sort=False):
+        unimodal = part[part["model"].isin(UNIMODAL_MODELS)]
+        if unimodal.empty:
+            continue
+        reference_model = unimodal.loc[unimodal["macro_f1"].idxmax(), "model"]
+        classes = list(label_classes[label])
+        position = {c: i for i, c in enumerate(classes)}
+        own = outer[outer["label"] == label]
+        reference = own[own["model"] == reference_model].set_index("row")
+        for index, model in part["model"].items():
+            candidate = own[own["model"] == model].set_index("row")
+            rows = candidate.index.intersection(reference.index)
+            if len(rows) == 0:
+                continue
+            true_code = reference.loc[rows, "y"].map(position).to_numpy()
+            codes = [np.argmax(np.vstack(frame.loc[rows, "proba"].to_numpy()), axis=1) for frame in (candidate, reference)]
+            gain, error = paired_macro_f1_gain(true_code, codes[0], codes[1], len(classes), metrics.n_bootstrap,
+                                               metrics.seed)
+            low[report.index.get_loc(index)], high[report.index.get_loc(index)] = gain - z * error, gain + z * error
+    return low, high
 
 
 def _positive_class(y_true: np.ndarray, classes: Sequence[str]) -> str | None:

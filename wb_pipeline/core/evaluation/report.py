@@ -20,7 +20,8 @@ CLASSIFIER_COLUMNS = ("text", "image", "early_fusion", "joint", "mean_probabilit
 
 
 def classifier_table(report: pd.DataFrame) -> pd.DataFrame:
-    """Per label: macro-F1 [95% CI] of every model, the best trained model, and late fusion − best unimodal."""
+    """Per label: macro-F1 [95% CI] of every model, the best trained model, and late fusion − best unimodal
+    (with its paired-bootstrap interval when the report has one)."""
     rows = []
     for label, part in report.groupby("label", sort=False):
         by_model = part.set_index("model")
@@ -33,6 +34,9 @@ def classifier_table(report: pd.DataFrame) -> pd.DataFrame:
         row["best model"] = str(by_model["best_model"].iloc[0])
         if "late_fusion" in by_model.index and len(unimodal):
             row["late − best unimodal"] = round(float(by_model.loc["late_fusion", "macro_f1"] - unimodal.max()), 3)
+            late = by_model.loc["late_fusion"]
+            if pd.notna(late.get("gain_low")):  # the paired interval of that difference (classification_report)
+                row["late − best unimodal, 95% paired"] = f"[{late['gain_low']:+.3f}, {late['gain_high']:+.3f}]"
         if "early_fusion" in by_model.index and "text" in by_model.index:
             row["early − text"] = round(float(by_model.loc["early_fusion", "macro_f1"] - by_model.loc["text", "macro_f1"]), 3)
         rows.append(row)

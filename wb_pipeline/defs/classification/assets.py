@@ -39,7 +39,7 @@ class ClassificationReportSettings(ReportSettings, ZeroShotSettings):
 MODELS_FOLDER = ("models", "classification")
 REPORT_COLUMNS = ["label", "model", "n", "n_classes", "macro_f1", "macro_f1_low", "macro_f1_high",
                   "weighted_f1", "weighted_f1_low", "weighted_f1_high", "f1", "positive_class",
-                  "gain_vs_best_unimodal", "best_model"]
+                  "gain_vs_best_unimodal", "gain_low", "gain_high", "best_model"]
 
 
 def models_folder(pipeline_storage: WBStorage, label: str):
@@ -248,6 +248,11 @@ def _zero_shot(label_classifiers: pd.DataFrame, classes: dict[str, list[str]], c
     return frames, table, temperature
 
 
+def _gain_text(row: pd.Series) -> str:
+    """'+0.012 [-0.030, +0.054]': the gain over the best unimodal model and its paired interval."""
+    return f"{row['gain_vs_best_unimodal']:+.3f} [{row['gain_low']:+.3f}, {row['gain_high']:+.3f}]"
+
+
 def _lead_markdown(report: pd.DataFrame) -> str:
     """The narrow table that decides: per label, the best trained model, its macro-F1 and late fusion's gain."""
     rows = []
@@ -255,8 +260,8 @@ def _lead_markdown(report: pd.DataFrame) -> str:
         by_model = part.set_index("model")
         best = str(by_model["best_model"].iloc[0])
         rows.append({"label": label, "best model": best, "macro-F1": f"{by_model.loc[best, 'macro_f1']:.3f}",
-                     "late fusion − best unimodal": (f"{by_model.loc['late_fusion', 'gain_vs_best_unimodal']:+.3f}"
-                                                     if "late_fusion" in by_model.index else "")})
+                     "late fusion − best unimodal [95% paired]": (_gain_text(by_model.loc["late_fusion"])
+                                                                 if "late_fusion" in by_model.index else "")})
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
@@ -281,9 +286,9 @@ def _report_markdown(report: pd.DataFrame) -> str:
     shown["weighted_f1"] = shown["weighted_f1"].map("{:.3f}".format)
     shown["f1 (rarer class)"] = shown.get("f1", pd.Series(np.nan, index=shown.index)).map(
         lambda v: "" if pd.isna(v) else f"{v:.3f}")
-    shown["gain vs best unimodal"] = shown["gain_vs_best_unimodal"].map("{:+.3f}".format)
+    shown["gain vs best unimodal [95% paired]"] = [_gain_text(row) for _, row in shown.iterrows()]
     columns = ["label", "model", "n", "n_classes", "macro_f1 [95% CI]", "weighted_f1", "f1 (rarer class)",
-               "gain vs best unimodal", "best_model"]
+               "gain vs best unimodal [95% paired]", "best_model"]
     return shown[columns].to_markdown(index=False)
 
 
