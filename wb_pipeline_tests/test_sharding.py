@@ -173,3 +173,29 @@ def test_a_drop_needs_only_the_shard_steps_of_the_shards_it_touches(tmp_path):
     (tmp_path / "drop-b" / schema.TRAIN_FILE).write_bytes(b"not parquet")
     selection, touched = reembed_selection(keys, str(tmp_path), ["drop-b"], n)
     assert touched == storage.shard_keys(n) and set(selection) == keys
+
+
+def test_only_image_members_reads_the_zip_directory(tmp_path, instance, small_sample_dir, monkeypatch):
+    # A shard step that parsed the whole central directory would carry the whole catalogue's members
+    # (~630 B each); the image-check and image-embedding shard steps must open the zip from their rows
+    # of image_members.
+    from wb_pipeline.definitions import build_definitions
+    from wb_pipeline.defs.embeddings.resources import ImageEncoderResource
+
+    parsed = []
+    original = zipfile.ZipFile._RealGetContents
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: (parsed.append(1), original(self))[1])
+    defs = build_definitions(raw_dir=str(small_sample_dir), storage_dir=str(tmp_path / "storage"),
+                             incoming_dir=str(tmp_path / "incoming"), n_shards=4,
+                             image_encoder=ImageEncoderResource(engine="torch", cache_dir=str(tmp_path / "models")))
+    # image_members, the raw tables, cleaning, 4 image-check and 4 image-embedding shards and their gathers
+    selection = dg.AssetSelection.assets("image_embeddings").upstream().required_multi_asset_neighbors()
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection=selection.resolve(defs.resolve_asset_graph()))
+    assert job.execute_in_process(instance=instance).success
+    assert len(parsed) == 1  # image_members, once, for the one zip
+    members = defs.load_asset_value("image_members", instance=instance)
+    index = defs.load_asset_value("image_index", instance=instance)
+    vectors = defs.load_asset_value("image_embeddings", instance=instance)
+    assert set(index["member"]) <= set(members["member"]) and len(members) >= len(index)
+    assert len(vectors.nm) > 0 and np.isfinite(vectors.vectors).all()

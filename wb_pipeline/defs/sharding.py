@@ -60,7 +60,7 @@ def latest_shard_metadata(context: dg.AssetExecutionContext, names: Sequence[str
         event = context.instance.get_latest_materialization_event(dg.AssetKey(name))
         meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
         found.append({**{key: value.value for key, value in meta.items()},
-                      RAN_NOW: event is not None and event.run_id == context.run_id})
+                      RAN_NOW: event is not None and event.run_id == context.run.run_id})
     return found
 
 
