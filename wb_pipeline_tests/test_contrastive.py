@@ -19,6 +19,7 @@ from wb_pipeline.core.contrastive import (
     group_split,
     joint_matrix,
     load_joint_model,
+    neighbourhood_distillation,
     one_sided_in_combined,
     product_keys,
     ResidualHead,
@@ -263,6 +264,38 @@ def test_residual_head_starts_at_the_text_geometry_and_trains_away_from_it():
     # a side whose input dimension differs from joint_dim falls back to a linear head
     other = JointSpaceModel(text.shape[1] + 1, image.shape[1], config)
     assert isinstance(other.text_head, torch.nn.Linear)
+
+
+def test_neighbourhood_distillation_is_zero_at_the_teacher_and_teaches_only_the_heads():
+    rng = np.random.default_rng(3)
+    raw = torch.from_numpy(_unit(rng.normal(size=(12, 8))))
+    # heads whose similarities equal the raw text's (a rotation of it) match the teacher: no loss
+    rotation = torch.from_numpy(np.linalg.qr(rng.normal(size=(8, 8)))[0].astype(np.float32))
+    assert float(neighbourhood_distillation(raw, raw @ rotation, raw.clone(), 0.05)) == pytest.approx(0.0, abs=1e-5)
+    # heads that scramble the neighbourhoods pay for it, and only the heads get a gradient
+    raw.requires_grad_(True)
+    scrambled = torch.from_numpy(_unit(rng.normal(size=(12, 8)))).requires_grad_(True)
+    loss = neighbourhood_distillation(raw, scrambled, scrambled, 0.05)
+    loss.backward()
+    assert float(loss) > 0.1 and float(scrambled.grad.abs().sum()) > 0 and raw.grad is None
+
+
+def test_the_neighbourhood_term_keeps_the_image_side_near_the_text_neighbourhoods():
+    text, image = paired_vectors(n=200, seed=7)
+    keys_t, keys_i = unique_keys(200, "t"), unique_keys(200, "i")
+    on = dataclasses.replace(FAST, closed_form_dim=0)
+    off = dataclasses.replace(on, neighbourhood_weight=0.0)
+    nearest_text = (text @ text.T - 2 * np.eye(200)).argmax(axis=1)
+
+    def agreement(config: ContrastiveConfig) -> float:
+        model, report = train_joint_space(text, image, keys_t, keys_i, config)
+        assert report.metrics["after"]["image_to_text"]["recall_at_1"] > report.metrics["chance"]["image_to_text"]["recall_at_1"]
+        joint = model.project_image(image)
+        return float(((joint @ joint.T - 2 * np.eye(200)).argmax(axis=1) == nearest_text).mean())
+
+    assert agreement(on) > agreement(off)  # photos' nearest neighbours follow the text encoder's more often
+    with pytest.raises(ValueError, match="neighbourhood"):
+        ContrastiveConfig(neighbourhood_temperature=0.0)
 
 
 # --- persistence, projection, zero-shot --------------------------------------------------------

@@ -49,7 +49,8 @@ def contrastive_model(
     config: ContrastiveSettings,
 ) -> dg.MaterializeResult:
     """Projection heads over the frozen text and image embeddings, trained with open_clip's ClipLoss
-    and a learnable temperature; no duplicate title or image in a batch; group-aware validation split;
+    and a learnable temperature plus a term that keeps both sides' in-batch neighbourhoods near the
+    raw text encoder's (`neighbourhood_weight`); no duplicate title or image in a batch; group-aware validation split;
     early stopping on validation loss; beside them a closed-form regularised CCA of the two inputs,
     concatenated with the heads' vectors. Value: held-out Recall@1/5/10 and median rank per direction at
     chance, before (random heads), for the CCA part and the heads alone, and after (the joint vectors
