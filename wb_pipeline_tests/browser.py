@@ -211,6 +211,28 @@ def wait_for_lines(driver: WebDriver, expected: Iterable[str], timeout_s: float,
         raise AssertionError(f"{what}: not shown after {timeout_s:.0f} s: {missing} ({driver.current_url})") from None
 
 
+def wait_for_graph_nodes(driver: WebDriver, names: Iterable[str], timeout_s: float, what: str,
+                         max_zoom_outs: int = 8) -> None:
+    """Until every asset of `names` has been drawn in the lineage graph on screen. The graph renders only
+    the nodes inside its viewport, so when some stay missing this zooms out (the graph's own zoom-out
+    button) and looks again; a clear error listing the ones never drawn otherwise."""
+    names, seen = set(names), set()
+    try:  # the graph's first render
+        WebDriverWait(driver, timeout_s, poll_frequency=0.5).until(lambda d: names & body_lines(d))
+    except TimeoutException:
+        raise AssertionError(f"{what}: no node drawn after {timeout_s:.0f} s ({driver.current_url})") from None
+    for _ in range(max_zoom_outs + 1):
+        try:
+            WebDriverWait(driver, 5, poll_frequency=0.5).until(lambda d: names <= seen.union(body_lines(d) & names))
+        except TimeoutException:
+            pass
+        seen |= body_lines(driver) & names
+        if names <= seen:
+            return
+        driver.find_element(By.XPATH, "//button[.//*[@aria-label='zoom_out']]").click()
+    raise AssertionError(f"{what}: never drawn, even zoomed out: {sorted(names - seen)} ({driver.current_url})")
+
+
 def dismiss_community_dialog(driver: WebDriver, server: DagsterDevServer, timeout_s: float = 60.0) -> bool:
     """Click "Skip" on the "Join the Dagster community" dialog that a fresh instance shows over the
     first page it serves. The server says whether it will show it (`shouldShowNux`), so no time is

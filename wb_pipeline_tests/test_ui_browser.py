@@ -167,7 +167,7 @@ def test_ui_materializes_the_ingestion_group(ready_ui, driver, pipeline_defs, ui
         # The group's lineage graph: every asset of the group drawn, then "Materialize all".
         _open(driver, ready_ui, f"/locations/{LOCATION}/asset-groups/{SLICE_GROUP}")
         ui.dismiss_community_dialog(driver, ready_ui)
-        ui.wait_for_lines(driver, slice_names, PAGE_WAIT_S, f"assets of the {SLICE_GROUP} group graph")
+        ui.wait_for_graph_nodes(driver, slice_names, PAGE_WAIT_S, f"assets of the {SLICE_GROUP} group graph")
         ui.screenshot(driver, f"{SLICE_GROUP}_group_graph")
         started = time.monotonic()
         WebDriverWait(driver, PAGE_WAIT_S).until(
