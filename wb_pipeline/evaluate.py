@@ -15,12 +15,12 @@ import time
 
 from wb_pipeline.core import clustering, contrastive, storage
 from wb_pipeline.core.embeddings import read_embedding_table
-from wb_pipeline.core.evaluation import report
+from wb_pipeline.core.evaluation import report, training_seeds
 from wb_pipeline.core.evaluation.retrieval import cross_validated_retrieval, summarise_retrieval
 
 REQUIRED_ASSETS = ("text_embeddings", "image_embeddings", "joint_embeddings", "product_labels", "clean_products",
                    "rejected_products", "image_index", "raw_products_train", "raw_products_test",
-                   "classification_report", "clustering_report")
+                   "classification_report", "clustering_report", "contrastive_model")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster-seeds", type=int, default=5,
                         help="UMAP/KMeans seeds of the equal-k clustering comparison (0 = skip it; each seed "
                         "reduces every space once more)")
+    parser.add_argument("--train-seeds", type=int, default=3,
+                        help="training seeds of the joint space in that comparison: the run's model and N - 1 "
+                        "retrained on all pairs with the run's config and another seed (1 = the run's only)")
     args = parser.parse_args(argv)
     root = storage.as_upath(args.storage_dir)
     assets = root / "assets"
@@ -46,13 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     keys = contrastive.product_keys(text.nm, clean, read("image_index"))
     folds = cross_validated_retrieval(text.vectors, image.vectors, keys["title_key"].tolist(),
                                       keys["image_key"].tolist(), n_splits=args.folds)
-    seeds = clustering_over_seeds(text, image, read("joint_embeddings"), read("product_labels"), args.cluster_seeds)
+    seeds = clustering_over_seeds(text, image, keys, read("joint_embeddings"), read("product_labels"),
+                                  read("contrastive_model"), args.cluster_seeds, args.train_seeds)
     n_input = len(read("raw_products_train")) + len(read("raw_products_test"))
     tables = report.quality_tables(read("classification_report"), summarise_retrieval(folds),
                                    read("clustering_report"), read("rejected_products"), n_input, seeds)
     notes = {"storage": str(root), "input products": n_input, "clean products": len(clean),
              "paired products (text + image)": len(text), "retrieval folds": args.folds,
-             "clustering seeds": args.cluster_seeds,
+             "clustering seeds": args.cluster_seeds, "joint-space training seeds": max(1, args.train_seeds),
              "evaluation seconds": round(time.perf_counter() - started, 1)}
     title = f"Quality of the run on {args.name or root.name}"
     markdown = report.to_markdown(title, tables, notes)
@@ -63,14 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def clustering_over_seeds(text, image, joint_embeddings, product_labels, n_seeds: int):
-    """The run's four spaces re-clustered at equal k under seeds 0..n-1 (the run's own is seed 0)."""
+def clustering_over_seeds(text, image, keys, joint_embeddings, product_labels, contrastive_model, n_seeds: int,
+                          n_train_seeds: int):
+    """The run's four spaces re-clustered at equal k under seeds 0..n-1 (the run's own is seed 0), and the
+    joint space retrained under `n_train_seeds` - 1 other training seeds with the run's saved config."""
     if n_seeds <= 0:
         return None
     spaces = clustering.clustering_spaces(text, image, joint_embeddings)
-    return clustering.equal_k_over_seeds(spaces, clustering.known_targets(product_labels, text.nm),
-                                         clustering.ClusteringConfig(), range(n_seeds))
-
+    targets = clustering.known_targets(product_labels, text.nm)
+    _, info = contrastive.load_joint_model(storage.as_upath(contrastive.model_folder(contrastive_model)))
+    config = contrastive.config_from_json(info["config"])
+    others = [config.seed + i for i in range(1, max(1, n_train_seeds))]
+    retrained = training_seeds.retrained_joint_vectors(text.vectors, image.vectors, keys["title_key"].tolist(),
+                                                       keys["image_key"].tolist(), config, others)
+    return training_seeds.equal_k_over_training_seeds(spaces, config.seed, retrained, targets,
+                                                      clustering.ClusteringConfig(), range(n_seeds))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -8,8 +8,11 @@ import pandas as pd
 import pytest
 
 from wb_pipeline import evaluate
-from wb_pipeline.core.evaluation import report
+from wb_pipeline.core.contrastive import combine_joint, train_joint_space
+from wb_pipeline.core.evaluation import report, training_seeds
 from wb_pipeline.core.evaluation.retrieval import METHODS, cross_validated_retrieval, summarise_retrieval
+from wb_pipeline_tests.test_clustering import FAST as FAST_CLUSTERING
+from wb_pipeline_tests.test_clustering import blobs
 from wb_pipeline_tests.test_contrastive import FAST, paired_vectors, unique_keys
 
 
@@ -76,3 +79,44 @@ def test_quality_tables_lead_the_clustering_with_the_seed_comparison():
     seeds = tables[heading].set_index("space")
     assert seeds.loc["joint − text", "verdict"] == "above" and seeds.loc["joint − text", "AMI mean"] == pytest.approx(0.1)
     assert "over" not in " ".join(report.quality_tables(classification, summary, empty, pd.DataFrame({"reason": []}), 10))
+
+
+def test_retrained_joint_vectors_follow_the_training_seed_and_reproduce_the_run():
+    text, image = paired_vectors(n=160, seed=5)
+    keys_t, keys_i = unique_keys(160, "t"), unique_keys(160, "i")
+    vectors = training_seeds.retrained_joint_vectors(text, image, keys_t, keys_i, FAST, [0, 1])
+    model, _ = train_joint_space(text, image, keys_t, keys_i, FAST)
+    assert set(vectors) == {0, 1} and vectors[1].shape == (160, 2 * model.output_dim)
+    assert np.allclose(np.linalg.norm(vectors[1], axis=1), 1.0, atol=1e-5)
+    # seed 0 is what the asset trains with this config: the same vectors, bit for bit
+    assert np.array_equal(vectors[0], combine_joint(model.project_text(text), model.project_image(image)))
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-3)  # another seed, another model
+
+
+def test_equal_k_over_training_seeds_pools_the_joint_space_over_both_seeds():
+    points, labels = blobs(n_per=20, centres=4)
+    rng = np.random.default_rng(2)
+    spaces = {"text": points, "image": rng.normal(size=points.shape).astype(np.float32), "joint": points}
+    retrained = {1: points + rng.normal(scale=0.1, size=points.shape).astype(np.float32), 2: rng.permutation(points)}
+    per_seed = training_seeds.equal_k_over_training_seeds(spaces, 0, retrained, {"category": labels.astype(str)},
+                                                          FAST_CLUSTERING, [0, 1])
+    assert len(per_seed) == 3 * 2 + 2 * 2  # the run's three spaces, then the two retrained joint spaces
+    assert per_seed.groupby("space")["train_seed"].apply(set).to_dict() == {"text": {0}, "image": {0},
+                                                                            "joint": {0, 1, 2}}
+    table = report.clustering_seed_table(per_seed).set_index("space")
+    assert table.loc["joint", "seeds"] == 6 and table.loc["text", "seeds"] == 2
+    # the retrained space with shuffled rows scores near chance: the pooled joint mean drops below text
+    assert table.loc["joint", "AMI mean"] < table.loc["text", "AMI mean"]
+    with pytest.raises(ValueError, match="the run's own"):
+        training_seeds.equal_k_over_training_seeds(spaces, 1, retrained, {"category": labels.astype(str)},
+                                                   FAST_CLUSTERING, [0])
+
+
+def test_seed_comparison_uses_each_space_own_number_of_draws():
+    rows = [{"seed": s, "target": "category", "space": "text", "k": 3, "ami": a} for s, a in enumerate([0.5, 0.52])]
+    rows += [{"seed": s % 2, "target": "category", "space": "joint", "k": 3, "ami": a}
+             for s, a in enumerate([0.60, 0.64, 0.62, 0.58])]
+    difference = report.clustering_seed_table(pd.DataFrame(rows)).set_index("space").loc["joint − text"]
+    standard_error = np.sqrt(np.var([0.60, 0.64, 0.62, 0.58], ddof=1) / 4 + np.var([0.5, 0.52], ddof=1) / 2)
+    assert difference["± (CI)"] == pytest.approx(12.7062 * standard_error, abs=1e-3)  # t(0.975, min(n) − 1 = 1)
+    assert difference["AMI mean"] == pytest.approx(0.1, abs=1e-3)

@@ -413,9 +413,9 @@ def equal_k_over_seeds(spaces: Mapping[str, np.ndarray], targets: Mapping[str, p
 
 def seed_comparison(per_seed: pd.DataFrame, candidate: str, baselines: Sequence[str],
                     confidence: float = 0.95) -> pd.DataFrame:
-    """Per target: every space's mean AMI over the seeds with a t-interval, then `candidate` − the best of
-    `baselines` (by mean) with a Welch interval of the difference and a verdict: "above" / "below" when
-    the interval excludes 0, else "tie"."""
+    """Per target: every space's mean AMI over its rows (seeds) with a t-interval, then `candidate` − the
+    best of `baselines` (by mean) with a Welch interval of the difference and a verdict: "above" / "below"
+    when the interval excludes 0, else "tie". `seeds` is each space's number of rows (draws)."""
     from scipy import stats
 
     def half_width(standard_error: float, n: int) -> float:  # t-interval with n - 1 degrees of freedom
@@ -435,8 +435,11 @@ def seed_comparison(per_seed: pd.DataFrame, candidate: str, baselines: Sequence[
         best = summary.loc[present, "mean"].idxmax()
         c, b = summary.loc[candidate], summary.loc[best]
         difference = c["mean"] - b["mean"]
+        # Welch's standard error (the two spaces may have different numbers of draws, e.g. the joint space
+        # over training × clustering seeds) with the conservative min(n) − 1 degrees of freedom
         n = int(min(c["count"], b["count"]))
-        margin = half_width(float(np.sqrt((np.nan_to_num(c["std"]) ** 2 + np.nan_to_num(b["std"]) ** 2) / n)), n)
+        margin = half_width(float(np.sqrt(np.nan_to_num(c["std"]) ** 2 / c["count"]
+                                          + np.nan_to_num(b["std"]) ** 2 / b["count"])), n)
         verdict = "tie" if not np.isfinite(margin) or abs(difference) <= margin else ("above" if difference > 0 else "below")
         rows.append({"target": target, "k": int(part["k"].iloc[0]), "space": f"{candidate} − {best}",
                      "seeds": n, "AMI mean": difference, "± (CI)": margin, "min": np.nan, "max": np.nan,

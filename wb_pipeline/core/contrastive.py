@@ -715,6 +715,21 @@ def save_joint_model(
     storage.atomic_write_bytes(folder / CONFIG_FILE, json.dumps(info, ensure_ascii=False, indent=1).encode("utf-8"))
 
 
+def config_from_json(values: dict[str, Any]) -> ContrastiveConfig:
+    """The `ContrastiveConfig` saved in a model's JSON info (lists back to tuples)."""
+    values = dict(values)
+    values["recall_ks"] = tuple(values["recall_ks"])
+    return ContrastiveConfig(**values)
+
+
+def model_folder(contrastive_model: pd.DataFrame) -> str:
+    """The artifact folder recorded in the `contrastive_model` asset's table."""
+    folders = contrastive_model["artifact"].dropna().unique() if "artifact" in contrastive_model else []
+    if len(folders) != 1:
+        raise ValueError(f"contrastive_model: expected one artifact folder in its table, found {list(folders)}")
+    return str(folders[0])
+
+
 def load_joint_model(folder: UPath) -> tuple[JointSpaceModel, dict[str, Any]]:
     """The model saved by `save_joint_model` (in eval mode) and its JSON info; clear errors when a
     file is missing, the format is unknown or the weights do not match the config."""
@@ -726,9 +741,7 @@ def load_joint_model(folder: UPath) -> tuple[JointSpaceModel, dict[str, Any]]:
     if info.get("format_version") != MODEL_FORMAT_VERSION:
         raise ValueError(f"load_joint_model: {config_path} has format_version {info.get('format_version')!r}, "
                          f"expected {MODEL_FORMAT_VERSION}")
-    values = dict(info["config"])
-    values["recall_ks"] = tuple(values["recall_ks"])
-    model = JointSpaceModel(info["text_dim"], info["image_dim"], ContrastiveConfig(**values))
+    model = JointSpaceModel(info["text_dim"], info["image_dim"], config_from_json(info["config"]))
     state = load_safetensors(weights_path.read_bytes())
     try:
         model.load_state_dict(state, strict=True)

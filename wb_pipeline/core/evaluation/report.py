@@ -3,7 +3,8 @@
 Every number is read from the run's own materialized assets (classification_report, clustering_report,
 rejected_products, clean_products) except retrieval, which `evaluation.retrieval` cross-validates on the
 run's embeddings, and the equal-k clustering over several seeds, which re-clusters the run's four spaces
-(one seed's AMI on ~1k products moves by more than the spaces differ); nothing here retrains a classifier.
+and the joint space retrained under other training seeds (`evaluation.training_seeds`: one seed's AMI on
+~1k products moves by more than the spaces differ); nothing here retrains a classifier.
 """
 
 from __future__ import annotations
@@ -81,8 +82,10 @@ def quality_tables(classification_report: pd.DataFrame, retrieval_summary: pd.Da
         "clustering (KMeans; AMI / V-measure vs known classes; the run's own seed)": clustering_table(clustering_report),
     }
     if clustering_per_seed is not None and len(clustering_per_seed):
-        seeds = clustering_per_seed["seed"].nunique()
-        tables[f"clustering at equal k over {seeds} UMAP/KMeans seeds (AMI mean ± 95% t-interval; decides)"] = \
+        seeds = f"{clustering_per_seed['seed'].nunique()} UMAP/KMeans seeds"
+        if "train_seed" in clustering_per_seed and clustering_per_seed["train_seed"].nunique() > 1:
+            seeds += f" × {clustering_per_seed['train_seed'].nunique()} training seeds of the joint space"
+        tables[f"clustering at equal k over {seeds} (AMI mean ± 95% t-interval; decides)"] = \
             clustering_seed_table(clustering_per_seed)
     tables["rejections by reason"] = rejection_table(rejected, n_input)
     return tables

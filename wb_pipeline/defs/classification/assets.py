@@ -23,7 +23,6 @@ from wb_pipeline.core.storage import as_upath
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import CATALOGUE_METADATA_KEY, RETRAIN_REASON_TAG
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.defs.contrastive.assets import model_folder as joint_model_folder
 from wb_pipeline.defs.embeddings.resources import TextEncoderResource
 from wb_pipeline.defs.progress import progress_logger
 from wb_pipeline.defs.resources import WBStorage
@@ -211,7 +210,7 @@ def classification_report(
         if zero_shot_table else "no label trained",
         "zero_shot_setup": dg.MetadataValue.json({
             "joint_column": zero_shot_config.joint_column, "template": zero_shot_config.template,
-            "temperature": temperature, "joint_model": joint_model_folder(contrastive_model)}),
+            "temperature": temperature, "joint_model": contrastive.model_folder(contrastive_model)}),
     }
     for label in labels:
         result_metadata[f"confusion_{label}"] = dg.MetadataValue.md(_confusion_markdown(report, predictions, label,
@@ -224,7 +223,7 @@ def _zero_shot(label_classifiers: pd.DataFrame, classes: dict[str, list[str]], c
                config: core.ZeroShotConfig) -> tuple[list[pd.DataFrame], list[dict], float]:
     """Zero-shot outer rows per label, a status row per label, and the softmax temperature (the joint
     model's learned one; it only shapes the probabilities, never the argmax)."""
-    model, _ = contrastive.load_joint_model(as_upath(joint_model_folder(contrastive_model)))
+    model, _ = contrastive.load_joint_model(as_upath(contrastive.model_folder(contrastive_model)))
     temperature = float(1.0 / model.logit_scale().item())
     if not classes:
         return [], [], temperature

@@ -100,14 +100,6 @@ def contrastive_model(
     )
 
 
-def model_folder(contrastive_model: pd.DataFrame) -> str:
-    """The artifact folder recorded in the `contrastive_model` table."""
-    folders = contrastive_model["artifact"].dropna().unique() if "artifact" in contrastive_model else []
-    if len(folders) != 1:
-        raise ValueError(f"contrastive_model: expected one artifact folder in its table, found {list(folders)}")
-    return str(folders[0])
-
-
 @dg.asset(group_name="contrastive", kinds={"pytorch", "parquet"}, code_version="2")
 def joint_embeddings(
     contrastive_model: pd.DataFrame,
@@ -117,7 +109,7 @@ def joint_embeddings(
     """Every product in the joint space: `nm` and three float32 list columns, `text_joint`,
     `image_joint` and `combined_joint` (their normalised concatenation), unit-norm, row-aligned with
     `text_embeddings`. Read a column as a matrix with `wb_pipeline.core.contrastive.joint_matrix`."""
-    model, info = contrastive.load_joint_model(as_upath(model_folder(contrastive_model)))
+    model, info = contrastive.load_joint_model(as_upath(contrastive.model_folder(contrastive_model)))
     images = aligned_images(text_embeddings, image_embeddings)
     text_joint, image_joint = model.project_text(text_embeddings.vectors), model.project_image(images.vectors)
     frame = contrastive.joint_embedding_frame(text_embeddings.nm, text_joint, image_joint)
@@ -128,7 +120,7 @@ def joint_embeddings(
             "dagster/row_count": len(frame),
             "dim": int(text_joint.shape[1]) if len(frame) else 0,
             "mean_own_pair_cosine": float(np.mean(own_pair_cosine)) if len(frame) else None,
-            "model": dg.MetadataValue.path(model_folder(contrastive_model)),
+            "model": dg.MetadataValue.path(contrastive.model_folder(contrastive_model)),
             "encoder_fingerprints": dg.MetadataValue.json(info.get("encoder_fingerprints", {})),
         },
     )

@@ -22,7 +22,6 @@ from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import DROPS_GROUP, product_drops
 from wb_pipeline.defs.classification.assets import MODELS_FOLDER, models_folder
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.defs.contrastive.assets import model_folder as joint_model_folder
 from wb_pipeline.defs.resources import MAIN_BATCH, WBStorage
 
 DriftSettings = config_class(drift.DriftConfig, "DriftSettings")
@@ -71,7 +70,7 @@ def drop_predictions(
                          "(run `reembed_new_products` first)?")
     clean_here = set(clean_products.loc[clean_products["batch"] == drop, "nm"].astype(str))
     rejected = rejected_products[rejected_products["nm"].astype(str).isin(set(products["nm"]) - clean_here)]
-    model, _ = contrastive.load_joint_model(as_upath(joint_model_folder(contrastive_model)))
+    model, _ = contrastive.load_joint_model(as_upath(contrastive.model_folder(contrastive_model)))
     features, available = predictions.drop_features(products["nm"], text_embeddings, image_embeddings, model)
     for block in available:  # a rejected product has no vectors and must not be mistaken for a clean one
         available[block] = available[block] & products["nm"].isin(clean_here).to_numpy()

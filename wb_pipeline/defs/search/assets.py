@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from wb_pipeline.core import images, schema
+from wb_pipeline.core import contrastive, images, schema
 from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core.joint_space_figures import png_markdown
 from wb_pipeline.core.search import duplicates as dup
@@ -26,7 +26,6 @@ from wb_pipeline.core.search.spaces import SPACES, space_vectors, uses_joint_mod
 from wb_pipeline.core.search.store import load_build, update_index
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.defs.contrastive.assets import model_folder
 from wb_pipeline.defs.resources import WBRawData, WBStorage
 
 ProductIndexSettings = config_class(IndexConfig, "ProductIndexSettings")
@@ -87,7 +86,7 @@ def product_index(
     text_meta, image_meta = latest_metadata(context, "text_embeddings"), latest_metadata(context, "image_embeddings")
     image_fingerprint = str(image_meta.get("encoder_fingerprint", "unknown"))
     info = {
-        "joint_model": model_folder(contrastive_model) if uses_joint_model(core_config.space) else None,
+        "joint_model": contrastive.model_folder(contrastive_model) if uses_joint_model(core_config.space) else None,
         "encoders": {"text": str(text_meta.get("encoder_fingerprint", "unknown")), "image": image_fingerprint},
         "encoder_dims": {"text": text_embeddings.dim, "image": image_embeddings.dim},
         "image_decode": {"channel_order": str(image_meta.get("channel_order", "RGB")),
