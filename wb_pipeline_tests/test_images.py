@@ -666,7 +666,8 @@ def test_decode_check_key_changes_with_settings_that_change_the_check() -> None:
     # the empty-image rule is recomputed on every run, so it is not part of the key
     assert images.decode_check_key(CONFIG) == images.decode_check_key(ImageConfig(empty_image_max_bytes=1))
     for thresholds in (dict(empty_image_rule="size"), dict(empty_max_pixel_std=9.0), dict(empty_min_repeats=2),
-                       dict(empty_min_informative_share=0.5), dict(empty_min_edge_sharpness=0.9)):
+                       dict(empty_min_informative_share=0.5), dict(empty_min_edge_sharpness=0.9),
+                       dict(empty_min_body_share=0.5), dict(empty_min_ink_spread=20.0)):
         assert images.decode_check_key(CONFIG) == images.decode_check_key(ImageConfig(**thresholds))
     # ... but what the content signals are measured with is
     assert images.decode_check_key(CONFIG) != images.decode_check_key(ImageConfig(empty_analysis_pixels=4096))
@@ -716,6 +717,46 @@ def big_logo_badge(width: int = 400, height: int = 533) -> Image.Image:
     return image
 
 
+def small_product(width: int = 400, height: int = 533, colour=(220, 40, 110), backdrop=(236, 237, 239)) -> Image.Image:
+    """A small swimwear-like product alone on a plain studio backdrop (under 5% of the frame, as a
+    bikini or a small box in a catalogue's fixed framing): a solid body, lit from one side and
+    darker towards its rim, with a knit texture, as a real photo has however small the product."""
+    from PIL import ImageFilter
+
+    w, h = int(width * 0.36), int(width * 0.16)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u, v = xx / w - 0.5, yy / h - 0.5
+    inside = (u / 0.5) ** 2 + (v / 0.5) ** 2 <= 1.0
+    light = -100.0 * (u**2 + v**2) + 30.0 * u + 10.0 * np.sin(xx * 1.7) * np.sin(yy * 1.3)
+    pixels = np.empty((height, width, 3), np.float32)
+    pixels[:] = backdrop
+    patch = pixels[int(height * 0.45):int(height * 0.45) + h, int(width * 0.32):int(width * 0.32) + w]
+    patch[inside] = (np.asarray(colour, np.float32) + light[:, :, None])[inside]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).filter(ImageFilter.SMOOTH)
+
+
+def bold_caption(width: int = 400, height: int = 533) -> Image.Image:
+    """A "no image" placeholder in bold letters: strokes thick enough to have a body, one flat ink."""
+    from PIL import ImageDraw, ImageFont
+
+    image = Image.new("RGB", (width, height), (240, 240, 240))
+    ImageDraw.Draw(image).text((width / 2, height / 2), "NO IMAGE", fill=(160, 160, 160), anchor="mm",
+                               font=ImageFont.load_default(size=44), stroke_width=2, stroke_fill=(160, 160, 160))
+    return image
+
+
+def filled_camera_icon(width: int = 400, height: int = 533) -> Image.Image:
+    """A placeholder with a filled (not outlined) grey camera silhouette: a solid body of one flat ink."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (width, height), (242, 242, 242))
+    draw, grey = ImageDraw.Draw(image), (185, 185, 185)
+    draw.rounded_rectangle([width * 0.35, height * 0.40, width * 0.65, height * 0.54], radius=6, fill=grey)
+    draw.rectangle([width * 0.45, height * 0.37, width * 0.55, height * 0.41], fill=grey)
+    draw.ellipse([width * 0.45, height * 0.42, width * 0.55, height * 0.52], fill=(242, 242, 242))
+    return image
+
+
 def small_jpeg(image: Image.Image, quality: int = 85) -> bytes:
     data = encode(image, quality=quality)
     assert len(data) <= CONFIG.empty_image_max_bytes, "a test image meant to be small is not"
@@ -751,6 +792,34 @@ def test_content_rule_keeps_small_clean_shots_and_rejects_each_placeholder_kind(
     # the seed's size rule, still available as config, throws the good shots away too
     by_size = build_image_index(open_members(members), None, SIZE_RULE)[0]
     assert by_size["is_empty"].all() and set(by_size["empty_rule"]) == {"size"}
+
+
+def test_a_small_product_on_a_plain_backdrop_is_kept_while_flat_or_thin_graphics_are_not() -> None:
+    # Products that fill under 5% of the frame (what the tiny-area rule alone rejected on a real
+    # catalogue's bikinis) and placeholders whose graphic has a body too (bold letters, a filled icon).
+    products = {"pink": small_product(), "black": small_product(colour=(40, 40, 46)),
+                "grey_backdrop_white": small_product(colour=(252, 252, 252), backdrop=(214, 214, 218))}
+    graphics = {"no_photo": no_photo_graphic(), "bold_caption": bold_caption(), "filled_icon": filled_camera_icon()}
+    members = [(f"{i}.jpg", small_jpeg(image)) for i, image in enumerate([*products.values(), *graphics.values()])]
+    rows = build_image_index(open_members(members), None, CONFIG)[0]
+    rows.index = [*products, *graphics]
+    assert (rows["informative_share"] < CONFIG.empty_min_informative_share).all()  # all are "tiny"
+    assert not rows.loc[list(products), "is_empty"].any(), rows[["body_share", "ink_spread"]]
+    assert (rows.loc[list(products), "body_share"] >= CONFIG.empty_min_body_share).all()
+    assert (rows.loc[list(products), "ink_spread"] >= CONFIG.empty_min_ink_spread).all()
+    assert (rows.loc[list(graphics), "empty_rule"] == "tiny_informative_area").all()
+    # thin line art has (next to) no body; bold letters and a filled icon have one, in one flat ink
+    assert rows.loc["no_photo", "body_share"] < CONFIG.empty_min_body_share
+    assert rows.loc["no_photo", "empty_detail"].endswith(f"< {CONFIG.empty_min_body_share:.2%}")
+    for name in ("bold_caption", "filled_icon"):
+        assert rows.loc[name, "body_share"] >= CONFIG.empty_min_body_share, name
+        assert rows.loc[name, "ink_spread"] < CONFIG.empty_min_ink_spread, name
+        assert "its ink is flat (spread " in rows.loc[name, "empty_detail"], name
+    # the exception is what keeps the products: demanding a body no product has rejects them again
+    strict = images.apply_empty_image_rule(rows.reset_index(drop=True), ImageConfig(empty_min_body_share=0.5))
+    assert strict["is_empty"].all()
+    without_ink = images.apply_empty_image_rule(rows.reset_index(drop=True), ImageConfig(empty_min_ink_spread=0.0))
+    assert without_ink["is_empty"].tolist() == [False] * 3 + [True, False, False]
 
 
 def test_content_rule_details_carry_the_measured_value_and_the_threshold() -> None:
@@ -839,6 +908,16 @@ def test_content_signals_of_an_array() -> None:
     assert signals.informative_share == pytest.approx(400 / 2400)
     assert signals.edge_sharpness > 0.9 and signals.pixel_std > 50
     assert images.content_signals(spot, 4).pixel_hash == signals.pixel_hash != images.content_signals(flat, 4).pixel_hash
+    assert signals.body_share == pytest.approx(18 * 18 / 2400)  # the square less its one-pixel rim
+    assert signals.ink_spread == 0.0  # one flat colour
+    shaded = flat.copy()
+    shaded[10:30, 20:40, 0] = np.linspace(20.0, 120.0, 20)[None, :]  # the same square, lit from one side
+    signals = images.content_signals(shaded, informative_delta=4)
+    assert signals.body_share == pytest.approx(18 * 18 / 2400)
+    assert signals.ink_spread > 30  # its far half (the darker 9 of the body's 18 columns) spans ~42 levels
+    line = flat.copy()
+    line[10:30, 20:22] = 20.0  # a 2-pixel stroke: no body at all
+    assert images.content_signals(line, informative_delta=4).body_share == 0.0
     with pytest.raises(ValueError, match="RGB array"):
         images.content_signals(np.zeros((4, 4)), 4)
 
@@ -848,5 +927,7 @@ def test_empty_image_settings_are_validated() -> None:
         ImageConfig(empty_image_rule="sizes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="empty_min_repeats"):
         ImageConfig(empty_min_repeats=-1)
+    with pytest.raises(ValueError, match="empty_min_ink_spread"):
+        ImageConfig(empty_min_ink_spread=-1.0)
     with pytest.raises(ValueError, match="empty_analysis_pixels"):
         ImageConfig(empty_analysis_pixels=10)

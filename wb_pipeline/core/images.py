@@ -86,18 +86,19 @@ EMPTY_RULES = (EMPTY_RULE_SIZE, EMPTY_RULE_NEAR_UNIFORM, EMPTY_RULE_TINY_AREA, E
 INDEX_COLUMNS = (
     "nm", "member", "byte_size", "crc32", "size_from_image_df", "content_hash", "decodable", "width",
     "height", "mode", "reason", "is_empty", "size_mismatch", "detail",
-    "pixel_std", "informative_share", "edge_sharpness", "pixel_hash", "same_image_count", "empty_rule", "empty_detail",
+    "pixel_std", "informative_share", "body_share", "ink_spread", "edge_sharpness", "pixel_hash", "same_image_count",
+    "empty_rule", "empty_detail",
 )
 # The content signals of the empty-image check, measured only on members under the size trigger.
-CONTENT_SIGNAL_COLUMNS = ("pixel_std", "informative_share", "edge_sharpness", "pixel_hash")
+CONTENT_SIGNAL_COLUMNS = ("pixel_std", "informative_share", "body_share", "ink_spread", "edge_sharpness", "pixel_hash")
 # What reading + decode-checking one member found: all an index row needs besides the image_df
 # size and the empty-image rule, so a re-run can take it from the previous index instead of
 # reading the member again (see `build_image_index(previous=...)`).
 _CHECK_RESULT_COLUMNS = ("content_hash", "decodable", "width", "height", "mode", "reason", "detail",
                          *CONTENT_SIGNAL_COLUMNS)
 # Bumped when the decode check or the content signals change, so indexes made by older code are
-# not reused (2: content signals of the empty-image check).
-DECODE_CHECK_VERSION = 2
+# not reused (2: content signals of the empty-image check; 3: the drawing's body, body_share / ink_spread).
+DECODE_CHECK_VERSION = 3
 REJECTED_COLUMNS = ("member", "reason", "nm", "source", "detail")
 
 _EXIF_ORIENTATION_TAG = 0x0112
@@ -127,8 +128,21 @@ class ImageConfig:
     # colour) by more than this many grey levels (~2 just-noticeable differences).
     empty_informative_delta: int = 4
     # tiny_informative_area: informative pixels below this share of the frame (a product photo
-    # shows the product; a placeholder is a flat card with a thin icon or a few letters).
+    # shows the product; a placeholder is a flat card with a thin icon or a few letters) ...
     empty_min_informative_share: float = 0.05
+    # ... unless the drawing is a solid, varied body, as a small product on a plain backdrop is:
+    # its body (informative pixels whose 3 x 3 analysis neighbourhood is informative too, i.e. not
+    # a stroke of 1-2 px nor the anti-aliased rim of a shape) covers at least this share of the
+    # frame — a 9 x 9 block at 128 x 128 analysis px, 7% of the side: the smallest product a shot
+    # frames, while thin line art has a body only where its strokes cross ...
+    empty_min_body_share: float = 0.005
+    # ... and its "ink" varies: the half of the body farthest from the background (the drawing's
+    # own colours, not their blend with the backdrop) spreads over at least this many grey levels
+    # (10th-90th percentile, max over R, G, B). A glyph, icon or logo is drawn in one flat ink; a
+    # photographed product has shading, fabric, print. The default is `empty_informative_delta`'s
+    # 4 levels: the ink varies within itself as visibly as a pixel must differ from the background
+    # to count at all. 0 drops the condition (any solid body then counts as a product).
+    empty_min_ink_spread: float = 4.0
     # blurred: the sharpest edges (top 0.1% of gradient magnitudes / the value range, per channel) below
     # this; 0.25 is a step edge blurred with a Gaussian of sigma ~1.6 analysis px (1/(sigma*sqrt(2pi))),
     # three times softer than a sharp edge at the analysis scale.
@@ -154,8 +168,8 @@ class ImageConfig:
         if self.empty_image_rule not in ("content", "size"):
             raise ValueError(f"ImageConfig.empty_image_rule must be 'content' or 'size', got {self.empty_image_rule!r}")
         for name in ("empty_image_max_bytes", "max_image_pixels", "max_member_bytes", "empty_max_pixel_std",
-                     "empty_informative_delta", "empty_min_informative_share", "empty_min_edge_sharpness",
-                     "empty_min_repeats"):
+                     "empty_informative_delta", "empty_min_informative_share", "empty_min_body_share",
+                     "empty_min_ink_spread", "empty_min_edge_sharpness", "empty_min_repeats"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ImageConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.empty_analysis_pixels < 64:
@@ -546,6 +560,8 @@ class ContentSignals:
 
     pixel_std: float  # max over R, G, B of the pixel standard deviation (grey levels)
     informative_share: float  # share of pixels differing from the border colour by > delta
+    body_share: float  # share of pixels that are informative with all 8 neighbours (the drawing's body)
+    ink_spread: float  # p10-p90 (max over R, G, B) of the body's half farthest from the background
     edge_sharpness: float  # top-0.1% gradient magnitude / value range (p0.5..p99.5), max over R, G, B
     pixel_hash: str  # 16 x 16 difference hash (hex): equal for the same picture in other bytes
 
@@ -557,16 +573,34 @@ def content_signals(pixels: np.ndarray, informative_delta: int) -> ContentSignal
     planes = [np.ascontiguousarray(pixels[:, :, c]) for c in range(3)]  # reductions over [h, w, 3] are slow
     pixel_std = max(float(plane.std()) for plane in planes)
     informative = np.zeros(pixels.shape[:2], dtype=bool)
+    distance = np.zeros(pixels.shape[:2], dtype=np.float32)  # from the background, max over R, G, B
     strongest = np.zeros(pixels.shape[:2], dtype=np.float32)[:-1, :-1]
     value_range = 1.0
     for plane in planes:
         border = np.concatenate([plane[0], plane[-1], plane[:, 0], plane[:, -1]])
-        informative |= np.abs(plane - np.median(border)) > informative_delta
+        difference = np.abs(plane - np.median(border))
+        informative |= difference > informative_delta
+        np.maximum(distance, difference, out=distance)
         # Per channel, not on grey: an edge between two colours of similar luminance is still an
         # edge, and a low grey range would let JPEG blocking pass for sharpness.
         np.maximum(strongest, np.hypot(np.diff(plane, axis=1)[:-1], np.diff(plane, axis=0)[:, :-1]), out=strongest)
         low, high = np.percentile(plane, [0.5, 99.5])
         value_range = max(value_range, float(high - low))
+    # The body: informative pixels whose 3 x 3 neighbourhood is all informative (an erosion by one
+    # pixel), so strokes up to 2 px wide and the anti-aliased rim of any shape are left out.
+    body = np.zeros_like(informative)
+    if informative.shape[0] > 2 and informative.shape[1] > 2:
+        core = informative[1:-1, 1:-1].copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                core &= informative[dy:dy + core.shape[0], dx:dx + core.shape[1]]
+        body[1:-1, 1:-1] = core
+    # The ink: the body's pixels at least as far from the background as its median pixel (the
+    # drawing's own colours, not their blend with the backdrop), and how much they vary.
+    ink_spread = 0.0
+    if body.sum() >= 2:
+        ink = body & (distance >= np.median(distance[body]))
+        ink_spread = max(float(np.subtract(*np.percentile(plane[ink], [90, 10]))) for plane in planes)
     gradient = strongest.ravel()
     if gradient.size:
         top = max(1, round(gradient.size * _EDGE_TOP_SHARE))
@@ -581,7 +615,8 @@ def content_signals(pixels: np.ndarray, informative_delta: int) -> ContentSignal
     # brighter / darker / level (within the dead zone) per neighbour pair: flat areas stay "level"
     # whatever the compression noise, so a re-encoded copy of a picture keeps its hash
     bits = np.concatenate([(step > _PIXEL_HASH_DEAD_ZONE).ravel(), (step < -_PIXEL_HASH_DEAD_ZONE).ravel()])
-    return ContentSignals(pixel_std, float(informative.mean()), edge_sharpness, np.packbits(bits).tobytes().hex())
+    return ContentSignals(pixel_std, float(informative.mean()), float(body.mean()), ink_spread, edge_sharpness,
+                          np.packbits(bits).tobytes().hex())
 
 
 # --- the image index ------------------------------------------------------------------------------
@@ -820,7 +855,8 @@ def apply_empty_image_rule(index: pd.DataFrame, config: ImageConfig) -> pd.DataF
     known) can be empty. `empty_image_rule="size"`: every such member is (rule 'size').
     `"content"`: a decodable one is empty only when the first of these confirms it, in this order:
     'near_uniform' (pixel_std < empty_max_pixel_std), 'tiny_informative_area' (informative_share
-    < empty_min_informative_share), 'blurred' (edge_sharpness < empty_min_edge_sharpness),
+    < empty_min_informative_share, unless a solid, varied body: body_share >= empty_min_body_share
+    and ink_spread >= empty_min_ink_spread), 'blurred' (edge_sharpness < empty_min_edge_sharpness),
     'repeated_placeholder' (same_image_count >= empty_min_repeats > 0: that many members under
     the trigger share its pixel hash, identical bytes included). An undecodable small member is
     not flagged: its decode failure is the reason. `empty_detail` names the rule and the measured
@@ -862,9 +898,17 @@ def _content_rule(row: pd.Series, config: ImageConfig) -> tuple[str, str] | None
     if row["pixel_std"] < config.empty_max_pixel_std:
         return EMPTY_RULE_NEAR_UNIFORM, f"pixel std {row['pixel_std']:.1f} < {config.empty_max_pixel_std}"
     if row["informative_share"] < config.empty_min_informative_share:
-        return EMPTY_RULE_TINY_AREA, (
-            f"{row['informative_share']:.1%} of the frame differs from the background by more than "
-            f"{config.empty_informative_delta} levels < {config.empty_min_informative_share:.1%}")
+        body_share, spread = row["body_share"], row["ink_spread"]
+        if body_share < config.empty_min_body_share:
+            no_body = f"its body {body_share:.2%} of the frame < {config.empty_min_body_share:.2%}"
+        elif spread < config.empty_min_ink_spread:
+            no_body = f"its ink is flat (spread {spread:.1f} < {config.empty_min_ink_spread} levels)"
+        else:
+            no_body = None  # a small product on a plain backdrop: a solid body of varied colours
+        if no_body is not None:
+            return EMPTY_RULE_TINY_AREA, (
+                f"{row['informative_share']:.1%} of the frame differs from the background by more than "
+                f"{config.empty_informative_delta} levels < {config.empty_min_informative_share:.1%}, and {no_body}")
     if row["edge_sharpness"] < config.empty_min_edge_sharpness:
         return EMPTY_RULE_BLURRED, f"edge sharpness {row['edge_sharpness']:.2f} < {config.empty_min_edge_sharpness}"
     if config.empty_min_repeats and row["same_image_count"] >= config.empty_min_repeats:
@@ -891,7 +935,7 @@ def _index_frame(columns: dict[str, list[object]]) -> pd.DataFrame:
             "size_mismatch": pd.Series(columns["size_mismatch"], dtype="bool"),
             "detail": pd.Series(columns["detail"], dtype="str"),
             **{name: pd.Series(columns[name], dtype="float64")
-               for name in ("pixel_std", "informative_share", "edge_sharpness")},
+               for name in ("pixel_std", "informative_share", "body_share", "ink_spread", "edge_sharpness")},
             "pixel_hash": pd.Series(columns["pixel_hash"], dtype="str"),
             "same_image_count": pd.Series([None] * len(columns["nm"]), dtype="Int64"),
             "empty_rule": pd.Series([None] * len(columns["nm"]), dtype="str"),
