@@ -468,6 +468,20 @@ def test_product_keys_normalise_and_keep_every_row():
     assert keys["image_key"].tolist() == ["h3", "h1", None, None]
 
 
+def test_product_keys_leave_a_generic_title_out():
+    # seven products under one title made of attribute fields: not duplicates of each other
+    products = pd.DataFrame({"nm": [str(i) for i in range(9)],
+                             "title": ["Negro grey P-PLANA SHE"] * 7 + ["Платье красное"] * 2,
+                             "description": [""] * 6 + ["long", "", ""]})
+    index = pd.DataFrame({"nm": products["nm"], "content_hash": [f"h{i}" for i in range(9)]})
+    keys = product_keys(products["nm"], products, index)
+    assert keys["title_key"].tolist() == [None] * 7 + ["платье красное"] * 2
+    # title + description: the six with no description share it, the one with a description does not
+    assert keys["text_key"].tolist() == [None] * 6 + ["negro grey p-plana she long"] + ["платье красное"] * 2
+    wider = product_keys(products["nm"], products, index, max_title_products=7)
+    assert wider["title_key"].tolist()[:7] == ["negro grey p-plana she"] * 7
+
+
 def test_model_fingerprint_changes_with_config_encoders_and_data():
     from wb_pipeline.core.contrastive import model_fingerprint
 

@@ -7,7 +7,14 @@ from sklearn.metrics import f1_score
 
 from wb_pipeline.core import metrics
 from wb_pipeline.core.classification import product_groups
-from wb_pipeline.core.validation import brand_groups, duplicate_groups, fold_ids, group_stratified_folds
+from wb_pipeline.core.validation import (
+    MAX_TITLE_PRODUCTS,
+    brand_groups,
+    duplicate_groups,
+    fold_ids,
+    group_stratified_folds,
+    specific_keys,
+)
 
 
 def test_duplicate_groups_are_transitive_components():
@@ -70,6 +77,31 @@ def test_product_groups_use_title_case_insensitively_and_image_hash():
     assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]
     by_brand = product_groups(clean, index, "brand")
     assert by_brand[0] == by_brand[2] and by_brand[0] != by_brand[1]
+
+
+def test_specific_keys_drop_values_shared_by_more_than_max_products():
+    keys = ["a", "a", "", None, float("nan"), "b", "c", "c", "c"]
+    assert specific_keys(keys, 2).tolist() == ["a", "a", None, None, None, "b", None, None, None]
+    assert specific_keys(keys, 3).tolist() == ["a", "a", None, None, None, "b", "c", "c", "c"]
+    assert specific_keys(keys, 1).tolist() == [None, None, None, None, None, "b", None, None, None]
+    assert specific_keys(pd.Series(["x"] * 6, dtype="string")).tolist() == [None] * 6  # default 5
+    assert specific_keys(["x"] * MAX_TITLE_PRODUCTS).tolist() == ["x"] * MAX_TITLE_PRODUCTS
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_products"):
+            specific_keys(keys, bad)
+
+
+def test_product_groups_do_not_link_products_by_a_generic_title():
+    # 8 different products carry the bare attribute title (a catalogue whose titles are colour and
+    # fabric fields); 2 carry a specific one; products 8 and 9 share an image.
+    titles = ["Negro grey P-PLANA SHE"] * 8 + ["Платье миди красное", "платье миди красное"]
+    clean = pd.DataFrame({"nm": [str(i) for i in range(10)], "title": titles})
+    index = pd.DataFrame({"nm": clean["nm"], "content_hash": [f"h{i}" for i in range(7)] + ["h7", "h7", "h9"]})
+    groups = product_groups(clean, index, "duplicates")
+    assert groups[8] == groups[9]  # a specific title
+    assert groups[7] == groups[8]  # the identical image still links, whatever the title
+    assert len(set(groups[:7].tolist())) == 7 and not set(groups[:7]) & {groups[8]}
+    assert len(set(product_groups(clean, index, "duplicates", max_title_products=8).tolist())) == 1
 
 
 def test_scores_equal_sklearn_on_hand_made_case():

@@ -61,7 +61,13 @@ from wb_pipeline.core.fusion import (
     save_late_fusion,
 )
 from wb_pipeline.core.metrics import MetricsConfig, paired_macro_f1_gain, per_class_f1, scores_with_intervals
-from wb_pipeline.core.validation import brand_groups, duplicate_groups, group_stratified_folds
+from wb_pipeline.core.validation import (
+    MAX_TITLE_PRODUCTS,
+    brand_groups,
+    duplicate_groups,
+    group_stratified_folds,
+    specific_keys,
+)
 
 LABELS = (*schema.DERIVED_LABEL_COLUMNS, *schema.TEST_LABEL_COLUMNS)
 MODALITIES = ("text", "image")
@@ -84,7 +90,9 @@ class ClassificationConfig:
     labels: tuple[str, ...] = LABELS
     n_splits: int = 5
     inner_splits: int = 3
-    group_by: str = "duplicates"  # 'duplicates' (same title or image) or 'brand'
+    group_by: str = "duplicates"  # 'duplicates' (same specific title or same image) or 'brand'
+    # A title shared by more products than this is generic, not a duplicate key (core.validation).
+    max_title_products: int = MAX_TITLE_PRODUCTS
     seed: int = 0
     min_labelled_rows: int = 30
     min_class_rows: int = 5  # rarer classes are dropped (counted); must be >= n_splits
@@ -221,14 +229,17 @@ def _quiet_fits(config: ClassificationConfig) -> Iterator[None]:
         yield
 
 
-def product_groups(clean_products: pd.DataFrame, image_index: pd.DataFrame | None, group_by: str) -> np.ndarray:
-    """Group id per clean product (row order kept): duplicate components or brands."""
+def product_groups(clean_products: pd.DataFrame, image_index: pd.DataFrame | None, group_by: str,
+                   max_title_products: int = MAX_TITLE_PRODUCTS) -> np.ndarray:
+    """Group id per clean product (row order kept): duplicate components or brands. Duplicates share
+    a specific title (case-insensitive; one carried by at most `max_title_products` products, see
+    `core.validation.specific_keys`) or the image's content hash."""
     if group_by == "brand":
         if "brand" not in clean_products.columns:
             raise ValueError("group_by='brand' but clean_products has no 'brand' column")
         return brand_groups(clean_products["brand"])
     titles = clean_products["title"].astype("string").str.strip().str.casefold()
-    keys = [titles.astype(object).to_numpy()]
+    keys = [specific_keys(titles.astype(object).to_numpy(), max_title_products)]
     if image_index is not None and "content_hash" in image_index.columns:
         hashes = clean_products[["nm"]].merge(
             image_index[["nm", "content_hash"]].drop_duplicates("nm"), on="nm", how="left"

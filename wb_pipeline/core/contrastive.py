@@ -44,7 +44,7 @@ from upath import UPath
 
 from wb_pipeline.core import storage
 from wb_pipeline.core.retrieval_metrics import chance_metrics, retrieval_metrics
-from wb_pipeline.core.validation import duplicate_groups
+from wb_pipeline.core.validation import MAX_TITLE_PRODUCTS, duplicate_groups, specific_keys
 
 MODEL_FORMAT_VERSION = 2  # 2: the closed-form (CCA) buffers
 WEIGHTS_FILE = "model.safetensors"
@@ -755,7 +755,8 @@ def load_joint_model(folder: UPath) -> tuple[JointSpaceModel, dict[str, Any]]:
 # Product keys and the joint_embeddings table
 
 
-def product_keys(nm: Sequence[str], products: pd.DataFrame, image_index: pd.DataFrame) -> pd.DataFrame:
+def product_keys(nm: Sequence[str], products: pd.DataFrame, image_index: pd.DataFrame,
+                 max_title_products: int = MAX_TITLE_PRODUCTS) -> pd.DataFrame:
     """Duplicate keys per product, in the order of `nm`:
 
     - `title_key`: the title lower-cased with whitespace collapsed (same title → near-duplicate text);
@@ -763,6 +764,8 @@ def product_keys(nm: Sequence[str], products: pd.DataFrame, image_index: pd.Data
       description");
     - `image_key`: the image's content hash (identical image bytes).
 
+    A title (or title + description) that more than `max_title_products` of these products share is
+    generic, not a duplicate key, and is missing here (`core.validation.specific_keys`).
     `products` needs nm, title, description; `image_index` nm, content_hash. A product missing from
     either gets missing keys (which link nothing) — never an error, never a dropped row."""
     ids = pd.DataFrame({"nm": pd.Series(list(nm), dtype=object).astype(str)})
@@ -778,8 +781,8 @@ def product_keys(nm: Sequence[str], products: pd.DataFrame, image_index: pd.Data
     full_text = normalise(frame["title"].fillna("").astype(str) + " " + frame["description"].fillna("").astype(str))
     return pd.DataFrame({
         "nm": frame["nm"].to_numpy(dtype=object),
-        "title_key": title.to_numpy(dtype=object, na_value=None),
-        "text_key": full_text.to_numpy(dtype=object, na_value=None),
+        "title_key": specific_keys(title.to_numpy(dtype=object, na_value=None), max_title_products),
+        "text_key": specific_keys(full_text.to_numpy(dtype=object, na_value=None), max_title_products),
         "image_key": frame["content_hash"].astype("string").to_numpy(dtype=object, na_value=None),
     }, dtype=object)
 
