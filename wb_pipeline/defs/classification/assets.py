@@ -77,7 +77,7 @@ def label_classifiers(
     settings = to_core(core.ClassificationConfig, config)
     labels = product_labels.reset_index(drop=True)
     clean = labels[["nm"]].merge(clean_products.drop_duplicates("nm"), on="nm", how="left")
-    groups = core.product_groups(clean, image_index, settings.group_by)
+    groups = core.product_groups(clean, image_index, settings.group_by, settings.max_title_products)
     features = _features(labels, text_embeddings, image_embeddings, joint_embeddings)
     frames, choices, skipped, trained, shares = [], [], [], [], {}
     # Progress in labelled rows (the nested CV's cost grows with them), rate and ETA over the labels.
