@@ -28,7 +28,7 @@ import pandas as pd
 
 from wb_pipeline.core.classification import product_groups
 from wb_pipeline.core.monitoring import drift
-from wb_pipeline.core.monitoring.predictions import drop_features
+from wb_pipeline.core.prediction import product_features
 from wb_pipeline.definitions import build_definitions
 from wb_pipeline.defs.automation.jobs import product_drops
 from wb_pipeline.sample_data import SampleSpec, write_sample
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         rejected = defs.load_asset_value("rejected_products", instance=instance)
     groups = product_groups(clean, index, "duplicates")
     main_mask = (clean["batch"] == "main").to_numpy()
-    ref, _ = drop_features(clean.loc[main_mask, "nm"], text, image)
+    ref, _ = product_features(clean.loc[main_mask, "nm"], text, image)
     rows = []
     for name in drops:
         mask = (clean["batch"] == name).to_numpy()
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"drop {name}: {int(mask.sum())} clean products of {len(placed[name])} placed "
                   f"(rejected: {reasons}; batches in clean_products: {clean['batch'].value_counts().to_dict()}), not judged")
             continue
-        new, _ = drop_features(clean.loc[mask, "nm"], text, image)
+        new, _ = product_features(clean.loc[mask, "nm"], text, image)
         for modality in ("text", "image"):
             t0 = time.perf_counter()
             aucs = {f"auc_C{c:g}": round(drift.domain_classifier_auc(ref[modality], new[modality],

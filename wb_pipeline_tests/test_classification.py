@@ -84,8 +84,8 @@ def test_saved_models_reload_to_identical_predictions_without_pickle(tmp_path, m
     assert set(loaded.base) == {"text", "image", "early_fusion"}  # no joint vectors were given
     for model in (*loaded.base, *core.FUSION_MODELS):
         np.testing.assert_array_equal(loaded.predict_proba(model, features), models.predict_proba(model, features))
-    text_accuracy = (core.predict_label(loaded, "text", labels["nm"], features)["predicted"].to_numpy()[6:]
-                     == labels["sex"].astype(str).to_numpy()[6:]).mean()
+    predicted = np.asarray(loaded.classes)[loaded.predict_proba("text", features).argmax(axis=1)]
+    text_accuracy = (predicted[6:] == labels["sex"].astype(str).to_numpy()[6:]).mean()
     assert text_accuracy > 0.8
 
 
@@ -260,9 +260,7 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
         [clean_products_stub, product_labels_stub, image_index_stub, characteristics_stub, text_embeddings_stub,
          image_embeddings_stub, contrastive_model_stub, joint_embeddings_stub,
          classification_assets.label_classifiers, classification_assets.fusion_classifier,
-         classification_assets.classification_report, classification_assets.test_predictions,
-         classification_checks.fusion_not_worse_than_best_unimodal,
-         classification_checks.test_predictions_cover_test_products],
+         classification_assets.classification_report, classification_checks.fusion_not_worse_than_best_unimodal],
         resources={"io_manager": WBStorageIOManager(base_dir=str(tmp_path)),
                    "pipeline_storage": WBStorage(base_dir=str(tmp_path)),
                    "text_encoder": OneHotTextEncoder(cache_dir=str(tmp_path))},
@@ -317,18 +315,9 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
     by_hand = np.array(["Игрушки", "Обувь"])[combined[[position[n] for n in rows["nm"]]][:, [3, 4]].argmax(axis=1)]
     assert category["f1"] == pytest.approx(f1_score(rows["y"], by_hand, pos_label=category["positive_class"]))
 
-    predictions = result.output_for_node("test_predictions")
-    test_nm = set(clean.loc[clean["split"] == "test", "nm"])
-    for label in ("sex", "category"):
-        own = predictions[predictions["label"] == label]
-        assert set(own["nm"]) == test_nm and len(own) == len(test_nm)
-        assert own["probability"].between(0, 1).all()
-        assert set(own["predicted"]) <= set(labels[label].dropna().astype(str))
-        best = report.loc[report["label"] == label, "best_model"].iloc[0]
-        assert (own["model"] == best).all()
-
+    # test_predictions (the saved models through core.prediction): test_prediction.py, with a joint model
+    # whose projections are the joint vectors (this world's joint vectors are built by hand).
     checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
-    assert checks["test_predictions_cover_test_products"].passed
     comparison = checks["fusion_not_worse_than_best_unimodal"].metadata["comparison"]
     assert {record.data["label"] for record in comparison.records} == {"sex", "category"}
     assert all(record.data["best_unimodal"] in core.UNIMODAL_MODELS and record.data["winner"] in core.ALL_MODELS

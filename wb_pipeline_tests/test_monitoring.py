@@ -1,4 +1,5 @@
-"""Pure-core tests of `wb_pipeline.core.monitoring`: drift statistics, the retraining rule, drop predictions."""
+"""Pure-core tests of `wb_pipeline.core.monitoring` (drift statistics, the retraining rule) and of
+`wb_pipeline.core.prediction` (predictions of a drop)."""
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,8 @@ from sklearn.linear_model import LogisticRegression
 
 from wb_pipeline.core.classification import LabelModels
 from wb_pipeline.core.embeddings import EmbeddingTable
-from wb_pipeline.core.monitoring import drift, predictions, retrain
+from wb_pipeline.core import prediction
+from wb_pipeline.core.monitoring import drift, retrain
 from wb_pipeline.core.storage import as_upath
 
 
@@ -173,8 +175,8 @@ def test_drop_predictions_cover_every_product_with_reasons():
     features = {"text": rng.normal(size=(4, 4)).astype(np.float32), "image": rng.normal(size=(4, 3)).astype(np.float32)}
     available = {"text": np.array([True, True, False, False]), "image": np.array([True, False, False, False])}
     rejected = pd.DataFrame({"nm": ["4"], "reason": ["missing_image"], "detail": ["no 4.jpg in the images zip"]})
-    table = predictions.predict_drop(products, features, available, {"sex": models}, REPORT, None, rejected)
-    assert list(table.columns) == predictions.COLUMNS
+    table = prediction.predict_with_features(products, features, available, {"sex": models}, REPORT, None, rejected)
+    assert list(table.columns) == prediction.COLUMNS
     assert list(table["nm"]) == ["1", "2", "3", "4"]  # one row per product and label, in drop order
     by_nm = table.set_index("nm")
     assert by_nm.loc["1", "status"] == "predicted" and by_nm.loc["1", "model"] == "early_fusion"
@@ -184,7 +186,7 @@ def test_drop_predictions_cover_every_product_with_reasons():
     assert by_nm.loc["3", "status"] == "not_predicted" and pd.isna(by_nm.loc["3", "predicted"])
     assert "no image, text vector" in by_nm.loc["3", "reason"]
     assert by_nm.loc["4", "status"] == "rejected" and "missing_image (no 4.jpg" in by_nm.loc["4", "reason"]
-    # the chosen model's rows equal what predict_label gives on the same vectors (one way to predict)
+    # the chosen model's rows equal the saved model's own probabilities on the same vectors
     direct = models.predict_proba("early_fusion", {b: features[b][:1] for b in features})
     assert by_nm.loc["1", "probability"] == pytest.approx(direct.max())
 
@@ -194,9 +196,9 @@ def test_drop_predictions_refuse_an_unsaved_or_unknown_model():
     products = pd.DataFrame({"nm": ["1"]})
     args = ({"text": np.zeros((1, 4))}, {"text": np.array([True])}, {"sex": models})
     with pytest.raises(ValueError, match="late_fusion.*not saved"):
-        predictions.predict_drop(products, *args, REPORT, None, chosen="late_fusion")
+        prediction.predict_with_features(products, *args, REPORT, None, chosen="late_fusion")
     with pytest.raises(ValueError, match="not in the classification report"):
-        predictions.predict_drop(products, *args, REPORT.assign(label="season"), None)
+        prediction.predict_with_features(products, *args, REPORT.assign(label="season"), None)
 
 
 def test_drop_features_project_joint_only_where_both_vectors_exist():
@@ -210,7 +212,7 @@ def test_drop_features_project_joint_only_where_both_vectors_exist():
         def project_image(self, x):
             return np.asarray(x)
 
-    features, available = predictions.drop_features(["1", "2", "3"], text, image, Model())
+    features, available = prediction.product_features(["1", "2", "3"], text, image, Model())
     assert available["text"].tolist() == [True, True, False] and available["image"].tolist() == [True, False, False]
     assert available["joint"].tolist() == [True, False, False]
     np.testing.assert_allclose(np.linalg.norm(features["joint"][0]), 1.0, rtol=1e-6)

@@ -908,15 +908,3 @@ def load_label_models(folder: UPath, label: str) -> LabelModels:
         models.fusion_inputs = tuple(sidecar["inputs"])
         models.brand_encoding = load_brand_encoding(folder) if sidecar["tabular"] else None
     return models
-
-
-def predict_label(models: LabelModels, model: str, nm: Sequence[str], features: Mapping[str, np.ndarray],
-                  tabular: pd.DataFrame | None = None) -> pd.DataFrame:
-    """nm, label, predicted, probability, model for every given product."""
-    proba = models.predict_proba(model, features, tabular, nm)
-    best = np.argmax(proba, axis=1)
-    return pd.DataFrame({
-        "nm": np.asarray(nm, dtype=object), "label": models.label,
-        "predicted": np.asarray(models.classes, dtype=object)[best],
-        "probability": proba[np.arange(len(best)), best], "model": model,
-    })

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from wb_pipeline.core import classification as core
-from wb_pipeline.core import contrastive
+from wb_pipeline.core import contrastive, prediction
 from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core.fusion import tabular_features
 from wb_pipeline.core.joint_space_figures import grouped_bars_png, png_markdown
@@ -41,8 +41,13 @@ REPORT_COLUMNS = ["label", "model", "n", "n_classes", "macro_f1", "macro_f1_low"
                   "gain_vs_best_unimodal", "gain_low", "gain_high", "best_model"]
 
 
+def classification_models_folder(pipeline_storage: WBStorage):
+    """The saved final models, one folder per label (what `core.prediction.load_saved_models` reads)."""
+    return pipeline_storage.path(*MODELS_FOLDER)
+
+
 def models_folder(pipeline_storage: WBStorage, label: str):
-    return pipeline_storage.path(*MODELS_FOLDER, label)
+    return classification_models_folder(pipeline_storage) / label
 
 
 def _features(labels: pd.DataFrame, text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable,
@@ -304,48 +309,49 @@ def _confusion_markdown(report: pd.DataFrame, predictions: pd.DataFrame, label: 
 
 class TestPredictionSettings(dg.Config):
     """Which model predicts the test products: the best one per label in the report (by held-out
-    macro-F1), or one model for every label."""
+    macro-F1), or one model for every label. A product missing that model's input falls back to the
+    next-best saved model (the row's `status` and `reason` say so)."""
 
     model: Literal["best", "text", "image", "early_fusion", "joint", "mean_probability", "late_fusion"] = "best"
 
 
-@dg.asset(group_name="classification", kinds={"pandas"}, code_version="2",
+@dg.asset(group_name="classification", kinds={"pandas"}, code_version="3",
           deps=["label_classifiers", "fusion_classifier"])
 def test_predictions(
     clean_products: pd.DataFrame,
     product_characteristics: pd.DataFrame,
     text_embeddings: EmbeddingTable,
     image_embeddings: EmbeddingTable,
-    joint_embeddings: pd.DataFrame,
+    contrastive_model: pd.DataFrame,
     classification_report: pd.DataFrame,
     pipeline_storage: WBStorage,
     config: TestPredictionSettings,
 ) -> dg.MaterializeResult:
     """For every clean TEST product and every trained label: the predicted class and its probability
-    (long table nm, label, predicted, probability, model), from the saved final models (loaded
-    without unpickling). For labels the test file carries, the final model was trained on these rows,
-    so the honest quality is the report's, not an agreement with the file."""
+    (long table nm, label, predicted, probability, model, status, reason), from the saved final models
+    (loaded without unpickling) and the saved joint model, through `core.prediction.predict_products` —
+    the same path as `drop_predictions`. For labels the test file carries, the final model was trained
+    on these rows, so the honest quality is the report's, not an agreement with the file."""
     test = clean_products.loc[clean_products["split"] == "test", ["nm"]].reset_index(drop=True)
-    features = _features(test, text_embeddings, image_embeddings, joint_embeddings)
-    tabular = tabular_features(clean_products["nm"], clean_products, product_characteristics)
-    frames = []
-    for label in classification_report["label"].unique():
-        model = config.model
-        if model == "best":
-            model = classification_report.loc[classification_report["label"] == label, "best_model"].iloc[0]
-        models = core.load_label_models(models_folder(pipeline_storage, label), label)
-        frames.append(core.predict_label(models, model, test["nm"], features, tabular))
-    columns = ["nm", "label", "predicted", "probability", "model"]
-    predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    summary = (predictions.groupby(["label", "model"]).agg(products=("nm", "nunique"),
-                                                           mean_probability=("probability", "mean"))
-               .reset_index() if len(predictions) else pd.DataFrame())
+    joint_model, _ = contrastive.load_joint_model(as_upath(contrastive.model_folder(contrastive_model)))
+    labels = list(classification_report["label"].unique())
+    predictions = prediction.predict_products(
+        test, text_embeddings, image_embeddings, joint_model,
+        prediction.load_saved_models(classification_models_folder(pipeline_storage), labels), classification_report,
+        clean_products, product_characteristics, chosen=config.model)
+    predicted = predictions[predictions["predicted"].notna()]
+    summary = (predicted.groupby(["label", "model"]).agg(products=("nm", "nunique"),
+                                                         mean_probability=("probability", "mean"))
+               .reset_index() if len(predicted) else pd.DataFrame())
+    status = (predictions.groupby(["label", "status"]).size().unstack(fill_value=0).reset_index()
+              if len(predictions) else pd.DataFrame())
     return dg.MaterializeResult(
         value=predictions,
         metadata={
             "dagster/row_count": len(predictions),
             "test_products": len(test),
             "per_label": metadata.table(summary.round(3)) if len(summary) else "no label trained",
+            "status_per_label": metadata.table(status) if len(status) else "no label trained",
             "preview": metadata.preview(predictions, rows=10),
         },
     )

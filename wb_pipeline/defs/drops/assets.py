@@ -1,9 +1,10 @@
 """Group `drops`, partitioned by `product_drops`: what happens to a drop after it is embedded.
 
 `drop_predictions` labels the drop's products with the SAVED classifiers (no retraining, the cached
-embeddings only); `drop_drift` measures how far the drop is from what the models were trained on.
-Both run in the `predict_new_drops` job, which a run-status sensor starts for each drop right after
-`reembed_new_products` succeeds. The logic lives in `wb_pipeline.core.monitoring`.
+embeddings only) through `core.prediction.predict_products`, as `test_predictions` does; `drop_drift`
+measures how far the drop is from what the models were trained on. Both run in the `predict_new_drops`
+job, which a run-status sensor starts for each drop right after `reembed_new_products` succeeds. The
+logic lives in `wb_pipeline.core.prediction` and `wb_pipeline.core.monitoring`.
 """
 
 from typing import Literal
@@ -12,15 +13,13 @@ import dagster as dg
 import pandas as pd
 
 from wb_pipeline.core import classification as core
-from wb_pipeline.core import contrastive
-from wb_pipeline.core.characteristics import characteristics_table
+from wb_pipeline.core import contrastive, prediction
 from wb_pipeline.core.embeddings import EmbeddingTable
-from wb_pipeline.core.fusion import tabular_features
-from wb_pipeline.core.monitoring import drift, predictions, retrain
+from wb_pipeline.core.monitoring import drift, retrain
 from wb_pipeline.core.storage import as_upath
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import DROPS_GROUP, product_drops
-from wb_pipeline.defs.classification.assets import MODELS_FOLDER, models_folder
+from wb_pipeline.defs.classification.assets import MODELS_FOLDER, classification_models_folder
 from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.defs.resources import MAIN_BATCH, WBStorage
 
@@ -59,7 +58,8 @@ def drop_predictions(
 ) -> dg.MaterializeResult:
     """For every product of the drop and every trained label: the predicted class and its probability
     (nm, label, predicted, probability, model, status, reason) from the saved best model per label and
-    the cached vectors (joint vectors projected by the saved joint model). `status`: `predicted`;
+    the cached vectors (joint vectors projected by the saved joint model), through
+    `core.prediction.predict_products`, the same path as `test_predictions`. `status`: `predicted`;
     `fallback` (a vector the chosen model reads is missing, the reason says which and what predicted
     instead); `not_predicted` (no saved model fits); `rejected` (cleaning rejected the product, the
     reason says why)."""
@@ -71,20 +71,13 @@ def drop_predictions(
     clean_here = set(clean_products.loc[clean_products["batch"] == drop, "nm"].astype(str))
     rejected = rejected_products[rejected_products["nm"].astype(str).isin(set(products["nm"]) - clean_here)]
     model, _ = contrastive.load_joint_model(as_upath(contrastive.model_folder(contrastive_model)))
-    features, available = predictions.drop_features(products["nm"], text_embeddings, image_embeddings, model)
-    for block in available:  # a rejected product has no vectors and must not be mistaken for a clean one
-        available[block] = available[block] & products["nm"].isin(clean_here).to_numpy()
-    # The nightly flow does not re-run the labels group: parse the drop's own characteristics (same parser).
-    own = clean_products[(clean_products["batch"] == drop) & (clean_products["split"] == "train")]
-    own = own[~own["nm"].isin(set(product_characteristics["nm"]))]
-    if len(own):
-        product_characteristics = pd.concat(
-            [product_characteristics, characteristics_table(own["nm"], own["characteristics"]).long], ignore_index=True)
-    tabular = tabular_features(products["nm"], clean_products, product_characteristics)
     labels = list(classification_report["label"].unique())
-    label_models = {label: core.load_label_models(models_folder(pipeline_storage, label), label) for label in labels}
-    table = predictions.predict_drop(products, features, available, label_models, classification_report, tabular,
-                                     rejected, config.model)
+    # The nightly flow does not re-run the labels group: predict_products parses the drop's own
+    # characteristics (same parser) where product_characteristics lacks them.
+    table = prediction.predict_products(
+        products, text_embeddings, image_embeddings, model,
+        prediction.load_saved_models(classification_models_folder(pipeline_storage), labels), classification_report,
+        clean_products, product_characteristics, clean_nm=clean_here, rejected=rejected, chosen=config.model)
     status = table.groupby(["label", "status"]).size().unstack(fill_value=0).reset_index() if len(table) else pd.DataFrame()
     per_label = (table[table["predicted"].notna()].groupby(["label", "model"])
                  .agg(products=("nm", "nunique"), mean_probability=("probability", "mean")).reset_index().round(3))
@@ -133,7 +126,7 @@ def drop_drift(
     sides = {}
     for name, mask in (("reference", in_reference), ("drop", in_drop)):
         nm = clean.loc[mask, "nm"]
-        features, available = predictions.drop_features(nm, text_embeddings, image_embeddings)
+        features, available = prediction.product_features(nm, text_embeddings, image_embeddings)
         both = available["text"] & available["image"]
         sides[name] = ({block: features[block][both] for block in ("text", "image")}, groups[mask][both])
     (reference, ref_groups), (new, new_groups) = sides["reference"], sides["drop"]
