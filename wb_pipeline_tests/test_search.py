@@ -452,7 +452,8 @@ def test_search_assets_and_checks_on_a_tiny_run(tiny_search_run):
     configured = report[(report["section"] == "configured") & (report["level"] == "groups")]
     assert set(configured["truth"]) == {"same_title_or_image", "colour_variants", "any_known"}  # the sample's truth
     assert configured["f1"].between(0, 1).all()
-    assert {"sweep", "floors", "purity"} <= set(report["section"])
+    assert {"sweep", "floors", "purity", "variants", "variant_sweep"} <= set(report["section"])
+    assert "same_model_other_colour" in _meta(run, "duplicate_report")
     purity = report[report["section"] == "purity"]
     assert {"joint", "text", "image", "early_concat"} <= set(purity["space"])
 
@@ -608,3 +609,84 @@ def test_report_table_on_hand_built_products():
     purity = table[table["section"] == "purity"].set_index("space")
     assert set(purity.index) == {"text", "image", "text (similar_products)"}  # sub_category unknown: no rows
     assert purity.at["text (similar_products)", "purity"] == 1.0
+    # "same model, other colour": E–F (image cos 0.906, text 0.966) is the one variant pair; C–D's
+    # identical photo (cos 1) is an exact duplicate, above the variant matcher's ceiling
+    variant = table[table["section"] == "variants"].set_index("level")
+    assert variant.at["match edges", "vectors"] == "encoders" and variant.at["match edges", "truth"] == "colour_variants"
+    assert variant.at["match edges", "predicted_pairs"] == 1 and variant.at["match edges", "f1"] == 1.0
+    assert variant.at["groups", "f1"] == 1.0 and variant.at["match edges", "exact_image_threshold"] == 0.99
+    assert len(table[table["section"] == "variant_sweep"]) == 0  # no variant grids given
+    without = report.duplicate_report(
+        nm, groups, {"encoders": pairs}, {"same_title_or_image": truths["same_title_or_image"]}, settings,
+        report.ReportGrids([0.99], [0.99], [0.95], [0.9]), {"text": text}, labels, pd.DataFrame(), "text", 1,
+        IndexConfig())
+    assert not {"variants", "variant_sweep"} & set(without["section"])  # no variant truth, no variant rows
+
+
+def test_variant_matcher_pairs_mutual_nearest_photos_below_the_exact_level():
+    from wb_pipeline.core.search import variants
+
+    # 0-1 a colour variant (each among the other's 2 nearest photos, text 0.93); 2-3 the same photo (an exact
+    # duplicate); 4-5 mutual nearest photos of unrelated products (text 0.3); 6-7 a variant whose texts
+    # are further apart; 0-4 photos not near each other
+    pairs = pd.DataFrame({"i": [0, 2, 4, 6, 0], "j": [1, 3, 5, 7, 4], "text_sim": [0.93, 1.0, 0.3, 0.85, 0.95],
+                          "image_sim": [0.83, 0.995, 0.9, 0.8, 0.6], "image_rank": [2, 1, 1, 3, 9]})
+    config = variants.VariantConfig(neighbours=4, exact_image_threshold=0.99, text_floor=0.9)
+    assert variants.variant_edges(pairs, config).tolist() == [True, False, False, False, False]
+    truth = variants.variant_truth([str(i) for i in range(9)], {"0": "m", "1": "m", "6": "k", "7": "k", "8": "x"})
+    assert truth[0] == truth[1] and truth[6] == truth[7] and len(set(truth.tolist())) == 7
+    edges, groups = variants.variant_scores(pairs, 9, truth, config)
+    assert (edges["level"], groups["level"]) == ("match edges", "groups")
+    assert edges["precision"] == 1.0 and edges["recall"] == 0.5 and edges["f1"] == pytest.approx(2 / 3)
+    assert edges["candidate_recall"] == 1.0 and groups["f1"] == pytest.approx(2 / 3)
+    loose = variants.VariantConfig(neighbours=4, exact_image_threshold=0.99, text_floor=-1.0)
+    assert variants.variant_edges(pairs, loose).tolist() == [True, False, True, True, False]
+    sweep = variants.variant_sweep(pairs, 9, truth, [1, 4], [-1.0, 0.8], 0.99)
+    by_setting = sweep.set_index(["neighbours", "variant_text_floor"])["f1"]
+    assert len(sweep) == 4 and by_setting[(4, -1.0)] == pytest.approx(0.8)  # 2 of 3 right, both found
+    assert by_setting[(4, 0.8)] == 1.0  # the floor keeps 6-7 (text 0.85) and drops 4-5 (text 0.3)
+    assert sweep.loc[sweep["neighbours"] == 1, "predicted_pairs"].tolist() == [1, 0]  # only 4-5 is mutual nearest
+    with pytest.raises(ValueError, match="neighbours"):
+        variants.VariantConfig(neighbours=0)
+
+
+def test_candidate_pairs_carry_the_mutual_image_rank():
+    positions = np.array([[1, 2], [2, 0], [1, -1], [0, 1]])  # row r: its neighbours, nearest first
+    ranks = dup.mutual_rank(positions, np.array([0, 0, 1, 0, 2]), np.array([1, 2, 2, 3, 3]))
+    # 0-1: 1 in 0's list at 1, 0 in 1's at 2 -> 2; 0-2: 0 not in 2's list -> k + 1; 1-2: 1 and 1; 0-3: 3 not in 0's
+    assert ranks.tolist() == [2, 3, 1, 3, 3]
+    text, image = _hand_built()
+    pairs = dup.candidate_pairs(text, image, k=6, index_config=IndexConfig())
+    ef = pairs[(pairs["i"] == 4) & (pairs["j"] == 5)].iloc[0]
+    assert ef["image_rank"] == 2  # F is E's nearest photo; E is F's second (B is 20 degrees from F)
+    cd = pairs[(pairs["i"] == 2) & (pairs["j"] == 3)].iloc[0]
+    assert cd["image_rank"] == 1 and pairs["image_rank"].between(1, 6).all()
+
+
+def test_colour_variant_table_conflicts_and_gaps_are_left_out_and_counted():
+    from wb_pipeline.core.search.variants import models_from_table
+
+    table = pd.DataFrame({"nm": ["1", "2", "3", "3", "4", "4", None, "5", "6"],
+                          "model_code": ["a", "a", "b", "c", "d", "d", "e", None, " "]})
+    models, counts = models_from_table(table)
+    assert models == {"1": "a", "2": "a", "4": "d"}  # 3 is under two models: known as nothing
+    assert counts == {"rows": 9, "products": 3, "models_with_several_products": 1, "rows_without_nm_or_model": 3,
+                      "products_with_conflicting_models": 1}
+
+
+def test_variant_truth_comes_from_the_raw_folder_then_the_sample_manifest(tmp_path):
+    from wb_pipeline.defs.resources import WBRawData
+    from wb_pipeline.defs.search.assets import read_variant_truth
+
+    raw = WBRawData(raw_dir=str(tmp_path), incoming_dir=str(tmp_path / "incoming"))
+    assert read_variant_truth(raw) == (None, {"source": "none (no usable colour_variants.parquet, not a generated sample)"})
+    (tmp_path / "sample_manifest.json").write_text(json.dumps({"ground_truth": {"colour_variant_models": [[7, 8]]}}))
+    assert read_variant_truth(raw)[0] == {"7": "model-0", "8": "model-0"}
+    pd.DataFrame({"nm": [1, 2, 3], "code": ["m", "m", "k"]}).to_parquet(tmp_path / "colour_variants.parquet")
+    models, info = read_variant_truth(raw)  # a malformed file: reported, and the manifest still serves
+    assert models == {"7": "model-0", "8": "model-0"} and "model_code" in info["problem"]
+    pd.DataFrame({"nm": [1, 2, 3], "model_code": ["m", "m", "k"], "product_type": "Skirt"}).to_parquet(
+        tmp_path / "colour_variants.parquet")
+    models, info = read_variant_truth(raw)
+    assert models == {"1": "m", "2": "m", "3": "k"} and info["source"] == "colour_variants.parquet"
+    assert info["models_with_several_products"] == 1

@@ -14,11 +14,15 @@ TRAIN_FILE = "wb_school_train.parquet"
 TEST_FILE = "wb_school_test.parquet"
 IMAGES_ZIP = "wb_school_horizcv_images.zip"
 IMAGE_SIZES_FILE = "image_df.parquet"
+# Optional: which products are one model sold in several colours (ground truth for the duplicate
+# report's "same model, other colour" row); a real catalogue may ship it, the WB dump does not.
+COLOUR_VARIANTS_FILE = "colour_variants.parquet"
 
 # Columns each file must carry (extra columns are kept). `nm` is always normalised to str.
 TRAIN_REQUIRED_COLUMNS = ("nm", "title", "description", "characteristics")
 TEST_REQUIRED_COLUMNS = ("nm", "title", "description")
 IMAGE_SIZES_REQUIRED_COLUMNS = ("nm", "size")
+COLOUR_VARIANTS_REQUIRED_COLUMNS = ("nm", "model_code")  # product_type and others are kept, unused
 
 # Label columns the test file may carry (WB's root subject, subject, adult flag).
 TEST_LABEL_COLUMNS = ("category", "sub_category", "isadult")

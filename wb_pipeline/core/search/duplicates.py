@@ -65,19 +65,23 @@ class DuplicateConfig:
 def candidate_pairs(text_vectors: np.ndarray, image_vectors: np.ndarray, k: int,
                     index_config: IndexConfig = IndexConfig()) -> pd.DataFrame:
     """Every pair (i < j) that is among the k nearest neighbours of either product in either
-    modality, with both similarities: columns `i`, `j`, `text_sim`, `image_sim` (float32)."""
+    modality, with both similarities: columns `i`, `j`, `text_sim`, `image_sim` (float32), and
+    `image_rank` (int32): the larger of j's rank among i's image neighbours and i's among j's
+    (1 = each other's nearest photo; k + 1 = not within the k of one of them)."""
     n = len(text_vectors)
     if len(image_vectors) != n:
         raise ValueError(f"candidate_pairs: {n} text vectors but {len(image_vectors)} image vectors")
     if n < 2:
         return pd.DataFrame({"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64),
-                             "text_sim": np.zeros(0, np.float32), "image_sim": np.zeros(0, np.float32)})
+                             "text_sim": np.zeros(0, np.float32), "image_sim": np.zeros(0, np.float32),
+                             "image_rank": np.zeros(0, np.int32)})
     k = min(k, n - 1)
     blocks = []
     for vectors in (text_vectors, image_vectors):
         _, positions = knn(vectors, k, index_config)
         rows = np.repeat(np.arange(n, dtype=np.int64), positions.shape[1])
         blocks.append(np.stack([rows, positions.ravel()], axis=1))
+    image_positions = positions
     pairs = np.concatenate(blocks)
     pairs = pairs[(pairs[:, 1] >= 0) & (pairs[:, 0] != pairs[:, 1])]
     pairs = np.unique(np.sort(pairs, axis=1), axis=0)
@@ -88,7 +92,27 @@ def candidate_pairs(text_vectors: np.ndarray, image_vectors: np.ndarray, k: int,
         "i": i, "j": j,
         "text_sim": np.einsum("ij,ij->i", text_vectors[i], text_vectors[j]).astype(np.float32),
         "image_sim": np.einsum("ij,ij->i", image_vectors[i], image_vectors[j]).astype(np.float32),
+        "image_rank": mutual_rank(image_positions, i, j),
     })
+
+
+def mutual_rank(positions: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Per pair (i, j): the larger of j's rank in row i of `positions` (each row's neighbours,
+    nearest first, -1 = none) and i's rank in row j; `positions.shape[1] + 1` where either is absent."""
+    n, k = positions.shape
+    valid = positions >= 0
+    keys = (np.repeat(np.arange(n, dtype=np.int64), k) * n + np.where(valid, positions, 0).ravel())[valid.ravel()]
+    ranks = np.tile(np.arange(1, k + 1, dtype=np.int32), n)[valid.ravel()]
+    order = np.argsort(keys, kind="stable")
+    keys, ranks = keys[order], ranks[order]
+
+    def lookup(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        wanted = np.asarray(a, np.int64) * n + np.asarray(b, np.int64)
+        at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+        found = (keys[at] == wanted) if len(keys) else np.zeros(len(wanted), bool)
+        return np.where(found, ranks[at] if len(keys) else 0, k + 1).astype(np.int32)
+
+    return np.maximum(lookup(i, j), lookup(j, i))
 
 
 def match_edges(pairs: pd.DataFrame, n: int, text_threshold: float, image_threshold: float,

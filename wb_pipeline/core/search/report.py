@@ -10,7 +10,11 @@ Rows by `section`:
 - `floors`: the floor fallback at the configured thresholds, for every pair of floors;
 - `purity`: per space, the share of each labelled product's k nearest labelled products with its
   label (`gallery = "labelled products"`), and for the index's own `similar_products` the share of
-  neighbour pairs whose labels are both known and equal.
+  neighbour pairs whose labels are both known and equal;
+- `variants` (only where colour variants are known): "the same model in another colour", the
+  variant matcher of `variants` at its configured thresholds against the `colour_variants` truth,
+  per vector source, as matched pairs (`level = "match edges"`) and their components (`groups`);
+- `variant_sweep`: the matched pairs for every (neighbours, text floor) of the variant grids.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pandas as pd
 
 from wb_pipeline.core import contrastive, validation
 from wb_pipeline.core.search import duplicates as dup
-from wb_pipeline.core.search import evaluation
+from wb_pipeline.core.search import evaluation, variants
 from wb_pipeline.core.search.index import IndexConfig, knn
 
 SETTINGS = ("vectors", "candidates", "text_threshold", "image_threshold", "text_floor", "image_floor")
@@ -35,13 +39,18 @@ class ReportGrids:
     image: Sequence[float]
     text_floor: Sequence[float]
     image_floor: Sequence[float]
+    variant_neighbours: Sequence[int] = ()
+    variant_text_floor: Sequence[float] = ()
 
 
 def known_duplicates(nm: np.ndarray, products: pd.DataFrame, image_index: pd.DataFrame,
-                     variant_model: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
-    """Truth group ids per product: `same_title_or_image` always; with a generator's nm → model map
-    also `colour_variants` and `any_known` (either)."""
-    keys = contrastive.product_keys(nm, products, image_index)
+                     variant_model: Mapping[str, str] | None = None,
+                     max_title_products: int = validation.MAX_TITLE_PRODUCTS) -> dict[str, np.ndarray]:
+    """Truth group ids per product: `same_title_or_image` always (a specific title, see
+    `core.validation.specific_keys`, or identical image bytes); with an nm → model map (a generated
+    sample's manifest, or a catalogue's colour_variants.parquet) also `colour_variants` and
+    `any_known` (either)."""
+    keys = contrastive.product_keys(nm, products, image_index, max_title_products)
     truths = {"same_title_or_image": validation.duplicate_groups(keys["title_key"], keys["image_key"])}
     if variant_model is not None:
         model = pd.Series(np.asarray(nm, dtype=object)).astype(str).map(variant_model).to_numpy(dtype=object)
@@ -119,13 +128,29 @@ def purity_rows(spaces: Mapping[str, np.ndarray], labels: pd.DataFrame, k: int, 
     return rows
 
 
+def variant_rows(pairs_by_source: Mapping[str, pd.DataFrame], n: int, truth: np.ndarray,
+                 config: variants.VariantConfig, grids: ReportGrids) -> list[dict]:
+    """The `variants` and `variant_sweep` sections against the colour-variant `truth`."""
+    rows = []
+    for source, pairs in pairs_by_source.items():
+        common = {"truth": "colour_variants", "vectors": source}
+        rows.extend({"section": "variants", **common, **row} for row in variants.variant_scores(pairs, n, truth, config))
+        if grids.variant_neighbours and grids.variant_text_floor:
+            sweep = variants.variant_sweep(pairs, n, truth, grids.variant_neighbours, grids.variant_text_floor,
+                                           config.exact_image_threshold)
+            rows.extend({"section": "variant_sweep", **common, **row} for row in sweep.to_dict("records"))
+    return rows
+
+
 def duplicate_report(nm: np.ndarray, groups: np.ndarray, pairs_by_source: Mapping[str, pd.DataFrame],
                      truths: Mapping[str, np.ndarray], settings: Mapping, grids: ReportGrids,
                      spaces: Mapping[str, np.ndarray], labels: pd.DataFrame, similar: pd.DataFrame,
-                     index_space: str, purity_k: int, index_config: IndexConfig) -> pd.DataFrame:
+                     index_space: str, purity_k: int, index_config: IndexConfig,
+                     variant_config: variants.VariantConfig | None = None) -> pd.DataFrame:
     """The report table (module docstring). `groups` are the built duplicate groups (row-aligned
     with `nm`), made from `pairs_by_source[settings["vectors"]]` with `settings`' thresholds;
-    `labels` holds `category` / `sub_category` row-aligned with `nm`."""
+    `labels` holds `category` / `sub_category` row-aligned with `nm`. The variant sections are
+    there when `truths` has `colour_variants` (with `variant_config`, default `VariantConfig()`)."""
     n = len(nm)
     pairs = pairs_by_source[settings["vectors"]]
     rows = configured_rows(groups, pairs, truths, settings)
@@ -135,4 +160,7 @@ def duplicate_report(nm: np.ndarray, groups: np.ndarray, pairs_by_source: Mappin
                      "image_floor": dup.OFF, **row} for row in sweep.to_dict("records"))
     rows.extend(floor_rows(pairs, n, truths, settings, grids.text_floor, grids.image_floor))
     rows.extend(purity_rows(spaces, labels, purity_k, index_config, nm, similar, index_space))
+    if "colour_variants" in truths:
+        rows.extend(variant_rows(pairs_by_source, n, truths["colour_variants"],
+                                 variant_config or variants.VariantConfig(), grids))
     return pd.DataFrame(rows)

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from wb_pipeline.core import contrastive, images, schema
+from wb_pipeline.core import contrastive, images, schema, validation
 from wb_pipeline.core.embeddings import EmbeddingTable
+from wb_pipeline.core.ingestion import SchemaError, read_wb_table
 from wb_pipeline.core.joint_space_figures import png_markdown
 from wb_pipeline.core.search import duplicates as dup
-from wb_pipeline.core.search import report
+from wb_pipeline.core.search import report, variants
 from wb_pipeline.core.search.contact_sheet import contact_sheet_png
 from wb_pipeline.core.search.index import IndexConfig, neighbours_of_all
 from wb_pipeline.core.search.spaces import SPACES, space_vectors, uses_joint_model
@@ -266,7 +267,11 @@ def duplicate_groups(
 
 class DuplicateReportSettings(dg.Config):
     """Threshold grids of the sweep (2.0 = that modality off), the neighbours per product for
-    purity, and which vector sources the sweep compares."""
+    purity, and which vector sources the sweep compares; which titles count as known duplicates
+    (`max_title_products`, see `core.validation.specific_keys`); the colour-variant matcher's
+    settings (`core.search.variants.VariantConfig`; its exact-duplicate ceiling is the
+    `duplicate_groups` image threshold, its neighbours at most `duplicate_groups`' candidates) and
+    its sweep grids."""
 
     text_grid: list[float] = [0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.985, 0.99, 0.995, 2.0]
     image_grid: list[float] = [0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 2.0]
@@ -275,6 +280,11 @@ class DuplicateReportSettings(dg.Config):
     vector_sources: list[str] = ["encoders", "joint"]
     purity_k: int = 10
     threads: int = 2
+    max_title_products: int = validation.MAX_TITLE_PRODUCTS
+    variant_neighbours: int = variants.VariantConfig().neighbours
+    variant_text_floor: float = variants.VariantConfig().text_floor
+    variant_neighbours_grid: list[int] = [1, 2, 3, 4, 5, 7, 10]
+    variant_text_grid: list[float] = [-1.0, 0.8, 0.85, 0.9, 0.95]
 
 
 def read_sample_ground_truth(raw_data: WBRawData) -> dict[str, str] | None:
@@ -290,7 +300,29 @@ def read_sample_ground_truth(raw_data: WBRawData) -> dict[str, str] | None:
     return {str(nm): f"model-{m}" for m, group in enumerate(models) for nm in group}
 
 
-@dg.asset(group_name="search", kinds={"pandas"}, code_version="1")
+def read_variant_truth(raw_data: WBRawData) -> tuple[dict[str, str] | None, dict]:
+    """nm → colour-variant model id, and where it came from: the raw folder's optional
+    `colour_variants.parquet` (a real catalogue's ground truth) when present, else the generated
+    sample's manifest, else none. An unreadable or malformed file is reported, never fatal (the
+    report is then made without variant rows, the error under `problem`)."""
+    path = raw_data.path(schema.COLOUR_VARIANTS_FILE)
+    problem = None
+    try:
+        if path.exists():
+            table = read_wb_table(path, schema.COLOUR_VARIANTS_REQUIRED_COLUMNS)
+            models, counts = variants.models_from_table(table)
+            return models, {"source": schema.COLOUR_VARIANTS_FILE, **counts}
+    except (SchemaError, OSError, ValueError) as error:
+        problem = f"{schema.COLOUR_VARIANTS_FILE} unusable: {error}"
+    models = read_sample_ground_truth(raw_data)
+    if models is not None:
+        return models, {"source": SAMPLE_MANIFEST_FILE, "products": len(models),
+                        **({"problem": problem} if problem else {})}
+    return None, {"source": "none (no usable colour_variants.parquet, not a generated sample)",
+                  **({"problem": problem} if problem else {})}
+
+
+@dg.asset(group_name="search", kinds={"pandas"}, code_version="2")
 def duplicate_report(
     context: dg.AssetExecutionContext,
     duplicate_groups: pd.DataFrame,
@@ -305,13 +337,18 @@ def duplicate_report(
     config: DuplicateReportSettings,
 ) -> dg.MaterializeResult:
     """How good the duplicate groups are, and how to set their thresholds. Known duplicates: the
-    same normalised title or the same image bytes (`core.validation.duplicate_groups`), and on the
-    generated sample also the generator's colour variants of one model (its manifest's ground
-    truth). Rows (`section`): `configured` — the `duplicate_groups` asset against each truth
-    (pairwise precision / recall / F1 of its groups, Shopee's per-product F1, and the match edges
-    alone); `sweep` — the same for a grid of text × image thresholds, for the encoders' and the
-    joint vectors; `floors` — the fallback floors at the configured thresholds; `purity` — the share
-    of each product's top-k neighbours with its category / sub_category, per space."""
+    same specific normalised title (one at most `max_title_products` products carry) or the same
+    image bytes (`core.validation.duplicate_groups`), and where known the colour variants of one
+    model: the raw folder's optional `colour_variants.parquet` (nm, model_code), else on the
+    generated sample its manifest's ground truth. Rows (`section`): `configured` — the
+    `duplicate_groups` asset against each truth (pairwise precision / recall / F1 of its groups,
+    Shopee's per-product F1, and the match edges alone); `sweep` — the same for a grid of text ×
+    image thresholds, for the encoders' and the joint vectors; `floors` — the fallback floors at the
+    configured thresholds; `purity` — the share of each product's top-k neighbours with its
+    category / sub_category, per space; `variants` / `variant_sweep` — "same model, other colour":
+    the colour-variant matcher (each photo among the other's few nearest, yet not the same photo;
+    text allowed to differ; `core.search.variants`) against the variant truth, separate from exact
+    duplicates."""
     dup_config = latest_metadata(context, "duplicate_groups").get("config") or {}
     defaults = dup.DuplicateConfig()
     settings = {k: dup_config.get(k, getattr(defaults, k)) for k in report.SETTINGS}
@@ -319,7 +356,16 @@ def duplicate_report(
     groups = by_nm(duplicate_groups, nm)["group_id"].to_numpy()
     if pd.isna(groups).any():
         raise ValueError("duplicate_report: duplicate_groups lacks products of text_embeddings")
-    truths = report.known_duplicates(nm, clean_products, image_index, read_sample_ground_truth(raw_data))
+    variant_model, variant_source = read_variant_truth(raw_data)
+    if "problem" in variant_source:
+        context.log.warning(f"duplicate_report: colour variants: {variant_source['problem']}")
+    truths = report.known_duplicates(nm, clean_products, image_index, variant_model, config.max_title_products)
+    variant_config = variants.VariantConfig(config.variant_neighbours, float(settings["image_threshold"]),
+                                            config.variant_text_floor)
+    too_many = [k for k in [variant_config.neighbours, *config.variant_neighbours_grid] if k > int(settings["candidates"])]
+    if too_many:
+        raise ValueError(f"duplicate_report: variant neighbours {too_many} exceed the {settings['candidates']} candidates "
+                         "per product of duplicate_groups; a variant must be among them")
     index_config = IndexConfig(exact_below=defaults.exact_below, threads=config.threads, recall_queries=0)
     pairs_by_source = {}
     for source in dict.fromkeys([settings["vectors"], *config.vector_sources]):
@@ -329,11 +375,36 @@ def duplicate_report(
     spaces = {space: space_vectors(space, text_embeddings, image_embeddings, joint_embeddings)[1] for space in SPACES}
     table = report.duplicate_report(
         nm, groups.astype(np.int64), pairs_by_source, truths, settings,
-        report.ReportGrids(config.text_grid, config.image_grid, config.floor_text_grid, config.floor_image_grid),
+        report.ReportGrids(config.text_grid, config.image_grid, config.floor_text_grid, config.floor_image_grid,
+                           config.variant_neighbours_grid, config.variant_text_grid),
         spaces, by_nm(product_labels, nm), similar_products,
         str(latest_metadata(context, "product_index").get("space", IndexConfig().space)), config.purity_k,
-        index_config)
-    return dg.MaterializeResult(value=table, metadata=_report_metadata(table, truths, settings))
+        index_config, variant_config)
+    result_metadata = _report_metadata(table, truths, settings)
+    result_metadata["variant_truth"] = dg.MetadataValue.json(variant_source)
+    result_metadata.update(_variant_metadata(table, settings["vectors"]))
+    return dg.MaterializeResult(value=table, metadata=result_metadata)
+
+
+def _variant_metadata(table: pd.DataFrame, configured_vectors: str) -> dict:
+    """The "same model, other colour" rows: the variant matcher's pairs and groups per vector source,
+    the best of its sweep, and the configured source's pair F1 as a number."""
+    rows = table.loc[table["section"] == "variants"] if "section" in table else table.iloc[:0]
+    if rows.empty:
+        return {}
+    scores = ["precision", "recall", "f1", "true_pairs", "predicted_pairs", "correct_pairs"]
+    shown = rows[["vectors", "level", "neighbours", "exact_image_threshold", "variant_text_floor", *scores,
+                  "candidate_recall"]].round(4)
+    result = {"same_model_other_colour": metadata.table(shown)}
+    sweep = table.loc[table["section"] == "variant_sweep"]
+    if not sweep.empty:
+        best = sweep.sort_values(["vectors", "f1"], ascending=[True, False]).groupby("vectors").head(1)
+        result["variant_sweep_best"] = metadata.table(
+            best[["vectors", "neighbours", "variant_text_floor", *scores]].round(4))
+    pairs = rows.loc[(rows["vectors"] == configured_vectors) & (rows["level"] == "match edges"), "f1"]
+    if len(pairs) and pd.notna(pairs.iloc[0]):
+        result["f1_same_model_other_colour"] = float(pairs.iloc[0])
+    return result
 
 
 def _report_metadata(table: pd.DataFrame, truths: dict[str, np.ndarray], settings: dict) -> dict:
