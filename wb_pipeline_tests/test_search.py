@@ -245,6 +245,25 @@ def test_floor_fallback_keeps_only_the_best_candidate_of_a_lonely_product():
     assert groups[0] == groups[1] == groups[2] != groups[3]
 
 
+def test_a_text_shared_by_many_products_matches_by_image_only():
+    # 0..6 share one generic text (7 products, all text cosines 1.0); 1 and 2 also share a photo;
+    # 7 and 8 share a specific text; 6 is a weak look-alike of 0 in both modalities (a floor case)
+    rows = [(a, b, 1.0, 0.5) for a in range(7) for b in range(a + 1, 7)] + [(7, 8, 1.0, 0.3)]
+    pairs = pd.DataFrame(rows, columns=["i", "j", "text_sim", "image_sim"])
+    pairs.loc[(pairs["i"] == 1) & (pairs["j"] == 2), "image_sim"] = 0.995
+    pairs.loc[(pairs["i"] == 0) & (pairs["j"] == 6), "image_sim"] = 0.96
+    assert dup.generic_text(pairs, 9, 0.99, 5).tolist() == [True] * 7 + [False, False]
+    assert dup.generic_text(pairs, 9, 0.99, 7).tolist() == [False] * 9
+    groups, edges = dup.group_products(pairs, 9, dup.DuplicateConfig())
+    assert groups[1] == groups[2] and groups[7] == groups[8]  # the shared photo; the specific text
+    assert len(set(groups[[0, 1, 3, 4, 5, 6, 7]].tolist())) == 7 and edges.sum() == 2  # no floor fallback either
+    unguarded = dup.match_edges(pairs, 9, 0.99, 0.99, 0.97, 0.95)
+    assert unguarded.sum() == len(pairs)  # without the guard, one text glues all seven together
+    assert dup.group_products(pairs, 9, dup.DuplicateConfig(max_title_products=7))[0][:7].tolist() == [0] * 7
+    with pytest.raises(ValueError, match="max_title_products"):
+        dup.DuplicateConfig(max_title_products=0)
+
+
 def test_components_chain_transitively_and_number_by_first_appearance():
     groups = dup.components(6, np.array([4, 1]), np.array([5, 4]))
     assert groups.tolist() == [0, 1, 2, 3, 1, 1]

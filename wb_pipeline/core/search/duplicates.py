@@ -22,6 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from wb_pipeline.core.search.index import IndexConfig, knn
+from wb_pipeline.core.validation import MAX_TITLE_PRODUCTS
 
 OFF = 2.0  # a threshold no cosine reaches: the rule is switched off
 
@@ -35,7 +36,12 @@ class DuplicateConfig:
     `candidates`: neighbours per product and modality that are considered at all.
     `text_floor` / `image_floor`: a product without any match keeps its best candidate (by mean
     similarity) when its text similarity >= text_floor AND its image similarity >= image_floor;
-    set either to 2.0 to switch the fallback off."""
+    set either to 2.0 to switch the fallback off.
+    `max_title_products`: a text that more products than this share (text cosine >= text_threshold,
+    the product itself counted) is generic — a category word, a title made of colour and fabric
+    fields — and vouches for nothing: such a product matches by its image only (no text match, no
+    floor fallback). The same handful as `core.validation.MAX_TITLE_PRODUCTS` (seen among the
+    `candidates` text neighbours, so it must stay below them to be seen)."""
 
     vectors: Literal["encoders", "joint"] = "encoders"
     candidates: int = 20
@@ -47,12 +53,15 @@ class DuplicateConfig:
     threads: int = 2
     sample_groups: int = 8  # groups shown in the metadata (table + contact sheet)
     seed: int = 0
+    max_title_products: int = MAX_TITLE_PRODUCTS
 
     def __post_init__(self) -> None:
         if self.vectors not in ("encoders", "joint"):
             raise ValueError(f"DuplicateConfig.vectors must be 'encoders' or 'joint', got {self.vectors!r}")
         if self.candidates < 1:
             raise ValueError(f"DuplicateConfig.candidates must be >= 1, got {self.candidates}")
+        if self.max_title_products < 1:
+            raise ValueError(f"DuplicateConfig.max_title_products must be >= 1, got {self.max_title_products}")
         for name in ("text_threshold", "image_threshold", "text_floor", "image_floor"):
             value = getattr(self, name)
             if not -1.0 <= value <= OFF:
@@ -115,18 +124,33 @@ def mutual_rank(positions: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarr
     return np.maximum(lookup(i, j), lookup(j, i))
 
 
+def generic_text(pairs: pd.DataFrame, n: int, text_threshold: float, max_title_products: int) -> np.ndarray:
+    """Per product: whether more than `max_title_products` products (itself counted) share its text,
+    i.e. it has more text twins (candidate pairs with text cosine >= text_threshold) than that minus 1."""
+    twins = pairs["text_sim"].to_numpy() >= text_threshold
+    counts = (np.bincount(pairs["i"].to_numpy()[twins], minlength=n)
+              + np.bincount(pairs["j"].to_numpy()[twins], minlength=n))
+    return counts + 1 > max_title_products
+
+
 def match_edges(pairs: pd.DataFrame, n: int, text_threshold: float, image_threshold: float,
-                text_floor: float = OFF, image_floor: float = OFF) -> np.ndarray:
-    """Boolean mask over `pairs`: the matches (see the module docstring)."""
+                text_floor: float = OFF, image_floor: float = OFF,
+                max_title_products: int | None = None) -> np.ndarray:
+    """Boolean mask over `pairs`: the matches (see the module docstring). With `max_title_products`,
+    a product whose text is generic (`generic_text`) matches by its image only."""
     text_sim, image_sim = pairs["text_sim"].to_numpy(), pairs["image_sim"].to_numpy()
-    strong = (text_sim >= text_threshold) | (image_sim >= image_threshold)
+    i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+    text_vouches = np.ones(len(pairs), bool)
+    if max_title_products is not None and len(pairs):
+        generic = generic_text(pairs, n, text_threshold, max_title_products)
+        text_vouches = ~(generic[i] | generic[j])
+    strong = ((text_sim >= text_threshold) & text_vouches) | (image_sim >= image_threshold)
     if text_floor >= OFF or image_floor >= OFF or len(pairs) == 0:
         return strong
-    i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
     matched = np.zeros(n, bool)
     matched[i[strong]] = True
     matched[j[strong]] = True
-    eligible = (text_sim >= text_floor) & (image_sim >= image_floor) & ~strong
+    eligible = (text_sim >= text_floor) & (image_sim >= image_floor) & ~strong & text_vouches
     keep = strong.copy()
     if eligible.any():
         # Each lonely product's best eligible candidate (by mean similarity), seen from either end.
@@ -154,7 +178,7 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 def group_products(pairs: pd.DataFrame, n: int, config: DuplicateConfig) -> tuple[np.ndarray, np.ndarray]:
     """(group id per product, the edge mask over `pairs`) under `config`'s thresholds."""
     edges = match_edges(pairs, n, config.text_threshold, config.image_threshold, config.text_floor,
-                        config.image_floor)
+                        config.image_floor, config.max_title_products)
     return components(n, pairs["i"].to_numpy()[edges], pairs["j"].to_numpy()[edges]), edges
 
 

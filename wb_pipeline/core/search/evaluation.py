@@ -89,16 +89,18 @@ def candidate_recall(pairs: pd.DataFrame, truth: np.ndarray) -> float:
 
 
 def threshold_sweep(pairs: pd.DataFrame, n: int, truths: Mapping[str, np.ndarray], text_grid: Sequence[float],
-                    image_grid: Sequence[float], text_floor: float, image_floor: float) -> pd.DataFrame:
+                    image_grid: Sequence[float], text_floor: float, image_floor: float,
+                    max_title_products: int | None = None) -> pd.DataFrame:
     """Scores of the connected components for every (text threshold, image threshold) in the grids
     (2.0 = that modality off), against every truth. The fallback floors apply where they are below
-    the thresholds (a floor is never above its threshold)."""
+    the thresholds (a floor is never above its threshold); `max_title_products` as in `match_edges`."""
     rows = []
     for text_threshold in text_grid:
         for image_threshold in image_grid:
             edges = match_edges(pairs, n, text_threshold, image_threshold,
                                 min(text_floor, text_threshold) if text_floor < OFF else OFF,
-                                min(image_floor, image_threshold) if image_floor < OFF else OFF)
+                                min(image_floor, image_threshold) if image_floor < OFF else OFF,
+                                max_title_products)
             groups = components(n, pairs["i"].to_numpy()[edges], pairs["j"].to_numpy()[edges])
             for truth_name, truth in truths.items():
                 rows.append({"truth": truth_name, "text_threshold": float(text_threshold),

@@ -30,7 +30,8 @@ from wb_pipeline.core.search import duplicates as dup
 from wb_pipeline.core.search import evaluation, variants
 from wb_pipeline.core.search.index import IndexConfig, knn
 
-SETTINGS = ("vectors", "candidates", "text_threshold", "image_threshold", "text_floor", "image_floor")
+SETTINGS = ("vectors", "candidates", "text_threshold", "image_threshold", "text_floor", "image_floor",
+            "max_title_products")
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,10 @@ def configured_rows(groups: np.ndarray, pairs: pd.DataFrame, truths: Mapping[str
                     settings: Mapping) -> list[dict]:
     n = len(groups)
     edges = dup.match_edges(pairs, n, settings["text_threshold"], settings["image_threshold"],
-                            settings["text_floor"], settings["image_floor"])
+                            settings["text_floor"], settings["image_floor"], settings.get("max_title_products"))
     rows = []
     for truth_name, truth in truths.items():
-        common = {"section": "configured", "truth": truth_name, **{k: settings[k] for k in SETTINGS if k != "candidates"}}
+        common = {"section": "configured", "truth": truth_name, **{k: settings.get(k) for k in SETTINGS if k != "candidates"}}
         rows.append({**common, "level": "groups", **evaluation.group_scores(groups, truth),
                      "candidate_recall": evaluation.candidate_recall(pairs, truth)})
         rows.append({**common, "level": "match edges",
@@ -84,7 +85,7 @@ def floor_rows(pairs: pd.DataFrame, n: int, truths: Mapping[str, np.ndarray], se
     for text_floor in text_floors:
         for image_floor in image_floors:
             edges = dup.match_edges(pairs, n, settings["text_threshold"], settings["image_threshold"],
-                                    text_floor, image_floor)
+                                    text_floor, image_floor, settings.get("max_title_products"))
             groups = _groups_of(pairs, n, edges)
             for truth_name, truth in truths.items():
                 rows.append({"section": "floors", "level": "groups", "truth": truth_name,
@@ -155,7 +156,8 @@ def duplicate_report(nm: np.ndarray, groups: np.ndarray, pairs_by_source: Mappin
     pairs = pairs_by_source[settings["vectors"]]
     rows = configured_rows(groups, pairs, truths, settings)
     for source, source_pairs in pairs_by_source.items():
-        sweep = evaluation.threshold_sweep(source_pairs, n, truths, grids.text, grids.image, dup.OFF, dup.OFF)
+        sweep = evaluation.threshold_sweep(source_pairs, n, truths, grids.text, grids.image, dup.OFF, dup.OFF,
+                                           settings.get("max_title_products"))
         rows.extend({"section": "sweep", "level": "groups", "vectors": source, "text_floor": dup.OFF,
                      "image_floor": dup.OFF, **row} for row in sweep.to_dict("records"))
     rows.extend(floor_rows(pairs, n, truths, settings, grids.text_floor, grids.image_floor))

@@ -220,7 +220,8 @@ def duplicate_groups(
     config: DuplicateSettings,
 ) -> dg.MaterializeResult:
     """Products that are the same item: each product's nearest neighbours by text and by image are
-    candidates; a pair matches when its text OR image cosine reaches that modality's threshold; a
+    candidates; a pair matches when its text OR image cosine reaches that modality's threshold (a
+    text shared by more than `max_title_products` products is generic and matches nothing); a
     product left without a match keeps its best candidate when both cosines reach the floors
     (Shopee-style); the connected components of the matches are the groups. One row per product:
     `nm`, `group_id`, `group_size` (1 = no duplicate found). Metadata: group sizes, a sample of
@@ -233,7 +234,9 @@ def duplicate_groups(
     groups, edges = dup.group_products(pairs, len(nm), core_config)
     seconds = time.perf_counter() - started
     frame = dup.groups_frame(nm, groups)
-    strong = (pairs["text_sim"] >= core_config.text_threshold) | (pairs["image_sim"] >= core_config.image_threshold)
+    strong = dup.match_edges(pairs, len(nm), core_config.text_threshold, core_config.image_threshold,
+                             max_title_products=core_config.max_title_products)
+    generic = dup.generic_text(pairs, len(nm), core_config.text_threshold, core_config.max_title_products)
     shown_groups = dup.sample_groups(frame, core_config.sample_groups, core_config.seed)
     titles = titles_for(nm, clean_products)
     sample = frame.assign(title=titles).loc[frame["group_id"].isin(shown_groups)]
@@ -247,10 +250,10 @@ def duplicate_groups(
         "candidate_pairs": len(pairs),
         "matches": int(edges.sum()),
         "matches_by_threshold": int(strong.sum()),
-        "matches_by_floor_fallback": int(edges.sum() - (edges & strong.to_numpy()).sum()),
+        "matches_by_floor_fallback": int(edges.sum() - (edges & strong).sum()),
+        "products_with_a_generic_text": int(generic.sum()),
         "seconds": round(seconds, 3),
-        "config": dg.MetadataValue.json({k: getattr(core_config, k) for k in (
-            "vectors", "candidates", "text_threshold", "image_threshold", "text_floor", "image_floor")}),
+        "config": dg.MetadataValue.json({k: getattr(core_config, k) for k in report.SETTINGS}),
         "group_sizes": metadata.table(
             frame.drop_duplicates("group_id")["group_size"].value_counts().sort_index()
             .rename_axis("group_size").reset_index(name="groups")),
