@@ -36,7 +36,8 @@ run: setup
 	$(BIN)/dagster job execute -m wb_pipeline.definitions -j full_pipeline -c deploy/cli-run.yaml
 
 # Quality of the whole graph on any dump in the WB layout: `make eval RAW_DIR=/path/to/folder`. Its own
-# storage and Dagster instance under storage/eval/<name>/ (converted models shared with the main run),
+# storage and Dagster instance under storage/eval/<name>/ (converted models shared with the main run: the
+# models folder the main run's settings give, `python -m wb_pipeline.settings --get models_dir`),
 # then one quality table, also written there as quality.md / quality.json.
 RAW_DIR ?=
 EVAL_NAME ?= $(notdir $(patsubst %/,%,$(RAW_DIR)))
@@ -46,7 +47,7 @@ eval: setup
 	mkdir -p $(EVAL_DIR)/dagster_home
 	cp deploy/dagster.yaml $(EVAL_DIR)/dagster_home/dagster.yaml
 	WB_PIPELINE_RAW_DIR=$(abspath $(RAW_DIR)) WB_PIPELINE_STORAGE_DIR=$(EVAL_DIR) \
-	  WB_PIPELINE_MODELS_DIR=$${WB_PIPELINE_MODELS_DIR:-$(CURDIR)/storage/models} DAGSTER_HOME=$(EVAL_DIR)/dagster_home \
+	  WB_PIPELINE_MODELS_DIR=$$($(BIN)/python -m wb_pipeline.settings --get models_dir) DAGSTER_HOME=$(EVAL_DIR)/dagster_home \
 	  $(BIN)/dagster job execute -m wb_pipeline.definitions -j full_pipeline -c deploy/cli-run.yaml
 	$(BIN)/python -m wb_pipeline.evaluate $(EVAL_DIR) --name $(EVAL_NAME)
 

@@ -17,7 +17,6 @@ same functions `drop_drift` uses). Nothing is trained; thresholds are not tuned 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from wb_pipeline import settings
 from wb_pipeline.core.classification import product_groups
 from wb_pipeline.core.monitoring import drift
 from wb_pipeline.core.prediction import product_features
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=Path, default=REAL_DEFAULT)
     parser.add_argument("--null-drops", type=int, default=6, help="in-distribution drops (other generator seeds)")
     parser.add_argument("--c", type=float, nargs="+", default=[1.0, 10.0], help="domain classifier C values")
-    parser.add_argument("--models-dir", default=os.environ.get("WB_PIPELINE_MODELS_DIR"))
+    parser.add_argument("--models-dir", default=settings.models_dir())
     args = parser.parse_args(argv)
     if not 1 <= args.null_drops <= 6:
         parser.error("--null-drops must be 1..6 (seeds 91-96; 97 and 98 are the out-of-distribution drops)")

@@ -41,6 +41,8 @@ from pathlib import Path
 import dagster as dg
 from dagster import DagsterEventType
 
+from wb_pipeline import settings
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out" / "pipeline_profile"
 PARAMETERS_ENV = "WB_PIPELINE_PROFILE_JOB"  # how `profile_job` gets its folders and executor
@@ -112,7 +114,7 @@ def run_profile(raw_dir: str | None, executor: str, models_dir: str | None, out_
     home.mkdir(parents=True)
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
     parameters = {"raw_dir": raw_dir, "storage_dir": str(work / "storage"), "incoming_dir": str(work / "incoming"),
-                  "models_dir": models_dir or str(work / "storage" / "models"), "executor": executor,
+                  "models_dir": settings.layout(str(work / "storage"), models_dir).encoder_models, "executor": executor,
                   "cpu_marks": str(work / "cpu_marks.jsonl")}
     os.environ[PARAMETERS_ENV] = json.dumps(parameters)
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -182,7 +184,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.executor == "both":
         return compare_executors(args, raw_dir)
-    profile = run_profile(raw_dir, args.executor, os.environ.get("WB_PIPELINE_MODELS_DIR"), args.out)
+    profile = run_profile(raw_dir, args.executor, settings.models_dir(), args.out)
     table = markdown(profile)
     print(table, flush=True)
     (args.out / f"profile-{args.executor}.json").write_text(json.dumps(profile, indent=2))

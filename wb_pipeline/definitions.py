@@ -67,14 +67,14 @@ def build_definitions(
     outputs under `storage_dir` (defaults: `WB_PIPELINE_RAW_DIR` / `WB_PIPELINE_STORAGE_DIR` /
     `WB_PIPELINE_INCOMING_DIR`, else the bundled sample, `storage/` and `data/incoming/`).
     Converted/exported models go to `models_dir` (default `WB_PIPELINE_MODELS_DIR`, else
-    `<storage_dir>/models`); the encoders
+    `<storage_dir>/models`: `settings.layout`, which places every path); the encoders
     default to the offline e5 text and EfficientNet-Lite0 image encoders; the retraining rule to
-    `settings.retrain_policy()` (`WB_PIPELINE_RETRAIN_*`); the number of product shards to `n_shards`
+    `settings.retrain_policy()` (`WB_PIPELINE_RETRAIN_*`), the schedule's cron to `settings.reembed_cron()`
+    (`WB_PIPELINE_REEMBED_CRON`); the number of product shards to `n_shards`
     (default `WB_PIPELINE_SHARDS`, else 4); `encoder_op_tags` go on every encoder shard step (e.g. a
     `dagster-k8s/config` pod spec, see `wb_pipeline.engines.k8s_definitions`)."""
-    storage_dir = storage_dir or settings.storage_dir()
+    layout = settings.layout(storage_dir, models_dir)
     incoming_dir = incoming_dir or settings.incoming_dir()
-    models_dir = models_dir or settings.models_dir() or str(WBStorage(base_dir=storage_dir).path("models"))
     n_shards = n_shards or settings.n_shards()
     sharded = [*ingestion_assets.build_image_index_assets(n_shards),
                *preprocessing_assets.build_product_text_assets(n_shards),
@@ -84,15 +84,15 @@ def build_definitions(
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
         jobs=[jobs.full_pipeline, jobs.reembed_new_products, jobs.refresh_search_index, jobs.predict_new_drops,
               jobs.retrain_models],
-        schedules=[jobs.build_reembed_schedule(incoming_dir, n_shards)],
+        schedules=[jobs.build_reembed_schedule(incoming_dir, n_shards, settings.reembed_cron())],
         sensors=[jobs.build_incoming_sensor(incoming_dir), jobs.predict_new_drops_sensor,
                  jobs.build_retrain_sensor(retrain_policy or settings.retrain_policy())],
         resources={
             "raw_data": WBRawData(raw_dir=raw_dir or settings.raw_dir(), incoming_dir=incoming_dir),
-            "io_manager": WBStorageIOManager(base_dir=storage_dir, n_shards=n_shards),
-            "pipeline_storage": WBStorage(base_dir=storage_dir),
-            "text_encoder": text_encoder or TextEncoderResource(cache_dir=models_dir),
-            "image_encoder": image_encoder or ImageEncoderResource(cache_dir=models_dir),
+            "io_manager": WBStorageIOManager(base_dir=layout.base_dir, n_shards=n_shards),
+            "pipeline_storage": WBStorage(base_dir=layout.base_dir),
+            "text_encoder": text_encoder or TextEncoderResource(cache_dir=layout.encoder_models),
+            "image_encoder": image_encoder or ImageEncoderResource(cache_dir=layout.encoder_models),
             # settings every shard step of a run shares (editable in the launchpad's resources section)
             "image_index_settings": ingestion_assets.ImageIndexSettings(),
             "text_preprocessing_settings": preprocessing_assets.TextPreprocessingSettings(),

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                         "retrained on all pairs with the run's config and another seed (1 = the run's only)")
     args = parser.parse_args(argv)
     root = storage.as_upath(args.storage_dir)
-    assets = root / "assets"
+    assets = storage.StorageLayout(args.storage_dir).assets
     missing = [name for name in REQUIRED_ASSETS if not (assets / f"{name}.parquet").exists()]
     if missing:
         print(f"evaluate: {assets} lacks {', '.join(missing)} — did the run finish?", file=sys.stderr)

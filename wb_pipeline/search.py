@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from wb_pipeline import settings
 
-INDEX_ASSET_FILE = ("assets", "product_index.parquet")  # where the storage IO manager keeps the asset
+INDEX_ASSET = "product_index"  # its value (the build folder) is where the storage IO manager keeps it
 
 
 class NotMaterialized(RuntimeError):
@@ -35,10 +35,10 @@ def latest_index_folder(storage_dir: str) -> str:
     """The build folder named by the latest materialized `product_index` under `storage_dir`."""
     from wb_pipeline.core import storage
 
-    path = storage.as_upath(storage_dir).joinpath(*INDEX_ASSET_FILE)
+    path = storage.StorageLayout(storage_dir).asset_file(INDEX_ASSET)
     if not path.exists():
         raise NotMaterialized(
-            f"no product index materialized under {storage_dir} (no {'/'.join(INDEX_ASSET_FILE)}): materialize the "
+            f"no product index materialized under {storage_dir} (no {path}): materialize the "
             "`search` group first, e.g. `make run` or `dagster job execute -m wb_pipeline.definitions -j full_pipeline`")
     table = storage.read_parquet(path, columns=["index_folder"])
     folders = table["index_folder"].dropna().unique()

@@ -1,27 +1,60 @@
-"""Where the pipeline reads raw data and writes outputs, from environment variables.
+"""Every setting the pipeline reads from the environment, read here and nowhere else.
 
-`WB_PIPELINE_RAW_DIR`: folder (local path or fsspec URL) holding the four WB files; default: the
-bundled sample, generated into `data/sample/` on first use.
-`WB_PIPELINE_STORAGE_DIR`: where asset outputs, caches and models go; default: `storage/` in the repo.
-`WB_PIPELINE_INCOMING_DIR`: where new-product drops arrive; default: `data/incoming/` in the repo.
-`WB_PIPELINE_SHARDS`: the number of product shards of the heavy steps (default 4; see defs/sharding.py).
-`WB_PIPELINE_MODELS_DIR`: LOCAL folder for converted / exported encoder models (sentence-transformers
-and onnxruntime load from disk); default: `<storage dir>/models`, which is only right while the
-storage dir is local — set it when the storage dir is object storage.
+The core never reads the environment: it takes folders and numbers as arguments; the Dagster layer
+(`wb_pipeline.definitions.build_definitions`), the command-line tools and the benchmarks get their
+defaults from the functions below. `python -m wb_pipeline.settings` prints every variable with the
+value in effect; `--get NAME` prints one value (the Makefile uses it).
+
+| variable | what | default |
+|---|---|---|
+| `WB_PIPELINE_RAW_DIR` | folder (local path or fsspec URL) with the four WB files | the bundled sample, `data/sample/` (generated on first use) |
+| `WB_PIPELINE_STORAGE_DIR` | asset values, caches, trained models (local path or fsspec URL) | `storage/` in the repo |
+| `WB_PIPELINE_INCOMING_DIR` | where new-product drops arrive | `data/incoming/` in the repo |
+| `WB_PIPELINE_MODELS_DIR` | LOCAL folder of converted / exported encoder models; set it when the storage dir is object storage | `<storage dir>/models` |
+| `WB_PIPELINE_SHARDS` | product shards of the heavy steps, the same in every process | 4 |
+| `WB_PIPELINE_REEMBED_CRON` | cron of `reembed_new_products_schedule` | `0 2 * * *` |
+| `WB_PIPELINE_RETRAIN_DRIFT_AUC` | retrain when a drop's domain AUC exceeds it | 0.8 |
+| `WB_PIPELINE_RETRAIN_DRIFT_BY` | which drift statistic retrains: `domain_auc` or `mmd` | `domain_auc` |
+| `WB_PIPELINE_RETRAIN_DRIFT_MMD_P` | with `mmd`: retrain when the MMD p-value is below it | 0.01 |
+| `WB_PIPELINE_RETRAIN_ADDED_SHARE` | retrain when products added since the last training reach this share | 0.25 |
+
 All default folders are git-ignored. No dagster import here: the CLI, tests and benchmarks share it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from pathlib import Path
+
+from wb_pipeline.core.storage import StorageLayout
 
 RAW_DIR_ENV = "WB_PIPELINE_RAW_DIR"
 STORAGE_DIR_ENV = "WB_PIPELINE_STORAGE_DIR"
 INCOMING_DIR_ENV = "WB_PIPELINE_INCOMING_DIR"
 MODELS_DIR_ENV = "WB_PIPELINE_MODELS_DIR"
 SHARDS_ENV = "WB_PIPELINE_SHARDS"
+REEMBED_CRON_ENV = "WB_PIPELINE_REEMBED_CRON"
 DEFAULT_SHARDS = 4
+DEFAULT_REEMBED_CRON = "0 2 * * *"  # nightly at 02:00
+
+# Retraining rule (`wb_pipeline.core.monitoring.retrain.RetrainPolicy`), read by `retrain_models_sensor`.
+RETRAIN_ENV = {
+    "drift_auc_threshold": "WB_PIPELINE_RETRAIN_DRIFT_AUC",
+    "drift_mmd_p_threshold": "WB_PIPELINE_RETRAIN_DRIFT_MMD_P",
+    "drift_by": "WB_PIPELINE_RETRAIN_DRIFT_BY",
+    "added_share_threshold": "WB_PIPELINE_RETRAIN_ADDED_SHARE",
+}
+
+#: Every variable this module reads (the README's configuration table lists each; a test checks it).
+VARIABLES = (RAW_DIR_ENV, STORAGE_DIR_ENV, INCOMING_DIR_ENV, MODELS_DIR_ENV, SHARDS_ENV, REEMBED_CRON_ENV,
+             *RETRAIN_ENV.values())
+
+
+def _read(name: str) -> str | None:
+    """The variable's value; unset and empty are the same (None)."""
+    return os.environ.get(name) or None
 
 
 def project_root() -> Path:
@@ -35,26 +68,33 @@ def default_sample_dir() -> str:
 
 
 def raw_dir() -> str:
-    return os.environ.get(RAW_DIR_ENV) or default_sample_dir()
+    return _read(RAW_DIR_ENV) or default_sample_dir()
 
 
 def storage_dir() -> str:
-    return os.environ.get(STORAGE_DIR_ENV) or str(project_root() / "storage")
+    return _read(STORAGE_DIR_ENV) or str(project_root() / "storage")
 
 
 def incoming_dir() -> str:
-    return os.environ.get(INCOMING_DIR_ENV) or str(project_root() / "data" / "incoming")
+    return _read(INCOMING_DIR_ENV) or str(project_root() / "data" / "incoming")
 
 
 def models_dir() -> str | None:
-    """`WB_PIPELINE_MODELS_DIR` when set, else None (= `<storage dir>/models`)."""
-    return os.environ.get(MODELS_DIR_ENV) or None
+    """`WB_PIPELINE_MODELS_DIR` when set, else None (= `<storage dir>/models`, see `layout()`)."""
+    return _read(MODELS_DIR_ENV)
+
+
+def layout(storage: str | None = None, models: str | None = None) -> StorageLayout:
+    """Where everything goes: the storage dir (`storage`, else `WB_PIPELINE_STORAGE_DIR`, else
+    `storage/`) and the encoder models folder (`models`, else `WB_PIPELINE_MODELS_DIR`, else
+    `<storage dir>/models`)."""
+    return StorageLayout(storage or storage_dir(), models or models_dir())
 
 
 def n_shards() -> int:
     """`WB_PIPELINE_SHARDS` (the number of product shards the heavy steps are split into), default 4.
     Every process of a deployment (orchestrator, workers, pods) must see the same value."""
-    raw = os.environ.get(SHARDS_ENV)
+    raw = _read(SHARDS_ENV)
     if not raw:
         return DEFAULT_SHARDS
     try:
@@ -66,13 +106,10 @@ def n_shards() -> int:
     return value
 
 
-# Retraining rule (`wb_pipeline.core.monitoring.retrain.RetrainPolicy`), read by `retrain_models_sensor`.
-RETRAIN_ENV = {
-    "drift_auc_threshold": "WB_PIPELINE_RETRAIN_DRIFT_AUC",
-    "drift_mmd_p_threshold": "WB_PIPELINE_RETRAIN_DRIFT_MMD_P",
-    "drift_by": "WB_PIPELINE_RETRAIN_DRIFT_BY",
-    "added_share_threshold": "WB_PIPELINE_RETRAIN_ADDED_SHARE",
-}
+def reembed_cron() -> str:
+    """`WB_PIPELINE_REEMBED_CRON`: when `reembed_new_products_schedule` looks for new drops (read when
+    the code location loads), default nightly at 02:00."""
+    return _read(REEMBED_CRON_ENV) or DEFAULT_REEMBED_CRON
 
 
 def retrain_policy():
@@ -81,7 +118,7 @@ def retrain_policy():
 
     values = {}
     for name, env in RETRAIN_ENV.items():
-        raw = os.environ.get(env)
+        raw = _read(env)
         if not raw:
             continue
         if name == "drift_by":
@@ -95,3 +132,34 @@ def retrain_policy():
         return RetrainPolicy(**values)
     except ValueError as error:
         raise ValueError(f"retraining settings ({', '.join(RETRAIN_ENV.values())}): {error}") from None
+
+
+def effective() -> dict[str, str]:
+    """Every setting with the value in effect (defaults resolved), by short name."""
+    policy = retrain_policy()
+    return {
+        "raw_dir": raw_dir(), "storage_dir": storage_dir(), "incoming_dir": incoming_dir(),
+        "models_dir": layout().encoder_models, "shards": str(n_shards()), "reembed_cron": reembed_cron(),
+        **{name: str(getattr(policy, name)) for name in RETRAIN_ENV},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The pipeline's settings in effect (environment + defaults).")
+    names = list(effective())
+    parser.add_argument("--get", choices=names, help="print only this setting's value")
+    args = parser.parse_args(argv)
+    values = effective()
+    if args.get:
+        print(values[args.get])
+        return 0
+    variables = dict(zip(names, (RAW_DIR_ENV, STORAGE_DIR_ENV, INCOMING_DIR_ENV, MODELS_DIR_ENV, SHARDS_ENV,
+                                 REEMBED_CRON_ENV, *RETRAIN_ENV.values())))
+    for name, value in values.items():
+        source = "set" if _read(variables[name]) else "default"
+        print(f"{variables[name]:<34} {value}  ({source})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,65 @@ def _replace(src: UPath, dst: UPath) -> None:
         os.replace(Path(src.path), Path(dst.path))  # atomic on POSIX, overwrites
     else:
         src.fs.mv(src.path, dst.path)
+
+ENCODER_MODEL_FOLDERS = ("e5", "onnx", "open_clip")
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    """Every path the pipeline reads or writes under its storage dir, built here and nowhere else.
+
+    `base_dir`: the storage dir (local path or fsspec URL); `models_dir`: the LOCAL folder of
+    converted / exported encoder models (sentence-transformers and onnxruntime load from disk), by
+    default `<base_dir>/models`, which is only right while the storage dir is local.
+
+        <base_dir>/assets/<asset>.parquet                  asset values (the storage IO manager)
+        <base_dir>/cache/<stage>/<N>-shards/<key>          per-shard caches (embeddings, image checks)
+        <base_dir>/models/classification/<label>/          saved classifiers (+ training_manifest.json)
+        <base_dir>/models/contrastive/<fingerprint>/       saved joint models
+        <base_dir>/search/index/<build id>/                faiss index builds
+        <models_dir>/{e5,onnx,open_clip}/                  converted / exported encoder models
+    """
+
+    base_dir: str
+    models_dir: str | None = None
+
+    @property
+    def root(self) -> UPath:
+        return as_upath(self.base_dir)
+
+    @property
+    def assets(self) -> UPath:
+        return self.root / "assets"
+
+    def asset_file(self, asset: str) -> UPath:
+        """Where the storage IO manager keeps an (unpartitioned) asset's value."""
+        return self.assets / f"{asset}.parquet"
+
+    def shard_cache(self, stage: str, n_shards: int, name: str) -> UPath:
+        """A cache of one product shard of `stage` (a new shard count starts new caches)."""
+        return self.root / "cache" / stage / f"{n_shards}-shards" / name
+
+    @property
+    def classification_models(self) -> UPath:
+        return self.root / "models" / "classification"
+
+    @property
+    def contrastive_models(self) -> UPath:
+        return self.root / "models" / "contrastive"
+
+    @property
+    def search_index(self) -> UPath:
+        return self.root / "search" / "index"
+
+    @property
+    def encoder_models(self) -> str:
+        """The encoder models folder: `models_dir`, else `<base_dir>/models`."""
+        return self.models_dir or str(self.root / "models")
+
+
+def encoder_model_folder(models_dir: str, kind: str) -> UPath:
+    """`<models_dir>/<kind>`: e5 (the converted default text model), onnx (exported graphs), open_clip."""
+    if kind not in ENCODER_MODEL_FOLDERS:
+        raise ValueError(f"encoder model folder {kind!r}: one of {ENCODER_MODEL_FOLDERS}")
+    return as_upath(models_dir) / kind

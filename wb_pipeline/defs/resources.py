@@ -57,6 +57,11 @@ class WBStorage(dg.ConfigurableResource):
 
     base_dir: str
 
+    @property
+    def layout(self) -> storage.StorageLayout:
+        """Every path under the storage dir (`core.storage.StorageLayout`)."""
+        return storage.StorageLayout(self.base_dir)
+
     def path(self, *parts: str) -> UPath:
         return storage.as_upath(self.base_dir).joinpath(*parts)
 
@@ -106,4 +111,4 @@ class WBStorageIOManager(dg.ConfigurableIOManagerFactory):
     n_shards: int = 1
 
     def create_io_manager(self, context) -> _ParquetUPathIOManager:
-        return _ParquetUPathIOManager(base_path=storage.as_upath(self.base_dir) / "assets", n_shards=self.n_shards)
+        return _ParquetUPathIOManager(base_path=storage.StorageLayout(self.base_dir).assets, n_shards=self.n_shards)

@@ -309,7 +309,8 @@ class EfficientNetLiteEncoder:
         num_threads: CPU threads of the forward pass (onnxruntime intra-op threads; for the torch
             engine this calls ``torch.set_num_threads``, which is process-wide). ``None`` = library default.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``... (torch engine only; onnx always runs on the CPU).
-        cache_dir: folder for the exported ONNX file (default ``<storage dir>/models/onnx``).
+        cache_dir: folder for the exported ONNX file (required by ``engine="onnx"``; the pipeline's:
+            ``<models dir>/onnx``).
         crop_padding: the centre crop keeps ``res / (res + crop_padding)`` of the shorter side
             (TF reference: 32; 0 = keep the whole shorter side).
         resample: PIL filter of the resize, ``"bicubic"`` (reference) or ``"bilinear"``.

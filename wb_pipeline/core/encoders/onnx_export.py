@@ -23,7 +23,6 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_OPSET",
-    "default_cache_dir",
     "atomic_output",
     "export_to_onnx",
     "cached_onnx_export",
@@ -40,14 +39,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "features"
-
-
-def default_cache_dir() -> Path:
-    """Where exported models live unless told otherwise: `<storage dir>/models/onnx`, the same
-    place the pipeline's resources use (`WB_PIPELINE_STORAGE_DIR`, default `storage/`)."""
-    from wb_pipeline.settings import storage_dir
-
-    return Path(storage_dir()) / "models" / "onnx"
 
 
 @contextmanager
@@ -145,7 +136,10 @@ def onnx_cache_path(cache_key: str, file_stem: str, cache_dir: Path | None = Non
     """Where :func:`cached_onnx_export` keeps the export of ``cache_key`` (the file may not exist yet)."""
     import torch
 
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if cache_dir is None:
+        raise ValueError(f"{file_stem}: no folder for the ONNX export given (cache_dir); the pipeline's is "
+                         "`<models dir>/onnx` (core.storage.encoder_model_folder)")
+    folder = Path(cache_dir)
     digest = hashlib.sha256(
         f"{cache_key}|opset={opset_version}|torch={torch.__version__}".encode()
     ).hexdigest()[:16]
@@ -174,7 +168,7 @@ def cached_onnx_export(
         file_stem: readable prefix of the file name, e.g. ``"efficientnet-lite0-r224"``.
         build_module: called only on a cache miss; returns ``(module, example_input)``, where
             ``example_input`` is one tensor or a tuple of tensors (one per input name).
-        cache_dir: folder of exported files (default :func:`default_cache_dir`).
+        cache_dir: folder of exported files (required on export; the pipeline's: `<models dir>/onnx`).
         num_threads: onnxruntime intra-op threads.
         opset_version: ONNX opset.
         allow_spinning: see :func:`open_onnx_session`.

@@ -143,7 +143,8 @@ class OnnxTextEncoder:
         batch_size: texts per forward pass (after sorting by token count).
         num_threads: onnxruntime intra-op threads; None lets onnxruntime use every core.
         weights_id: identity of the weights for the fingerprint; default: content hash of the folder.
-        cache_dir: where exported / derived ``.onnx`` files live (default: the storage's models/onnx).
+        cache_dir: where exported / derived ``.onnx`` files live (required to encode; the pipeline's:
+            ``<models dir>/onnx``).
         fuse: run onnxruntime's transformer optimizer (fused Attention / SkipLayerNorm / BiasGelu)
             before quantising; falls back to the plain graph, with a warning, for model types it
             does not know.

@@ -2,7 +2,6 @@
 embedded drop, and the sensor that retrains when the rules say so."""
 
 import json
-import os
 
 import dagster as dg
 
@@ -11,13 +10,11 @@ from wb_pipeline.core.drops import drop_shards, scan_incoming
 from wb_pipeline.core.storage import shard_keys
 from wb_pipeline.core.monitoring.retrain import DropDrift, RetrainPolicy, decide_retrain
 from wb_pipeline.defs.progress import log_finished_step
+from wb_pipeline.settings import DEFAULT_REEMBED_CRON, REEMBED_CRON_ENV
 
 # The registry of new-product drops: one dynamic partition key per drop folder (product batches,
 # never one partition per product). Ingestion reads the main dump plus every registered drop.
 product_drops = dg.DynamicPartitionsDefinition(name="product_drops")
-
-REEMBED_CRON_ENV = "WB_PIPELINE_REEMBED_CRON"
-DEFAULT_REEMBED_CRON = "0 2 * * *"  # nightly at 02:00
 
 # The per-drop group (predictions and drift of one drop): partitioned by `product_drops`, so it runs
 # in its own job, one run per drop; every other job works on the unpartitioned catalogue.
@@ -111,8 +108,9 @@ def reembed_selection(asset_keys: set[dg.AssetKey], incoming_dir: str, drops: li
     return sorted(selection), [keys[shard] for shard in sorted(touched)]
 
 
-def build_reembed_schedule(incoming_dir: str | None = None, n_shards: int = 1) -> dg.ScheduleDefinition:
-    cron = os.environ.get(REEMBED_CRON_ENV) or DEFAULT_REEMBED_CRON
+def build_reembed_schedule(incoming_dir: str | None = None, n_shards: int = 1,
+                           cron: str = DEFAULT_REEMBED_CRON) -> dg.ScheduleDefinition:
+    """The re-embedding schedule on `cron` (`build_definitions` passes `settings.reembed_cron()`)."""
 
     @dg.schedule(
         name="reembed_new_products_schedule",

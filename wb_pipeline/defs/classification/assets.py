@@ -35,15 +35,15 @@ ZeroShotSettings = config_class(core.ZeroShotConfig, "ZeroShotSettings")
 class ClassificationReportSettings(ReportSettings, ZeroShotSettings):
     """Bootstrap settings of the metrics and how the zero-shot baseline scores class names."""
 
-MODELS_FOLDER = ("models", "classification")
 REPORT_COLUMNS = ["label", "model", "n", "n_classes", "macro_f1", "macro_f1_low", "macro_f1_high",
                   "weighted_f1", "weighted_f1_low", "weighted_f1_high", "f1", "positive_class",
                   "gain_vs_best_unimodal", "gain_low", "gain_high", "best_model"]
 
 
 def classification_models_folder(pipeline_storage: WBStorage):
-    """The saved final models, one folder per label (what `core.prediction.load_saved_models` reads)."""
-    return pipeline_storage.path(*MODELS_FOLDER)
+    """The saved final models, one folder per label (what `core.prediction.load_saved_models` reads),
+    and the training manifest."""
+    return pipeline_storage.layout.classification_models
 
 
 def models_folder(pipeline_storage: WBStorage, label: str):
@@ -119,7 +119,8 @@ def label_classifiers(
                      else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS)))
     # What drift and the retraining rule compare new drops with (the batches and size trained on).
     batches = tuple(sorted(clean_products["batch"].astype(str).unique())) if "batch" in clean_products else ("main",)
-    save_training_manifest(TrainingManifest(batches, len(clean_products), shares), pipeline_storage.path(*MODELS_FOLDER))
+    save_training_manifest(TrainingManifest(batches, len(clean_products), shares),
+                           classification_models_folder(pipeline_storage))
     return dg.MaterializeResult(
         value=probabilities,
         metadata={
@@ -131,7 +132,7 @@ def label_classifiers(
             "skipped_labels": metadata.table(pd.DataFrame(skipped, columns=["label", "reason", "detail"])),
             "chosen_settings_per_fold": metadata.table(pd.concat(choices), max_rows=500) if choices else "none",
             "group_by": settings.group_by,
-            "models_folder": str(pipeline_storage.path(*MODELS_FOLDER)),
+            "models_folder": str(classification_models_folder(pipeline_storage)),
         },
     )
 

@@ -66,7 +66,7 @@ def contrastive_model(
         core_config, progress=context.log.debug,
     )
     fingerprint = contrastive.model_fingerprint(core_config, fingerprints, text_embeddings.vectors, images.vectors)
-    folder = pipeline_storage.path("models", "contrastive", fingerprint)
+    folder = pipeline_storage.layout.contrastive_models / fingerprint
     contrastive.save_joint_model(model, folder, fingerprints, report)
     table = report.metrics_frame()
     table["n_pairs"] = report.n_validation_pairs

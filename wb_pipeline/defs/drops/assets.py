@@ -19,7 +19,7 @@ from wb_pipeline.core.monitoring import drift, retrain
 from wb_pipeline.core.storage import as_upath
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import DROPS_GROUP, product_drops
-from wb_pipeline.defs.classification.assets import MODELS_FOLDER, classification_models_folder
+from wb_pipeline.defs.classification.assets import classification_models_folder
 from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.defs.resources import MAIN_BATCH, WBStorage
 
@@ -116,7 +116,7 @@ def drop_drift(
     figures with the verdict; the check `drop_within_training_distribution` shows it."""
     settings = to_core(drift.DriftConfig, config)
     drop = context.partition_key
-    manifest = retrain.load_training_manifest(pipeline_storage.path(*MODELS_FOLDER))
+    manifest = retrain.load_training_manifest(classification_models_folder(pipeline_storage))
     trained_batches = set(manifest.batches) if manifest else {MAIN_BATCH}
     trained_batches.discard(drop)
     clean = clean_products.astype({"nm": str}).drop_duplicates("nm").reset_index(drop=True)

@@ -95,7 +95,7 @@ def _text_embeddings_shard(index: int, n_shards: int, op_tags: Mapping[str, obje
 
 def shard_cache(pipeline_storage: WBStorage, stage: str, key: str, n_shards: int):
     """One embedding cache per shard: a shard step loads only its own products' cached vectors."""
-    return pipeline_storage.path("cache", stage, f"{n_shards}-shards", key)
+    return pipeline_storage.layout.shard_cache(stage, n_shards, key)
 
 
 def _gathered(shards: list[EmbeddingTable], nm: pd.Series) -> EmbeddingTable:

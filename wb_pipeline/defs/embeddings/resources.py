@@ -81,12 +81,12 @@ def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batc
         from wb_pipeline.core.encoders.image import OpenClipTextEncoder
 
         return OpenClipTextEncoder(**_open_clip_args(model, pretrained), device=device, batch_size=batch_size,
-                                   cache_dir=str(storage.as_upath(cache_dir) / "open_clip"))
+                                   cache_dir=str(storage.encoder_model_folder(cache_dir, "open_clip")))
     kwargs = dict(prompt=prompt, max_seq_length=max_seq_length, device=device, batch_size=batch_size,
                   num_threads=num_threads)
-    onnx_dir = str(storage.as_upath(cache_dir) / "onnx")
+    onnx_dir = str(storage.encoder_model_folder(cache_dir, "onnx"))
     if model == DEFAULT_TEXT_MODEL:
-        return text_encoders.default_e5_encoder(str(storage.as_upath(cache_dir) / "e5"), engine=engine,
+        return text_encoders.default_e5_encoder(str(storage.encoder_model_folder(cache_dir, "e5")), engine=engine,
                                                 onnx_cache_dir=onnx_dir, **kwargs)
     if engine == "torch":
         return text_encoders.SentenceTransformerTextEncoder(model, allow_download=allow_download, **kwargs)
@@ -136,8 +136,8 @@ def _build_image_encoder(backend, model, pretrained, engine, resolution, batch_s
     if backend == "open_clip":
         return image_encoders.OpenClipImageEncoder(**_open_clip_args(model, pretrained), device=device,
                                                    batch_size=batch_size,
-                                                   cache_dir=str(storage.as_upath(cache_dir) / "open_clip"))
+                                                   cache_dir=str(storage.encoder_model_folder(cache_dir, "open_clip")))
     return image_encoders.EfficientNetLiteEncoder(
         variant=model, engine=engine, resolution=resolution, batch_size=batch_size, num_threads=num_threads,
-        device=device, cache_dir=str(storage.as_upath(cache_dir) / "onnx"),
+        device=device, cache_dir=str(storage.encoder_model_folder(cache_dir, "onnx")),
     )

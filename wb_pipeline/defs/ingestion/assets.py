@@ -104,8 +104,8 @@ def _scan_image_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pi
     for batch, folder in sources:
         sizes_path = folder / schema.IMAGE_SIZES_FILE
         sizes = read_wb_table(sizes_path, schema.IMAGE_SIZES_REQUIRED_COLUMNS) if sizes_path.exists() else None
-        cache_path = pipeline_storage.path("cache", "image_index", f"{n_shards}-shards",
-                                           f"{batch}-{check_key}-{index_n}.parquet")
+        cache_path = pipeline_storage.layout.shard_cache("image_index", n_shards,
+                                                         f"{batch}-{check_key}-{index_n}.parquet")
         previous = storage.read_parquet(cache_path) if cache_path.exists() else None
         batch_members = members[members["batch"] == batch]
         with (folder / schema.IMAGES_ZIP).open("rb") as handle, images.open_listed_zip(handle, batch_members) as zf:

@@ -94,7 +94,7 @@ def product_index(
                          "draft": "-draft" in image_fingerprint},
     }
     rss_before = _rss_mib()
-    build, stats = update_index(pipeline_storage.path("search", "index"), previous, nm, vectors,
+    build, stats = update_index(pipeline_storage.layout.search_index, previous, nm, vectors,
                                 titles_for(nm, clean_products), core_config, info, log=context.log.warning)
     value = build.products.assign(position=np.arange(len(build.products), dtype=np.int64),
                                   index_folder=str(build.folder))
