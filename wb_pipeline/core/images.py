@@ -566,6 +566,14 @@ class ContentSignals:
     pixel_hash: str  # 16 x 16 difference hash (hex): equal for the same picture in other bytes
 
 
+def _level_quantiles(values: np.ndarray, *qs: float) -> list[int]:
+    """Nearest-rank quantiles of grey levels (0..255; a fraction is rounded down) from their
+    histogram: several times cheaper than np.percentile on a few thousand pixels."""
+    cumulative = np.cumsum(np.bincount(np.clip(values, 0, 255).astype(np.int64), minlength=256))
+    ranks = [round(q * (int(cumulative[-1]) - 1)) for q in qs]
+    return [int(level) for level in np.searchsorted(cumulative, ranks, side="right")]
+
+
 def content_signals(pixels: np.ndarray, informative_delta: int) -> ContentSignals:
     """The empty-image content signals of an RGB float array [h, w, 3] (the analysis image)."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.size == 0:
@@ -590,17 +598,14 @@ def content_signals(pixels: np.ndarray, informative_delta: int) -> ContentSignal
     # pixel), so strokes up to 2 px wide and the anti-aliased rim of any shape are left out.
     body = np.zeros_like(informative)
     if informative.shape[0] > 2 and informative.shape[1] > 2:
-        core = informative[1:-1, 1:-1].copy()
-        for dy in (0, 1, 2):
-            for dx in (0, 1, 2):
-                core &= informative[dy:dy + core.shape[0], dx:dx + core.shape[1]]
-        body[1:-1, 1:-1] = core
+        rows = informative[:, :-2] & informative[:, 1:-1] & informative[:, 2:]  # 3 wide (separable)
+        body[1:-1, 1:-1] = rows[:-2] & rows[1:-1] & rows[2:]  # ... and 3 high
     # The ink: the body's pixels at least as far from the background as its median pixel (the
     # drawing's own colours, not their blend with the backdrop), and how much they vary.
     ink_spread = 0.0
     if body.sum() >= 2:
-        ink = body & (distance >= np.median(distance[body]))
-        ink_spread = max(float(np.subtract(*np.percentile(plane[ink], [90, 10]))) for plane in planes)
+        ink = body & (distance >= _level_quantiles(distance[body], 0.5)[0])
+        ink_spread = float(max(high - low for low, high in (_level_quantiles(plane[ink], 0.1, 0.9) for plane in planes)))
     gradient = strongest.ravel()
     if gradient.size:
         top = max(1, round(gradient.size * _EDGE_TOP_SHARE))
