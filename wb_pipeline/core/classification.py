@@ -39,7 +39,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import delayed
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 from sklearn.linear_model import LogisticRegression
@@ -47,7 +47,7 @@ from sklearn.metrics import f1_score
 from threadpoolctl import threadpool_limits
 from upath import UPath
 
-from wb_pipeline.core import schema, storage
+from wb_pipeline.core import schema, storage, worker_pool
 from wb_pipeline.core.contrastive import JOINT_COLUMNS
 from wb_pipeline.core.fusion import (
     TABULAR_COLUMNS,
@@ -480,10 +480,9 @@ def _outer_fold(data: LabelData, fold: int, train: np.ndarray, valid: np.ndarray
 
 
 def _parallel(tasks: Sequence, n_jobs: int) -> list:
-    """`joblib` over delayed `tasks` in order (in this process when n_jobs is 1 or there is one task)."""
-    if n_jobs == 1 or len(tasks) < 2:
-        return [function(*args) for function, args, _ in tasks]
-    return Parallel(n_jobs=min(n_jobs, len(tasks)), backend="loky")(tasks)
+    """`joblib` over delayed `tasks` in order (in this process when n_jobs is 1 or there is one task); the
+    pool ends at the latest with the process, never 300 s later (`core.worker_pool`)."""
+    return worker_pool.parallel(tasks, n_jobs)
 
 
 def cross_validate_label(data: LabelData, config: ClassificationConfig) -> LabelCV:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from wb_pipeline.core import classification as core
-from wb_pipeline.core import contrastive, prediction
+from wb_pipeline.core import contrastive, prediction, worker_pool
 from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core.fusion import tabular_features
 from wb_pipeline.core.joint_space_figures import grouped_bars_png, png_markdown
@@ -115,6 +115,7 @@ def label_classifiers(
                for m, (c, w, iw) in cv.final_settings.items()},
             "seconds": round(seconds, 1),
         })
+    worker_pool.end_worker_pool()  # the fold pool ends with the step under any executor, not 300 s idle later
     probabilities = (pd.concat(frames, ignore_index=True) if frames
                      else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS)))
     # What drift and the retraining rule compare new drops with (the batches and size trained on).
@@ -167,6 +168,7 @@ def fusion_classifier(
         timings.append({"label": label, "classes": len(classes), "final_start": core.fusion_start_name(final.start_, inputs, final.start_weights_),
                         "final_trees": int(final.n_trees_), "seconds": round(time.perf_counter() - started, 2)})
         context.log.info(f"fusion {label}: {timings[-1]['seconds']}s")
+    worker_pool.end_worker_pool()
     predictions = (pd.concat(frames, ignore_index=True) if frames
                    else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS)))
     return dg.MaterializeResult(
