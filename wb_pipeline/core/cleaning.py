@@ -6,13 +6,16 @@ Deviations from the seed notebook (DESIGN.md §4):
   description from the title and the title from the first `title_fill_words` words of the description.
 - Rows are never dropped silently: each rejected row carries a machine-readable `reason`.
 - `brand` and `price` are kept (the notebook dropped them): brand is the grouping key of the
-  brand-held-out validation split.
+  brand-held-out validation split. A `price` that is not a finite, non-negative number (a string such
+  as 'abc', -5, inf) becomes missing, and the value is recorded in `rejected_values` with a reason: the
+  product stays (price is an optional feature), the value is never silently lost.
 - Products without a decodable image are rejected too (the notebook only looked at image size),
   because every downstream multimodal step needs one; `require_image=False` turns that off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,6 +35,12 @@ REJECT_UNDECODABLE_IMAGE = "undecodable_image"
 REJECT_EMPTY_IMAGE = "empty_image"
 
 REJECTED_COLUMNS = ["nm", "split", "reason", "detail"]
+
+# Why a single value was set to missing (`rejected_values.reason`); the product itself stays.
+REJECT_PRICE_NOT_A_NUMBER = "price_not_a_number"
+REJECT_PRICE_NEGATIVE = "price_negative"
+REJECT_PRICE_NOT_FINITE = "price_not_finite"
+REJECTED_VALUE_COLUMNS = ["nm", "split", "column", "value", "reason"]
 
 # The characters for which Python's str.isspace() is true (what str.strip()/str.split() remove).
 PYTHON_WHITESPACE = (
@@ -53,6 +62,26 @@ class CleaningConfig:
 class CleaningResult:
     clean: pd.DataFrame  # nm, split, title, description, ... (the input's other columns)
     rejected: pd.DataFrame  # nm, split, reason, detail
+    # values set to missing in clean products: nm, split, column, value (as text), reason
+    rejected_values: pd.DataFrame = dataclasses.field(
+        default_factory=lambda: pd.DataFrame(columns=REJECTED_VALUE_COLUMNS))
+
+
+def checked_prices(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """`price` cells as float64 (missing where missing or unusable) and, per cell, why it was unusable
+    (a REJECT_PRICE_* code; None for a usable or a missing price). Numbers stored as text ('1299',
+    ' 12.5 ') count as numbers, blank text as missing; bools are not prices."""
+    raw = values.astype(object)
+    missing = raw.map(lambda v: v is None or v is pd.NA or (isinstance(v, float) and v != v)
+                      or (isinstance(v, str) and not v.strip()))
+    as_text = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
+    numbers = pd.to_numeric(as_text.where(~raw.map(lambda v: isinstance(v, (bool, np.bool_))), "not a number"),
+                            errors="coerce").astype("float64")
+    reason = pd.Series(None, index=values.index, dtype=object)
+    reason[~missing & numbers.isna()] = REJECT_PRICE_NOT_A_NUMBER
+    reason[numbers.notna() & ~np.isfinite(numbers.fillna(0))] = REJECT_PRICE_NOT_FINITE
+    reason[numbers.notna() & np.isfinite(numbers.fillna(0)) & (numbers < 0)] = REJECT_PRICE_NEGATIVE
+    return numbers.where(reason.isna()), reason
 
 
 def _as_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -118,7 +147,7 @@ def clean_products(
     needed when `require_image`.
     `nm` must be unique across all splits: later duplicates (in split order) are rejected.
     """
-    clean_parts, rejected_parts = [], []
+    clean_parts, rejected_parts, value_parts = [], [], []
     # An nm is a duplicate if it occurred before, in this split or an earlier one (one hash pass).
     all_nm = pd.concat([raw["nm"] for raw in splits.values()], ignore_index=True) if splits else pd.Series()
     seen_before = all_nm.duplicated(keep="first").to_numpy()
@@ -171,6 +200,14 @@ def clean_products(
 
         frame.insert(1, "split", split)
         kept = reason.isna()
+        if "price" in frame.columns:
+            prices, price_reason = checked_prices(frame["price"])
+            if price_reason.notna().any() or not pd.api.types.is_numeric_dtype(frame["price"]):
+                frame["price"] = prices  # numbers stay as they were typed when every one is usable
+            bad = kept & price_reason.notna()
+            value_parts.append(pd.DataFrame({"nm": frame["nm"][bad], "split": split, "column": "price",
+                                             "value": raw["price"].reset_index(drop=True)[bad].map(_shown),
+                                             "reason": price_reason[bad]}))
         clean_parts.append(frame[kept])
         rejected_parts.append(
             pd.DataFrame({"nm": frame["nm"], "split": split, "reason": reason, "detail": detail})[~kept]
@@ -182,4 +219,14 @@ def clean_products(
         if rejected_parts
         else pd.DataFrame(columns=REJECTED_COLUMNS)
     )
-    return CleaningResult(clean=clean, rejected=rejected.astype({"reason": str, "detail": str}))
+    values = [part for part in value_parts if len(part)]
+    rejected_values = (pd.concat(values, ignore_index=True) if values
+                       else pd.DataFrame(columns=REJECTED_VALUE_COLUMNS)).astype({"value": str, "reason": str})
+    return CleaningResult(clean=clean, rejected=rejected.astype({"reason": str, "detail": str}),
+                          rejected_values=rejected_values)
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A cell as it reads in a report: repr for text (quotes and escapes show what was there), cut."""
+    text = repr(value) if isinstance(value, (str, bytes)) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

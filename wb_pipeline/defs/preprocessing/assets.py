@@ -39,16 +39,24 @@ TextPreprocessingSettings = config_class(text.TextPreprocessingConfig, "TextPrep
     },
 )
 def clean_and_rejected_products(
+    context: dg.AssetExecutionContext,
     raw_products_train: pd.DataFrame,
     raw_products_test: pd.DataFrame,
     image_index: pd.DataFrame,
     config: CleaningSettings,
 ):
-    """The notebook's `clean_dataset`, bugs fixed (see `wb_pipeline.core.cleaning`)."""
+    """The notebook's `clean_dataset`, bugs fixed (see `wb_pipeline.core.cleaning`). A single unusable
+    value of a clean product (a `price` that is not a number) becomes missing and is listed in the
+    `rejected_values` metadata of `clean_products`, with a warning in the run's log."""
     result = clean_products_core(
         {"train": raw_products_train, "test": raw_products_test}, image_index, to_core(CleaningConfig, config)
     )
-    clean, rejected = result.clean, result.rejected
+    clean, rejected, values = result.clean, result.rejected, result.rejected_values
+    if len(values):
+        counts = values.groupby(["column", "reason"]).size()
+        context.log.warning("values set to missing: " + ", ".join(
+            f"{column} {reason} x{count}" for (column, reason), count in counts.items())
+            + f" (e.g. {', '.join(values['value'].head(3))})")
     yield dg.Output(
         clean,
         output_name="clean_products",
@@ -56,6 +64,10 @@ def clean_and_rejected_products(
             "dagster/row_count": len(clean),
             "by_split": metadata.value_counts(clean["split"], "split"),
             "input_rows": len(raw_products_train) + len(raw_products_test),
+            "rejected_values": len(values),
+            "rejected_value_reasons": metadata.table(
+                values.groupby(["column", "reason"]).size().reset_index(name="count"), max_rows=50),
+            "rejected_value_examples": metadata.preview(values, rows=20),
             "preview": metadata.preview(clean.drop(columns=["characteristics"], errors="ignore")),
         },
     )
