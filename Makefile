@@ -35,7 +35,8 @@ system-deps:
 run: setup
 	$(BIN)/dagster job execute -m wb_pipeline.definitions -j full_pipeline -c deploy/cli-run.yaml
 
-# Quality of the whole graph on any dump in the WB layout: `make eval RAW_DIR=/path/to/folder`. Its own
+# Quality of the whole graph on any dump in the WB layout: `make eval RAW_DIR=/path/to/folder`. The folder is
+# checked first (files, readable, required columns: `python -m wb_pipeline.check_raw`), then its own
 # storage and Dagster instance under storage/eval/<name>/ (converted models shared with the main run: the
 # models folder the main run's settings give, `python -m wb_pipeline.settings --get models_dir`),
 # then one quality table, also written there as quality.md / quality.json.
@@ -44,6 +45,7 @@ EVAL_NAME ?= $(notdir $(patsubst %/,%,$(RAW_DIR)))
 EVAL_DIR := $(CURDIR)/storage/eval/$(EVAL_NAME)
 eval: setup
 	@test -n "$(RAW_DIR)" || { echo "usage: make eval RAW_DIR=/path/to/wb_layout_folder [EVAL_NAME=name]"; exit 2; }
+	@$(BIN)/python -m wb_pipeline.check_raw "$(RAW_DIR)"
 	mkdir -p $(EVAL_DIR)/dagster_home
 	cp deploy/dagster.yaml $(EVAL_DIR)/dagster_home/dagster.yaml
 	WB_PIPELINE_RAW_DIR=$(abspath $(RAW_DIR)) WB_PIPELINE_STORAGE_DIR=$(EVAL_DIR) \

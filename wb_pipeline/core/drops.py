@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from upath import UPath
 
 from wb_pipeline.core import schema, storage
-from wb_pipeline.core.ingestion import SchemaError, read_wb_table
+from wb_pipeline.core.ingestion import check_wb_folder, one_line
 
 # Drop names become Dagster partition keys: keep them to a safe alphabet.
 DROP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -31,46 +31,54 @@ class DropStatus:
 
 
 def drop_signature(folder: UPath) -> str:
+    """A hash of the drop's file names, sizes and mtimes. A file that cannot be stat'ed (a broken link, no
+    permission) enters by its name and the error, so fixing it changes the signature."""
     parts = []
     for child in sorted(folder.iterdir(), key=lambda p: p.name):
-        info = child.stat()
-        parts.append(f"{child.name}:{info.st_size}:{getattr(info, 'st_mtime', '')}")
+        try:
+            info = child.stat()
+            parts.append(f"{child.name}:{info.st_size}:{getattr(info, 'st_mtime', '')}")
+        except OSError as error:
+            parts.append(f"{child.name}:unreadable:{type(error).__name__}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def validate_drop(folder: UPath) -> str | None:
-    """None when the drop is usable, else a 'reason: detail' string."""
+    """None when the drop is usable, else a 'reason: detail' string (`ingestion.check_wb_folder`: one
+    product file at least, readable, with its columns; the images zip with one `{nm}.jpg` at least)."""
     if not DROP_NAME_PATTERN.match(folder.name):
         return f"bad_drop_name: {folder.name!r} (allowed: letters, digits, '_', '.', '-')"
-    product_files = [(schema.TRAIN_FILE, schema.TRAIN_REQUIRED_COLUMNS), (schema.TEST_FILE, schema.TEST_REQUIRED_COLUMNS)]
-    present = [(name, cols) for name, cols in product_files if (folder / name).exists()]
-    if not present:
-        return f"no_product_file: neither {schema.TRAIN_FILE} nor {schema.TEST_FILE}"
-    for name, columns in present:
-        try:
-            read_wb_table(folder / name, columns)
-        except SchemaError as error:
-            return f"bad_product_file: {error}"
-    zip_path = folder / schema.IMAGES_ZIP
-    if not zip_path.exists():
-        return f"missing_images_zip: {schema.IMAGES_ZIP}"
-    try:
-        with zip_path.open("rb") as handle, zipfile.ZipFile(handle) as zf:
-            zf.namelist()
-    except (zipfile.BadZipFile, OSError) as error:
-        return f"corrupt_images_zip: {error}"
-    return None
+    return check_wb_folder(folder, require_all=False).problem
 
 
 def scan_incoming(incoming_dir: str) -> list[DropStatus]:
-    """Every sub-folder of the incoming folder, validated, in name order."""
+    """Every sub-folder of the incoming folder, validated, in name order. A drop that cannot even be
+    looked at (no permission, vanished mid-scan) gets its problem too: one bad drop never hides the
+    others."""
     root = storage.as_upath(incoming_dir)
     if not root.exists():
         return []
     statuses = []
-    for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
-        statuses.append(DropStatus(folder.name, str(folder), drop_signature(folder), validate_drop(folder)))
+    for folder in sorted((p for p in root.iterdir() if _is_dir(p)), key=lambda p: p.name):
+        try:
+            signature = drop_signature(folder)
+        except OSError as error:
+            statuses.append(DropStatus(folder.name, str(folder), f"unlisted:{type(error).__name__}",
+                                       f"unreadable_drop: {one_line(error)}"))
+            continue
+        try:
+            problem = validate_drop(folder)
+        except Exception as error:  # noqa: BLE001 - any other surprise is this drop's problem, not the scan's
+            problem = f"unreadable_drop: {type(error).__name__}: {one_line(error)}"
+        statuses.append(DropStatus(folder.name, str(folder), signature, problem))
     return statuses
+
+
+def _is_dir(path: UPath) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def drop_shards(folder: UPath, n_shards: int) -> set[int]:
@@ -85,11 +93,11 @@ def drop_shards(folder: UPath, n_shards: int) -> set[int]:
     ids: list[str] = []
     for name in (schema.TRAIN_FILE, schema.TEST_FILE):
         if (folder / name).exists():
-            with (folder / name).open("rb") as handle:
+            with storage.open_regular_file(folder / name) as handle:
                 column = pq.read_table(handle, columns=["nm"]).column("nm")
             ids += normalize_nm(column, source=name).dropna().tolist()
     zip_path = folder / schema.IMAGES_ZIP
     if zip_path.exists():
-        with zip_path.open("rb") as handle, zipfile.ZipFile(handle) as zf:
+        with storage.open_regular_file(zip_path) as handle, zipfile.ZipFile(handle) as zf:
             ids += [nm for nm in map(nm_from_member_name, zf.namelist()) if nm is not None]
     return set(storage.product_shards(ids, n_shards).tolist())

@@ -92,7 +92,7 @@ def write_embedding_table(table: EmbeddingTable, path: UPath) -> None:
 
 
 def read_embedding_table(path: UPath) -> EmbeddingTable:
-    with path.open("rb") as handle:
+    with storage.open_regular_file(path) as handle:  # a FIFO or folder in its place is an error, not a hang
         return EmbeddingTable.from_arrow(pq.read_table(handle))
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,69 @@ def as_upath(path: str | os.PathLike | UPath, **storage_options) -> UPath:
     if isinstance(path, UPath) and not storage_options:
         return path
     return UPath(path, **storage_options)
+
+
+def is_local(path: UPath) -> bool:
+    return path.protocol in ("", "file", "local")
+
+
+class UnreadableFile(OSError):
+    """A path that is not a regular file this code may read: a folder, FIFO, device or socket, a
+    broken link, or a file above the size limit. The message names the path and what it is."""
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "something else")
+
+
+def open_regular_file(path: str | os.PathLike | UPath, max_bytes: int | None = None) -> IO[bytes]:
+    """A binary read handle on `path`, opened only after checking what it is: a local path must be a
+    regular file (a FIFO would block the reader forever, /dev/zero never ends), and none may be larger
+    than `max_bytes`. The checks look at the opened file itself (fstat), so a swap between check and
+    read is caught too; the FIFO is opened non-blocking, so even the check cannot hang.
+    Raises `UnreadableFile` (or FileNotFoundError / PermissionError) naming the path."""
+    path = as_upath(path)
+    if not is_local(path):  # object stores hold regular objects only; the size comes from their listing
+        if max_bytes is not None:
+            size = path.stat().st_size
+            if size is not None and size > max_bytes:
+                raise UnreadableFile(f"{path}: {size} bytes, above the {max_bytes}-byte limit")
+        return path.open("rb")
+    local = Path(path.path)
+    try:
+        fd = os.open(local, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        if local.is_symlink():
+            raise UnreadableFile(f"{local}: it is a broken symbolic link") from None
+        raise FileNotFoundError(f"{local}: no such file") from None
+    except IsADirectoryError:
+        raise UnreadableFile(f"{local}: it is a folder, not a file") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile(f"{local}: it is {_file_kind(info.st_mode)}, not a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise UnreadableFile(f"{local}: {info.st_size} bytes, above the {max_bytes}-byte limit")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_file(path: str | os.PathLike | UPath, max_bytes: int) -> bytes:
+    """The bytes of `path` through `open_regular_file`; never more than `max_bytes` are read (a file
+    that grew past the limit since it was opened is refused too)."""
+    with open_regular_file(path, max_bytes) as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnreadableFile(f"{path}: more than {max_bytes} bytes (the file grew while it was read)")
+    return data
 
 
 def _tmp_sibling(path: UPath) -> UPath:
@@ -117,7 +182,7 @@ def read_sharded_parquet(path: UPath, shard: tuple[int, int] | None = None,
     `write_sharded_parquet` with the same shard count serves a shard from its own row groups; any
     other file is read whole and filtered by the column it was sharded by (`nm` when it was not)
     (correct, just not cheaper)."""
-    with path.open("rb") as handle:
+    with open_regular_file(path) as handle:
         parquet = pq.ParquetFile(handle)
         layout = (parquet.schema_arrow.metadata or {}).get(SHARD_LAYOUT_KEY)
         layout = json.loads(layout) if layout else None
@@ -161,10 +226,11 @@ def _drop_position(table: pa.Table) -> pd.DataFrame:
 
 
 def _replace(src: UPath, dst: UPath) -> None:
-    if src.protocol in ("", "file", "local"):
+    if is_local(src):
         os.replace(Path(src.path), Path(dst.path))  # atomic on POSIX, overwrites
     else:
         src.fs.mv(src.path, dst.path)
+
 
 ENCODER_MODEL_FOLDERS = ("e5", "onnx", "open_clip")
 

@@ -77,7 +77,7 @@ def image_members(context: dg.AssetExecutionContext, raw_data: WBRawData) -> dg.
     sources, _ = _sources(context, raw_data)
     parts = []
     for batch, folder in sources:
-        with (folder / schema.IMAGES_ZIP).open("rb") as handle:
+        with storage.open_regular_file(folder / schema.IMAGES_ZIP) as handle:
             zip_bytes = handle.seek(0, 2)
             handle.seek(0)
             with images.open_zip(handle) as zf:
@@ -108,7 +108,7 @@ def _scan_image_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pi
                                                          f"{batch}-{check_key}-{index_n}.parquet")
         previous = storage.read_parquet(cache_path) if cache_path.exists() else None
         batch_members = members[members["batch"] == batch]
-        with (folder / schema.IMAGES_ZIP).open("rb") as handle, images.open_listed_zip(handle, batch_members) as zf:
+        with storage.open_regular_file(folder / schema.IMAGES_ZIP) as handle, images.open_listed_zip(handle, batch_members) as zf:
             index, rejected_members = images.build_image_index(zf, sizes, image_config, previous=previous, shard=shard)
         storage.write_parquet(index, cache_path)
         reused = 0 if previous is None else int(
