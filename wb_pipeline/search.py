@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 
 from wb_pipeline import settings
+from wb_pipeline.cli_args import int_at_least
 
 INDEX_ASSET = "product_index"  # its value (the build folder) is where the storage IO manager keeps it
 
@@ -34,16 +35,24 @@ class NotMaterialized(RuntimeError):
 def latest_index_folder(storage_dir: str) -> str:
     """The build folder named by the latest materialized `product_index` under `storage_dir`."""
     from wb_pipeline.core import storage
+    from wb_pipeline.core.ingestion import one_line
 
     path = storage.StorageLayout(storage_dir).asset_file(INDEX_ASSET)
     if not path.exists():
         raise NotMaterialized(
             f"no product index materialized under {storage_dir} (no {path}): materialize the "
             "`search` group first, e.g. `make run` or `dagster job execute -m wb_pipeline.definitions -j full_pipeline`")
-    table = storage.read_parquet(path, columns=["index_folder"])
+    try:
+        table = storage.read_parquet(path, columns=["index_folder"])
+    except (OSError, ValueError) as error:  # a folder, FIFO or garbage in place of the table (ArrowInvalid is a ValueError)
+        raise NotMaterialized(f"{path} is not a readable product index table ({one_line(error)}): "
+                              "re-materialize the `search` group") from None
+    if "index_folder" not in table.columns:
+        raise NotMaterialized(f"{path} has no 'index_folder' column: not a product index table; "
+                              "re-materialize the `search` group")
     folders = table["index_folder"].dropna().unique()
     if len(folders) != 1:
-        raise NotMaterialized(f"{path}: expected one index folder, found {list(folders)}")
+        raise NotMaterialized(f"{path}: expected one index folder, found {len(folders)}: {list(folders)[:3]}")
     return str(folders[0])
 
 
@@ -52,6 +61,7 @@ def open_searcher(storage_dir: str | None = None, models_dir: str | None = None,
     """A `Searcher` over the latest build, with the encoder a `need` ("text" / "image") query uses."""
     from wb_pipeline.core.contrastive import load_joint_model
     from wb_pipeline.core.images import ImageConfig
+    from wb_pipeline.core.ingestion import one_line
     from wb_pipeline.core.search.query import Searcher
     from wb_pipeline.core.search.spaces import uses_joint_model
     from wb_pipeline.core.search.store import load_build
@@ -60,8 +70,8 @@ def open_searcher(storage_dir: str | None = None, models_dir: str | None = None,
     folder = latest_index_folder(storage_dir)
     try:
         build = load_build(folder, ef_search)
-    except (OSError, ValueError) as error:
-        raise NotMaterialized(f"the materialized product index is not usable: {error}") from error
+    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: faiss refusing a corrupt index file
+        raise NotMaterialized(f"the materialized product index is not usable: {one_line(error)}") from error
     manifest = build.manifest
     joint_model = None
     if uses_joint_model(manifest["space"]):
@@ -119,23 +129,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("query", nargs="?", help="the text to search for")
     parser.add_argument("--image", metavar="PATH", help="search by this photo instead of a text")
-    parser.add_argument("--top", type=int, default=10, help="how many products to print (default 10)")
+    parser.add_argument("--top", type=int_at_least(1), default=10, help="how many products to print (default 10)")
     parser.add_argument("--storage", help="storage dir (default: WB_PIPELINE_STORAGE_DIR, else storage/)")
     parser.add_argument("--models-dir", help="converted encoder models (default: WB_PIPELINE_MODELS_DIR, else <storage>/models)")
-    parser.add_argument("--ef-search", type=int, help="HNSW search effort (default: the index's)")
-    parser.add_argument("--threads", type=int, default=1, help="faiss threads for the search (default 1)")
+    parser.add_argument("--ef-search", type=int_at_least(1), help="HNSW search effort (default: the index's)")
+    parser.add_argument("--threads", type=int_at_least(1), default=1, help="faiss threads for the search (default 1)")
     parser.add_argument("--timing", action="store_true", help="print the query's latency to stderr")
     args = parser.parse_args(argv)
 
-    from wb_pipeline.core.search.query import QueryError, clean_query_text, format_results
+    from wb_pipeline.core.search.query import QueryError, check_image_file, clean_query_text, format_results
 
     try:
         if args.image is not None and args.query is not None:
             raise QueryError("give a text query or --image PATH, not both")
         if args.image is None:
             clean_query_text(args.query)  # an empty query fails before any model loads
-        if args.top < 1:
-            raise QueryError(f"--top must be >= 1, got {args.top}")
+        else:
+            check_image_file(args.image)  # so does a folder, a FIFO, a device or an oversized file
         searcher = open_searcher(args.storage, args.models_dir, "image" if args.image is not None else "text",
                                  args.threads, args.ef_search)
         def run():

@@ -31,11 +31,13 @@ from upath import UPath
 
 from wb_pipeline.core import storage
 from wb_pipeline.core.search.index import LIBRARY, LIBRARY_VERSION, IndexConfig, VectorIndex, recall_at_k
+from wb_pipeline.core.search.spaces import SPACES
 
 INDEX_FILE = "index.faiss"
 PRODUCTS_FILE = "products.parquet"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few KB; never read a huge or endless one
 
 
 def vector_hashes(vectors: np.ndarray) -> np.ndarray:
@@ -71,9 +73,11 @@ class IndexBuild:
 def read_manifest(folder: UPath) -> dict[str, Any] | None:
     path = storage.as_upath(folder) / MANIFEST_FILE
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        with storage.open_regular_file(path, MAX_MANIFEST_BYTES) as handle:
+            manifest = json.loads(handle.read().decode("utf-8"))
     except (OSError, ValueError):
         return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def load_build(folder: str | UPath, ef_search: int | None = None) -> IndexBuild:
@@ -85,14 +89,28 @@ def load_build(folder: str | UPath, ef_search: int | None = None) -> IndexBuild:
     if manifest.get("format_version") != FORMAT_VERSION or manifest.get("library") != LIBRARY:
         raise ValueError(f"{folder}: index format {manifest.get('library')!r} v{manifest.get('format_version')!r}, "
                          f"this code reads {LIBRARY!r} v{FORMAT_VERSION}")
+    wrong = [key for key, kind in (("space", str), ("size", int)) if not isinstance(manifest.get(key), kind)]
+    if wrong or not isinstance(manifest.get("ef_search", 128), int) or manifest.get("ef_search", 128) < 1:
+        raise ValueError(f"{folder}: {MANIFEST_FILE} lacks a usable {', '.join(wrong) or 'ef_search'}")
+    if manifest["space"] not in SPACES:
+        raise ValueError(f"{folder}: {MANIFEST_FILE} names space {manifest['space']!r}, not one of {SPACES}")
+    dims = manifest.get("encoder_dims")
+    if manifest["space"] == "early_concat" and not (isinstance(dims, dict) and all(
+            isinstance(dims.get(side), int) for side in ("text", "image"))):
+        raise ValueError(f"{folder}: an early_concat index needs its encoder_dims (text, image) in {MANIFEST_FILE}")
     for name in (INDEX_FILE, PRODUCTS_FILE):
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder}: {name} is missing")
-    index = VectorIndex.from_bytes((folder / INDEX_FILE).read_bytes(), ef_search or manifest.get("ef_search", 128))
+    with storage.open_regular_file(folder / INDEX_FILE) as handle:
+        index = VectorIndex.from_bytes(handle.read(), ef_search or manifest.get("ef_search", 128))
     products = storage.read_parquet(folder / PRODUCTS_FILE)
+    if not {"nm", "title"} <= set(products.columns):
+        raise ValueError(f"{folder}: {PRODUCTS_FILE} lacks nm or title")
     if index.size != len(products) or index.size != manifest.get("size"):
         raise ValueError(f"{folder}: the index holds {index.size} vectors, {PRODUCTS_FILE} {len(products)} rows, "
                          f"the manifest says {manifest.get('size')}")
+    if manifest.get("dim", index.dim) != index.dim:
+        raise ValueError(f"{folder}: the index's vectors have {index.dim} dimensions, the manifest says {manifest['dim']}")
     return IndexBuild(folder, index, products, manifest)
 
 
