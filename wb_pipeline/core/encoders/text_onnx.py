@@ -22,12 +22,14 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from wb_pipeline.core.encoders.base import config_fingerprint, l2_normalize
+from wb_pipeline.core.memory import run_isolated
 from wb_pipeline.core.encoders.text import folder_content_hash, plain_tokenizer, validate_texts
 
 __all__ = [
@@ -50,6 +52,9 @@ _SUPPORTED_MODULES = {"Transformer", "Pooling", "Normalize"}
 #: Model types whose exported graph onnxruntime's BERT optimizer is checked to fuse correctly here
 #: (the converted e5 is a BertModel). Others run the plain export (RoBERTa-style position ids unchecked).
 _FUSABLE_MODEL_TYPES = ("bert",)
+#: Models with more weight bytes than this build their graph (export, fusion, int8) one stage per fresh
+#: process, so the calling process (a pipeline run) never holds the builders' memory; smaller ones in process.
+ISOLATE_ABOVE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -263,15 +268,15 @@ class OnnxTextEncoder:
     # --- graph ----------------------------------------------------------------------------------
 
     def _export_module(self):
-        import torch
+        return _export_example(self.layout.transformer_dir, self.layout.has_token_types)
 
-        module, _ = _mean_pooled_transformer(self.layout.transformer_dir)
-        ids = torch.full((2, 8), 5, dtype=torch.long)
-        mask = torch.ones_like(ids)
-        mask[1, 5:] = 0  # padding in the example keeps the mask path in the traced graph
-        if self.layout.has_token_types:
-            return module, (ids, mask, torch.zeros_like(ids))
-        return module, (ids, mask)
+    def _isolated(self) -> bool:
+        """Whether the one-time graph build runs each stage in its own process (`core.memory.
+        run_isolated`): for models whose weights exceed `ISOLATE_ABOVE_BYTES` (multilingual-e5-small:
+        470 MB, whose export / fusion / quantisation peak at 2.5-4.6 GB in the calling process)."""
+        weights = sum(p.stat().st_size for p in self.layout.transformer_dir.glob("*.safetensors")) + sum(
+            p.stat().st_size for p in self.layout.transformer_dir.glob("*.bin"))
+        return weights > ISOLATE_ABOVE_BYTES
 
     def _graph_path(self) -> Path:
         """The graph to run, built on a cache miss: export -> fused float32 graph -> [int8 graph].
@@ -294,16 +299,20 @@ class OnnxTextEncoder:
         target = base.with_name(f"{base.stem}-{INT8_RECIPE}.onnx") if self.quantization == "int8" else base
         if _usable(target):
             return target
+        isolated = self._isolated()
         if not _usable(base):
-            onnx_export.cached_onnx_export(
-                cache_key=key, file_stem=stem, build_module=self._export_module, cache_dir=self.cache_dir,
-                input_names=inputs, output_names=(OUTPUT_NAME,), dynamic_axes=axes, open_session=False,
-            )
+            export = dict(cache_key=key, file_stem=stem, cache_dir=self.cache_dir, input_names=inputs,
+                          output_names=(OUTPUT_NAME,), dynamic_axes=axes, open_session=False)
+            if isolated:
+                run_isolated(_export_graph, self.layout.transformer_dir, self.layout.has_token_types, export)
+            else:
+                onnx_export.cached_onnx_export(build_module=self._export_module, **export)
             if fusable:
                 onnx_export.cached_derived_file(export_path, FUSED_TAG, self._fuse_graph)
                 export_path.unlink(missing_ok=True)
         if self.quantization == "int8":
-            onnx_export.cached_derived_file(base, INT8_RECIPE, _quantize_int8)
+            quantize = partial(run_isolated, _quantize_int8) if isolated else _quantize_int8
+            onnx_export.cached_derived_file(base, INT8_RECIPE, quantize)
         return target
 
     def _build_session(self):
@@ -322,11 +331,8 @@ class OnnxTextEncoder:
         return session
 
     def _fuse_graph(self, source: Path, destination: Path) -> None:
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        optimized = optimize_model(str(source), model_type="bert", num_heads=self.layout.num_heads,
-                                   hidden_size=self.layout.hidden_size, opt_level=0)
-        optimized.save_model_to_file(str(destination))
+        fuse = partial(run_isolated, fuse_bert_graph) if self._isolated() else fuse_bert_graph
+        fuse(source, destination, self.layout.num_heads, self.layout.hidden_size)
 
     @property
     def session(self):
@@ -382,6 +388,68 @@ class OnnxTextEncoder:
 
 def _usable(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
+
+
+def _export_example(transformer_dir: Path, has_token_types: bool):
+    """``(module, example inputs)`` of the mean-pooled transformer, for the ONNX export."""
+    import torch
+
+    module, _ = _mean_pooled_transformer(transformer_dir)
+    ids = torch.full((2, 8), 5, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # padding in the example keeps the mask path in the traced graph
+    if has_token_types:
+        return module, (ids, mask, torch.zeros_like(ids))
+    return module, (ids, mask)
+
+
+def _export_graph(transformer_dir: Path, has_token_types: bool, export: dict) -> None:
+    """`onnx_export.cached_onnx_export` of the mean-pooled transformer (module level: `run_isolated`)."""
+    from wb_pipeline.core.encoders import onnx_export
+
+    onnx_export.cached_onnx_export(build_module=lambda: _export_example(transformer_dir, has_token_types), **export)
+
+
+def fuse_bert_graph(source: Path, destination: Path, num_heads: int, hidden_size: int) -> None:
+    """onnxruntime's transformer optimizer (fused Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm;
+    opt_level 0) over ``source``, written to ``destination``: the same file ``optimize_model`` writes,
+    byte for byte, at a quarter of its memory.
+
+    The optimizer's passes copy the whole model for shape inference again and again (for
+    multilingual-e5-small, 470 MB of which 384 MB is the word-embedding table: 3.3 GB peak). Here the
+    weights are moved to a side file first, so those copies hold the graph only, and they are read
+    back into the fused model at the end (1.0 GB peak). The passes read the weights they merge from
+    that side file relative to the working directory, which this function changes for its duration:
+    run it in its own process (`run_isolated`) or where nothing else depends on the working directory.
+    """
+    import os
+    import tempfile
+
+    import onnx
+    from onnx import external_data_helper
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    from onnxruntime.transformers.optimizer import optimize_by_fusion
+
+    destination = Path(destination)
+    with tempfile.TemporaryDirectory(prefix=".fuse-", dir=destination.parent) as side:
+        model = onnx.load_model(str(source))
+        external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True,
+                                                            location="weights.bin", size_threshold=1024)
+        onnx.save_model(model, os.path.join(side, "graph.onnx"))
+        del model
+        graph = onnx.load_model(os.path.join(side, "graph.onnx"), load_external_data=False)
+        working_dir = os.getcwd()
+        os.chdir(side)
+        try:
+            optimizer = optimize_by_fusion(graph, "bert", num_heads, hidden_size)
+            optimizer.topological_sort()  # what save_model_to_file does first
+            external_data_helper.load_external_data_for_model(optimizer.model, side)
+        finally:
+            os.chdir(working_dir)
+        for tensor in external_data_helper._get_all_tensors(optimizer.model):
+            if tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.DEFAULT:
+                tensor.ClearField("data_location")  # explicitly set by the load: would change the bytes
+        OnnxModel.save(optimizer.model, str(destination))
 
 
 def _quantize_int8(source: Path, destination: Path) -> None:

@@ -9,7 +9,7 @@ from wb_pipeline.core import storage
 from wb_pipeline.core.drops import drop_shards, scan_incoming
 from wb_pipeline.core.storage import shard_keys
 from wb_pipeline.core.monitoring.retrain import DropDrift, RetrainPolicy, decide_retrain
-from wb_pipeline.defs.progress import log_finished_step
+from wb_pipeline.defs.progress import log_finished_step, release_memory_after_step
 from wb_pipeline.settings import DEFAULT_REEMBED_CRON, REEMBED_CRON_ENV
 
 # The registry of new-product drops: one dynamic partition key per drop folder (product batches,
@@ -26,7 +26,7 @@ full_pipeline = dg.define_asset_job(
     selection=CATALOGUE,
     description="Materialize the whole catalogue asset graph (with its asset checks) from the raw WB files "
     "(the per-drop group `drops` runs in `predict_new_drops`).",
-    hooks={log_finished_step},
+    hooks={log_finished_step, release_memory_after_step},
 )
 
 reembed_new_products = dg.define_asset_job(
@@ -35,7 +35,7 @@ reembed_new_products = dg.define_asset_job(
     description="Ingest the main dump plus every registered drop, preprocess, and embed. The embedding "
     "cache makes this embed only the products that are new or changed. On success the sensor "
     "`predict_new_drops_sensor` starts `predict_new_drops` for each drop it embedded.",
-    hooks={log_finished_step},
+    hooks={log_finished_step, release_memory_after_step},
 )
 
 refresh_search_index = dg.define_asset_job(
@@ -44,6 +44,7 @@ refresh_search_index = dg.define_asset_job(
     description="After `reembed_new_products`: project every product with the CURRENT joint model (no "
     "retraining, so indexed products keep their vectors), add the new ones to the product index instead "
     "of rebuilding it, and refresh similar products, duplicate groups and their report.",
+    hooks={release_memory_after_step},
 )
 
 
@@ -143,7 +144,7 @@ predict_new_drops = dg.define_asset_job(
     selection=dg.AssetSelection.groups(DROPS_GROUP),
     description="One drop (partition): predictions from the saved models and the drift verdict (a WARN check). "
     "Started by `predict_new_drops_sensor` after `reembed_new_products`; no model is retrained.",
-    hooks={log_finished_step},
+    hooks={log_finished_step, release_memory_after_step},
 )
 
 RETRAIN_SELECTION = dg.AssetSelection.groups("labels", "contrastive", "classification")
@@ -153,7 +154,7 @@ retrain_models = dg.define_asset_job(
     description="Re-derive labels, retrain the joint-space heads (+ joint vectors) and the classifiers on the "
     "current catalogue (main dump + every ingested drop). Started by `retrain_models_sensor` when drift or "
     "the share of products added since the last training passes its threshold; the run's tags say why.",
-    hooks={log_finished_step},
+    hooks={log_finished_step, release_memory_after_step},
 )
 
 PREDICTED_ASSET = dg.AssetKey("drop_predictions")
