@@ -32,7 +32,7 @@ class DuplicateConfig:
     """Thresholds and candidates of the duplicate graph (cosine similarities).
 
     Defaults were chosen from the duplicate report's threshold sweep on the bundled sample AND the
-    real Flipkart set (README, "Search"): a value good on both, not the best of either.
+    real Flipkart set (docs/results.md, "Search and duplicate groups"): a value good on both, not the best of either.
     `candidates`: neighbours per product and modality that are considered at all.
     `text_floor` / `image_floor`: a product without any match keeps its best candidate (by mean
     similarity) when its text similarity >= text_floor AND its image similarity >= image_floor;

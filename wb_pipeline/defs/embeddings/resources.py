@@ -49,7 +49,7 @@ class TextEncoderResource(dg.ConfigurableResource):
     max_seq_length: int = 512
     # None: 1 for engine="onnx_int8" (its dynamic int8 quantisation scales activations per batch, so
     # only one text per forward pass makes a product's vector depend on its text alone: the same in
-    # every shard, drop and re-run; measured no slower than 32 on 2 cores, README "Encoders"), else 32
+    # every shard, drop and re-run; measured no slower than 32 on 2 cores, docs/results.md), else 32
     batch_size: int | None = None
     device: str = "auto"
     num_threads: int | None = None
