@@ -116,7 +116,7 @@ def clustering_over_seeds(text, image, keys, joint_embeddings, product_labels, c
     retrained = training_seeds.retrained_joint_vectors(text.vectors, image.vectors, keys["title_key"].tolist(),
                                                        keys["image_key"].tolist(), config, others)
     return training_seeds.equal_k_over_training_seeds(spaces, config.seed, retrained, targets,
-                                                      clustering.ClusteringConfig(), range(n_seeds))
+                                                      clustering.CLUSTERING_RECIPES, range(n_seeds))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -12,11 +12,13 @@ from sklearn import metrics as skm
 from wb_pipeline.core.clustering import (
     ClusteringConfig,
     choose_k,
+    choose_space,
     cluster_spaces,
     clustering_accuracy,
     clustering_report,
     duplicate_cohesion,
     equal_k_comparison,
+    equal_k_over_recipes,
     equal_k_over_seeds,
     known_class_counts,
     label_agreement,
@@ -211,6 +213,57 @@ def test_seed_comparison_intervals_and_verdicts():
     assert seed_comparison(lower, "joint", ("text", "image")).set_index("space").loc["joint − text", "verdict"] == "below"
 
 
+def test_seed_comparison_per_recipe_also_against_the_concatenation():
+    rows = [{"recipe": recipe, "seed": s, "target": "category", "space": space, "k": 5, "ami": ami + shift}
+            for recipe, shift in (("umap", 0.0), ("pca64", -0.2))
+            for s, (t, i, c, j) in enumerate([(0.60, 0.50, 0.70, 0.66), (0.62, 0.52, 0.71, 0.65), (0.61, 0.49, 0.69, 0.64)])
+            for space, ami in (("text", t), ("image", i), ("early_concat", c), ("joint", j))]
+    table = seed_comparison(pd.DataFrame(rows), "joint", ("text", "image"))
+    assert list(table["recipe"].unique()) == ["umap", "pca64"]  # one block per recipe, in order
+    for recipe in ("umap", "pca64"):
+        part = table[table["recipe"] == recipe].set_index("space")
+        assert part.loc["joint − text", "verdict"] == "above"  # the best unimodal space is text
+        assert part.loc["joint − early_concat", "verdict"] == "below"  # but the plain concatenation wins
+        assert part.loc["joint − early_concat", "AMI mean"] == pytest.approx(-0.05)
+    assert table.set_index(["recipe", "space"]).loc[("pca64", "text"), "AMI mean"] == pytest.approx(0.41)
+
+
+def test_equal_k_over_recipes_labels_each_recipe():
+    points, labels = blobs(n_per=20, centres=3)
+    recipes = {"pca8": FAST, "pca4": dataclasses.replace(FAST, pca_components=4)}
+    per_seed = equal_k_over_recipes({"text": points}, {"category": labels.astype(str).astype(object)}, recipes, [0, 1])
+    assert per_seed.groupby("recipe").size().to_dict() == {"pca8": 2, "pca4": 2}
+    assert per_seed["ami"].gt(0.9).all()
+
+
+def _equal_k_report(amis: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    rows = []
+    for space, (category, sub_category) in amis.items():
+        rows.append({"space": space, "algorithm": "kmeans_k_category", "category_ami": category,
+                     "sub_category_ami": np.nan})
+        rows.append({"space": space, "algorithm": "kmeans_k_sub_category", "category_ami": np.nan,
+                     "sub_category_ami": sub_category})
+    return pd.DataFrame(rows)
+
+
+def test_choose_space_by_equal_k_ami_with_a_margin_for_the_joint_space():
+    config = ClusteringConfig()
+    targets = ["category", "sub_category"]
+    photo_led = _equal_k_report({"text": (0.24, 0.27), "image": (0.54, 0.59), "early_concat": (0.56, 0.61),
+                                 "joint": (0.30, 0.30)})
+    space, reason, means = choose_space(photo_led, targets, config)
+    assert space == "early_concat" and means["early_concat"] == pytest.approx(0.585) and "beats" in reason
+    close = _equal_k_report({"text": (0.64, 0.69), "image": (0.60, 0.50), "early_concat": (0.65, 0.70),
+                             "joint": (0.64, 0.69)})
+    assert choose_space(close, targets, config)[0] == "joint"  # +0.01 is inside the margin
+    assert choose_space(close, targets, dataclasses.replace(config, space_choice_margin=0.0))[0] == "early_concat"
+    assert choose_space(photo_led, targets, dataclasses.replace(config, space="text"))[:2] == ("text", "pinned by config")
+    no_classes = pd.DataFrame({"space": ["text", "joint"], "algorithm": ["kmeans", "kmeans"]})
+    assert choose_space(no_classes, [], config)[0] == "joint"
+    with pytest.raises(ValueError, match="space"):
+        ClusteringConfig(space="pixels")
+
+
 def test_scatter_from_the_clustering_space_needs_no_extra_fit():
     points, _ = blobs(n_per=10, centres=3)
     pca = points[:, :6]
@@ -248,7 +301,7 @@ def test_clustering_assets_and_check(tmp_path, instance):
     assert clusters["nm"].tolist() == text.nm.tolist()
     expected_columns = {f"{s}_{a}" for s in ("text", "image", "early_concat", "joint")
                         for a in ("kmeans", "kmeans_k_category", "kmeans_k_sub_category", "hdbscan")}
-    assert set(clusters.columns) == {"nm", *expected_columns}
+    assert set(clusters.columns) == {"nm", "cluster", *expected_columns}
     report = result.asset_value("clustering_report")
     assert len(report) == 4 * 4  # kmeans (silhouette k), kmeans_k_category, kmeans_k_sub_category, hdbscan
     assert report["category_rows"].eq(120).all()
@@ -265,6 +318,11 @@ def test_clustering_assets_and_check(tmp_path, instance):
     equal = report[report["algorithm"] == "kmeans_k_category"]
     assert equal["n_clusters"].eq(4).all()  # k = the 4 known categories in every space
     assert report.loc[report["algorithm"] == "kmeans_k_sub_category", "n_clusters"].eq(8).all()
+    clusters_metadata = next(m for m in metadata if m.asset_key == dg.AssetKey("product_clusters")).metadata
+    chosen = clusters_metadata["space"].value
+    assert (chosen, clusters_metadata["space_reason"].value) == choose_space(report, ["category", "sub_category"],
+                                                                             FAST)[:2]
+    np.testing.assert_array_equal(clusters["cluster"], clusters[f"{chosen}_kmeans"])  # the chosen space's clusters
     evaluation = result.get_asset_check_evaluations()[0]
     assert evaluation.check_name == "joint_space_not_worse_than_unimodal"
     passed = []

@@ -75,7 +75,7 @@ def test_quality_tables_lead_the_clustering_with_the_seed_comparison():
         {"fold": f, "method": m, "direction": "text_to_image", "pairs": 10, "recall_at_1": 0.2 + 0.1 * (m == "joint"),
          "recall_at_10": 0.5} for f in range(2) for m in METHODS]))
     tables = report.quality_tables(classification, summary, empty, pd.DataFrame({"reason": []}), 10, per_seed)
-    (heading,) = [h for h in tables if "over 3 UMAP/KMeans seeds" in h]
+    (heading,) = [h for h in tables if "over 3 clustering seeds" in h]
     seeds = tables[heading].set_index("space")
     assert seeds.loc["joint − text", "verdict"] == "above" and seeds.loc["joint − text", "AMI mean"] == pytest.approx(0.1)
     assert "over" not in " ".join(report.quality_tables(classification, summary, empty, pd.DataFrame({"reason": []}), 10))
@@ -99,8 +99,9 @@ def test_equal_k_over_training_seeds_pools_the_joint_space_over_both_seeds():
     spaces = {"text": points, "image": rng.normal(size=points.shape).astype(np.float32), "joint": points}
     retrained = {1: points + rng.normal(scale=0.1, size=points.shape).astype(np.float32), 2: rng.permutation(points)}
     per_seed = training_seeds.equal_k_over_training_seeds(spaces, 0, retrained, {"category": labels.astype(str)},
-                                                          FAST_CLUSTERING, [0, 1])
+                                                          {"pca": FAST_CLUSTERING}, [0, 1])
     assert len(per_seed) == 3 * 2 + 2 * 2  # the run's three spaces, then the two retrained joint spaces
+    assert set(per_seed["recipe"]) == {"pca"}
     assert per_seed.groupby("space")["train_seed"].apply(set).to_dict() == {"text": {0}, "image": {0},
                                                                             "joint": {0, 1, 2}}
     table = report.clustering_seed_table(per_seed).set_index("space")
@@ -109,7 +110,7 @@ def test_equal_k_over_training_seeds_pools_the_joint_space_over_both_seeds():
     assert table.loc["joint", "AMI mean"] < table.loc["text", "AMI mean"]
     with pytest.raises(ValueError, match="the run's own"):
         training_seeds.equal_k_over_training_seeds(spaces, 1, retrained, {"category": labels.astype(str)},
-                                                   FAST_CLUSTERING, [0])
+                                                   {"pca": FAST_CLUSTERING}, [0])
 
 
 def test_seed_comparison_uses_each_space_own_number_of_draws():

@@ -80,20 +80,23 @@ def test_quality_report_of_the_run(full_run):
     storage_dir = full_run["root"] / "storage"
     assert evaluate.main([str(storage_dir), "--folds", "3", "--cluster-seeds", "2", "--train-seeds", "2"]) == 0
     tables = json.loads((storage_dir / "quality.json").read_text())["tables"]
-    assert any("2 UMAP/KMeans seeds × 2 training seeds" in heading for heading in tables)
+    assert any("2 clustering seeds under umap, pca64 × 2 training seeds" in heading for heading in tables)
     classifiers, retrieval, clustering_rows, over_seeds, rejections = tables.values()
     assert {row["label"] for row in classifiers} == set(_load(full_run, "classification_report")["label"])
     assert all("late − best unimodal" in row for row in classifiers)
     assert {(row["method"], row["direction"]) for row in retrieval} == {
         (m, d) for m in ("cca_pca128", "closed_form", "heads", "joint") for d in ("text_to_image", "image_to_text")}
     assert {row["k chosen by"] for row in clustering_rows} >= {"= category classes"}
-    # every space at equal k under 2 seeds (the joint space also retrained under a second training
-    # seed: 2 × 2 draws), then the joint space against the best unimodal one
+    # every space at equal k under 2 seeds of both recipes (the joint space also retrained under a second
+    # training seed: 2 × 2 draws), then the joint space against the best unimodal one and the concatenation
+    assert {row["recipe"] for row in over_seeds} == {"umap", "pca64"}
     assert {row["space"] for row in over_seeds} >= {"text", "image", "early_concat", "joint"}
     assert {row["space"]: row["seeds"] for row in over_seeds if " − " not in row["space"]} == {
         "text": 2, "image": 2, "early_concat": 2, "joint": 4}
-    verdicts = [row["verdict"] for row in over_seeds if row["space"].startswith("joint − ")]
-    assert len(verdicts) == len({row["target"] for row in over_seeds}) and set(verdicts) <= {"above", "tie", "below"}
+    verdicts = [row for row in over_seeds if row["space"].startswith("joint − ")]
+    assert len(verdicts) == 2 * 2 * len({row["target"] for row in over_seeds})  # 2 recipes × (best unimodal, concat)
+    assert {row["verdict"] for row in verdicts} <= {"above", "tie", "below"}
+    assert sum(row["space"] == "joint − early_concat" for row in verdicts) == len(verdicts) // 2
     assert sum(row["products"] for row in rejections) == len(_load(full_run, "rejected_products"))
     assert "## retrieval" in (storage_dir / "quality.md").read_text()
 

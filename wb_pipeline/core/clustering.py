@@ -36,6 +36,9 @@ NOISE = -1
 SCATTER_METHODS = ("clustering_space", "umap", "pca")
 KNOWN_TARGETS = ("category", "sub_category")  # label columns clusters are scored against (test rows)
 UNIMODAL_SPACES = ("text", "image")  # what the joint space has to keep up with
+CONCAT_SPACE = "early_concat"  # the plain concatenation of the two encoders' vectors: the other yardstick
+DEFAULT_SPACE = "joint"
+CLUSTERING_SPACES = ("text", "image", CONCAT_SPACE, DEFAULT_SPACE)  # what `clustering_spaces` builds
 KMEANS_FAMILY = "kmeans"  # "kmeans" (silhouette or fixed k) and "kmeans_k_<target>" (k = known classes)
 
 
@@ -67,6 +70,13 @@ class ClusteringConfig:
     # "pca" = the first two PCA components.
     scatter_method: Literal["clustering_space", "umap", "pca"] = "clustering_space"
     seed: int = 0
+    # The space whose clusters `product_clusters` hands on (its `cluster` column): "auto" = the space that
+    # recovers the known classes best at equal k (mean AMI over the known targets), the joint space when
+    # no class is known; or one space pinned by name.
+    space: Literal["auto", "text", "image", "early_concat", "joint"] = "auto"
+    # "auto" keeps the joint space unless another space beats it by more than this mean AMI: on ~1k
+    # labelled products one clustering seed's AMI moves by about ±0.02.
+    space_choice_margin: float = 0.02
 
     def __post_init__(self) -> None:
         for name in ("pca_components", "umap_components", "umap_neighbors", "kmeans_n_init",
@@ -77,8 +87,21 @@ class ClusteringConfig:
             raise ValueError("ClusteringConfig.kmeans_k and hdbscan_min_samples must be >= 0")
         if self.kmeans_k == 0 and (not self.kmeans_k_candidates or min(self.kmeans_k_candidates) < 2):
             raise ValueError("ClusteringConfig.kmeans_k_candidates must hold values >= 2 when kmeans_k is 0")
+        if self.space not in ("auto", *CLUSTERING_SPACES):
+            raise ValueError(f"ClusteringConfig.space must be 'auto' or one of {CLUSTERING_SPACES}, got {self.space!r}")
+        if self.space_choice_margin < 0:
+            raise ValueError("ClusteringConfig.space_choice_margin must be >= 0")
         if self.reduction not in ("pca_umap", "pca") or self.scatter_method not in SCATTER_METHODS:
             raise ValueError(f"ClusteringConfig: unknown reduction {self.reduction!r} or scatter {self.scatter_method!r}")
+
+
+# The seed's two clustering recipes, both used to judge a space: the same vectors can rank differently
+# under a non-linear (UMAP) and a linear (PCA) reduction, and a space that keeps the catalogue's
+# structure should win under both.
+CLUSTERING_RECIPES: dict[str, ClusteringConfig] = {
+    "umap": ClusteringConfig(),
+    "pca64": ClusteringConfig(reduction="pca", pca_components=64),
+}
 
 
 def clustering_spaces(text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable,
@@ -411,29 +434,27 @@ def equal_k_over_seeds(spaces: Mapping[str, np.ndarray], targets: Mapping[str, p
     return pd.DataFrame(rows, columns=["seed", "target", "space", "k", "ami"])
 
 
+def equal_k_over_recipes(spaces: Mapping[str, np.ndarray], targets: Mapping[str, pd.Series | np.ndarray],
+                         recipes: Mapping[str, ClusteringConfig], seeds: Sequence[int]) -> pd.DataFrame:
+    """`equal_k_over_seeds` under every recipe, with a `recipe` column."""
+    parts = [equal_k_over_seeds(spaces, targets, config, seeds).assign(recipe=name) for name, config in recipes.items()]
+    return pd.concat(parts, ignore_index=True)
+
+
 def seed_comparison(per_seed: pd.DataFrame, candidate: str, baselines: Sequence[str],
-                    confidence: float = 0.95) -> pd.DataFrame:
-    """Per target: every space's mean AMI over its rows (seeds) with a t-interval, then `candidate` − the
-    best of `baselines` (by mean) with a Welch interval of the difference and a verdict: "above" / "below"
-    when the interval excludes 0, else "tie". `seeds` is each space's number of rows (draws)."""
+                    confidence: float = 0.95, concat: str | None = CONCAT_SPACE) -> pd.DataFrame:
+    """Per (recipe, target): every space's mean AMI over its rows (draws) with a t-interval, then
+    `candidate` − the best of `baselines` (by mean) and, when present, `candidate` − `concat`, each with a
+    Welch interval of the difference and a verdict: "above" / "below" when the interval excludes 0, else
+    "tie". A space's draws are its rows (clustering seeds, and training seeds for the joint space);
+    `per_seed` without a `recipe` column is one recipe."""
     from scipy import stats
 
     def half_width(standard_error: float, n: int) -> float:  # t-interval with n - 1 degrees of freedom
         return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * standard_error) if n > 1 else float("nan")
 
-    rows = []
-    for target, part in per_seed.groupby("target", sort=False):
-        summary = part.groupby("space", sort=False)["ami"].agg(["mean", "std", "count", "min", "max"])
-        for space, r in summary.iterrows():
-            n = int(r["count"])
-            rows.append({"target": target, "k": int(part["k"].iloc[0]), "space": space, "seeds": n,
-                         "AMI mean": r["mean"], "± (CI)": half_width(r["std"] / np.sqrt(n), n),
-                         "min": r["min"], "max": r["max"], "verdict": ""})
-        present = summary.index[summary.index.isin(baselines)]
-        if candidate not in summary.index or not len(present):
-            continue
-        best = summary.loc[present, "mean"].idxmax()
-        c, b = summary.loc[candidate], summary.loc[best]
+    def difference_row(recipe, target, k, summary, other: str) -> dict:
+        c, b = summary.loc[candidate], summary.loc[other]
         difference = c["mean"] - b["mean"]
         # Welch's standard error (the two spaces may have different numbers of draws, e.g. the joint space
         # over training × clustering seeds) with the conservative min(n) − 1 degrees of freedom
@@ -441,10 +462,68 @@ def seed_comparison(per_seed: pd.DataFrame, candidate: str, baselines: Sequence[
         margin = half_width(float(np.sqrt(np.nan_to_num(c["std"]) ** 2 / c["count"]
                                           + np.nan_to_num(b["std"]) ** 2 / b["count"])), n)
         verdict = "tie" if not np.isfinite(margin) or abs(difference) <= margin else ("above" if difference > 0 else "below")
-        rows.append({"target": target, "k": int(part["k"].iloc[0]), "space": f"{candidate} − {best}",
-                     "seeds": n, "AMI mean": difference, "± (CI)": margin, "min": np.nan, "max": np.nan,
-                     "verdict": verdict})
-    return pd.DataFrame(rows, columns=["target", "k", "space", "seeds", "AMI mean", "± (CI)", "min", "max", "verdict"])
+        return {"recipe": recipe, "target": target, "k": k, "space": f"{candidate} − {other}", "seeds": n,
+                "AMI mean": difference, "± (CI)": margin, "min": np.nan, "max": np.nan, "verdict": verdict}
+
+    columns = ["recipe", "target", "k", "space", "seeds", "AMI mean", "± (CI)", "min", "max", "verdict"]
+    frame = per_seed if "recipe" in per_seed.columns else per_seed.assign(recipe="")
+    rows = []
+    for (recipe, target), part in frame.groupby(["recipe", "target"], sort=False):
+        k = int(part["k"].iloc[0])
+        summary = part.groupby("space", sort=False)["ami"].agg(["mean", "std", "count", "min", "max"])
+        for space, r in summary.iterrows():
+            n = int(r["count"])
+            rows.append({"recipe": recipe, "target": target, "k": k, "space": space, "seeds": n,
+                         "AMI mean": r["mean"], "± (CI)": half_width(r["std"] / np.sqrt(n), n),
+                         "min": r["min"], "max": r["max"], "verdict": ""})
+        present = summary.index[summary.index.isin(baselines)]
+        if candidate not in summary.index or not len(present):
+            continue
+        rows.append(difference_row(recipe, target, k, summary, summary.loc[present, "mean"].idxmax()))
+        if concat is not None and concat in summary.index:
+            rows.append(difference_row(recipe, target, k, summary, concat))
+    table = pd.DataFrame(rows, columns=columns)
+    return table if "recipe" in per_seed.columns else table.drop(columns="recipe")
+
+
+def mean_equal_k_ami(report: pd.DataFrame, targets: Sequence[str]) -> dict[str, float]:
+    """space → AMI of KMeans at k = the known classes, averaged over the `targets` the report scores
+    (spaces missing a score on one of them are left out)."""
+    scored = [t for t in targets if f"{t}_ami" in report.columns]
+    scores: dict[str, list[float]] = {}
+    for target in scored:
+        rows = report[report["algorithm"] == equal_k_algorithm(target)]
+        for space, value in zip(rows["space"], rows[f"{target}_ami"]):
+            if pd.notna(value):
+                scores.setdefault(str(space), []).append(float(value))
+    return {space: float(np.mean(values)) for space, values in scores.items() if len(values) == len(scored)}
+
+
+def choose_space_by_scores(scores: Mapping[str, float], margin: float,
+                           candidates: Sequence[str] = CLUSTERING_SPACES) -> tuple[str, str]:
+    """(space, why): the candidate with the highest score (mean equal-k AMI) where it beats the joint space
+    by more than `margin`; else, or without scores, the joint space."""
+    scores = {space: value for space, value in scores.items() if space in candidates}
+    if not scores:
+        return DEFAULT_SPACE, "no known classes: the joint space by default"
+    best = max(scores, key=scores.get)
+    joint = scores.get(DEFAULT_SPACE)
+    if joint is None:
+        return best, f"{best}: the highest mean equal-k AMI ({scores[best]:.3f}); the joint space was not scored"
+    if best == DEFAULT_SPACE or scores[best] <= joint + margin:
+        return DEFAULT_SPACE, (f"the joint space: mean equal-k AMI {joint:.3f}, no space above it by more than "
+                               f"{margin} (best {best} {scores[best]:.3f})")
+    return best, f"{best}: mean equal-k AMI {scores[best]:.3f} beats the joint space's {joint:.3f} by more than {margin}"
+
+
+def choose_space(report: pd.DataFrame, targets: Sequence[str], config: ClusteringConfig,
+                 candidates: Sequence[str] = CLUSTERING_SPACES) -> tuple[str, str, dict[str, float]]:
+    """(space, why, mean equal-k AMI per space) for `config.space`: a pinned space as is; "auto" =
+    `choose_space_by_scores` over the report's equal-k AMI averaged over `targets`."""
+    if config.space != "auto":
+        return config.space, "pinned by config", {}
+    scores = mean_equal_k_ami(report, targets)
+    return (*choose_space_by_scores(scores, config.space_choice_margin, candidates), scores)
 
 
 def equal_k_silhouettes(report: pd.DataFrame, target: str) -> dict[str, tuple[int, float]]:

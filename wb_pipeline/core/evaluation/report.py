@@ -61,8 +61,9 @@ def clustering_table(report: pd.DataFrame) -> pd.DataFrame:
 
 
 def clustering_seed_table(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """Equal-k AMI per space over several UMAP/KMeans seeds (mean, 95% t-interval, range), and the joint
-    space − the best unimodal space with its interval and verdict (above / tie / below)."""
+    """Equal-k AMI per space over several clustering seeds (mean, 95% t-interval, range), per recipe when
+    `per_seed` has several, then the joint space − the best unimodal space and − the plain concatenation,
+    each with its interval and verdict (above / tie / below)."""
     return clustering.seed_comparison(per_seed, "joint", clustering.UNIMODAL_SPACES).round(3)
 
 
@@ -82,7 +83,9 @@ def quality_tables(classification_report: pd.DataFrame, retrieval_summary: pd.Da
         "clustering (KMeans; AMI / V-measure vs known classes; the run's own seed)": clustering_table(clustering_report),
     }
     if clustering_per_seed is not None and len(clustering_per_seed):
-        seeds = f"{clustering_per_seed['seed'].nunique()} UMAP/KMeans seeds"
+        recipes = (f" under {', '.join(clustering_per_seed['recipe'].unique())}" if "recipe" in clustering_per_seed
+                   else "")
+        seeds = f"{clustering_per_seed['seed'].nunique()} clustering seeds{recipes}"
         if "train_seed" in clustering_per_seed and clustering_per_seed["train_seed"].nunique() > 1:
             seeds += f" × {clustering_per_seed['train_seed'].nunique()} training seeds of the joint space"
         tables[f"clustering at equal k over {seeds} (AMI mean ± 95% t-interval; decides)"] = \

@@ -38,10 +38,12 @@ SILHOUETTE_CAPTION = (
     group_name="clustering",
     outs={
         "product_clusters": dg.AssetOut(
-            kinds={"pandas"}, code_version="2",
-            description="Per product (`nm`): a cluster id per `{space}_{algorithm}` (spaces text, image, "
-            "early_concat, joint; algorithms kmeans (silhouette k), kmeans_k_category / kmeans_k_sub_category "
-            "(k = the number of known classes), hdbscan; -1 = HDBSCAN noise).",
+            kinds={"pandas"}, code_version="3",
+            description="Per product (`nm`): `cluster`, the KMeans (silhouette k) cluster in the chosen space "
+            "(metadata `space` and `space_reason`: the space that recovers the known classes best at equal k, "
+            "else the joint space; config `space` pins one), then a cluster id per `{space}_{algorithm}` (spaces "
+            "text, image, early_concat, joint; algorithms kmeans (silhouette k), kmeans_k_category / "
+            "kmeans_k_sub_category (k = the number of known classes), hdbscan; -1 = HDBSCAN noise).",
         ),
         "clustering_report": dg.AssetOut(
             kinds={"pandas"}, code_version="2",
@@ -77,7 +79,11 @@ def product_clusters_and_report(
         clusterings, targets, {"text": keys["text_key"].to_numpy(), "image": keys["image_key"].to_numpy()},
         core_config,
     )
-    clusters = pd.DataFrame({"nm": np.asarray(nm, dtype=object), **clustering.cluster_columns(clusterings)})
+    space, space_reason, space_scores = clustering.choose_space(report, list(targets), core_config)
+    context.log.info(f"product_clusters: space {space!r} ({space_reason})")
+    clusters = pd.DataFrame({"nm": np.asarray(nm, dtype=object),
+                             "cluster": clusterings[space].labels[clustering.KMEANS_FAMILY],
+                             **clustering.cluster_columns(clusterings)})
     points = {space: result.scatter for space, result in clusterings.items()}
     colourings = {space: {"kmeans": result.labels["kmeans"], "hdbscan": result.labels["hdbscan"],
                           "category": targets.get("category", np.full(len(nm), None, dtype=object))}
@@ -91,6 +97,9 @@ def product_clusters_and_report(
         clusters,
         output_name="product_clusters",
         metadata={"dagster/row_count": len(clusters),
+                  "space": space,
+                  "space_reason": space_reason,
+                  "space_mean_equal_k_ami": dg.MetadataValue.json({k: round(v, 4) for k, v in space_scores.items()}),
                   "kmeans_k": dg.MetadataValue.json({"silhouette": chosen_k, "known_classes": equal_k}),
                   "preview": metadata.preview(clusters)},
     )
