@@ -23,7 +23,7 @@ from wb_pipeline.core.search import duplicates as dup
 from wb_pipeline.core.search import evaluation
 from wb_pipeline.core.search.index import IndexConfig, VectorIndex, exact_search, knn, neighbours_of_all, recall_at_k
 from wb_pipeline.core.search.query import QueryError, Searcher, clean_query_text, format_results, read_image_file
-from wb_pipeline.core.search.spaces import query_vector, space_vectors
+from wb_pipeline.core.search.spaces import QUERYABLE_SPACES, choose_index_space, query_vector, space_vectors
 from wb_pipeline.core.search.store import (
     INDEX_FILE, MANIFEST_FILE, PRODUCTS_FILE, load_build, plan_update, update_index, vector_hashes,
 )
@@ -404,6 +404,15 @@ def test_bad_queries_give_clear_errors(tmp_path):
         searcher.top(np.ones((1, 4), np.float32), 0)
 
 
+def test_an_auto_index_follows_the_equal_k_evidence_among_queryable_spaces():
+    # the photo carries the structure: the concatenation beats the joint space; "image" is not queryable by text
+    assert choose_index_space({"image": 0.60, "early_concat": 0.58, "joint": 0.30}, 0.02)[0] == "early_concat"
+    assert choose_index_space({"early_concat": 0.71, "joint": 0.70}, 0.02)[0] == "joint"  # inside the margin
+    space, reason = choose_index_space({}, 0.02)
+    assert space == "joint" and "no known classes" in reason
+    assert IndexConfig(space="auto").space == "auto"
+
+
 def test_image_query_and_output_format(tmp_path):
     searcher, _ = _image_searcher(tmp_path)
     photo = tmp_path / "red.png"
@@ -457,7 +466,11 @@ def test_search_assets_and_checks_on_a_tiny_run(tiny_search_run):
     index_table = load("product_index")
     assert sorted(index_table["nm"]) == sorted(text.nm) and index_table["index_folder"].nunique() == 1
     meta = _meta(run, "product_index")
-    assert meta["size"] == len(text) and meta["kind"] == "exact" and meta["space"] == "joint"
+    assert meta["size"] == len(text) and meta["kind"] == "exact"
+    # "auto": the space follows the clustering report's equal-k evidence, among the spaces both queries reach
+    evidence = _meta(run, "product_clusters")["space_mean_equal_k_ami"]
+    assert (meta["space"], meta["space_reason"]) == choose_index_space(evidence, 0.02)
+    assert meta["space"] in QUERYABLE_SPACES
     assert meta["build_mode"] == "full" and meta["recall_at_10"] == 1.0 and meta["index_mib"] > 0
     similar = load("similar_products")
     assert len(similar) == 10 * len(text) and (similar["nm"] != similar["neighbour_nm"]).all()

@@ -22,15 +22,19 @@ def _dagster_type(annotation: Any) -> Any:
     return annotation
 
 
-def config_class(core_cls: type, name: str | None = None, base: type = dg.Config) -> type[dg.Config]:
+def config_class(core_cls: type, name: str | None = None, base: type = dg.Config,
+                 defaults: dict[str, Any] | None = None) -> type[dg.Config]:
     """A `dg.Config` subclass (or a `dg.ConfigurableResource` one, `base`: settings every shard step of
-    a run must share) with the same fields and defaults as the dataclass `core_cls`."""
+    a run must share) with the same fields and defaults as the dataclass `core_cls` (`defaults` replaces
+    some, for an asset whose default differs from the library's)."""
     hints = typing.get_type_hints(core_cls)
     fields: dict[str, Any] = {}
     for field in dataclasses.fields(core_cls):
         default = field.default
         if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
+        if defaults and field.name in defaults:
+            default = defaults[field.name]
         if isinstance(default, tuple):
             default = list(default)
         fields[field.name] = (_dagster_type(hints[field.name]), default)

@@ -25,7 +25,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from wb_pipeline.core.search.spaces import SPACES, Space
+from wb_pipeline.core.search.spaces import AUTO_SPACE, SPACES, IndexSpace
 
 LIBRARY = "faiss-cpu"
 LIBRARY_VERSION = faiss.__version__
@@ -48,7 +48,8 @@ class IndexConfig:
     `recall_queries` products are searched both ways to measure recall@`recall_k` of the ANN
     against exact search (skipped for an exact index: 1 by construction)."""
 
-    space: Space = "joint"
+    # "auto" (the `product_index` asset's default) = `spaces.choose_index_space` from the clustering evidence
+    space: IndexSpace = "joint"
     exact_below: int = 20_000
     hnsw_m: int = 16
     ef_construction: int = 100
@@ -60,8 +61,8 @@ class IndexConfig:
     keep_builds: int = 3  # index folders kept under <storage>/search/index (the newest ones)
 
     def __post_init__(self) -> None:
-        if self.space not in SPACES:
-            raise ValueError(f"IndexConfig.space must be one of {SPACES}, got {self.space!r}")
+        if self.space not in (*SPACES, AUTO_SPACE):
+            raise ValueError(f"IndexConfig.space must be one of {SPACES} or {AUTO_SPACE!r}, got {self.space!r}")
         for name in ("hnsw_m", "ef_construction", "ef_search", "recall_k", "keep_builds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")

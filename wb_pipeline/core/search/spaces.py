@@ -25,8 +25,22 @@ from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core.encoders.base import l2_normalize
 
 Space = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat"]
+IndexSpace = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat", "auto"]
 SPACES: tuple[str, ...] = ("joint", "joint_text", "joint_image", "text", "image", "early_concat")
 JOINT_SPACES = {"joint": "combined_joint", "joint_text": "text_joint", "joint_image": "image_joint"}
+# Spaces whose products are reachable by a text query AND by a photo query, i.e. the ones an automatic
+# choice may give the search index: "text" or "image" alone would refuse the other kind of query.
+QUERYABLE_SPACES = ("joint", "early_concat")
+AUTO_SPACE = "auto"
+
+
+def choose_index_space(equal_k_ami: dict[str, float], margin: float) -> tuple[str, str]:
+    """(space, why) of an "auto" index: the queryable space that recovers the catalogue's known classes best
+    at equal k (the clustering report's mean AMI; the joint space unless the concatenation beats it by
+    more than `margin`), the joint space without that evidence."""
+    from wb_pipeline.core.clustering import choose_space_by_scores
+
+    return choose_space_by_scores(equal_k_ami, margin, QUERYABLE_SPACES)
 
 
 class QueryError(ValueError):

@@ -7,6 +7,7 @@ with the build folder (faiss index + products + manifest, under `<storage>/searc
 """
 
 
+import dataclasses
 import json
 import time
 
@@ -16,6 +17,7 @@ import pandas as pd
 import psutil
 
 from wb_pipeline.core import contrastive, images, schema, validation
+from wb_pipeline.core.clustering import ClusteringConfig
 from wb_pipeline.core.embeddings import EmbeddingTable
 from wb_pipeline.core.ingestion import SchemaError, read_wb_table
 from wb_pipeline.core.joint_space_figures import png_markdown
@@ -23,13 +25,13 @@ from wb_pipeline.core.search import duplicates as dup
 from wb_pipeline.core.search import report, variants
 from wb_pipeline.core.search.contact_sheet import contact_sheet_png
 from wb_pipeline.core.search.index import IndexConfig, neighbours_of_all
-from wb_pipeline.core.search.spaces import SPACES, space_vectors, uses_joint_model
+from wb_pipeline.core.search.spaces import AUTO_SPACE, SPACES, choose_index_space, space_vectors, uses_joint_model
 from wb_pipeline.core.search.store import load_build, update_index
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.defs.resources import WBRawData, WBStorage
 
-ProductIndexSettings = config_class(IndexConfig, "ProductIndexSettings")
+ProductIndexSettings = config_class(IndexConfig, "ProductIndexSettings", defaults={"space": AUTO_SPACE})
 DuplicateSettings = config_class(dup.DuplicateConfig, "DuplicateSettings")
 SAMPLE_MANIFEST_FILE = "sample_manifest.json"  # wb_pipeline.sample_data's ground truth, when the raw dir is a sample
 
@@ -64,7 +66,8 @@ def _rss_mib() -> float:
     return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 
-@dg.asset(group_name="search", kinds={"faiss", "parquet"}, code_version="1")
+# After product_clusters (an ordering edge, not an input): an "auto" index reads its latest equal-k evidence.
+@dg.asset(group_name="search", kinds={"faiss", "parquet"}, code_version="2", deps=["product_clusters"])
 def product_index(
     context: dg.AssetExecutionContext,
     joint_embeddings: pd.DataFrame,
@@ -75,13 +78,21 @@ def product_index(
     pipeline_storage: WBStorage,
     config: ProductIndexSettings,
 ) -> dg.MaterializeResult:
-    """A faiss nearest-neighbour index over one space (`space`: joint combined by default; joint
-    text / image, text, image or early concatenation), exact below `exact_below` products and
+    """A faiss nearest-neighbour index over one space (`space`: "auto" by default = the joint space, or
+    the early concatenation where the clustering report shows it recovers the known classes better at
+    equal k (`product_clusters` metadata; metadata `space_reason` says why); or pinned: joint combined,
+    joint text / image, text, image or early concatenation), exact below `exact_below` products and
     HNSW above, saved in faiss's own format under `<storage>/search/index/<build id>/` with the
     products' `nm` order and a manifest beside it. A drop of new products is added to the previous
     build when every indexed product kept its vector (else rebuilt; metadata says which and why).
     Metadata: size, build seconds, recall@10 of the ANN vs exact search on sampled queries, memory."""
     core_config = to_core(IndexConfig, config)
+    space_reason = "pinned by config"
+    if core_config.space == AUTO_SPACE:
+        clusters_meta = latest_metadata(context, "product_clusters")
+        space, space_reason = choose_index_space(dict(clusters_meta.get("space_mean_equal_k_ami") or {}),
+                                                 ClusteringConfig().space_choice_margin)
+        core_config = dataclasses.replace(core_config, space=space)
     nm, vectors = space_vectors(core_config.space, text_embeddings, image_embeddings, joint_embeddings)
     previous = latest_metadata(context, "product_index").get("index_folder")
     text_meta, image_meta = latest_metadata(context, "text_embeddings"), latest_metadata(context, "image_embeddings")
@@ -105,6 +116,7 @@ def product_index(
             "dagster/row_count": len(value),
             "size": build.index.size,
             "space": core_config.space,
+            "space_reason": space_reason,
             "kind": build.index.kind,
             "dim": build.index.dim,
             "library": f"{build.manifest['library']} {build.manifest['library_version']}",
