@@ -100,3 +100,14 @@ def test_every_job_releases_memory_after_each_step():
     for job in (jobs.full_pipeline, jobs.reembed_new_products, jobs.predict_new_drops, jobs.retrain_models,
                 jobs.refresh_search_index):
         assert release_memory_after_step in job.hooks, job.name
+
+
+def test_fold_worker_processes_do_not_import_torch():
+    """Each fold-parallel worker imports `core.classification` to run its folds; torch there would cost
+    ~0.6 GB per worker process (two beside the run's process in `label_classifiers`)."""
+    code = ("import sys\nimport wb_pipeline.core.classification, wb_pipeline.core.fusion\n"
+            "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

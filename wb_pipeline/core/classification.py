@@ -48,7 +48,6 @@ from threadpoolctl import threadpool_limits
 from upath import UPath
 
 from wb_pipeline.core import schema, storage, worker_pool
-from wb_pipeline.core.contrastive import JOINT_COLUMNS
 from wb_pipeline.core.fusion import (
     TABULAR_COLUMNS,
     BrandTargetEncoding,
@@ -650,6 +649,10 @@ class ZeroShotConfig:
     class_phrases: dict[str, str] = field(default_factory=_default_class_phrases)
 
     def __post_init__(self) -> None:
+        # Imported here: core.contrastive imports torch (~0.6 GB per process), and every fold-parallel
+        # worker process imports this module to run its folds, which need no torch.
+        from wb_pipeline.core.contrastive import JOINT_COLUMNS
+
         if self.joint_column not in JOINT_COLUMNS:
             raise ValueError(f"ZeroShotConfig.joint_column must be one of {JOINT_COLUMNS}, got {self.joint_column!r}")
         if "{}" not in self.template:
