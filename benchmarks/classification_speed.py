@@ -6,7 +6,7 @@ Usage::
     .venv/bin/python -m benchmarks.classification_speed --short              # synthetic 360 products (CI)
 
 What `label_classifiers` and `fusion_classifier` compute (nested CV of the base regressions, final
-refits; late fusion's CV and final meta-model, `core.classification`), once per variant, variants
+refits; late fusion's CV and final meta-model, `core.models.classification`), once per variant, variants
 interleaved over `--reps` rounds so outside load hits all alike (the median is printed):
 
 - **before**: every regression solved by lbfgs on all its columns from zero (`solver="lbfgs"`,
@@ -35,14 +35,15 @@ import time
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import classification as core
+from wb_pipeline.core.models import classification as core
+from wb_pipeline.core.models.classification import cross_validation
 
 SHORT_PRODUCTS = 360
 
 
 def saved_inputs(storage_dir: str):
     """(labels, features, groups, tabular) from a run's storage (through the pipeline's IO manager)."""
-    from wb_pipeline.core.fusion import tabular_features
+    from wb_pipeline.core.models.fusion import tabular_features
     from wb_pipeline.definitions import build_definitions
     from wb_pipeline.defs.classification.assets import _features
 
@@ -108,7 +109,7 @@ def quality(result: dict) -> pd.DataFrame:
     rows = []
     for (label, model), part in result["outer"].groupby(["label", "model"], sort=False):
         classes = core.label_classes(result["outer"][result["outer"]["label"] == label], label)
-        rows.append({"label": label, "model": model, "macro_f1": core._macro_f1(
+        rows.append({"label": label, "model": model, "macro_f1": cross_validation._macro_f1(
             part["y"].to_numpy(), np.vstack(part["proba"].to_numpy()), classes),
             "predicted": core.predicted_classes(part, classes)})
     return pd.DataFrame(rows)

@@ -31,14 +31,14 @@ import time
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import clustering
-from wb_pipeline.core.clustering import ClusteringConfig
+from wb_pipeline.core.models import clustering
+from wb_pipeline.core.models.clustering import ClusteringConfig
 
 
 def saved_spaces(storage_dir: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The four spaces and the known targets from a run's storage (through the pipeline's IO manager)."""
     from wb_pipeline.definitions import build_definitions
-    from wb_pipeline.core.clustering import clustering_spaces
+    from wb_pipeline.core.models.clustering import clustering_spaces
 
     defs = build_definitions(storage_dir=storage_dir)
     text, image, joint, labels = (defs.load_asset_value(name) for name in

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from wb_pipeline import settings
-from wb_pipeline.core.classification import product_groups
+from wb_pipeline.core.models.classification import product_groups
 from wb_pipeline.core.monitoring import drift
-from wb_pipeline.core.prediction import product_features
+from wb_pipeline.core.models.prediction import product_features
 from wb_pipeline.definitions import build_definitions
 from wb_pipeline.defs.automation.jobs import product_drops
 from wb_pipeline.sample_data import SampleSpec, write_sample

@@ -140,7 +140,7 @@ def text_inputs(sizes: Sizes) -> tuple[list[str], list[str]]:
     """(distinct natural titles, distinct ~300-word natural descriptions) from generated products."""
     import pandas as pd
 
-    from wb_pipeline.core.text import normalize_raw_text
+    from wb_pipeline.core.text.preprocessing import normalize_raw_text
     from wb_pipeline.sample_data import SampleSpec, generate_tables
 
     words_needed = sizes.long_texts * LONG_TEXT_WORDS
@@ -158,7 +158,7 @@ def text_inputs(sizes: Sizes) -> tuple[list[str], list[str]]:
 
 def good_members(sample: Path) -> list[dict[str, Any]]:
     """Zip members the pipeline would embed: decodable, not empty, distinct bytes (zip order)."""
-    from wb_pipeline.core import images, schema
+    from wb_pipeline.core.data import images, schema
 
     with images.open_zip(sample / schema.IMAGES_ZIP) as zf:
         index, _ = images.build_image_index(zf, None, images.ImageConfig())
@@ -171,7 +171,7 @@ def load_members(work: Path) -> list[dict[str, Any]]:
 
 
 def decode_batch(zip_path: Path, members: list[str], encoder) -> np.ndarray:
-    from wb_pipeline.core import images
+    from wb_pipeline.core.data import images
 
     config = images.ImageConfig()
     with images.open_zip(zip_path) as zf:
@@ -183,8 +183,8 @@ def decode_batch(zip_path: Path, members: list[str], encoder) -> np.ndarray:
 
 
 def section_text(sizes: Sizes, reps: int, work: Path) -> dict:
-    from wb_pipeline.core.embedding_runs import embed_texts
-    from wb_pipeline.core.embeddings import EmbeddingCache
+    from wb_pipeline.core.embeddings.runs import embed_texts
+    from wb_pipeline.core.embeddings.vectors import EmbeddingCache
     from wb_pipeline.defs.embeddings.assets import TextEmbeddingSettings
     from wb_pipeline.defs.embeddings.resources import TextEncoderResource
 
@@ -226,9 +226,9 @@ def section_text(sizes: Sizes, reps: int, work: Path) -> dict:
 
 
 def section_image(sizes: Sizes, reps: int, work: Path) -> dict:
-    from wb_pipeline.core import images, schema
-    from wb_pipeline.core.embedding_runs import embed_zip_images
-    from wb_pipeline.core.embeddings import EmbeddingCache
+    from wb_pipeline.core.data import images, schema
+    from wb_pipeline.core.embeddings.runs import embed_zip_images
+    from wb_pipeline.core.embeddings.vectors import EmbeddingCache
     from wb_pipeline.defs.embeddings.assets import ImageEmbeddingSettings
     from wb_pipeline.defs.embeddings.resources import ImageEncoderResource
 
@@ -291,7 +291,7 @@ def large_photo_draft(sources: list[bytes], encoder, config, reps: int) -> dict:
 
     from PIL import Image
 
-    from wb_pipeline.core import images
+    from wb_pipeline.core.data import images
 
     large = []
     for data in sources:
@@ -321,9 +321,9 @@ def large_photo_draft(sources: list[bytes], encoder, config, reps: int) -> dict:
 
 
 def section_engines(sizes: Sizes, reps: int, work: Path) -> dict:
-    from wb_pipeline.core import schema
-    from wb_pipeline.core.encoders.image import EfficientNetLiteEncoder
-    from wb_pipeline.core.storage import as_upath
+    from wb_pipeline.core.data import schema
+    from wb_pipeline.core.embeddings.encoders.image import EfficientNetLiteEncoder
+    from wb_pipeline.core.data.storage import as_upath
 
     onnx_dir = str(as_upath(str(MODELS_DIR)) / "onnx")  # where ImageEncoderResource puts it
     encoders = {
@@ -363,7 +363,7 @@ def _torch_threads() -> int:
 
 def _write_drop(source: Path, destination: Path, rows, members: list[str]) -> None:
     """A drop folder in the WB layout: these train rows (titles marked new) and their images."""
-    from wb_pipeline.core import schema
+    from wb_pipeline.core.data import schema
 
     destination.mkdir(parents=True)
     drop = rows.copy()
@@ -379,10 +379,10 @@ def make_drops(sample: Path, root: Path, count: int, per_drop: int) -> list[str]
     """`count` drops of `per_drop` new, clean train products each (nm not in the main sample)."""
     import pandas as pd
 
-    from wb_pipeline.core import images, schema
-    from wb_pipeline.core.cleaning import clean_products
-    from wb_pipeline.core.ingestion import read_wb_table
-    from wb_pipeline.core.storage import as_upath
+    from wb_pipeline.core.data import images, schema
+    from wb_pipeline.core.data.cleaning import clean_products
+    from wb_pipeline.core.data.ingestion import read_wb_table
+    from wb_pipeline.core.data.storage import as_upath
     from wb_pipeline.sample_data import SampleSpec, write_sample
 
     source = root / "drop-source"
@@ -455,9 +455,9 @@ def section_incremental(sizes: Sizes, reps: int, work: Path) -> dict:
 
 
 def section_memory(sizes: Sizes, reps: int, work: Path, n_images: int) -> dict:
-    from wb_pipeline.core import images, schema
-    from wb_pipeline.core.embedding_runs import embed_zip_images
-    from wb_pipeline.core.embeddings import EmbeddingCache
+    from wb_pipeline.core.data import images, schema
+    from wb_pipeline.core.embeddings.runs import embed_zip_images
+    from wb_pipeline.core.embeddings.vectors import EmbeddingCache
     from wb_pipeline.defs.embeddings.assets import ImageEmbeddingSettings
     from wb_pipeline.defs.embeddings.resources import ImageEncoderResource
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wb_pipeline.core import images, schema
+from wb_pipeline.core.data import images, schema
 from wb_pipeline.sample_data import SampleSpec, write_sample
 
 REAL_DEFAULTS = [Path(__file__).resolve().parents[2] / "shared" / "real" / name for name in ("flipkart", "mango")]

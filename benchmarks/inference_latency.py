@@ -72,9 +72,9 @@ def median_ms(values: list[float]) -> float:
 def load_products(sizes: Sizes) -> tuple[list[str], list[str], list[bytes]]:
     """(natural titles, natural 'title. description' texts, JPEG bytes) of generated products with a
     decodable image."""
-    from wb_pipeline.core import images, schema
-    from wb_pipeline.core.product_text import build_product_text, encoder_text
-    from wb_pipeline.core.text import TextPreprocessingConfig
+    from wb_pipeline.core.data import images, schema
+    from wb_pipeline.core.text.product_text import build_product_text, encoder_text
+    from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig
     from wb_pipeline.sample_data import SampleSpec, write_sample
 
     folder = OUT_DIR / f"latency-sample-{sizes.products}"
@@ -107,7 +107,7 @@ def load_products(sizes: Sizes) -> tuple[list[str], list[str], list[bytes]]:
 
 def fit_label_models(text_vectors: np.ndarray, image_vectors: np.ndarray, n_estimators: int) -> list:
     """Per label: text/image/early LRs + a LightGBM meta-model, on random labels of the real sizes."""
-    from wb_pipeline.core import classification as core
+    from wb_pipeline.core.models import classification as core
 
     rng = np.random.default_rng(0)
     # Random labels: no tree would pass the macro-F1 gate, so it is off here to time a meta-model WITH trees.
@@ -140,7 +140,7 @@ def main() -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from wb_pipeline.core import images
+    from wb_pipeline.core.data import images
     from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
 
     torch.set_num_threads(args.threads)

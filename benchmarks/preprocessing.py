@@ -81,12 +81,12 @@ def _all_text(train: pd.DataFrame, test: pd.DataFrame, column: str) -> pd.Series
 def _run_pipeline(train: pd.DataFrame, test: pd.DataFrame, outputs: bool = True) -> tuple[_Stopwatch, pd.DataFrame | None, dict]:
     """Exactly what the assets call: clean_and_rejected_products, product_text, parsed_characteristics,
     product_labels (without an image index: the benchmark has no images)."""
-    from wb_pipeline.core.characteristics import characteristics_table
-    from wb_pipeline.core.cleaning import CleaningConfig, clean_products
-    from wb_pipeline.core.label_table import assemble_labels
-    from wb_pipeline.core.labels import derive_labels
-    from wb_pipeline.core.product_text import build_product_text
-    from wb_pipeline.core.text import TextPreprocessingConfig
+    from wb_pipeline.core.data.characteristics import characteristics_table
+    from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products
+    from wb_pipeline.core.labels.table import assemble_labels
+    from wb_pipeline.core.labels.rules import derive_labels
+    from wb_pipeline.core.text.product_text import build_product_text
+    from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig
 
     watch = _Stopwatch()
     with watch.stage("cleaning"):
@@ -188,7 +188,7 @@ def _as_label(value, vocabulary) -> str | None:
 
 def compare(pipeline: pd.DataFrame, notebook: pd.DataFrame, n_train: int) -> dict:
     """Agreement of the pipeline with the notebook on the rows where the notebook is not buggy."""
-    from wb_pipeline.core.schema import label_vocabularies
+    from wb_pipeline.core.data.schema import label_vocabularies
 
     vocab = label_vocabularies()
     is_train = pd.Series(pipeline.index < n_train, index=pipeline.index)

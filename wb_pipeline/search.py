@@ -34,8 +34,8 @@ class NotMaterialized(RuntimeError):
 
 def latest_index_folder(storage_dir: str) -> str:
     """The build folder named by the latest materialized `product_index` under `storage_dir`."""
-    from wb_pipeline.core import storage
-    from wb_pipeline.core.ingestion import one_line
+    from wb_pipeline.core.data import storage
+    from wb_pipeline.core.data.ingestion import one_line
 
     path = storage.StorageLayout(storage_dir).asset_file(INDEX_ASSET)
     if not path.exists():
@@ -59,9 +59,9 @@ def latest_index_folder(storage_dir: str) -> str:
 def open_searcher(storage_dir: str | None = None, models_dir: str | None = None, need: str = "text",
                   threads: int = 1, ef_search: int | None = None, definitions=None):
     """A `Searcher` over the latest build, with the encoder a `need` ("text" / "image") query uses."""
-    from wb_pipeline.core.contrastive import load_joint_model
-    from wb_pipeline.core.images import ImageConfig
-    from wb_pipeline.core.ingestion import one_line
+    from wb_pipeline.core.models.contrastive import load_joint_model
+    from wb_pipeline.core.data.images import ImageConfig
+    from wb_pipeline.core.data.ingestion import one_line
     from wb_pipeline.core.search.query import Searcher
     from wb_pipeline.core.search.spaces import uses_joint_model
     from wb_pipeline.core.search.store import load_build

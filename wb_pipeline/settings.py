@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from wb_pipeline.core.storage import StorageLayout
+from wb_pipeline.core.data.storage import StorageLayout
 
 RAW_DIR_ENV = "WB_PIPELINE_RAW_DIR"
 STORAGE_DIR_ENV = "WB_PIPELINE_STORAGE_DIR"

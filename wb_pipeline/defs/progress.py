@@ -8,7 +8,7 @@ import time
 import dagster as dg
 from dagster import DagsterEventType
 
-from wb_pipeline.core.memory import release_free_memory
+from wb_pipeline.core.runtime.memory import release_free_memory
 
 
 def progress_logger(context: dg.AssetExecutionContext, what: str, verb: str = "embedded"):
@@ -51,7 +51,7 @@ def log_finished_step(context: dg.HookContext) -> None:
 
 @dg.success_hook(name="release_free_memory")
 def release_memory_after_step(context: dg.HookContext) -> None:
-    """After each step, hand the memory it freed back to the OS (`core.memory.release_free_memory`):
+    """After each step, hand the memory it freed back to the OS (`core.runtime.memory.release_free_memory`):
     in an in-process run (`make run`) every step shares one process, whose RSS would otherwise stay
     at the highest any step reached."""
     release_free_memory()

@@ -7,8 +7,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from upath import UPath
 
-from wb_pipeline.core import storage
-from wb_pipeline.core.embeddings import EmbeddingTable, is_embedding_table
+from wb_pipeline.core.data import storage
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable, is_embedding_table
 from wb_pipeline.defs.sharding import COLUMNS_INPUT, SHARD_INPUT, SHARDED_LAYOUT
 from wb_pipeline.settings import default_sample_dir
 
@@ -59,7 +59,7 @@ class WBStorage(dg.ConfigurableResource):
 
     @property
     def layout(self) -> storage.StorageLayout:
-        """Every path under the storage dir (`core.storage.StorageLayout`)."""
+        """Every path under the storage dir (`core.data.storage.StorageLayout`)."""
         return storage.StorageLayout(self.base_dir)
 
     def path(self, *parts: str) -> UPath:

@@ -1,11 +1,11 @@
 """Product shards in the asset graph: the heavy per-product steps run once per shard.
 
-A product's shard is `core.storage.product_shards` (CRC-32 of `nm` mod N, N = `WB_PIPELINE_SHARDS`).
+A product's shard is `core.data.storage.product_shards` (CRC-32 of `nm` mod N, N = `WB_PIPELINE_SHARDS`).
 Each heavy stage is N shard assets (`<stage>_shard_<k>`: the image check, product text, text and
 image vectors) plus one asset under the stage's usual name that gathers them in catalogue order,
 so every downstream asset, check and job reads the same tables as before. Whole-catalogue tables
 that shard steps read (`clean_products`, `image_index`) are stored grouped by shard
-(`core.storage.write_sharded_parquet`), and a shard step's input loads only its own row groups:
+(`core.data.storage.write_sharded_parquet`), and a shard step's input loads only its own row groups:
 its memory follows the shard, not the catalogue. docs/DESIGN-NOTES.md says why shards are assets of
 one run rather than Dagster partitions.
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import dagster as dg
 import pandas as pd
 
-from wb_pipeline.core.storage import shard_keys
+from wb_pipeline.core.data.storage import shard_keys
 
 # Output metadata: store this DataFrame grouped by product shard (the IO manager's `n_shards`); True
 # shards by the `nm` column, a column name by that column.

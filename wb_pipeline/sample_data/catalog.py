@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from wb_pipeline.core.schema import label_vocabularies
+from wb_pipeline.core.data.schema import label_vocabularies
 
 # Canonical (latent) label codes used inside the generator. The raw characteristic values written
 # to the files are messy spellings of these (see characteristics.py).

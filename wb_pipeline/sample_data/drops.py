@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import schema
+from wb_pipeline.core.data import schema
 
 
 def write_drop(source: Path, target: Path, n: int, seed: int = 0, exclude_nm: set[str] | frozenset = frozenset(),

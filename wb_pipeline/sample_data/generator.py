@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wb_pipeline.core.schema import IMAGE_SIZES_FILE, IMAGES_ZIP, TEST_FILE, TRAIN_FILE, label_vocabularies
+from wb_pipeline.core.data.schema import IMAGE_SIZES_FILE, IMAGES_ZIP, TEST_FILE, TRAIN_FILE, label_vocabularies
 from wb_pipeline.sample_data import characteristics as ch
 from wb_pipeline.sample_data import images as im
 from wb_pipeline.sample_data import text as tx

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import clustering
+from wb_pipeline.core.models import clustering
 
 CLASSIFIER_COLUMNS = ("text", "image", "early_fusion", "joint", "mean_probability", "late_fusion", "zero_shot")
 

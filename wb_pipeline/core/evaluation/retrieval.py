@@ -24,9 +24,9 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import GroupKFold
 from torch.nn import functional as F
 
-from wb_pipeline.core.contrastive import ContrastiveConfig, regularised_cca, train_joint_space
-from wb_pipeline.core.retrieval_metrics import retrieval_metrics
-from wb_pipeline.core.validation import duplicate_groups
+from wb_pipeline.core.models.contrastive import ContrastiveConfig, regularised_cca, train_joint_space
+from wb_pipeline.core.evaluation.retrieval_metrics import retrieval_metrics
+from wb_pipeline.core.evaluation.folds import duplicate_groups
 
 METHODS = ("cca_pca128", "closed_form", "heads", "joint")
 

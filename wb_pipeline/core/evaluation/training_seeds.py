@@ -16,8 +16,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import clustering
-from wb_pipeline.core.contrastive import ContrastiveConfig, combine_joint, train_joint_space
+from wb_pipeline.core.models import clustering
+from wb_pipeline.core.models.contrastive import ContrastiveConfig, combine_joint, train_joint_space
 
 
 def retrained_joint_vectors(text: np.ndarray, image: np.ndarray, text_keys: Sequence, image_keys: Sequence,

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-from wb_pipeline.core import storage
+from wb_pipeline.core.data import storage
 
 
 @dataclass(frozen=True)

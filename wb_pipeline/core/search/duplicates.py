@@ -22,7 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from wb_pipeline.core.search.index import IndexConfig, knn
-from wb_pipeline.core.validation import MAX_TITLE_PRODUCTS
+from wb_pipeline.core.evaluation.folds import MAX_TITLE_PRODUCTS
 
 OFF = 2.0  # a threshold no cosine reaches: the rule is switched off
 
@@ -40,7 +40,7 @@ class DuplicateConfig:
     `max_title_products`: a text that more products than this share (text cosine >= text_threshold,
     the product itself counted) is generic — a category word, a title made of colour and fabric
     fields — and vouches for nothing: such a product matches by its image only (no text match, no
-    floor fallback). The same handful as `core.validation.MAX_TITLE_PRODUCTS` (seen among the
+    floor fallback). The same handful as `core.evaluation.folds.MAX_TITLE_PRODUCTS` (seen among the
     `candidates` text neighbours, so it must stay below them to be seen)."""
 
     vectors: Literal["encoders", "joint"] = "encoders"

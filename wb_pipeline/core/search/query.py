@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import images, storage
+from wb_pipeline.core.data import images, storage
 from wb_pipeline.core.search.spaces import QueryError, query_vector, uses_joint_model
 from wb_pipeline.core.search.store import IndexBuild
 

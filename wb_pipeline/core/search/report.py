@@ -25,9 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import contrastive, validation
+from wb_pipeline.core.models import contrastive
+from wb_pipeline.core.evaluation import folds
 from wb_pipeline.core.search import duplicates as dup
-from wb_pipeline.core.search import evaluation, variants
+from wb_pipeline.core.evaluation import duplicate_detection
+from wb_pipeline.core.search import variants
 from wb_pipeline.core.search.index import IndexConfig, knn
 
 SETTINGS = ("vectors", "candidates", "text_threshold", "image_threshold", "text_floor", "image_floor",
@@ -46,17 +48,17 @@ class ReportGrids:
 
 def known_duplicates(nm: np.ndarray, products: pd.DataFrame, image_index: pd.DataFrame,
                      variant_model: Mapping[str, str] | None = None,
-                     max_title_products: int = validation.MAX_TITLE_PRODUCTS) -> dict[str, np.ndarray]:
+                     max_title_products: int = folds.MAX_TITLE_PRODUCTS) -> dict[str, np.ndarray]:
     """Truth group ids per product: `same_title_or_image` always (a specific title, see
-    `core.validation.specific_keys`, or identical image bytes); with an nm → model map (a generated
+    `core.evaluation.folds.specific_keys`, or identical image bytes); with an nm → model map (a generated
     sample's manifest, or a catalogue's colour_variants.parquet) also `colour_variants` and
     `any_known` (either)."""
     keys = contrastive.product_keys(nm, products, image_index, max_title_products)
-    truths = {"same_title_or_image": validation.duplicate_groups(keys["title_key"], keys["image_key"])}
+    truths = {"same_title_or_image": folds.duplicate_groups(keys["title_key"], keys["image_key"])}
     if variant_model is not None:
         model = pd.Series(np.asarray(nm, dtype=object)).astype(str).map(variant_model).to_numpy(dtype=object)
-        truths["colour_variants"] = evaluation.truth_from_labels(model)
-        truths["any_known"] = validation.duplicate_groups(keys["title_key"], keys["image_key"], model)
+        truths["colour_variants"] = duplicate_detection.truth_from_labels(model)
+        truths["any_known"] = folds.duplicate_groups(keys["title_key"], keys["image_key"], model)
     return truths
 
 
@@ -72,10 +74,10 @@ def configured_rows(groups: np.ndarray, pairs: pd.DataFrame, truths: Mapping[str
     rows = []
     for truth_name, truth in truths.items():
         common = {"section": "configured", "truth": truth_name, **{k: settings.get(k) for k in SETTINGS if k != "candidates"}}
-        rows.append({**common, "level": "groups", **evaluation.group_scores(groups, truth),
-                     "candidate_recall": evaluation.candidate_recall(pairs, truth)})
+        rows.append({**common, "level": "groups", **duplicate_detection.group_scores(groups, truth),
+                     "candidate_recall": duplicate_detection.candidate_recall(pairs, truth)})
         rows.append({**common, "level": "match edges",
-                     **evaluation.edge_scores(pairs["i"].to_numpy()[edges], pairs["j"].to_numpy()[edges], truth)})
+                     **duplicate_detection.edge_scores(pairs["i"].to_numpy()[edges], pairs["j"].to_numpy()[edges], truth)})
     return rows
 
 
@@ -91,7 +93,7 @@ def floor_rows(pairs: pd.DataFrame, n: int, truths: Mapping[str, np.ndarray], se
                 rows.append({"section": "floors", "level": "groups", "truth": truth_name,
                              "vectors": settings["vectors"], "text_threshold": settings["text_threshold"],
                              "image_threshold": settings["image_threshold"], "text_floor": text_floor,
-                             "image_floor": image_floor, **evaluation.group_scores(groups, truth)})
+                             "image_floor": image_floor, **duplicate_detection.group_scores(groups, truth)})
     return rows
 
 
@@ -121,7 +123,7 @@ def purity_rows(spaces: Mapping[str, np.ndarray], labels: pd.DataFrame, k: int, 
         for space, vectors in spaces.items():
             _, positions = knn(vectors[known], k, config)
             rows.append({"section": "purity", "space": space, "label": label, "gallery": "labelled products",
-                         **evaluation.neighbour_purity(positions, values[known])})
+                         **duplicate_detection.neighbour_purity(positions, values[known])})
         if len(similar):
             rows.append({"section": "purity", "space": f"{index_space} (similar_products)", "label": label,
                          "gallery": "whole catalogue, labelled pairs",
@@ -156,7 +158,7 @@ def duplicate_report(nm: np.ndarray, groups: np.ndarray, pairs_by_source: Mappin
     pairs = pairs_by_source[settings["vectors"]]
     rows = configured_rows(groups, pairs, truths, settings)
     for source, source_pairs in pairs_by_source.items():
-        sweep = evaluation.threshold_sweep(source_pairs, n, truths, grids.text, grids.image, dup.OFF, dup.OFF,
+        sweep = duplicate_detection.threshold_sweep(source_pairs, n, truths, grids.text, grids.image, dup.OFF, dup.OFF,
                                            settings.get("max_title_products"))
         rows.extend({"section": "sweep", "level": "groups", "vectors": source, "text_floor": dup.OFF,
                      "image_floor": dup.OFF, **row} for row in sweep.to_dict("records"))

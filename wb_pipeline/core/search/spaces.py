@@ -20,9 +20,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.contrastive import joint_matrix, one_sided_in_combined
-from wb_pipeline.core.embeddings import EmbeddingTable
-from wb_pipeline.core.encoders.base import l2_normalize
+from wb_pipeline.core.models.contrastive import joint_matrix, one_sided_in_combined
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.embeddings.encoders.base import l2_normalize
 
 Space = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat"]
 IndexSpace = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat", "auto"]
@@ -38,7 +38,7 @@ def choose_index_space(equal_k_ami: dict[str, float], margin: float) -> tuple[st
     """(space, why) of an "auto" index: the queryable space that recovers the catalogue's known classes best
     at equal k (the clustering report's mean AMI; the joint space unless the concatenation beats it by
     more than `margin`), the joint space without that evidence."""
-    from wb_pipeline.core.clustering import choose_space_by_scores
+    from wb_pipeline.core.models.clustering import choose_space_by_scores
 
     return choose_space_by_scores(equal_k_ami, margin, QUERYABLE_SPACES)
 
@@ -77,7 +77,7 @@ def query_vector(space: str, *, text_vector: np.ndarray | None = None, image_vec
                  joint_model=None, text_dim: int | None = None, image_dim: int | None = None) -> np.ndarray:
     """The unit query vector [1, dim] for one encoder vector (text or image) in `space`.
 
-    `joint_model` (a `core.contrastive.JointSpaceModel`) is needed for the joint spaces;
+    `joint_model` (a `core.models.contrastive.JointSpaceModel`) is needed for the joint spaces;
     `text_dim` / `image_dim` (the encoder dimensions) for `early_concat`."""
     if (text_vector is None) == (image_vector is None):
         raise QueryError("give exactly one of a text query or an image query")

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from upath import UPath
 
-from wb_pipeline.core import storage
+from wb_pipeline.core.data import storage
 from wb_pipeline.core.search.index import LIBRARY, LIBRARY_VERSION, IndexConfig, VectorIndex, recall_at_k
 from wb_pipeline.core.search.spaces import SPACES
 

@@ -14,9 +14,9 @@ text and by image):
                        AND image cosine < exact_image_threshold   (not the same photo)
                        AND text cosine >= text_floor     (about the same kind of product)
 
-Pairs are scored against known variants (a model id per product) as pairs (`evaluation.edge_scores`:
+Pairs are scored against known variants (a model id per product) as pairs (`duplicate_detection.edge_scores`:
 precision / recall / F1 of the matched pairs themselves) and as the connected components of the
-matched pairs (`evaluation.group_scores`).
+matched pairs (`duplicate_detection.group_scores`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.search import evaluation
+from wb_pipeline.core.evaluation import duplicate_detection
 from wb_pipeline.core.search.duplicates import OFF, components
 
 
@@ -38,7 +38,7 @@ class VariantConfig:
     of neither (the report's `variant_sweep` shows both).
 
     `neighbours`: a model comes in a handful of colours (up to 5, the same handful as
-    `core.validation.MAX_TITLE_PRODUCTS`), so each variant's other colours are among its 4 nearest
+    `core.evaluation.folds.MAX_TITLE_PRODUCTS`), so each variant's other colours are among its 4 nearest
     photos, and it among theirs. `exact_image_threshold`: at or above it the photo is the same one
     (the duplicate graph's image threshold), an exact duplicate rather than a variant. `text_floor`:
     the texts say about the same thing: multilingual-e5's cosines crowd into [0.7, 1] (its model
@@ -76,9 +76,9 @@ def variant_scores(pairs: pd.DataFrame, n: int, truth: np.ndarray, config: Varia
     settings = {"neighbours": config.neighbours, "exact_image_threshold": config.exact_image_threshold,
                 "variant_text_floor": config.text_floor}
     return [
-        {**settings, "level": "match edges", **evaluation.edge_scores(i, j, truth),
-         "candidate_recall": evaluation.candidate_recall(pairs, truth)},
-        {**settings, "level": "groups", **evaluation.group_scores(components(n, i, j), truth)},
+        {**settings, "level": "match edges", **duplicate_detection.edge_scores(i, j, truth),
+         "candidate_recall": duplicate_detection.candidate_recall(pairs, truth)},
+        {**settings, "level": "groups", **duplicate_detection.group_scores(components(n, i, j), truth)},
     ]
 
 
@@ -96,7 +96,7 @@ def variant_sweep(pairs: pd.DataFrame, n: int, truth: np.ndarray, neighbours_gri
 def variant_truth(nm: Sequence, model_of: Mapping[str, str]) -> np.ndarray:
     """Group id per product from an nm → model map (a product without a model: a group of its own)."""
     model = pd.Series(np.asarray(nm, dtype=object)).astype(str).map(model_of).to_numpy(dtype=object)
-    return evaluation.truth_from_labels(model)
+    return duplicate_detection.truth_from_labels(model)
 
 
 def models_from_table(table: pd.DataFrame) -> tuple[dict[str, str], dict[str, int]]:

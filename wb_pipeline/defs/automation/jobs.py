@@ -5,9 +5,9 @@ import json
 
 import dagster as dg
 
-from wb_pipeline.core import storage
-from wb_pipeline.core.drops import drop_shards, scan_incoming
-from wb_pipeline.core.storage import shard_keys
+from wb_pipeline.core.data import storage
+from wb_pipeline.core.data.drops import drop_shards, scan_incoming
+from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.core.monitoring.retrain import DropDrift, RetrainPolicy, decide_retrain
 from wb_pipeline.defs.progress import log_finished_step, release_memory_after_step
 from wb_pipeline.settings import DEFAULT_REEMBED_CRON, REEMBED_CRON_ENV

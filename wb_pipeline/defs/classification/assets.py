@@ -12,14 +12,15 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import classification as core
-from wb_pipeline.core import contrastive, prediction, worker_pool
-from wb_pipeline.core.embeddings import EmbeddingTable
-from wb_pipeline.core.fusion import tabular_features
-from wb_pipeline.core.joint_space_figures import grouped_bars_png, png_markdown
-from wb_pipeline.core.metrics import MetricsConfig, confusion_matrix_png
+from wb_pipeline.core.models import classification as core
+from wb_pipeline.core.models import contrastive, prediction
+from wb_pipeline.core.runtime import worker_pool
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.models.fusion import tabular_features
+from wb_pipeline.core.evaluation.figures import grouped_bars_png, png_markdown
+from wb_pipeline.core.evaluation.metrics import MetricsConfig, confusion_matrix_png
 from wb_pipeline.core.monitoring.retrain import TrainingManifest, save_training_manifest
-from wb_pipeline.core.storage import as_upath
+from wb_pipeline.core.data.storage import as_upath
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import CATALOGUE_METADATA_KEY, RETRAIN_REASON_TAG
 from wb_pipeline.defs.config import config_class, to_core
@@ -41,7 +42,7 @@ REPORT_COLUMNS = ["label", "model", "n", "n_classes", "macro_f1", "macro_f1_low"
 
 
 def classification_models_folder(pipeline_storage: WBStorage):
-    """The saved final models, one folder per label (what `core.prediction.load_saved_models` reads),
+    """The saved final models, one folder per label (what `core.models.prediction.load_saved_models` reads),
     and the training manifest."""
     return pipeline_storage.layout.classification_models
 
@@ -332,7 +333,7 @@ def test_predictions(
 ) -> dg.MaterializeResult:
     """For every clean TEST product and every trained label: the predicted class and its probability
     (long table nm, label, predicted, probability, model, status, reason), from the saved final models
-    (loaded without unpickling) and the saved joint model, through `core.prediction.predict_products` —
+    (loaded without unpickling) and the saved joint model, through `core.models.prediction.predict_products` —
     the same path as `drop_predictions`. For labels the test file carries, the final model was trained
     on these rows, so the honest quality is the report's, not an agreement with the file."""
     test = clean_products.loc[clean_products["split"] == "test", ["nm"]].reset_index(drop=True)

@@ -4,7 +4,7 @@
 import dagster as dg
 import pandas as pd
 
-from wb_pipeline.core.classification import ALL_MODELS, UNIMODAL_MODELS
+from wb_pipeline.core.models.classification import ALL_MODELS, UNIMODAL_MODELS
 from wb_pipeline.defs import metadata
 
 FUSION_TOLERANCE = 0.005  # macro-F1 points late fusion may trail the best unimodal model before warning

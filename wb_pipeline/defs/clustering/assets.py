@@ -8,11 +8,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import clustering
-from wb_pipeline.core.clustering import ClusteringConfig
-from wb_pipeline.core.contrastive import product_keys
-from wb_pipeline.core.embeddings import EmbeddingTable
-from wb_pipeline.core import joint_space_figures
+from wb_pipeline.core.models import clustering
+from wb_pipeline.core.models.clustering import ClusteringConfig
+from wb_pipeline.core.models.contrastive import product_keys
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.evaluation import figures
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.defs.progress import progress_logger
@@ -89,7 +89,7 @@ def product_clusters_and_report(
                           "category": targets.get("category", np.full(len(nm), None, dtype=object))}
                   for space, result in clusterings.items()}
     chosen_k = {space: int(len(set(result.labels["kmeans"]))) for space, result in clusterings.items()}
-    silhouette_png = joint_space_figures.silhouette_by_k_png(
+    silhouette_png = figures.silhouette_by_k_png(
         {space: result.k_scores for space, result in clusterings.items()}, chosen_k,
         marks={f"k = {target} classes ({k})": clustering.equal_k_silhouettes(report, target) for target, k in equal_k.items()})
     seconds = time.perf_counter() - started
@@ -109,10 +109,10 @@ def product_clusters_and_report(
         metadata={
             "dagster/row_count": len(report),
             "decides": metadata.table(clustering.lead_table(report, clustering.KNOWN_TARGETS).round(4)),
-            "silhouette_by_k": dg.MetadataValue.md(joint_space_figures.png_markdown(
+            "silhouette_by_k": dg.MetadataValue.md(figures.png_markdown(
                 silhouette_png, "silhouette by k per space", SILHOUETTE_CAPTION)),
-            "scatter": dg.MetadataValue.md(joint_space_figures.png_markdown(
-                joint_space_figures.scatter_grid_png(points, colourings),
+            "scatter": dg.MetadataValue.md(figures.png_markdown(
+                figures.scatter_grid_png(points, colourings),
                 "2-D map per space, coloured by cluster and by category", SCATTER_CAPTION)),
             "comparison": metadata.table(report[[c for c in WIDE_COLUMNS if c in report.columns]].round(4)),
             "seconds": round(seconds, 2),

@@ -4,7 +4,7 @@
 import dagster as dg
 import pandas as pd
 
-from wb_pipeline.core import clustering
+from wb_pipeline.core.models import clustering
 from wb_pipeline.defs import metadata
 
 

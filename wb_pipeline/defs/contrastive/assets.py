@@ -10,11 +10,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import contrastive
-from wb_pipeline.core.contrastive import ContrastiveConfig
-from wb_pipeline.core.embeddings import EmbeddingTable
-from wb_pipeline.core.joint_space_figures import loss_curve_png, png_markdown
-from wb_pipeline.core.storage import as_upath
+from wb_pipeline.core.models import contrastive
+from wb_pipeline.core.models.contrastive import ContrastiveConfig
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.evaluation.figures import loss_curve_png, png_markdown
+from wb_pipeline.core.data.storage import as_upath
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.defs.resources import WBStorage
@@ -108,7 +108,7 @@ def joint_embeddings(
 ) -> dg.MaterializeResult:
     """Every product in the joint space: `nm` and three float32 list columns, `text_joint`,
     `image_joint` and `combined_joint` (their normalised concatenation), unit-norm, row-aligned with
-    `text_embeddings`. Read a column as a matrix with `wb_pipeline.core.contrastive.joint_matrix`."""
+    `text_embeddings`. Read a column as a matrix with `wb_pipeline.core.models.contrastive.joint_matrix`."""
     model, info = contrastive.load_joint_model(as_upath(contrastive.model_folder(contrastive_model)))
     images = aligned_images(text_embeddings, image_embeddings)
     text_joint, image_joint = model.project_text(text_embeddings.vectors), model.project_image(images.vectors)

@@ -5,8 +5,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.contrastive import JOINT_COLUMNS, joint_matrix
-from wb_pipeline.core.embeddings import EmbeddingTable
+from wb_pipeline.core.models.contrastive import JOINT_COLUMNS, joint_matrix
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 
 NORM_TOLERANCE = 1e-3
 

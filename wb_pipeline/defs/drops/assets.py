@@ -1,10 +1,10 @@
 """Group `drops`, partitioned by `product_drops`: what happens to a drop after it is embedded.
 
 `drop_predictions` labels the drop's products with the SAVED classifiers (no retraining, the cached
-embeddings only) through `core.prediction.predict_products`, as `test_predictions` does; `drop_drift`
+embeddings only) through `core.models.prediction.predict_products`, as `test_predictions` does; `drop_drift`
 measures how far the drop is from what the models were trained on. Both run in the `predict_new_drops`
 job, which a run-status sensor starts for each drop right after `reembed_new_products` succeeds. The
-logic lives in `wb_pipeline.core.prediction` and `wb_pipeline.core.monitoring`.
+logic lives in `wb_pipeline.core.models.prediction` and `wb_pipeline.core.monitoring`.
 """
 
 from typing import Literal
@@ -12,11 +12,11 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 
-from wb_pipeline.core import classification as core
-from wb_pipeline.core import contrastive, prediction
-from wb_pipeline.core.embeddings import EmbeddingTable
+from wb_pipeline.core.models import classification as core
+from wb_pipeline.core.models import contrastive, prediction
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.monitoring import drift, retrain
-from wb_pipeline.core.storage import as_upath
+from wb_pipeline.core.data.storage import as_upath
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import DROPS_GROUP, product_drops
 from wb_pipeline.defs.classification.assets import classification_models_folder
@@ -59,7 +59,7 @@ def drop_predictions(
     """For every product of the drop and every trained label: the predicted class and its probability
     (nm, label, predicted, probability, model, status, reason) from the saved best model per label and
     the cached vectors (joint vectors projected by the saved joint model), through
-    `core.prediction.predict_products`, the same path as `test_predictions`. `status`: `predicted`;
+    `core.models.prediction.predict_products`, the same path as `test_predictions`. `status`: `predicted`;
     `fallback` (a vector the chosen model reads is missing, the reason says which and what predicted
     instead); `not_predicted` (no saved model fits); `rejected` (cleaning rejected the product, the
     reason says why)."""

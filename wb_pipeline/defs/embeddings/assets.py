@@ -8,11 +8,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core import images, schema
-from wb_pipeline.core.embedding_runs import embed_texts, embed_zip_images
-from wb_pipeline.core.embeddings import EmbeddingCache, EmbeddingTable, EmbedStats
-from wb_pipeline.core.product_text import encoder_text
-from wb_pipeline.core.storage import shard_keys
+from wb_pipeline.core.data import images, schema
+from wb_pipeline.core.embeddings.runs import embed_texts, embed_zip_images
+from wb_pipeline.core.embeddings.vectors import EmbeddingCache, EmbeddingTable, EmbedStats
+from wb_pipeline.core.text.product_text import encoder_text
+from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
 from wb_pipeline.defs.progress import progress_logger
 from wb_pipeline.defs.resources import WBRawData, WBStorage

@@ -5,7 +5,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.embeddings import EmbeddingTable
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 
 NORM_TOLERANCE = 1e-3
 

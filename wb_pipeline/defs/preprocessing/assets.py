@@ -1,4 +1,4 @@
-"""Group `preprocessing`: the notebook's cleaning (every product ends clean or rejected) and product text."""
+"""Group `preprocessing`: the notebook's cleaning (every product ends clean or rejected) and product preprocessing."""
 
 
 import time
@@ -6,18 +6,18 @@ import time
 import dagster as dg
 import pandas as pd
 
-from wb_pipeline.core import text
-from wb_pipeline.core.cleaning import CleaningConfig, clean_products as clean_products_core
-from wb_pipeline.core.product_text import build_product_text
+from wb_pipeline.core.text import preprocessing
+from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products as clean_products_core
+from wb_pipeline.core.text.product_text import build_product_text
 from wb_pipeline.defs import metadata
-from wb_pipeline.core.storage import shard_keys
+from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.defs.sharding import (SHARD_TAG, SHARDED_LAYOUT, columns_input, in_catalogue_order,
                                        shard_asset_name, shard_description, shard_input, shard_names)
 
 CleaningSettings = config_class(CleaningConfig, "CleaningSettings")
-# A resource, not per-step config: every shard of a run must get the same text.
-TextPreprocessingSettings = config_class(text.TextPreprocessingConfig, "TextPreprocessingSettings",
+# A resource, not per-step config: every shard of a run must get the same preprocessing.
+TextPreprocessingSettings = config_class(preprocessing.TextPreprocessingConfig, "TextPreprocessingSettings",
                                          base=dg.ConfigurableResource)
 
 
@@ -45,7 +45,7 @@ def clean_and_rejected_products(
     image_index: pd.DataFrame,
     config: CleaningSettings,
 ):
-    """The notebook's `clean_dataset`, bugs fixed (see `wb_pipeline.core.cleaning`). A single unusable
+    """The notebook's `clean_dataset`, bugs fixed (see `wb_pipeline.core.data.cleaning`). A single unusable
     value of a clean product (a `price` that is not a number) becomes missing and is listed in the
     `rejected_values` metadata of `clean_products`, with a warning in the run's log."""
     result = clean_products_core(
@@ -93,7 +93,7 @@ def _product_text_shard(index: int, n_shards: int) -> dg.AssetsDefinition:
     def product_text_shard(clean_products: pd.DataFrame,
                            text_preprocessing_settings: TextPreprocessingSettings) -> dg.MaterializeResult:
         started = time.perf_counter()
-        frame = build_product_text(clean_products, to_core(text.TextPreprocessingConfig, text_preprocessing_settings))
+        frame = build_product_text(clean_products, to_core(preprocessing.TextPreprocessingConfig, text_preprocessing_settings))
         seconds = time.perf_counter() - started
         words = frame["description_preprocessed"].str.split().str.len()
         return dg.MaterializeResult(

@@ -16,11 +16,13 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from wb_pipeline.core import contrastive, images, schema, validation
-from wb_pipeline.core.clustering import ClusteringConfig
-from wb_pipeline.core.embeddings import EmbeddingTable
-from wb_pipeline.core.ingestion import SchemaError, read_wb_table
-from wb_pipeline.core.joint_space_figures import png_markdown
+from wb_pipeline.core.models import contrastive
+from wb_pipeline.core.data import images, schema
+from wb_pipeline.core.evaluation import folds
+from wb_pipeline.core.models.clustering import ClusteringConfig
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.data.ingestion import SchemaError, read_wb_table
+from wb_pipeline.core.evaluation.figures import png_markdown
 from wb_pipeline.core.search import duplicates as dup
 from wb_pipeline.core.search import report, variants
 from wb_pipeline.core.search.contact_sheet import contact_sheet_png
@@ -283,7 +285,7 @@ def duplicate_groups(
 class DuplicateReportSettings(dg.Config):
     """Threshold grids of the sweep (2.0 = that modality off), the neighbours per product for
     purity, and which vector sources the sweep compares; which titles count as known duplicates
-    (`max_title_products`, see `core.validation.specific_keys`); the colour-variant matcher's
+    (`max_title_products`, see `core.evaluation.folds.specific_keys`); the colour-variant matcher's
     settings (`core.search.variants.VariantConfig`; its exact-duplicate ceiling is the
     `duplicate_groups` image threshold, its neighbours at most `duplicate_groups`' candidates) and
     its sweep grids."""
@@ -295,7 +297,7 @@ class DuplicateReportSettings(dg.Config):
     vector_sources: list[str] = ["encoders", "joint"]
     purity_k: int = 10
     threads: int = 2
-    max_title_products: int = validation.MAX_TITLE_PRODUCTS
+    max_title_products: int = folds.MAX_TITLE_PRODUCTS
     variant_neighbours: int = variants.VariantConfig().neighbours
     variant_text_floor: float = variants.VariantConfig().text_floor
     variant_neighbours_grid: list[int] = [1, 2, 3, 4, 5, 7, 10]
@@ -353,7 +355,7 @@ def duplicate_report(
 ) -> dg.MaterializeResult:
     """How good the duplicate groups are, and how to set their thresholds. Known duplicates: the
     same specific normalised title (one at most `max_title_products` products carry) or the same
-    image bytes (`core.validation.duplicate_groups`), and where known the colour variants of one
+    image bytes (`core.evaluation.folds.duplicate_groups`), and where known the colour variants of one
     model: the raw folder's optional `colour_variants.parquet` (nm, model_code), else on the
     generated sample its manifest's ground truth. Rows (`section`): `configured` — the
     `duplicate_groups` asset against each truth (pairwise precision / recall / F1 of its groups,

@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.embeddings import EmbeddingTable
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.search.index import recall_at_k
 from wb_pipeline.core.search.store import load_build
 from wb_pipeline.defs.search.assets import index_folder

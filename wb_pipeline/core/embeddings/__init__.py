@@ -1,0 +1,2 @@
+"""Vectors: the embedding tables and cache (vectors), encoding runs over products and photos (runs),
+and the encoders themselves (encoders/)."""

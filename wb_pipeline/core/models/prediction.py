@@ -1,0 +1,263 @@
+"""The one way to predict labels for products: `predict_products` (no dagster import).
+
+`test_predictions`, `drop_predictions` and any other caller (a service answering one product at a
+time) go through it, so the features a saved model reads are assembled in one place:
+
+- text and image vectors from the embedding tables (the encoders' cached vectors);
+- the joint (combined) vector projected by the SAVED joint model from those two, where both exist —
+  the same projection and concatenation the `joint_embeddings` asset applies;
+- the tabular columns of the late-fusion meta-model (`core.models.fusion.tabular_features`: price, brand
+  share of the catalogue, number of characteristics), with the characteristics of train products that
+  the `product_characteristics` table does not hold yet parsed by the same parser.
+
+Per label the model is the report's best by held-out macro-F1 (or one chosen model). A product that
+lacks a vector that model reads (e.g. no image vector, hence no joint vector either) is predicted by
+the next-best saved model whose inputs it has, and the row says so; when no saved model fits, or the
+product never got past cleaning, the row has no prediction and a reason. So every product has one row
+per label, never a silent gap.
+
+Every matrix product runs on blocks of exactly `BLOCK_ROWS` rows (the last block padded with zeros):
+BLAS picks its kernel by the number of rows, and with a fixed count a product's vector and
+probabilities are bit-identical whether it is predicted alone, in a drop or with the whole test split.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from upath import UPath
+
+from wb_pipeline.core.data.characteristics import characteristics_table
+from wb_pipeline.core.models.classification import (
+    ALL_MODELS,
+    MODEL_BLOCKS,
+    UNIMODAL_MODELS,
+    LabelModels,
+    load_label_models,
+)
+from wb_pipeline.core.models.contrastive import combine_joint
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.models.fusion import tabular_features
+
+COLUMNS = ["nm", "label", "predicted", "probability", "model", "status", "reason"]
+PREDICTED, FALLBACK, NOT_PREDICTED, REJECTED = "predicted", "fallback", "not_predicted", "rejected"
+BLOCK_ROWS = 64
+
+
+def in_fixed_blocks(compute: Callable[..., np.ndarray], *row_arrays: np.ndarray) -> np.ndarray:
+    """`compute(*blocks)` over blocks of exactly `BLOCK_ROWS` rows of the row-aligned `row_arrays`
+    (the last block zero-padded, the padding's output dropped), concatenated. A row's result then
+    does not depend on how many other rows it came with."""
+    n = len(row_arrays[0])
+    parts = []
+    for start in range(0, n, BLOCK_ROWS):
+        blocks = []
+        for array in row_arrays:
+            block = np.asarray(array[start:start + BLOCK_ROWS])
+            if len(block) < BLOCK_ROWS:
+                padded = np.zeros((BLOCK_ROWS, *block.shape[1:]), dtype=block.dtype)
+                if block.dtype == object:
+                    padded[:] = ""
+                padded[:len(block)] = block
+                block = padded
+            blocks.append(block)
+        parts.append(np.asarray(compute(*blocks))[:min(BLOCK_ROWS, n - start)])
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
+
+def product_features(nm: Sequence[str], text: EmbeddingTable, image: EmbeddingTable, joint_model=None
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(block -> matrix, block -> has-it mask), row-aligned with `nm`: the cached text and image
+    vectors, and the joint (combined) vector projected by the SAVED joint model where both exist.
+    Rows without a vector are zeros and masked out."""
+    nm = [str(x) for x in nm]
+    features, available = {}, {}
+    for block, table in (("text", text), ("image", image)):
+        position = table.positions(nm)
+        has = position >= 0
+        matrix = np.zeros((len(nm), table.dim if len(table) else 0), np.float32)
+        matrix[has] = table.vectors[position[has]]
+        features[block], available[block] = matrix, has
+    if joint_model is not None:
+        both = available["text"] & available["image"]
+        joint = None
+        if both.any():
+            joint = combine_joint(in_fixed_blocks(joint_model.project_text, features["text"][both]),
+                                  in_fixed_blocks(joint_model.project_image, features["image"][both]))
+        matrix = np.zeros((len(nm), 0 if joint is None else joint.shape[1]), np.float32)
+        if joint is not None:
+            matrix[both] = joint
+        features["joint"], available["joint"] = matrix, both
+    return features, available
+
+
+def model_inputs(models: LabelModels, model: str) -> frozenset[str]:
+    """The vector blocks (text, image, joint) a saved model reads."""
+    if model in models.base:
+        return frozenset(MODEL_BLOCKS[model])
+    if model == "mean_probability":
+        return frozenset(b for m in UNIMODAL_MODELS for b in MODEL_BLOCKS[m])
+    if model == "late_fusion":
+        return frozenset(b for m in models.fusion_inputs for b in MODEL_BLOCKS[m])
+    raise ValueError(f"{models.label}: unknown model {model!r}")
+
+
+def usable_models(models: LabelModels) -> list[str]:
+    return [m for m in ALL_MODELS if m in models.base or m == "mean_probability"
+            or (m == "late_fusion" and models.late_fusion is not None)]
+
+
+def model_ranking(report: pd.DataFrame, label: str, models: LabelModels, chosen: str = "best") -> list[str]:
+    """The chosen model (the report's best when `chosen="best"`) then the other saved models by
+    held-out macro-F1: the order in which a product missing a modality falls back."""
+    own = report[report["label"] == label]
+    if own.empty:
+        raise ValueError(f"predictions: label {label!r} is not in the classification report")
+    first = str(own["best_model"].iloc[0]) if chosen == "best" else chosen
+    usable = usable_models(models)
+    if first not in usable:
+        raise ValueError(f"predictions: model {first!r} of label {label!r} is not saved (saved: {usable})")
+    ranked = own[own["model"].isin(usable)].sort_values("macro_f1", ascending=False)["model"].tolist()
+    return [first, *[m for m in dict.fromkeys(ranked) if m != first], *[m for m in usable if m not in ranked and m != first]]
+
+
+def load_saved_models(models_root: UPath, labels: Sequence[str]) -> dict[str, LabelModels]:
+    """The saved final models of each label, from `<models_root>/<label>/` (loaded without unpickling).
+    `models_root` is the classification models folder (`StorageLayout.classification_models`)."""
+    return {label: load_label_models(models_root / label, label) for label in labels}
+
+
+def _predict_label(models: LabelModels, model: str, nm: np.ndarray, features: Mapping[str, np.ndarray],
+                   tabular: pd.DataFrame | None) -> pd.DataFrame:
+    blocks = sorted(features)
+
+    def proba(nm_block, *matrices):
+        return models.predict_proba(model, dict(zip(blocks, matrices)), tabular, nm_block)
+
+    probabilities = in_fixed_blocks(proba, np.asarray(nm, dtype=object), *[features[b] for b in blocks])
+    best = np.argmax(probabilities, axis=1)
+    return pd.DataFrame({
+        "nm": np.asarray(nm, dtype=object), "label": models.label,
+        "predicted": np.asarray(models.classes, dtype=object)[best],
+        "probability": probabilities[np.arange(len(best)), best], "model": model,
+    })
+
+
+def predict_with_features(
+    products: pd.DataFrame,
+    features: Mapping[str, np.ndarray],
+    available: Mapping[str, np.ndarray],
+    label_models: Mapping[str, LabelModels],
+    report: pd.DataFrame,
+    tabular: pd.DataFrame | None,
+    rejected: pd.DataFrame | None = None,
+    chosen: str = "best",
+) -> pd.DataFrame:
+    """One row per (product, label): `COLUMNS`, from features already assembled (`predict_products`
+    assembles them; call this one only with `product_features`' output).
+
+    `products`: nm of every product (clean or not), in order; `features`: block -> matrix row-aligned
+    with `products` (rows of products without that block are ignored); `available`: block -> bool mask,
+    row-aligned; `rejected`: nm, reason, detail of the products that cleaning rejected (their rows say
+    why and carry no prediction)."""
+    nm = products["nm"].astype(str).to_numpy(dtype=object)
+    n = len(nm)
+    for block, mask in available.items():
+        if len(mask) != n:
+            raise ValueError(f"predictions: mask of {block} has {len(mask)} rows for {n} products")
+    why_rejected = {}
+    if rejected is not None and len(rejected):
+        for row in rejected.drop_duplicates("nm").itertuples():
+            why_rejected[str(row.nm)] = f"rejected at cleaning: {row.reason}" + (f" ({row.detail})" if isinstance(row.detail, str) and row.detail else "")
+    blocks = sorted(available)
+    pattern = np.array(["|".join(b for b in blocks if available[b][i]) for i in range(n)], dtype=object)
+    is_rejected = np.array([x in why_rejected for x in nm], bool)
+    frames = []
+    for label, models in label_models.items():
+        ranking = model_ranking(report, label, models, chosen)
+        first, first_needs = ranking[0], model_inputs(models, ranking[0])
+        if is_rejected.any():
+            frames.append(pd.DataFrame({"nm": nm[is_rejected], "label": label, "predicted": None, "probability": np.nan,
+                                        "model": None, "status": REJECTED,
+                                        "reason": [why_rejected[x] for x in nm[is_rejected]]}))
+        for key in pd.unique(pattern[~is_rejected]):
+            rows = np.flatnonzero((pattern == key) & ~is_rejected)
+            have = frozenset(key.split("|")) if key else frozenset()
+            model = next((m for m in ranking if model_inputs(models, m) <= have), None)
+            missing = ", ".join(sorted(first_needs - have))
+            if model is None:
+                frames.append(pd.DataFrame({
+                    "nm": nm[rows], "label": label, "predicted": None, "probability": np.nan, "model": None,
+                    "status": NOT_PREDICTED,
+                    "reason": f"no {missing or 'input'} vector, and no saved model of {label} works without it "
+                              f"(saved: {', '.join(ranking)})"}))
+                continue
+            part = _predict_label(models, model, nm[rows], {b: np.asarray(features[b])[rows] for b in have}, tabular)
+            if model == first:
+                part["status"], part["reason"] = PREDICTED, ""
+            else:
+                part["status"] = FALLBACK
+                part["reason"] = (f"no {missing} vector: the chosen model {first} reads "
+                                  f"{', '.join(sorted(first_needs))}; predicted by {model} instead")
+            frames.append(part)
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    out = pd.concat(frames, ignore_index=True)[COLUMNS]
+    order = {x: i for i, x in enumerate(nm)}
+    out["_order"] = out["nm"].map(order)
+    return out.sort_values(["_order", "label"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def with_unparsed_characteristics(products: pd.DataFrame, catalogue: pd.DataFrame,
+                                  characteristics: pd.DataFrame | None) -> pd.DataFrame | None:
+    """`characteristics` plus the parsed characteristics of the train products of `products` it does
+    not hold yet (a drop the labels group has not seen): the same parser as `product_characteristics`,
+    which parses train products only."""
+    if "characteristics" not in catalogue:
+        return characteristics
+    nm = set(products["nm"].astype(str))
+    own = catalogue[catalogue["nm"].astype(str).isin(nm)]
+    if "split" in own:
+        own = own[own["split"] == "train"]
+    if characteristics is not None and len(characteristics):
+        own = own[~own["nm"].astype(str).isin(set(characteristics["nm"].astype(str)))]
+    if own.empty:
+        return characteristics
+    parsed = characteristics_table(own["nm"], own["characteristics"]).long
+    return parsed if characteristics is None else pd.concat([characteristics, parsed], ignore_index=True)
+
+
+def predict_products(
+    products: pd.DataFrame,
+    text: EmbeddingTable,
+    image: EmbeddingTable,
+    joint_model,
+    label_models: Mapping[str, LabelModels],
+    report: pd.DataFrame,
+    catalogue: pd.DataFrame,
+    characteristics: pd.DataFrame | None,
+    clean_nm: set[str] | None = None,
+    rejected: pd.DataFrame | None = None,
+    chosen: str = "best",
+) -> pd.DataFrame:
+    """THE prediction path: for every product of `products` (column `nm`, in order) and every label of
+    `label_models` (`load_saved_models`), the predicted class and its probability (`COLUMNS`).
+
+    `text` / `image`: the embedding tables; `joint_model`: the saved joint model (`core.models.contrastive.
+    load_joint_model`; None = no joint block, so only models without it can predict); `report`: the
+    `classification_report` table (the best model per label, the fallback order); `catalogue`: the
+    clean products (nm, split, brand, price, characteristics: the tabular features' source, the
+    brand share is over all of it); `characteristics`: the long `product_characteristics` table;
+    `clean_nm`: the products allowed to use their vectors (None = all) — a product outside it never
+    reads a vector (its nm may have one from another batch); `rejected`: nm, reason, detail of the
+    products that cleaning rejected; `chosen`: "best" or one model for every label."""
+    products = products[["nm"]].astype({"nm": str}).reset_index(drop=True)
+    features, available = product_features(products["nm"], text, image, joint_model)
+    if clean_nm is not None:
+        is_clean = products["nm"].isin(set(map(str, clean_nm))).to_numpy()
+        available = {block: mask & is_clean for block, mask in available.items()}
+    characteristics = with_unparsed_characteristics(products, catalogue, characteristics)
+    tabular = tabular_features(products["nm"], catalogue, characteristics)
+    return predict_with_features(products, features, available, label_models, report, tabular, rejected, chosen)

@@ -1,0 +1,1 @@
+"""Text: the seed's preprocessing (preprocessing) and the text each encoder reads (product_text)."""

@@ -1,0 +1,108 @@
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import dagster as dg
+import pandas as pd
+import pytest
+from upath import UPath
+
+from wb_pipeline.core.data import storage
+from wb_pipeline.defs.config import config_class, to_core
+from wb_pipeline.defs.resources import WBStorageIOManager
+
+
+def test_write_parquet_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
+    path = UPath(tmp_path / "t.parquet")
+    storage.write_parquet(pd.DataFrame({"a": [1]}), path)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(storage.pq, "write_table", crash)
+    with pytest.raises(RuntimeError):
+        storage.write_parquet(pd.DataFrame({"a": [2]}), path)
+    monkeypatch.undo()
+    assert storage.read_parquet(path)["a"].tolist() == [1]  # last good version survives
+    assert os.listdir(tmp_path) == ["t.parquet"]
+
+
+def test_memory_url_roundtrip():
+    path = UPath("memory:///roundtrip/x.parquet")
+    storage.write_parquet(pd.DataFrame({"nm": ["1", "2"]}), path)
+    assert storage.read_parquet(path)["nm"].tolist() == ["1", "2"]
+
+
+def test_io_manager_writes_one_parquet_per_asset_under_base_dir(tmp_path):
+    @dg.asset
+    def upstream() -> pd.DataFrame:
+        return pd.DataFrame({"nm": ["1"], "x": [1.5]})
+
+    @dg.asset
+    def downstream(upstream: pd.DataFrame) -> pd.DataFrame:
+        return upstream.assign(y=upstream["x"] * 2)
+
+    result = dg.materialize(
+        [upstream, downstream], resources={"io_manager": WBStorageIOManager(base_dir=str(tmp_path))}
+    )
+    assert result.success
+    written = pd.read_parquet(tmp_path / "assets" / "downstream.parquet")
+    assert written["y"].tolist() == [3.0]
+
+
+def test_io_manager_keeps_partitions_apart(tmp_path):
+    parts = dg.StaticPartitionsDefinition(["a", "b"])
+
+    @dg.asset(partitions_def=parts)
+    def batch(context: dg.AssetExecutionContext) -> pd.DataFrame:
+        return pd.DataFrame({"key": [context.partition_key]})
+
+    io = WBStorageIOManager(base_dir=str(tmp_path))
+    for key in ("a", "b"):
+        assert dg.materialize([batch], partition_key=key, resources={"io_manager": io}).success
+    assert pd.read_parquet(tmp_path / "assets" / "batch" / "a.parquet")["key"].tolist() == ["a"]
+    assert pd.read_parquet(tmp_path / "assets" / "batch" / "b.parquet")["key"].tolist() == ["b"]
+
+
+def test_io_manager_refuses_non_dataframes(tmp_path):
+    @dg.asset
+    def not_a_frame() -> dict:
+        return {"a": 1}
+
+    with pytest.raises(TypeError, match="not_a_frame.*DataFrames and EmbeddingTables"):
+        dg.materialize([not_a_frame], resources={"io_manager": WBStorageIOManager(base_dir=str(tmp_path))})
+
+
+@dataclass(frozen=True)
+class _Core:
+    threshold: int = 3
+    words: tuple[str, ...] = ("не", "для")
+    order: Literal["RGB", "BGR"] = "RGB"
+
+
+def test_config_class_mirrors_core_dataclass_and_round_trips():
+    settings_cls = config_class(_Core)
+    assert to_core(_Core, settings_cls()) == _Core()
+    custom = settings_cls(threshold=9, words=["x"], order="BGR")
+    assert to_core(_Core, custom) == _Core(threshold=9, words=("x",), order="BGR")
+    with pytest.raises(Exception):
+        settings_cls(order="RGBA")
+
+
+def test_io_manager_round_trips_embedding_tables(tmp_path):
+    import numpy as np
+
+    from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+
+    @dg.asset
+    def vectors() -> EmbeddingTable:
+        return EmbeddingTable(nm=["1", "2"], vectors=np.eye(2, 3, dtype=np.float32))
+
+    @dg.asset
+    def consumer(vectors: EmbeddingTable) -> pd.DataFrame:
+        assert isinstance(vectors, EmbeddingTable)
+        return pd.DataFrame({"nm": vectors.nm, "first": vectors.vectors[:, 0]})
+
+    io = WBStorageIOManager(base_dir=str(tmp_path))
+    assert dg.materialize([vectors, consumer], resources={"io_manager": io}).success
+    assert pd.read_parquet(tmp_path / "assets" / "consumer.parquet")["first"].tolist() == [1.0, 0.0]

@@ -1,0 +1,1 @@
+"""Tests of every entry point under hostile input (hypothesis)."""

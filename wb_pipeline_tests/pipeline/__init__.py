@@ -1,0 +1,1 @@
+"""Tests of the Dagster layer (definitions, assets, checks, jobs, deployment)."""

@@ -1,0 +1,201 @@
+"""Product shards: the stable shard of a product, the shard-grouped table layout, the per-shard image
+check, and which shard steps a new drop needs."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+import zlib
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from upath import UPath
+
+from wb_pipeline.core.data import images, schema, storage
+from wb_pipeline.core.data.drops import drop_shards
+from wb_pipeline.defs.automation.jobs import reembed_selection
+from wb_pipeline.defs.resources import WBStorageIOManager
+from wb_pipeline.defs.sharding import SHARDED_LAYOUT, columns_input, in_catalogue_order, shard_input
+
+
+def _frame(n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(n)
+    return pd.DataFrame({"nm": [str(v) for v in rng.permutation(10 * n)[:n]], "x": rng.normal(size=n),
+                         "text": [f"t{i}" for i in range(n)]})
+
+
+def test_a_products_shard_depends_on_its_id_only():
+    ids = ["1", "12345", "987654321"]
+    assert storage.product_shards(ids, 8).tolist() == [zlib.crc32(v.encode()) % 8 for v in ids]
+    # the same id, in any company and any order, lands in the same shard
+    assert storage.product_shards(["987654321", "5"], 8)[0] == storage.product_shards(ids, 8)[2]
+    assert storage.shard_keys(4) == ["00", "01", "02", "03"] and storage.shard_keys(200)[-1] == "199"
+    with pytest.raises(ValueError, match="n_shards"):
+        storage.product_shards(ids, 0)
+
+
+def test_sharded_layout_reads_back_whole_in_order_and_one_shard_from_its_row_groups(tmp_path):
+    frame = _frame(3000)
+    path = UPath(tmp_path / "t.parquet")
+    storage.write_sharded_parquet(frame, path, 4)
+    pd.testing.assert_frame_equal(storage.read_parquet(path), frame)  # original order restored
+    shard_of = storage.product_shards(frame["nm"].tolist(), 4)
+    metadata = pq.ParquetFile(path).metadata
+    assert metadata.num_row_groups >= 4  # no row group holds two shards' rows
+    for shard in range(4):
+        got = storage.read_sharded_parquet(path, (shard, 4))
+        pd.testing.assert_frame_equal(got, frame[shard_of == shard].reset_index(drop=True))
+    only_x = storage.read_sharded_parquet(path, (2, 4), columns=["x"])
+    assert only_x.columns.tolist() == ["x"] and len(only_x) == int((shard_of == 2).sum())
+    # another shard count than the file's: still right (read whole, filtered)
+    pd.testing.assert_frame_equal(storage.read_sharded_parquet(path, (1, 3)),
+                                  frame[storage.product_shards(frame["nm"].tolist(), 3) == 1].reset_index(drop=True))
+
+
+def test_sharded_layout_of_an_empty_table(tmp_path):
+    path = UPath(tmp_path / "e.parquet")
+    storage.write_sharded_parquet(_frame(5).iloc[:0], path, 4)
+    assert storage.read_parquet(path).columns.tolist() == ["nm", "x", "text"]
+    assert len(storage.read_sharded_parquet(path, (0, 4))) == 0
+
+
+def test_io_manager_stores_grouped_by_shard_and_loads_only_the_shard(tmp_path):
+    frame = _frame(400)
+
+    @dg.asset(metadata={SHARDED_LAYOUT: True})
+    def catalogue() -> pd.DataFrame:
+        return frame
+
+    @dg.asset(ins={"catalogue": shard_input(1, 4)})
+    def one_shard(catalogue: pd.DataFrame) -> pd.DataFrame:
+        return catalogue
+
+    @dg.asset(ins={"catalogue": columns_input("nm")})
+    def ids(catalogue: pd.DataFrame) -> pd.DataFrame:
+        return catalogue
+
+    io_manager = WBStorageIOManager(base_dir=str(tmp_path), n_shards=4)
+    assert dg.materialize([catalogue, one_shard, ids], resources={"io_manager": io_manager}).success
+    shard_of = storage.product_shards(frame["nm"].tolist(), 4)
+    pd.testing.assert_frame_equal(storage.read_parquet(UPath(tmp_path / "assets" / "one_shard.parquet")),
+                                  frame[shard_of == 1].reset_index(drop=True))
+    assert storage.read_parquet(UPath(tmp_path / "assets" / "ids.parquet"))["nm"].tolist() == frame["nm"].tolist()
+    stored = pq.read_table(tmp_path / "assets" / "catalogue.parquet")
+    assert storage.product_shards(stored.column("nm").to_pylist(), 4).tolist() == sorted(shard_of.tolist())
+
+
+def test_gathering_shards_restores_the_catalogue_order_and_refuses_stale_shards():
+    frame = _frame(50)
+    shard_of = storage.product_shards(frame["nm"].tolist(), 3)
+    shards = pd.concat([frame[shard_of == s] for s in range(3)], ignore_index=True)
+    pd.testing.assert_frame_equal(in_catalogue_order(shards, frame["nm"]), frame)
+    with pytest.raises(ValueError, match="re-run the shard steps"):
+        in_catalogue_order(shards.iloc[1:], frame["nm"])  # a shard step that did not see a product
+
+
+def _jpeg(value: int, size=(64, 64)) -> bytes:
+    rng = np.random.default_rng(value)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8), "RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _placeholder() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (240, 240, 240)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_image_index_of_the_shards_equals_the_unsharded_index(tmp_path):
+    path = tmp_path / "images.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for nm in range(40):
+            zf.writestr(f"{nm}.jpg", _placeholder() if nm % 9 == 0 else _jpeg(nm))  # repeats span the shards
+        zf.writestr("../evil.jpg", _jpeg(99))
+        zf.writestr("7.jpg", _jpeg(7))  # a second copy: both copies must land in one shard to be refused
+    config = images.ImageConfig()
+    with zipfile.ZipFile(path) as zf:
+        whole, whole_rejected = images.build_image_index(zf, None, config)
+        parts = [images.build_image_index(zf, None, config, shard=(s, 4)) for s in range(4)]
+        members = images.zip_member_table(zf, path.stat().st_size)
+    assert sum(len(rejected) for _, rejected in parts) == len(whole_rejected) == 3  # each reported once
+    merged = images.merge_shard_indexes([index.assign(batch="main") for index, _ in parts], ["main"], config)
+    pd.testing.assert_frame_equal(merged.drop(columns=["batch"]), whole)
+    assert whole["is_empty"].sum() == 5  # the five copies of the placeholder, counted across shards
+
+    # As the shard steps do it: the member table stored grouped by shard, each shard's zip opened from
+    # its own rows only (not the central directory) gives the same index and rejections.
+    table_path = UPath(tmp_path / "image_members.parquet")
+    storage.write_sharded_parquet(members, table_path, 4, key="shard_key")
+    for shard, (index, rejected) in enumerate(parts):
+        rows = storage.read_sharded_parquet(table_path, (shard, 4))
+        assert set(storage.product_shards(rows["shard_key"].tolist(), 4)) <= {shard}
+        with path.open("rb") as handle, images.open_listed_zip(handle, rows) as listed:
+            assert len(listed.infolist()) == len(rows) < len(members)
+            listed_index, listed_rejected = images.build_image_index(listed, None, config, shard=(shard, 4))
+        pd.testing.assert_frame_equal(listed_index, index)
+        pd.testing.assert_frame_equal(listed_rejected, rejected)
+
+
+def _drop(folder, ids: list[int], photos: list[int]):
+    folder.mkdir(parents=True)
+    pd.DataFrame({"nm": ids, "title": ["t"] * len(ids), "description": ["d"] * len(ids),
+                  "characteristics": [None] * len(ids)}).to_parquet(folder / schema.TRAIN_FILE, index=False)
+    with zipfile.ZipFile(folder / schema.IMAGES_ZIP, "w") as zf:
+        for nm in photos:
+            zf.writestr(f"{nm}.jpg", _jpeg(nm))
+
+
+def test_a_drop_needs_only_the_shard_steps_of_the_shards_it_touches(tmp_path):
+    n = 4
+    ids = [int(v) for v in range(100, 140)]
+    shard_of = dict(zip(ids, storage.product_shards([str(v) for v in ids], n).tolist()))
+    one = next(v for v in ids if shard_of[v] == 1)
+    photo_only = next(v for v in ids if shard_of[v] == 3)  # a new photo of a product already listed
+    _drop(tmp_path / "drop-a", [one], [one, photo_only])
+    assert drop_shards(UPath(tmp_path / "drop-a"), n) == {1, 3}
+
+    keys = {dg.AssetKey(name) for name in ["clean_products", "text_embeddings", "image_index"]}
+    keys |= {dg.AssetKey(f"{stage}_shard_{k}") for stage in ("text_embeddings", "image_index")
+             for k in storage.shard_keys(n)}
+    selection, touched = reembed_selection(keys, str(tmp_path), ["drop-a"], n)
+    assert touched == ["01", "03"]
+    names = {key.to_user_string() for key in selection}
+    assert {"clean_products", "text_embeddings", "image_index"} <= names  # catalogue-wide steps always run
+    assert {name for name in names if "_shard_" in name} == {
+        f"{stage}_shard_{k}" for stage in ("text_embeddings", "image_index") for k in ("01", "03")}
+    # a drop that cannot be read: every shard (the run reports the problem)
+    (tmp_path / "drop-b").mkdir()
+    (tmp_path / "drop-b" / schema.TRAIN_FILE).write_bytes(b"not parquet")
+    selection, touched = reembed_selection(keys, str(tmp_path), ["drop-b"], n)
+    assert touched == storage.shard_keys(n) and set(selection) == keys
+
+
+def test_only_image_members_reads_the_zip_directory(tmp_path, instance, small_sample_dir, monkeypatch):
+    # A shard step that parsed the whole central directory would carry the whole catalogue's members
+    # (~630 B each); the image-check and image-embedding shard steps must open the zip from their rows
+    # of image_members.
+    from wb_pipeline.definitions import build_definitions
+    from wb_pipeline.defs.embeddings.resources import ImageEncoderResource
+
+    parsed = []
+    original = zipfile.ZipFile._RealGetContents
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: (parsed.append(1), original(self))[1])
+    defs = build_definitions(raw_dir=str(small_sample_dir), storage_dir=str(tmp_path / "storage"),
+                             incoming_dir=str(tmp_path / "incoming"), n_shards=4,
+                             image_encoder=ImageEncoderResource(engine="torch", cache_dir=str(tmp_path / "models")))
+    # image_members, the raw tables, cleaning, 4 image-check and 4 image-embedding shards and their gathers
+    selection = dg.AssetSelection.assets("image_embeddings").upstream().required_multi_asset_neighbors()
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection=selection.resolve(defs.resolve_asset_graph()))
+    assert job.execute_in_process(instance=instance).success
+    assert len(parsed) == 1  # image_members, once, for the one zip
+    members = defs.load_asset_value("image_members", instance=instance)
+    index = defs.load_asset_value("image_index", instance=instance)
+    vectors = defs.load_asset_value("image_embeddings", instance=instance)
+    assert set(index["member"]) <= set(members["member"]) and len(members) >= len(index)
+    assert len(vectors.nm) > 0 and np.isfinite(vectors.vectors).all()
