@@ -12,7 +12,7 @@ SYSTEM_PACKAGES ?= chromium chromium-driver postgresql
 # Tests: everything (slow tests included); `make test PYTEST_ARGS='-m "not slow"'` for the inner loop.
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps run eval ui test bench bench-short
+.PHONY: setup system-deps run eval ui test lint bench bench-short
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -63,6 +63,13 @@ ui: setup
 # (2) The test suite.
 test: system-deps setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Lint (ruff: pycodestyle, pyflakes, import order, bugbear; ruff format) and the layer contracts (import-linter:
+# the core imports no dagster / defs / settings / benchmarks; no import cycles). Config: pyproject.toml.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

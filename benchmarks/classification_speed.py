@@ -65,15 +65,28 @@ def synthetic_inputs(n: int = SHORT_PRODUCTS, seed: int = 0):
     targets = {"sex": rng.integers(0, 3, n), "category": rng.integers(0, 8, n), "fragility": rng.integers(0, 2, n)}
     features = {}
     for name, dim, noise in (("text", 48, 2.0), ("image", 256, 3.0), ("joint", 32, 2.5)):
-        signal = sum(rng.normal(size=(k, dim))[t] for k, t in ((3, targets["sex"]), (8, targets["category"]),
-                                                                 (2, targets["fragility"])))
+        signal = sum(
+            rng.normal(size=(k, dim))[t]
+            for k, t in ((3, targets["sex"]), (8, targets["category"]), (2, targets["fragility"]))
+        )
         features[name] = (signal + noise * rng.normal(size=(n, dim))).astype(np.float32)
     nm = [str(10_000 + i) for i in range(n)]
-    labels = pd.DataFrame({"nm": nm, "split": "train",
-                           **{label: pd.Categorical([f"{label}{v}" for v in values]) for label, values in targets.items()}})
-    tabular = pd.DataFrame({"nm": nm, "brand": [f"b{v}" for v in rng.integers(0, 30, n)],
-                            "log_price": rng.normal(6, 1, n), "brand_frequency": rng.random(n),
-                            "n_characteristics": rng.integers(0, 20, n).astype(float)})
+    labels = pd.DataFrame(
+        {
+            "nm": nm,
+            "split": "train",
+            **{label: pd.Categorical([f"{label}{v}" for v in values]) for label, values in targets.items()},
+        }
+    )
+    tabular = pd.DataFrame(
+        {
+            "nm": nm,
+            "brand": [f"b{v}" for v in rng.integers(0, 30, n)],
+            "log_price": rng.normal(6, 1, n),
+            "brand_frequency": rng.random(n),
+            "n_characteristics": rng.integers(0, 20, n).astype(float),
+        }
+    )
     return labels, features, np.arange(n), tabular
 
 
@@ -99,19 +112,32 @@ def run_variant(labels, features, groups, tabular, config: core.ClassificationCo
         core.fit_final_late_fusion(probabilities, label, classes, config, tabular)
     fusion_wall, fusion_cpu = time.perf_counter() - wall, time.process_time() - cpu
     outer = pd.concat([probabilities[probabilities["stage"] == core.OUTER], *fused], ignore_index=True)
-    return {"base_wall": base_wall, "base_cpu": base_cpu, "fusion_wall": fusion_wall, "fusion_cpu": fusion_cpu,
-            "outer": outer.sort_values(["label", "model", "row"], ignore_index=True),
-            "choices": pd.concat(choices, ignore_index=True)[["label", "model", "fold", "C", "class_weight",
-                                                              "image_weight"]]}
+    return {
+        "base_wall": base_wall,
+        "base_cpu": base_cpu,
+        "fusion_wall": fusion_wall,
+        "fusion_cpu": fusion_cpu,
+        "outer": outer.sort_values(["label", "model", "row"], ignore_index=True),
+        "choices": pd.concat(choices, ignore_index=True)[
+            ["label", "model", "fold", "C", "class_weight", "image_weight"]
+        ],
+    }
 
 
 def quality(result: dict) -> pd.DataFrame:
     rows = []
     for (label, model), part in result["outer"].groupby(["label", "model"], sort=False):
         classes = core.label_classes(result["outer"][result["outer"]["label"] == label], label)
-        rows.append({"label": label, "model": model, "macro_f1": cross_validation._macro_f1(
-            part["y"].to_numpy(), np.vstack(part["proba"].to_numpy()), classes),
-            "predicted": core.predicted_classes(part, classes)})
+        rows.append(
+            {
+                "label": label,
+                "model": model,
+                "macro_f1": cross_validation._macro_f1(
+                    part["y"].to_numpy(), np.vstack(part["proba"].to_numpy()), classes
+                ),
+                "predicted": core.predicted_classes(part, classes),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -126,10 +152,13 @@ def main() -> int:
     reps = args.reps or (1 if args.short else 2)
     default = core.ClassificationConfig()
     before = dataclasses.replace(default, row_space=False, warm_start=False, solver="lbfgs", n_jobs=1)
-    variants = {"before": before, "row space": dataclasses.replace(before, row_space=True),
-                "row space + warm starts": dataclasses.replace(before, row_space=True, warm_start=True),
-                "newton-cg, n_jobs=1": dataclasses.replace(default, n_jobs=1),
-                f"now (default: newton-cg, n_jobs={default.n_jobs})": default}
+    variants = {
+        "before": before,
+        "row space": dataclasses.replace(before, row_space=True),
+        "row space + warm starts": dataclasses.replace(before, row_space=True, warm_start=True),
+        "newton-cg, n_jobs=1": dataclasses.replace(default, n_jobs=1),
+        f"now (default: newton-cg, n_jobs={default.n_jobs})": default,
+    }
     if args.variants:
         variants = {k: v for k, v in variants.items() if k in args.variants or k == "before"}
     runs: dict[str, list[dict]] = {name: [] for name in variants}
@@ -137,12 +166,18 @@ def main() -> int:
         for name, config in variants.items():
             runs[name].append(run_variant(*inputs, config))
     print(f"{len(inputs[0])} products, {reps} round(s), variants interleaved; medians")
-    print("| variant | base models wall s | CPU s | ratio to before | late fusion wall s | CPU s | ratio to before "
-          "| max abs Δ macro-F1 | same predicted class | same chosen settings |")
+    print(
+        "| variant | base models wall s | CPU s | ratio to before | late fusion wall s | CPU s | ratio to before "
+        "| max abs Δ macro-F1 | same predicted class | same chosen settings |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    med = {name: {key: statistics.median(r[key] for r in result) for key in ("base_wall", "base_cpu", "fusion_wall",
-                                                                            "fusion_cpu")}
-           for name, result in runs.items()}
+    med = {
+        name: {
+            key: statistics.median(r[key] for r in result)
+            for key in ("base_wall", "base_cpu", "fusion_wall", "fusion_cpu")
+        }
+        for name, result in runs.items()
+    }
     reference = quality(runs["before"][0])
     for name, result in runs.items():
         own = quality(result[0])
@@ -150,11 +185,14 @@ def main() -> int:
         same = np.mean(np.concatenate([a == b for a, b in zip(own["predicted"], reference["predicted"])]))
         chosen = (result[0]["choices"].to_numpy() == runs["before"][0]["choices"].to_numpy()).all(axis=1).mean()
         m, b = med[name], med["before"]
-        print(f"| {name} | {m['base_wall']:.1f} | {m['base_cpu']:.1f} | {b['base_wall'] / m['base_wall']:.2f}× "
-              f"| {m['fusion_wall']:.1f} | {m['fusion_cpu']:.1f} | {b['fusion_wall'] / m['fusion_wall']:.2f}× "
-              f"| {delta:.4f} | {same:.4f} | {chosen:.3f} |")
-    table = pd.concat({name: quality(result[0]).set_index(["label", "model"])["macro_f1"]
-                       for name, result in runs.items()}, axis=1)
+        print(
+            f"| {name} | {m['base_wall']:.1f} | {m['base_cpu']:.1f} | {b['base_wall'] / m['base_wall']:.2f}× "
+            f"| {m['fusion_wall']:.1f} | {m['fusion_cpu']:.1f} | {b['fusion_wall'] / m['fusion_wall']:.2f}× "
+            f"| {delta:.4f} | {same:.4f} | {chosen:.3f} |"
+        )
+    table = pd.concat(
+        {name: quality(result[0]).set_index(["label", "model"])["macro_f1"] for name, result in runs.items()}, axis=1
+    )
     print("\nheld-out macro-F1 per label × model\n")
     print(table.round(4).to_markdown())
     return 0

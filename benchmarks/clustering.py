@@ -29,7 +29,6 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 
 from wb_pipeline.core.models import clustering
 from wb_pipeline.core.models.clustering import ClusteringConfig
@@ -37,12 +36,14 @@ from wb_pipeline.core.models.clustering import ClusteringConfig
 
 def saved_spaces(storage_dir: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The four spaces and the known targets from a run's storage (through the pipeline's IO manager)."""
-    from wb_pipeline.definitions import build_definitions
     from wb_pipeline.core.models.clustering import clustering_spaces
+    from wb_pipeline.definitions import build_definitions
 
     defs = build_definitions(storage_dir=storage_dir)
-    text, image, joint, labels = (defs.load_asset_value(name) for name in
-                                  ("text_embeddings", "image_embeddings", "joint_embeddings", "product_labels"))
+    text, image, joint, labels = (
+        defs.load_asset_value(name)
+        for name in ("text_embeddings", "image_embeddings", "joint_embeddings", "product_labels")
+    )
     return clustering_spaces(text, image, joint), clustering.known_targets(labels, text.nm)
 
 
@@ -56,8 +57,10 @@ def synthetic_spaces(n: int = 600, seed: int = 0) -> tuple[dict[str, np.ndarray]
         vectors = centres[category] + rng.normal(size=(n, dim)) * (1 + position % 2)
         spaces[name] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     known = rng.random(n) < 0.34
-    targets = {"category": np.where(known, [f"c{c}" for c in category], None).astype(object),
-               "sub_category": np.where(known, [f"s{c // 2}" for c in category], None).astype(object)}
+    targets = {
+        "category": np.where(known, [f"c{c}" for c in category], None).astype(object),
+        "sub_category": np.where(known, [f"s{c // 2}" for c in category], None).astype(object),
+    }
     return spaces, targets
 
 
@@ -81,10 +84,15 @@ def main() -> int:
         clustering.umap_reduce(warm_up, 2, dataclasses.replace(config, umap_precomputed_distances=precomputed))
     equal_k = clustering.known_class_counts(targets)
     old_picture = dataclasses.replace(config, scatter_method="umap")
-    variants = [("baseline: UMAP's own distances, picture by one more UMAP per space",
-                 dataclasses.replace(old_picture, umap_precomputed_distances=False), {}),
-                ("precomputed exact distances", old_picture, {}),
-                ("now: + picture from the clustering space, + equal-k KMeans", config, equal_k)]
+    variants = [
+        (
+            "baseline: UMAP's own distances, picture by one more UMAP per space",
+            dataclasses.replace(old_picture, umap_precomputed_distances=False),
+            {},
+        ),
+        ("precomputed exact distances", old_picture, {}),
+        ("now: + picture from the clustering space, + equal-k KMeans", config, equal_k),
+    ]
     print(f"{n} products, {len(spaces)} spaces, known classes {equal_k}")
     print("| variant | wall s | CPU s | wall ratio to baseline | CPU ratio | labels identical to baseline |")
     print("|---|---|---|---|---|---|")
@@ -92,8 +100,9 @@ def main() -> int:
     for name, variant_config, variant_equal_k in variants:
         result, report, wall, cpu = timed(spaces, targets, variant_config, variant_equal_k)
         baseline = baseline or (result, wall, cpu)
-        same = all(np.array_equal(baseline[0][s].labels[a], result[s].labels[a])
-                   for s in spaces for a in ("kmeans", "hdbscan"))
+        same = all(
+            np.array_equal(baseline[0][s].labels[a], result[s].labels[a]) for s in spaces for a in ("kmeans", "hdbscan")
+        )
         print(f"| {name} | {wall:.1f} | {cpu:.1f} | {wall / baseline[1]:.2f} | {cpu / baseline[2]:.2f} | {same} |")
     print(clustering.lead_table(report, list(targets)).round(3).to_markdown(index=False))
     return 0

@@ -27,8 +27,8 @@ import pandas as pd
 
 from wb_pipeline import settings
 from wb_pipeline.core.models.classification import product_groups
-from wb_pipeline.core.monitoring import drift
 from wb_pipeline.core.models.prediction import product_features
+from wb_pipeline.core.monitoring import drift
 from wb_pipeline.definitions import build_definitions
 from wb_pipeline.defs.automation.jobs import product_drops
 from wb_pipeline.sample_data import SampleSpec, write_sample
@@ -53,20 +53,30 @@ def main(argv: list[str] | None = None) -> int:
     write_sample(raw, SampleSpec(n_products=n_catalogue, seed=11))
     # Seeds must differ between sources: the generator's nm sequence follows the seed, and a repeated nm
     # is rejected as `duplicate_nm` (the out-of-distribution drops use 97 and 98, above the null drops' 91-96).
-    specs = {f"in-distribution-{i}": SampleSpec(n_products=2 * n_drop, seed=90 + i) for i in range(1, args.null_drops + 1)}
-    specs["other-categories-en"] = SampleSpec(n_products=2 * n_drop, seed=97, long_tail_fraction=1.0,
-                                              english_title_rate=1.0)
-    specs["other-categories-en-grey-noisy"] = SampleSpec(n_products=2 * n_drop, seed=98, long_tail_fraction=1.0,
-                                                   english_title_rate=1.0, grayscale_image_rate=0.6,
-                                                   image_noise_sigma=20.0, min_defects_from=10**9)
+    specs = {
+        f"in-distribution-{i}": SampleSpec(n_products=2 * n_drop, seed=90 + i) for i in range(1, args.null_drops + 1)
+    }
+    specs["other-categories-en"] = SampleSpec(
+        n_products=2 * n_drop, seed=97, long_tail_fraction=1.0, english_title_rate=1.0
+    )
+    specs["other-categories-en-grey-noisy"] = SampleSpec(
+        n_products=2 * n_drop,
+        seed=98,
+        long_tail_fraction=1.0,
+        english_title_rate=1.0,
+        grayscale_image_rate=0.6,
+        image_noise_sigma=20.0,
+        min_defects_from=10**9,
+    )
     placed: dict[str, list[str]] = {}
     for name, spec in specs.items():
         write_sample(sources / name, spec)
         placed[name] = write_drop(sources / name, incoming / name, n_drop, seed=1)
     if args.real.exists():
         placed["flipkart"] = write_drop(args.real, incoming / "flipkart", n_drop, seed=1, splits=("train",))
-    defs = build_definitions(raw_dir=str(raw), storage_dir=str(root / "storage"), incoming_dir=str(incoming),
-                             models_dir=args.models_dir)
+    defs = build_definitions(
+        raw_dir=str(raw), storage_dir=str(root / "storage"), incoming_dir=str(incoming), models_dir=args.models_dir
+    )
     (root / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(root / "home")) as instance:
         drops = sorted(p.name for p in incoming.iterdir())
@@ -88,21 +98,39 @@ def main(argv: list[str] | None = None) -> int:
         mask = (clean["batch"] == name).to_numpy()
         if mask.sum() < 2:  # nothing to judge: say so instead of failing the whole table
             reasons = rejected.loc[rejected["nm"].astype(str).isin(placed[name]), "reason"].value_counts().to_dict()
-            print(f"drop {name}: {int(mask.sum())} clean products of {len(placed[name])} placed "
-                  f"(rejected: {reasons}; batches in clean_products: {clean['batch'].value_counts().to_dict()}), not judged")
+            print(
+                f"drop {name}: {int(mask.sum())} clean products of {len(placed[name])} placed "
+                f"(rejected: {reasons}; batches in clean_products: "
+                f"{clean['batch'].value_counts().to_dict()}), not judged"
+            )
             continue
         new, _ = product_features(clean.loc[mask, "nm"], text, image)
         for modality in ("text", "image"):
             t0 = time.perf_counter()
-            aucs = {f"auc_C{c:g}": round(drift.domain_classifier_auc(ref[modality], new[modality],
-                                                                    np.r_[groups[main_mask], groups[mask]], c=c), 3)
-                    for c in args.c}
+            aucs = {
+                f"auc_C{c:g}": round(
+                    drift.domain_classifier_auc(
+                        ref[modality], new[modality], np.r_[groups[main_mask], groups[mask]], c=c
+                    ),
+                    3,
+                )
+                for c in args.c
+            }
             t1 = time.perf_counter()
             mmd2, p, _ = drift.mmd_permutation_test(ref[modality], new[modality], permutations=200)
             t2 = time.perf_counter()
-            rows.append({"drop": name, "modality": modality, "products": int(mask.sum()),
-                         **aucs, "mmd2": round(mmd2, 4), "mmd_p": round(p, 4),
-                         "auc_s": round((t1 - t0) / len(args.c), 2), "mmd_s": round(t2 - t1, 2)})
+            rows.append(
+                {
+                    "drop": name,
+                    "modality": modality,
+                    "products": int(mask.sum()),
+                    **aucs,
+                    "mmd2": round(mmd2, 4),
+                    "mmd_p": round(p, 4),
+                    "auc_s": round((t1 - t0) / len(args.c), 2),
+                    "mmd_s": round(t2 - t1, 2),
+                }
+            )
     print(f"catalogue: {int(main_mask.sum())} clean products")
     print(pd.DataFrame(rows).to_markdown(index=False))
     return 0

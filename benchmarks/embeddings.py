@@ -78,10 +78,19 @@ class Sizes:
 
 MODES = {
     # memory sizes: both above two chunks, so both hold a prefetched chunk beside the one encoding
-    "short": Sizes(products=300, titles=300, long_texts=32, raw_images=128, engine_images=32,
-                   memory_images=(512, 1024), long_batch_sizes=(8, 16), engine_batch_sizes=(4, 8)),
-    "full": Sizes(products=3000, titles=2000, long_texts=256, raw_images=512, engine_images=64,
-                  memory_images=(1000, 4000)),
+    "short": Sizes(
+        products=300,
+        titles=300,
+        long_texts=32,
+        raw_images=128,
+        engine_images=32,
+        memory_images=(512, 1024),
+        long_batch_sizes=(8, 16),
+        engine_batch_sizes=(4, 8),
+    ),
+    "full": Sizes(
+        products=3000, titles=2000, long_texts=256, raw_images=512, engine_images=64, memory_images=(1000, 4000)
+    ),
 }
 
 
@@ -207,20 +216,33 @@ def section_text(sizes: Sizes, reps: int, work: Path) -> dict:
 
     raw(titles[:16], 16), end_to_end(titles[:16])  # warm-up (model load, first-call allocations)
     results = {}
-    for kind, texts, batch_sizes in (("titles", titles, sizes.title_batch_sizes),
-                                     ("long", long_texts, sizes.long_batch_sizes)):
+    for kind, texts, batch_sizes in (
+        ("titles", titles, sizes.title_batch_sizes),
+        ("long", long_texts, sizes.long_batch_sizes),
+    ):
         subset = texts[: max(len(texts) // 4, 2 * max(batch_sizes))]
         by_batch = sweep(lambda b: raw(subset, b), batch_sizes, 1)
         best = min(by_batch, key=by_batch.get)
         seconds = interleaved({"raw": lambda: raw(texts, best), "e2e": lambda: end_to_end(texts)}, reps)
         agreement = float(np.abs(raw(texts[:16], best) - end_to_end(texts[:16])).max())
         results[kind] = {
-            "rows": len(texts), "words_mean": float(np.mean([len(t.split()) for t in texts])),
-            "tokens_mean": float(np.mean([min(len(e.ids), encoder.max_seq_length) for e in
-                                          token_counter.encode_batch([encoder.prompt + t for t in texts[:64]])])),
-            "sweep_rows_per_s": {b: len(subset) / s for b, s in by_batch.items()}, "best_batch": best,
-            "configured_batch": encoder.batch_size, "chunk_size": chunk_size,
-            "raw_s": seconds["raw"], "e2e_s": seconds["e2e"], "max_abs_diff": agreement,
+            "rows": len(texts),
+            "words_mean": float(np.mean([len(t.split()) for t in texts])),
+            "tokens_mean": float(
+                np.mean(
+                    [
+                        min(len(e.ids), encoder.max_seq_length)
+                        for e in token_counter.encode_batch([encoder.prompt + t for t in texts[:64]])
+                    ]
+                )
+            ),
+            "sweep_rows_per_s": {b: len(subset) / s for b, s in by_batch.items()},
+            "best_batch": best,
+            "configured_batch": encoder.batch_size,
+            "chunk_size": chunk_size,
+            "raw_s": seconds["raw"],
+            "e2e_s": seconds["e2e"],
+            "max_abs_diff": agreement,
         }
     return results
 
@@ -261,9 +283,17 @@ def section_image(sizes: Sizes, reps: int, work: Path) -> dict:
 
     def end_to_end() -> np.ndarray:
         cache = EmbeddingCache(fresh_dir("image-cache-"), encoder.fingerprint, encoder.dim)
-        vectors, stats = embed_zip_images(zip_path, members, hashes, encoder, cache, config,
-                                          chunk_size=settings.chunk_size, decode_workers=settings.decode_workers,
-                                          min_decode_side=min_side)
+        vectors, stats = embed_zip_images(
+            zip_path,
+            members,
+            hashes,
+            encoder,
+            cache,
+            config,
+            chunk_size=settings.chunk_size,
+            decode_workers=settings.decode_workers,
+            min_decode_side=min_side,
+        )
         assert stats.embedded == len(members), stats
         shutil.rmtree(cache.folder.parent, ignore_errors=True)
         return vectors
@@ -272,12 +302,23 @@ def section_image(sizes: Sizes, reps: int, work: Path) -> dict:
     raw_at(batch[:8], 8), end_to_end()  # warm-up: session load / first-call allocations, page cache
     by_batch = sweep(lambda b: raw_at(batch, b), sizes.image_batch_sizes, 1)
     best = min(by_batch, key=by_batch.get)
-    seconds = interleaved({"raw": lambda: raw_at(batch, best), "e2e": end_to_end,
-                           "decode_1": lambda: decode_threads(1), "decode_2": lambda: decode_threads(2)}, reps)
+    seconds = interleaved(
+        {
+            "raw": lambda: raw_at(batch, best),
+            "e2e": end_to_end,
+            "decode_1": lambda: decode_threads(1),
+            "decode_2": lambda: decode_threads(2),
+        },
+        reps,
+    )
     return {
-        "rows": len(members), "sweep_rows_per_s": {b: len(members) / s for b, s in by_batch.items()},
-        "best_batch": best, "configured_batch": configured_batch, "chunk_size": settings.chunk_size,
-        "decode_workers": settings.decode_workers, **{f"{k}_s": v for k, v in seconds.items()},
+        "rows": len(members),
+        "sweep_rows_per_s": {b: len(members) / s for b, s in by_batch.items()},
+        "best_batch": best,
+        "configured_batch": configured_batch,
+        "chunk_size": settings.chunk_size,
+        "decode_workers": settings.decode_workers,
+        **{f"{k}_s": v for k, v in seconds.items()},
         "max_abs_diff": float(np.abs(raw_at(batch, best) - end_to_end()).max()),
         "draft": large_photo_draft(raw_bytes[: sizes.engine_images * 2], encoder, config, reps),
     }
@@ -299,7 +340,8 @@ def large_photo_draft(sources: list[bytes], encoder, config, reps: int) -> dict:
         scale = 1200 / max(photo.size)
         buffer = io.BytesIO()
         photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.Resampling.LANCZOS).save(
-            buffer, "JPEG", quality=90)
+            buffer, "JPEG", quality=90
+        )
         large.append(buffer.getvalue())
 
     def prepare(min_side):
@@ -310,26 +352,34 @@ def large_photo_draft(sources: list[bytes], encoder, config, reps: int) -> dict:
         runs = []
         for _ in range(reps):
             start = time.process_time()
-            batch = prepare(side)
+            prepare(side)
             runs.append(time.process_time() - start)
         cpu[name] = median(runs) / len(large) * 1e3
-    cosines = (encoder.encode_preprocessed(prepare(None)) * encoder.encode_preprocessed(
-        prepare(encoder.min_decode_side))).sum(axis=1)
-    return {"rows": len(large), "full_ms": cpu["full"], "draft_ms": cpu["draft"], "min_side": encoder.min_decode_side,
-            "cos_mean": float(cosines.mean()), "cos_min": float(cosines.min()),
-            "share_cos_ge_0_99": float((cosines >= 0.99).mean())}
+    cosines = (
+        encoder.encode_preprocessed(prepare(None)) * encoder.encode_preprocessed(prepare(encoder.min_decode_side))
+    ).sum(axis=1)
+    return {
+        "rows": len(large),
+        "full_ms": cpu["full"],
+        "draft_ms": cpu["draft"],
+        "min_side": encoder.min_decode_side,
+        "cos_mean": float(cosines.mean()),
+        "cos_min": float(cosines.min()),
+        "share_cos_ge_0_99": float((cosines >= 0.99).mean()),
+    }
 
 
 def section_engines(sizes: Sizes, reps: int, work: Path) -> dict:
     from wb_pipeline.core.data import schema
-    from wb_pipeline.core.embeddings.encoders.image import EfficientNetLiteEncoder
     from wb_pipeline.core.data.storage import as_upath
+    from wb_pipeline.core.embeddings.encoders.image import EfficientNetLiteEncoder
 
     onnx_dir = str(as_upath(str(MODELS_DIR)) / "onnx")  # where ImageEncoderResource puts it
     encoders = {
         "torch NCHW": EfficientNetLiteEncoder("lite0", engine="torch", device="cpu", memory_format="contiguous"),
-        "torch channels_last": EfficientNetLiteEncoder("lite0", engine="torch", device="cpu",
-                                                       memory_format="channels_last"),
+        "torch channels_last": EfficientNetLiteEncoder(
+            "lite0", engine="torch", device="cpu", memory_format="channels_last"
+        ),
         "onnx": EfficientNetLiteEncoder("lite0", engine="onnx", cache_dir=onnx_dir),
     }
     members = [m["member"] for m in load_members(work)[: sizes.engine_images]]
@@ -348,8 +398,11 @@ def section_engines(sizes: Sizes, reps: int, work: Path) -> dict:
     for engine in encoders:
         by_batch = sweep(lambda b, e=engine: run_at(e, b), sizes.engine_batch_sizes, reps)
         best = min(by_batch, key=by_batch.get)
-        results[engine] = {"by_batch_rows_per_s": {b: len(members) / s for b, s in by_batch.items()},
-                           "best_batch": best, "seconds": by_batch[best]}
+        results[engine] = {
+            "by_batch_rows_per_s": {b: len(members) / s for b, s in by_batch.items()},
+            "best_batch": best,
+            "seconds": by_batch[best],
+        }
     for engine in ("torch NCHW", "torch channels_last"):
         results[engine]["max_abs_diff_vs_onnx"] = float(np.abs(outputs[engine] - outputs["onnx"]).max())
     return results
@@ -369,8 +422,10 @@ def _write_drop(source: Path, destination: Path, rows, members: list[str]) -> No
     drop = rows.copy()
     drop["title"] = [f"{title} новинка {destination.name}-{i}" for i, title in enumerate(drop["title"])]
     drop.to_parquet(destination / schema.TRAIN_FILE, index=False)
-    with zipfile.ZipFile(source / schema.IMAGES_ZIP) as src, \
-            zipfile.ZipFile(destination / schema.IMAGES_ZIP, "w", zipfile.ZIP_STORED) as dst:
+    with (
+        zipfile.ZipFile(source / schema.IMAGES_ZIP) as src,
+        zipfile.ZipFile(destination / schema.IMAGES_ZIP, "w", zipfile.ZIP_STORED) as dst,
+    ):
         for member in members:
             dst.writestr(member, src.read(member))
 
@@ -386,15 +441,17 @@ def make_drops(sample: Path, root: Path, count: int, per_drop: int) -> list[str]
     from wb_pipeline.sample_data import SampleSpec, write_sample
 
     source = root / "drop-source"
-    write_sample(source, SampleSpec(n_products=max(4 * count * per_drop, 120), seed=DROP_SOURCE_SEED,
-                                    test_fraction=0.05))
+    write_sample(
+        source, SampleSpec(n_products=max(4 * count * per_drop, 120), seed=DROP_SOURCE_SEED, test_fraction=0.05)
+    )
     train = read_wb_table(as_upath(str(source / schema.TRAIN_FILE)), schema.TRAIN_REQUIRED_COLUMNS)
     with images.open_zip(source / schema.IMAGES_ZIP) as zf:
         index, _ = images.build_image_index(zf, None, images.ImageConfig())
     unique_images = index[~index["content_hash"].duplicated(keep=False)]
     clean = clean_products({"train": train}, unique_images).clean["nm"]
     main_nm = set(pd.read_parquet(sample / schema.TRAIN_FILE, columns=["nm"])["nm"].astype(str)) | set(
-        pd.read_parquet(sample / schema.TEST_FILE, columns=["nm"])["nm"].astype(str))
+        pd.read_parquet(sample / schema.TEST_FILE, columns=["nm"])["nm"].astype(str)
+    )
     chosen = [nm for nm in clean if nm not in main_nm][: count * per_drop]
     if len(chosen) < count * per_drop:
         raise RuntimeError(f"only {len(chosen)} clean new products for {count} drops of {per_drop}")
@@ -415,30 +472,43 @@ def _run_report(instance, result, wall: float) -> dict:
         event = instance.get_latest_materialization_event(dg.AssetKey(key))
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
-    steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(result.run_id)
-             if s.end_time and s.start_time}
+    steps = {
+        s.step_key: s.end_time - s.start_time
+        for s in instance.get_run_step_stats(result.run_id)
+        if s.end_time and s.start_time
+    }
     keep = ("seconds", "embedded_now", "from_cache", "dagster/row_count")
-    return {"wall_s": wall, "success": result.success, "steps_s": steps,
-            **{key: {k: metadata(key).get(k) for k in keep} for key in ("text_embeddings", "image_embeddings")}}
+    return {
+        "wall_s": wall,
+        "success": result.success,
+        "steps_s": steps,
+        **{key: {k: metadata(key).get(k) for k in keep} for key in ("text_embeddings", "image_embeddings")},
+    }
 
 
 def section_incremental(sizes: Sizes, reps: int, work: Path) -> dict:
     import dagster as dg
 
+    from wb_pipeline.definitions import build_definitions
     from wb_pipeline.defs.automation.jobs import product_drops
     from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
-    from wb_pipeline.definitions import build_definitions
 
     root = fresh_dir("incremental-")
     try:
         per_drop = max(1, round(NEW_PRODUCT_SHARE * sizes.products))
         drops = make_drops(sample_dir(sizes), root, reps, per_drop)
-        defs = build_definitions(raw_dir=str(sample_dir(sizes)), storage_dir=str(root / "storage"),
-                                 incoming_dir=str(root / "incoming"), models_dir=str(MODELS_DIR))
+        defs = build_definitions(
+            raw_dir=str(sample_dir(sizes)),
+            storage_dir=str(root / "storage"),
+            incoming_dir=str(root / "incoming"),
+            models_dir=str(MODELS_DIR),
+        )
         # Warm-up: the job's resources build the same (process-cached) encoders, already loaded here.
         TextEncoderResource(cache_dir=str(MODELS_DIR)).build().encode(["прогрев"])
         image_encoder = ImageEncoderResource(cache_dir=str(MODELS_DIR)).build()
-        image_encoder.encode_preprocessed(np.zeros((2, 3, image_encoder.resolution, image_encoder.resolution), np.float32))
+        image_encoder.encode_preprocessed(
+            np.zeros((2, 3, image_encoder.resolution, image_encoder.resolution), np.float32)
+        )
         job = defs.resolve_job_def("reembed_new_products")
         instance = dg.DagsterInstance.ephemeral()
         wall, result = timed(lambda: job.execute_in_process(instance=instance))
@@ -471,17 +541,36 @@ def section_memory(sizes: Sizes, reps: int, work: Path, n_images: int) -> dict:
     encoder.encode_preprocessed(np.zeros((settings.chunk_size, 3, res, res), np.float32))  # warm-up
     rss_before, peak_before = current_rss_mib(), peak_rss_mib()
     cache = EmbeddingCache(fresh_dir("memory-cache-"), encoder.fingerprint, encoder.dim)
-    seconds, (_, stats) = timed(lambda: embed_zip_images(
-        zip_path, members, hashes, encoder, cache, images.ImageConfig(), chunk_size=settings.chunk_size,
-        decode_workers=settings.decode_workers))
+    seconds, (_, stats) = timed(
+        lambda: embed_zip_images(
+            zip_path,
+            members,
+            hashes,
+            encoder,
+            cache,
+            images.ImageConfig(),
+            chunk_size=settings.chunk_size,
+            decode_workers=settings.decode_workers,
+        )
+    )
     shutil.rmtree(cache.folder.parent, ignore_errors=True)
-    return {"rows": n_images, "distinct_members": len(set(members)), "embedded": stats.embedded,
-            "seconds": seconds, "rss_before_mib": rss_before, "peak_before_mib": peak_before,
-            "chunk_size": settings.chunk_size}
+    return {
+        "rows": n_images,
+        "distinct_members": len(set(members)),
+        "embedded": stats.embedded,
+        "seconds": seconds,
+        "rss_before_mib": rss_before,
+        "peak_before_mib": peak_before,
+        "chunk_size": settings.chunk_size,
+    }
 
 
-SECTIONS = {"text": section_text, "image": section_image, "engines": section_engines,
-            "incremental": section_incremental}
+SECTIONS = {
+    "text": section_text,
+    "image": section_image,
+    "engines": section_engines,
+    "incremental": section_incremental,
+}
 
 
 # --- orchestration and the table ----------------------------------------------------------------------
@@ -491,8 +580,22 @@ def run_section(name: str, mode: str, reps: int, work: Path, extra: list[str] | 
     """Run one section in a fresh process; return its result (or the error) with its peak RSS."""
     label = "-".join([name, *(extra or [])[1:]])
     result_path = work / f"{label}.json"
-    command = [sys.executable, "-m", "benchmarks.embeddings", "--mode", mode, "--reps", str(reps),
-               "--section", name, "--work", str(work), "--result", str(result_path), *(extra or [])]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.embeddings",
+        "--mode",
+        mode,
+        "--reps",
+        str(reps),
+        "--section",
+        name,
+        "--work",
+        str(work),
+        "--result",
+        str(result_path),
+        *(extra or []),
+    ]
     log_path = result_path.with_suffix(".log")
     started = time.perf_counter()
     with log_path.open("wb") as log:  # the job's run log and library warnings stay out of the table
@@ -528,31 +631,72 @@ def table_rows(results: dict, reps: int) -> list[tuple[str, str, str, str, str, 
         r = text[kind]
         raw, e2e = _rate(r["rows"], r["raw_s"]), _rate(r["rows"], r["e2e_s"])
         rss = f"{text['peak_rss_mib']:.0f}"
-        add(f"text {label} (~{r['tokens_mean']:.0f} tokens): bare encoder.encode (default engine), batch {r['best_batch']}"
-            f" (best of {','.join(map(str, r['sweep_rows_per_s']))})", r["rows"], raw, "1.00", "", rss)
-        add(f"text {label}: embed_texts, empty cache (batch {r['configured_batch']}, chunk {r['chunk_size']})",
-            r["rows"], e2e, f"{e2e / raw:.2f}", ">= 0.90", rss)
+        add(
+            f"text {label} (~{r['tokens_mean']:.0f} tokens): bare encoder.encode (default engine), "
+            f"batch {r['best_batch']}"
+            f" (best of {','.join(map(str, r['sweep_rows_per_s']))})",
+            r["rows"],
+            raw,
+            "1.00",
+            "",
+            rss,
+        )
+        add(
+            f"text {label}: embed_texts, empty cache (batch {r['configured_batch']}, chunk {r['chunk_size']})",
+            r["rows"],
+            e2e,
+            f"{e2e / raw:.2f}",
+            ">= 0.90",
+            rss,
+        )
     image = results.get("image", {})
     if "error" in image:
         add(f"image: {image['error']}")
     elif image:
         n, rss = image["rows"], f"{image['peak_rss_mib']:.0f}"
         raw = _rate(n, image["raw_s"])
-        add(f"image Lite0 onnx: encode_preprocessed on decoded batch, batch {image['best_batch']}"
-            f" (best of {','.join(map(str, image['sweep_rows_per_s']))})", n, raw, "1.00", "", rss)
+        add(
+            f"image Lite0 onnx: encode_preprocessed on decoded batch, batch {image['best_batch']}"
+            f" (best of {','.join(map(str, image['sweep_rows_per_s']))})",
+            n,
+            raw,
+            "1.00",
+            "",
+            rss,
+        )
         e2e = _rate(n, image["e2e_s"])
-        add(f"image: embed_zip_images from zip (batch {image['configured_batch']}, chunk {image['chunk_size']}, "
-            f"{image['decode_workers']} decode threads)", n, e2e, f"{e2e / raw:.2f}", ">= 0.90", rss)
+        add(
+            f"image: embed_zip_images from zip (batch {image['configured_batch']}, chunk {image['chunk_size']}, "
+            f"{image['decode_workers']} decode threads)",
+            n,
+            e2e,
+            f"{e2e / raw:.2f}",
+            ">= 0.90",
+            rss,
+        )
         for workers in (1, 2):
             rate = _rate(n, image[f"decode_{workers}_s"])
-            add(f"image: decode+preprocess only (bytes in memory), {workers} thread(s)", n, rate, f"{rate / raw:.2f}", "", rss)
+            add(
+                f"image: decode+preprocess only (bytes in memory), {workers} thread(s)",
+                n,
+                rate,
+                f"{rate / raw:.2f}",
+                "",
+                rss,
+            )
         add("image: end-to-end rate vs the issue's absolute target", n, e2e, "", ">= 300/s", rss)
         draft = image.get("draft")
         if draft:
-            add(f"image 1200 px photos: decode+preprocess CPU, full {draft['full_ms']:.2f} ms vs DCT-scaled to "
+            add(
+                f"image 1200 px photos: decode+preprocess CPU, full {draft['full_ms']:.2f} ms vs DCT-scaled to "
                 f">= {draft['min_side']} px {draft['draft_ms']:.2f} ms per image; feature cosine mean "
                 f"{draft['cos_mean']:.4f}, min {draft['cos_min']:.4f}, {100 * draft['share_cos_ge_0_99']:.0f}% >= 0.99",
-                draft["rows"], "", f"{draft['full_ms'] / draft['draft_ms']:.2f}", "cos >= 0.99", rss)
+                draft["rows"],
+                "",
+                f"{draft['full_ms'] / draft['draft_ms']:.2f}",
+                "cos >= 0.99",
+                rss,
+            )
     engines = results.get("engines", {})
     if "error" in engines:
         add(f"engines: {engines['error']}")
@@ -563,29 +707,52 @@ def table_rows(results: dict, reps: int) -> list[tuple[str, str, str, str, str, 
             e = engines[engine]
             diff = f", max|diff| vs onnx {e['max_abs_diff_vs_onnx']:.1e}" if "max_abs_diff_vs_onnx" in e else ""
             target = ">= 3.00" if engine == "onnx" else ""
-            add(f"engine Lite0 {engine}, batch {e['best_batch']} (best of "
+            add(
+                f"engine Lite0 {engine}, batch {e['best_batch']} (best of "
                 f"{','.join(map(str, e['by_batch_rows_per_s']))}, {engines['threads']} threads){diff}",
-                n, _rate(n, e["seconds"]), f"{_rate(n, e['seconds']) / base:.2f}", target, rss)
+                n,
+                _rate(n, e["seconds"]),
+                f"{_rate(n, e['seconds']) / base:.2f}",
+                target,
+                rss,
+            )
     inc = results.get("incremental", {})
     if "error" in inc:
         add(f"incremental: {inc['error']}")
     elif inc:
         rss = f"{inc['peak_rss_mib']:.0f}"
         full = inc["full"]
-        add(f"incremental: reembed_new_products, cold storage, {inc['products']} products (1 run)",
-            full["text_embeddings"]["dagster/row_count"], f"{full['wall_s']:.1f} s", "1.00", "", rss)
+        add(
+            f"incremental: reembed_new_products, cold storage, {inc['products']} products (1 run)",
+            full["text_embeddings"]["dagster/row_count"],
+            f"{full['wall_s']:.1f} s",
+            "1.00",
+            "",
+            rss,
+        )
         rerun_s = [r["wall_s"] for r in inc["reruns"]]
-        add(f"incremental: re-run after +{inc['new_per_rerun']} new products (1%), warm cache",
-            inc["reruns"][-1]["text_embeddings"]["dagster/row_count"], f"{median(rerun_s):.1f} s",
-            f"{median(rerun_s) / full['wall_s']:.3f}", "<= 0.050", rss)
+        add(
+            f"incremental: re-run after +{inc['new_per_rerun']} new products (1%), warm cache",
+            inc["reruns"][-1]["text_embeddings"]["dagster/row_count"],
+            f"{median(rerun_s):.1f} s",
+            f"{median(rerun_s) / full['wall_s']:.3f}",
+            "<= 0.050",
+            rss,
+        )
     memory = [results[k] for k in sorted(results) if k.startswith("memory-")]
     for m in memory:
         if "error" in m:
             add(f"memory: {m['error']}")
             continue
-        add(f"memory: embed_zip_images {m['rows']} images (chunk {m['chunk_size']}), RSS before "
-            f"{m['rss_before_mib']:.0f} MiB", m["rows"], _rate(m["rows"], m["seconds"]), "", "flat in n",
-            f"{m['peak_rss_mib']:.0f}")
+        add(
+            f"memory: embed_zip_images {m['rows']} images (chunk {m['chunk_size']}), RSS before "
+            f"{m['rss_before_mib']:.0f} MiB",
+            m["rows"],
+            _rate(m["rows"], m["seconds"]),
+            "",
+            "flat in n",
+            f"{m['peak_rss_mib']:.0f}",
+        )
     return rows
 
 
@@ -598,22 +765,29 @@ def print_table(results: dict, reps: int) -> None:
         print(" | ".join(cells))
         if number == 0:
             print("-+-".join("-" * w for w in widths))
-    print(f"(timings: median of {reps} runs after a warm-up, raw/e2e interleaved; ratios vs the row marked 1.00; "
-          f"the incremental ratio uses the median re-run vs one cold run)")
+    print(
+        f"(timings: median of {reps} runs after a warm-up, raw/e2e interleaved; ratios vs the row marked 1.00; "
+        f"the incremental ratio uses the median re-run vs one cold run)"
+    )
     loads = {k: v["load_average_1min"] for k, v in results.items() if isinstance(v, dict) and "load_average_1min" in v}
-    print("1-min load average at the end of each section (2 cores; > 2 means the timings were contended): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()))
+    print(
+        "1-min load average at the end of each section (2 cores; > 2 means the timings were contended): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in loads.items())
+    )
     inc = results.get("incremental", {})
     if inc and "error" not in inc:
         for label, run in (("cold run", inc["full"]), ("median re-run", _median_run(inc["reruns"]))):
             steps = sorted(run["steps_s"].items(), key=lambda kv: -kv[1])
             text, image = run["text_embeddings"], run["image_embeddings"]
             overhead = run["wall_s"] - sum(run["steps_s"].values())
-            print(f"{label} {run['wall_s']:.1f} s wall = Dagster run overhead {overhead:.1f}s + "
-                  f"{len(steps)} steps, the largest: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps[:6])
-                  + f"; text embedded {text['embedded_now']} ({text['seconds']:.1f}s inside embed_texts), cached "
-                  f"{text['from_cache']}; images embedded {image['embedded_now']} ({image['seconds']:.1f}s), "
-                  f"cached {image['from_cache']}")
+            print(
+                f"{label} {run['wall_s']:.1f} s wall = Dagster run overhead {overhead:.1f}s + "
+                f"{len(steps)} steps, the largest: "
+                + ", ".join(f"{k} {v:.1f}s" for k, v in steps[:6])
+                + f"; text embedded {text['embedded_now']} ({text['seconds']:.1f}s inside embed_texts), cached "
+                f"{text['from_cache']}; images embedded {image['embedded_now']} ({image['seconds']:.1f}s), "
+                f"cached {image['from_cache']}"
+            )
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -663,16 +837,19 @@ def main() -> int:
                 results[name] = run_section(name, mode, args.reps, work)
         if "memory" in wanted:
             for n_images in sizes.memory_images:
-                results[f"memory-{n_images:06d}"] = run_section("memory", mode, args.reps, work,
-                                                                ["--images", str(n_images)])
+                results[f"memory-{n_images:06d}"] = run_section(
+                    "memory", mode, args.reps, work, ["--images", str(n_images)]
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["load_average"] = {"before": load_before, "after": os.getloadavg()}
     results["wall_s"] = time.perf_counter() - started
     out = OUT_DIR / f"embeddings{'-short' if mode == 'short' else ''}.json"
     out.write_text(json.dumps(results, indent=1, default=str))
-    print(f"embedding benchmark, mode {mode}: {sizes.products}-product sample, {os.cpu_count()} CPUs, "
-          f"load average {load_before[0]:.1f} -> {results['load_average']['after'][0]:.1f}")
+    print(
+        f"embedding benchmark, mode {mode}: {sizes.products}-product sample, {os.cpu_count()} CPUs, "
+        f"load average {load_before[0]:.1f} -> {results['load_average']['after'][0]:.1f}"
+    )
     print_table(results, args.reps)
     print(f"(total {results['wall_s']:.0f} s; details in {out.relative_to(BENCH_DIR.parent)})")
     failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]

@@ -52,8 +52,11 @@ def _groups(folder: Path, manifest: dict | None) -> dict[str, pd.DataFrame]:
     small = size <= images.ImageConfig().empty_image_max_bytes
     if manifest is None:
         tiny = every["informative_share"] < images.ImageConfig().empty_min_informative_share
-        return {f"{folder.name}: real photos < 25 KB": every[small], f"{folder.name}: all real photos": every,
-                f"{folder.name}: real photos, informative share < 5%": every[tiny]}
+        return {
+            f"{folder.name}: real photos < 25 KB": every[small],
+            f"{folder.name}: all real photos": every,
+            f"{folder.name}: real photos, informative share < 5%": every[tiny],
+        }
     defects = manifest["image_defects"]
     groups = {"sample: small clean shots": every.reindex(defects["small_clean"]).dropna(subset=["pixel_std"])}
     for kind in ("uniform", "no_photo", "logo", "blurred"):
@@ -86,7 +89,9 @@ def _outcome(name: str, folder: Path, manifest: dict | None) -> tuple[dict[str, 
     small = index["pixel_std"].notna()
     rules = index["empty_rule"].value_counts().to_dict()
     outcome: dict[str, object] = {
-        "data": name, "images": len(index), "decodable, under the size trigger": int(small.sum()),
+        "data": name,
+        "images": len(index),
+        "decodable, under the size trigger": int(small.sum()),
         "empty by size rule": int(by_size["is_empty"].sum()),
         "empty by content rule, no body exception (before)": int(before["is_empty"].sum()),
         "empty by content rule": int(index["is_empty"].sum()),
@@ -95,21 +100,33 @@ def _outcome(name: str, folder: Path, manifest: dict | None) -> tuple[dict[str, 
     }
     if manifest is not None:
         defects = manifest["image_defects"]
-        outcome["placeholders missed (before)"] = int((~before.reindex(defects["empty"])["is_empty"].fillna(False)).sum())
+        outcome["placeholders missed (before)"] = int(
+            (~before.reindex(defects["empty"])["is_empty"].fillna(False)).sum()
+        )
         outcome["placeholders missed"] = int((~index.reindex(defects["empty"])["is_empty"].fillna(False)).sum())
-        outcome["small clean shots rejected"] = int(index.reindex(defects["small_clean"])["is_empty"].fillna(False).sum())
+        outcome["small clean shots rejected"] = int(
+            index.reindex(defects["small_clean"])["is_empty"].fillna(False).sum()
+        )
     else:
         outcome["real photos rejected"] = int(index["is_empty"].sum())
-    cost = {"data": name, "index s, trigger 0 (decode check only)": round(bare_s, 2),
-            "index s, trigger 25 KB (+ content check)": round(content_s, 2), "ratio": round(content_s / bare_s, 2)}
+    cost = {
+        "data": name,
+        "index s, trigger 0 (decode check only)": round(bare_s, 2),
+        "index s, trigger 25 KB (+ content check)": round(content_s, 2),
+        "ratio": round(content_s / bare_s, 2),
+    }
     return outcome, cost
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="400 products (CI)")
-    parser.add_argument("--raw", nargs="*", type=Path,
-                        help="real WB-layout folders (default: ../shared/real/flipkart and ../shared/real/mango)")
+    parser.add_argument(
+        "--raw",
+        nargs="*",
+        type=Path,
+        help="real WB-layout folders (default: ../shared/real/flipkart and ../shared/real/mango)",
+    )
     args = parser.parse_args()
     defaults = REAL_DEFAULTS[:1] if args.short else REAL_DEFAULTS  # CI: Mango's 6,000 photos take minutes
     real = args.raw if args.raw is not None else [p for p in defaults if (p / schema.IMAGES_ZIP).exists()]
@@ -126,10 +143,12 @@ def main() -> None:
             outcomes.append(outcome)
             costs.append(cost)
     config = images.ImageConfig()
-    print(f"\nContent signals (every image measured; rules: pixel_std < {config.empty_max_pixel_std} near_uniform, "
-          f"informative_share < {config.empty_min_informative_share} tiny_informative_area unless body_share >= "
-          f"{config.empty_min_body_share} and ink_spread >= {config.empty_min_ink_spread}, edge_sharpness < "
-          f"{config.empty_min_edge_sharpness} blurred):\n")
+    print(
+        f"\nContent signals (every image measured; rules: pixel_std < {config.empty_max_pixel_std} near_uniform, "
+        f"informative_share < {config.empty_min_informative_share} tiny_informative_area unless body_share >= "
+        f"{config.empty_min_body_share} and ink_spread >= {config.empty_min_ink_spread}, edge_sharpness < "
+        f"{config.empty_min_edge_sharpness} blurred):\n"
+    )
     print(_signal_table(groups).to_markdown(index=False))
     print("\nWhat the rules flag (default config; the size rule for comparison):\n")
     print(pd.DataFrame(outcomes, dtype=object).fillna("-").to_markdown(index=False))

@@ -43,8 +43,15 @@ MODELS_DIR = OUT_DIR / "models"
 ANCHOR_MS = 495.0
 TARGET_MS = 50.0
 # Label → class count of the bundled sample's trained labels (sub_category after rare-class dropping).
-LABEL_CLASSES = {"sex": 5, "age_restrictions": 5, "season": 4, "fragility": 2, "category": 29,
-                 "sub_category": 37, "isadult": 2}
+LABEL_CLASSES = {
+    "sex": 5,
+    "age_restrictions": 5,
+    "season": 4,
+    "fragility": 2,
+    "category": 29,
+    "sub_category": 37,
+    "isadult": 2,
+}
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,17 @@ class Sizes:
 
 
 MODES = {
-    "short": Sizes(products=120, batch1_products=12, large_batch=32, large_batch_products=64, fusion_estimators=30,
-                   fit_products=48),
-    "full": Sizes(products=400, batch1_products=64, large_batch=64, large_batch_products=256, fusion_estimators=100,
-                  fit_products=200),
+    "short": Sizes(
+        products=120, batch1_products=12, large_batch=32, large_batch_products=64, fusion_estimators=30, fit_products=48
+    ),
+    "full": Sizes(
+        products=400,
+        batch1_products=64,
+        large_batch=64,
+        large_batch_products=256,
+        fusion_estimators=100,
+        fit_products=200,
+    ),
 }
 
 
@@ -73,8 +87,8 @@ def load_products(sizes: Sizes) -> tuple[list[str], list[str], list[bytes]]:
     """(natural titles, natural 'title. description' texts, JPEG bytes) of generated products with a
     decodable image."""
     from wb_pipeline.core.data import images, schema
-    from wb_pipeline.core.text.product_text import build_product_text, encoder_text
     from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig
+    from wb_pipeline.core.text.product_text import build_product_text, encoder_text
     from wb_pipeline.sample_data import SampleSpec, write_sample
 
     folder = OUT_DIR / f"latency-sample-{sizes.products}"
@@ -82,8 +96,12 @@ def load_products(sizes: Sizes) -> tuple[list[str], list[str], list[bytes]]:
         write_sample(folder, SampleSpec(n_products=sizes.products, seed=3))
     import pandas as pd
 
-    products = pd.concat([pd.read_parquet(folder / schema.TRAIN_FILE).assign(split="train"),
-                          pd.read_parquet(folder / schema.TEST_FILE).assign(split="test")])
+    products = pd.concat(
+        [
+            pd.read_parquet(folder / schema.TRAIN_FILE).assign(split="train"),
+            pd.read_parquet(folder / schema.TEST_FILE).assign(split="test"),
+        ]
+    )
     products["nm"] = products["nm"].astype(str)
     products = products[products["title"].notna() | products["description"].notna()].drop_duplicates("nm")
     product_text = build_product_text(products.reset_index(drop=True), TextPreprocessingConfig())
@@ -118,8 +136,14 @@ def fit_label_models(text_vectors: np.ndarray, image_vectors: np.ndarray, n_esti
         classes = [f"c{i:02d}" for i in range(n_classes)]
         y = np.asarray(classes, dtype=object)[np.arange(len(text_vectors)) % n_classes]
         rng.shuffle(y)
-        data = core.LabelData(label=label, nm=np.arange(len(y)).astype(str), y=y, classes=classes,
-                              groups=np.arange(len(y)), features=features)
+        data = core.LabelData(
+            label=label,
+            nm=np.arange(len(y)).astype(str),
+            y=y,
+            classes=classes,
+            groups=np.arange(len(y)),
+            features=features,
+        )
         label_models = core.fit_final_base_models(data, {m: (1.0, "balanced", 1.0) for m in data.models}, config)
         label_models.fusion_inputs = data.models
         stacked = np.hstack([label_models.predict_proba(m, features) for m in data.models])
@@ -132,8 +156,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch threads of the text encoder (1 is faster while other jobs load the cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads of the text encoder (1 is faster while other jobs load the cores)",
+    )
     args = parser.parse_args()
     sizes = MODES["short" if args.short else "full"]
 
@@ -146,8 +174,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     titles, texts, jpegs = load_products(sizes)
     text_encoder = TextEncoderResource(cache_dir=str(MODELS_DIR), num_threads=args.threads).build()
-    short_text_encoder = TextEncoderResource(cache_dir=str(MODELS_DIR), num_threads=args.threads,
-                                             max_seq_length=128).build()
+    short_text_encoder = TextEncoderResource(
+        cache_dir=str(MODELS_DIR), num_threads=args.threads, max_seq_length=128
+    ).build()
     image_encoder = ImageEncoderResource(cache_dir=str(MODELS_DIR)).build()
     config = images.ImageConfig()
 
@@ -163,8 +192,9 @@ def main() -> None:
     with threadpool_limits(limits=1, user_api="blas"):
         started = time.perf_counter()
         n_fit = sizes.fit_products
-        label_models = fit_label_models(embed_text(titles[:n_fit]), embed_image(decode(jpegs[:n_fit])),
-                                        sizes.fusion_estimators)
+        label_models = fit_label_models(
+            embed_text(titles[:n_fit]), embed_image(decode(jpegs[:n_fit])), sizes.fusion_estimators
+        )
         fit_seconds = time.perf_counter() - started
 
         def fuse(text_vectors: np.ndarray, image_vectors: np.ndarray) -> list[np.ndarray]:
@@ -176,8 +206,15 @@ def main() -> None:
 
         # warm-up (first calls allocate / compile)
         end_to_end(texts[:2], jpegs[:2])
-        stage_seconds: dict[str, list[float]] = {"text": [], "image_decode": [], "image_forward": [], "fusion": [],
-                                                 "end_to_end": [], "text_128_tokens": [], "text_title_only": []}
+        stage_seconds: dict[str, list[float]] = {
+            "text": [],
+            "image_decode": [],
+            "image_forward": [],
+            "fusion": [],
+            "end_to_end": [],
+            "text_128_tokens": [],
+            "text_title_only": [],
+        }
         for _ in range(args.reps):
             per_product: dict[str, list[float]] = {name: [] for name in stage_seconds}
             n1 = sizes.batch1_products
@@ -197,7 +234,9 @@ def main() -> None:
                 t6 = time.perf_counter()
                 embed_text([title])
                 t7 = time.perf_counter()
-                for name, seconds in zip(stage_seconds, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)):
+                for name, seconds in zip(
+                    stage_seconds, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)
+                ):
                     per_product[name].append(seconds)
             for name in stage_seconds:
                 stage_seconds[name].append(statistics.median(per_product[name]))
@@ -207,7 +246,7 @@ def main() -> None:
         for _ in range(args.reps):
             started = time.perf_counter()
             for start in range(0, n_large, sizes.large_batch):
-                end_to_end(texts[start:start + sizes.large_batch], jpegs[start:start + sizes.large_batch])
+                end_to_end(texts[start : start + sizes.large_batch], jpegs[start : start + sizes.large_batch])
             large_seconds.append(time.perf_counter() - started)
 
     batch1 = {name: median_ms(values) for name, values in stage_seconds.items()}
@@ -222,22 +261,39 @@ def main() -> None:
         ("  variant: text cut at 128 tokens (sum)", batch1["text_128_tokens"] + image_and_fusion),
         ("  variant: title-only text (sum)", batch1["text_title_only"] + image_and_fusion),
     ]
-    print(f"inference latency per product ({'short' if args.short else 'full'}; median of {args.reps} reps, "
-          f"{sizes.batch1_products} products at batch 1, {args.threads} text threads; models fitted in {fit_seconds:.1f} s; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    print(
+        f"inference latency per product ({'short' if args.short else 'full'}; median of {args.reps} reps, "
+        f"{sizes.batch1_products} products at batch 1, {args.threads} text threads; "
+        f"models fitted in {fit_seconds:.1f} s; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
     print(f"{'stage':44s} {'ms/product':>11s}")
     for name, value in rows:
         print(f"{name:44s} {value:11.1f}")
     e2e = batch1["end_to_end"]
-    print(f"{'anchor (public solution, laptop CPU)':44s} {ANCHOR_MS:11.1f}   end-to-end is {ANCHOR_MS / e2e:.1f}x faster")
+    print(
+        f"{'anchor (public solution, laptop CPU)':44s} {ANCHOR_MS:11.1f}   end-to-end is {ANCHOR_MS / e2e:.1f}x faster"
+    )
     print(f"{'target':44s} {TARGET_MS:11.1f}   {'met' if e2e <= TARGET_MS else 'NOT met'}")
-    print(f"throughput at batch {sizes.large_batch}: {throughput:.1f} products/s "
-          f"({1000.0 / throughput:.1f} ms/product) over {n_large} products")
-    result = {"mode": "short" if args.short else "full", "reps": args.reps, "threads": args.threads, "batch1_ms": batch1,
-              "large_batch": sizes.large_batch, "throughput_products_per_s": throughput,
-              "anchor_ms": ANCHOR_MS, "target_ms": TARGET_MS, "fit_seconds": fit_seconds}
+    print(
+        f"throughput at batch {sizes.large_batch}: {throughput:.1f} products/s "
+        f"({1000.0 / throughput:.1f} ms/product) over {n_large} products"
+    )
+    result = {
+        "mode": "short" if args.short else "full",
+        "reps": args.reps,
+        "threads": args.threads,
+        "batch1_ms": batch1,
+        "large_batch": sizes.large_batch,
+        "throughput_products_per_s": throughput,
+        "anchor_ms": ANCHOR_MS,
+        "target_ms": TARGET_MS,
+        "fit_seconds": fit_seconds,
+    }
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / f"inference_latency{'-short' if args.short else ''}-t{args.threads}.json").write_text(json.dumps(result, indent=1))
+    (OUT_DIR / f"inference_latency{'-short' if args.short else ''}-t{args.threads}.json").write_text(
+        json.dumps(result, indent=1)
+    )
 
 
 if __name__ == "__main__":

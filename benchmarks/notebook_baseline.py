@@ -143,9 +143,7 @@ def process_characteristics(raw: bytes) -> list[dict]:
     """``_process_characteristics`` with ``ast.literal_eval`` in place of ``eval``."""
     text = raw.decode("utf-8")
     if "'b\\'" in text:
-        return ast.literal_eval(
-            re.sub(r"\\+", r"\\", text)[5:-3].replace("true", "True").replace("false", "False")
-        )
+        return ast.literal_eval(re.sub(r"\\+", r"\\", text)[5:-3].replace("true", "True").replace("false", "False"))
     text = text.replace("}\n", "},")
     text = re.sub(r"\n\s+", " ", text)
     text = re.sub(r"array\(", "(", text).replace(", dtype=object)", ")")
@@ -239,9 +237,18 @@ def get_fragility(x, fixes: NotebookFixes):
         return "не хрупкий"
 
 
-_SEX_FIXED = {"Детский": "для детей", "детский": "для детей", "Женский": "для женщин", "Women": "для женщин",
-              "Девочки": "для девочек", "Girl": "для девочек", "Мужской": "для мужчин", "Men": "для мужчин",
-              "Мальчики": "для мальчиков", "Boy": "для мальчиков"}
+_SEX_FIXED = {
+    "Детский": "для детей",
+    "детский": "для детей",
+    "Женский": "для женщин",
+    "Women": "для женщин",
+    "Девочки": "для девочек",
+    "Girl": "для девочек",
+    "Мужской": "для мужчин",
+    "Men": "для мужчин",
+    "Мальчики": "для мальчиков",
+    "Boy": "для мальчиков",
+}
 
 
 def _sex_fixed(x):
@@ -256,15 +263,16 @@ def derive_labels(train: pd.DataFrame, fixes: NotebookFixes = NotebookFixes()) -
     """The notebook's label cells, in order, on the extracted raw values."""
     train = train.copy()
     if fixes.age_numeric_sort:
+
         def drop_placeholder(x):
             if isinstance(x, list):
                 kept = [v for v in x if str(v).replace(" ", "") != "0+"]
                 return kept if kept else "0+"
             return x
+
         train["age_restrictions"] = train.age_restrictions.apply(drop_placeholder)
     train["age_restrictions"] = train.age_restrictions.apply(lambda x: " ".join(x) if isinstance(x, list) else x)
-    train["age_restrictions"] = train.age_restrictions.dropna().apply(
-        lambda x: get_age_restrictions(str(x), fixes))
+    train["age_restrictions"] = train.age_restrictions.dropna().apply(lambda x: get_age_restrictions(str(x), fixes))
 
     if fixes.sex_all_spellings:
         train["sex"] = train.sex.apply(lambda x: _sex_fixed(x) if x is not np.nan and x is not None else np.nan)
@@ -277,10 +285,13 @@ def derive_labels(train: pd.DataFrame, fixes: NotebookFixes = NotebookFixes()) -
 
     train["season"] = train.season.apply(lambda x: get_from_list(x, SEASONS, fixes))
 
-    is_list = train.fragility.apply(type) == list
+    is_list = train.fragility.apply(lambda value: isinstance(value, list))
     fragility = train[~is_list].fragility.dropna().apply(lambda x: get_fragility(str(x), fixes))
-    fragility_lists = train[is_list].fragility.apply(
-        lambda x: set(get_fragility(i, fixes) for i in x)).apply(lambda x: list(x)[0] if len(x) == 1 else None)
+    fragility_lists = (
+        train[is_list]
+        .fragility.apply(lambda x: set(get_fragility(i, fixes) for i in x))
+        .apply(lambda x: list(x)[0] if len(x) == 1 else None)
+    )
     train["fragility"] = fragility
     if fixes.fragility:
         train.loc[fragility_lists.index, "fragility"] = fragility_lists

@@ -67,11 +67,19 @@ def profile_job() -> dg.JobDefinition:
     from wb_pipeline.defs.automation.jobs import full_pipeline
 
     parameters = json.loads(os.environ[PARAMETERS_ENV])
-    defs = build_definitions(raw_dir=parameters["raw_dir"], storage_dir=parameters["storage_dir"],
-                             incoming_dir=parameters["incoming_dir"], models_dir=parameters["models_dir"])
+    defs = build_definitions(
+        raw_dir=parameters["raw_dir"],
+        storage_dir=parameters["storage_dir"],
+        incoming_dir=parameters["incoming_dir"],
+        models_dir=parameters["models_dir"],
+    )
     executor = dg.in_process_executor if parameters["executor"] == "in_process" else dg.multiprocess_executor
-    job = dg.define_asset_job(PROFILE_JOB, selection=full_pipeline.selection,
-                              hooks={*full_pipeline.hooks, mark_step_cpu}, executor_def=executor)
+    job = dg.define_asset_job(
+        PROFILE_JOB,
+        selection=full_pipeline.selection,
+        hooks={*full_pipeline.hooks, mark_step_cpu},
+        executor_def=executor,
+    )
     return dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def(PROFILE_JOB)
 
 
@@ -83,8 +91,9 @@ def _records(instance, run_id: str, event_type) -> dict[str, float]:
 def _row_counts(instance, run_id: str) -> dict[str, int]:
     """Sum of `dagster/row_count` over each step's materializations."""
     counts: dict[str, int] = {}
-    records = instance.get_records_for_run(run_id=run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION,
-                                           limit=100_000).records
+    records = instance.get_records_for_run(
+        run_id=run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=100_000
+    ).records
     for record in records:
         entry = record.event_log_entry
         value = entry.asset_materialization.metadata.get("dagster/row_count") if entry.asset_materialization else None
@@ -113,9 +122,14 @@ def run_profile(raw_dir: str | None, executor: str, models_dir: str | None, out_
     home = work / "dagster_home"
     home.mkdir(parents=True)
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    parameters = {"raw_dir": raw_dir, "storage_dir": str(work / "storage"), "incoming_dir": str(work / "incoming"),
-                  "models_dir": settings.layout(str(work / "storage"), models_dir).encoder_models, "executor": executor,
-                  "cpu_marks": str(work / "cpu_marks.jsonl")}
+    parameters = {
+        "raw_dir": raw_dir,
+        "storage_dir": str(work / "storage"),
+        "incoming_dir": str(work / "incoming"),
+        "models_dir": settings.layout(str(work / "storage"), models_dir).encoder_models,
+        "executor": executor,
+        "cpu_marks": str(work / "cpu_marks.jsonl"),
+    }
     os.environ[PARAMETERS_ENV] = json.dumps(parameters)
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -135,13 +149,28 @@ def run_profile(raw_dir: str | None, executor: str, models_dir: str | None, out_
     steps = []
     for step, start in starts.items():
         end = ends.get(step)
-        steps.append({"step": step, "wall_s": (end - start) if end else None, "cpu_s": step_cpu.get(step),
-                      "rows": rows.get(step), "startup_s": (start - workers[step]) if step in workers else None})
+        steps.append(
+            {
+                "step": step,
+                "wall_s": (end - start) if end else None,
+                "cpu_s": step_cpu.get(step),
+                "rows": rows.get(step),
+                "startup_s": (start - workers[step]) if step in workers else None,
+            }
+        )
     steps.sort(key=lambda s: -(s["wall_s"] or 0))
-    return {"success": result.success, "executor": executor, "raw_dir": raw_dir or "bundled sample",
-            "run_wall_s": wall, "run_cpu_s": (time.process_time() - cpu_before) + children_cpu,
-            "steps": steps, "first_finished": first_finished, "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "load_average": os.getloadavg(), "cpus": os.cpu_count()}
+    return {
+        "success": result.success,
+        "executor": executor,
+        "raw_dir": raw_dir or "bundled sample",
+        "run_wall_s": wall,
+        "run_cpu_s": (time.process_time() - cpu_before) + children_cpu,
+        "steps": steps,
+        "first_finished": first_finished,
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def _fmt(value, spec: str) -> str:
@@ -152,18 +181,25 @@ def markdown(profile: dict) -> str:
     lines = ["| step | wall s | CPU s | CPU / wall | rows | worker start-up s |", "|---|---|---|---|---|---|"]
     for s in profile["steps"]:
         ratio = s["cpu_s"] / s["wall_s"] if s["cpu_s"] is not None and s["wall_s"] else None
-        lines.append(f"| {s['step']} | {_fmt(s['wall_s'], '.1f')} | {_fmt(s['cpu_s'], '.1f')} | {_fmt(ratio, '.2f')} "
-                     f"| {_fmt(s['rows'], ',')} | {_fmt(s['startup_s'], '.1f')} |")
+        lines.append(
+            f"| {s['step']} | {_fmt(s['wall_s'], '.1f')} | {_fmt(s['cpu_s'], '.1f')} | {_fmt(ratio, '.2f')} "
+            f"| {_fmt(s['rows'], ',')} | {_fmt(s['startup_s'], '.1f')} |"
+        )
     step_wall = sum(s["wall_s"] or 0 for s in profile["steps"])
     startup = sum(s["startup_s"] or 0 for s in profile["steps"])
-    lines += ["", f"run ({profile['executor']} executor, {profile['raw_dir']}): **{profile['run_wall_s']:.1f} s wall**, "
-              f"{profile['run_cpu_s']:.1f} s CPU (all processes), sum of step walls {step_wall:.1f} s"
-              + (f", worker start-ups {startup:.1f} s" if startup else "")
-              + f"; {profile['cpus']} CPUs, load average at the end {profile['load_average'][0]:.1f}; "
-              f"success={profile['success']} ({profile['when']})"]
+    lines += [
+        "",
+        f"run ({profile['executor']} executor, {profile['raw_dir']}): **{profile['run_wall_s']:.1f} s wall**, "
+        f"{profile['run_cpu_s']:.1f} s CPU (all processes), sum of step walls {step_wall:.1f} s"
+        + (f", worker start-ups {startup:.1f} s" if startup else "")
+        + f"; {profile['cpus']} CPUs, load average at the end {profile['load_average'][0]:.1f}; "
+        f"success={profile['success']} ({profile['when']})",
+    ]
     if profile.get("first_finished"):
-        lines.append(f"(the CPU of {profile['first_finished']}, the first step to finish, includes the run's own "
-                     "set-up before it: resources, imports)")
+        lines.append(
+            f"(the CPU of {profile['first_finished']}, the first step to finish, includes the run's own "
+            "set-up before it: resources, imports)"
+        )
     return "\n".join(lines)
 
 
@@ -171,8 +207,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help=f"a generated {SHORT_PRODUCTS}-product sample (CI)")
     parser.add_argument("--raw-dir", help="a WB-layout folder (default: the bundled sample)")
-    parser.add_argument("--executor", choices=("in_process", "multiprocess", "both"), default="in_process",
-                        help="both: one run on each, one after the other, and their ratio")
+    parser.add_argument(
+        "--executor",
+        choices=("in_process", "multiprocess", "both"),
+        default="in_process",
+        help="both: one run on each, one after the other, and their ratio",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     raw_dir = args.raw_dir
@@ -202,8 +242,10 @@ def compare_executors(args, raw_dir: str | None) -> int:
         subprocess.run(command + (["--raw-dir", raw_dir] if raw_dir else []), check=False)
         profiles[executor] = json.loads((out / f"profile-{executor}.json").read_text())
     inside, multi = profiles["in_process"], profiles["multiprocess"]
-    print(f"in-process / multiprocess: wall {inside['run_wall_s'] / multi['run_wall_s']:.2f}, "
-          f"CPU {inside['run_cpu_s'] / multi['run_cpu_s']:.2f}")
+    print(
+        f"in-process / multiprocess: wall {inside['run_wall_s'] / multi['run_wall_s']:.2f}, "
+        f"CPU {inside['run_cpu_s'] / multi['run_cpu_s']:.2f}"
+    )
     return 0 if all(p["success"] for p in profiles.values()) else 1
 
 

@@ -78,15 +78,17 @@ def _all_text(train: pd.DataFrame, test: pd.DataFrame, column: str) -> pd.Series
     return pd.concat([train[column], test[column]], ignore_index=True).astype(object)
 
 
-def _run_pipeline(train: pd.DataFrame, test: pd.DataFrame, outputs: bool = True) -> tuple[_Stopwatch, pd.DataFrame | None, dict]:
+def _run_pipeline(
+    train: pd.DataFrame, test: pd.DataFrame, outputs: bool = True
+) -> tuple[_Stopwatch, pd.DataFrame | None, dict]:
     """Exactly what the assets call: clean_and_rejected_products, product_text, parsed_characteristics,
     product_labels (without an image index: the benchmark has no images)."""
     from wb_pipeline.core.data.characteristics import characteristics_table
     from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products
-    from wb_pipeline.core.labels.table import assemble_labels
     from wb_pipeline.core.labels.rules import derive_labels
-    from wb_pipeline.core.text.product_text import build_product_text
+    from wb_pipeline.core.labels.table import assemble_labels
     from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig
+    from wb_pipeline.core.text.product_text import build_product_text
 
     watch = _Stopwatch()
     with watch.stage("cleaning"):
@@ -120,7 +122,9 @@ def _run_pipeline(train: pd.DataFrame, test: pd.DataFrame, outputs: bool = True)
     return watch, out, extra
 
 
-def _run_notebook(train: pd.DataFrame, test: pd.DataFrame, outputs: bool = True) -> tuple[_Stopwatch, pd.DataFrame | None, dict]:
+def _run_notebook(
+    train: pd.DataFrame, test: pd.DataFrame, outputs: bool = True
+) -> tuple[_Stopwatch, pd.DataFrame | None, dict]:
     sys.path.insert(0, str(BENCH_DIR))
     import notebook_baseline as nb
 
@@ -175,8 +179,13 @@ def worker(side: str, data_dir: Path, out_dir: Path, outputs: bool) -> None:
     rss_loaded = psutil.Process().memory_info().rss / 2**20
     runner = _run_pipeline if side == "pipeline" else _run_notebook
     watch, table, extra = runner(train, test, outputs)
-    stats = {"timings": watch.wall, "cpu_timings": watch.cpu, "rss_loaded_mib": rss_loaded,
-             "peak_rss_mib": _peak_rss_mib(), **extra}
+    stats = {
+        "timings": watch.wall,
+        "cpu_timings": watch.cpu,
+        "rss_loaded_mib": rss_loaded,
+        "peak_rss_mib": _peak_rss_mib(),
+        **extra,
+    }
     if table is not None:
         table.to_parquet(out_dir / f"{side}.parquet")
     (out_dir / f"{side}.json").write_text(json.dumps(stats))
@@ -228,8 +237,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000, help="number of generated products")
     parser.add_argument("--short", action="store_true", help="5,000 products (CI)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="run both sides this many times (alternating which goes first); report per-stage medians")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run both sides this many times (alternating which goes first); report per-stage medians",
+    )
     parser.add_argument("--worker", choices=["pipeline", "notebook"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -275,8 +288,10 @@ def _print_table(n_products: int, n_train: int, n_test: int, stats: dict, agreem
     nb, ours = stats["notebook"], stats["pipeline"]
     runs = f", median of {nb['runs']} runs per side" if nb["runs"] > 1 else ""
     print(f"\nPreprocessing benchmark: {n_products:,} generated products ({n_train:,} train, {n_test:,} test){runs}")
-    print(f"{'stage':<18}{'notebook s':>12}{'pipeline s':>12}{'speed-up':>10}"
-          f"{'notebook cpu s':>16}{'pipeline cpu s':>16}{'cpu speed-up':>14}")
+    print(
+        f"{'stage':<18}{'notebook s':>12}{'pipeline s':>12}{'speed-up':>10}"
+        f"{'notebook cpu s':>16}{'pipeline cpu s':>16}{'cpu speed-up':>14}"
+    )
     for stage in ("cleaning", "text", "characteristics", "labels", "total"):
         if stage == "total":
             a, b = sum(nb["timings"].values()), sum(ours["timings"].values())
@@ -289,11 +304,15 @@ def _print_table(n_products: int, n_train: int, n_test: int, stats: dict, agreem
     print(f"{'rows/s':<18}{n_products / total_nb:>12,.0f}{n_products / total_ours:>12,.0f}")
     print(f"{'peak RSS MiB':<18}{nb['peak_rss_mib']:>12.0f}{ours['peak_rss_mib']:>12.0f}")
     print(f"{'RSS after load':<18}{nb['rss_loaded_mib']:>12.0f}{ours['rss_loaded_mib']:>12.0f}")
-    print(f"notebook raised on {nb['crashed_cells']:,} characteristics cells; pipeline rejected "
-          f"{ours['rejected_cells']:,} with a reason")
+    print(
+        f"notebook raised on {nb['crashed_cells']:,} characteristics cells; pipeline rejected "
+        f"{ours['rejected_cells']:,} with a reason"
+    )
     compared = agreement["compared_rows"]
-    print(f"rows where the notebook is buggy (output changes when its bugs are fixed, or it raised): "
-          f"{agreement['notebook_buggy_rows']:,} of {agreement['rows']:,}")
+    print(
+        f"rows where the notebook is buggy (output changes when its bugs are fixed, or it raised): "
+        f"{agreement['notebook_buggy_rows']:,} of {agreement['rows']:,}"
+    )
     print("  of which: " + ", ".join(f"{k} {v:,}" for k, v in agreement["buggy_per_field"].items()))
     print(f"rows the pipeline's cleaning rejected (no output to compare): {agreement['pipeline_rejected_rows']:,}")
     print(f"identical outputs on the other {compared:,} rows: {agreement['identical_rows'] / max(compared, 1):.2%}")

@@ -4,7 +4,8 @@ incremental add vs rebuild, and a search query's latency with the encoder includ
     .venv/bin/python -m benchmarks.search            # 10,000 and 128,000 vectors (several minutes on 2 cores)
     .venv/bin/python -m benchmarks.search --short    # CI smoke run: 10,000 vectors (< 1 min)
 
-Vectors are generated (the catalogue's joint space is 320-d: 256 head + 64 CCA; 256-d here): unit vectors around ``n / 100``
+Vectors are generated (the catalogue's joint space is 320-d: 256 head + 64 CCA; 256-d here):
+unit vectors around ``n / 100``
 random centres (products come in families of similar items), seeded. Queries are held-out vectors
 of the same distribution, not in the index. Per size:
 
@@ -42,8 +43,16 @@ MODELS_DIR = OUT_DIR / "models"
 DIM = 2 * (ContrastiveConfig().joint_dim + ContrastiveConfig().closed_form_dim)  # the default combined joint vector
 K = 10
 TARGET_MS = 50.0
-QUERIES = ("женские зимние ботинки", "платье летнее миди", "кроссовки мужские белые", "чехол для телефона",
-           "набор посуды стеклянный", "детский конструктор lego", "шампунь для волос", "рюкзак школьный")
+QUERIES = (
+    "женские зимние ботинки",
+    "платье летнее миди",
+    "кроссовки мужские белые",
+    "чехол для телефона",
+    "набор посуды стеклянный",
+    "детский конструктор lego",
+    "шампунь для волос",
+    "рюкзак школьный",
+)
 
 
 def generate(n: int, seed: int, dim: int = DIM, spread: float = 1.4) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +82,7 @@ def latency_ms(search, queries: np.ndarray, reps: int) -> tuple[float, float]:
 
 
 def recall(found: np.ndarray, found_sims: np.ndarray, exact_sims: np.ndarray) -> float:
-    kth = exact_sims[:, K - 1:K]
+    kth = exact_sims[:, K - 1 : K]
     return float(np.mean(np.minimum(((found_sims >= kth - 1e-5) & (found >= 0)).sum(axis=1), K) / K))
 
 
@@ -88,9 +97,18 @@ def bench_size(n: int, threads: int, reps: int, ef_values: list[int], seed: int 
     exact_build = time.perf_counter() - started
     exact_sims, _ = exact.search(queries, K, threads)
     p50, p99 = latency_ms(lambda q: exact.search(q, K, 1), queries[:200], reps)
-    rows.append({"vectors": n, "index": "exact (flat)", "build_s": exact_build, "memory_mib": exact.memory_bytes() / 2**20,
-                 "p50_ms": p50, "p99_ms": p99, "recall_at_10": 1.0})
-    del exact
+    rows.append(
+        {
+            "vectors": n,
+            "index": "exact (flat)",
+            "build_s": exact_build,
+            "memory_mib": exact.memory_bytes() / 2**20,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "recall_at_10": 1.0,
+        }
+    )
+    exact = None  # frees the flat index before the HNSW build
     started = time.perf_counter()
     hnsw = VectorIndex.build(vectors, config, "hnsw")
     hnsw_build = time.perf_counter() - started
@@ -98,11 +116,18 @@ def bench_size(n: int, threads: int, reps: int, ef_values: list[int], seed: int 
         hnsw.index.hnsw.efSearch = ef
         sims, positions = hnsw.search(queries, K, threads)
         p50, p99 = latency_ms(lambda q: hnsw.search(q, K, 1), queries[:200], reps)
-        rows.append({"vectors": n, "index": f"hnsw M={config.hnsw_m} efC={config.ef_construction} efSearch={ef}"
-                     + (" (default)" if ef == config.ef_search else ""),
-                     "build_s": hnsw_build if ef == config.ef_search else None,
-                     "memory_mib": hnsw.memory_bytes() / 2**20 if ef == config.ef_search else None,
-                     "p50_ms": p50, "p99_ms": p99, "recall_at_10": recall(positions, sims, exact_sims)})
+        rows.append(
+            {
+                "vectors": n,
+                "index": f"hnsw M={config.hnsw_m} efC={config.ef_construction} efSearch={ef}"
+                + (" (default)" if ef == config.ef_search else ""),
+                "build_s": hnsw_build if ef == config.ef_search else None,
+                "memory_mib": hnsw.memory_bytes() / 2**20 if ef == config.ef_search else None,
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "recall_at_10": recall(positions, sims, exact_sims),
+            }
+        )
     hnsw.index.hnsw.efSearch = config.ef_search
     # incremental: 1% new products added to an index of the other 99%, vs building all of it again
     n_new = max(n // 100, 1)
@@ -113,11 +138,19 @@ def bench_size(n: int, threads: int, reps: int, ef_values: list[int], seed: int 
     base.add(vectors[-n_new:], threads)
     add_seconds = time.perf_counter() - started
     sims, positions = base.search(queries, K, threads)
-    rows.append({"vectors": n, "index": f"hnsw + {n_new} added (1%)", "build_s": add_seconds,
-                 "memory_mib": base.memory_bytes() / 2**20, "p50_ms": None, "p99_ms": None,
-                 "recall_at_10": recall(positions, sims, exact_sims),
-                 "note": f"add {add_seconds:.2f} s vs full rebuild {hnsw_build:.1f} s "
-                         f"({hnsw_build / max(add_seconds, 1e-9):.0f}x); 99% build {base_build:.1f} s"})
+    rows.append(
+        {
+            "vectors": n,
+            "index": f"hnsw + {n_new} added (1%)",
+            "build_s": add_seconds,
+            "memory_mib": base.memory_bytes() / 2**20,
+            "p50_ms": None,
+            "p99_ms": None,
+            "recall_at_10": recall(positions, sims, exact_sims),
+            "note": f"add {add_seconds:.2f} s vs full rebuild {hnsw_build:.1f} s "
+            f"({hnsw_build / max(add_seconds, 1e-9):.0f}x); 99% build {base_build:.1f} s",
+        }
+    )
     del base
     return rows, hnsw
 
@@ -159,31 +192,53 @@ def bench_queries(index, threads: int, reps: int) -> list[dict]:
     # Default layout (CCA part + head) with the head sized so that the combined vectors ([text, image]
     # joint vectors, what the default `joint` index holds) match the index's dimension.
     closed_form_dim = ContrastiveConfig().closed_form_dim
-    model = JointSpaceModel(text_encoder.dim, image_encoder.dim,
-                            ContrastiveConfig(joint_dim=index.dim // 2 - closed_form_dim)).eval()
+    model = JointSpaceModel(
+        text_encoder.dim, image_encoder.dim, ContrastiveConfig(joint_dim=index.dim // 2 - closed_form_dim)
+    ).eval()
     assert 2 * model.output_dim == index.dim, (model.output_dim, index.dim)
     photos = [jpeg_bytes(seed) for seed in range(4)]
     config = images.ImageConfig()
-    stages: dict[str, list[float]] = {name: [] for name in (
-        "text: encoder", "text: joint head", "text: search", "text: total",
-        "photo: decode", "photo: encoder", "photo: joint head", "photo: search", "photo: total")}
+    stages: dict[str, list[float]] = {
+        name: []
+        for name in (
+            "text: encoder",
+            "text: joint head",
+            "text: search",
+            "text: total",
+            "photo: decode",
+            "photo: encoder",
+            "photo: joint head",
+            "photo: search",
+            "photo: total",
+        )
+    }
     text_encoder.encode([QUERIES[0]])  # warm-up: model load, first-call allocations
     image_encoder.encode([images.decode_image(photos[0], config, image_encoder.min_decode_side)])
-    text_steps = [("encoder", lambda q: text_encoder.encode([q])),
-                  ("joint head", lambda v: query_vector("joint", text_vector=v, joint_model=model)),
-                  ("search", lambda v: index.search(v, K, 1))]
-    photo_steps = [("decode", lambda data: images.decode_image(data, config, image_encoder.min_decode_side)),
-                   ("encoder", lambda photo: image_encoder.encode([photo])),
-                   ("joint head", lambda v: query_vector("joint", image_vector=v, joint_model=model)),
-                   ("search", lambda v: index.search(v, K, 1))]
+    text_steps = [
+        ("encoder", lambda q: text_encoder.encode([q])),
+        ("joint head", lambda v: query_vector("joint", text_vector=v, joint_model=model)),
+        ("search", lambda v: index.search(v, K, 1)),
+    ]
+    photo_steps = [
+        ("decode", lambda data: images.decode_image(data, config, image_encoder.min_decode_side)),
+        ("encoder", lambda photo: image_encoder.encode([photo])),
+        ("joint head", lambda v: query_vector("joint", image_vector=v, joint_model=model)),
+        ("search", lambda v: index.search(v, K, 1)),
+    ]
     for _ in range(reps):
         for query in QUERIES:
             run_stages("text", text_steps, query, stages)
         for data in photos:
             run_stages("photo", photo_steps, data, stages)
-    return [{"stage": name, "p50_ms": float(np.percentile(values, 50) * 1e3),
-             "p99_ms": float(np.percentile(values, 99) * 1e3), "calls": len(values)}
-            for name, values in stages.items()]
+    return [
+        {
+            "stage": name,
+            "p50_ms": float(np.percentile(values, 50) * 1e3),
+            "p99_ms": float(np.percentile(values, 99) * 1e3),
+            "calls": len(values),
+        }
+        for name, values in stages.items()
+    ]
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -215,25 +270,33 @@ def main() -> None:
             print(f"({n} vectors done, {time.perf_counter() - started:.0f} s)", flush=True)
         query_rows = bench_queries(largest, args.threads, reps)
     config = IndexConfig()
-    print(f"\nIndex over generated {DIM}-d unit vectors; {args.threads} build threads, 1 search thread, "
-          f"batch-1 queries (held-out vectors)\n")
+    print(
+        f"\nIndex over generated {DIM}-d unit vectors; {args.threads} build threads, 1 search thread, "
+        f"batch-1 queries (held-out vectors)\n"
+    )
     print("| vectors | index | build s | memory MiB | p50 ms | p99 ms | recall@10 |\n|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['vectors']:,} | {row['index']} | {_fmt(row['build_s'])} | {_fmt(row['memory_mib'], 1)} | "
-              f"{_fmt(row['p50_ms'], 3)} | {_fmt(row['p99_ms'], 3)} | {_fmt(row['recall_at_10'], 4)} |")
+        print(
+            f"| {row['vectors']:,} | {row['index']} | {_fmt(row['build_s'])} | {_fmt(row['memory_mib'], 1)} | "
+            f"{_fmt(row['p50_ms'], 3)} | {_fmt(row['p99_ms'], 3)} | {_fmt(row['recall_at_10'], 4)} |"
+        )
     for row in rows:
         if row.get("note"):
             print(f"- {row['vectors']:,}: {row['note']}")
     total = next(r for r in query_rows if r["stage"] == "text: total")
-    print(f"\nQuery latency at batch 1 against the {largest.size:,}-vector HNSW index "
-          f"(encoder threads {args.threads}, search 1 thread):\n")
+    print(
+        f"\nQuery latency at batch 1 against the {largest.size:,}-vector HNSW index "
+        f"(encoder threads {args.threads}, search 1 thread):\n"
+    )
     print("| stage | p50 ms | p99 ms | calls |\n|---|---|---|---|")
     for row in query_rows:
         print(f"| {row['stage']} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['calls']} |")
     verdict = "met" if total["p50_ms"] <= TARGET_MS else "NOT met"
-    print(f"\nText query, encoder included: p50 {total['p50_ms']:.1f} ms (target <= {TARGET_MS:.0f} ms: {verdict}); "
-          f"defaults M={config.hnsw_m}, efConstruction={config.ef_construction}, efSearch={config.ef_search}; "
-          f"{time.perf_counter() - started:.0f} s in all")
+    print(
+        f"\nText query, encoder included: p50 {total['p50_ms']:.1f} ms (target <= {TARGET_MS:.0f} ms: {verdict}); "
+        f"defaults M={config.hnsw_m}, efConstruction={config.ef_construction}, efSearch={config.ef_search}; "
+        f"{time.perf_counter() - started:.0f} s in all"
+    )
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     out = OUT_DIR / f"search{'-short' if args.short else ''}.json"
     out.write_text(json.dumps({"index": rows, "queries": query_rows, "threads": args.threads, "reps": reps}, indent=1))

@@ -70,8 +70,13 @@ def build_encoders(threads: int) -> dict[str, object]:
 
     encoders = {}
     for engine in ("torch", "onnx", "onnx_int8"):
-        encoders[engine] = default_e5_encoder(MODELS_DIR / "e5", engine=engine, num_threads=threads,
-                                              onnx_cache_dir=MODELS_DIR / "onnx", **({"device": "cpu"} if engine == "torch" else {}))
+        encoders[engine] = default_e5_encoder(
+            MODELS_DIR / "e5",
+            engine=engine,
+            num_threads=threads,
+            onnx_cache_dir=MODELS_DIR / "onnx",
+            **({"device": "cpu"} if engine == "torch" else {}),
+        )
         encoders[engine].encode(["прогрев модели"] * 4)  # load / export once, outside the timings
     return encoders
 
@@ -82,13 +87,13 @@ def label_frame(sample: Path) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
 
     from wb_pipeline.core.data import schema
     from wb_pipeline.core.data.characteristics import characteristics_table
-    from wb_pipeline.core.models.classification import product_groups
     from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products
     from wb_pipeline.core.data.ingestion import read_wb_table
-    from wb_pipeline.core.labels.table import assemble_labels
     from wb_pipeline.core.labels.rules import derive_labels
-    from wb_pipeline.core.text.product_text import build_product_text
+    from wb_pipeline.core.labels.table import assemble_labels
+    from wb_pipeline.core.models.classification import product_groups
     from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig
+    from wb_pipeline.core.text.product_text import build_product_text
 
     train = read_wb_table(UPath(sample) / schema.TRAIN_FILE, schema.TRAIN_REQUIRED_COLUMNS)
     test = read_wb_table(UPath(sample) / schema.TEST_FILE, schema.TEST_REQUIRED_COLUMNS)
@@ -107,8 +112,14 @@ def macro_f1_per_label(vectors: np.ndarray, labels: pd.DataFrame, groups: np.nda
     from sklearn.metrics import f1_score
     from threadpoolctl import threadpool_limits
 
-    from wb_pipeline.core.models.classification import ClassificationConfig, LabelSkip, aligned_proba, fit_logistic, prepare_label
-    from wb_pipeline.core.evaluation.folds import group_stratified_folds
+    from wb_pipeline.core.model_selection.folds import group_stratified_folds
+    from wb_pipeline.core.models.classification import (
+        ClassificationConfig,
+        LabelSkip,
+        aligned_proba,
+        fit_logistic,
+        prepare_label,
+    )
 
     config = ClassificationConfig()
     scores = {}
@@ -119,9 +130,12 @@ def macro_f1_per_label(vectors: np.ndarray, labels: pd.DataFrame, groups: np.nda
         predicted = np.empty(len(data.y), dtype=object)
         with threadpool_limits(limits=config.blas_threads):
             for train, valid in group_stratified_folds(data.y, data.groups, config.n_splits, config.seed):
-                model = fit_logistic([data.features["text"][train]], data.y[train], (1.0, "balanced", 1.0), config.max_iter)
+                model = fit_logistic(
+                    [data.features["text"][train]], data.y[train], (1.0, "balanced", 1.0), config.max_iter
+                )
                 predicted[valid] = np.asarray(data.classes, dtype=object)[
-                    aligned_proba(model, data.features["text"][valid], data.classes).argmax(axis=1)]
+                    aligned_proba(model, data.features["text"][valid], data.classes).argmax(axis=1)
+                ]
         scores[label] = float(f1_score(data.y, predicted, labels=data.classes, average="macro", zero_division=0))
     return scores
 
@@ -173,18 +187,25 @@ def main() -> int:
         ensure_sample(SAMPLE_DIR)
         sample = SAMPLE_DIR
     product_text, labels, groups = label_frame(sample)
-    f1_variants = [REFERENCE, default] if args.short else [REFERENCE, ("onnx_int8", None)] + [
-        ("onnx_int8", b) for b in budgets] + [("onnx", DEFAULT_DESCRIPTION_TOKEN_BUDGET)]
+    f1_variants = (
+        [REFERENCE, default]
+        if args.short
+        else [REFERENCE, ("onnx_int8", None)]
+        + [("onnx_int8", b) for b in budgets]
+        + [("onnx", DEFAULT_DESCRIPTION_TOKEN_BUDGET)]
+    )
     f1_variants = list(dict.fromkeys(f1_variants + [default]))
     from wb_pipeline.core.text.product_text import encoder_text
 
     f1: dict[tuple, dict[str, float]] = {}
     sample_tokens: dict[tuple, float] = {}
     for engine, budget in f1_variants:
-        sample_texts = encoder_text(product_text, "title_description", "natural", budget,
-                                    tokenizer if budget is not None else None).tolist()
-        f1[(engine, budget)] = macro_f1_per_label(encoders[engine].encode(sample_texts, batch_size=args.batch_size),
-                                                  labels, groups)
+        sample_texts = encoder_text(
+            product_text, "title_description", "natural", budget, tokenizer if budget is not None else None
+        ).tolist()
+        f1[(engine, budget)] = macro_f1_per_label(
+            encoders[engine].encode(sample_texts, batch_size=args.batch_size), labels, groups
+        )
         sample_tokens[(engine, budget)] = float(np.mean([len(x) for x in encoders["onnx_int8"].tokenize(sample_texts)]))
 
     # --- tables ------------------------------------------------------------------------------------
@@ -192,36 +213,57 @@ def main() -> int:
         engine, budget = variant
         label = {"torch": "torch fp32", "onnx": "onnx fp32", "onnx_int8": "onnx int8"}[engine]
         return f"{label}, {'whole description' if budget is None else f'description ≤ {budget} tok'}" + (
-            " (default)" if variant == default else " (reference)" if variant == REFERENCE else "")
+            " (default)" if variant == default else " (reference)" if variant == REFERENCE else ""
+        )
 
     rows = []
     for variant in variants:
         rate = n_texts / statistics.median(seconds[variant])
         cos = np.sum(vectors[variant] * vectors[REFERENCE], axis=1)
-        rows.append({"variant": name(variant), "tokens/text": round(tokens[variant[1]], 1),
-                     "texts/s": round(rate, 1), "speed-up": f"{rate / reference_rate:.2f}x",
-                     "min cos": round(float(cos.min()), 4), "mean cos": round(float(cos.mean()), 4)})
-    print(f"\nSpeed and closeness: {n_texts} generated products, title + ~{LONG_DESCRIPTION_WORDS}-word description, "
-          f"{args.threads} threads, batch {args.batch_size}, median of {reps}; cosine vs the reference's vectors")
+        rows.append(
+            {
+                "variant": name(variant),
+                "tokens/text": round(tokens[variant[1]], 1),
+                "texts/s": round(rate, 1),
+                "speed-up": f"{rate / reference_rate:.2f}x",
+                "min cos": round(float(cos.min()), 4),
+                "mean cos": round(float(cos.mean()), 4),
+            }
+        )
+    print(
+        f"\nSpeed and closeness: {n_texts} generated products, title + ~{LONG_DESCRIPTION_WORDS}-word description, "
+        f"{args.threads} threads, batch {args.batch_size}, median of {reps}; cosine vs the reference's vectors"
+    )
     print(pd.DataFrame(rows).to_markdown(index=False))
 
     quality = []
     for variant in f1_variants:
         scores = f1[variant]
-        quality.append({"variant": name(variant), "tokens/text": round(sample_tokens[variant], 1),
-                        **{k: round(v, 3) for k, v in scores.items()},
-                        "mean macro-F1": round(float(np.mean(list(scores.values()))), 4)})
-    print(f"\nDownstream macro-F1 on {sample} ({len(labels)} products): logistic regression on the text "
-          f"vectors, group-aware 5-fold")
+        quality.append(
+            {
+                "variant": name(variant),
+                "tokens/text": round(sample_tokens[variant], 1),
+                **{k: round(v, 3) for k, v in scores.items()},
+                "mean macro-F1": round(float(np.mean(list(scores.values()))), 4),
+            }
+        )
+    print(
+        f"\nDownstream macro-F1 on {sample} ({len(labels)} products): logistic regression on the text "
+        f"vectors, group-aware 5-fold"
+    )
     print(pd.DataFrame(quality).to_markdown(index=False))
     reference_f1 = float(np.mean(list(f1[REFERENCE].values())))
     default_f1 = float(np.mean(list(f1[default].values())))
     worst = max(abs(f1[default][k] - f1[REFERENCE][k]) for k in f1[REFERENCE])
-    print(f"\nmean macro-F1: fp32 reference {reference_f1:.4f}, fast default {default_f1:.4f}, "
-          f"difference {default_f1 - reference_f1:+.4f} (largest per-label |difference| {worst:.4f})")
+    print(
+        f"\nmean macro-F1: fp32 reference {reference_f1:.4f}, fast default {default_f1:.4f}, "
+        f"difference {default_f1 - reference_f1:+.4f} (largest per-label |difference| {worst:.4f})"
+    )
     default_rate = n_texts / statistics.median(seconds[default])
-    print(f"fast default: {default_rate:.1f} texts/s = {default_rate / reference_rate:.2f}x the fp32 reference "
-          f"({reference_rate:.1f} texts/s) in this run")
+    print(
+        f"fast default: {default_rate:.1f} texts/s = {default_rate / reference_rate:.2f}x the fp32 reference "
+        f"({reference_rate:.1f} texts/s) in this run"
+    )
     return 0
 
 

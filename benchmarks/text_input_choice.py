@@ -13,7 +13,6 @@ Quality numbers on a synthetic sample are a sanity check of the choice, not a cl
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,17 +22,21 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
+from wb_pipeline.core.data.characteristics import characteristics_table
 from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products
 from wb_pipeline.core.embeddings.encoders.text import default_e5_encoder
-from wb_pipeline.core.labels.table import assemble_labels
-from wb_pipeline.core.data.characteristics import characteristics_table
 from wb_pipeline.core.labels.rules import derive_labels
-from wb_pipeline.core.text.product_text import build_product_text, encoder_text
+from wb_pipeline.core.labels.table import assemble_labels
 from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig
+from wb_pipeline.core.text.product_text import build_product_text, encoder_text
 from wb_pipeline.sample_data import SampleSpec, generate_tables
 
-CANDIDATES = [("title", "natural"), ("title_description", "natural"), ("title", "preprocessed"),
-              ("title_description", "preprocessed")]
+CANDIDATES = [
+    ("title", "natural"),
+    ("title_description", "natural"),
+    ("title", "preprocessed"),
+    ("title_description", "preprocessed"),
+]
 LABELS = ("category", "sex", "season")
 MIN_CLASS_COUNT = 5
 
@@ -61,8 +64,9 @@ def main() -> None:
     train["nm"], test["nm"] = train["nm"].astype(str), test["nm"].astype(str)
     clean = clean_products({"train": train, "test": test}, None, CleaningConfig(require_image=False)).clean
     product_text = build_product_text(clean, TextPreprocessingConfig())
-    chars = characteristics_table(clean.loc[clean["split"] == "train", "nm"],
-                                  clean.loc[clean["split"] == "train", "characteristics"])
+    chars = characteristics_table(
+        clean.loc[clean["split"] == "train", "nm"], clean.loc[clean["split"] == "train", "characteristics"]
+    )
     labels = assemble_labels(clean, derive_labels(chars.long, clean.loc[clean["split"] == "train", "nm"]).labels)
     groups = product_text["title_natural"].str.lower()
     encoder = default_e5_encoder(args.models_dir + "/e5")

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.raw_dir.strip():
         parser.error("RAW_DIR is empty: give the folder in the WB layout")
 
-    from wb_pipeline.core.data.ingestion import check_wb_folder
+    from wb_pipeline.core.data.folder_check import check_wb_folder
 
     result = check_wb_folder(args.raw_dir)
     for note in result.notes:
@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     if result.problem is not None:
         print(f"check_raw: cannot start a run on {args.raw_dir}: {result.problem}", file=sys.stderr)
         return 2
-    products = " + ".join(f"{n} {name.removeprefix('wb_school_').removesuffix('.parquet')}"
-                          for name, n in result.counts.items() if name != "photos")
+    products = " + ".join(
+        f"{n} {name.removeprefix('wb_school_').removesuffix('.parquet')}"
+        for name, n in result.counts.items()
+        if name != "photos"
+    )
     print(f"check_raw: {args.raw_dir} is ready: {products} products, {result.counts.get('photos', 0)} photos")
     return 0
 

@@ -76,17 +76,27 @@ def build_definitions(
     layout = settings.layout(storage_dir, models_dir)
     incoming_dir = incoming_dir or settings.incoming_dir()
     n_shards = n_shards or settings.n_shards()
-    sharded = [*ingestion_assets.build_image_index_assets(n_shards),
-               *preprocessing_assets.build_product_text_assets(n_shards),
-               *embeddings_assets.build_embedding_assets(n_shards, encoder_op_tags)]
+    sharded = [
+        *ingestion_assets.build_image_index_assets(n_shards),
+        *preprocessing_assets.build_product_text_assets(n_shards),
+        *embeddings_assets.build_embedding_assets(n_shards, encoder_op_tags),
+    ]
     return dg.Definitions(
         assets=[*dg.load_assets_from_modules(ASSET_MODULES), *sharded],
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
-        jobs=[jobs.full_pipeline, jobs.reembed_new_products, jobs.refresh_search_index, jobs.predict_new_drops,
-              jobs.retrain_models],
+        jobs=[
+            jobs.full_pipeline,
+            jobs.reembed_new_products,
+            jobs.refresh_search_index,
+            jobs.predict_new_drops,
+            jobs.retrain_models,
+        ],
         schedules=[jobs.build_reembed_schedule(incoming_dir, n_shards, settings.reembed_cron())],
-        sensors=[jobs.build_incoming_sensor(incoming_dir), jobs.predict_new_drops_sensor,
-                 jobs.build_retrain_sensor(retrain_policy or settings.retrain_policy())],
+        sensors=[
+            jobs.build_incoming_sensor(incoming_dir),
+            jobs.predict_new_drops_sensor,
+            jobs.build_retrain_sensor(retrain_policy or settings.retrain_policy()),
+        ],
         resources={
             "raw_data": WBRawData(raw_dir=raw_dir or settings.raw_dir(), incoming_dir=incoming_dir),
             "io_manager": WBStorageIOManager(base_dir=layout.base_dir, n_shards=n_shards),

@@ -112,7 +112,8 @@ class _PoolSafeDaskExecutor(DaskExecutor):
     def execute(self, plan_context, execution_plan):
         if not plan_context.instance.is_persistent:
             raise dg.DagsterInvariantViolationError(
-                "the dask executor needs a persistent Dagster instance: the workers open it from its ref")
+                "the dask executor needs a persistent Dagster instance: the workers open it from its ref"
+            )
         run = plan_context.dagster_run
         if self.cluster_type == "existing":
             cluster = self.cluster_configuration["address"]
@@ -120,17 +121,27 @@ class _PoolSafeDaskExecutor(DaskExecutor):
             module, name = _DASK_CLUSTERS[self.cluster_type]
             cluster = getattr(importlib.import_module(module), name)(**self.build_dict(plan_context.job_name))
         else:
-            raise ValueError(f"unknown dask cluster type {self.cluster_type!r}: expected 'existing' or one of "
-                             f"{sorted(_DASK_CLUSTERS)}")
+            raise ValueError(
+                f"unknown dask cluster type {self.cluster_type!r}: expected 'existing' or one of "
+                f"{sorted(_DASK_CLUSTERS)}"
+            )
         with dask.distributed.Client(cluster) as client:
             futures: dict[str, dask.distributed.Future] = {}
             for step_level in execution_plan.get_steps_to_execute_by_level():
                 for step in step_level:
                     upstream = [futures[key] for step_input in step.step_inputs for key in step_input.dependency_keys]
-                    call = _StepCall(plan_context.reconstructable_job, run, plan_context.run_config, [step.key],
-                                     plan_context.instance.get_ref(), execution_plan.known_state)
+                    call = _StepCall(
+                        plan_context.reconstructable_job,
+                        run,
+                        plan_context.run_config,
+                        [step.key],
+                        plan_context.instance.get_ref(),
+                        execution_plan.known_state,
+                    )
                     futures[step.key] = client.submit(
-                        _execute_step_on_worker, upstream, call,
+                        _execute_step_on_worker,
+                        upstream,
+                        call,
                         key=f"{plan_context.job_name}.{step.key}.{run.run_id}",
                         resources=get_dask_resource_requirements(step.tags),
                     )
@@ -139,8 +150,9 @@ class _PoolSafeDaskExecutor(DaskExecutor):
                 yield from step_events.events
 
 
-@dg.executor(name="dask", config_schema=dask_executor.config_schema,
-             requirements=dg.multiple_process_executor_requirements())
+@dg.executor(
+    name="dask", config_schema=dask_executor.config_schema, requirements=dg.multiple_process_executor_requirements()
+)
 def pool_safe_dask_executor(init_context) -> DaskExecutor:
     """`dagster_dask.dask_executor` (same config: `cluster: {existing: {address: ...}}`, `local`, ...)
     that also runs jobs whose steps declare a pool, as ours do. Dask does not apply Dagster pools:
@@ -150,13 +162,18 @@ def pool_safe_dask_executor(init_context) -> DaskExecutor:
     return _PoolSafeDaskExecutor(cluster_type, cluster_configuration)
 
 
-def _definitions_on(executor_def: dg.ExecutorDefinition | None, jobs: list | None = None,
-                     encoder_op_tags: Mapping[str, object] | None = None) -> dg.Definitions:
+def _definitions_on(
+    executor_def: dg.ExecutorDefinition | None,
+    jobs: list | None = None,
+    encoder_op_tags: Mapping[str, object] | None = None,
+) -> dg.Definitions:
     """`build_definitions()` (folders from the environment, models from `WB_PIPELINE_MODELS_DIR` when
     set) with another executor and/or other jobs."""
     base = build_definitions(encoder_op_tags=encoder_op_tags)
     return dg.Definitions(
-        assets=base.assets, asset_checks=base.asset_checks, resources=base.resources,
+        assets=base.assets,
+        asset_checks=base.asset_checks,
+        resources=base.resources,
         jobs=base.jobs if jobs is None else jobs,
         schedules=base.schedules if jobs is None else None,
         sensors=base.sensors if jobs is None else None,
@@ -179,7 +196,7 @@ def full_pipeline_on_dask() -> dg.JobDefinition:
     return _definitions_on(None, jobs=[job]).resolve_job_def(DASK_JOB_NAME)
 
 
-def reconstructable_full_pipeline_on_dask() -> "ReconstructableJob":
+def reconstructable_full_pipeline_on_dask() -> ReconstructableJob:
     """`full_pipeline_on_dask()` in the form `dg.execute_job` needs: a pointer to this module's
     factory, which each dask worker calls to rebuild the job."""
     return dg.build_reconstructable_job(__name__, full_pipeline_on_dask.__name__)
@@ -188,8 +205,10 @@ def reconstructable_full_pipeline_on_dask() -> "ReconstructableJob":
 def dask_run_config(scheduler_address: str, run_config: Mapping | None = None) -> dict:
     """`run_config` (ops/resources sections, optional) plus the executor section that points the
     dask executor at an existing scheduler, e.g. `tcp://10.0.0.5:8786`."""
-    return {**dict(run_config or {}),
-            "execution": {"config": {"cluster": {"existing": {"address": scheduler_address}}}}}
+    return {
+        **dict(run_config or {}),
+        "execution": {"config": {"cluster": {"existing": {"address": scheduler_address}}}},
+    }
 
 
 def k8s_definitions() -> dg.Definitions:
@@ -207,8 +226,11 @@ def k8s_definitions() -> dg.Definitions:
 # count. One GPU each (the `embedding` pool caps how many run at once), CPU for decoding JPEGs /
 # tokenizing alongside, memory for the model, the chunk in flight and ONE shard's table.
 ENCODER_STEP_K8S_CONFIG = {
-    "container_config": {"resources": {"requests": {"cpu": "4", "memory": "8Gi"},
-                                       "limits": {"memory": "16Gi", "nvidia.com/gpu": "1"}}},
-    "pod_spec_config": {"node_selector": {"nvidia.com/gpu.present": "true"},
-                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    "container_config": {
+        "resources": {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "16Gi", "nvidia.com/gpu": "1"}}
+    },
+    "pod_spec_config": {
+        "node_selector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
 }

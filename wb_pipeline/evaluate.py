@@ -17,28 +17,49 @@ import pandas as pd
 
 from wb_pipeline.cli_args import int_at_least
 from wb_pipeline.core.data import cleaning, images, storage
-from wb_pipeline.core.models import clustering, contrastive
+from wb_pipeline.core.data.ingestion import one_line
 from wb_pipeline.core.embeddings.vectors import read_embedding_table
 from wb_pipeline.core.evaluation import report, training_seeds
 from wb_pipeline.core.evaluation.retrieval import cross_validated_retrieval, summarise_retrieval
-from wb_pipeline.core.data.ingestion import one_line
+from wb_pipeline.core.models import clustering, contrastive
 
-REQUIRED_ASSETS = ("text_embeddings", "image_embeddings", "joint_embeddings", "product_labels", "clean_products",
-                   "rejected_products", "image_index", "raw_products_train", "raw_products_test",
-                   "classification_report", "clustering_report", "contrastive_model")
+REQUIRED_ASSETS = (
+    "text_embeddings",
+    "image_embeddings",
+    "joint_embeddings",
+    "product_labels",
+    "clean_products",
+    "rejected_products",
+    "image_index",
+    "raw_products_train",
+    "raw_products_test",
+    "classification_report",
+    "clustering_report",
+    "contrastive_model",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wb_pipeline.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("storage_dir", help="the run's WB_PIPELINE_STORAGE_DIR")
     parser.add_argument("--name", default=None, help="title of the report (default: the folder name)")
-    parser.add_argument("--folds", type=int_at_least(2), default=5, help="group folds of the retrieval cross-validation")
-    parser.add_argument("--cluster-seeds", type=int_at_least(0), default=5,
-                        help="UMAP/KMeans seeds of the equal-k clustering comparison (0 = skip it; each seed "
-                        "reduces every space once more)")
-    parser.add_argument("--train-seeds", type=int_at_least(1), default=3,
-                        help="training seeds of the joint space in that comparison: the run's model and N - 1 "
-                        "retrained on all pairs with the run's config and another seed (1 = the run's only)")
+    parser.add_argument(
+        "--folds", type=int_at_least(2), default=5, help="group folds of the retrieval cross-validation"
+    )
+    parser.add_argument(
+        "--cluster-seeds",
+        type=int_at_least(0),
+        default=5,
+        help="UMAP/KMeans seeds of the equal-k clustering comparison (0 = skip it; each seed "
+        "reduces every space once more)",
+    )
+    parser.add_argument(
+        "--train-seeds",
+        type=int_at_least(1),
+        default=3,
+        help="training seeds of the joint space in that comparison: the run's model and N - 1 "
+        "retrained on all pairs with the run's config and another seed (1 = the run's only)",
+    )
     args = parser.parse_args(argv)
     root = storage.as_upath(args.storage_dir)
     assets = storage.StorageLayout(args.storage_dir).assets
@@ -58,21 +79,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate: the run's assets under {assets} are not readable: {one_line(error)}", file=sys.stderr)
         return 2
     try:
-        folds = cross_validated_retrieval(text.vectors, image.vectors, keys["title_key"].tolist(),
-                                          keys["image_key"].tolist(), n_splits=args.folds)
+        folds = cross_validated_retrieval(
+            text.vectors, image.vectors, keys["title_key"].tolist(), keys["image_key"].tolist(), n_splits=args.folds
+        )
     except ValueError as error:  # fewer duplicate groups than folds
         print(f"evaluate: --folds {args.folds}: {one_line(error)}", file=sys.stderr)
         return 2
-    seeds = clustering_over_seeds(text, image, keys, read("joint_embeddings"), read("product_labels"),
-                                  read("contrastive_model"), args.cluster_seeds, args.train_seeds)
+    seeds = clustering_over_seeds(
+        text,
+        image,
+        keys,
+        read("joint_embeddings"),
+        read("product_labels"),
+        read("contrastive_model"),
+        args.cluster_seeds,
+        args.train_seeds,
+    )
     n_input = sum(len(frame) for frame in raw)
-    tables = report.quality_tables(read("classification_report"), summarise_retrieval(folds),
-                                   read("clustering_report"), read("rejected_products"), n_input, seeds)
-    notes = {"storage": str(root), "input products": n_input, "clean products": len(clean),
-             "paired products (text + image)": len(text), "retrieval folds": args.folds,
-             "clustering seeds": args.cluster_seeds, "joint-space training seeds": max(1, args.train_seeds),
-             **input_value_notes(raw, assets / "image_members.parquet"),
-             "evaluation seconds": round(time.perf_counter() - started, 1)}
+    tables = report.quality_tables(
+        read("classification_report"),
+        summarise_retrieval(folds),
+        read("clustering_report"),
+        read("rejected_products"),
+        n_input,
+        seeds,
+    )
+    notes = {
+        "storage": str(root),
+        "input products": n_input,
+        "clean products": len(clean),
+        "paired products (text + image)": len(text),
+        "retrieval folds": args.folds,
+        "clustering seeds": args.cluster_seeds,
+        "joint-space training seeds": max(1, args.train_seeds),
+        **input_value_notes(raw, assets / "image_members.parquet"),
+        "evaluation seconds": round(time.perf_counter() - started, 1),
+    }
     title = f"Quality of the run on {args.name or root.name}"
     markdown = report.to_markdown(title, tables, notes)
     storage.atomic_write_bytes(root / "quality.md", markdown.encode("utf-8"))
@@ -92,7 +134,8 @@ def input_value_notes(raw_tables: list, image_members_path) -> dict[str, str]:
     if image_members_path.exists():
         members = storage.read_parquet(image_members_path, columns=["member"])["member"]
         notes["zip members never read (not a plain {nm}.jpg)"] = _counted(
-            members.map(images.member_name_rejection).dropna())
+            members.map(images.member_name_rejection).dropna()
+        )
     return notes
 
 
@@ -103,8 +146,9 @@ def _counted(reasons: pd.Series) -> str:
     return f"{len(reasons)} ({', '.join(f'{reason} {n}' for reason, n in reasons.value_counts().items())})"
 
 
-def clustering_over_seeds(text, image, keys, joint_embeddings, product_labels, contrastive_model, n_seeds: int,
-                          n_train_seeds: int):
+def clustering_over_seeds(
+    text, image, keys, joint_embeddings, product_labels, contrastive_model, n_seeds: int, n_train_seeds: int
+):
     """The run's four spaces re-clustered at equal k under seeds 0..n-1 (the run's own is seed 0), and the
     joint space retrained under `n_train_seeds` - 1 other training seeds with the run's saved config."""
     if n_seeds <= 0:
@@ -114,10 +158,13 @@ def clustering_over_seeds(text, image, keys, joint_embeddings, product_labels, c
     _, info = contrastive.load_joint_model(storage.as_upath(contrastive.model_folder(contrastive_model)))
     config = contrastive.config_from_json(info["config"])
     others = [config.seed + i for i in range(1, max(1, n_train_seeds))]
-    retrained = training_seeds.retrained_joint_vectors(text.vectors, image.vectors, keys["title_key"].tolist(),
-                                                       keys["image_key"].tolist(), config, others)
-    return training_seeds.equal_k_over_training_seeds(spaces, config.seed, retrained, targets,
-                                                      clustering.CLUSTERING_RECIPES, range(n_seeds))
+    retrained = training_seeds.retrained_joint_vectors(
+        text.vectors, image.vectors, keys["title_key"].tolist(), keys["image_key"].tolist(), config, others
+    )
+    return training_seeds.equal_k_over_training_seeds(
+        spaces, config.seed, retrained, targets, clustering.CLUSTERING_RECIPES, range(n_seeds)
+    )
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -41,27 +41,39 @@ def latest_index_folder(storage_dir: str) -> str:
     if not path.exists():
         raise NotMaterialized(
             f"no product index materialized under {storage_dir} (no {path}): materialize the "
-            "`search` group first, e.g. `make run` or `dagster job execute -m wb_pipeline.definitions -j full_pipeline`")
+            "`search` group first, e.g. `make run` or `dagster job execute -m wb_pipeline.definitions -j full_pipeline`"
+        )
     try:
         table = storage.read_parquet(path, columns=["index_folder"])
-    except (OSError, ValueError) as error:  # a folder, FIFO or garbage in place of the table (ArrowInvalid is a ValueError)
-        raise NotMaterialized(f"{path} is not a readable product index table ({one_line(error)}): "
-                              "re-materialize the `search` group") from None
+    except (
+        OSError,
+        ValueError,
+    ) as error:  # a folder, FIFO or garbage in place of the table (ArrowInvalid is a ValueError)
+        raise NotMaterialized(
+            f"{path} is not a readable product index table ({one_line(error)}): re-materialize the `search` group"
+        ) from None
     if "index_folder" not in table.columns:
-        raise NotMaterialized(f"{path} has no 'index_folder' column: not a product index table; "
-                              "re-materialize the `search` group")
+        raise NotMaterialized(
+            f"{path} has no 'index_folder' column: not a product index table; re-materialize the `search` group"
+        )
     folders = table["index_folder"].dropna().unique()
     if len(folders) != 1:
         raise NotMaterialized(f"{path}: expected one index folder, found {len(folders)}: {list(folders)[:3]}")
     return str(folders[0])
 
 
-def open_searcher(storage_dir: str | None = None, models_dir: str | None = None, need: str = "text",
-                  threads: int = 1, ef_search: int | None = None, definitions=None):
+def open_searcher(
+    storage_dir: str | None = None,
+    models_dir: str | None = None,
+    need: str = "text",
+    threads: int = 1,
+    ef_search: int | None = None,
+    definitions=None,
+):
     """A `Searcher` over the latest build, with the encoder a `need` ("text" / "image") query uses."""
-    from wb_pipeline.core.models.contrastive import load_joint_model
     from wb_pipeline.core.data.images import ImageConfig
     from wb_pipeline.core.data.ingestion import one_line
+    from wb_pipeline.core.models.contrastive import load_joint_model
     from wb_pipeline.core.search.query import Searcher
     from wb_pipeline.core.search.spaces import uses_joint_model
     from wb_pipeline.core.search.store import load_build
@@ -78,7 +90,9 @@ def open_searcher(storage_dir: str | None = None, models_dir: str | None = None,
         try:
             joint_model, _ = load_joint_model(manifest["joint_model"])
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise NotMaterialized(f"the index's joint model {manifest.get('joint_model')!r} cannot be loaded: {error}") from error
+            raise NotMaterialized(
+                f"the index's joint model {manifest.get('joint_model')!r} cannot be loaded: {error}"
+            ) from error
     if definitions is None:
         definitions = _definitions_for(storage_dir, models_dir)
     resources = definitions.resources
@@ -91,7 +105,8 @@ def open_searcher(storage_dir: str | None = None, models_dir: str | None = None,
             raise NotMaterialized(
                 f"the index was built from text vectors of encoder {recorded['text'][:12]}…, but the configured text "
                 f"encoder is {product_side.fingerprint[:12]}… ({product_side!r}): re-materialize the pipeline with "
-                "this encoder, or configure the one it used")
+                "this encoder, or configure the one it used"
+            )
         text_encoder = resource.build_query_encoder()
     else:
         image_encoder = resources["image_encoder"].build()
@@ -99,12 +114,19 @@ def open_searcher(storage_dir: str | None = None, models_dir: str | None = None,
         if fingerprint != "unknown" and not fingerprint.startswith(image_encoder.fingerprint):
             raise NotMaterialized(
                 f"the index was built from image vectors of encoder {fingerprint[:12]}…, but the configured image "
-                f"encoder is {image_encoder.fingerprint[:12]}…: re-materialize, or configure the one it used")
+                f"encoder is {image_encoder.fingerprint[:12]}…: re-materialize, or configure the one it used"
+            )
         if not (manifest.get("image_decode") or {}).get("draft", True):
             image_encoder = _FullDecode(image_encoder)
     decode = manifest.get("image_decode") or {}
-    return Searcher(build, text_encoder=text_encoder, image_encoder=image_encoder, joint_model=joint_model,
-                    image_config=ImageConfig(channel_order=decode.get("channel_order", "RGB")), threads=threads)
+    return Searcher(
+        build,
+        text_encoder=text_encoder,
+        image_encoder=image_encoder,
+        joint_model=joint_model,
+        image_config=ImageConfig(channel_order=decode.get("channel_order", "RGB")),
+        threads=threads,
+    )
 
 
 def _definitions_for(storage_dir: str, models_dir: str | None):
@@ -125,13 +147,18 @@ class _FullDecode:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wb_pipeline.search", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m wb_pipeline.search",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("query", nargs="?", help="the text to search for")
     parser.add_argument("--image", metavar="PATH", help="search by this photo instead of a text")
     parser.add_argument("--top", type=int_at_least(1), default=10, help="how many products to print (default 10)")
     parser.add_argument("--storage", help="storage dir (default: WB_PIPELINE_STORAGE_DIR, else storage/)")
-    parser.add_argument("--models-dir", help="converted encoder models (default: WB_PIPELINE_MODELS_DIR, else <storage>/models)")
+    parser.add_argument(
+        "--models-dir", help="converted encoder models (default: WB_PIPELINE_MODELS_DIR, else <storage>/models)"
+    )
     parser.add_argument("--ef-search", type=int_at_least(1), help="HNSW search effort (default: the index's)")
     parser.add_argument("--threads", type=int_at_least(1), default=1, help="faiss threads for the search (default 1)")
     parser.add_argument("--timing", action="store_true", help="print the query's latency to stderr")
@@ -146,11 +173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             clean_query_text(args.query)  # an empty query fails before any model loads
         else:
             check_image_file(args.image)  # so does a folder, a FIFO, a device or an oversized file
-        searcher = open_searcher(args.storage, args.models_dir, "image" if args.image is not None else "text",
-                                 args.threads, args.ef_search)
+        searcher = open_searcher(
+            args.storage, args.models_dir, "image" if args.image is not None else "text", args.threads, args.ef_search
+        )
+
         def run():
-            return (searcher.search_image(args.image, args.top) if args.image is not None
-                    else searcher.search_text(args.query, args.top))
+            return (
+                searcher.search_image(args.image, args.top)
+                if args.image is not None
+                else searcher.search_text(args.query, args.top)
+            )
 
         started = time.perf_counter()
         results = run()
@@ -169,9 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if output:
         print(output)
     if args.timing:
-        print(f"search: {len(results)} results in {seconds * 1000:.1f} ms warm, {first_seconds * 1000:.0f} ms with "
-              f"the model load (space {searcher.space}, {searcher.build.index.kind} index of "
-              f"{searcher.build.index.size})", file=sys.stderr)
+        print(
+            f"search: {len(results)} results in {seconds * 1000:.1f} ms warm, {first_seconds * 1000:.0f} ms with "
+            f"the model load (space {searcher.space}, {searcher.build.index.kind} index of "
+            f"{searcher.build.index.size})",
+            file=sys.stderr,
+        )
     return 0
 
 

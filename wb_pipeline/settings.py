@@ -48,8 +48,15 @@ RETRAIN_ENV = {
 }
 
 #: Every variable this module reads (the README's configuration table lists each; a test checks it).
-VARIABLES = (RAW_DIR_ENV, STORAGE_DIR_ENV, INCOMING_DIR_ENV, MODELS_DIR_ENV, SHARDS_ENV, REEMBED_CRON_ENV,
-             *RETRAIN_ENV.values())
+VARIABLES = (
+    RAW_DIR_ENV,
+    STORAGE_DIR_ENV,
+    INCOMING_DIR_ENV,
+    MODELS_DIR_ENV,
+    SHARDS_ENV,
+    REEMBED_CRON_ENV,
+    *RETRAIN_ENV.values(),
+)
 
 
 def _read(name: str) -> str | None:
@@ -138,8 +145,12 @@ def effective() -> dict[str, str]:
     """Every setting with the value in effect (defaults resolved), by short name."""
     policy = retrain_policy()
     return {
-        "raw_dir": raw_dir(), "storage_dir": storage_dir(), "incoming_dir": incoming_dir(),
-        "models_dir": layout().encoder_models, "shards": str(n_shards()), "reembed_cron": reembed_cron(),
+        "raw_dir": raw_dir(),
+        "storage_dir": storage_dir(),
+        "incoming_dir": incoming_dir(),
+        "models_dir": layout().encoder_models,
+        "shards": str(n_shards()),
+        "reembed_cron": reembed_cron(),
         **{name: str(getattr(policy, name)) for name in RETRAIN_ENV},
     }
 
@@ -153,8 +164,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.get:
         print(values[args.get])
         return 0
-    variables = dict(zip(names, (RAW_DIR_ENV, STORAGE_DIR_ENV, INCOMING_DIR_ENV, MODELS_DIR_ENV, SHARDS_ENV,
-                                 REEMBED_CRON_ENV, *RETRAIN_ENV.values())))
+    variables = dict(
+        zip(
+            names,
+            (
+                RAW_DIR_ENV,
+                STORAGE_DIR_ENV,
+                INCOMING_DIR_ENV,
+                MODELS_DIR_ENV,
+                SHARDS_ENV,
+                REEMBED_CRON_ENV,
+                *RETRAIN_ENV.values(),
+            ),
+        )
+    )
     for name, value in values.items():
         source = "set" if _read(variables[name]) else "default"
         print(f"{variables[name]:<34} {value}  ({source})")

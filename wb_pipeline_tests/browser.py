@@ -50,8 +50,10 @@ TERMINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 # `dagster dev` shuts down on SIGINT/SIGTERM, but maps SIGTERM to whatever SIGINT does, and a child
 # of a background job inherits SIGINT *ignored*: it would then ignore both. Start it through a
 # Python that installs a SIGINT handler and execs (a handled signal becomes the default on exec).
-_EXEC_WITH_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                     "os.execv(sys.argv[1], sys.argv[1:])")
+_EXEC_WITH_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def find_executable(names: Iterable[str], what: str) -> str:
@@ -61,8 +63,10 @@ def find_executable(names: Iterable[str], what: str) -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise RuntimeError(f"{what} not found on PATH (looked for {', '.join(names)}); "
-                       f"install the Debian packages `chromium` and `chromium-driver`")
+    raise RuntimeError(
+        f"{what} not found on PATH (looked for {', '.join(names)}); "
+        f"install the Debian packages `chromium` and `chromium-driver`"
+    )
 
 
 def chromium_driver(user_data_dir: Path, window_size: tuple[int, int] = WINDOW_SIZE) -> WebDriver:
@@ -114,8 +118,9 @@ class DagsterDevServer:
     def __enter__(self) -> DagsterDevServer:
         command = [sys.executable, "-c", _EXEC_WITH_SIGINT, *self._command]
         with open(self.log_path, "wb") as log:
-            self._process = subprocess.Popen(command, env=self._env, cwd=self._cwd, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+            self._process = subprocess.Popen(
+                command, env=self._env, cwd=self._cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -150,8 +155,7 @@ class DagsterDevServer:
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         """POST one GraphQL query to the webserver; returns `data` (errors raise)."""
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(f"{self.url}/graphql", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             payload = json.load(response)
         if payload.get("errors"):
@@ -169,7 +173,9 @@ class DagsterDevServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.url}/server_info did not answer in {timeout_s:.0f} s; log:\n{self.log_tail()}")
+                raise TimeoutError(
+                    f"{self.url}/server_info did not answer in {timeout_s:.0f} s; log:\n{self.log_tail()}"
+                )
             time.sleep(0.5)
         query = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
             name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
@@ -211,8 +217,9 @@ def wait_for_lines(driver: WebDriver, expected: Iterable[str], timeout_s: float,
         raise AssertionError(f"{what}: not shown after {timeout_s:.0f} s: {missing} ({driver.current_url})") from None
 
 
-def wait_for_graph_nodes(driver: WebDriver, names: Iterable[str], timeout_s: float, what: str,
-                         max_zoom_outs: int = 8) -> None:
+def wait_for_graph_nodes(
+    driver: WebDriver, names: Iterable[str], timeout_s: float, what: str, max_zoom_outs: int = 8
+) -> None:
     """Until every asset of `names` has been drawn in the lineage graph on screen. The graph renders only
     the nodes inside its viewport, so when some stay missing this zooms out (the graph's own zoom-out
     button) and looks again; a clear error listing the ones never drawn otherwise."""
@@ -242,8 +249,11 @@ def dismiss_community_dialog(driver: WebDriver, server: DagsterDevServer, timeou
     skip = "//button[normalize-space()='Skip']"
     try:
         WebDriverWait(driver, timeout_s, poll_frequency=0.25).until(
-            lambda d: "Join the Dagster community" in d.find_element(By.TAG_NAME, "body").text
-            and d.find_elements(By.XPATH, skip))
+            lambda d: (
+                "Join the Dagster community" in d.find_element(By.TAG_NAME, "body").text
+                and d.find_elements(By.XPATH, skip)
+            )
+        )
     except TimeoutException:
         raise AssertionError(f"the server expects the community dialog, none shown after {timeout_s:.0f} s") from None
     driver.find_element(By.XPATH, skip).click()
@@ -266,6 +276,7 @@ return null;
 def catalog_asset_names(driver: WebDriver) -> set[str]:
     """Names of every asset in the (virtualised) asset catalog list: scrolls its container top to
     bottom, collecting the asset links rendered at each position."""
+
     def visible() -> set[str]:
         names = set()
         for link in driver.find_elements(By.CSS_SELECTOR, 'a[href^="/assets/"]'):
@@ -283,7 +294,8 @@ def catalog_asset_names(driver: WebDriver) -> set[str]:
         time.sleep(0.2)  # let the virtual list render the rows at the new position
         names |= visible()
         at_bottom = driver.execute_script(
-            "const s = arguments[0]; return s.scrollTop + s.clientHeight >= s.scrollHeight - 1", scroller)
+            "const s = arguments[0]; return s.scrollTop + s.clientHeight >= s.scrollHeight - 1", scroller
+        )
         if at_bottom:
             break
         driver.execute_script("arguments[0].scrollTop += arguments[0].clientHeight / 2", scroller)

@@ -48,16 +48,44 @@ def tiny_st_folder(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     root = tmp_path_factory.mktemp("tiny_st")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "платье", "женское", "кроссовки", "мужские", "query:",
-             "passage:", "летнее", "42", "хлопок", "x"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "платье",
+        "женское",
+        "кроссовки",
+        "мужские",
+        "query:",
+        "passage:",
+        "летнее",
+        "42",
+        "хлопок",
+        "x",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                 sep_token="[SEP]", model_max_length=32)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        model_max_length=32,
+    )
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     BertModel(config).save_pretrained(root / "hf")
     hf.save_pretrained(root / "hf")
     modules = [Transformer(str(root / "hf"), max_seq_length=32), Pooling(16, pooling_mode="mean"), Normalize()]

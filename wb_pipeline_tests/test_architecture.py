@@ -81,10 +81,16 @@ def test_definitions_load_with_every_group_and_check():
     assert set(predict.asset_layer.executable_asset_keys) == per_drop and predict.partitions_def is not None
     retrain = defs.resolve_job_def("retrain_models")
     assert {"contrastive_model", "joint_embeddings", "label_classifiers", "fusion_classifier", "product_labels"} <= {
-        key.to_user_string() for key in retrain.asset_layer.executable_asset_keys}
+        key.to_user_string() for key in retrain.asset_layer.executable_asset_keys
+    }
     assert retrain.partitions_def is None and full.partitions_def is None
     refresh = defs.resolve_job_def("refresh_search_index")
     assert {key.to_user_string() for key in refresh.asset_layer.executable_asset_keys} == {
-        "joint_embeddings", "product_index", "similar_products", "duplicate_groups", "duplicate_report"}
+        "joint_embeddings",
+        "product_index",
+        "similar_products",
+        "duplicate_groups",
+        "duplicate_report",
+    }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key.to_user_string()} has no description"

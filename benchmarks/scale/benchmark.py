@@ -21,10 +21,22 @@ from .stages import DASK_WORKERS, REAL_PRODUCTS, TARGET_MINUTES, TARGET_TEXT_SPE
 from .text_baseline import fp32_reference_encoder, measure_text_baseline
 
 
-def run_benchmark(raw_dir: Path, work_dir: Path, models_dir: Path, *, n_products: int, baseline_subset: int,
-                  reps: int = 1, text_encoder=None, image_encoder=None,
-                  reference_factory: Callable[[], Any] | None = None, log_level: str = "WARNING",
-                  n_shards: int | None = None, executor: str = "in_process", dask: bool = False) -> dict[str, Any]:
+def run_benchmark(
+    raw_dir: Path,
+    work_dir: Path,
+    models_dir: Path,
+    *,
+    n_products: int,
+    baseline_subset: int,
+    reps: int = 1,
+    text_encoder=None,
+    image_encoder=None,
+    reference_factory: Callable[[], Any] | None = None,
+    log_level: str = "WARNING",
+    n_shards: int | None = None,
+    executor: str = "in_process",
+    dask: bool = False,
+) -> dict[str, Any]:
     """The whole benchmark on an existing WB-layout dataset in `raw_dir` of `n_products` products.
 
     Returns a JSON-safe dict: `stages` (the table rows), `table` (header + printed lines), `steps` and
@@ -42,17 +54,38 @@ def run_benchmark(raw_dir: Path, work_dir: Path, models_dir: Path, *, n_products
         raise ValueError(f"executor {executor!r}: the measured run is in_process or multiprocess (dask: dask=True)")
     n_shards = n_shards or settings.n_shards()
     text_encoder = text_encoder or TextEncoderResource(cache_dir=str(models_dir))
-    run = run_pipeline(raw_dir, work_dir / executor, models_dir, text_encoder=text_encoder,
-                       image_encoder=image_encoder, log_level=log_level, n_shards=n_shards, executor=executor)
+    run = run_pipeline(
+        raw_dir,
+        work_dir / executor,
+        models_dir,
+        text_encoder=text_encoder,
+        image_encoder=image_encoder,
+        log_level=log_level,
+        n_shards=n_shards,
+        executor=executor,
+    )
     dask_result = None
     if dask:  # same data, same selection, fresh storage (empty caches): the same work
-        dask_run = run_pipeline(raw_dir, work_dir / "dask", models_dir, text_encoder=text_encoder,
-                                image_encoder=image_encoder, log_level=log_level, n_shards=n_shards,
-                                executor="dask", load_product_text=False)
-        dask_result = {**_run_summary(dask_run), "workers": DASK_WORKERS, "threads_per_worker": 1,
-                       "compared_with": executor, "compared_wall_s": run.run_wall_s,
-                       "wall_ratio": dask_run.run_wall_s / run.run_wall_s,
-                       "speedup": run.run_wall_s / dask_run.run_wall_s}
+        dask_run = run_pipeline(
+            raw_dir,
+            work_dir / "dask",
+            models_dir,
+            text_encoder=text_encoder,
+            image_encoder=image_encoder,
+            log_level=log_level,
+            n_shards=n_shards,
+            executor="dask",
+            load_product_text=False,
+        )
+        dask_result = {
+            **_run_summary(dask_run),
+            "workers": DASK_WORKERS,
+            "threads_per_worker": 1,
+            "compared_with": executor,
+            "compared_wall_s": run.run_wall_s,
+            "wall_ratio": dask_run.run_wall_s / run.run_wall_s,
+            "speedup": run.run_wall_s / dask_run.run_wall_s,
+        }
     reference = (reference_factory or (lambda: fp32_reference_encoder(models_dir)))()
     baseline = measure_text_baseline(run.product_text, baseline_subset, text_encoder, reference, work_dir, reps)
     text_rate = baseline["real_length"]["pipeline_texts_per_s"]
@@ -76,11 +109,15 @@ def run_benchmark(raw_dir: Path, work_dir: Path, models_dir: Path, *, n_products
         "dask": dask_result,
         "text_baseline": baseline,
         "projection": {
-            "real_products": REAL_PRODUCTS, "product_scale": REAL_PRODUCTS / n_products,
+            "real_products": REAL_PRODUCTS,
+            "product_scale": REAL_PRODUCTS / n_products,
             "text_rate_real_length": text_rate,
-            "total_s": projected_s, "total_min": projected_s / 60, "target_min": TARGET_MINUTES,
+            "total_s": projected_s,
+            "total_min": projected_s / 60,
+            "target_min": TARGET_MINUTES,
             "target_met": projected_s / 60 <= TARGET_MINUTES,
-            "real_token_factor": baseline["real_token_factor"], "total_min_if_more_tokens": if_more_tokens_s / 60,
+            "real_token_factor": baseline["real_token_factor"],
+            "total_min_if_more_tokens": if_more_tokens_s / 60,
             "text_stage_rows_per_s": text_stage.rows_per_s,
             "text_speedup_real_length": baseline["real_length"]["speedup"],
             "text_speedup_target": TARGET_TEXT_SPEEDUP,

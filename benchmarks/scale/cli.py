@@ -29,28 +29,54 @@ from .stages import (
 def main() -> int:
     parser = argparse.ArgumentParser(description=sys.modules["benchmarks.scale"].__doc__.split("\n")[0])
     parser.add_argument("--products", type=int, default=None, help=f"generated products (default {DEFAULT_PRODUCTS:,})")
-    parser.add_argument("--short", action="store_true", help=f"{SHORT_PRODUCTS:,} products, subset "
-                                                             f"{SHORT_BASELINE_SUBSET} (CI)")
+    parser.add_argument(
+        "--short", action="store_true", help=f"{SHORT_PRODUCTS:,} products, subset {SHORT_BASELINE_SUBSET} (CI)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
-    parser.add_argument("--shards", type=int, default=None,
-                        help="product shards (default: the pipeline's, WB_PIPELINE_SHARDS else 4)")
-    parser.add_argument("--executor", choices=("in_process", "multiprocess"), default="in_process",
-                        help="in_process: one process (as before); multiprocess: each step its own process, one "
-                             "at a time, its peak RSS measured there")
-    parser.add_argument("--dask", action="store_true",
-                        help=f"also run the same selection on a local dask cluster ({DASK_WORKERS} worker "
-                             "processes x 1 thread) and report its wall time against the measured run's")
-    parser.add_argument("--compare", nargs="+", type=Path, default=None, metavar="JSON",
-                        help="print the shard-step peaks of earlier results files side by side, and exit")
+    parser.add_argument(
+        "--shards", type=int, default=None, help="product shards (default: the pipeline's, WB_PIPELINE_SHARDS else 4)"
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("in_process", "multiprocess"),
+        default="in_process",
+        help="in_process: one process (as before); multiprocess: each step its own process, one "
+        "at a time, its peak RSS measured there",
+    )
+    parser.add_argument(
+        "--dask",
+        action="store_true",
+        help=f"also run the same selection on a local dask cluster ({DASK_WORKERS} worker "
+        "processes x 1 thread) and report its wall time against the measured run's",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="print the shard-step peaks of earlier results files side by side, and exit",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="results, generated data and run folders")
     parser.add_argument("--models", type=Path, default=MODELS_DIR, help="converted / exported models (reused)")
-    parser.add_argument("--baseline-subset", type=int, default=None,
-                        help=f"products in the text baseline (default {DEFAULT_BASELINE_SUBSET}, short "
-                             f"{SHORT_BASELINE_SUBSET})")
-    parser.add_argument("--reps", type=int, default=None,
-                        help="repetitions of the text baseline timings, median reported (default 3, short 1)")
-    parser.add_argument("--keep-data", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep the generated dataset for the next run (reused when its spec matches)")
+    parser.add_argument(
+        "--baseline-subset",
+        type=int,
+        default=None,
+        help=f"products in the text baseline (default {DEFAULT_BASELINE_SUBSET}, short {SHORT_BASELINE_SUBSET})",
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="repetitions of the text baseline timings, median reported (default 3, short 1)",
+    )
+    parser.add_argument(
+        "--keep-data",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the generated dataset for the next run (reused when its spec matches)",
+    )
     parser.add_argument("--keep-storage", action="store_true", help="keep the run's output storage folder")
     parser.add_argument("--log-level", default=None, help="Dagster console log level (default: INFO, short: WARNING)")
     args = parser.parse_args()
@@ -73,9 +99,18 @@ def main() -> int:
     args.models.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix=f"run-{n_products}-", dir=args.out))
     try:
-        results = run_benchmark(data_dir, work_dir, args.models, n_products=products, baseline_subset=subset,
-                                reps=reps, log_level=log_level, n_shards=args.shards, executor=args.executor,
-                                dask=args.dask)
+        results = run_benchmark(
+            data_dir,
+            work_dir,
+            args.models,
+            n_products=products,
+            baseline_subset=subset,
+            reps=reps,
+            log_level=log_level,
+            n_shards=args.shards,
+            executor=args.executor,
+            dask=args.dask,
+        )
     finally:
         if not args.keep_storage:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -84,19 +119,35 @@ def main() -> int:
     results["machine"] = machine
     results["load_average"] = {"start": load_start, "end": os.getloadavg()}
     results["data"] = {k: v for k, v in data.items() if k != "manifest"} | {
-        "folder": str(data_dir), "counts": data["manifest"]["counts"]}
+        "folder": str(data_dir),
+        "counts": data["manifest"]["counts"],
+    }
     results["process_peak_rss_mib"] = process_peak_rss_mib()
     json_path, md_path = write_outputs(results, args.out)
 
-    print(f"\nScale benchmark: {products:,} generated products ({data['manifest']['counts']['train']:,} train, "
-          f"{data['manifest']['counts']['test']:,} test), {results['n_shards']} shards, one "
-          f"{args.executor.replace('_', '-')} Dagster run")
-    print(tabulate(results["table"]["lines"], headers=results["table"]["header"], disable_numparse=True,
-                   colalign=("left", *["right"] * (len(results["table"]["header"]) - 1))))
+    print(
+        f"\nScale benchmark: {products:,} generated products ({data['manifest']['counts']['train']:,} train, "
+        f"{data['manifest']['counts']['test']:,} test), {results['n_shards']} shards, one "
+        f"{args.executor.replace('_', '-')} Dagster run"
+    )
+    print(
+        tabulate(
+            results["table"]["lines"],
+            headers=results["table"]["header"],
+            disable_numparse=True,
+            colalign=("left", *["right"] * (len(results["table"]["header"]) - 1)),
+        )
+    )
     for line in summary_lines(results):
         print(line)
     print(f"\nEvery step ({results['shards']['measured_in']} peak RSS):")
-    print(tabulate(results["step_table"]["lines"], headers=results["step_table"]["header"], disable_numparse=True,
-                   colalign=("left", *["right"] * (len(results["step_table"]["header"]) - 1))))
+    print(
+        tabulate(
+            results["step_table"]["lines"],
+            headers=results["step_table"]["header"],
+            disable_numparse=True,
+            colalign=("left", *["right"] * (len(results["step_table"]["header"]) - 1)),
+        )
+    )
     print(f"(results in {json_path} and {md_path})")
     return 0

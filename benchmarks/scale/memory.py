@@ -70,8 +70,10 @@ class RssSampler:
 
 def process_peak_rss_mib() -> dict[str, float]:
     """Peak RSS of this process and of its waited-for children so far (Linux reports KiB)."""
-    return {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {
+        "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
 
 
 def machine_info() -> dict[str, Any]:
@@ -91,11 +93,14 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": model, "cpu_count": os.cpu_count(), "usable_cores": usable,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable,
         "torch_threads": torch.get_num_threads(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(), "torch": torch.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
     }
 
 

@@ -89,8 +89,13 @@ class PipelineRun:
     cluster_start_s: float | None = None  # dask only: starting the local cluster (not in run_wall_s)
 
 
-FORKSERVER_PRELOAD = ("dagster._core.executor.multiprocess", "torch", "onnxruntime", "wb_pipeline.definitions",
-                      "benchmarks.scale.pipeline")
+FORKSERVER_PRELOAD = (
+    "dagster._core.executor.multiprocess",
+    "torch",
+    "onnxruntime",
+    "wb_pipeline.definitions",
+    "benchmarks.scale.pipeline",
+)
 
 
 def benchmark_definitions(parameters: dict[str, Any]):
@@ -106,9 +111,14 @@ def benchmark_definitions(parameters: dict[str, Any]):
     )
 
     defs = build_definitions(
-        raw_dir=parameters["raw_dir"], storage_dir=parameters["storage_dir"], incoming_dir=parameters["incoming_dir"],
-        models_dir=parameters["models_dir"], text_encoder=TextEncoderResource(**parameters["text_encoder"]),
-        image_encoder=ImageEncoderResource(**parameters["image_encoder"]), n_shards=parameters["n_shards"])
+        raw_dir=parameters["raw_dir"],
+        storage_dir=parameters["storage_dir"],
+        incoming_dir=parameters["incoming_dir"],
+        models_dir=parameters["models_dir"],
+        text_encoder=TextEncoderResource(**parameters["text_encoder"]),
+        image_encoder=ImageEncoderResource(**parameters["image_encoder"]),
+        n_shards=parameters["n_shards"],
+    )
     executor = parameters.get("executor", "in_process")
     hooks = None
     if executor == "in_process":
@@ -119,7 +129,8 @@ def benchmark_definitions(parameters: dict[str, Any]):
         # would import dagster, torch and the pipeline again, ~10 s a step on 2 busy cores); the step's
         # peak then includes those imported modules, as any worker process's would.
         executor_def = dg.multiprocess_executor.configured(
-            {"max_concurrent": 1, "start_method": {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}})
+            {"max_concurrent": 1, "start_method": {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}}
+        )
         hooks = {step_memory_hook(parameters["step_memory_log"])}
     elif executor == "dask":
         from wb_pipeline.engines import pool_safe_dask_executor
@@ -127,8 +138,9 @@ def benchmark_definitions(parameters: dict[str, Any]):
         executor_def = pool_safe_dask_executor
     else:
         raise ValueError(f"executor {executor!r}: expected one of {EXECUTORS}")
-    job = dg.define_asset_job(JOB_NAME, selection=dg.AssetSelection.groups(*SELECTED_GROUPS),
-                              executor_def=executor_def, hooks=hooks)
+    job = dg.define_asset_job(
+        JOB_NAME, selection=dg.AssetSelection.groups(*SELECTED_GROUPS), executor_def=executor_def, hooks=hooks
+    )
     return dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
 
 
@@ -145,9 +157,12 @@ def scale_benchmark_job(parameters_json: str):
 def reconstructable_job(parameters: dict[str, Any]):
     import dagster as dg
 
-    return dg.build_reconstructable_job(__spec__.name if __spec__ else "benchmarks.scale.pipeline", "scale_benchmark_job",
-                                        reconstructable_kwargs={"parameters_json": json.dumps(parameters)},
-                                        reconstructor_working_directory=str(BENCH_DIR.parent))
+    return dg.build_reconstructable_job(
+        __spec__.name if __spec__ else "benchmarks.scale.pipeline",
+        "scale_benchmark_job",
+        reconstructable_kwargs={"parameters_json": json.dumps(parameters)},
+        reconstructor_working_directory=str(BENCH_DIR.parent),
+    )
 
 
 class LocalDaskCluster:
@@ -170,8 +185,14 @@ class LocalDaskCluster:
         keep_sigterm_deliverable()  # the workers start after runs of this process: see its docstring
         started = time.perf_counter()
         with dask.config.set({"distributed.worker.daemon": False}):
-            self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, memory_limit=0, host="127.0.0.1")
+            self.cluster = LocalCluster(
+                n_workers=self.n_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                memory_limit=0,
+                host="127.0.0.1",
+            )
         self.start_s = time.perf_counter() - started
         return self
 
@@ -183,9 +204,18 @@ class LocalDaskCluster:
         self.cluster.close()
 
 
-def run_pipeline(raw_dir: Path, work_dir: Path, models_dir: Path, *, text_encoder=None, image_encoder=None,
-                 log_level: str = "WARNING", n_shards: int | None = None, executor: str = "in_process",
-                 load_product_text: bool = True) -> PipelineRun:
+def run_pipeline(
+    raw_dir: Path,
+    work_dir: Path,
+    models_dir: Path,
+    *,
+    text_encoder=None,
+    image_encoder=None,
+    log_level: str = "WARNING",
+    n_shards: int | None = None,
+    executor: str = "in_process",
+    load_product_text: bool = True,
+) -> PipelineRun:
     """Materialise ingestion -> preprocessing -> both embeddings, shard steps included (and their
     checks), in one run over a fresh storage under `work_dir`, on `executor`:
 
@@ -222,15 +252,24 @@ def run_pipeline(raw_dir: Path, work_dir: Path, models_dir: Path, *, text_encode
     incoming_dir.mkdir(parents=True, exist_ok=True)
     memory_log = work_dir / STEP_MEMORY_FILE
     memory_log.unlink(missing_ok=True)
-    parameters = {"raw_dir": str(raw_dir), "storage_dir": str(storage_dir), "incoming_dir": str(incoming_dir),
-                  "models_dir": str(models_dir), "text_encoder": text_encoder.model_dump(),
-                  "image_encoder": image_encoder.model_dump(), "n_shards": n_shards, "executor": executor,
-                  "step_memory_log": str(memory_log)}
+    parameters = {
+        "raw_dir": str(raw_dir),
+        "storage_dir": str(storage_dir),
+        "incoming_dir": str(incoming_dir),
+        "models_dir": str(models_dir),
+        "text_encoder": text_encoder.model_dump(),
+        "image_encoder": image_encoder.model_dump(),
+        "n_shards": n_shards,
+        "executor": executor,
+        "step_memory_log": str(memory_log),
+    }
     defs = benchmark_definitions(parameters)
     planned = {key.to_user_string() for key in defs.resolve_job_def(JOB_NAME).asset_layer.executable_asset_keys}
     if planned != expected_assets(n_shards):
-        raise RuntimeError(f"the benchmark job selects {sorted(planned ^ expected_assets(n_shards))} "
-                           "beyond / short of the stages: update STAGES")
+        raise RuntimeError(
+            f"the benchmark job selects {sorted(planned ^ expected_assets(n_shards))} "
+            "beyond / short of the stages: update STAGES"
+        )
     # python_log_level: also quiets the IO manager's DEBUG lines when loading product_text after the run
     overrides = {"python_logs": {"python_log_level": log_level}}
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
@@ -249,8 +288,9 @@ def run_pipeline(raw_dir: Path, work_dir: Path, models_dir: Path, *, text_encode
             run_config = dask_run_config(cluster.address, run_config)
         with RssSampler() as sampler:
             started = time.perf_counter()
-            with dg.execute_job(reconstructable_job(parameters), instance, run_config=run_config,
-                                raise_on_error=False) as result:
+            with dg.execute_job(
+                reconstructable_job(parameters), instance, run_config=run_config, raise_on_error=False
+            ) as result:
                 run_wall = time.perf_counter() - started
                 success, run_id = result.success, result.run_id
                 failures = [e.message for e in result.all_events if e.is_failure]
@@ -260,9 +300,12 @@ def run_pipeline(raw_dir: Path, work_dir: Path, models_dir: Path, *, text_encode
         for stat in instance.get_run_step_stats(run_id):
             if stat.start_time is None or stat.end_time is None:
                 continue
-            steps[stat.step_key] = {"start": stat.start_time, "end": stat.end_time,
-                                    "seconds": stat.end_time - stat.start_time,
-                                    "peak_rss_mib": sampler.peak_between(stat.start_time, stat.end_time)}
+            steps[stat.step_key] = {
+                "start": stat.start_time,
+                "end": stat.end_time,
+                "seconds": stat.end_time - stat.start_time,
+                "peak_rss_mib": sampler.peak_between(stat.start_time, stat.end_time),
+            }
         step_memory = read_step_memory(memory_log) if executor == "multiprocess" else {}
         if executor == "multiprocess":
             missing = set(steps) - set(step_memory)
@@ -274,8 +317,19 @@ def run_pipeline(raw_dir: Path, work_dir: Path, models_dir: Path, *, text_encode
         rss_after_run = rss_mib()
         product_text = defs.load_asset_value("product_text", instance=instance) if load_product_text else None
     storage_bytes = sum(p.stat().st_size for p in storage_dir.rglob("*") if p.is_file())
-    return PipelineRun(run_wall_s=run_wall, success=success, executor=executor, n_shards=n_shards, steps=steps,
-                       metadata=metadata, rss_peak_mib=sampler.peak(), rss_before_mib=sampler.samples[0][1],
-                       rss_after_mib=rss_after_run, warm_up_s=warm_up, storage_bytes=storage_bytes,
-                       product_text=product_text, step_memory=step_memory,
-                       cluster_start_s=cluster.start_s if cluster is not None else None)
+    return PipelineRun(
+        run_wall_s=run_wall,
+        success=success,
+        executor=executor,
+        n_shards=n_shards,
+        steps=steps,
+        metadata=metadata,
+        rss_peak_mib=sampler.peak(),
+        rss_before_mib=sampler.samples[0][1],
+        rss_after_mib=rss_after_run,
+        warm_up_s=warm_up,
+        storage_bytes=storage_bytes,
+        product_text=product_text,
+        step_memory=step_memory,
+        cluster_start_s=cluster.start_s if cluster is not None else None,
+    )

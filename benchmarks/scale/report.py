@@ -72,13 +72,23 @@ def stage_rows(run: PipelineRun, n_products: int, text_rate_real_length: float) 
         if stage_key == "text_embeddings":
             encoding = _text_encoding_seconds(run, seconds)
             projected = REAL_PRODUCTS / text_rate_real_length + (seconds - encoding) * scale
-        rows.append(StageRow(label, count, seconds, count / seconds if seconds > 0 else None, peak, projected,
-                             len(keys)))
+        rows.append(
+            StageRow(label, count, seconds, count / seconds if seconds > 0 else None, peak, projected, len(keys))
+        )
     checks = [s for k, s in run.steps.items() if k not in known]
     if checks:
         seconds = sum(s["seconds"] for s in checks)
-        rows.append(StageRow(f"{CHECKS_STAGE} ({len(checks)})", None, seconds, None,
-                             max(s["peak_rss_mib"] for s in checks), seconds * scale, len(checks)))
+        rows.append(
+            StageRow(
+                f"{CHECKS_STAGE} ({len(checks)})",
+                None,
+                seconds,
+                None,
+                max(s["peak_rss_mib"] for s in checks),
+                seconds * scale,
+                len(checks),
+            )
+        )
     overhead = max(run.run_wall_s - sum(s["seconds"] for s in run.steps.values()), 0.0)
     rows.append(StageRow(OVERHEAD_STAGE, None, overhead, None, None, overhead, 0))  # fixed cost: not scaled
     return rows
@@ -114,9 +124,18 @@ def step_rows(run: PipelineRun) -> list[StepRow]:
     for key, step in sorted(run.steps.items(), key=lambda item: item[1]["start"]):
         kind, stage, assets = kind_of.get(key, ("check", None, ()))
         count = sum(int(run.metadata[a]["dagster/row_count"]) for a in assets) if assets else None
-        rows.append(StepRow(key, kind, stage, count, step["seconds"],
-                            count / step["seconds"] if count is not None and step["seconds"] > 0 else None,
-                            step["peak_rss_mib"], measured_in))
+        rows.append(
+            StepRow(
+                key,
+                kind,
+                stage,
+                count,
+                step["seconds"],
+                count / step["seconds"] if count is not None and step["seconds"] > 0 else None,
+                step["peak_rss_mib"],
+                measured_in,
+            )
+        )
     return rows
 
 
@@ -127,31 +146,53 @@ def shard_summary(steps: list[StepRow], n_products: int, n_shards: int) -> dict[
     per_stage = {}
     for stage in SHARDED_STAGES:
         mine = [s for s in shard_steps if s.stage == stage]
-        per_stage[stage] = {"steps": len(mine), "rows_min": min(s.rows for s in mine),
-                            "rows_max": max(s.rows for s in mine),
-                            "peak_rss_mib_min": min(s.peak_rss_mib for s in mine),
-                            "peak_rss_mib_max": max(s.peak_rss_mib for s in mine),
-                            "wall_s": sum(s.wall_s for s in mine)}
+        per_stage[stage] = {
+            "steps": len(mine),
+            "rows_min": min(s.rows for s in mine),
+            "rows_max": max(s.rows for s in mine),
+            "peak_rss_mib_min": min(s.peak_rss_mib for s in mine),
+            "peak_rss_mib_max": max(s.peak_rss_mib for s in mine),
+            "wall_s": sum(s.wall_s for s in mine),
+        }
 
     def peak(kinds: tuple[str, ...]) -> float | None:
         found = [s.peak_rss_mib for s in steps if s.kind in kinds]
         return max(found) if found else None
 
-    return {"products_per_shard": n_products / n_shards, "per_stage": per_stage,
-            "shard_step_peak_mib": peak(("shard",)), "gather_peak_mib": peak(("gather",)),
-            "whole_catalogue_peak_mib": peak(("whole catalogue", "check")),
-            "measured_in": steps[0].measured_in if steps else None}
+    return {
+        "products_per_shard": n_products / n_shards,
+        "per_stage": per_stage,
+        "shard_step_peak_mib": peak(("shard",)),
+        "gather_peak_mib": peak(("gather",)),
+        "whole_catalogue_peak_mib": peak(("whole catalogue", "check")),
+        "measured_in": steps[0].measured_in if steps else None,
+    }
 
 
 def step_table(steps: list[StepRow]) -> tuple[list[str], list[list[str]]]:
     header = ["step", "kind", "rows", "wall s", "rows/s", "peak RSS MiB"]
-    return header, [[s.step, s.kind, _fmt(s.rows, ","), _fmt(s.wall_s, ".2f"), _fmt(s.rows_per_s, ",.0f"),
-                     _fmt(s.peak_rss_mib, ".0f")] for s in steps]
+    return header, [
+        [
+            s.step,
+            s.kind,
+            _fmt(s.rows, ","),
+            _fmt(s.wall_s, ".2f"),
+            _fmt(s.rows_per_s, ",.0f"),
+            _fmt(s.peak_rss_mib, ".0f"),
+        ]
+        for s in steps
+    ]
 
 
-def projection_many(run: PipelineRun, steps: list[StepRow], n_products: int, text_rate_real_length: float,
-                    target_products: int = TARGET_PRODUCTS_LARGE, target_hours: float = TARGET_HOURS_LARGE,
-                    workers: tuple[int, ...] = PROJECTION_WORKERS) -> dict[str, Any]:
+def projection_many(
+    run: PipelineRun,
+    steps: list[StepRow],
+    n_products: int,
+    text_rate_real_length: float,
+    target_products: int = TARGET_PRODUCTS_LARGE,
+    target_hours: float = TARGET_HOURS_LARGE,
+    workers: tuple[int, ...] = PROJECTION_WORKERS,
+) -> dict[str, Any]:
     """Hours for `target_products` on K workers, from this run's per-step seconds:
 
     - shard steps run in parallel on the K workers: their seconds per product (summed over the four
@@ -177,12 +218,16 @@ def projection_many(run: PipelineRun, steps: list[StepRow], n_products: int, tex
     needed = math.ceil(parallel_total / (budget_s - serial_total)) if serial_total < budget_s else None
     dims = {stage: int(run.metadata[stage].get("dim") or 0) for stage in ("text_embeddings", "image_embeddings")}
     return {
-        "target_products": target_products, "target_hours": target_hours, "executor": run.executor,
+        "target_products": target_products,
+        "target_hours": target_hours,
+        "executor": run.executor,
         "products_per_shard": n_products / run.n_shards,
         "shards_at_target": math.ceil(target_products / (n_products / run.n_shards)),
-        "shard_s_per_product": parallel_per_product, "serial_s_per_product": serial_per_product,
+        "shard_s_per_product": parallel_per_product,
+        "serial_s_per_product": serial_per_product,
         "text_rate_real_length": text_rate_real_length,
-        "serial_hours": serial_total / 3600, "parallel_hours_one_worker": parallel_total / 3600,
+        "serial_hours": serial_total / 3600,
+        "parallel_hours_one_worker": parallel_total / 3600,
         "hours_by_workers": {k: (serial_total + parallel_total / k) / 3600 for k in workers},
         "workers_for_target": needed,
         "whole_catalogue_vectors_gib": {stage: target_products * dim * 4 / 2**30 for stage, dim in dims.items()},
@@ -196,22 +241,51 @@ def _fmt(value: float | int | None, spec: str) -> str:
 def report_table(rows: list[StageRow], run: PipelineRun) -> tuple[list[str], list[list[str]]]:
     """(header, lines) of the stage table, a total line last."""
     header = ["stage", "steps", "rows", "wall s", "rows/s", "peak RSS MiB", "projected s (real catalogue)"]
-    lines = [[r.stage, str(r.steps) if r.steps else "", _fmt(r.rows, ","), _fmt(r.wall_s, ".2f"),
-              _fmt(r.rows_per_s, ",.0f"), _fmt(r.peak_rss_mib, ".0f"), _fmt(r.projected_s, ",.0f")] for r in rows]
+    lines = [
+        [
+            r.stage,
+            str(r.steps) if r.steps else "",
+            _fmt(r.rows, ","),
+            _fmt(r.wall_s, ".2f"),
+            _fmt(r.rows_per_s, ",.0f"),
+            _fmt(r.peak_rss_mib, ".0f"),
+            _fmt(r.projected_s, ",.0f"),
+        ]
+        for r in rows
+    ]
     products = next(r.rows for r in rows if r.stage.startswith("preprocessing: clean"))
-    lines.append(["total (one run)", str(sum(r.steps for r in rows)), _fmt(products, ","), _fmt(run.run_wall_s, ".2f"),
-                  _fmt(products / run.run_wall_s, ",.0f"), _fmt(run.rss_peak_mib, ".0f"),
-                  _fmt(sum(r.projected_s for r in rows), ",.0f")])
+    lines.append(
+        [
+            "total (one run)",
+            str(sum(r.steps for r in rows)),
+            _fmt(products, ","),
+            _fmt(run.run_wall_s, ".2f"),
+            _fmt(products / run.run_wall_s, ",.0f"),
+            _fmt(run.rss_peak_mib, ".0f"),
+            _fmt(sum(r.projected_s for r in rows), ",.0f"),
+        ]
+    )
     return header, lines
 
 
 def _run_summary(run: PipelineRun) -> dict[str, Any]:
-    return {"executor": run.executor, "n_shards": run.n_shards, "wall_s": run.run_wall_s,
-            "rss_peak_mib": run.rss_peak_mib, "rss_before_mib": run.rss_before_mib,
-            "rss_after_mib": run.rss_after_mib, "warm_up_s": run.warm_up_s, "storage_bytes": run.storage_bytes,
-            "cluster_start_s": run.cluster_start_s, "steps": run.steps, "step_memory": run.step_memory,
-            "metadata": {a: {k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "preview"}
-                         for a, m in run.metadata.items()}}
+    return {
+        "executor": run.executor,
+        "n_shards": run.n_shards,
+        "wall_s": run.run_wall_s,
+        "rss_peak_mib": run.rss_peak_mib,
+        "rss_before_mib": run.rss_before_mib,
+        "rss_after_mib": run.rss_after_mib,
+        "warm_up_s": run.warm_up_s,
+        "storage_bytes": run.storage_bytes,
+        "cluster_start_s": run.cluster_start_s,
+        "steps": run.steps,
+        "step_memory": run.step_memory,
+        "metadata": {
+            a: {k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k != "preview"}
+            for a, m in run.metadata.items()
+        },
+    }
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
@@ -220,11 +294,17 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     machine, data = results["machine"], results["data"]
     gen, real, cat = b["generated"], b["real_length"], b["catalogue_tokens"]
     text_meta = results["run"]["metadata"].get("text_embeddings", {})
-    budget_text = (f"description budget {b['budget']['description_tokens']} tokens" if b["budget"]["description_tokens"]
-                   else "whole description") + f", max_seq_length {b['budget']['max_seq_length']}"
+    budget_text = (
+        f"description budget {b['budget']['description_tokens']} tokens"
+        if b["budget"]["description_tokens"]
+        else "whole description"
+    ) + f", max_seq_length {b['budget']['max_seq_length']}"
     executor = results["run"]["executor"]
-    how = ("one in-process run: every step in this process" if executor == "in_process" else
-           "one multiprocess run, one step at a time, each step in a fresh process (its peak RSS measured there)")
+    how = (
+        "one in-process run: every step in this process"
+        if executor == "in_process"
+        else "one multiprocess run, one step at a time, each step in a fresh process (its peak RSS measured there)"
+    )
     lines = [
         f"Run: {how}; {results['n_shards']} product shards "
         f"({results['shards']['products_per_shard']:,.0f} generated products per shard).",
@@ -260,7 +340,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             f"{d['compared_wall_s']:.1f} s {d['compared_with'].replace('_', '-')} = x{d['wall_ratio']:.2f} the wall "
             f"time (speed-up {d['speedup']:.2f}x; cluster start {d['cluster_start_s']:.1f} s not counted; each "
             f"worker loads the encoders inside the run, the {d['compared_with'].replace('_', '-')} run had them "
-            f"loaded before it; peak RSS of this process + cluster {d['rss_peak_mib']:.0f} MiB).")
+            f"loaded before it; peak RSS of this process + cluster {d['rss_peak_mib']:.0f} MiB)."
+        )
     lines += [
         f"Data: {results['products']:,} generated products, {data['bytes'] / 2**30:.2f} GiB, "
         f"{'reused' if data['reused'] else 'generated'} in {data['seconds']:.0f} s (not in the total); "
@@ -268,8 +349,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         + ", ".join(f"{k} {v:.1f} s" for k, v in results["run"]["warm_up_s"].items())
         + f". RSS: {results['run']['rss_before_mib']:.0f} MiB with the encoders loaded before the run, peak "
         f"{results['run']['rss_peak_mib']:.0f} MiB during it ("
-        + ("one process: the in-process executor" if executor == "in_process" else
-           "this process + the forkserver + the step process running")
+        + (
+            "one process: the in-process executor"
+            if executor == "in_process"
+            else "this process + the forkserver + the step process running"
+        )
         + f"); process peak {results['process_peak_rss_mib']['self']:.0f} MiB (model preparation and the fp32 "
         "reference included).",
         f"Machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores of {machine['cpu_count']}, "
@@ -282,30 +366,43 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 
 def shard_line(results: dict[str, Any]) -> str:
     s = results["shards"]
-    parts = [f"{stage} {v['peak_rss_mib_min']:.0f}-{v['peak_rss_mib_max']:.0f} MiB ({v['rows_min']:,}-"
-             f"{v['rows_max']:,} rows)" for stage, v in s["per_stage"].items()]
-    where = ("each in its own process" if s["measured_in"] == "own process" else
-             "sampled in the one shared process, so each includes what earlier steps left: run with "
-             "--executor multiprocess for per-step figures")
-    return (f"Shard steps' peak RSS ({where}): " + "; ".join(parts) + f". Highest shard step "
-            f"{s['shard_step_peak_mib']:.0f} MiB, gathers {s['gather_peak_mib']:.0f} MiB, whole-catalogue steps "
-            f"and checks {s['whole_catalogue_peak_mib']:.0f} MiB.")
+    parts = [
+        f"{stage} {v['peak_rss_mib_min']:.0f}-{v['peak_rss_mib_max']:.0f} MiB ({v['rows_min']:,}-"
+        f"{v['rows_max']:,} rows)"
+        for stage, v in s["per_stage"].items()
+    ]
+    where = (
+        "each in its own process"
+        if s["measured_in"] == "own process"
+        else "sampled in the one shared process, so each includes what earlier steps left: run with "
+        "--executor multiprocess for per-step figures"
+    )
+    return (
+        f"Shard steps' peak RSS ({where}): " + "; ".join(parts) + f". Highest shard step "
+        f"{s['shard_step_peak_mib']:.0f} MiB, gathers {s['gather_peak_mib']:.0f} MiB, whole-catalogue steps "
+        f"and checks {s['whole_catalogue_peak_mib']:.0f} MiB."
+    )
 
 
 def large_projection_line(q: dict[str, Any]) -> str:
     hours = ", ".join(f"K={k}: {h:.1f} h" for k, h in q["hours_by_workers"].items())
-    needed = (f"{q['workers_for_target']} workers reach {q['target_hours']:.0f} h" if q["workers_for_target"]
-              else f"NO number of workers reaches {q['target_hours']:.0f} h: the whole-catalogue steps alone take "
-                   f"{q['serial_hours']:.1f} h")
+    needed = (
+        f"{q['workers_for_target']} workers reach {q['target_hours']:.0f} h"
+        if q["workers_for_target"]
+        else f"NO number of workers reaches {q['target_hours']:.0f} h: the whole-catalogue steps alone take "
+        f"{q['serial_hours']:.1f} h"
+    )
     vectors = ", ".join(f"{k} {v:.1f} GiB" for k, v in q["whole_catalogue_vectors_gib"].items())
-    return (f"Projection for {q['target_products']:,} products on K workers (shard steps spread over the K workers "
-            f"at {q['products_per_shard']:,.0f} products per shard = {q['shards_at_target']:,} shards; every other "
-            f"step one worker, in series; linear in products; text encoding at {q['text_rate_real_length']:.1f} "
-            f"texts/s as above; a worker = one step at a time on this machine's cores, figures from the "
-            f"{q['executor'].replace('_', '-')} run): shard steps {q['parallel_hours_one_worker']:.1f} worker-hours, "
-            f"whole-catalogue steps {q['serial_hours']:.1f} h; {hours}; {needed}. Not counted: run overhead, "
-            f"contention between workers, and the whole-catalogue steps' memory (the gathered vectors alone: "
-            f"{vectors}).")
+    return (
+        f"Projection for {q['target_products']:,} products on K workers (shard steps spread over the K workers "
+        f"at {q['products_per_shard']:,.0f} products per shard = {q['shards_at_target']:,} shards; every other "
+        f"step one worker, in series; linear in products; text encoding at {q['text_rate_real_length']:.1f} "
+        f"texts/s as above; a worker = one step at a time on this machine's cores, figures from the "
+        f"{q['executor'].replace('_', '-')} run): shard steps {q['parallel_hours_one_worker']:.1f} worker-hours, "
+        f"whole-catalogue steps {q['serial_hours']:.1f} h; {hours}; {needed}. Not counted: run overhead, "
+        f"contention between workers, and the whole-catalogue steps' memory (the gathered vectors alone: "
+        f"{vectors})."
+    )
 
 
 def write_outputs(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
@@ -316,30 +413,54 @@ def write_outputs(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(results, indent=1, default=str))
     table = _markdown(results["table"])
     steps = _markdown(results["step_table"])
-    md_path.write_text(f"Scale benchmark, {results['products']:,} generated products, {results['n_shards']} shards, "
-                       f"{results['executor'].replace('_', '-')}\n\n{table}\n\n"
-                       + "\n\n".join(summary_lines(results))
-                       + f"\n\nEvery step ({results['shards']['measured_in']} peak RSS):\n\n{steps}\n")
+    md_path.write_text(
+        f"Scale benchmark, {results['products']:,} generated products, {results['n_shards']} shards, "
+        f"{results['executor'].replace('_', '-')}\n\n{table}\n\n"
+        + "\n\n".join(summary_lines(results))
+        + f"\n\nEvery step ({results['shards']['measured_in']} peak RSS):\n\n{steps}\n"
+    )
     return json_path, md_path
 
 
 def _markdown(table: dict[str, Any]) -> str:
-    return tabulate(table["lines"], headers=table["header"], tablefmt="github", disable_numparse=True,
-                    colalign=("left", *["right"] * (len(table["header"]) - 1)))
+    return tabulate(
+        table["lines"],
+        headers=table["header"],
+        tablefmt="github",
+        disable_numparse=True,
+        colalign=("left", *["right"] * (len(table["header"]) - 1)),
+    )
 
 
 def compare(paths: list[Path]) -> str:
     """One line per results file: products, shards, products per shard, highest shard-step peak per
     sharded stage, gathers' and whole-catalogue steps' peaks, the run's peak and wall (flatness check)."""
-    header = ["products", "shards", "products/shard", "executor",
-              *[f"{stage} shard peak MiB" for stage in SHARDED_STAGES],
-              "gathers peak MiB", "whole-catalogue steps peak MiB", "run peak MiB", "run wall s"]
+    header = [
+        "products",
+        "shards",
+        "products/shard",
+        "executor",
+        *[f"{stage} shard peak MiB" for stage in SHARDED_STAGES],
+        "gathers peak MiB",
+        "whole-catalogue steps peak MiB",
+        "run peak MiB",
+        "run wall s",
+    ]
     lines = []
     for path in paths:
         r = json.loads(Path(path).read_text())
         s = r["shards"]
-        lines.append([f"{r['products']:,}", str(r["n_shards"]), f"{s['products_per_shard']:,.0f}", r["executor"],
-                      *[f"{s['per_stage'][stage]['peak_rss_mib_max']:.0f}" for stage in SHARDED_STAGES],
-                      f"{s['gather_peak_mib']:.0f}", f"{s['whole_catalogue_peak_mib']:.0f}",
-                      f"{r['run']['rss_peak_mib']:.0f}", f"{r['run']['wall_s']:.1f}"])
+        lines.append(
+            [
+                f"{r['products']:,}",
+                str(r["n_shards"]),
+                f"{s['products_per_shard']:,.0f}",
+                r["executor"],
+                *[f"{s['per_stage'][stage]['peak_rss_mib_max']:.0f}" for stage in SHARDED_STAGES],
+                f"{s['gather_peak_mib']:.0f}",
+                f"{s['whole_catalogue_peak_mib']:.0f}",
+                f"{r['run']['rss_peak_mib']:.0f}",
+                f"{r['run']['wall_s']:.1f}",
+            ]
+        )
     return _markdown({"header": header, "lines": lines})

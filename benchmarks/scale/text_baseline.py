@@ -78,11 +78,16 @@ def _asset_text_path(subset: pd.DataFrame, text_resource, work_dir: Path) -> tup
     try:
         instance = dg.DagsterInstance.ephemeral()
         result = dg.materialize(
-            [subset_product_text, text_shard], instance=instance,
-            resources={"io_manager": WBStorageIOManager(base_dir=str(storage)),
-                       "pipeline_storage": WBStorage(base_dir=str(storage)), "text_encoder": text_resource,
-                       "text_embedding_settings": TextEmbeddingSettings()},
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+            [subset_product_text, text_shard],
+            instance=instance,
+            resources={
+                "io_manager": WBStorageIOManager(base_dir=str(storage)),
+                "pipeline_storage": WBStorage(base_dir=str(storage)),
+                "text_encoder": text_resource,
+                "text_embedding_settings": TextEmbeddingSettings(),
+            },
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
         meta = _metadata(instance, shard_name)
         step = next(s for s in instance.get_run_step_stats(result.run_id) if s.step_key == shard_name)
         # The asset's own timing of the embedding call, when it reports one; else the whole step.
@@ -113,13 +118,15 @@ def pipeline_text_budget(text_resource) -> TextBudget:
     return TextBudget(budget, int(getattr(encoder, "max_seq_length", 512)))
 
 
-def token_stats(frame: pd.DataFrame, form: str, tokenizer, prompt: str, budget: TextBudget,
-                tokens_per_word: float | None = None) -> dict[str, float]:
+def token_stats(
+    frame: pd.DataFrame, form: str, tokenizer, prompt: str, budget: TextBudget, tokens_per_word: float | None = None
+) -> dict[str, float]:
     """Mean words and tokens per product of title + description: whole (`tokens_mean`), as the
     512-token reference sees them, and as the pipeline's text path feeds them (budget, cap).
 
     With `tokens_per_word`, every text is first rescaled to that many tokens per word (what-if for
     text that tokenises differently from the generated vocabulary)."""
+
     def count(column: str) -> tuple[np.ndarray, np.ndarray]:
         texts = frame[f"{column}_{form}"].fillna("").astype(str).tolist()
         ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
@@ -129,19 +136,26 @@ def token_stats(frame: pd.DataFrame, form: str, tokenizer, prompt: str, budget: 
     words = title_words + description_words
     measured_per_word = float((title + description).sum() / max(words.sum(), 1))
     if tokens_per_word is not None:
-        title, description = title * tokens_per_word / measured_per_word, description * tokens_per_word / measured_per_word
+        title, description = (
+            title * tokens_per_word / measured_per_word,
+            description * tokens_per_word / measured_per_word,
+        )
     # prompt + special tokens, and the '. ' joining title and description
     overhead = len(tokenizer([prompt], add_special_tokens=True, verbose=False)["input_ids"][0]) + 1.0
     whole = overhead + title + description
     kept = description if budget.description_tokens is None else np.minimum(description, budget.description_tokens)
-    return {"words_mean": float(words.mean()), "tokens_per_word": measured_per_word if tokens_per_word is None
-            else tokens_per_word, "tokens_mean": float(whole.mean()),
-            "reference_tokens_mean": float(np.minimum(whole, 512).mean()),
-            "pipeline_tokens_mean": float(np.minimum(overhead + title + kept, budget.max_seq_length).mean())}
+    return {
+        "words_mean": float(words.mean()),
+        "tokens_per_word": measured_per_word if tokens_per_word is None else tokens_per_word,
+        "tokens_mean": float(whole.mean()),
+        "reference_tokens_mean": float(np.minimum(whole, 512).mean()),
+        "pipeline_tokens_mean": float(np.minimum(overhead + title + kept, budget.max_seq_length).mean()),
+    }
 
 
-def measure_text_baseline(product_text: pd.DataFrame, subset_size: int, text_resource, reference,
-                          work_dir: Path, reps: int = 1) -> dict[str, Any]:
+def measure_text_baseline(
+    product_text: pd.DataFrame, subset_size: int, text_resource, reference, work_dir: Path, reps: int = 1
+) -> dict[str, Any]:
     """Texts/s of the fp32 `reference` encoder vs the pipeline's text_embeddings asset on the same
     `subset_size` products, on their generated text and with ~200-word descriptions; token counts."""
     from wb_pipeline.core.text.product_text import encoder_text
@@ -152,8 +166,7 @@ def measure_text_baseline(product_text: pd.DataFrame, subset_size: int, text_res
     # Distinct encoder texts only: the asset embeds each distinct text once, the reference would not.
     distinct = product_text[~encoder_text(product_text, settings.fields, settings.form).duplicated()]
     subset = distinct.sample(n=min(subset_size, len(distinct)), random_state=SUBSET_SEED).reset_index(drop=True)
-    variants = {"generated": subset,
-                "real_length": lengthen_descriptions(subset, REAL_DESCRIPTION_WORDS, product_text)}
+    variants = {"generated": subset, "real_length": lengthen_descriptions(subset, REAL_DESCRIPTION_WORDS, product_text)}
     reference.encode(["прогрев модели", "ещё один текст"])  # load + first-call allocations
     tokenizer = reference.model.tokenizer
 
@@ -162,11 +175,15 @@ def measure_text_baseline(product_text: pd.DataFrame, subset_size: int, text_res
 
     sample = product_text.sample(n=min(TOKEN_SAMPLE, len(product_text)), random_state=SUBSET_SEED)
     result: dict[str, Any] = {
-        "subset": len(subset), "reps": reps, "reference": repr(reference),
-        "input_text": f"{settings.fields} ({settings.form})", "budget": asdict(budget),
+        "subset": len(subset),
+        "reps": reps,
+        "reference": repr(reference),
+        "input_text": f"{settings.fields} ({settings.form})",
+        "budget": asdict(budget),
         "catalogue_tokens": tokens(sample),
         "catalogue_description_words_mean": float(
-            product_text["description_natural"].fillna("").astype(str).str.split().str.len().mean()),
+            product_text["description_natural"].fillna("").astype(str).str.split().str.len().mean()
+        ),
     }
     for name, frame in variants.items():
         texts = encoder_text(frame, settings.fields, settings.form).tolist()
@@ -180,12 +197,20 @@ def measure_text_baseline(product_text: pd.DataFrame, subset_size: int, text_res
             seconds["pipeline"].append(_asset_text_path(frame, text_resource, work_dir)[0])
         ref_rate = len(texts) / statistics.median(seconds["reference"])
         pipe_rate = len(texts) / statistics.median(seconds["pipeline"])
-        result[name] = {"rows": len(texts), "reference_s": seconds["reference"], "pipeline_s": seconds["pipeline"],
-                        "reference_texts_per_s": ref_rate, "pipeline_texts_per_s": pipe_rate,
-                        "speedup": pipe_rate / ref_rate, "tokens": tokens(frame)}
+        result[name] = {
+            "rows": len(texts),
+            "reference_s": seconds["reference"],
+            "pipeline_s": seconds["pipeline"],
+            "reference_texts_per_s": ref_rate,
+            "pipeline_texts_per_s": pipe_rate,
+            "speedup": pipe_rate / ref_rate,
+            "tokens": tokens(frame),
+        }
     # What if real Russian text has REFERENCE's tokens per word, not the generated vocabulary's:
     # the pipeline's input tokens of the real-length proxy (after budget and cap) grow by this factor.
     as_real = tokens(variants["real_length"], REAL_TOKENS_PER_WORD)
     result["real_length_as_reference_tokens"] = as_real
-    result["real_token_factor"] = as_real["pipeline_tokens_mean"] / result["real_length"]["tokens"]["pipeline_tokens_mean"]
+    result["real_token_factor"] = (
+        as_real["pipeline_tokens_mean"] / result["real_length"]["tokens"]["pipeline_tokens_mean"]
+    )
     return result

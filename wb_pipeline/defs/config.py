@@ -22,8 +22,9 @@ def _dagster_type(annotation: Any) -> Any:
     return annotation
 
 
-def config_class(core_cls: type, name: str | None = None, base: type = dg.Config,
-                 defaults: dict[str, Any] | None = None) -> type[dg.Config]:
+def config_class(
+    core_cls: type, name: str | None = None, base: type = dg.Config, defaults: dict[str, Any] | None = None
+) -> type[dg.Config]:
     """A `dg.Config` subclass (or a `dg.ConfigurableResource` one, `base`: settings every shard step of
     a run must share) with the same fields and defaults as the dataclass `core_cls` (`defaults` replaces
     some, for an asset whose default differs from the library's)."""

@@ -10,18 +10,13 @@ def table(frame: pd.DataFrame, max_rows: int = 50) -> dg.TableMetadataValue:
     """A DataFrame as a UI table (first `max_rows` rows; long strings cut to 120 characters)."""
     shown = frame.head(max_rows)
     columns = [dg.TableColumn(str(name), _column_type(shown[name])) for name in shown.columns]
-    records = [
-        dg.TableRecord({str(k): _cell(v) for k, v in row.items()})
-        for row in shown.to_dict(orient="records")
-    ]
+    records = [dg.TableRecord({str(k): _cell(v) for k, v in row.items()}) for row in shown.to_dict(orient="records")]
     return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=columns))
 
 
 def value_counts(values: pd.Series, name: str = "value") -> dg.TableMetadataValue:
     """Counts of each value (missing shown as '<missing>'), largest first."""
-    counts = (
-        values.astype(object).where(values.notna(), "<missing>").value_counts().rename_axis(name)
-    )
+    counts = values.astype(object).where(values.notna(), "<missing>").value_counts().rename_axis(name)
     return table(counts.reset_index(name="count"), max_rows=1000)
 
 

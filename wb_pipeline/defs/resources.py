@@ -12,7 +12,6 @@ from wb_pipeline.core.embeddings.vectors import EmbeddingTable, is_embedding_tab
 from wb_pipeline.defs.sharding import COLUMNS_INPUT, SHARD_INPUT, SHARDED_LAYOUT
 from wb_pipeline.settings import default_sample_dir
 
-
 MAIN_BATCH = "main"
 
 
@@ -45,9 +44,7 @@ class WBRawData(dg.ConfigurableResource):
         from wb_pipeline.sample_data import SampleSpec, ensure_sample
 
         if storage.as_upath(self.raw_dir).resolve() == UPath(default_sample_dir()).resolve():
-            manifest = ensure_sample(
-                self.raw_dir, SampleSpec(n_products=self.sample_products, seed=self.sample_seed)
-            )
+            manifest = ensure_sample(self.raw_dir, SampleSpec(n_products=self.sample_products, seed=self.sample_seed))
             if log is not None:
                 log.info(f"bundled sample ready in {self.raw_dir}: {manifest.get('counts', manifest)}")
 

@@ -59,8 +59,12 @@ def latest_shard_metadata(context: dg.AssetExecutionContext, names: Sequence[str
     for name in names:
         event = context.instance.get_latest_materialization_event(dg.AssetKey(name))
         meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-        found.append({**{key: value.value for key, value in meta.items()},
-                      RAN_NOW: event is not None and event.run_id == context.run.run_id})
+        found.append(
+            {
+                **{key: value.value for key, value in meta.items()},
+                RAN_NOW: event is not None and event.run_id == context.run.run_id,
+            }
+        )
     return found
 
 
@@ -73,6 +77,8 @@ def in_catalogue_order(frame: pd.DataFrame, nm: pd.Series) -> pd.DataFrame:
     """The rows of `frame` (one per product, e.g. concatenated shards) in the order of `nm`."""
     position = pd.Index(frame["nm"]).get_indexer(nm.tolist())
     if (position < 0).any() or len(position) != len(frame):
-        raise ValueError(f"the shards hold {len(frame)} rows but the catalogue lists {len(nm)} products "
-                         f"({int((position < 0).sum())} missing): re-run the shard steps")
+        raise ValueError(
+            f"the shards hold {len(frame)} rows but the catalogue lists {len(nm)} products "
+            f"({int((position < 0).sum())} missing): re-run the shard steps"
+        )
     return frame.iloc[position].reset_index(drop=True)

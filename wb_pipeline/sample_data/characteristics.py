@@ -48,12 +48,25 @@ FRAGILITY_RAW: dict[str, tuple[tuple[Any, float], ...]] = {
 
 COUNTRIES = ("Китай", "Россия", "Турция", "Узбекистан", "Беларусь", "Киргизия", "Индия", "Вьетнам")
 CLOTH_COMPOSITIONS = (
-    ["хлопок 95%", "эластан 5%"], ["полиэстер 100%"], ["хлопок 100%"], ["вискоза 70%", "полиэстер 30%"],
-    ["шерсть 30%", "акрил 70%"], ["лен 100%"], ["натуральная кожа"], ["экокожа", "текстиль"],
+    ["хлопок 95%", "эластан 5%"],
+    ["полиэстер 100%"],
+    ["хлопок 100%"],
+    ["вискоза 70%", "полиэстер 30%"],
+    ["шерсть 30%", "акрил 70%"],
+    ["лен 100%"],
+    ["натуральная кожа"],
+    ["экокожа", "текстиль"],
 )
 FEATURE_FLAGS = ("Беспроводное подключение", "Водонепроницаемость", "Наличие пульта ДУ", "Подарочная упаковка")
-MALFORMED_KINDS = ("truncated", "invalid_utf8", "none", "empty", "garbage", "python_expression",
-                   "python_expression_in_bytes_repr")
+MALFORMED_KINDS = (
+    "truncated",
+    "invalid_utf8",
+    "none",
+    "empty",
+    "garbage",
+    "python_expression",
+    "python_expression_in_bytes_repr",
+)
 INJECTED_EXPRESSION = "__import__('os').system('echo pwned')"
 
 
@@ -95,8 +108,10 @@ def encode_characteristics(items: list[dict[str, Any]], form: int) -> bytes:
 def malformed_cell(kind: str, items: list[dict[str, Any]], rng: np.random.Generator) -> bytes | None:
     """A broken ``characteristics`` cell of the given kind (see ``MALFORMED_KINDS``)."""
     if kind == "truncated":
-        whole = encode_characteristics(items or [{"charcName": "Цвет", "charcValues": ["черный"]}],
-                                       FORM_BYTES_REPR if rng.random() < 0.5 else FORM_NUMPY_REPR)
+        whole = encode_characteristics(
+            items or [{"charcName": "Цвет", "charcValues": ["черный"]}],
+            FORM_BYTES_REPR if rng.random() < 0.5 else FORM_NUMPY_REPR,
+        )
         return whole[: max(3, int(len(whole) * rng.uniform(0.2, 0.8)))]
     if kind == "invalid_utf8":
         # A legacy Windows-1251 export: Cyrillic bytes that are not valid UTF-8.

@@ -20,10 +20,11 @@ import shutil
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,12 @@ from wb_pipeline.sample_data import characteristics as ch
 from wb_pipeline.sample_data import images as im
 from wb_pipeline.sample_data import text as tx
 from wb_pipeline.sample_data.catalog import (
-    AGE_PRIOR, CURATED_TYPES, SEASON_PRIOR, SEX_PRIOR, ProductType, long_tail_types,
+    AGE_PRIOR,
+    CURATED_TYPES,
+    SEASON_PRIOR,
+    SEX_PRIOR,
+    ProductType,
+    long_tail_types,
 )
 
 # Bump whenever the output for a given spec changes (2: placeholder kinds + small clean shots; 3: the
@@ -44,30 +50,107 @@ GENERATOR_VERSION = "3"
 MANIFEST_FILE = "sample_manifest.json"
 
 # Latent code -> the derived label value the pipeline should recover (None: no vocabulary value).
-SEX_LABELS = {"W": "для женщин", "M": "для мужчин", "K": "для детей", "G": "для девочек", "B": "для мальчиков", "U": None}
+SEX_LABELS = {
+    "W": "для женщин",
+    "M": "для мужчин",
+    "K": "для детей",
+    "G": "для девочек",
+    "B": "для мальчиков",
+    "U": None,
+}
 SEASON_LABELS = {"S": "лето", "W": "зима", "D": "демисезон", "A": "круглогодичный"}
-AGE_LABELS = {"A": "для взрослых", "T": "для подростков", "C": "для детей", "B": "для малышей", "L": "для всех возрастов"}
+AGE_LABELS = {
+    "A": "для взрослых",
+    "T": "для подростков",
+    "C": "для детей",
+    "B": "для малышей",
+    "L": "для всех возрастов",
+}
 FRAGILITY_LABELS = {"Y": "хрупкий", "N": "не хрупкий"}
 
-TRAIN_SCHEMA = pa.schema([
-    ("nm", pa.int64()), ("title", pa.string()), ("description", pa.string()),
-    ("characteristics", pa.binary()), ("brand", pa.string()), ("price", pa.int64()),
-])
-TEST_SCHEMA = pa.schema([
-    ("nm", pa.int64()), ("title", pa.string()), ("description", pa.string()), ("category", pa.string()),
-    ("sub_category", pa.string()), ("price", pa.int64()), ("brand", pa.string()), ("isadult", pa.bool_()),
-])
+TRAIN_SCHEMA = pa.schema(
+    [
+        ("nm", pa.int64()),
+        ("title", pa.string()),
+        ("description", pa.string()),
+        ("characteristics", pa.binary()),
+        ("brand", pa.string()),
+        ("price", pa.int64()),
+    ]
+)
+TEST_SCHEMA = pa.schema(
+    [
+        ("nm", pa.int64()),
+        ("title", pa.string()),
+        ("description", pa.string()),
+        ("category", pa.string()),
+        ("sub_category", pa.string()),
+        ("price", pa.int64()),
+        ("brand", pa.string()),
+        ("isadult", pa.bool_()),
+    ]
+)
 # The real image_df mixes id types with the tables: nm is a string here, int64 elsewhere.
 IMAGE_SIZES_SCHEMA = pa.schema([("nm", pa.string()), ("size", pa.int64())])
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 
 _BRANDS = (
-    "ZARA HOME", "Befree", "Gloria Jeans", "LOVE REPUBLIC", "Xiaomi", "Samsung", "Apple", "Tefal", "Bosch", "Nike",
-    "adidas", "Puma", "LEGO", "Hasbro", "Mattel", "Pampers", "Huggies", "L'Oreal Paris", "Nivea", "Garnier",
-    "Vitek", "Polaris", "Redmond", "Home&Style", "UrbanStyle", "Lunaro", "MAXWELL", "Кухня Дома", "Своя Линия",
-    "Мамин Дом", "Бабушкины рецепты", "ТекстильПро", "Уют", "Ромашка", "Сибирь", "Русские узоры", "Добрый мастер",
-    "Happy Baby", "Kari", "O'STIN", "Sela", "Incity", "Твой дом", "Fashion Lab", "Royal Canin", "Whiskas",
-    "Pro Plan", "Deli", "Berlingo", "Эксмо", "АСТ", "Махаон", "Makita", "Интерскол", "Gardena", "Bestway",
+    "ZARA HOME",
+    "Befree",
+    "Gloria Jeans",
+    "LOVE REPUBLIC",
+    "Xiaomi",
+    "Samsung",
+    "Apple",
+    "Tefal",
+    "Bosch",
+    "Nike",
+    "adidas",
+    "Puma",
+    "LEGO",
+    "Hasbro",
+    "Mattel",
+    "Pampers",
+    "Huggies",
+    "L'Oreal Paris",
+    "Nivea",
+    "Garnier",
+    "Vitek",
+    "Polaris",
+    "Redmond",
+    "Home&Style",
+    "UrbanStyle",
+    "Lunaro",
+    "MAXWELL",
+    "Кухня Дома",
+    "Своя Линия",
+    "Мамин Дом",
+    "Бабушкины рецепты",
+    "ТекстильПро",
+    "Уют",
+    "Ромашка",
+    "Сибирь",
+    "Русские узоры",
+    "Добрый мастер",
+    "Happy Baby",
+    "Kari",
+    "O'STIN",
+    "Sela",
+    "Incity",
+    "Твой дом",
+    "Fashion Lab",
+    "Royal Canin",
+    "Whiskas",
+    "Pro Plan",
+    "Deli",
+    "Berlingo",
+    "Эксмо",
+    "АСТ",
+    "Махаон",
+    "Makita",
+    "Интерскол",
+    "Gardena",
+    "Bestway",
 )
 _SYLLABLES = ("ra", "no", "ki", "ve", "lu", "mo", "sa", "ti", "de", "ar", "on", "el", "ma", "ri", "zo", "ka")
 
@@ -148,7 +231,9 @@ class SampleSpec:
             raise ValueError(f"SampleSpec.form_weights must be 3 non-negative weights, got {self.form_weights!r}")
         lo, hi = self.image_side
         if not 64 <= lo <= hi <= im.NOISE_TILE:
-            raise ValueError(f"SampleSpec.image_side must satisfy 64 <= lo <= hi <= {im.NOISE_TILE}, got {self.image_side!r}")
+            raise ValueError(
+                f"SampleSpec.image_side must satisfy 64 <= lo <= hi <= {im.NOISE_TILE}, got {self.image_side!r}"
+            )
 
     def to_json_dict(self) -> dict[str, Any]:
         """The spec as JSON-safe values (tuples become lists)."""
@@ -212,7 +297,9 @@ def _characteristic_items(ptype: ProductType, colour: str, rng_u: list[float], l
     u = iter(rng_u)
     items: list[dict[str, Any]] = [{"charcName": "Цвет", "charcValues": [colour]}]
     if ptype.sexes or ptype.seasons:
-        items.append({"charcName": "Состав", "charcValues": ch.CLOTH_COMPOSITIONS[int(next(u) * len(ch.CLOTH_COMPOSITIONS))]})
+        items.append(
+            {"charcName": "Состав", "charcValues": ch.CLOTH_COMPOSITIONS[int(next(u) * len(ch.CLOTH_COMPOSITIONS))]}
+        )
     items.append({"charcName": "Страна производства", "charcValues": [ch.COUNTRIES[int(next(u) * len(ch.COUNTRIES))]]})
     grams = int(50 + next(u) * 2000)
     if next(u) < 0.5:
@@ -224,7 +311,9 @@ def _characteristic_items(ptype: ProductType, colour: str, rng_u: list[float], l
     if next(u) < 0.3:
         items.append({"charcName": "Высота упаковки", "value": round(5 + next(u) * 40, 1)})
     if next(u) < 0.25:
-        items.append({"charcName": ch.FEATURE_FLAGS[int(next(u) * len(ch.FEATURE_FLAGS))], "value": bool(next(u) < 0.5)})
+        items.append(
+            {"charcName": ch.FEATURE_FLAGS[int(next(u) * len(ch.FEATURE_FLAGS))], "value": bool(next(u) < 0.5)}
+        )
     if next(u) < 0.2:
         items.append({"charcName": "ТНВЭД", "charcValues": [str(6100000000 + 10000 * int(next(u) * 300))]})
     for name, value in labels.items():
@@ -260,8 +349,10 @@ def _catalogue_rows(spec: SampleSpec) -> list[dict[str, Any]]:
     is_tail = rng.random(n_models) < spec.long_tail_fraction
     curated_weights = np.array([t.weight for t in curated])
     type_idx = np.where(
-        is_tail, rng.integers(0, len(tail), size=n_models),
-        rng.choice(len(curated), size=n_models, p=curated_weights / curated_weights.sum()))
+        is_tail,
+        rng.integers(0, len(tail), size=n_models),
+        rng.choice(len(curated), size=n_models, p=curated_weights / curated_weights.sum()),
+    )
     mu = rng.random((n_models, 24)).tolist()  # uniforms consumed by position below (lists: fast indexing)
     lo, hi = spec.image_side
     layouts = rng.integers(lo, hi + 1, size=(n_models, 2)).tolist()  # colour variants share the photo layout
@@ -297,26 +388,33 @@ def _catalogue_rows(spec: SampleSpec) -> list[dict[str, Any]]:
         # Sellers stick to a few categories: each category draws from its own handful of brands.
         brand_slot = (_stable_hash(ptype.category) + 7 * int(u[6] * spec.brands_per_category)) % len(brands)
         brand = None if u[5] < spec.missing_brand_rate else brands[brand_slot]
-        models.append({
-            "ptype": ptype, "sex": sex, "season": season, "age": age, "fragile": fragile, "material": material,
-            "brand": brand,
-            "has_sex": bool(sex) and u[7] < p_sex,
-            "has_season": bool(season) and u[8] < p_season,
-            "has_age": bool(age) and u[9] < p_age,
-            "has_frag": bool(fragile) and u[10] < p_frag,
-            "say_sex": bool(sex) and u[11] < spec.text_mentions_sex,
-            "say_season": bool(season) and u[12] < spec.text_mentions_season,
-            "say_age": bool(age) and u[13] < spec.text_mentions_age,
-            "say_material": bool(material) and u[14] < spec.text_mentions_material,
-            "english": u[15] < spec.english_title_rate,
-            "caps": u[16] < spec.caps_title_rate,
-            "emoji_title": u[17] < spec.emoji_title_rate,
-            "brand_position": (1 if u[18] < 0.5 else 2) if brand and u[19] < spec.brand_in_title_rate else 0,
-            "long": u[20] < spec.long_description_rate,
-            "price": int(round(float(np.exp(5.5 + u[21] * 4.5)) / 10) * 10 - 1),
-            "colour_offset": int(u[22] * 1000),
-            "adult_mislabel": u[23] < spec.adult_mislabel_rate,
-        })
+        models.append(
+            {
+                "ptype": ptype,
+                "sex": sex,
+                "season": season,
+                "age": age,
+                "fragile": fragile,
+                "material": material,
+                "brand": brand,
+                "has_sex": bool(sex) and u[7] < p_sex,
+                "has_season": bool(season) and u[8] < p_season,
+                "has_age": bool(age) and u[9] < p_age,
+                "has_frag": bool(fragile) and u[10] < p_frag,
+                "say_sex": bool(sex) and u[11] < spec.text_mentions_sex,
+                "say_season": bool(season) and u[12] < spec.text_mentions_season,
+                "say_age": bool(age) and u[13] < spec.text_mentions_age,
+                "say_material": bool(material) and u[14] < spec.text_mentions_material,
+                "english": u[15] < spec.english_title_rate,
+                "caps": u[16] < spec.caps_title_rate,
+                "emoji_title": u[17] < spec.emoji_title_rate,
+                "brand_position": (1 if u[18] < 0.5 else 2) if brand and u[19] < spec.brand_in_title_rate else 0,
+                "long": u[20] < spec.long_description_rate,
+                "price": int(round(float(np.exp(5.5 + u[21] * 4.5)) / 10) * 10 - 1),
+                "colour_offset": int(u[22] * 1000),
+                "adult_mislabel": u[23] < spec.adult_mislabel_rate,
+            }
+        )
 
     model_of_product = np.repeat(np.arange(n_models), sizes)
     variant_index = np.concatenate([np.arange(s) for s in sizes])
@@ -351,8 +449,11 @@ def _catalogue_rows(spec: SampleSpec) -> list[dict[str, Any]]:
         u = pu[i]
         if m not in base_cache:
             colour_in_title = u[16] < 0.2
-            base_cache[m] = (_title(md, spec, u, colour=colour if colour_in_title else ""),
-                             _description(md, spec, u, desc_numbers[i], filler_pool[i:i + 80]), colour_in_title)
+            base_cache[m] = (
+                _title(md, spec, u, colour=colour if colour_in_title else ""),
+                _description(md, spec, u, desc_numbers[i], filler_pool[i : i + 80]),
+                colour_in_title,
+            )
         title, description, colour_in_title = base_cache[m]
         if v > 0 and u[0] >= spec.same_title_variant_rate and not colour_in_title:
             title = f"{title} цвет {colour}" if title else title
@@ -383,32 +484,51 @@ def _catalogue_rows(spec: SampleSpec) -> list[dict[str, Any]]:
         if is_test[i]:
             cell, form = None, None
         else:
-            items = [] if c[5] < spec.empty_characteristics_rate else _characteristic_items(ptype, colour, c[6:], labels_raw)
+            items = (
+                []
+                if c[5] < spec.empty_characteristics_rate
+                else _characteristic_items(ptype, colour, c[6:], labels_raw)
+            )
             if i in malformed:
                 form = malformed[i]
                 cell = ch.malformed_cell(form, items, np.random.default_rng([spec.seed, 4, i]))
             else:
                 cell = ch.encode_characteristics(items, form)
         isadult = ptype.adult and not md["adult_mislabel"]
-        rows.append({
-            "nm": nms[i], "split": "test" if is_test[i] else "train", "title": title, "description": description,
-            "characteristics": cell, "brand": md["brand"], "price": md["price"] + 10 * v,
-            "category": ptype.category, "sub_category": ptype.sub_category, "isadult": bool(isadult),
-            "model_id": m, "variant_index": v, "product_type_curated": ptype.curated,
-            "sex": SEX_LABELS[md["sex"]] if md["sex"] else None,
-            "season": SEASON_LABELS.get(md["season"]), "age_restrictions": AGE_LABELS.get(md["age"]),
-            "fragility": FRAGILITY_LABELS.get(md["fragile"]),
-            "sex_in_characteristics": "Пол" in labels_raw and not is_test[i],
-            "season_in_characteristics": "Сезон" in labels_raw and not is_test[i],
-            "age_restrictions_in_characteristics": "Возрастные ограничения" in labels_raw and not is_test[i],
-            "fragility_in_characteristics": "Хрупкость" in labels_raw and not is_test[i],
-            "characteristics_form": form,
-            "colour": colour, "image_season": md["season"], "image_sex": md["sex"],
-            "image_category_index": category_index[ptype.category],
-            "image_sub_category_hash": _stable_hash(ptype.sub_category),
-            "image_width": layouts[m][0], "image_height": layouts[m][1],
-            "image_layout_seed": _stable_hash(f"{spec.seed}:{m}"),
-        })
+        rows.append(
+            {
+                "nm": nms[i],
+                "split": "test" if is_test[i] else "train",
+                "title": title,
+                "description": description,
+                "characteristics": cell,
+                "brand": md["brand"],
+                "price": md["price"] + 10 * v,
+                "category": ptype.category,
+                "sub_category": ptype.sub_category,
+                "isadult": bool(isadult),
+                "model_id": m,
+                "variant_index": v,
+                "product_type_curated": ptype.curated,
+                "sex": SEX_LABELS[md["sex"]] if md["sex"] else None,
+                "season": SEASON_LABELS.get(md["season"]),
+                "age_restrictions": AGE_LABELS.get(md["age"]),
+                "fragility": FRAGILITY_LABELS.get(md["fragile"]),
+                "sex_in_characteristics": "Пол" in labels_raw and not is_test[i],
+                "season_in_characteristics": "Сезон" in labels_raw and not is_test[i],
+                "age_restrictions_in_characteristics": "Возрастные ограничения" in labels_raw and not is_test[i],
+                "fragility_in_characteristics": "Хрупкость" in labels_raw and not is_test[i],
+                "characteristics_form": form,
+                "colour": colour,
+                "image_season": md["season"],
+                "image_sex": md["sex"],
+                "image_category_index": category_index[ptype.category],
+                "image_sub_category_hash": _stable_hash(ptype.sub_category),
+                "image_width": layouts[m][0],
+                "image_height": layouts[m][1],
+                "image_layout_seed": _stable_hash(f"{spec.seed}:{m}"),
+            }
+        )
     return rows
 
 
@@ -422,9 +542,15 @@ def _title(md: dict[str, Any], spec: SampleSpec, u: list[float], colour: str) ->
     if u[19] < 0.12:  # a seller's model code
         extra = f"{extra} {chr(65 + int(u[20] * 26))}{chr(65 + int(u[21] * 26))}-{int(u[22] * 900) + 100}".strip()
     title = tx.build_title(
-        ptype, sex=md["sex"] if md["say_sex"] else "", season=md["season"] if md["say_season"] else "",
-        extra=extra, colour=f"цвет {colour}" if colour else "", brand=md["brand"] or "", brand_position=md["brand_position"],
-        english=md["english"])
+        ptype,
+        sex=md["sex"] if md["say_sex"] else "",
+        season=md["season"] if md["say_season"] else "",
+        extra=extra,
+        colour=f"цвет {colour}" if colour else "",
+        brand=md["brand"] or "",
+        brand_position=md["brand_position"],
+        english=md["english"],
+    )
     if md["caps"]:
         title = title.upper()
     if md["emoji_title"]:
@@ -487,9 +613,16 @@ def generate_tables(spec: SampleSpec = SampleSpec()) -> tuple[pd.DataFrame, pd.D
 
 def _image_plan(row: dict[str, Any], mode: str, quality: int) -> im.ImagePlan:
     return im.ImagePlan(
-        width=row["image_width"], height=row["image_height"], category_index=row["image_category_index"],
-        sub_category_hash=row["image_sub_category_hash"], colour=im.COLOURS[row["colour"]],
-        season=row["image_season"], layout_seed=row["image_layout_seed"], mode=mode, quality=quality)
+        width=row["image_width"],
+        height=row["image_height"],
+        category_index=row["image_category_index"],
+        sub_category_hash=row["image_sub_category_hash"],
+        colour=im.COLOURS[row["colour"]],
+        season=row["image_season"],
+        layout_seed=row["image_layout_seed"],
+        mode=mode,
+        quality=quality,
+    )
 
 
 def _assign_image_defects(rows: list[dict[str, Any]], spec: SampleSpec) -> dict[str, Any]:
@@ -501,7 +634,7 @@ def _assign_image_defects(rows: list[dict[str, Any]], spec: SampleSpec) -> dict[
 
     def take(count: int) -> list[int]:
         nonlocal taken
-        chosen = sorted(order[taken:taken + count])
+        chosen = sorted(order[taken : taken + count])
         taken += len(chosen)
         return chosen
 
@@ -527,13 +660,22 @@ def _assign_image_defects(rows: list[dict[str, Any]], spec: SampleSpec) -> dict[
     n_orphans = _defect_count(spec.orphan_image_rate, n, spec)
     max_nm = max(r["nm"] for r in rows)
     orphans = (max_nm + np.cumsum(rng.integers(1, 5000, size=n_orphans))).tolist()
-    return {"missing": set(missing), "empty": empty, "corrupt": corrupt, "duplicate_of": sources,
-            "grayscale": set(grayscale), "cmyk": set(cmyk), "small_clean": set(small_clean), "quality": quality,
-            "orphans": orphans}
+    return {
+        "missing": set(missing),
+        "empty": empty,
+        "corrupt": corrupt,
+        "duplicate_of": sources,
+        "grayscale": set(grayscale),
+        "cmyk": set(cmyk),
+        "small_clean": set(small_clean),
+        "quality": quality,
+        "orphans": orphans,
+    }
 
 
-def _render_member(index: int, rows: list[dict[str, Any]], defects: dict[str, Any], spec: SampleSpec,
-                   noise_bank: list[np.ndarray]) -> bytes:
+def _render_member(
+    index: int, rows: list[dict[str, Any]], defects: dict[str, Any], spec: SampleSpec, noise_bank: list[np.ndarray]
+) -> bytes:
     """The bytes stored as ``{nm}.jpg`` for product ``index`` (deterministic per product)."""
     source = defects["duplicate_of"].get(index, index)
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 2, source]))
@@ -548,8 +690,9 @@ def _render_member(index: int, rows: list[dict[str, Any]], defects: dict[str, An
     plan = _image_plan(row, mode, defects["quality"][source])
     if source in defects["small_clean"]:
         return im.render_small_clean_jpeg(plan, rng, small)
-    data = im.render_jpeg(plan, rng, noise_bank, spec.image_noise_sigma,
-                          spec.empty_image_threshold_bytes + spec.normal_image_margin_bytes)
+    data = im.render_jpeg(
+        plan, rng, noise_bank, spec.image_noise_sigma, spec.empty_image_threshold_bytes + spec.normal_image_margin_bytes
+    )
     if source in defects["corrupt"]:
         return im.corrupt_bytes(defects["corrupt"][source], data, rng)
     return data
@@ -558,11 +701,18 @@ def _render_member(index: int, rows: list[dict[str, Any]], defects: dict[str, An
 def _orphan_member(k: int, spec: SampleSpec, noise_bank: list[np.ndarray]) -> bytes:
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 6, k]))
     side = spec.image_side
-    plan = im.ImagePlan(width=int(rng.integers(side[0], side[1] + 1)), height=int(rng.integers(side[0], side[1] + 1)),
-                        category_index=int(rng.integers(0, 63)), sub_category_hash=int(rng.integers(0, 2**31)),
-                        colour=im.COLOURS["черный"], season="", layout_seed=int(rng.integers(0, 2**31)))
-    return im.render_jpeg(plan, rng, noise_bank, spec.image_noise_sigma,
-                          spec.empty_image_threshold_bytes + spec.normal_image_margin_bytes)
+    plan = im.ImagePlan(
+        width=int(rng.integers(side[0], side[1] + 1)),
+        height=int(rng.integers(side[0], side[1] + 1)),
+        category_index=int(rng.integers(0, 63)),
+        sub_category_hash=int(rng.integers(0, 2**31)),
+        colour=im.COLOURS["черный"],
+        season="",
+        layout_seed=int(rng.integers(0, 2**31)),
+    )
+    return im.render_jpeg(
+        plan, rng, noise_bank, spec.image_noise_sigma, spec.empty_image_threshold_bytes + spec.normal_image_margin_bytes
+    )
 
 
 def _zip_info(name: str) -> zipfile.ZipInfo:
@@ -586,21 +736,29 @@ def _write_images(path: Path, rows: list[dict[str, Any]], spec: SampleSpec) -> t
     sizes: list[tuple[str, int]] = []
     with zipfile.ZipFile(path, "w") as archive:
         for name, index, orphan in members:
-            data = (_render_member(index, rows, defects, spec, noise_bank) if index >= 0
-                    else _orphan_member(orphan, spec, noise_bank))
+            data = (
+                _render_member(index, rows, defects, spec, noise_bank)
+                if index >= 0
+                else _orphan_member(orphan, spec, noise_bank)
+            )
             archive.writestr(_zip_info(name), data)
             sizes.append((name[: -len(".jpg")], len(data)))
-    table = pa.Table.from_pydict({"nm": [s[0] for s in sizes], "size": [s[1] for s in sizes]}, schema=IMAGE_SIZES_SCHEMA)
+    table = pa.Table.from_pydict(
+        {"nm": [s[0] for s in sizes], "size": [s[1] for s in sizes]}, schema=IMAGE_SIZES_SCHEMA
+    )
 
     def nms(indices: Any) -> list[str]:
         return sorted(str(rows[i]["nm"]) for i in indices)
 
     summary = {
-        "missing": nms(defects["missing"]), "empty": nms(defects["empty"]), "corrupt": nms(defects["corrupt"]),
+        "missing": nms(defects["missing"]),
+        "empty": nms(defects["empty"]),
+        "corrupt": nms(defects["corrupt"]),
         "empty_kind": {str(rows[i]["nm"]): kind for i, kind in sorted(defects["empty"].items())},
         "small_clean": nms(defects["small_clean"]),
         "duplicate": sorted([str(rows[d]["nm"]), str(rows[s]["nm"])] for d, s in defects["duplicate_of"].items()),
-        "grayscale": nms(defects["grayscale"]), "cmyk": nms(defects["cmyk"]),
+        "grayscale": nms(defects["grayscale"]),
+        "cmyk": nms(defects["cmyk"]),
         "orphan": [str(nm) for nm in defects["orphans"]],
     }
     return table, summary
@@ -635,8 +793,10 @@ def colour_variant_ground_truth(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for row in rows:
         by_model.setdefault(int(row["model_id"]), []).append(str(row["nm"]))
     groups = sorted((sorted(nms) for nms in by_model.values() if len(nms) > 1), key=lambda nms: nms[0])
-    return {"colour_variant_models": groups,
-            "note": "nms of one model in several colours; ingestion ignores this, the duplicate report scores against it"}
+    return {
+        "colour_variant_models": groups,
+        "note": "nms of one model in several colours; ingestion ignores this, the duplicate report scores against it",
+    }
 
 
 def write_sample(out_dir: str | os.PathLike, spec: SampleSpec = SampleSpec()) -> dict[str, Any]:
@@ -654,11 +814,14 @@ def write_sample(out_dir: str | os.PathLike, spec: SampleSpec = SampleSpec()) ->
     _atomic_write(out / TRAIN_FILE, lambda p: pq.write_table(train_table, p))
     _atomic_write(out / TEST_FILE, lambda p: pq.write_table(test_table, p))
     counts: dict[str, Any] = {
-        "products": len(rows), "train": train_table.num_rows, "test": test_table.num_rows,
+        "products": len(rows),
+        "train": train_table.num_rows,
+        "test": test_table.num_rows,
         "malformed_characteristics": sum(1 for r in rows if isinstance(r["characteristics_form"], str)),
         "label_characteristics": {
             label: sum(1 for r in rows if r[f"{label}_in_characteristics"])
-            for label in ("sex", "age_restrictions", "season", "fragility")},
+            for label in ("sex", "age_restrictions", "season", "fragility")
+        },
     }
     image_defects: dict[str, Any] = {}
     if spec.with_images:
@@ -703,7 +866,9 @@ def _is_current(manifest: dict[str, Any] | None, spec: SampleSpec, out: Path) ->
     if manifest.get("spec") != spec.to_json_dict():
         return False
     files = manifest.get("files") or {}
-    return all((out / name).is_file() and (out / name).stat().st_size == info.get("bytes") for name, info in files.items())
+    return all(
+        (out / name).is_file() and (out / name).stat().st_size == info.get("bytes") for name, info in files.items()
+    )
 
 
 @contextlib.contextmanager
@@ -740,7 +905,8 @@ def ensure_sample(out_dir: str | os.PathLike, spec: SampleSpec = SampleSpec()) -
             return manifest  # type: ignore[return-value]
         if out.exists() and manifest is None and any(out.iterdir()):
             raise FileExistsError(
-                f"{out} is not empty and has no {MANIFEST_FILE}: refusing to replace it with a generated sample")
+                f"{out} is not empty and has no {MANIFEST_FILE}: refusing to replace it with a generated sample"
+            )
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         os.chmod(staging, 0o755)
         try:

@@ -20,11 +20,26 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 # Product colours: name (used in text/characteristics) -> RGB. Palettes per latent sex code.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "розовый": (236, 96, 160), "красный": (214, 40, 57), "бордовый": (128, 20, 48), "пудровый": (232, 170, 170),
-    "малиновый": (190, 30, 110), "синий": (30, 60, 150), "черный": (25, 25, 30), "серый": (110, 112, 118),
-    "хаки": (100, 110, 60), "темно-синий": (20, 30, 80), "желтый": (250, 210, 30), "оранжевый": (250, 130, 20),
-    "зеленый": (40, 170, 70), "сиреневый": (190, 140, 230), "фиолетовый": (130, 60, 190), "голубой": (90, 180, 240),
-    "белый": (245, 245, 245), "бежевый": (220, 200, 160), "коричневый": (120, 75, 40), "бирюзовый": (30, 180, 170),
+    "розовый": (236, 96, 160),
+    "красный": (214, 40, 57),
+    "бордовый": (128, 20, 48),
+    "пудровый": (232, 170, 170),
+    "малиновый": (190, 30, 110),
+    "синий": (30, 60, 150),
+    "черный": (25, 25, 30),
+    "серый": (110, 112, 118),
+    "хаки": (100, 110, 60),
+    "темно-синий": (20, 30, 80),
+    "желтый": (250, 210, 30),
+    "оранжевый": (250, 130, 20),
+    "зеленый": (40, 170, 70),
+    "сиреневый": (190, 140, 230),
+    "фиолетовый": (130, 60, 190),
+    "голубой": (90, 180, 240),
+    "белый": (245, 245, 245),
+    "бежевый": (220, 200, 160),
+    "коричневый": (120, 75, 40),
+    "бирюзовый": (30, 180, 170),
     "мультиколор": (200, 120, 60),
 }
 PALETTES: dict[str, tuple[str, ...]] = {
@@ -101,11 +116,29 @@ def _primitive_points(primitive: int, aspect: float) -> list[tuple[float, float]
     elif primitive == 3:  # diamond
         pts = [(0, -1), (1, 0), (0, 1), (-1, 0)]
     elif primitive == 4:  # five-point star
-        pts = [((1.0 if i % 2 == 0 else 0.45) * math.sin(i * math.pi / 5),
-                -(1.0 if i % 2 == 0 else 0.45) * math.cos(i * math.pi / 5)) for i in range(10)]
+        pts = [
+            (
+                (1.0 if i % 2 == 0 else 0.45) * math.sin(i * math.pi / 5),
+                -(1.0 if i % 2 == 0 else 0.45) * math.cos(i * math.pi / 5),
+            )
+            for i in range(10)
+        ]
     elif primitive == 6:  # plus / cross
         a = 0.35
-        pts = [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)]
+        pts = [
+            (-a, -1),
+            (a, -1),
+            (a, -a),
+            (1, -a),
+            (1, a),
+            (a, a),
+            (a, 1),
+            (-a, 1),
+            (-a, a),
+            (-1, a),
+            (-1, -a),
+            (-a, -a),
+        ]
     elif primitive == 7:  # hexagon
         pts = [(math.cos(i * math.pi / 3), math.sin(i * math.pi / 3)) for i in range(6)]
     elif primitive == 8:  # dress-like trapezoid
@@ -142,8 +175,9 @@ def _draw_product(image: Image.Image, plan: ImagePlan) -> None:
             draw.polygon(poly, fill=plan.colour, outline=shade, width=3)
 
 
-def render_jpeg(plan: ImagePlan, rng: np.random.Generator, noise_bank: list[np.ndarray],
-                noise_sigma: float, min_bytes: int) -> bytes:
+def render_jpeg(
+    plan: ImagePlan, rng: np.random.Generator, noise_bank: list[np.ndarray], noise_sigma: float, min_bytes: int
+) -> bytes:
     """Encode a product photo; re-encode with more texture until it is at least ``min_bytes``."""
     canvas = Image.fromarray(np.clip(_background(plan, rng), 0, 255).astype(np.uint8), "RGB")
     _draw_product(canvas, plan)
@@ -151,7 +185,7 @@ def render_jpeg(plan: ImagePlan, rng: np.random.Generator, noise_bank: list[np.n
     tile = noise_bank[int(rng.integers(len(noise_bank)))]
     y0 = int(rng.integers(0, NOISE_TILE - plan.height + 1))
     x0 = int(rng.integers(0, NOISE_TILE - plan.width + 1))
-    noise = tile[y0:y0 + plan.height, x0:x0 + plan.width]
+    noise = tile[y0 : y0 + plan.height, x0 : x0 + plan.width]
     sigma = noise_sigma
     for _ in range(4):
         pixels = np.clip(base + noise * sigma, 0, 255).astype(np.uint8)
@@ -193,7 +227,9 @@ def render_small_clean_jpeg(plan: ImagePlan, rng: np.random.Generator, max_bytes
     _draw_product(canvas, white)
     # a soft contact shadow under the product, as studio shots have
     shadow = Image.new("L", canvas.size, 0)
-    ImageDraw.Draw(shadow).ellipse([plan.width * 0.2, plan.height * 0.78, plan.width * 0.8, plan.height * 0.86], fill=40)
+    ImageDraw.Draw(shadow).ellipse(
+        [plan.width * 0.2, plan.height * 0.78, plan.width * 0.8, plan.height * 0.86], fill=40
+    )
     shadow = shadow.filter(ImageFilter.GaussianBlur(max(2, plan.width // 40)))
     pixels = np.asarray(canvas, np.float32) - np.asarray(shadow, np.float32)[:, :, None] * 0.5
     pixels += rng.normal(0.0, 1.0, size=pixels.shape[:2] + (1,)).astype(np.float32)
@@ -228,15 +264,24 @@ def render_placeholder_jpeg(kind: str, plan: ImagePlan, rng: np.random.Generator
         side = min(w, h)  # the graphic is drawn to the short side, so it stays small in any frame
         draw, r, stroke = ImageDraw.Draw(card), side * 0.16, max(2, int(side * 0.01))
         cx, cy = w / 2, h * 0.45
-        draw.rounded_rectangle([cx - r, cy - r * 0.7, cx + r, cy + r * 0.7], radius=r * 0.15, outline=(grey,) * 3, width=stroke)
+        draw.rounded_rectangle(
+            [cx - r, cy - r * 0.7, cx + r, cy + r * 0.7], radius=r * 0.15, outline=(grey,) * 3, width=stroke
+        )
         draw.ellipse([cx - r * 0.4, cy - r * 0.4, cx + r * 0.4, cy + r * 0.4], outline=(grey,) * 3, width=stroke)
-        draw.text((cx, cy + r * 1.1), "NO PHOTO", fill=(grey,) * 3, font=ImageFont.load_default(size=max(8, int(side * 0.06))), anchor="mt")
+        draw.text(
+            (cx, cy + r * 1.1),
+            "NO PHOTO",
+            fill=(grey,) * 3,
+            font=ImageFont.load_default(size=max(8, int(side * 0.06))),
+            anchor="mt",
+        )
         return _fit_under(card, 85, max_bytes)
     if kind == "logo":
         lw, lh = LOGO_PLACEHOLDER_SIZE
         card = Image.new("RGB", (lw, lh), (242, 242, 242))
-        ImageDraw.Draw(card).text((lw / 2, lh / 2), "WB", fill=(190, 190, 190),
-                                  font=ImageFont.load_default(size=int(lw * 0.25)), anchor="mm")
+        ImageDraw.Draw(card).text(
+            (lw / 2, lh / 2), "WB", fill=(190, 190, 190), font=ImageFont.load_default(size=int(lw * 0.25)), anchor="mm"
+        )
         return _fit_under(card, 85, max_bytes)
     if kind == "blurred":
         canvas = Image.fromarray(np.clip(_background(plan, rng), 0, 255).astype(np.uint8), "RGB")

@@ -13,10 +13,18 @@ from wb_pipeline.core.models import classification as core
 def test_variants_compute_both_steps_and_score_every_model():
     labels, features, groups, tabular = bench.synthetic_inputs(n=150, seed=1)
     assert features["image"].shape[1] > 150  # wider than any training part: the row-space path runs
-    small = core.ClassificationConfig(n_splits=3, inner_splits=2, min_class_rows=3, c_values=(1.0, 10.0),
-                                      fusion_n_estimators=10, labels=("sex", "fragility"))
-    results = [bench.run_variant(labels, features, groups, tabular, dataclasses.replace(small, **change))
-               for change in ({"row_space": False, "warm_start": False, "solver": "lbfgs"}, {})]
+    small = core.ClassificationConfig(
+        n_splits=3,
+        inner_splits=2,
+        min_class_rows=3,
+        c_values=(1.0, 10.0),
+        fusion_n_estimators=10,
+        labels=("sex", "fragility"),
+    )
+    results = [
+        bench.run_variant(labels, features, groups, tabular, dataclasses.replace(small, **change))
+        for change in ({"row_space": False, "warm_start": False, "solver": "lbfgs"}, {})
+    ]
     for result in results:
         assert result["base_wall"] > 0 and result["fusion_wall"] > 0
         table = bench.quality(result)

@@ -11,9 +11,9 @@ import pytest
 from benchmarks import scale
 from wb_pipeline.core.data import images, schema
 from wb_pipeline.core.data.cleaning import clean_products
-from wb_pipeline.core.embeddings.encoders.text import SentenceTransformerTextEncoder
 from wb_pipeline.core.data.ingestion import read_wb_table
 from wb_pipeline.core.data.storage import as_upath
+from wb_pipeline.core.embeddings.encoders.text import SentenceTransformerTextEncoder
 from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
 from wb_pipeline.sample_data import SampleSpec, write_sample
 
@@ -28,8 +28,13 @@ def tiny_run(tmp_path_factory, tiny_st_folder, shared_models_dir):
     manifest = write_sample(raw, SampleSpec(n_products=N_PRODUCTS, seed=5))
     models = str(shared_models_dir)
     results = scale.run_benchmark(
-        raw, root / "work", shared_models_dir, n_products=N_PRODUCTS, baseline_subset=8,
-        text_encoder=_tiny_text(tiny_st_folder, models), image_encoder=_image(models),
+        raw,
+        root / "work",
+        shared_models_dir,
+        n_products=N_PRODUCTS,
+        baseline_subset=8,
+        text_encoder=_tiny_text(tiny_st_folder, models),
+        image_encoder=_image(models),
         reference_factory=lambda: SentenceTransformerTextEncoder(str(tiny_st_folder), max_seq_length=32),
         n_shards=N_SHARDS,
     )
@@ -73,7 +78,8 @@ def test_every_stage_is_measured_with_rows_equal_to_the_data(tiny_run):
     assert any(s.startswith(scale.CHECKS_STAGE) for s in stages)  # the assets' checks ran in the same run
     # a sharded stage is its N shard steps + its gather
     assert {label: stages[label]["steps"] for label in expected_labels} == {
-        label: N_SHARDS + 1 if sharded else 1 for _, label, _, sharded in scale.STAGES}
+        label: N_SHARDS + 1 if sharded else 1 for _, label, _, sharded in scale.STAGES
+    }
 
 
 def test_every_shard_step_is_a_row_of_the_step_table_and_the_shards_add_up(tiny_run):
@@ -82,7 +88,8 @@ def test_every_shard_step_is_a_row_of_the_step_table_and_the_shards_add_up(tiny_
     assert results["n_shards"] == N_SHARDS and results["executor"] == "in_process"
     shard_steps = [s for s in steps if s["kind"] == "shard"]
     assert sorted(s["step"] for s in shard_steps) == sorted(
-        f"{stage}_shard_{k:02d}" for stage in scale.SHARDED_STAGES for k in range(N_SHARDS))
+        f"{stage}_shard_{k:02d}" for stage in scale.SHARDED_STAGES for k in range(N_SHARDS)
+    )
     gathers = {s["step"]: s for s in steps if s["kind"] == "gather"}
     assert sorted(gathers) == sorted(scale.SHARDED_STAGES)
     for stage in scale.SHARDED_STAGES:  # every product (image member) is in exactly one shard
@@ -123,7 +130,7 @@ def test_total_line_and_projection_add_up(tiny_run):
     assert projection["total_s"] == pytest.approx(sum(s["projected_s"] for s in results["stages"]))
     assert projection["product_scale"] == pytest.approx(scale.REAL_PRODUCTS / N_PRODUCTS)
     # the run's wall time covers its steps
-    assert results["run"]["wall_s"] >= sum(s["wall_s"] for s in results["stages"][:len(scale.STAGES)])
+    assert results["run"]["wall_s"] >= sum(s["wall_s"] for s in results["stages"][: len(scale.STAGES)])
     assert lines[-1][1] == str(len(results["steps"]))  # the total counts every step of the run
 
 
@@ -154,11 +161,14 @@ def test_lengthen_descriptions_keeps_own_words_first():
 
 def test_outputs_are_written_as_json_and_markdown(tiny_run, tmp_path):
     results = dict(tiny_run["results"])
-    results.update({
-        "machine": scale.machine_info(), "load_average": {"start": (0.5, 0, 0), "end": (0.7, 0, 0)},
-        "data": {"bytes": 1000, "reused": False, "seconds": 1.0},
-        "process_peak_rss_mib": scale.process_peak_rss_mib(),
-    })
+    results.update(
+        {
+            "machine": scale.machine_info(),
+            "load_average": {"start": (0.5, 0, 0), "end": (0.7, 0, 0)},
+            "data": {"bytes": 1000, "reused": False, "seconds": 1.0},
+            "process_peak_rss_mib": scale.process_peak_rss_mib(),
+        }
+    )
     json_path, md_path = scale.write_outputs(results, tmp_path)
     assert json.loads(json_path.read_text())["products"] == N_PRODUCTS
     markdown = md_path.read_text()
@@ -189,9 +199,16 @@ def test_multiprocess_mode_measures_each_step_in_its_own_process(tiny_run, share
     import os
 
     models = str(shared_models_dir)
-    run = scale.run_pipeline(tiny_run["raw"], tiny_run["root"] / "work-mp", shared_models_dir,
-                             text_encoder=_tiny_text(tiny_st_folder, models), image_encoder=_image(models),
-                             n_shards=N_SHARDS, executor="multiprocess", load_product_text=False)
+    run = scale.run_pipeline(
+        tiny_run["raw"],
+        tiny_run["root"] / "work-mp",
+        shared_models_dir,
+        text_encoder=_tiny_text(tiny_st_folder, models),
+        image_encoder=_image(models),
+        n_shards=N_SHARDS,
+        executor="multiprocess",
+        load_product_text=False,
+    )
     assert run.executor == "multiprocess" and set(run.step_memory) == set(run.steps)
     pids = {record["pid"] for record in run.step_memory.values()}
     assert os.getpid() not in pids and len(pids) == len(run.steps)  # every step in a process of its own
@@ -209,10 +226,19 @@ def test_multiprocess_mode_measures_each_step_in_its_own_process(tiny_run, share
 @pytest.mark.slow  # a local dask cluster: ~50 s on 2 busy cores
 def test_dask_mode_runs_the_same_steps_on_two_worker_processes(tiny_run, shared_models_dir, tiny_st_folder):
     models = str(shared_models_dir)
-    run = scale.run_pipeline(tiny_run["raw"], tiny_run["root"] / "work-dask", shared_models_dir,
-                             text_encoder=_tiny_text(tiny_st_folder, models), image_encoder=_image(models),
-                             n_shards=N_SHARDS, executor="dask", load_product_text=False)
+    run = scale.run_pipeline(
+        tiny_run["raw"],
+        tiny_run["root"] / "work-dask",
+        shared_models_dir,
+        text_encoder=_tiny_text(tiny_st_folder, models),
+        image_encoder=_image(models),
+        n_shards=N_SHARDS,
+        executor="dask",
+        load_product_text=False,
+    )
     assert run.executor == "dask" and run.run_wall_s > 0 and run.cluster_start_s > 0
     assert set(run.steps) == {s["step"] for s in tiny_run["results"]["steps"]}
-    assert int(run.metadata["text_embeddings"]["dagster/row_count"]) == \
-        tiny_run["results"]["run"]["metadata"]["text_embeddings"]["dagster/row_count"]
+    assert (
+        int(run.metadata["text_embeddings"]["dagster/row_count"])
+        == tiny_run["results"]["run"]["metadata"]["text_embeddings"]["dagster/row_count"]
+    )

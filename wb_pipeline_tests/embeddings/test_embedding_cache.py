@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 from upath import UPath
 
+from wb_pipeline.core.data import storage
+from wb_pipeline.core.data.storage import content_hash
 from wb_pipeline.core.embeddings.vectors import (
     EmbeddingCache,
     EmbeddingTable,
-    content_hash,
     embed_incrementally,
     read_embedding_table,
-    write_embedding_table,
 )
 
 DIM = 4
@@ -40,7 +40,7 @@ class CountingEncoder:
 def test_embedding_table_roundtrip_and_subset(tmp_path):
     table = EmbeddingTable(nm=["a", "b", "c"], vectors=_vectors_for(["a", "b", "c"]))
     path = UPath(tmp_path / "t.parquet")
-    write_embedding_table(table, path)
+    storage.write_parquet(table.to_arrow(), path)  # as the IO manager writes it
     back = read_embedding_table(path)
     assert back.nm.tolist() == ["a", "b", "c"] and back.vectors.dtype == np.float32
     np.testing.assert_array_equal(back.vectors, table.vectors)
@@ -128,6 +128,8 @@ def test_prepare_chunk_runs_ahead_and_feeds_encode(tmp_path):
     def encode(payload):
         return _vectors_for([p.lower() for p in payload])
 
-    vectors, stats = embed_incrementally(hashes, encode, EmbeddingCache(tmp_path, "fp", DIM), chunk_size=3, prepare_chunk=prepare)
+    vectors, stats = embed_incrementally(
+        hashes, encode, EmbeddingCache(tmp_path, "fp", DIM), chunk_size=3, prepare_chunk=prepare
+    )
     assert prepared == [[0, 1, 2], [3, 4, 5], [6]]
     np.testing.assert_allclose(vectors, _vectors_for(texts))

@@ -193,7 +193,9 @@ def test_lite2_at_a_non_native_resolution_matches_between_engines(tmp_path: Path
 def test_channels_last_and_contiguous_torch_give_the_same_vectors() -> None:
     images = _synthetic_images()[:2]
     contiguous = EfficientNetLiteEncoder("lite0", "torch", device="cpu", memory_format="contiguous").encode(images)
-    channels_last = EfficientNetLiteEncoder("lite0", "torch", device="cpu", memory_format="channels_last").encode(images)
+    channels_last = EfficientNetLiteEncoder("lite0", "torch", device="cpu", memory_format="channels_last").encode(
+        images
+    )
     assert np.abs(contiguous - channels_last).max() < 1e-4
 
 

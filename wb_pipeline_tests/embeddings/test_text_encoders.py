@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wb_pipeline.core.embeddings.encoders import base
-from wb_pipeline.core.embeddings.encoders import e5_convert
+from wb_pipeline.core.embeddings.encoders import base, e5_convert
 from wb_pipeline.core.embeddings.encoders.text import (
     SentenceTransformerTextEncoder,
     UniversalSentenceEncoderText,
     default_e5_encoder,
-    folder_content_hash,
 )
+from wb_pipeline.core.embeddings.encoders.text_inputs import folder_content_hash
 
 # --------------------------------------------------------------------------- shared contract
 
@@ -92,8 +91,23 @@ def test_dequantize_q4_against_the_documented_layout():
 
 
 TINY = dict(hidden=32, layers=2, heads=2, ffn=64, max_positions=16, type_vocab=2)
-TINY_PIECES = ["<s>", "<pad>", "</s>", "<unk>", "\u2581", "\u2581passage", ":", "\u2581пла", "тье",
-               "\u2581платье", "а", "б", "в", "fi", "<mask>"]
+TINY_PIECES = [
+    "<s>",
+    "<pad>",
+    "</s>",
+    "<unk>",
+    "\u2581",
+    "\u2581passage",
+    ":",
+    "\u2581пла",
+    "тье",
+    "\u2581платье",
+    "а",
+    "б",
+    "в",
+    "fi",
+    "<mask>",
+]
 
 
 def _write_tiny_e5(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
@@ -113,8 +127,11 @@ def _write_tiny_e5(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
             expected[name] = (blocks * scales.astype(np.float32)[:, None]).reshape(shape).astype(np.float32)
             dtype_flag = 1
         else:
-            values = (1.0 + 0.1 * rng.standard_normal(n)) if name.endswith(("ln.w", "aln.w", "oln.w")) \
+            values = (
+                (1.0 + 0.1 * rng.standard_normal(n))
+                if name.endswith(("ln.w", "aln.w", "oln.w"))
                 else 0.05 * rng.standard_normal(n)
+            )
             values = values.astype(np.float32)
             raw, dtype_flag = values.tobytes(), 0
             expected[name] = values.reshape(shape)
@@ -136,7 +153,11 @@ def _write_tiny_e5(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     dir_size = sum(2 + len(name) + 1 + 4 + 8 + 8 for name, *_ in directory)
     data_start = len(head) + dir_size
     for name, dtype_flag, n, offset, nbytes in directory:
-        head += struct.pack("<H", len(name)) + name.encode() + struct.pack("<BIQQ", dtype_flag, n, data_start + offset, nbytes)
+        head += (
+            struct.pack("<H", len(name))
+            + name.encode()
+            + struct.pack("<BIQQ", dtype_flag, n, data_start + offset, nbytes)
+        )
     path.write_bytes(bytes(head) + bytes(payload))
     return expected
 
@@ -228,8 +249,9 @@ TITLES = ["платье женское летнее", "кроссовки муж
 
 
 def test_st_encoder_shape_norm_and_row_order(tiny_st_folder):
-    encoder = SentenceTransformerTextEncoder(str(tiny_st_folder), max_seq_length=32, device="cpu", batch_size=2,
-                                             num_threads=1)
+    encoder = SentenceTransformerTextEncoder(
+        str(tiny_st_folder), max_seq_length=32, device="cpu", batch_size=2, num_threads=1
+    )
     vectors = encoder.encode(TITLES)
     assert vectors.shape == (4, 16) and vectors.dtype == np.float32 and encoder.dim == 16
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
@@ -245,7 +267,9 @@ def test_st_encoder_applies_prompt_and_truncation(tiny_st_folder):
     assert not np.allclose(prompted.encode(["платье"]), plain.encode(["платье"]), atol=1e-3)
     short = SentenceTransformerTextEncoder(str(tiny_st_folder), prompt="", max_seq_length=4, device="cpu")
     # 4 tokens = [CLS] + 2 words + [SEP]: everything after the 2nd word is cut
-    np.testing.assert_allclose(short.encode(["платье женское летнее хлопок"]), short.encode(["платье женское"]), atol=1e-6)
+    np.testing.assert_allclose(
+        short.encode(["платье женское летнее хлопок"]), short.encode(["платье женское"]), atol=1e-6
+    )
     with pytest.raises(ValueError, match="exceeds .* limit of 32 tokens"):
         SentenceTransformerTextEncoder(str(tiny_st_folder), max_seq_length=64, device="cpu").encode(["x"])
 
@@ -374,7 +398,8 @@ def test_real_normalization_map_is_reproduced_on_every_code_point():
     outputs = normalizer.normalize_str("\ue000".join(map(chr, codepoints))).split("\ue000")
     assert len(outputs) == len(codepoints)
     mismatches = [
-        hex(cp) for cp, out in zip(codepoints, outputs)
+        hex(cp)
+        for cp, out in zip(codepoints, outputs)
         if out != ckpt.normalization_map.get(cp, chr(cp)) and cp < 0x10FF00  # stand-ins: see build_normalizer
     ]
     assert not mismatches, mismatches[:20]

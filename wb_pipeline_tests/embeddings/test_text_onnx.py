@@ -12,18 +12,21 @@ import pandas as pd
 import pytest
 
 from wb_pipeline.core.embeddings.encoders import onnx_export
-from wb_pipeline.core.embeddings.encoders.text import (
-    SentenceTransformerTextEncoder,
-    default_e5_encoder,
-    plain_tokenizer,
-    truncate_to_tokens,
-)
+from wb_pipeline.core.embeddings.encoders.text import SentenceTransformerTextEncoder, default_e5_encoder
+from wb_pipeline.core.embeddings.encoders.text_inputs import plain_tokenizer, truncate_to_tokens
 from wb_pipeline.core.embeddings.encoders.text_onnx import OnnxTextEncoder, read_sentence_transformer_layout
 from wb_pipeline.core.text.product_text import encoder_text
 
 # Words of the tiny WordLevel vocabulary (see conftest.tiny_st_folder) in texts of varied length.
-TEXTS = ["платье женское летнее хлопок", "x", "кроссовки мужские 42", "", "платье " * 12,
-         "хлопок летнее", "женское платье кроссовки мужские летнее x 42 хлопок"]
+TEXTS = [
+    "платье женское летнее хлопок",
+    "x",
+    "кроссовки мужские 42",
+    "",
+    "платье " * 12,
+    "хлопок летнее",
+    "женское платье кроссовки мужские летнее x 42 хлопок",
+]
 
 
 @pytest.fixture(scope="module")
@@ -156,16 +159,21 @@ def test_truncate_to_tokens_cuts_at_token_boundaries(tiny_st_folder):
 def test_budget_cuts_only_the_description_and_keeps_a_long_title_whole(tiny_st_folder):
     tokenizer = OnnxTextEncoder(tiny_st_folder, max_seq_length=32).budget_tokenizer
     long_title = " ".join(["платье женское летнее"] * 5)  # 15 tokens, far over the budget
-    frame = pd.DataFrame({
-        "title_natural": [long_title, "хлопок", "x"],
-        "description_natural": ["кроссовки мужские 42 летнее", "хлопок", None],
-    })
+    frame = pd.DataFrame(
+        {
+            "title_natural": [long_title, "хлопок", "x"],
+            "description_natural": ["кроссовки мужские 42 летнее", "хлопок", None],
+        }
+    )
     budgeted = encoder_text(frame, description_token_budget=2, tokenizer=tokenizer).tolist()
     assert budgeted == [long_title + ". кроссовки мужские", "хлопок", "x"]
     full = encoder_text(frame).tolist()  # no budget: the old behaviour
     assert full == [long_title + ". кроссовки мужские 42 летнее", "хлопок", "x"]
     assert encoder_text(frame, "title", description_token_budget=2, tokenizer=tokenizer).tolist() == [
-        long_title, "хлопок", "x"]
+        long_title,
+        "хлопок",
+        "x",
+    ]
     assert encoder_text(frame, description_token_budget=0, tokenizer=tokenizer).tolist() == [long_title, "хлопок", "x"]
     with pytest.raises(ValueError, match="tokenizer"):
         encoder_text(frame, description_token_budget=2)
@@ -198,8 +206,9 @@ def test_real_e5_onnx_engines_match_the_fp32_reference(shared_models_dir, produc
     expected = reference.encode(product_texts)
     cosines = {}
     for engine in ("onnx", "onnx_int8"):
-        encoder = default_e5_encoder(shared_models_dir / "e5", engine=engine, num_threads=2,
-                                     onnx_cache_dir=shared_models_dir / "onnx")
+        encoder = default_e5_encoder(
+            shared_models_dir / "e5", engine=engine, num_threads=2, onnx_cache_dir=shared_models_dir / "onnx"
+        )
         assert encoder.fingerprint != reference.fingerprint and encoder.dim == 384
         cosines[engine] = np.sum(encoder.encode(product_texts) * expected, axis=1)
     assert cosines["onnx"].min() > 0.9999, cosines["onnx"].min()

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from wb_pipeline import evaluate
-from wb_pipeline.core.models.contrastive import combine_joint, train_joint_space
 from wb_pipeline.core.evaluation import report, training_seeds
 from wb_pipeline.core.evaluation.retrieval import METHODS, cross_validated_retrieval, summarise_retrieval
+from wb_pipeline.core.models.contrastive import combine_joint, train_joint_space
 from wb_pipeline_tests.models.test_clustering import FAST as FAST_CLUSTERING
 from wb_pipeline_tests.models.test_clustering import blobs
 from wb_pipeline_tests.models.test_contrastive import FAST, paired_vectors, unique_keys
@@ -45,9 +45,20 @@ def test_duplicate_pairs_never_straddle_retrieval_folds():
 def test_classifier_and_rejection_tables():
     rows = []
     for model, f1 in (("text", 0.8), ("image", 0.6), ("early_fusion", 0.82), ("late_fusion", 0.79), ("zero_shot", 0.3)):
-        rows.append({"label": "sex", "model": model, "n": 100, "n_classes": 3, "macro_f1": f1,
-                     "macro_f1_low": f1 - 0.05, "macro_f1_high": f1 + 0.05, "best_model": "early_fusion",
-                     "gain_low": -0.05 if model == "late_fusion" else np.nan, "gain_high": 0.03})
+        rows.append(
+            {
+                "label": "sex",
+                "model": model,
+                "n": 100,
+                "n_classes": 3,
+                "macro_f1": f1,
+                "macro_f1_low": f1 - 0.05,
+                "macro_f1_high": f1 + 0.05,
+                "best_model": "early_fusion",
+                "gain_low": -0.05 if model == "late_fusion" else np.nan,
+                "gain_high": 0.03,
+            }
+        )
     table = report.classifier_table(pd.DataFrame(rows))
     assert table.iloc[0]["late − best unimodal, 95% paired"] == "[-0.050, +0.030]"
     row = table.iloc[0]
@@ -58,7 +69,10 @@ def test_classifier_and_rejection_tables():
     assert shares.loc["empty_image", "products"] == 2 and shares.loc["missing_image", "share of input"] == "0.5%"
     text = report.to_markdown("t", {"rejections": report.rejection_table(rejected, 200)}, {"n": 200})
     assert text.startswith("# t\n") and "- n: 200" in text and "## rejections" in text and "empty_image" in text
-    assert json.loads(report.to_json({"r": report.rejection_table(rejected, 200)}, {"n": np.int64(200)}))["notes"]["n"] == 200
+    assert (
+        json.loads(report.to_json({"r": report.rejection_table(rejected, 200)}, {"n": np.int64(200)}))["notes"]["n"]
+        == 200
+    )
 
 
 def test_evaluate_says_what_is_missing(tmp_path, capsys):
@@ -67,18 +81,40 @@ def test_evaluate_says_what_is_missing(tmp_path, capsys):
 
 
 def test_quality_tables_lead_the_clustering_with_the_seed_comparison():
-    per_seed = pd.DataFrame([{"seed": s, "target": "category", "space": space, "k": 3, "ami": ami + 0.01 * s}
-                             for s in range(3) for space, ami in (("text", 0.5), ("image", 0.4), ("joint", 0.6))])
+    per_seed = pd.DataFrame(
+        [
+            {"seed": s, "target": "category", "space": space, "k": 3, "ami": ami + 0.01 * s}
+            for s in range(3)
+            for space, ami in (("text", 0.5), ("image", 0.4), ("joint", 0.6))
+        ]
+    )
     empty = pd.DataFrame(columns=["space", "algorithm", "n_clusters"])
     classification = pd.DataFrame(columns=["label", "model", "n", "n_classes", "macro_f1", "best_model"])
-    summary = summarise_retrieval(pd.DataFrame([
-        {"fold": f, "method": m, "direction": "text_to_image", "pairs": 10, "recall_at_1": 0.2 + 0.1 * (m == "joint"),
-         "recall_at_10": 0.5} for f in range(2) for m in METHODS]))
+    summary = summarise_retrieval(
+        pd.DataFrame(
+            [
+                {
+                    "fold": f,
+                    "method": m,
+                    "direction": "text_to_image",
+                    "pairs": 10,
+                    "recall_at_1": 0.2 + 0.1 * (m == "joint"),
+                    "recall_at_10": 0.5,
+                }
+                for f in range(2)
+                for m in METHODS
+            ]
+        )
+    )
     tables = report.quality_tables(classification, summary, empty, pd.DataFrame({"reason": []}), 10, per_seed)
     (heading,) = [h for h in tables if "over 3 clustering seeds" in h]
     seeds = tables[heading].set_index("space")
-    assert seeds.loc["joint − text", "verdict"] == "above" and seeds.loc["joint − text", "AMI mean"] == pytest.approx(0.1)
-    assert "over" not in " ".join(report.quality_tables(classification, summary, empty, pd.DataFrame({"reason": []}), 10))
+    assert seeds.loc["joint − text", "verdict"] == "above" and seeds.loc["joint − text", "AMI mean"] == pytest.approx(
+        0.1
+    )
+    assert "over" not in " ".join(
+        report.quality_tables(classification, summary, empty, pd.DataFrame({"reason": []}), 10)
+    )
 
 
 def test_retrained_joint_vectors_follow_the_training_seed_and_reproduce_the_run():
@@ -98,25 +134,32 @@ def test_equal_k_over_training_seeds_pools_the_joint_space_over_both_seeds():
     rng = np.random.default_rng(2)
     spaces = {"text": points, "image": rng.normal(size=points.shape).astype(np.float32), "joint": points}
     retrained = {1: points + rng.normal(scale=0.1, size=points.shape).astype(np.float32), 2: rng.permutation(points)}
-    per_seed = training_seeds.equal_k_over_training_seeds(spaces, 0, retrained, {"category": labels.astype(str)},
-                                                          {"pca": FAST_CLUSTERING}, [0, 1])
+    per_seed = training_seeds.equal_k_over_training_seeds(
+        spaces, 0, retrained, {"category": labels.astype(str)}, {"pca": FAST_CLUSTERING}, [0, 1]
+    )
     assert len(per_seed) == 3 * 2 + 2 * 2  # the run's three spaces, then the two retrained joint spaces
     assert set(per_seed["recipe"]) == {"pca"}
-    assert per_seed.groupby("space")["train_seed"].apply(set).to_dict() == {"text": {0}, "image": {0},
-                                                                            "joint": {0, 1, 2}}
+    assert per_seed.groupby("space")["train_seed"].apply(set).to_dict() == {
+        "text": {0},
+        "image": {0},
+        "joint": {0, 1, 2},
+    }
     table = report.clustering_seed_table(per_seed).set_index("space")
     assert table.loc["joint", "seeds"] == 6 and table.loc["text", "seeds"] == 2
     # the retrained space with shuffled rows scores near chance: the pooled joint mean drops below text
     assert table.loc["joint", "AMI mean"] < table.loc["text", "AMI mean"]
     with pytest.raises(ValueError, match="the run's own"):
-        training_seeds.equal_k_over_training_seeds(spaces, 1, retrained, {"category": labels.astype(str)},
-                                                   {"pca": FAST_CLUSTERING}, [0])
+        training_seeds.equal_k_over_training_seeds(
+            spaces, 1, retrained, {"category": labels.astype(str)}, {"pca": FAST_CLUSTERING}, [0]
+        )
 
 
 def test_seed_comparison_uses_each_space_own_number_of_draws():
     rows = [{"seed": s, "target": "category", "space": "text", "k": 3, "ami": a} for s, a in enumerate([0.5, 0.52])]
-    rows += [{"seed": s % 2, "target": "category", "space": "joint", "k": 3, "ami": a}
-             for s, a in enumerate([0.60, 0.64, 0.62, 0.58])]
+    rows += [
+        {"seed": s % 2, "target": "category", "space": "joint", "k": 3, "ami": a}
+        for s, a in enumerate([0.60, 0.64, 0.62, 0.58])
+    ]
     difference = report.clustering_seed_table(pd.DataFrame(rows)).set_index("space").loc["joint − text"]
     standard_error = np.sqrt(np.var([0.60, 0.64, 0.62, 0.58], ddof=1) / 4 + np.var([0.5, 0.52], ddof=1) / 2)
     assert difference["± (CI)"] == pytest.approx(12.7062 * standard_error, abs=1e-3)  # t(0.975, min(n) − 1 = 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from wb_pipeline.core.data.schema import DERIVED_LABEL_COLUMNS, label_vocabularies
 from wb_pipeline.core.labels.rules import (
     LabelRulesConfig,
     age_restrictions_label,
@@ -13,7 +14,6 @@ from wb_pipeline.core.labels.rules import (
     season_label,
     sex_label,
 )
-from wb_pipeline.core.data.schema import DERIVED_LABEL_COLUMNS, label_vocabularies
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,9 @@ def test_fragility(values, expected) -> None:
 
 def test_config_changes_rules_and_is_validated() -> None:
     config = LabelRulesConfig(
-        age_adult_min=21, fragility_fallback=None, season_priority=("зима", "лето"),
+        age_adult_min=21,
+        fragility_fallback=None,
+        season_priority=("зима", "лето"),
         sex_values={"Female": "для женщин"},
     )
     assert age_restrictions_label(["18+"], config) == "для подростков"
@@ -145,11 +147,19 @@ def test_config_changes_rules_and_is_validated() -> None:
 def test_derive_labels_table() -> None:
     long = pd.DataFrame(
         [
-            ("1", "Пол", "Women"), ("1", "Сезон", "круглогодичный"), ("1", "Сезон", "лето"),
-            ("1", "Цвет", "красный"), ("1", "Возрастные ограничения", "от 3 до 12 лет"),
-            ("2", "Пол", "Унисекс"), ("2", "Хрупкость", "да"), ("2", "Хрупкость", "нет"),
-            ("3", "Хрупкость", "Хрупкое"), ("3", "Пол", "Boy"), ("3", "Возрастные ограничения", "0+"),
-            ("4", "Пол", "Women"), ("4", "Сезон", "весна"),
+            ("1", "Пол", "Women"),
+            ("1", "Сезон", "круглогодичный"),
+            ("1", "Сезон", "лето"),
+            ("1", "Цвет", "красный"),
+            ("1", "Возрастные ограничения", "от 3 до 12 лет"),
+            ("2", "Пол", "Унисекс"),
+            ("2", "Хрупкость", "да"),
+            ("2", "Хрупкость", "нет"),
+            ("3", "Хрупкость", "Хрупкое"),
+            ("3", "Пол", "Boy"),
+            ("3", "Возрастные ограничения", "0+"),
+            ("4", "Пол", "Women"),
+            ("4", "Сезон", "весна"),
             ("9", "Пол", "Men"),  # not among the requested nm
         ],
         columns=["nm", "name", "value"],
@@ -177,13 +187,19 @@ def test_derive_labels_maps_each_distinct_value_once(monkeypatch) -> None:
 
     calls = []
     original = labels_module.LABEL_RULES["season"]
-    monkeypatch.setitem(labels_module.LABEL_RULES, "season",
-                        lambda values, config: calls.append(tuple(values)) or original(values, config))
-    long = pd.DataFrame({"nm": [str(i) for i in range(1000)], "name": "Сезон",
-                         "value": ["лето", "зима"] * 500})
+    monkeypatch.setitem(
+        labels_module.LABEL_RULES,
+        "season",
+        lambda values, config: calls.append(tuple(values)) or original(values, config),
+    )
+    long = pd.DataFrame({"nm": [str(i) for i in range(1000)], "name": "Сезон", "value": ["лето", "зима"] * 500})
     result = derive_labels(long, pd.Series([str(i) for i in range(1000)]))
-    assert result.labels["season"].value_counts().to_dict() == {"лето": 500, "зима": 500, "демисезон": 0,
-                                                                 "круглогодичный": 0}
+    assert result.labels["season"].value_counts().to_dict() == {
+        "лето": 500,
+        "зима": 500,
+        "демисезон": 0,
+        "круглогодичный": 0,
+    }
     assert len(calls) <= 4  # two distinct values, once for the labels and once for `unmapped`
 
 

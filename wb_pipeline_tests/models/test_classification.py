@@ -21,8 +21,16 @@ from wb_pipeline.defs.classification import checks as classification_checks
 from wb_pipeline.defs.embeddings.resources import TextEncoderResource
 from wb_pipeline.defs.resources import WBStorage, WBStorageIOManager
 
-SMALL = dict(n_splits=3, inner_splits=2, min_class_rows=3, min_labelled_rows=20, c_values=[10.0],
-             class_weights=["none", "balanced"], fusion_n_estimators=20, fusion_min_child_samples=5)
+SMALL = dict(
+    n_splits=3,
+    inner_splits=2,
+    min_class_rows=3,
+    min_labelled_rows=20,
+    c_values=[10.0],
+    class_weights=["none", "balanced"],
+    fusion_n_estimators=20,
+    fusion_min_child_samples=5,
+)
 
 
 def labelled_table(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -34,8 +42,14 @@ def labelled_table(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.nd
     codes = pd.Series(sex).astype("category").cat.codes.to_numpy()
     text = rng.normal(size=(n, 12)) + 3.0 * np.eye(12)[codes.clip(0)]
     image = rng.normal(size=(n, 10))
-    labels = pd.DataFrame({"nm": [str(1000 + i) for i in range(n)], "split": "train",
-                           "sex": pd.Categorical(sex), "fragility": pd.Categorical([None] * (n - 5) + ["хрупкий"] * 5)})
+    labels = pd.DataFrame(
+        {
+            "nm": [str(1000 + i) for i in range(n)],
+            "split": "train",
+            "sex": pd.Categorical(sex),
+            "fragility": pd.Categorical([None] * (n - 5) + ["хрупкий"] * 5),
+        }
+    )
     return labels, {"text": text.astype(np.float32), "image": image.astype(np.float32)}
 
 
@@ -72,7 +86,8 @@ def test_saved_models_reload_to_identical_predictions_without_pickle(tmp_path, m
     cv = core.cross_validate_label(data, config)
     models = core.fit_final_base_models(data, cv.final_settings, config)
     models.late_fusion, models.fusion_inputs, models.brand_encoding = core.fit_final_late_fusion(
-        cv.probabilities, "sex", data.classes, config)
+        cv.probabilities, "sex", data.classes, config
+    )
     folder = UPath(tmp_path) / "sex"
     core.save_label_models(models, folder)
 
@@ -100,8 +115,19 @@ def test_label_classes_match_probability_width():
 
 def _decided_rows(label: str, model: str, y: list[str], predicted: list[str], classes: list[str]) -> pd.DataFrame:
     proba = [[1.0 if c == p else 0.0 for c in classes] for p in predicted]
-    return pd.DataFrame({"label": label, "model": model, "stage": core.OUTER, "fold": 0, "row": range(len(y)),
-                         "nm": [str(i) for i in range(len(y))], "y": y, "group": range(len(y)), "proba": proba})
+    return pd.DataFrame(
+        {
+            "label": label,
+            "model": model,
+            "stage": core.OUTER,
+            "fold": 0,
+            "row": range(len(y)),
+            "nm": [str(i) for i in range(len(y))],
+            "y": y,
+            "group": range(len(y)),
+            "proba": proba,
+        }
+    )
 
 
 def test_report_gives_the_gain_over_the_best_unimodal_model_a_paired_interval():
@@ -113,9 +139,15 @@ def test_report_gives_the_gain_over_the_best_unimodal_model_a_paired_interval():
     image = flip(y, 0.4)
     late_same = list(text)  # the best unimodal model's own decisions
     late_better = [truth if i < 40 else t for i, (truth, t) in enumerate(zip(y, text))]  # fixes some of its errors
-    predictions = pd.concat([_decided_rows("sex", "text", y, text, classes), _decided_rows("sex", "image", y, image, classes),
-                             _decided_rows("sex", "early_fusion", y, late_same, classes),
-                             _decided_rows("sex", "late_fusion", y, late_better, classes)], ignore_index=True)
+    predictions = pd.concat(
+        [
+            _decided_rows("sex", "text", y, text, classes),
+            _decided_rows("sex", "image", y, image, classes),
+            _decided_rows("sex", "early_fusion", y, late_same, classes),
+            _decided_rows("sex", "late_fusion", y, late_better, classes),
+        ],
+        ignore_index=True,
+    )
     report = core.build_report(predictions, {"sex": classes}).set_index("model")
     assert report.loc["text", "gain_vs_best_unimodal"] == 0 and report.loc["image", "gain_vs_best_unimodal"] < 0
     # identical decisions: a difference of exactly zero on every resample
@@ -146,8 +178,18 @@ def test_class_phrases_describe_isadult_and_keep_vocabulary_values():
 
 
 def _outer_rows(label: str, nm: list[str], y: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({"label": label, "model": "text", "stage": core.OUTER, "fold": np.arange(len(nm)) % 2,
-                         "row": np.arange(len(nm)), "nm": nm, "y": y, "proba": [np.full(2, 0.5)] * len(nm)})
+    return pd.DataFrame(
+        {
+            "label": label,
+            "model": "text",
+            "stage": core.OUTER,
+            "fold": np.arange(len(nm)) % 2,
+            "row": np.arange(len(nm)),
+            "nm": nm,
+            "y": y,
+            "proba": [np.full(2, 0.5)] * len(nm),
+        }
+    )
 
 
 def test_zero_shot_predictions_score_the_same_rows_and_skip_without_joint_vectors():
@@ -159,8 +201,9 @@ def test_zero_shot_predictions_score_the_same_rows_and_skip_without_joint_vector
         seen.append(phrases)
         return products
 
-    zero_shot = core.zero_shot_predictions(rows, "season", ["зима", "лето"], ["x", "c", "b", "a"], vectors, score,
-                                           {}, temperature=0.1)
+    zero_shot = core.zero_shot_predictions(
+        rows, "season", ["зима", "лето"], ["x", "c", "b", "a"], vectors, score, {}, temperature=0.1
+    )
     assert seen == [["зима", "лето"]]
     assert zero_shot["nm"].tolist() == ["a", "b", "c"] and zero_shot["fold"].tolist() == [0, 1, 0]
     assert (zero_shot["model"] == core.ZERO_SHOT_MODEL).all() and (zero_shot["stage"] == core.OUTER).all()
@@ -186,8 +229,9 @@ class OneHotTextEncoder(TextEncoderResource):
 
 def identity_joint_model(dim: int) -> contrastive.JointSpaceModel:
     """Heads that leave vectors unchanged, so class k's joint vector is the k-th unit vector."""
-    return contrastive.JointSpaceModel(dim, dim, contrastive.ContrastiveConfig(joint_dim=dim, closed_form_dim=0,
-                                                                               head="residual"))
+    return contrastive.JointSpaceModel(
+        dim, dim, contrastive.ContrastiveConfig(joint_dim=dim, closed_form_dim=0, head="residual")
+    )
 
 
 @pytest.fixture()
@@ -203,8 +247,15 @@ def product_world():
     titles = [f"товар {i}" for i in range(n)]
     titles[1] = titles[0]  # a duplicate pair must land in one fold
     clean = pd.DataFrame({"nm": nm, "split": split, "title": titles, "brand": [f"b{i % 9}" for i in range(n)]})
-    labels = pd.DataFrame({"nm": nm, "split": split, "sex": pd.Categorical(sex),
-                           "season": pd.Categorical([None] * n), "category": pd.Categorical(category)})
+    labels = pd.DataFrame(
+        {
+            "nm": nm,
+            "split": split,
+            "sex": pd.Categorical(sex),
+            "season": pd.Categorical([None] * n),
+            "category": pd.Categorical(category),
+        }
+    )
     image_index = pd.DataFrame({"nm": nm, "content_hash": [f"h{i}" for i in range(n)]})
     target = [s if s is not None else c for s, c in zip(sex, category)]
     codes = pd.Series(target).astype("category").cat.codes.to_numpy()
@@ -216,8 +267,14 @@ def product_world():
     text_joint = norm(rng.normal(size=(n, 5)) + 1.2 * np.eye(5)[truth_axis])
     image_joint = norm(rng.normal(size=(n, 5)))
     joint = contrastive.joint_embedding_frame(nm, text_joint, image_joint)
-    return (clean, labels, image_index, EmbeddingTable(np.array(nm), norm(text)), EmbeddingTable(np.array(nm), norm(image)),
-            joint)
+    return (
+        clean,
+        labels,
+        image_index,
+        EmbeddingTable(np.array(nm), norm(text)),
+        EmbeddingTable(np.array(nm), norm(image)),
+        joint,
+    )
 
 
 def test_classification_assets_end_to_end(tmp_path, instance, product_world):
@@ -259,15 +316,32 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
 
     classifier_config = {"config": {**SMALL, "labels": ["sex", "season", "fragility", "category"]}}
     result = dg.materialize(
-        [clean_products_stub, product_labels_stub, image_index_stub, characteristics_stub, text_embeddings_stub,
-         image_embeddings_stub, contrastive_model_stub, joint_embeddings_stub,
-         classification_assets.label_classifiers, classification_assets.fusion_classifier,
-         classification_assets.classification_report, classification_checks.fusion_not_worse_than_best_unimodal],
-        resources={"io_manager": WBStorageIOManager(base_dir=str(tmp_path)),
-                   "pipeline_storage": WBStorage(base_dir=str(tmp_path)),
-                   "text_encoder": OneHotTextEncoder(cache_dir=str(tmp_path))},
-        run_config={"ops": {"label_classifiers": classifier_config, "fusion_classifier": classifier_config,
-                            "classification_report": {"config": {"n_bootstrap": 100}}}},
+        [
+            clean_products_stub,
+            product_labels_stub,
+            image_index_stub,
+            characteristics_stub,
+            text_embeddings_stub,
+            image_embeddings_stub,
+            contrastive_model_stub,
+            joint_embeddings_stub,
+            classification_assets.label_classifiers,
+            classification_assets.fusion_classifier,
+            classification_assets.classification_report,
+            classification_checks.fusion_not_worse_than_best_unimodal,
+        ],
+        resources={
+            "io_manager": WBStorageIOManager(base_dir=str(tmp_path)),
+            "pipeline_storage": WBStorage(base_dir=str(tmp_path)),
+            "text_encoder": OneHotTextEncoder(cache_dir=str(tmp_path)),
+        },
+        run_config={
+            "ops": {
+                "label_classifiers": classifier_config,
+                "fusion_classifier": classifier_config,
+                "classification_report": {"config": {"n_bootstrap": 100}},
+            }
+        },
         instance=instance,
     )
     assert result.success
@@ -277,7 +351,9 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
     for label in ("sex", "category"):
         assert set(report.loc[report["label"] == label, "model"]) == {*core.ALL_MODELS, core.ZERO_SHOT_MODEL}
     assert report[["macro_f1", "macro_f1_low", "macro_f1_high", "weighted_f1"]].notna().all().all()
-    assert (report["macro_f1_low"] <= report["macro_f1"]).all() and (report["macro_f1"] <= report["macro_f1_high"]).all()
+    assert (report["macro_f1_low"] <= report["macro_f1"]).all() and (
+        report["macro_f1"] <= report["macro_f1_high"]
+    ).all()
     assert report.loc[(report["label"] == "sex") & (report["model"] == "text"), "macro_f1"].item() > 0.7
     assert report.loc[report["label"] == "category", "f1"].notna().all()  # binary: F1 of the rarer class
 
@@ -309,7 +385,8 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
         text_row = report[(report["label"] == label) & (report["model"] == "text")].iloc[0]
         assert zero_shot["n"] == text_row["n"] == len(rows)
         assert zero_shot["macro_f1"] == pytest.approx(
-            f1_score(rows["y"], by_hand, labels=classes, average="macro", zero_division=0))
+            f1_score(rows["y"], by_hand, labels=classes, average="macro", zero_division=0)
+        )
         assert 0.0 < zero_shot["macro_f1"] < 1.0  # the constructed space is informative but noisy
         assert zero_shot["best_model"] in core.ALL_MODELS  # a baseline is never picked for test predictions
     category = report[(report["label"] == "category") & (report["model"] == core.ZERO_SHOT_MODEL)].iloc[0]
@@ -322,8 +399,10 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
     checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
     comparison = checks["fusion_not_worse_than_best_unimodal"].metadata["comparison"]
     assert {record.data["label"] for record in comparison.records} == {"sex", "category"}
-    assert all(record.data["best_unimodal"] in core.UNIMODAL_MODELS and record.data["winner"] in core.ALL_MODELS
-               for record in comparison.records)
+    assert all(
+        record.data["best_unimodal"] in core.UNIMODAL_MODELS and record.data["winner"] in core.ALL_MODELS
+        for record in comparison.records
+    )
 
     saved = tmp_path / "models" / "classification" / "sex"
     names = {p.name for p in saved.iterdir()}
@@ -335,8 +414,9 @@ def test_classification_assets_end_to_end(tmp_path, instance, product_world):
 
 def outer_of(probabilities: pd.DataFrame, label: str) -> pd.DataFrame:
     """The held-out rows of `label` every model is scored on (one per labelled row)."""
-    return probabilities[(probabilities["stage"] == "outer") & (probabilities["label"] == label)
-                         & (probabilities["model"] == "text")]
+    return probabilities[
+        (probabilities["stage"] == "outer") & (probabilities["label"] == label) & (probabilities["model"] == "text")
+    ]
 
 
 def _wide_problem(n: int = 40, d: int = 120, seed: int = 3) -> tuple[list[np.ndarray], np.ndarray]:
@@ -352,8 +432,11 @@ def _wide_problem(n: int = 40, d: int = 120, seed: int = 3) -> tuple[list[np.nda
 def test_row_space_fit_solves_the_same_regression_with_fewer_weights():
     blocks, y = _wide_problem()
     new_rows = [b[:10] + 0.1 for b in blocks]
-    for setting, solver in (((1.0, "none", 1.0), "lbfgs"), ((10.0, "balanced", 2.0), "lbfgs"),
-                            ((10.0, "balanced", 2.0), "newton-cg")):
+    for setting, solver in (
+        ((1.0, "none", 1.0), "lbfgs"),
+        ((10.0, "balanced", 2.0), "lbfgs"),
+        ((10.0, "balanced", 2.0), "newton-cg"),
+    ):
         full = core.fit_logistic(blocks, y, setting, max_iter=5000)
         rotated = core.fit_logistic(blocks, y, setting, max_iter=5000, row_space=True, solver=solver)
         assert rotated.coef_.shape == full.coef_.shape == (3, 120)
@@ -362,41 +445,57 @@ def test_row_space_fit_solves_the_same_regression_with_fewer_weights():
             np.testing.assert_array_equal(rotated.predict(X), full.predict(X))
     design = logistic_solver._design(blocks, 1.0, row_space=True)
     assert design.X.shape == (40, 40) and design.basis.shape == (40, 120)
-    tall = logistic_solver._design([b[:, :10] for b in blocks], 1.0, row_space=True)  # more rows than columns: unchanged
+    tall = logistic_solver._design(
+        [b[:, :10] for b in blocks], 1.0, row_space=True
+    )  # more rows than columns: unchanged
     assert tall.basis is None and tall.X.shape == (40, 20)
 
 
 def test_warm_started_grid_chooses_the_same_settings_as_cold_fits():
     labels, features = labelled_table(150, seed=2)
-    small = {**SMALL, "c_values": (0.1, 1.0, 10.0), "class_weights": ("none", "balanced"),
-             "early_fusion_image_weights": (0.5, 2.0)}
+    small = {
+        **SMALL,
+        "c_values": (0.1, 1.0, 10.0),
+        "class_weights": ("none", "balanced"),
+        "early_fusion_image_weights": (0.5, 2.0),
+    }
     cold = core.ClassificationConfig(**small, warm_start=False, row_space=False, solver="lbfgs")
     warm = core.ClassificationConfig(**small)  # the default: warm-started newton-cg in the row space
     data = core.prepare_label(labels, "sex", features, np.arange(150), cold)
     results = [core.cross_validate_label(data, config) for config in (cold, warm)]
-    chosen = [r.choices[r.choices["chosen"]][["model", "fold", "C", "class_weight", "image_weight"]].to_numpy()
-              for r in results]
+    chosen = [
+        r.choices[r.choices["chosen"]][["model", "fold", "C", "class_weight", "image_weight"]].to_numpy()
+        for r in results
+    ]
     np.testing.assert_array_equal(chosen[0], chosen[1])
     assert results[0].final_settings == results[1].final_settings
     np.testing.assert_allclose(results[0].choices["inner_macro_f1"], results[1].choices["inner_macro_f1"], atol=0.02)
     # The warm chain really starts from the previous solution: C ascending within a class weight.
     order = cross_validation._fit_order(core.grid(warm, "early_fusion"))
-    assert [[(c, w) for c, w, _ in chain] for chain in order] == [[(0.1, "none"), (1.0, "none"), (10.0, "none"),
-                                                                  (0.1, "balanced"), (1.0, "balanced"),
-                                                                  (10.0, "balanced")]] * 2
+    assert [[(c, w) for c, w, _ in chain] for chain in order] == [
+        [(0.1, "none"), (1.0, "none"), (10.0, "none"), (0.1, "balanced"), (1.0, "balanced"), (10.0, "balanced")]
+    ] * 2
 
 
 def test_outer_folds_in_two_processes_give_identical_results():
     labels, features = labelled_table(90, seed=1)
     config = core.ClassificationConfig(**{**SMALL, "c_values": (1.0, 10.0)})
     data = core.prepare_label(labels, "sex", features, np.arange(90), config)
-    runs = [core.cross_validate_label(data, core.ClassificationConfig(**{**SMALL, "c_values": (1.0, 10.0)}, n_jobs=n))
-            for n in (1, 2)]
+    runs = [
+        core.cross_validate_label(data, core.ClassificationConfig(**{**SMALL, "c_values": (1.0, 10.0)}, n_jobs=n))
+        for n in (1, 2)
+    ]
     pd.testing.assert_frame_equal(runs[0].choices, runs[1].choices)
     assert runs[0].final_settings == runs[1].final_settings
-    pd.testing.assert_frame_equal(runs[0].probabilities.drop(columns="proba"), runs[1].probabilities.drop(columns="proba"))
+    pd.testing.assert_frame_equal(
+        runs[0].probabilities.drop(columns="proba"), runs[1].probabilities.drop(columns="proba")
+    )
     np.testing.assert_array_equal(np.vstack(runs[0].probabilities["proba"]), np.vstack(runs[1].probabilities["proba"]))
-    fusion = [core.cross_validate_fusion(runs[0].probabilities, "sex", data.classes,
-                                         core.ClassificationConfig(**SMALL, n_jobs=n)) for n in (1, 2)]
+    fusion = [
+        core.cross_validate_fusion(
+            runs[0].probabilities, "sex", data.classes, core.ClassificationConfig(**SMALL, n_jobs=n)
+        )
+        for n in (1, 2)
+    ]
     pd.testing.assert_frame_equal(fusion[0][1], fusion[1][1])
     np.testing.assert_array_equal(np.vstack(fusion[0][0]["proba"]), np.vstack(fusion[1][0]["proba"]))

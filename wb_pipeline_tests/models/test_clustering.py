@@ -31,8 +31,9 @@ from wb_pipeline.core.models.contrastive import joint_embedding_frame
 from wb_pipeline_tests.models.test_contrastive import storage_resources, stub_assets, synthetic_catalogue
 
 # PCA only and a PCA picture: UMAP's numba compilation alone takes ~20 s (the UMAP path has its own slow test).
-FAST = ClusteringConfig(pca_components=8, reduction="pca", scatter_method="pca", kmeans_k_candidates=(2, 4, 8),
-                        hdbscan_min_cluster_size=5)
+FAST = ClusteringConfig(
+    pca_components=8, reduction="pca", scatter_method="pca", kmeans_k_candidates=(2, 4, 8), hdbscan_min_cluster_size=5
+)
 
 
 def blobs(n_per: int = 30, centres: int = 4, dim: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -99,9 +100,11 @@ def test_choose_k_finds_the_number_of_blobs():
 
 
 def test_known_class_counts_ignore_missing_and_single_class_targets():
-    targets = {"category": np.array(["a", "b", None, "a", "c"], dtype=object),
-               "sub_category": np.array(["x", None, "x", "x", None], dtype=object),
-               "empty": np.array([None] * 5, dtype=object)}
+    targets = {
+        "category": np.array(["a", "b", None, "a", "c"], dtype=object),
+        "sub_category": np.array(["x", None, "x", "x", None], dtype=object),
+        "empty": np.array([None] * 5, dtype=object),
+    }
     assert known_class_counts(targets) == {"category": 3}
 
 
@@ -114,8 +117,12 @@ def test_cluster_spaces_and_report_on_blobs():
     # silhouette picks k=4 (the blobs); the equal-k run uses k = the 2 known classes of a coarser target
     coarse = np.array([f"half{label // 2}" for label in labels], dtype=object)
     progress = []
-    result = cluster_spaces(spaces, FAST, equal_k=known_class_counts({"coarse": coarse}),
-                            progress=lambda done, total, seconds: progress.append((done, total)))
+    result = cluster_spaces(
+        spaces,
+        FAST,
+        equal_k=known_class_counts({"coarse": coarse}),
+        progress=lambda done, total, seconds: progress.append((done, total)),
+    )
     assert progress == [(1, 2), (2, 2)]
     assert result["signal"].scatter.shape == (len(points), 2)
     keys = np.array([f"dup{i // 2}" for i in range(len(labels))], dtype=object)
@@ -163,22 +170,30 @@ def test_distance_matrix_is_bit_identical_to_umaps_small_data_matrix():
 
 
 def test_lead_table_and_equal_k_comparison():
-    report = pd.DataFrame({
-        "space": ["text", "image", "joint"] * 2,
-        "algorithm": ["kmeans_k_category"] * 3 + ["kmeans"] * 3,
-        "k_choice": ["= known category classes"] * 3 + ["silhouette"] * 3,
-        "n_clusters": [5, 5, 5, 8, 16, 8],
-        "category_ami": [0.4, 0.6, 0.5, 0.45, 0.3, 0.7],
-        "category_v_measure": [0.5, 0.7, 0.6, 0.5, 0.4, 0.8],
-    })
+    report = pd.DataFrame(
+        {
+            "space": ["text", "image", "joint"] * 2,
+            "algorithm": ["kmeans_k_category"] * 3 + ["kmeans"] * 3,
+            "k_choice": ["= known category classes"] * 3 + ["silhouette"] * 3,
+            "n_clusters": [5, 5, 5, 8, 16, 8],
+            "category_ami": [0.4, 0.6, 0.5, 0.45, 0.3, 0.7],
+            "category_v_measure": [0.5, 0.7, 0.6, 0.5, 0.4, 0.8],
+        }
+    )
     table = lead_table(report, ["category", "sub_category"])  # sub_category absent: no rows for it
     assert list(table.columns) == ["target", "k chosen by", "space", "k", "AMI", "V-measure"]
     assert table["k chosen by"].tolist() == ["= category classes"] * 3 + ["silhouette"] * 3
     assert table["k"].tolist() == [5, 5, 5, 8, 16, 8]
     # at its silhouette k the joint space looks best (0.7); at equal k the image space wins (0.6 > 0.5)
     comparison = equal_k_comparison(report, "category", "joint", ("text", "image"))
-    assert comparison == {"target": "category", "k": 5, "candidate_ami": 0.5, "best_baseline": "image",
-                          "best_baseline_ami": 0.6, "passed": False}
+    assert comparison == {
+        "target": "category",
+        "k": 5,
+        "candidate_ami": 0.5,
+        "best_baseline": "image",
+        "best_baseline_ami": 0.6,
+        "passed": False,
+    }
     assert equal_k_comparison(report, "sub_category", "joint", ("text", "image")) is None
 
 
@@ -196,9 +211,11 @@ def test_equal_k_over_seeds_scores_each_seed_and_space():
 
 
 def test_seed_comparison_intervals_and_verdicts():
-    rows = [{"seed": s, "target": "category", "space": space, "k": 5, "ami": ami}
-            for s, (t, i, j) in enumerate([(0.60, 0.50, 0.70), (0.62, 0.52, 0.71), (0.61, 0.49, 0.69)])
-            for space, ami in (("text", t), ("image", i), ("joint", j))]
+    rows = [
+        {"seed": s, "target": "category", "space": space, "k": 5, "ami": ami}
+        for s, (t, i, j) in enumerate([(0.60, 0.50, 0.70), (0.62, 0.52, 0.71), (0.61, 0.49, 0.69)])
+        for space, ami in (("text", t), ("image", i), ("joint", j))
+    ]
     table = seed_comparison(pd.DataFrame(rows), "joint", ("text", "image")).set_index("space")
     assert table.loc["text", "AMI mean"] == pytest.approx(0.61) and table.loc["text", "seeds"] == 3
     # t-interval: t(0.975, 2) · sd / √3 with sd = 0.01
@@ -210,14 +227,18 @@ def test_seed_comparison_intervals_and_verdicts():
     assert seed_comparison(noisy, "joint", ("text", "image")).set_index("space").loc["joint − text", "verdict"] == "tie"
     lower = pd.DataFrame(rows)
     lower.loc[lower["space"] == "joint", "ami"] = [0.50, 0.51, 0.52]
-    assert seed_comparison(lower, "joint", ("text", "image")).set_index("space").loc["joint − text", "verdict"] == "below"
+    assert (
+        seed_comparison(lower, "joint", ("text", "image")).set_index("space").loc["joint − text", "verdict"] == "below"
+    )
 
 
 def test_seed_comparison_per_recipe_also_against_the_concatenation():
-    rows = [{"recipe": recipe, "seed": s, "target": "category", "space": space, "k": 5, "ami": ami + shift}
-            for recipe, shift in (("umap", 0.0), ("pca64", -0.2))
-            for s, (t, i, c, j) in enumerate([(0.60, 0.50, 0.70, 0.66), (0.62, 0.52, 0.71, 0.65), (0.61, 0.49, 0.69, 0.64)])
-            for space, ami in (("text", t), ("image", i), ("early_concat", c), ("joint", j))]
+    rows = [
+        {"recipe": recipe, "seed": s, "target": "category", "space": space, "k": 5, "ami": ami + shift}
+        for recipe, shift in (("umap", 0.0), ("pca64", -0.2))
+        for s, (t, i, c, j) in enumerate([(0.60, 0.50, 0.70, 0.66), (0.62, 0.52, 0.71, 0.65), (0.61, 0.49, 0.69, 0.64)])
+        for space, ami in (("text", t), ("image", i), ("early_concat", c), ("joint", j))
+    ]
     table = seed_comparison(pd.DataFrame(rows), "joint", ("text", "image"))
     assert list(table["recipe"].unique()) == ["umap", "pca64"]  # one block per recipe, in order
     for recipe in ("umap", "pca64"):
@@ -239,25 +260,37 @@ def test_equal_k_over_recipes_labels_each_recipe():
 def _equal_k_report(amis: dict[str, tuple[float, float]]) -> pd.DataFrame:
     rows = []
     for space, (category, sub_category) in amis.items():
-        rows.append({"space": space, "algorithm": "kmeans_k_category", "category_ami": category,
-                     "sub_category_ami": np.nan})
-        rows.append({"space": space, "algorithm": "kmeans_k_sub_category", "category_ami": np.nan,
-                     "sub_category_ami": sub_category})
+        rows.append(
+            {"space": space, "algorithm": "kmeans_k_category", "category_ami": category, "sub_category_ami": np.nan}
+        )
+        rows.append(
+            {
+                "space": space,
+                "algorithm": "kmeans_k_sub_category",
+                "category_ami": np.nan,
+                "sub_category_ami": sub_category,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def test_choose_space_by_equal_k_ami_with_a_margin_for_the_joint_space():
     config = ClusteringConfig()
     targets = ["category", "sub_category"]
-    photo_led = _equal_k_report({"text": (0.24, 0.27), "image": (0.54, 0.59), "early_concat": (0.56, 0.61),
-                                 "joint": (0.30, 0.30)})
+    photo_led = _equal_k_report(
+        {"text": (0.24, 0.27), "image": (0.54, 0.59), "early_concat": (0.56, 0.61), "joint": (0.30, 0.30)}
+    )
     space, reason, means = choose_space(photo_led, targets, config)
     assert space == "early_concat" and means["early_concat"] == pytest.approx(0.585) and "beats" in reason
-    close = _equal_k_report({"text": (0.64, 0.69), "image": (0.60, 0.50), "early_concat": (0.65, 0.70),
-                             "joint": (0.64, 0.69)})
+    close = _equal_k_report(
+        {"text": (0.64, 0.69), "image": (0.60, 0.50), "early_concat": (0.65, 0.70), "joint": (0.64, 0.69)}
+    )
     assert choose_space(close, targets, config)[0] == "joint"  # +0.01 is inside the margin
     assert choose_space(close, targets, dataclasses.replace(config, space_choice_margin=0.0))[0] == "early_concat"
-    assert choose_space(photo_led, targets, dataclasses.replace(config, space="text"))[:2] == ("text", "pinned by config")
+    assert choose_space(photo_led, targets, dataclasses.replace(config, space="text"))[:2] == (
+        "text",
+        "pinned by config",
+    )
     no_classes = pd.DataFrame({"space": ["text", "joint"], "algorithm": ["kmeans", "kmeans"]})
     assert choose_space(no_classes, [], config)[0] == "joint"
     with pytest.raises(ValueError, match="space"):
@@ -285,9 +318,11 @@ def test_clustering_assets_and_check(tmp_path, instance):
     text = values["text_embeddings"]
     image = values["image_embeddings"].subset(text.nm)
     # a stand-in joint space that carries both modalities' signal
-    values["joint_embeddings"] = joint_embedding_frame(text.nm, text.vectors[:, :8] / np.linalg.norm(
-        text.vectors[:, :8], axis=1, keepdims=True), image.vectors[:, :8] / np.linalg.norm(
-        image.vectors[:, :8], axis=1, keepdims=True))
+    values["joint_embeddings"] = joint_embedding_frame(
+        text.nm,
+        text.vectors[:, :8] / np.linalg.norm(text.vectors[:, :8], axis=1, keepdims=True),
+        image.vectors[:, :8] / np.linalg.norm(image.vectors[:, :8], axis=1, keepdims=True),
+    )
     run_config = {k: v for k, v in dataclasses.asdict(FAST).items()}
     run_config["kmeans_k_candidates"] = list(run_config["kmeans_k_candidates"])
     result = dg.materialize(
@@ -299,8 +334,11 @@ def test_clustering_assets_and_check(tmp_path, instance):
     assert result.success
     clusters = result.asset_value("product_clusters")
     assert clusters["nm"].tolist() == text.nm.tolist()
-    expected_columns = {f"{s}_{a}" for s in ("text", "image", "early_concat", "joint")
-                        for a in ("kmeans", "kmeans_k_category", "kmeans_k_sub_category", "hdbscan")}
+    expected_columns = {
+        f"{s}_{a}"
+        for s in ("text", "image", "early_concat", "joint")
+        for a in ("kmeans", "kmeans_k_category", "kmeans_k_sub_category", "hdbscan")
+    }
     assert set(clusters.columns) == {"nm", "cluster", *expected_columns}
     report = result.asset_value("clustering_report")
     assert len(report) == 4 * 4  # kmeans (silhouette k), kmeans_k_category, kmeans_k_sub_category, hdbscan
@@ -312,16 +350,23 @@ def test_clustering_assets_and_check(tmp_path, instance):
     assert "What to look for" in report_metadata["scatter"].value
     assert report_metadata["silhouette_by_k"].value.startswith("![silhouette by k per space](data:image/png;base64,")
     decides = report_metadata["decides"].value
-    assert [column.name for column in decides.schema.columns] == ["target", "k chosen by", "space", "k", "AMI",
-                                                                   "V-measure"]
+    assert [column.name for column in decides.schema.columns] == [
+        "target",
+        "k chosen by",
+        "space",
+        "k",
+        "AMI",
+        "V-measure",
+    ]
     assert len(decides.records) == 4 * 2 * 2  # 4 spaces x (category, sub_category) x (equal k, silhouette k)
     equal = report[report["algorithm"] == "kmeans_k_category"]
     assert equal["n_clusters"].eq(4).all()  # k = the 4 known categories in every space
     assert report.loc[report["algorithm"] == "kmeans_k_sub_category", "n_clusters"].eq(8).all()
     clusters_metadata = next(m for m in metadata if m.asset_key == dg.AssetKey("product_clusters")).metadata
     chosen = clusters_metadata["space"].value
-    assert (chosen, clusters_metadata["space_reason"].value) == choose_space(report, ["category", "sub_category"],
-                                                                             FAST)[:2]
+    assert (chosen, clusters_metadata["space_reason"].value) == choose_space(
+        report, ["category", "sub_category"], FAST
+    )[:2]
     np.testing.assert_array_equal(clusters["cluster"], clusters[f"{chosen}_kmeans"])  # the chosen space's clusters
     evaluation = result.get_asset_check_evaluations()[0]
     assert evaluation.check_name == "joint_space_not_worse_than_unimodal"
@@ -343,13 +388,21 @@ def _png_size(png: bytes) -> tuple[int, int]:
 def test_silhouette_by_k_png_and_grouped_bars_png():
     from wb_pipeline.core.evaluation.figures import grouped_bars_png, png_markdown, silhouette_by_k_png
 
-    png = silhouette_by_k_png({"text": {8: 0.3, 16: 0.4, 24: 0.35}, "joint": {8: 0.5, 16: 0.45}},
-                              {"text": 16, "joint": 8}, marks={"k = category classes (5)": {"text": (5, 0.2)}})
+    png = silhouette_by_k_png(
+        {"text": {8: 0.3, 16: 0.4, 24: 0.35}, "joint": {8: 0.5, 16: 0.45}},
+        {"text": 16, "joint": 8},
+        marks={"k = category classes (5)": {"text": (5, 0.2)}},
+    )
     width, height = _png_size(png)
     assert width > 300 and height > 200
     scores = pd.DataFrame({"text": [0.7, 0.8], "late fusion": [0.75, 0.78]}, index=["sex", "season"])
-    bars = grouped_bars_png(scores, lower=scores - 0.05, upper=scores + 0.05, ylabel="macro-F1",
-                            highlight={"sex": "late fusion", "season": "text"})
+    bars = grouped_bars_png(
+        scores,
+        lower=scores - 0.05,
+        upper=scores + 0.05,
+        ylabel="macro-F1",
+        highlight={"sex": "late fusion", "season": "text"},
+    )
     assert _png_size(bars)[0] > 300
     markdown = png_markdown(bars, "models per label", "*What to look for:* the outlined bar")
     assert markdown.startswith("![models per label](data:image/png;base64,")

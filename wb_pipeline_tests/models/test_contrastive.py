@@ -10,11 +10,20 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from upath import UPath
 
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.model_selection.retrieval_metrics import (
+    chance_metrics,
+    partner_ranks,
+    recall_at_k,
+    retrieval_metrics,
+)
 from wb_pipeline.core.models.contrastive import (
     ContrastiveConfig,
     DuplicateFreeBatchSampler,
     JointSpaceModel,
+    ResidualHead,
     combine_joint,
     group_split,
     joint_matrix,
@@ -22,28 +31,25 @@ from wb_pipeline.core.models.contrastive import (
     neighbourhood_distillation,
     one_sided_in_combined,
     product_keys,
-    ResidualHead,
     regularised_cca,
     save_joint_model,
     train_joint_space,
     zero_shot_scores,
 )
-from upath import UPath
-
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.defs.resources import WBStorage, WBStorageIOManager
-from wb_pipeline.core.evaluation.retrieval_metrics import chance_metrics, partner_ranks, recall_at_k, retrieval_metrics
 
-FAST = ContrastiveConfig(joint_dim=16, batch_size=32, max_steps=150, eval_every_steps=5, patience_evals=6,
-                         learning_rate=5e-3)
+FAST = ContrastiveConfig(
+    joint_dim=16, batch_size=32, max_steps=150, eval_every_steps=5, patience_evals=6, learning_rate=5e-3
+)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-def paired_vectors(n: int = 240, latent: int = 6, text_dim: int = 24, image_dim: int = 40, noise: float = 0.3,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def paired_vectors(
+    n: int = 240, latent: int = 6, text_dim: int = 24, image_dim: int = 40, noise: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Text and image vectors that share latent factors through two different random maps (real signal)."""
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, latent))
@@ -193,8 +199,9 @@ def test_the_kept_model_is_refit_on_all_pairs(trained):
     np.testing.assert_allclose(model.text_cca_map.numpy(), text_map, atol=1e-5)
     # without the refit the kept model is the early-stopping state: other weights, the same held-out figures
     no_refit = dataclasses.replace(FAST, refit_on_all_pairs=False)
-    stopped, stopped_report = train_joint_space(text, image, unique_keys(len(text), "t"), unique_keys(len(text), "i"),
-                                                no_refit)
+    stopped, stopped_report = train_joint_space(
+        text, image, unique_keys(len(text), "t"), unique_keys(len(text), "i"), no_refit
+    )
     assert stopped_report.refit_steps == 0 and stopped_report.metrics == report.metrics
     assert not torch.equal(_head_weights(stopped), _head_weights(model))
     assert not np.allclose(stopped.text_cca_mean.numpy(), text_mean, atol=1e-6)
@@ -214,8 +221,13 @@ def test_same_seed_same_metrics_and_weights(trained):
     assert again.validation_curve == report.validation_curve
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, again_model.state_dict()[name]), name
-    other_model, _ = train_joint_space(text, image, unique_keys(len(text), "t"), unique_keys(len(text), "i"),
-                                       dataclasses.replace(FAST, seed=7, max_steps=5))
+    other_model, _ = train_joint_space(
+        text,
+        image,
+        unique_keys(len(text), "t"),
+        unique_keys(len(text), "i"),
+        dataclasses.replace(FAST, seed=7, max_steps=5),
+    )
     assert not torch.equal(_head_weights(other_model), _head_weights(model))
 
 
@@ -255,7 +267,10 @@ def test_residual_head_starts_at_the_text_geometry_and_trains_away_from_it():
     np.testing.assert_allclose(untrained.project_text(text), text, atol=1e-6)  # the identity before training
     model, report = train_joint_space(text, image, unique_keys(200, "t"), unique_keys(200, "i"), config)
     assert float(model.text_head.residual.weight.abs().max()) > 0  # the residual is trained, not frozen
-    assert report.metrics["after"]["text_to_image"]["recall_at_1"] > report.metrics["chance"]["text_to_image"]["recall_at_1"]
+    assert (
+        report.metrics["after"]["text_to_image"]["recall_at_1"]
+        > report.metrics["chance"]["text_to_image"]["recall_at_1"]
+    )
     # text neighbourhoods survive: each product's nearest text neighbour is mostly the same as in the input
     before = (text @ text.T - 2 * np.eye(200)).argmax(axis=1)
     joint = model.project_text(text)
@@ -289,7 +304,10 @@ def test_the_neighbourhood_term_keeps_the_image_side_near_the_text_neighbourhood
 
     def agreement(config: ContrastiveConfig) -> float:
         model, report = train_joint_space(text, image, keys_t, keys_i, config)
-        assert report.metrics["after"]["image_to_text"]["recall_at_1"] > report.metrics["chance"]["image_to_text"]["recall_at_1"]
+        assert (
+            report.metrics["after"]["image_to_text"]["recall_at_1"]
+            > report.metrics["chance"]["image_to_text"]["recall_at_1"]
+        )
         joint = model.project_image(image)
         return float(((joint @ joint.T - 2 * np.eye(200)).argmax(axis=1) == nearest_text).mean())
 
@@ -387,11 +405,14 @@ def synthetic_catalogue(n: int = 150, n_categories: int = 5, seed: int = 0) -> d
     for i in range(10, n, 10):
         titles[i], hashes[i] = titles[i - 1], hashes[i - 1]
     clean = pd.DataFrame({"nm": nm, "split": "test", "title": titles, "description": ["описание"] * n})
-    labels = pd.DataFrame({
-        "nm": nm, "split": "test",
-        "category": pd.Categorical([f"cat{c}" for c in category]),
-        "sub_category": pd.Categorical([f"sub{c}-{i % 2}" for i, c in enumerate(category)]),
-    })
+    labels = pd.DataFrame(
+        {
+            "nm": nm,
+            "split": "test",
+            "category": pd.Categorical([f"cat{c}" for c in category]),
+            "sub_category": pd.Categorical([f"sub{c}-{i % 2}" for i, c in enumerate(category)]),
+        }
+    )
     return {
         "text_embeddings": EmbeddingTable(nm=nm, vectors=text),
         "image_embeddings": EmbeddingTable(nm=nm[::-1].copy(), vectors=image[::-1].copy()),  # another row order
@@ -405,11 +426,14 @@ def stub_assets(values: dict) -> list:
     """Assets with the upstream keys that just return the given values (embeddings record a fingerprint)."""
     stubs = []
     for name, value in values.items():
+
         def make(value=value, name=name):
             @dg.asset(name=name)
             def stub() -> dg.MaterializeResult:
                 return dg.MaterializeResult(value=value, metadata={"encoder_fingerprint": f"fp-{name}"})
+
             return stub
+
         stubs.append(make())
     return stubs
 
@@ -426,8 +450,13 @@ def test_contrastive_assets_materialize(tmp_path, instance):
 
     values = synthetic_catalogue()
     result = dg.materialize(
-        [*stub_assets(values), assets.contrastive_model, assets.joint_embeddings,
-         checks.joint_embeddings_valid, checks.training_beats_untrained_heads],
+        [
+            *stub_assets(values),
+            assets.contrastive_model,
+            assets.joint_embeddings,
+            checks.joint_embeddings_valid,
+            checks.training_beats_untrained_heads,
+        ],
         resources=storage_resources(str(tmp_path)),
         instance=instance,
         run_config={"ops": {"contrastive_model": {"config": FAST_RUN_CONFIG}}},
@@ -458,8 +487,9 @@ def test_contrastive_assets_materialize(tmp_path, instance):
 
 
 def test_product_keys_normalise_and_keep_every_row():
-    products = pd.DataFrame({"nm": ["1", "2", "3"], "title": ["Платье  Красное", "платье красное", None],
-                             "description": ["a", "b", None]})
+    products = pd.DataFrame(
+        {"nm": ["1", "2", "3"], "title": ["Платье  Красное", "платье красное", None], "description": ["a", "b", None]}
+    )
     index = pd.DataFrame({"nm": ["1", "3"], "content_hash": ["h1", "h3"]})
     keys = product_keys(["3", "1", "2", "9"], products, index)
     assert keys["nm"].tolist() == ["3", "1", "2", "9"]
@@ -470,9 +500,13 @@ def test_product_keys_normalise_and_keep_every_row():
 
 def test_product_keys_leave_a_generic_title_out():
     # seven products under one title made of attribute fields: not duplicates of each other
-    products = pd.DataFrame({"nm": [str(i) for i in range(9)],
-                             "title": ["Negro grey P-PLANA SHE"] * 7 + ["Платье красное"] * 2,
-                             "description": [""] * 6 + ["long", "", ""]})
+    products = pd.DataFrame(
+        {
+            "nm": [str(i) for i in range(9)],
+            "title": ["Negro grey P-PLANA SHE"] * 7 + ["Платье красное"] * 2,
+            "description": [""] * 6 + ["long", "", ""],
+        }
+    )
     index = pd.DataFrame({"nm": products["nm"], "content_hash": [f"h{i}" for i in range(9)]})
     keys = product_keys(products["nm"], products, index)
     assert keys["title_key"].tolist() == [None] * 7 + ["платье красное"] * 2

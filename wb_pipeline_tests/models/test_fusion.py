@@ -10,18 +10,35 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
+from wb_pipeline.core.model_selection.metrics import scores
 from wb_pipeline.core.models import classification as core
-from wb_pipeline.core.models.fusion import LateFusionClassifier, MeanProbabilityFusion, load_late_fusion, save_late_fusion
-from wb_pipeline.core.evaluation.metrics import scores
+from wb_pipeline.core.models.fusion import (
+    LateFusionClassifier,
+    MeanProbabilityFusion,
+    load_late_fusion,
+    save_late_fusion,
+)
 
-FAST = core.ClassificationConfig(n_splits=3, inner_splits=3, min_class_rows=3, min_labelled_rows=20,
-                                 c_values=(100.0,), class_weights=("none",), fusion_n_estimators=40)
+FAST = core.ClassificationConfig(
+    n_splits=3,
+    inner_splits=3,
+    min_class_rows=3,
+    min_labelled_rows=20,
+    c_values=(100.0,),
+    class_weights=("none",),
+    fusion_n_estimators=40,
+)
 
 
 def make_data(y: np.ndarray, text: np.ndarray, image: np.ndarray) -> core.LabelData:
-    return core.LabelData(label="noise", nm=np.array([str(i) for i in range(len(y))], dtype=object),
-                          y=np.asarray(y, dtype=object), classes=sorted(set(y)), groups=np.arange(len(y)),
-                          features={"text": text, "image": image})
+    return core.LabelData(
+        label="noise",
+        nm=np.array([str(i) for i in range(len(y))], dtype=object),
+        y=np.asarray(y, dtype=object),
+        classes=sorted(set(y)),
+        groups=np.arange(len(y)),
+        features={"text": text, "image": image},
+    )
 
 
 def fused_macro_f1(data: core.LabelData, config: core.ClassificationConfig) -> dict[str, float]:
@@ -76,7 +93,9 @@ def test_meta_model_of_each_fold_never_sees_that_folds_rows():
     for model in data.models:  # every row predicted exactly once, by a model of another fold
         assert sorted(outer.loc[outer["model"] == model, "row"]) == list(range(n))
     for fold in outer["fold"].unique():
-        inner_rows = set(probabilities.loc[(probabilities["stage"] == core.INNER) & (probabilities["fold"] == fold), "row"])
+        inner_rows = set(
+            probabilities.loc[(probabilities["stage"] == core.INNER) & (probabilities["fold"] == fold), "row"]
+        )
         valid_rows = set(outer.loc[outer["fold"] == fold, "row"])
         assert inner_rows and not inner_rows & valid_rows
         assert inner_rows | valid_rows == set(range(n))
@@ -102,7 +121,9 @@ def test_late_fusion_keeps_class_absent_from_training_rows():
     rng = np.random.default_rng(3)
     X = rng.random((60, 6))
     y = np.where(X[:, 0] > 0.5, "a", "b")
-    proba = LateFusionClassifier(classes=["a", "b", "c"], n_estimators=10, min_child_samples=5).fit(X, y).predict_proba(X)
+    proba = (
+        LateFusionClassifier(classes=["a", "b", "c"], n_estimators=10, min_child_samples=5).fit(X, y).predict_proba(X)
+    )
     assert proba.shape == (60, 3)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
 
@@ -198,11 +219,15 @@ def test_bagged_start_is_the_clearly_best_input():
     y = rng.choice(["a", "b", "c"], size=n)
     good = np.where(rng.random((n, 1)) < 0.9, (y[:, None] == np.array(["a", "b", "c"])) * 0.7 + 0.1, 1 / 3)
     noise = rng.dirichlet(np.ones(3), size=n)
-    model = LateFusionClassifier(classes=["a", "b", "c"], n_prob_blocks=2, n_estimators=0).fit(np.hstack([noise, good]), y)
+    model = LateFusionClassifier(classes=["a", "b", "c"], n_prob_blocks=2, n_estimators=0).fit(
+        np.hstack([noise, good]), y
+    )
     assert model.start_weights_[1] > 0.95, model.start_weights_
-    np.testing.assert_allclose(model.predict_proba(np.hstack([noise, good])),
-                               np.einsum("nbk,b->nk", np.stack([noise, good], axis=1), model.start_weights_),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict_proba(np.hstack([noise, good])),
+        np.einsum("nbk,b->nk", np.stack([noise, good], axis=1), model.start_weights_),
+        atol=1e-6,
+    )
 
 
 def test_gate_rejects_trees_that_only_fit_noise():

@@ -8,18 +8,27 @@ import pytest
 import torch
 from upath import UPath
 
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.models import classification as core
 from wb_pipeline.core.models import contrastive, prediction
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.defs.automation.jobs import product_drops
 from wb_pipeline.defs.classification import assets as classification_assets
 from wb_pipeline.defs.classification import checks as classification_checks
 from wb_pipeline.defs.drops import assets as drops_assets
 from wb_pipeline.defs.resources import WBStorage, WBStorageIOManager
 
-SMALL = dict(n_splits=3, inner_splits=2, min_class_rows=3, min_labelled_rows=20, c_values=[10.0],
-             class_weights=["none", "balanced"], fusion_n_estimators=20, fusion_min_child_samples=5,
-             labels=["sex", "category"], n_jobs=1)
+SMALL = dict(
+    n_splits=3,
+    inner_splits=2,
+    min_class_rows=3,
+    min_labelled_rows=20,
+    c_values=[10.0],
+    class_weights=["none", "balanced"],
+    fusion_n_estimators=20,
+    fusion_min_child_samples=5,
+    labels=["sex", "category"],
+    n_jobs=1,
+)
 DROP = "drop-1"
 
 
@@ -29,8 +38,9 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
 
 def _joint_model(text_dim: int, image_dim: int) -> contrastive.JointSpaceModel:
     torch.manual_seed(0)
-    return contrastive.JointSpaceModel(text_dim, image_dim, contrastive.ContrastiveConfig(
-        joint_dim=6, closed_form_dim=0, head="linear"))
+    return contrastive.JointSpaceModel(
+        text_dim, image_dim, contrastive.ContrastiveConfig(joint_dim=6, closed_form_dim=0, head="linear")
+    )
 
 
 @pytest.fixture()
@@ -48,8 +58,16 @@ def world(tmp_path):
         batch[i] = DROP
     sex = list(rng.choice(["для женщин", "для мужчин", "для детей"], size=n_train)) + [None] * n_test
     category = [None] * n_train + list(rng.choice(["Обувь", "Игрушки"], size=n_test))
-    clean = pd.DataFrame({"nm": nm, "split": split, "batch": batch, "title": [f"товар {i}" for i in range(n)],
-                          "brand": [f"b{i % 7}" for i in range(n)], "price": rng.uniform(100, 5000, size=n)})
+    clean = pd.DataFrame(
+        {
+            "nm": nm,
+            "split": split,
+            "batch": batch,
+            "title": [f"товар {i}" for i in range(n)],
+            "brand": [f"b{i % 7}" for i in range(n)],
+            "price": rng.uniform(100, 5000, size=n),
+        }
+    )
     labels = pd.DataFrame({"nm": nm, "split": split, "sex": pd.Categorical(sex), "category": pd.Categorical(category)})
     target = [s if s is not None else c for s, c in zip(sex, category)]
     codes = pd.Series(target).astype("category").cat.codes.to_numpy()
@@ -64,22 +82,46 @@ def world(tmp_path):
     raw_train = clean.loc[clean["split"] == "train", ["nm", "batch"]]
     raw_train = pd.concat([raw_train, pd.DataFrame({"nm": [rejected_nm], "batch": [DROP]})], ignore_index=True)
     raw_test = clean.loc[clean["split"] == "test", ["nm", "batch"]]
-    rejected = pd.DataFrame({"nm": [rejected_nm], "split": ["train"], "reason": ["missing_image"],
-                             "detail": ["no 7999.jpg in the images zip"]})
+    rejected = pd.DataFrame(
+        {
+            "nm": [rejected_nm],
+            "split": ["train"],
+            "reason": ["missing_image"],
+            "detail": ["no 7999.jpg in the images zip"],
+        }
+    )
     characteristics = pd.DataFrame({"nm": nm[:30], "name": "Цвет", "value": "красный"})
     image_index = pd.DataFrame({"nm": nm, "content_hash": [f"h{i}" for i in range(n)]})
     # The report's choice per label: late fusion for sex (probabilities + tabular inputs), the joint
     # regression for category (the projected joint vectors); the rest ranks the fallbacks.
-    report = pd.DataFrame([
-        {"label": label, "model": model_name, "macro_f1": f1, "best_model": best}
-        for label, best in (("sex", "late_fusion"), ("category", "joint"))
-        for model_name, f1 in (("text", 0.8), ("image", 0.6), ("early_fusion", 0.85), ("joint", 0.86),
-                               ("mean_probability", 0.7), ("late_fusion", 0.87))])
-    values = {"clean_products": clean, "rejected_products": rejected, "product_labels": labels,
-              "image_index": image_index, "product_characteristics": characteristics,
-              "text_embeddings": text_table, "image_embeddings": image_table, "joint_embeddings": joint,
-              "contrastive_model": pd.DataFrame({"stage": ["after"], "artifact": [str(folder)]}),
-              "classification_report": report, "raw_products_train": raw_train, "raw_products_test": raw_test}
+    report = pd.DataFrame(
+        [
+            {"label": label, "model": model_name, "macro_f1": f1, "best_model": best}
+            for label, best in (("sex", "late_fusion"), ("category", "joint"))
+            for model_name, f1 in (
+                ("text", 0.8),
+                ("image", 0.6),
+                ("early_fusion", 0.85),
+                ("joint", 0.86),
+                ("mean_probability", 0.7),
+                ("late_fusion", 0.87),
+            )
+        ]
+    )
+    values = {
+        "clean_products": clean,
+        "rejected_products": rejected,
+        "product_labels": labels,
+        "image_index": image_index,
+        "product_characteristics": characteristics,
+        "text_embeddings": text_table,
+        "image_embeddings": image_table,
+        "joint_embeddings": joint,
+        "contrastive_model": pd.DataFrame({"stage": ["after"], "artifact": [str(folder)]}),
+        "classification_report": report,
+        "raw_products_train": raw_train,
+        "raw_products_test": raw_test,
+    }
     return values, rejected_nm
 
 
@@ -101,24 +143,36 @@ def test_both_prediction_assets_go_through_predict_products_and_agree(tmp_path, 
         return real(products, *args, **kwargs)
 
     monkeypatch.setattr(prediction, "predict_products", recording)
-    resources = {"io_manager": WBStorageIOManager(base_dir=str(tmp_path / "storage")),
-                 "pipeline_storage": WBStorage(base_dir=str(tmp_path / "storage"))}
+    resources = {
+        "io_manager": WBStorageIOManager(base_dir=str(tmp_path / "storage")),
+        "pipeline_storage": WBStorage(base_dir=str(tmp_path / "storage")),
+    }
     classifier_config = {"config": SMALL}
     trained = dg.materialize(
-        [*(_stub(name, value) for name, value in values.items()),
-         classification_assets.label_classifiers, classification_assets.fusion_classifier,
-         classification_assets.test_predictions, classification_checks.test_predictions_cover_test_products],
-        resources=resources, instance=instance,
-        run_config={"ops": {"label_classifiers": classifier_config, "fusion_classifier": classifier_config}})
+        [
+            *(_stub(name, value) for name, value in values.items()),
+            classification_assets.label_classifiers,
+            classification_assets.fusion_classifier,
+            classification_assets.test_predictions,
+            classification_checks.test_predictions_cover_test_products,
+        ],
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"label_classifiers": classifier_config, "fusion_classifier": classifier_config}},
+    )
     assert trained.success
     test_table = trained.output_for_node("test_predictions")
     checks = {e.check_name: e for e in trained.get_asset_check_evaluations()}
     assert checks["test_predictions_cover_test_products"].passed
 
     instance.add_dynamic_partitions(product_drops.name, [DROP])
-    dropped = dg.materialize([*(_stub(name, value) for name, value in values.items()), drops_assets.drop_predictions],
-                             resources=resources, instance=instance, partition_key=DROP,
-                             selection=[drops_assets.drop_predictions])  # its inputs: what the first run stored
+    dropped = dg.materialize(
+        [*(_stub(name, value) for name, value in values.items()), drops_assets.drop_predictions],
+        resources=resources,
+        instance=instance,
+        partition_key=DROP,
+        selection=[drops_assets.drop_predictions],
+    )  # its inputs: what the first run stored
     assert dropped.success
     drop_table = dropped.output_for_node("drop_predictions")
 
@@ -171,19 +225,26 @@ def test_a_product_gets_the_same_answer_alone_or_in_any_batch():
     joint = contrastive.combine_joint(joint_model.project_text(text), joint_model.project_image(image))
     from sklearn.linear_model import LogisticRegression
 
-    models = core.LabelModels(label="sex", classes=["a", "b", "c"],
-                              base={"text": LogisticRegression(max_iter=500).fit(text, y),
-                                    "image": LogisticRegression(max_iter=500).fit(image, y),
-                                    "joint": LogisticRegression(max_iter=500).fit(joint, y)})
-    report = pd.DataFrame({"label": "sex", "model": ["joint", "text", "image"], "macro_f1": [0.9, 0.8, 0.5],
-                           "best_model": "joint"})
+    models = core.LabelModels(
+        label="sex",
+        classes=["a", "b", "c"],
+        base={
+            "text": LogisticRegression(max_iter=500).fit(text, y),
+            "image": LogisticRegression(max_iter=500).fit(image, y),
+            "joint": LogisticRegression(max_iter=500).fit(joint, y),
+        },
+    )
+    report = pd.DataFrame(
+        {"label": "sex", "model": ["joint", "text", "image"], "macro_f1": [0.9, 0.8, 0.5], "best_model": "joint"}
+    )
     nm = [str(i) for i in range(n)]
     tables = EmbeddingTable(np.array(nm), text), EmbeddingTable(np.array(nm), image)
     catalogue = pd.DataFrame({"nm": nm, "split": "test"})
 
     def predict(chosen):
-        return prediction.predict_products(pd.DataFrame({"nm": chosen}), *tables, joint_model, {"sex": models},
-                                           report, catalogue, None).set_index("nm")
+        return prediction.predict_products(
+            pd.DataFrame({"nm": chosen}), *tables, joint_model, {"sex": models}, report, catalogue, None
+        ).set_index("nm")
 
     everything = predict(nm)
     assert (everything["model"] == "joint").all()
@@ -193,8 +254,13 @@ def test_a_product_gets_the_same_answer_alone_or_in_any_batch():
 
 
 def test_train_products_missing_from_the_characteristics_table_are_parsed():
-    catalogue = pd.DataFrame({"nm": ["1", "2", "3"], "split": ["train", "train", "test"],
-                              "characteristics": ["[{'charcName': 'Цвет', 'charcValues': ['красный']}]"] * 3})
+    catalogue = pd.DataFrame(
+        {
+            "nm": ["1", "2", "3"],
+            "split": ["train", "train", "test"],
+            "characteristics": ["[{'charcName': 'Цвет', 'charcValues': ['красный']}]"] * 3,
+        }
+    )
     known = pd.DataFrame({"nm": ["1"], "name": "Состав", "value": "хлопок"})
     merged = prediction.with_unparsed_characteristics(pd.DataFrame({"nm": ["1", "2", "3"]}), catalogue, known)
     assert sorted(merged["nm"].astype(str)) == ["1", "2"]  # 1 kept as it was, 2 parsed, 3 is a test product

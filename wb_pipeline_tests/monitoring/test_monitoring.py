@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from wb_pipeline.core.models.classification import LabelModels
+from wb_pipeline.core.data.storage import as_upath
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.models import prediction
+from wb_pipeline.core.models.classification import LabelModels
 from wb_pipeline.core.monitoring import drift, retrain
-from wb_pipeline.core.data.storage import as_upath
 
 
 def _unit(x):
@@ -76,13 +76,18 @@ def test_assess_drift_verdicts():
     ref, same = _clouds(seed=2)
     _, moved = _clouds(seed=2, shift=3.0)
     train = {"sex": {"f": 0.5, "m": 0.5}}
-    calm = drift.assess_drift({"text": ref, "image": ref}, {"text": same, "image": same},
-                              _predicted(["f", "m"] * 20), train, config)
+    calm = drift.assess_drift(
+        {"text": ref, "image": ref}, {"text": same, "image": same}, _predicted(["f", "m"] * 20), train, config
+    )
     assert calm.judged and not calm.drifted and not calm.label_shift
     assert calm.verdict.startswith("In distribution")
-    moved_report = drift.assess_drift({"text": ref, "image": ref}, {"text": same, "image": moved},
-                                      _predicted(["f"] * 40), train, drift.DriftConfig(mmd_permutations=50, mmd_p_threshold=0.05,
-                                                                                       label_js_threshold=0.3))
+    moved_report = drift.assess_drift(
+        {"text": ref, "image": ref},
+        {"text": same, "image": moved},
+        _predicted(["f"] * 40),
+        train,
+        drift.DriftConfig(mmd_permutations=50, mmd_p_threshold=0.05, label_js_threshold=0.3),
+    )
     assert moved_report.drifted and moved_report.label_shift
     assert moved_report.verdict.startswith("DRIFTED (image") and "sex" in moved_report.verdict
     summary = moved_report.summary()
@@ -95,8 +100,9 @@ def test_assess_drift_verdicts():
 def test_mmd_can_decide_instead():
     ref, _ = _clouds(seed=3)
     _, moved = _clouds(seed=3, shift=3.0)
-    report = drift.assess_drift({"text": ref}, {"text": moved}, _predicted([]), {},
-                                drift.DriftConfig(decide_by="mmd", mmd_permutations=200))
+    report = drift.assess_drift(
+        {"text": ref}, {"text": moved}, _predicted([]), {}, drift.DriftConfig(decide_by="mmd", mmd_permutations=200)
+    )
     assert report.drifted and "MMD p <" in report.verdict
 
 
@@ -137,8 +143,9 @@ def test_retrain_fires_on_accumulated_share_and_not_below_it():
 def test_retrain_by_mmd_and_bad_policy():
     policy = retrain.RetrainPolicy(drift_by="mmd", drift_mmd_p_threshold=0.01)
     assert retrain.decide_retrain([retrain.DropDrift("d", True, text_mmd_p_value=0.005)], 10, 10, policy).retrain
-    assert not retrain.decide_retrain([retrain.DropDrift("d", True, text_mmd_p_value=0.2, text_domain_auc=0.99)],
-                                      10, 10, policy).retrain
+    assert not retrain.decide_retrain(
+        [retrain.DropDrift("d", True, text_mmd_p_value=0.2, text_domain_auc=0.99)], 10, 10, policy
+    ).retrain
     with pytest.raises(ValueError, match="added_share_threshold"):
         retrain.RetrainPolicy(added_share_threshold=0)
     with pytest.raises(ValueError, match="catalogue_at_training"):
@@ -156,16 +163,26 @@ def test_training_manifest_round_trip(tmp_path):
 
 # --- predictions of a drop ----------------------------------------------------------------------
 
+
 def _label_models(rng):
     y = np.array(["a", "b"] * 20, dtype=object)
     text, image = rng.normal(size=(40, 4)) + (y == "a")[:, None], rng.normal(size=(40, 3))
-    base = {"text": LogisticRegression().fit(text, y), "image": LogisticRegression().fit(image, y),
-            "early_fusion": LogisticRegression().fit(np.hstack([text, image]), y)}
+    base = {
+        "text": LogisticRegression().fit(text, y),
+        "image": LogisticRegression().fit(image, y),
+        "early_fusion": LogisticRegression().fit(np.hstack([text, image]), y),
+    }
     return LabelModels(label="sex", classes=["a", "b"], base=base)
 
 
-REPORT = pd.DataFrame({"label": "sex", "model": ["text", "image", "early_fusion", "mean_probability"],
-                       "macro_f1": [0.8, 0.5, 0.85, 0.7], "best_model": "early_fusion"})
+REPORT = pd.DataFrame(
+    {
+        "label": "sex",
+        "model": ["text", "image", "early_fusion", "mean_probability"],
+        "macro_f1": [0.8, 0.5, 0.85, 0.7],
+        "best_model": "early_fusion",
+    }
+)
 
 
 def test_drop_predictions_cover_every_product_with_reasons():

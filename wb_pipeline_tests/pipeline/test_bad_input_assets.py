@@ -8,7 +8,6 @@ import zipfile
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 from wb_pipeline.core.data import schema
@@ -48,24 +47,60 @@ def _write_hostile_dump(folder):
     train = pd.DataFrame(
         {
             "nm": [1, 2, 3, 4, 5, 6, 7, 8, 9, 3],
-            "title": ["Платье женское", "Свитер тёплый", "Кружка", "Ваза", "Кроссовки", "Шапка", b"\xff\xfe\x00bad",
-                      "Куртка", "Набор", "Дубль кружки"],
+            "title": [
+                "Платье женское",
+                "Свитер тёплый",
+                "Кружка",
+                "Ваза",
+                "Кроссовки",
+                "Шапка",
+                b"\xff\xfe\x00bad",
+                "Куртка",
+                "Набор",
+                "Дубль кружки",
+            ],
             "description": ["лёгкое", "x" * 1_000_000, "", "стекло", "беговые", "", "d", "d", "d", "d"],
-            "characteristics": [good, form1, b"__import__('os').system('touch /tmp/pwned')", b"\xff\xfe",
-                                b"b'b\\'[{\"charcName\": \"broken", None, good, good, good, good],
+            "characteristics": [
+                good,
+                form1,
+                b"__import__('os').system('touch /tmp/pwned')",
+                b"\xff\xfe",
+                b'b\'b\\\'[{"charcName": "broken',
+                None,
+                good,
+                good,
+                good,
+                good,
+            ],
             "brand": ["A"] * 10,
             "price": [1.0] * 10,
         }
     )
     train.to_parquet(folder / schema.TRAIN_FILE, index=False)
-    test = pd.DataFrame({"nm": ["10", "11"], "title": ["Сумка", "Чехол"], "description": ["кожа", ""],
-                         "category": ["Несуществующая категория", "Аксессуары"], "sub_category": ["Сумки", "Чехлы"],
-                         "isadult": [False, False]})
+    test = pd.DataFrame(
+        {
+            "nm": ["10", "11"],
+            "title": ["Сумка", "Чехол"],
+            "description": ["кожа", ""],
+            "category": ["Несуществующая категория", "Аксессуары"],
+            "sub_category": ["Сумки", "Чехлы"],
+            "isadult": [False, False],
+        }
+    )
     test.to_parquet(folder / schema.TEST_FILE, index=False)
     members = {
-        "1.jpg": _jpeg(), "2.jpg": _jpeg(mode="CMYK"), "3.jpg": _jpeg(mode="L"), "4.jpg": _png("RGBA"),
-        "5.jpg": _png("I;16"), "6.jpg": _jpeg()[:300], "7.jpg": _jpeg(), "8.jpg": b"", "10.jpg": _jpeg(),
-        "11.jpg": b"not an image at all", "../evil.jpg": _jpeg(), "nested/9.jpg": _jpeg(),
+        "1.jpg": _jpeg(),
+        "2.jpg": _jpeg(mode="CMYK"),
+        "3.jpg": _jpeg(mode="L"),
+        "4.jpg": _png("RGBA"),
+        "5.jpg": _png("I;16"),
+        "6.jpg": _jpeg()[:300],
+        "7.jpg": _jpeg(),
+        "8.jpg": b"",
+        "10.jpg": _jpeg(),
+        "11.jpg": b"not an image at all",
+        "../evil.jpg": _jpeg(),
+        "nested/9.jpg": _jpeg(),
     }
     with zipfile.ZipFile(folder / schema.IMAGES_ZIP, "w") as zf:
         for name, data in members.items():
@@ -73,8 +108,9 @@ def _write_hostile_dump(folder):
 
 
 def _materialize(raw_dir, tmp_path, instance):
-    defs = build_definitions(raw_dir=str(raw_dir), storage_dir=str(tmp_path / "storage"),
-                             incoming_dir=str(tmp_path / "incoming"))
+    defs = build_definitions(
+        raw_dir=str(raw_dir), storage_dir=str(tmp_path / "storage"), incoming_dir=str(tmp_path / "incoming")
+    )
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection=UPSTREAM_OF_EMBEDDINGS.resolve(defs.resolve_asset_graph())
     )
@@ -98,8 +134,12 @@ def test_hostile_dump_ends_in_recorded_rejections(tmp_path, instance):
     }
     assert sorted(clean["nm"]) == ["1", "10", "2", "3", "4", "5"]  # CMYK, grayscale, RGBA, 16-bit all decode
     assert len(clean.loc[clean["nm"] == "2", "description"].iloc[0]) == 1_000_000
-    index_meta = {k: v.value for k, v in instance.get_latest_materialization_event(
-        dg.AssetKey("image_index")).asset_materialization.metadata.items()}
+    index_meta = {
+        k: v.value
+        for k, v in instance.get_latest_materialization_event(
+            dg.AssetKey("image_index")
+        ).asset_materialization.metadata.items()
+    }
     assert index_meta["rejected_members"] == 2  # ../evil.jpg and nested/9.jpg, listed with reasons
     errors = load("characteristics_parse_errors").set_index("nm")["reason"].to_dict()
     assert set(errors) == {"3", "4", "5"} and errors["4"] == "not_utf8"
@@ -118,7 +158,11 @@ def test_missing_column_fails_with_file_and_column_named(tmp_path, instance):
     _, result = _materialize(tmp_path / "raw", tmp_path, instance)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else failure.step_failure_data.error.message
+    message = (
+        failure.step_failure_data.error.cause.message
+        if failure.step_failure_data.error.cause
+        else failure.step_failure_data.error.message
+    )
     assert "wb_school_test.parquet" in message and "description" in message
 
 
@@ -133,13 +177,15 @@ def test_missing_raw_folder_is_a_clear_error(tmp_path, instance):
 
 def test_image_index_rerun_reads_only_new_members(tmp_path, instance):
     _write_hostile_dump(tmp_path / "raw")
-    defs = build_definitions(raw_dir=str(tmp_path / "raw"), storage_dir=str(tmp_path / "storage"),
-                             incoming_dir=str(tmp_path / "incoming"))
+    defs = build_definitions(
+        raw_dir=str(tmp_path / "raw"), storage_dir=str(tmp_path / "storage"), incoming_dir=str(tmp_path / "incoming")
+    )
 
     def index_run():
         with_shards = dg.AssetSelection.assets("image_index").upstream(depth=2)  # + its shard steps + image_members
         job = defs.resolve_implicit_global_asset_job_def().get_subset(
-            asset_selection=with_shards.resolve(defs.resolve_asset_graph()))
+            asset_selection=with_shards.resolve(defs.resolve_asset_graph())
+        )
         result = job.execute_in_process(instance=instance)
         assert result.success
         event = instance.get_latest_materialization_event(dg.AssetKey("image_index"))

@@ -25,8 +25,8 @@ import pytest
 from dask.distributed import Client
 
 from wb_pipeline import settings
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable, is_embedding_table
 from wb_pipeline.core.data.storage import arrow_to_frame
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable, is_embedding_table
 from wb_pipeline.definitions import build_definitions
 from wb_pipeline.engines import dask_run_config, full_pipeline_on_dask, reconstructable_full_pipeline_on_dask
 
@@ -73,22 +73,57 @@ def dask_cluster(tmp_path):
         log = folder / f"{name}.log"
         logs.append(log)
         with log.open("w") as handle:
-            processes.append(subprocess.Popen([sys.executable, "-m", "dask", *args], env=process_env,
-                                              stdout=handle, stderr=subprocess.STDOUT, cwd=folder))
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dask", *args],
+                    env=process_env,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    cwd=folder,
+                )
+            )
 
     def launch(worker_env: dict) -> str:
-        start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                            "--scheduler-file", str(scheduler_file)], env)
+        start(
+            "scheduler",
+            [
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            env,
+        )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not scheduler_file.exists() and time.monotonic() < deadline:
             assert processes[0].poll() is None, f"dask scheduler exited: {_tail(logs[0])}"
             time.sleep(0.2)
         assert scheduler_file.exists(), f"dask scheduler did not start: {_tail(logs[0])}"
         for index in range(N_WORKERS):
-            start(f"worker-{index}", ["worker", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
-                                      "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-                                      "--name", f"wb-worker-{index}", "--local-directory", str(folder / f"w{index}")],
-                  {**env, **worker_env})
+            start(
+                f"worker-{index}",
+                [
+                    "worker",
+                    "--scheduler-file",
+                    str(scheduler_file),
+                    "--host",
+                    "127.0.0.1",
+                    "--nworkers",
+                    "1",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--name",
+                    f"wb-worker-{index}",
+                    "--local-directory",
+                    str(folder / f"w{index}"),
+                ],
+                {**env, **worker_env},
+            )
         return json.loads(scheduler_file.read_text())["address"]
 
     try:
@@ -102,10 +137,12 @@ def dask_cluster(tmp_path):
 
 
 def _run_config(text_model: Path, models_dir: Path) -> dict:
-    return {"resources": {
-        "text_encoder": {"config": {"model": str(text_model), "max_seq_length": 32, "cache_dir": str(models_dir)}},
-        "image_encoder": {"config": {"cache_dir": str(models_dir)}},
-    }}
+    return {
+        "resources": {
+            "text_encoder": {"config": {"model": str(text_model), "max_seq_length": 32, "cache_dir": str(models_dir)}},
+            "image_encoder": {"config": {"cache_dir": str(models_dir)}},
+        }
+    }
 
 
 def _step_pids(instance: dg.DagsterInstance, run_id: str) -> dict[str, int]:
@@ -126,8 +163,11 @@ def _step_times(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[fl
     starts = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_START).records
     ends = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records
     end = {r.event_log_entry.step_key: r.event_log_entry.timestamp for r in ends}
-    return {r.event_log_entry.step_key: (r.event_log_entry.timestamp, end[r.event_log_entry.step_key])
-            for r in starts if r.event_log_entry.step_key in end}
+    return {
+        r.event_log_entry.step_key: (r.event_log_entry.timestamp, end[r.event_log_entry.step_key])
+        for r in starts
+        if r.event_log_entry.step_key in end
+    }
 
 
 def _compare_outputs(storage: Path, reference_storage: Path, keys) -> int:
@@ -151,8 +191,12 @@ def test_full_pipeline_runs_on_a_dask_cluster_like_in_process(
     dask_cluster, tmp_path, small_sample_dir, shared_models_dir, tiny_st_folder, monkeypatch
 ):
     storage, incoming = tmp_path / "storage-dask", tmp_path / "incoming"
-    folders = {settings.RAW_DIR_ENV: str(small_sample_dir), settings.STORAGE_DIR_ENV: str(storage),
-               settings.INCOMING_DIR_ENV: str(incoming), settings.SHARDS_ENV: str(N_SHARDS)}
+    folders = {
+        settings.RAW_DIR_ENV: str(small_sample_dir),
+        settings.STORAGE_DIR_ENV: str(storage),
+        settings.INCOMING_DIR_ENV: str(incoming),
+        settings.SHARDS_ENV: str(N_SHARDS),
+    }
     for name, value in folders.items():
         monkeypatch.setenv(name, value)  # the orchestrating (test) process plans from the same folders
     address = dask_cluster(folders)
@@ -167,18 +211,27 @@ def test_full_pipeline_runs_on_a_dask_cluster_like_in_process(
     started = time.time()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         assert instance.is_persistent  # the workers open the same instance from its ref
-        with dg.execute_job(reconstructable_full_pipeline_on_dask(), instance=instance,
-                            run_config=dask_run_config(address, run_config), raise_on_error=False) as result:
+        with dg.execute_job(
+            reconstructable_full_pipeline_on_dask(),
+            instance=instance,
+            run_config=dask_run_config(address, run_config),
+            raise_on_error=False,
+        ) as result:
             assert result.success, [e.message for e in result.all_events if e.is_failure][:5]
             run_id = result.run_id
-            failed_errors = [e.check_name for e in result.get_asset_check_evaluations()
-                             if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+            failed_errors = [
+                e.check_name
+                for e in result.get_asset_check_evaluations()
+                if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+            ]
             assert failed_errors == []
         dask_seconds = time.time() - started
 
         step_pids = _step_pids(instance, run_id)
         run = instance.get_run_by_id(run_id)
-        planned_steps = {step.key for step in instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id).steps}
+        planned_steps = {
+            step.key for step in instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id).steps
+        }
         assert set(step_pids) == planned_steps  # every planned step started...
         assert set(step_pids.values()) <= worker_pids, step_pids  # every step ran in a dask worker process
         assert os.getpid() not in step_pids.values()
@@ -204,19 +257,28 @@ def test_full_pipeline_runs_on_a_dask_cluster_like_in_process(
     for n_shards in (N_SHARDS, 1):
         name = f"ref-{n_shards}"
         (tmp_path / f"home-{name}").mkdir()
-        reference_defs = build_definitions(raw_dir=str(small_sample_dir), storage_dir=str(tmp_path / f"storage-{name}"),
-                                           incoming_dir=str(incoming), n_shards=n_shards)
+        reference_defs = build_definitions(
+            raw_dir=str(small_sample_dir),
+            storage_dir=str(tmp_path / f"storage-{name}"),
+            incoming_dir=str(incoming),
+            n_shards=n_shards,
+        )
         with dg.instance_for_test(temp_dir=str(tmp_path / f"home-{name}")) as reference_instance:
             planned = dg.AssetSelection.groups(*COMPARED_GROUPS).resolve(reference_defs.resolve_asset_graph())
             compared = sorted(key for key in planned if "_shard_" not in key.to_user_string())
-            assert len(compared) >= 8  # raw tables, image index, clean/rejected, text, characteristics, labels, embeddings
+            assert (
+                len(compared) >= 8
+            )  # raw tables, image index, clean/rejected, text, characteristics, labels, embeddings
             reference_started = time.time()
             reference = reference_defs.resolve_job_def("full_pipeline").execute_in_process(
-                run_config=run_config, instance=reference_instance, asset_selection=sorted(planned))
+                run_config=run_config, instance=reference_instance, asset_selection=sorted(planned)
+            )
             assert reference.success
             reference_seconds = time.time() - reference_started
         compared_vectors = _compare_outputs(storage, tmp_path / f"storage-{name}", compared)
         assert compared_vectors == 2 * len(clean_products) > 0  # both embedding tables were compared
-        print(f"dask run {dask_seconds:.1f} s ({len(step_pids)} steps on {len(set(step_pids.values()))} workers), "
-              f"in-process reference with {n_shards} shard(s) {reference_seconds:.1f} s; {len(compared)} assets equal, "
-              f"{compared_vectors} vectors bit-identical")
+        print(
+            f"dask run {dask_seconds:.1f} s ({len(step_pids)} steps on {len(set(step_pids.values()))} workers), "
+            f"in-process reference with {n_shards} shard(s) {reference_seconds:.1f} s; {len(compared)} assets equal, "
+            f"{compared_vectors} vectors bit-identical"
+        )

@@ -15,8 +15,16 @@ def _materialize(instance, key, partition=None, **metadata):
 
 
 def _drift(instance, drop, text_auc, image_auc, judged=True):
-    _materialize(instance, "drop_drift", drop, judged=judged, text_domain_auc=text_auc, image_domain_auc=image_auc,
-                 text_mmd_p_value=0.5, image_mmd_p_value=0.5)
+    _materialize(
+        instance,
+        "drop_drift",
+        drop,
+        judged=judged,
+        text_domain_auc=text_auc,
+        image_domain_auc=image_auc,
+        text_mmd_p_value=0.5,
+        image_mmd_p_value=0.5,
+    )
 
 
 @pytest.fixture()
@@ -76,7 +84,9 @@ def test_a_too_small_drop_never_triggers(instance, sensor):
 def test_only_registered_ingested_unpredicted_drops_are_predicted(instance):
     instance.add_dynamic_partitions(jobs.product_drops.name, ["a", "b", "c"])
     # "c" registered after the last ingestion; "rejected" never registered (it failed validation)
-    _materialize(instance, "raw_products_train", **{jobs.INGESTED_DROPS_METADATA_KEY: json.dumps(["a", "b", "rejected"])})
+    _materialize(
+        instance, "raw_products_train", **{jobs.INGESTED_DROPS_METADATA_KEY: json.dumps(["a", "b", "rejected"])}
+    )
     assert jobs.drops_to_predict(instance) == ["a", "b"]
     _materialize(instance, "drop_predictions", "a")
     assert jobs.drops_to_predict(instance) == ["b"]

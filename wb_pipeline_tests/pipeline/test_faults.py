@@ -20,8 +20,12 @@ from wb_pipeline.defs.embeddings.resources import TextEncoderResource
 pytestmark = pytest.mark.slow
 
 # resources, not op config: the chunk size is one setting for every shard step of the run
-SMALL_CHUNKS = {"resources": {"text_embedding_settings": {"config": {"chunk_size": 8}},
-                              "image_embedding_settings": {"config": {"chunk_size": 8}}}}
+SMALL_CHUNKS = {
+    "resources": {
+        "text_embedding_settings": {"config": {"chunk_size": 8}},
+        "image_embedding_settings": {"config": {"chunk_size": 8}},
+    }
+}
 
 RUNNER = textwrap.dedent(
     """
@@ -34,7 +38,8 @@ RUNNER = textwrap.dedent(
     run_config = {"resources": {"text_embedding_settings": {"config": {"chunk_size": 8}},
                                 "image_embedding_settings": {"config": {"chunk_size": 8}}}}
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("reembed_new_products").execute_in_process(instance=instance, run_config=run_config)
+        job = defs.resolve_job_def("reembed_new_products")
+        result = job.execute_in_process(instance=instance, run_config=run_config)
     sys.exit(0 if result.success else 1)
     """
 )
@@ -58,8 +63,12 @@ def _log_tail(process: subprocess.Popen, chars: int = 3000) -> str:
 
 def _shards(storage: Path) -> list[Path]:
     """Finished embedding-cache chunks (of any product shard)."""
-    return [p for stage in ("text_embeddings", "image_embeddings")
-            for p in (storage / "cache" / stage).rglob("*.parquet") if not p.name.startswith(".")]
+    return [
+        p
+        for stage in ("text_embeddings", "image_embeddings")
+        for p in (storage / "cache" / stage).rglob("*.parquet")
+        if not p.name.startswith(".")
+    ]
 
 
 def _finish(defs, instance):
@@ -82,7 +91,10 @@ def _assert_complete(defs, instance):
 
 def _definitions(tmp_path, raw, storage, models, text_model):
     return build_definitions(
-        raw_dir=str(raw), storage_dir=str(storage), incoming_dir=str(storage / "incoming"), models_dir=str(models),
+        raw_dir=str(raw),
+        storage_dir=str(storage),
+        incoming_dir=str(storage / "incoming"),
+        models_dir=str(models),
         text_encoder=TextEncoderResource(model=str(text_model), max_seq_length=32, cache_dir=str(models)),
     )
 
@@ -124,7 +136,8 @@ def test_two_runs_at_once_leave_a_consistent_cache_and_tables(
 def reembed_job(raw: str, storage: str, models: str, text_model: str) -> dg.JobDefinition:
     """`reembed_new_products` as a reconstructable job (re-execution from failure rebuilds it)."""
     return _definitions(None, Path(raw), Path(storage), Path(models), Path(text_model)).resolve_job_def(
-        "reembed_new_products")
+        "reembed_new_products"
+    )
 
 
 def _executed_steps(instance: dg.DagsterInstance, run_id: str) -> set[str]:
@@ -136,8 +149,16 @@ def test_a_corrupt_shard_fails_alone_and_a_retry_reruns_only_that_shard(
     tmp_path, small_sample_dir, shared_models_dir, tiny_st_folder, instance
 ):
     storage = tmp_path / "storage"
-    job = dg.build_reconstructable_job(__name__, reembed_job.__name__, reconstructable_kwargs=dict(
-        raw=str(small_sample_dir), storage=str(storage), models=str(shared_models_dir), text_model=str(tiny_st_folder)))
+    job = dg.build_reconstructable_job(
+        __name__,
+        reembed_job.__name__,
+        reconstructable_kwargs=dict(
+            raw=str(small_sample_dir),
+            storage=str(storage),
+            models=str(shared_models_dir),
+            text_model=str(tiny_st_folder),
+        ),
+    )
     in_process = {"execution": {"config": {"in_process": {}}}, **SMALL_CHUNKS}
     with dg.execute_job(job, instance=instance, run_config=in_process) as first:
         assert first.success
@@ -151,8 +172,12 @@ def test_a_corrupt_shard_fails_alone_and_a_retry_reruns_only_that_shard(
         assert [e.step_key for e in failures] == ["text_embeddings_shard_01"]  # it fails alone ...
         assert str(corrupt) in failures[0].step_failure_data.error.to_string()  # ... naming the file
         landed = {e.step_key for e in broken.all_events if e.event_type_value == "STEP_SUCCESS"}
-        assert {"text_embeddings_shard_00", "text_embeddings_shard_02", "text_embeddings_shard_03",
-                "image_embeddings_shard_01"} <= landed  # ... while the other shards land
+        assert {
+            "text_embeddings_shard_00",
+            "text_embeddings_shard_02",
+            "text_embeddings_shard_03",
+            "image_embeddings_shard_01",
+        } <= landed  # ... while the other shards land
         broken_run = broken.run_id
 
     corrupt.unlink()  # what the error says to do

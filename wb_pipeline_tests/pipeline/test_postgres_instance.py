@@ -21,7 +21,6 @@ import dagster as dg
 import psycopg2
 import pytest
 import yaml
-
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
@@ -42,15 +41,18 @@ SCHEDULE_NAME = "reembed_new_products_schedule"
 
 def _server_binaries() -> Path:
     """The folder holding initdb/pg_ctl/postgres: Debian's /usr/lib/postgresql/<version>/bin (newest)."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda path: int(Path(path).parent.parent.name))
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda path: int(Path(path).parent.parent.name)
+    )
     if candidates:
         return Path(candidates[-1]).parent
     on_path = shutil.which("initdb")
     if on_path and shutil.which("pg_ctl"):
         return Path(on_path).parent
-    pytest.fail(f"PostgreSQL server binaries (initdb, pg_ctl) not found: install the Debian package "
-                f"`{DEBIAN_PACKAGE}` (apt-get install {DEBIAN_PACKAGE}); .ci/run does this")
+    pytest.fail(
+        f"PostgreSQL server binaries (initdb, pg_ctl) not found: install the Debian package "
+        f"`{DEBIAN_PACKAGE}` (apt-get install {DEBIAN_PACKAGE}); .ci/run does this"
+    )
 
 
 def _free_port() -> int:
@@ -82,22 +84,49 @@ def postgres_server():
         assert done.returncode == 0, f"{command[0]} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}"
 
     port = _free_port()
-    run(str(binaries / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={password_file}",
-        "--auth=scram-sha-256", "-E", "UTF8", "--no-locale")
+    run(
+        str(binaries / "initdb"),
+        "-D",
+        str(data),
+        "-U",
+        PG_USER,
+        f"--pwfile={password_file}",
+        "--auth=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--no-locale",
+    )
     started = False
     try:
         # fsync off: a throw-away test server, durability is not what is tested
-        run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-            "-o", f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")
+        run(
+            str(binaries / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off",
+            "start",
+        )
         started = True
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=PG_PASSWORD,
-                                      dbname="postgres")
+        connection = psycopg2.connect(
+            host="127.0.0.1", port=port, user=PG_USER, password=PG_PASSWORD, dbname="postgres"
+        )
         connection.autocommit = True
         with connection.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE {PG_DB}")
         connection.close()
-        yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": PG_USER,
-               "DAGSTER_PG_PASSWORD": PG_PASSWORD, "DAGSTER_PG_DB": PG_DB}
+        yield {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(port),
+            "DAGSTER_PG_USER": PG_USER,
+            "DAGSTER_PG_PASSWORD": PG_PASSWORD,
+            "DAGSTER_PG_DB": PG_DB,
+        }
     finally:
         if started:
             run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
@@ -117,9 +146,13 @@ def postgres_home(postgres_server, tmp_path, monkeypatch) -> Path:
 
 
 def _query(server: dict, sql: str, params: tuple = ()) -> list[tuple]:
-    connection = psycopg2.connect(host=server["DAGSTER_PG_HOST"], port=int(server["DAGSTER_PG_PORT"]),
-                                  user=server["DAGSTER_PG_USER"], password=server["DAGSTER_PG_PASSWORD"],
-                                  dbname=server["DAGSTER_PG_DB"])
+    connection = psycopg2.connect(
+        host=server["DAGSTER_PG_HOST"],
+        port=int(server["DAGSTER_PG_PORT"]),
+        user=server["DAGSTER_PG_USER"],
+        password=server["DAGSTER_PG_PASSWORD"],
+        dbname=server["DAGSTER_PG_DB"],
+    )
     try:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -133,22 +166,30 @@ def test_checked_in_yaml_reads_every_connection_field_from_the_environment():
     database = config["storage"]["postgres"]["postgres_db"]
     assert database.pop("scheme") == "postgresql+psycopg2"  # the driver dagster-postgres installs
     assert {field: value["env"] for field, value in database.items()} == {
-        "hostname": "DAGSTER_PG_HOST", "port": "DAGSTER_PG_PORT", "username": "DAGSTER_PG_USER",
-        "password": "DAGSTER_PG_PASSWORD", "db_name": "DAGSTER_PG_DB"}
+        "hostname": "DAGSTER_PG_HOST",
+        "port": "DAGSTER_PG_PORT",
+        "username": "DAGSTER_PG_USER",
+        "password": "DAGSTER_PG_PASSWORD",
+        "db_name": "DAGSTER_PG_DB",
+    }
 
 
 def test_pipeline_slice_on_a_real_postgres_instance(
     postgres_server, postgres_home, tmp_path, small_sample_dir, shared_models_dir
 ):
-    defs = build_definitions(raw_dir=str(small_sample_dir), storage_dir=str(tmp_path / "storage"),
-                             incoming_dir=str(tmp_path / "incoming"), models_dir=str(shared_models_dir))
+    defs = build_definitions(
+        raw_dir=str(small_sample_dir),
+        storage_dir=str(tmp_path / "storage"),
+        incoming_dir=str(tmp_path / "incoming"),
+        models_dir=str(shared_models_dir),
+    )
     selection = sorted(dg.AssetSelection.groups(*SLICE_GROUPS).resolve(defs.resolve_asset_graph()))
     with dg.DagsterInstance.get() as instance:
-        storages = {type(s).__name__ for s in (instance.run_storage, instance.event_log_storage,
-                                               instance.schedule_storage)}
+        storages = {
+            type(s).__name__ for s in (instance.run_storage, instance.event_log_storage, instance.schedule_storage)
+        }
         assert storages == {"PostgresRunStorage", "PostgresEventLogStorage", "PostgresScheduleStorage"}
-        result = defs.resolve_job_def("full_pipeline").execute_in_process(instance=instance,
-                                                                         asset_selection=selection)
+        result = defs.resolve_job_def("full_pipeline").execute_in_process(instance=instance, asset_selection=selection)
         assert result.success
         run_id = result.run_id
         checks_in_run = len(result.get_asset_check_evaluations())
@@ -159,8 +200,7 @@ def test_pipeline_slice_on_a_real_postgres_instance(
         assert reader.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
         for key in selection:
             assert reader.get_latest_materialization_event(key).run_id == run_id, key
-        stored_checks = reader.get_records_for_run(
-            run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+        stored_checks = reader.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
         assert len(stored_checks) == checks_in_run
 
     # independently of Dagster's code: the rows in PostgreSQL
@@ -168,10 +208,10 @@ def test_pipeline_slice_on_a_real_postgres_instance(
     materialized = _query(
         postgres_server,
         "SELECT asset_key FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'",
-        (run_id,))
+        (run_id,),
+    )
     assert sorted(key for (key,) in materialized) == sorted(key.to_string() for key in selection)
-    (check_rows,) = _query(postgres_server, "SELECT count(*) FROM asset_check_executions WHERE run_id = %s",
-                           (run_id,))
+    (check_rows,) = _query(postgres_server, "SELECT count(*) FROM asset_check_executions WHERE run_id = %s", (run_id,))
     assert check_rows[0] == checks_in_run
     print(f"postgres: {len(materialized)} materializations, {checks_in_run} check evaluations of run {run_id}")
 
@@ -182,8 +222,9 @@ def test_schedule_state_dynamic_partitions_and_pool_limits_live_in_postgres(
     for name, folder in ((settings.STORAGE_DIR_ENV, "storage"), (settings.INCOMING_DIR_ENV, "incoming")):
         monkeypatch.setenv(name, str(tmp_path / folder))
     # the code location as the UI and the daemon load it (here in process): the real schedule definition
-    origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(
-        executable_path=sys.executable, module_name="wb_pipeline.definitions", attribute="defs"))
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable, module_name="wb_pipeline.definitions", attribute="defs")
+    )
     with dg.DagsterInstance.get() as instance, origin.create_location(instance) as location:
         (repository,) = location.get_repositories().values()
         schedule = repository.get_schedule(SCHEDULE_NAME)
@@ -192,9 +233,14 @@ def test_schedule_state_dynamic_partitions_and_pool_limits_live_in_postgres(
         instance.event_log_storage.set_concurrency_slots("embedding", 2)  # `dagster instance concurrency set`
 
     assert _query(postgres_server, "SELECT instigator_type, status FROM instigators") == [("SCHEDULE", "RUNNING")]
-    assert _query(postgres_server, "SELECT partition FROM dynamic_partitions WHERE partitions_def_name = %s",
-                  (product_drops.name,)) == [("2026-11-24-batch1",)]
-    assert _query(postgres_server, "SELECT count(*) FROM concurrency_slots WHERE concurrency_key = 'embedding'") == [(2,)]
+    assert _query(
+        postgres_server,
+        "SELECT partition FROM dynamic_partitions WHERE partitions_def_name = %s",
+        (product_drops.name,),
+    ) == [("2026-11-24-batch1",)]
+    assert _query(postgres_server, "SELECT count(*) FROM concurrency_slots WHERE concurrency_key = 'embedding'") == [
+        (2,)
+    ]
 
     with dg.DagsterInstance.from_config(str(postgres_home)) as reader:
         (state,) = reader.all_instigator_state(instigator_type=InstigatorType.SCHEDULE)

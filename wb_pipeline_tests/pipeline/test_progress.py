@@ -25,8 +25,12 @@ def left_is_there(left):
 
 def test_one_line_per_finished_step_with_time_and_rows():
     job = dg.define_asset_job("progress_job", selection=dg.AssetSelection.all(), hooks={log_finished_step})
-    defs = dg.Definitions(assets=[counted, pair], asset_checks=[left_is_there], jobs=[job],
-                          resources={"io_manager": dg.InMemoryIOManager()})
+    defs = dg.Definitions(
+        assets=[counted, pair],
+        asset_checks=[left_is_there],
+        jobs=[job],
+        resources={"io_manager": dg.InMemoryIOManager()},
+    )
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def("progress_job").execute_in_process(instance=instance)
         assert result.success

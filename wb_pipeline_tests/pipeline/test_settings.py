@@ -23,15 +23,26 @@ def environment_reads(source: str) -> list[int]:
     an assignment (setting a variable for a library is not reading a setting), `os.getenv`, or
     `environ` / `getenv` imported from `os`."""
     tree = ast.parse(source)
-    written = {id(node.value) for node in ast.walk(tree)
-               if isinstance(node, ast.Subscript) and isinstance(node.ctx, (ast.Store, ast.Del))}
+    written = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, (ast.Store, ast.Del))
+    }
     lines = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb", "getenvb") \
-                and isinstance(node.value, ast.Name) and node.value.id == "os" and id(node) not in written:
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in ("environ", "getenv", "environb", "getenvb")
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+            and id(node) not in written
+        ):
             lines.append(node.lineno)
-        elif isinstance(node, ast.ImportFrom) and node.module == "os" \
-                and any(alias.name in ("environ", "getenv", "environb", "getenvb") for alias in node.names):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and any(alias.name in ("environ", "getenv", "environb", "getenvb") for alias in node.names)
+        ):
             lines.append(node.lineno)
     return sorted(lines)
 
@@ -40,8 +51,8 @@ def test_the_detector_sees_reads_and_lets_writes_pass():
     assert environment_reads('import os\nx = os.environ.get("A")\n') == [2]
     assert environment_reads('import os\nx = os.getenv("A")\n') == [2]
     assert environment_reads('import os\nx = os.environ["A"]\n') == [2]
-    assert environment_reads('import os\nx = dict(os.environ)\n') == [2]
-    assert environment_reads('from os import environ\n') == [1]
+    assert environment_reads("import os\nx = dict(os.environ)\n") == [2]
+    assert environment_reads("from os import environ\n") == [1]
     assert environment_reads('import os\nos.environ["HF_HUB_OFFLINE"] = "1"\n') == []
 
 
@@ -58,8 +69,8 @@ def test_only_settings_reads_the_environment():
 
 def test_readme_lists_every_variable():
     text = README.read_text(encoding="utf-8")
-    table = text[text.index("## Configuration"):]
-    table = table[:table.index("\n## ", 1)]
+    table = text[text.index("## Configuration") :]
+    table = table[: table.index("\n## ", 1)]
     assert len(settings.VARIABLES) == 10
     missing = [name for name in settings.VARIABLES if f"`{name}`" not in table]
     assert missing == []
@@ -90,9 +101,13 @@ def test_the_io_manager_writes_where_the_layout_says(tmp_path, instance):
         return pd.DataFrame({"nm": ["1"]})
 
     base = str(tmp_path / "storage")
-    assert dg.materialize([tiny], resources={"io_manager": WBStorageIOManager(base_dir=base)}, instance=instance).success
+    assert dg.materialize(
+        [tiny], resources={"io_manager": WBStorageIOManager(base_dir=base)}, instance=instance
+    ).success
     layout = StorageLayout(base)
     assert layout.asset_file("tiny").exists()
     assert WBStorage(base_dir=base).layout == layout
-    assert str(layout.shard_cache("text_embeddings", 4, "00")) == str(Path(base) / "cache" / "text_embeddings" / "4-shards" / "00")
+    assert str(layout.shard_cache("text_embeddings", 4, "00")) == str(
+        Path(base) / "cache" / "text_embeddings" / "4-shards" / "00"
+    )
     assert str(layout.classification_models) == str(Path(base) / "models" / "classification")

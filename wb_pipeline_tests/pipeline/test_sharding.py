@@ -24,8 +24,13 @@ from wb_pipeline.defs.sharding import SHARDED_LAYOUT, columns_input, in_catalogu
 
 def _frame(n: int) -> pd.DataFrame:
     rng = np.random.default_rng(n)
-    return pd.DataFrame({"nm": [str(v) for v in rng.permutation(10 * n)[:n]], "x": rng.normal(size=n),
-                         "text": [f"t{i}" for i in range(n)]})
+    return pd.DataFrame(
+        {
+            "nm": [str(v) for v in rng.permutation(10 * n)[:n]],
+            "x": rng.normal(size=n),
+            "text": [f"t{i}" for i in range(n)],
+        }
+    )
 
 
 def test_a_products_shard_depends_on_its_id_only():
@@ -52,8 +57,10 @@ def test_sharded_layout_reads_back_whole_in_order_and_one_shard_from_its_row_gro
     only_x = storage.read_sharded_parquet(path, (2, 4), columns=["x"])
     assert only_x.columns.tolist() == ["x"] and len(only_x) == int((shard_of == 2).sum())
     # another shard count than the file's: still right (read whole, filtered)
-    pd.testing.assert_frame_equal(storage.read_sharded_parquet(path, (1, 3)),
-                                  frame[storage.product_shards(frame["nm"].tolist(), 3) == 1].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        storage.read_sharded_parquet(path, (1, 3)),
+        frame[storage.product_shards(frame["nm"].tolist(), 3) == 1].reset_index(drop=True),
+    )
 
 
 def test_sharded_layout_of_an_empty_table(tmp_path):
@@ -81,8 +88,10 @@ def test_io_manager_stores_grouped_by_shard_and_loads_only_the_shard(tmp_path):
     io_manager = WBStorageIOManager(base_dir=str(tmp_path), n_shards=4)
     assert dg.materialize([catalogue, one_shard, ids], resources={"io_manager": io_manager}).success
     shard_of = storage.product_shards(frame["nm"].tolist(), 4)
-    pd.testing.assert_frame_equal(storage.read_parquet(UPath(tmp_path / "assets" / "one_shard.parquet")),
-                                  frame[shard_of == 1].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        storage.read_parquet(UPath(tmp_path / "assets" / "one_shard.parquet")),
+        frame[shard_of == 1].reset_index(drop=True),
+    )
     assert storage.read_parquet(UPath(tmp_path / "assets" / "ids.parquet"))["nm"].tolist() == frame["nm"].tolist()
     stored = pq.read_table(tmp_path / "assets" / "catalogue.parquet")
     assert storage.product_shards(stored.column("nm").to_pylist(), 4).tolist() == sorted(shard_of.tolist())
@@ -143,8 +152,9 @@ def test_image_index_of_the_shards_equals_the_unsharded_index(tmp_path):
 
 def _drop(folder, ids: list[int], photos: list[int]):
     folder.mkdir(parents=True)
-    pd.DataFrame({"nm": ids, "title": ["t"] * len(ids), "description": ["d"] * len(ids),
-                  "characteristics": [None] * len(ids)}).to_parquet(folder / schema.TRAIN_FILE, index=False)
+    pd.DataFrame(
+        {"nm": ids, "title": ["t"] * len(ids), "description": ["d"] * len(ids), "characteristics": [None] * len(ids)}
+    ).to_parquet(folder / schema.TRAIN_FILE, index=False)
     with zipfile.ZipFile(folder / schema.IMAGES_ZIP, "w") as zf:
         for nm in photos:
             zf.writestr(f"{nm}.jpg", _jpeg(nm))
@@ -160,14 +170,16 @@ def test_a_drop_needs_only_the_shard_steps_of_the_shards_it_touches(tmp_path):
     assert drop_shards(UPath(tmp_path / "drop-a"), n) == {1, 3}
 
     keys = {dg.AssetKey(name) for name in ["clean_products", "text_embeddings", "image_index"]}
-    keys |= {dg.AssetKey(f"{stage}_shard_{k}") for stage in ("text_embeddings", "image_index")
-             for k in storage.shard_keys(n)}
+    keys |= {
+        dg.AssetKey(f"{stage}_shard_{k}") for stage in ("text_embeddings", "image_index") for k in storage.shard_keys(n)
+    }
     selection, touched = reembed_selection(keys, str(tmp_path), ["drop-a"], n)
     assert touched == ["01", "03"]
     names = {key.to_user_string() for key in selection}
     assert {"clean_products", "text_embeddings", "image_index"} <= names  # catalogue-wide steps always run
     assert {name for name in names if "_shard_" in name} == {
-        f"{stage}_shard_{k}" for stage in ("text_embeddings", "image_index") for k in ("01", "03")}
+        f"{stage}_shard_{k}" for stage in ("text_embeddings", "image_index") for k in ("01", "03")
+    }
     # a drop that cannot be read: every shard (the run reports the problem)
     (tmp_path / "drop-b").mkdir()
     (tmp_path / "drop-b" / schema.TRAIN_FILE).write_bytes(b"not parquet")
@@ -185,13 +197,18 @@ def test_only_image_members_reads_the_zip_directory(tmp_path, instance, small_sa
     parsed = []
     original = zipfile.ZipFile._RealGetContents
     monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: (parsed.append(1), original(self))[1])
-    defs = build_definitions(raw_dir=str(small_sample_dir), storage_dir=str(tmp_path / "storage"),
-                             incoming_dir=str(tmp_path / "incoming"), n_shards=4,
-                             image_encoder=ImageEncoderResource(engine="torch", cache_dir=str(tmp_path / "models")))
+    defs = build_definitions(
+        raw_dir=str(small_sample_dir),
+        storage_dir=str(tmp_path / "storage"),
+        incoming_dir=str(tmp_path / "incoming"),
+        n_shards=4,
+        image_encoder=ImageEncoderResource(engine="torch", cache_dir=str(tmp_path / "models")),
+    )
     # image_members, the raw tables, cleaning, 4 image-check and 4 image-embedding shards and their gathers
     selection = dg.AssetSelection.assets("image_embeddings").upstream().required_multi_asset_neighbors()
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
-        asset_selection=selection.resolve(defs.resolve_asset_graph()))
+        asset_selection=selection.resolve(defs.resolve_asset_graph())
+    )
     assert job.execute_in_process(instance=instance).success
     assert len(parsed) == 1  # image_members, once, for the one zip
     members = defs.load_asset_value("image_members", instance=instance)

@@ -28,8 +28,13 @@ print(int(status.stdout.split()[1], 16))
 
 def _ignored_in_a_later_child(mode: str) -> set[int]:
     # the child starts with SIGINT ignored, as a background job of a non-interactive shell does
-    result = subprocess.run([sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, timeout=300,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     mask = int(result.stdout.strip().splitlines()[-1])
     return {number for number in range(1, 65) if mask >> (number - 1) & 1}

@@ -16,16 +16,24 @@ def _stub(folder: Path, name: str, body: str) -> None:
     path.chmod(0o755)
 
 
-def run_script(tmp_path: Path, *, uid: int, sudo_works: bool, installed: set[str], packages: list[str],
-               dry_run: bool = False) -> subprocess.CompletedProcess:
+def run_script(
+    tmp_path: Path, *, uid: int, sudo_works: bool, installed: set[str], packages: list[str], dry_run: bool = False
+) -> subprocess.CompletedProcess:
     stubs = tmp_path / "bin"
     stubs.mkdir(exist_ok=True)
     cases = " ".join(installed) or "none"
-    _stub(stubs, "dpkg-query", f'for p in {cases}; do [ "$p" = "$3" ] && {{ printf "install ok installed"; exit 0; }}; '
-                               'done; exit 1')
+    _stub(
+        stubs,
+        "dpkg-query",
+        f'for p in {cases}; do [ "$p" = "$3" ] && {{ printf "install ok installed"; exit 0; }}; done; exit 1',
+    )
     _stub(stubs, "id", f"echo {uid}")
-    _stub(stubs, "sudo", 'if [ "$1" = "-n" ]; then exit ' + ("0" if sudo_works else "1") + '; fi; '
-                         f'echo "sudo $*" >> {tmp_path}/calls; exec "$@"')
+    _stub(
+        stubs,
+        "sudo",
+        'if [ "$1" = "-n" ]; then exit ' + ("0" if sudo_works else "1") + "; fi; "
+        f'echo "sudo $*" >> {tmp_path}/calls; exec "$@"',
+    )
     _stub(stubs, "apt-get", f'echo "apt-get $*" >> {tmp_path}/calls')
     env = {**os.environ, "PATH": f"{stubs}:/usr/bin:/bin"}
     env.pop("SYSTEM_DEPS_DRY_RUN", None)
@@ -40,16 +48,16 @@ def calls(tmp_path: Path) -> list[str]:
 
 
 def test_nothing_to_do_when_everything_is_installed(tmp_path):
-    done = run_script(tmp_path, uid=1000, sudo_works=False, installed={"chromium", "postgresql"},
-                      packages=["chromium", "postgresql"])
+    done = run_script(
+        tmp_path, uid=1000, sudo_works=False, installed={"chromium", "postgresql"}, packages=["chromium", "postgresql"]
+    )
     assert done.returncode == 0 and done.stdout == "" and calls(tmp_path) == []
 
 
 def test_root_installs_only_the_missing_packages(tmp_path):
     done = run_script(tmp_path, uid=0, sudo_works=False, installed={"chromium"}, packages=["chromium", "postgresql"])
     assert done.returncode == 0, done.stderr
-    assert calls(tmp_path) == ["apt-get update -q",
-                               "apt-get install -y -q --no-install-recommends postgresql"]
+    assert calls(tmp_path) == ["apt-get update -q", "apt-get install -y -q --no-install-recommends postgresql"]
 
 
 def test_passwordless_sudo_is_used_when_not_root(tmp_path):
@@ -60,13 +68,20 @@ def test_passwordless_sudo_is_used_when_not_root(tmp_path):
 
 
 def test_without_root_or_sudo_it_stops_at_once_with_the_exact_command(tmp_path):
-    done = run_script(tmp_path, uid=1000, sudo_works=False, installed={"postgresql"},
-                      packages=["chromium", "chromium-driver", "postgresql"])
+    done = run_script(
+        tmp_path,
+        uid=1000,
+        sudo_works=False,
+        installed={"postgresql"},
+        packages=["chromium", "chromium-driver", "postgresql"],
+    )
     assert done.returncode == 1
     assert calls(tmp_path) == []
     assert "missing Debian packages: chromium chromium-driver." in done.stderr
-    assert ("sudo sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-            "--no-install-recommends chromium chromium-driver'") in done.stderr
+    assert (
+        "sudo sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+        "--no-install-recommends chromium chromium-driver'"
+    ) in done.stderr
 
 
 @pytest.mark.parametrize("uid", [0, 1000])

@@ -63,8 +63,9 @@ def dagster_ui(ui_dirs):
 @pytest.fixture(scope="module")
 def pipeline_defs(ui_dirs, dagster_ui) -> dg.Definitions:
     """The same definitions the server loads (same folders), for the expected names."""
-    return build_definitions(raw_dir=str(ui_dirs["raw"]), storage_dir=str(ui_dirs["storage"]),
-                             incoming_dir=str(ui_dirs["incoming"]))
+    return build_definitions(
+        raw_dir=str(ui_dirs["raw"]), storage_dir=str(ui_dirs["storage"]), incoming_dir=str(ui_dirs["incoming"])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +128,12 @@ def _wait_for_launched_run(driver, server) -> dict:
     """The one run the click launched; fails with what is on screen when no run appears (e.g. a
     launchpad opened because an asset now needs config without a default)."""
     try:
-        return WebDriverWait(driver, PAGE_WAIT_S, poll_frequency=0.5).until(
-            lambda d: (server.runs() or [None])[0])
+        return WebDriverWait(driver, PAGE_WAIT_S, poll_frequency=0.5).until(lambda d: (server.runs() or [None])[0])
     except TimeoutException:
-        pytest.fail("clicking 'Materialize all' launched no run; page shows: "
-                    + driver.find_element(By.TAG_NAME, "body").text[-1500:])
+        pytest.fail(
+            "clicking 'Materialize all' launched no run; page shows: "
+            + driver.find_element(By.TAG_NAME, "body").text[-1500:]
+        )
 
 
 def _wait_for_run_end(driver, server, run_id: str) -> str:
@@ -156,8 +158,10 @@ def _shown_row_count(driver) -> str:
 
 def test_ui_materializes_the_ingestion_group(ready_ui, driver, pipeline_defs, ui_dirs):
     asset_graph = pipeline_defs.resolve_asset_graph()
-    slice_keys = sorted((node.key for node in asset_graph.asset_nodes if node.group_name == SLICE_GROUP),
-                        key=lambda key: key.to_user_string())
+    slice_keys = sorted(
+        (node.key for node in asset_graph.asset_nodes if node.group_name == SLICE_GROUP),
+        key=lambda key: key.to_user_string(),
+    )
     slice_names = [key.to_user_string() for key in slice_keys]
     assert set(TABLE_FILES) <= set(slice_names)
     table_rows = {name: len(pd.read_parquet(ui_dirs["raw"] / file_name)) for name, file_name in TABLE_FILES.items()}
@@ -171,7 +175,8 @@ def test_ui_materializes_the_ingestion_group(ready_ui, driver, pipeline_defs, ui
         ui.screenshot(driver, f"{SLICE_GROUP}_group_graph")
         started = time.monotonic()
         WebDriverWait(driver, PAGE_WAIT_S).until(
-            ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Materialize all']"))).click()
+            ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Materialize all']"))
+        ).click()
 
         run = _wait_for_launched_run(driver, ready_ui)
         run_id = run["runId"]
@@ -184,7 +189,8 @@ def test_ui_materializes_the_ingestion_group(ready_ui, driver, pipeline_defs, ui
         _open(driver, ready_ui, f"/runs/{run_id}")
         ui.wait_for_lines(driver, ["Success", f"{len(slice_names)} assets", "STEP_SUCCESS"], PAGE_WAIT_S, "run page")
         WebDriverWait(driver, PAGE_WAIT_S).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, "[aria-label='run_success']"))
+            lambda d: d.find_elements(By.CSS_SELECTOR, "[aria-label='run_success']")
+        )
         ui.screenshot(driver, "run_success")
 
         # The instance on disk has a materialization of every asset of the slice from that run.
@@ -208,14 +214,16 @@ def test_ui_materializes_the_ingestion_group(ready_ui, driver, pipeline_defs, ui
             expected_count = f"{recorded[name]:,}"
             try:
                 WebDriverWait(driver, PAGE_WAIT_S, poll_frequency=0.5).until(
-                    lambda d: _shown_row_count(d) == expected_count)
+                    lambda d: _shown_row_count(d) == expected_count
+                )
             except TimeoutException:
                 pytest.fail(f"{name} page shows row count {_shown_row_count(driver)!r}, expected {expected_count}")
             assert "Never materialized" not in ui.body_lines(driver)
             if name in TABLE_FILES:
                 source = str(ui_dirs["raw"] / TABLE_FILES[name])
-                ui.wait_for_lines(driver, ["Metadata", "source", source, "rows_by_batch", "columns"],
-                                  PAGE_WAIT_S, f"{name} metadata")
+                ui.wait_for_lines(
+                    driver, ["Metadata", "source", source, "rows_by_batch", "columns"], PAGE_WAIT_S, f"{name} metadata"
+                )
                 batch_row = f"//tr[td[normalize-space()='main'] and td[normalize-space()='{table_rows[name]}']]"
                 assert driver.find_elements(By.XPATH, batch_row), f"{name}: rows_by_batch table not rendered"
             if name == "raw_products_train":

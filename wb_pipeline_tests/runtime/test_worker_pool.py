@@ -69,10 +69,11 @@ def test_one_job_or_one_task_runs_in_this_process_with_keyword_arguments():
         return sep.join(a)
 
     assert worker_pool.parallel([delayed(join)(["a", "b"], sep="+")], 4) == ["a+b"]
-    assert worker_pool.parallel([delayed(join)(["x"]) , delayed(join)(["y", "z"], sep="")], 1) == ["x", "yz"]
+    assert worker_pool.parallel([delayed(join)(["x"]), delayed(join)(["y", "z"], sep="")], 1) == ["x", "yz"]
 
 
 # --- the same through Dagster's default (multiprocess) executor ------------------------------------
+
 
 @dg.asset
 def fold_parallel_step() -> int:
@@ -85,8 +86,9 @@ def next_step() -> int:
 
 
 def two_step_job():
-    return dg.Definitions(assets=[fold_parallel_step, next_step],
-                          jobs=[dg.define_asset_job("two_steps", selection="*")]).get_job_def("two_steps")
+    return dg.Definitions(
+        assets=[fold_parallel_step, next_step], jobs=[dg.define_asset_job("two_steps", selection="*")]
+    ).get_job_def("two_steps")
 
 
 def step_gaps(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
@@ -94,8 +96,11 @@ def step_gaps(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[floa
     process running, seconds its process took to start). The multiprocess executor logs a launch
     (`STEP_WORKER_STARTING`) at once, but starts the process only after it has joined the previous
     step's process; `STEP_WORKER_STARTED` is the new process running, after its imports."""
-    events = [(record.timestamp, record.dagster_event.event_type_value, record.step_key)
-              for record in instance.all_logs(run_id) if record.dagster_event is not None]
+    events = [
+        (record.timestamp, record.dagster_event.event_type_value, record.step_key)
+        for record in instance.all_logs(run_id)
+        if record.dagster_event is not None
+    ]
     ends = [t for t, kind, _ in events if kind in ("STEP_SUCCESS", "STEP_FAILURE")]
     launched = {step: t for t, kind, step in events if kind == "STEP_WORKER_STARTING"}
     gaps = {}
@@ -108,8 +113,11 @@ def step_gaps(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[floa
 
 def startup_seconds(instance: dg.DagsterInstance, run_id: str, step: str) -> float:
     """Launch to running for a step nothing held up (imports and process start only)."""
-    times = {record.dagster_event.event_type_value: record.timestamp for record in instance.all_logs(run_id)
-             if record.dagster_event is not None and record.step_key == step}
+    times = {
+        record.dagster_event.event_type_value: record.timestamp
+        for record in instance.all_logs(run_id)
+        if record.dagster_event is not None and record.step_key == step
+    }
     return times["STEP_WORKER_STARTED"] - times["STEP_WORKER_STARTING"]
 
 
@@ -125,4 +133,6 @@ def test_default_executor_starts_the_next_step_right_after_a_fold_parallel_step(
     # Less the first step's own process start (imports, which a loaded machine slows): the wait that is
     # left is the previous process's exit. 60 s of slack for load; the idle-worker wait was 300 s.
     idle = gaps["next_step"][0] - startup
-    assert idle < 60, f"next step running {gaps['next_step'][0]:.1f} s after the previous ended ({startup:.1f} s startup)"
+    assert idle < 60, (
+        f"next step running {gaps['next_step'][0]:.1f} s after the previous ended ({startup:.1f} s startup)"
+    )

@@ -20,12 +20,18 @@ from PIL import Image
 
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.search import duplicates as dup
-from wb_pipeline.core.evaluation import duplicate_detection
+from wb_pipeline.core.search import scoring
 from wb_pipeline.core.search.index import IndexConfig, VectorIndex, exact_search, knn, neighbours_of_all, recall_at_k
 from wb_pipeline.core.search.query import QueryError, Searcher, clean_query_text, format_results, read_image_file
 from wb_pipeline.core.search.spaces import QUERYABLE_SPACES, choose_index_space, query_vector, space_vectors
 from wb_pipeline.core.search.store import (
-    INDEX_FILE, MANIFEST_FILE, PRODUCTS_FILE, load_build, plan_update, update_index, vector_hashes,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    PRODUCTS_FILE,
+    load_build,
+    plan_update,
+    update_index,
+    vector_hashes,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -173,8 +179,9 @@ def test_old_builds_are_pruned(tmp_path):
     folders = []
     for step in range(5):
         vectors = _clustered(50, seed=step)
-        build, _ = update_index(tmp_path, str(folders[-1]) if folders else None, nm, vectors, nm,
-                                IndexConfig(keep_builds=2))
+        build, _ = update_index(
+            tmp_path, str(folders[-1]) if folders else None, nm, vectors, nm, IndexConfig(keep_builds=2)
+        )
         folders.append(build.folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in folders[-2:])
 
@@ -282,7 +289,7 @@ def test_duplicate_config_validation():
 def test_group_scores_against_a_hand_count():
     truth = np.array([0, 0, 0, 1, 1, 2])  # true pairs: 3 + 1 = 4
     predicted = np.array([0, 0, 1, 1, 1, 2])  # predicted pairs: 1 + 3 = 4; correct: (0,1) and (3,4) = 2
-    scores = duplicate_detection.group_scores(predicted, truth)
+    scores = scoring.group_scores(predicted, truth)
     assert scores["precision"] == pytest.approx(0.5) and scores["recall"] == pytest.approx(0.5)
     assert scores["f1"] == pytest.approx(0.5)
     # per product: F1 of its predicted set vs its true set (both including itself)
@@ -290,9 +297,9 @@ def test_group_scores_against_a_hand_count():
     assert scores["product_f1"] == pytest.approx(np.mean(per))
     assert scores["product_f1_dup"] == pytest.approx(np.mean(per[:5]))
     assert scores["largest_group"] == 3 and scores["groups"] == 2
-    perfect = duplicate_detection.group_scores(truth, truth)
+    perfect = scoring.group_scores(truth, truth)
     assert perfect["f1"] == perfect["product_f1"] == 1.0
-    edges = duplicate_detection.edge_scores(np.array([0, 3, 2]), np.array([1, 4, 3]), truth)
+    edges = scoring.edge_scores(np.array([0, 3, 2]), np.array([1, 4, 3]), truth)
     assert edges["precision"] == pytest.approx(2 / 3) and edges["recall"] == pytest.approx(2 / 4)
 
 
@@ -300,14 +307,14 @@ def test_sweep_purity_and_candidate_recall():
     text, image = _hand_built()
     pairs = dup.candidate_pairs(text, image, k=6, index_config=IndexConfig())
     truth = np.array([0, 0, 1, 1, 2, 3, 4])
-    sweep = duplicate_detection.threshold_sweep(pairs, 7, {"t": truth}, [0.99, 2.0], [0.99, 2.0], dup.OFF, dup.OFF)
+    sweep = scoring.threshold_sweep(pairs, 7, {"t": truth}, [0.99, 2.0], [0.99, 2.0], dup.OFF, dup.OFF)
     assert len(sweep) == 4
     both = sweep[(sweep["text_threshold"] == 0.99) & (sweep["image_threshold"] == 0.99)].iloc[0]
     assert both["f1"] == 1.0
     text_only = sweep[(sweep["text_threshold"] == 0.99) & (sweep["image_threshold"] == 2.0)].iloc[0]
     assert text_only["precision"] == 1.0 and text_only["recall"] == 0.5
-    assert duplicate_detection.candidate_recall(pairs, truth) == 1.0
-    purity = duplicate_detection.neighbour_purity(np.array([[1, 2], [0, -1], [0, 1]]), ["a", "a", None])
+    assert scoring.candidate_recall(pairs, truth) == 1.0
+    purity = scoring.neighbour_purity(np.array([[1, 2], [0, -1], [0, 1]]), ["a", "a", None])
     assert purity["purity"] == 1.0 and purity["neighbours_counted"] == 2  # unlabelled / missing neighbours skipped
 
 
@@ -351,14 +358,23 @@ def test_spaces_and_query_vectors():
     assert combined.shape == (30, 6) and query.shape == (1, 6) and one_side.shape == (1, 3)
     np.testing.assert_allclose(query[0, :3], query[0, 3:], atol=1e-6)
     text_joint, image_joint = combined[:, :3] * np.sqrt(2), combined[:, 3:] * np.sqrt(2)
-    np.testing.assert_allclose(combined @ query[0], (text_joint @ one_side[0] + image_joint @ one_side[0]) / 2, atol=1e-5)
+    np.testing.assert_allclose(
+        combined @ query[0], (text_joint @ one_side[0] + image_joint @ one_side[0]) / 2, atol=1e-5
+    )
 
 
 def _image_searcher(tmp_path, space: str = "image"):
     nm, text, image = _tables()
     _, vectors = space_vectors(space, text, image)
-    build, _ = update_index(tmp_path, None, nm, vectors, np.array([f"товар\t{i}\n" for i in range(30)], dtype=object),
-                            IndexConfig(space=space), info={"encoder_dims": {"text": 6, "image": 4}})
+    build, _ = update_index(
+        tmp_path,
+        None,
+        nm,
+        vectors,
+        np.array([f"товар\t{i}\n" for i in range(30)], dtype=object),
+        IndexConfig(space=space),
+        info={"encoder_dims": {"text": 6, "image": 4}},
+    )
 
     class FakeImageEncoder:  # the colour of the photo, as a 4-d vector
         min_decode_side = None
@@ -438,13 +454,18 @@ def tiny_search_run(small_sample_dir, shared_models_dir, tiny_st_folder, tmp_pat
     root = tmp_path_factory.mktemp("search_run")
     (root / "home").mkdir()
     text_encoder = TextEncoderResource(model=str(tiny_st_folder), max_seq_length=32, cache_dir=str(shared_models_dir))
-    defs = build_definitions(raw_dir=str(small_sample_dir), storage_dir=str(root / "storage"),
-                             incoming_dir=str(root / "incoming"), models_dir=str(shared_models_dir),
-                             text_encoder=text_encoder)
+    defs = build_definitions(
+        raw_dir=str(small_sample_dir),
+        storage_dir=str(root / "storage"),
+        incoming_dir=str(root / "incoming"),
+        models_dir=str(shared_models_dir),
+        text_encoder=text_encoder,
+    )
     with dg.instance_for_test(temp_dir=str(root / "home")) as instance:
         selection = sorted(SEARCH_SELECTION.resolve(defs.resolve_asset_graph()))
         result = defs.resolve_job_def("full_pipeline").execute_in_process(
-            instance=instance, asset_selection=selection, raise_on_error=False)
+            instance=instance, asset_selection=selection, raise_on_error=False
+        )
         yield {"defs": defs, "instance": instance, "result": result, "root": root, "storage": root / "storage"}
 
 
@@ -479,7 +500,9 @@ def test_search_assets_and_checks_on_a_tiny_run(tiny_search_run):
     assert sorted(groups["nm"]) == sorted(text.nm)
     group_meta = _meta(run, "duplicate_groups")
     assert group_meta["groups_with_duplicates"] >= 1  # the sample has identical photos and titles
-    assert "contact_sheet" in group_meta and group_meta["contact_sheet"].startswith("![duplicate groups](data:image/png")
+    assert "contact_sheet" in group_meta and group_meta["contact_sheet"].startswith(
+        "![duplicate groups](data:image/png"
+    )
     report = load("duplicate_report")
     configured = report[(report["section"] == "configured") & (report["level"] == "groups")]
     assert set(configured["truth"]) == {"same_title_or_image", "colour_variants", "any_known"}  # the sample's truth
@@ -543,16 +566,18 @@ def test_cli_prints_nm_score_title_lines(tiny_search_run, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_refuses_another_text_encoder_than_the_index_was_built_with(tiny_search_run, capsys, monkeypatch,
-                                                                       tiny_st_folder, shared_models_dir):
+def test_cli_refuses_another_text_encoder_than_the_index_was_built_with(
+    tiny_search_run, capsys, monkeypatch, tiny_st_folder, shared_models_dir
+):
     from wb_pipeline import search
     from wb_pipeline.definitions import build_definitions
     from wb_pipeline.defs.embeddings.resources import TextEncoderResource
 
     run = tiny_search_run
     other_encoder = TextEncoderResource(model=str(tiny_st_folder), max_seq_length=16, cache_dir=str(shared_models_dir))
-    other = build_definitions(storage_dir=str(run["storage"]), models_dir=str(shared_models_dir),
-                              text_encoder=other_encoder)
+    other = build_definitions(
+        storage_dir=str(run["storage"]), models_dir=str(shared_models_dir), text_encoder=other_encoder
+    )
     monkeypatch.setattr(search, "_definitions_for", lambda storage_dir, models_dir: other)
     assert search.main(["платье", "--storage", str(run["storage"])]) == 1
     assert "built from text vectors of encoder" in capsys.readouterr().err
@@ -560,12 +585,24 @@ def test_cli_refuses_another_text_encoder_than_the_index_was_built_with(tiny_sea
 
 def test_cli_without_a_materialized_index_says_so(tmp_path):
     env = {**os.environ, "WB_PIPELINE_STORAGE_DIR": str(tmp_path / "empty-storage")}
-    done = subprocess.run([sys.executable, "-m", "wb_pipeline.search", "женские зимние ботинки", "--top", "10"],
-                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "wb_pipeline.search", "женские зимние ботинки", "--top", "10"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
     assert done.returncode == 1
     assert "no product index materialized under" in done.stderr and "Traceback" not in done.stderr
-    done = subprocess.run([sys.executable, "-m", "wb_pipeline.search", ""], capture_output=True, text=True, env=env,
-                          cwd=REPO_ROOT, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "wb_pipeline.search", ""],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
     assert done.returncode == 2 and "empty text query" in done.stderr
 
 
@@ -625,15 +662,31 @@ def test_report_table_on_hand_built_products():
     truths = report.known_duplicates(nm, products, image_index, {"E": "m1", "F": "m1"})
     assert truths["same_title_or_image"].tolist() == [0, 0, 1, 1, 2, 3, 4]  # A/B same title, C/D same photo
     assert truths["colour_variants"][4] == truths["colour_variants"][5]
-    settings = {"vectors": "encoders", "candidates": 6, "text_threshold": 0.99, "image_threshold": 0.99,
-                "text_floor": 0.95, "image_floor": 0.9}
+    settings = {
+        "vectors": "encoders",
+        "candidates": 6,
+        "text_threshold": 0.99,
+        "image_threshold": 0.99,
+        "text_floor": 0.95,
+        "image_floor": 0.9,
+    }
     pairs = dup.candidate_pairs(text, image, 6, IndexConfig())
     groups, _ = dup.group_products(pairs, 7, dup.DuplicateConfig(**{k: v for k, v in settings.items()}))
     labels = pd.DataFrame({"category": ["x", "x", "y", "y", None, None, "z"], "sub_category": None})
     table = report.duplicate_report(
-        nm, groups, {"encoders": pairs}, truths, settings, report.ReportGrids([0.99, 2.0], [0.99, 2.0], [0.95], [0.9]),
-        {"text": text, "image": image}, labels, pd.DataFrame({"nm": ["A"], "neighbour_nm": ["B"]}), "text", 1,
-        IndexConfig())
+        nm,
+        groups,
+        {"encoders": pairs},
+        truths,
+        settings,
+        report.ReportGrids([0.99, 2.0], [0.99, 2.0], [0.95], [0.9]),
+        {"text": text, "image": image},
+        labels,
+        pd.DataFrame({"nm": ["A"], "neighbour_nm": ["B"]}),
+        "text",
+        1,
+        IndexConfig(),
+    )
     configured = table[(table["section"] == "configured") & (table["level"] == "groups")].set_index("truth")
     assert configured.at["same_title_or_image", "precision"] == pytest.approx(2 / 3)  # E–F is not a title/photo twin
     assert configured.at["any_known", "f1"] == 1.0  # ... but a colour variant: every known pair found, nothing else
@@ -644,14 +697,26 @@ def test_report_table_on_hand_built_products():
     # "same model, other colour": E–F (image cos 0.906, text 0.966) is the one variant pair; C–D's
     # identical photo (cos 1) is an exact duplicate, above the variant matcher's ceiling
     variant = table[table["section"] == "variants"].set_index("level")
-    assert variant.at["match edges", "vectors"] == "encoders" and variant.at["match edges", "truth"] == "colour_variants"
+    assert (
+        variant.at["match edges", "vectors"] == "encoders" and variant.at["match edges", "truth"] == "colour_variants"
+    )
     assert variant.at["match edges", "predicted_pairs"] == 1 and variant.at["match edges", "f1"] == 1.0
     assert variant.at["groups", "f1"] == 1.0 and variant.at["match edges", "exact_image_threshold"] == 0.99
     assert len(table[table["section"] == "variant_sweep"]) == 0  # no variant grids given
     without = report.duplicate_report(
-        nm, groups, {"encoders": pairs}, {"same_title_or_image": truths["same_title_or_image"]}, settings,
-        report.ReportGrids([0.99], [0.99], [0.95], [0.9]), {"text": text}, labels, pd.DataFrame(), "text", 1,
-        IndexConfig())
+        nm,
+        groups,
+        {"encoders": pairs},
+        {"same_title_or_image": truths["same_title_or_image"]},
+        settings,
+        report.ReportGrids([0.99], [0.99], [0.95], [0.9]),
+        {"text": text},
+        labels,
+        pd.DataFrame(),
+        "text",
+        1,
+        IndexConfig(),
+    )
     assert not {"variants", "variant_sweep"} & set(without["section"])  # no variant truth, no variant rows
 
 
@@ -661,8 +726,15 @@ def test_variant_matcher_pairs_mutual_nearest_photos_below_the_exact_level():
     # 0-1 a colour variant (each among the other's 2 nearest photos, text 0.93); 2-3 the same photo (an exact
     # duplicate); 4-5 mutual nearest photos of unrelated products (text 0.3); 6-7 a variant whose texts
     # are further apart; 0-4 photos not near each other
-    pairs = pd.DataFrame({"i": [0, 2, 4, 6, 0], "j": [1, 3, 5, 7, 4], "text_sim": [0.93, 1.0, 0.3, 0.85, 0.95],
-                          "image_sim": [0.83, 0.995, 0.9, 0.8, 0.6], "image_rank": [2, 1, 1, 3, 9]})
+    pairs = pd.DataFrame(
+        {
+            "i": [0, 2, 4, 6, 0],
+            "j": [1, 3, 5, 7, 4],
+            "text_sim": [0.93, 1.0, 0.3, 0.85, 0.95],
+            "image_sim": [0.83, 0.995, 0.9, 0.8, 0.6],
+            "image_rank": [2, 1, 1, 3, 9],
+        }
+    )
     config = variants.VariantConfig(neighbours=4, exact_image_threshold=0.99, text_floor=0.9)
     assert variants.variant_edges(pairs, config).tolist() == [True, False, False, False, False]
     truth = variants.variant_truth([str(i) for i in range(9)], {"0": "m", "1": "m", "6": "k", "7": "k", "8": "x"})
@@ -698,12 +770,21 @@ def test_candidate_pairs_carry_the_mutual_image_rank():
 def test_colour_variant_table_conflicts_and_gaps_are_left_out_and_counted():
     from wb_pipeline.core.search.variants import models_from_table
 
-    table = pd.DataFrame({"nm": ["1", "2", "3", "3", "4", "4", None, "5", "6"],
-                          "model_code": ["a", "a", "b", "c", "d", "d", "e", None, " "]})
+    table = pd.DataFrame(
+        {
+            "nm": ["1", "2", "3", "3", "4", "4", None, "5", "6"],
+            "model_code": ["a", "a", "b", "c", "d", "d", "e", None, " "],
+        }
+    )
     models, counts = models_from_table(table)
     assert models == {"1": "a", "2": "a", "4": "d"}  # 3 is under two models: known as nothing
-    assert counts == {"rows": 9, "products": 3, "models_with_several_products": 1, "rows_without_nm_or_model": 3,
-                      "products_with_conflicting_models": 1}
+    assert counts == {
+        "rows": 9,
+        "products": 3,
+        "models_with_several_products": 1,
+        "rows_without_nm_or_model": 3,
+        "products_with_conflicting_models": 1,
+    }
 
 
 def test_variant_truth_comes_from_the_raw_folder_then_the_sample_manifest(tmp_path):
@@ -711,14 +792,18 @@ def test_variant_truth_comes_from_the_raw_folder_then_the_sample_manifest(tmp_pa
     from wb_pipeline.defs.search.assets import read_variant_truth
 
     raw = WBRawData(raw_dir=str(tmp_path), incoming_dir=str(tmp_path / "incoming"))
-    assert read_variant_truth(raw) == (None, {"source": "none (no usable colour_variants.parquet, not a generated sample)"})
+    assert read_variant_truth(raw) == (
+        None,
+        {"source": "none (no usable colour_variants.parquet, not a generated sample)"},
+    )
     (tmp_path / "sample_manifest.json").write_text(json.dumps({"ground_truth": {"colour_variant_models": [[7, 8]]}}))
     assert read_variant_truth(raw)[0] == {"7": "model-0", "8": "model-0"}
     pd.DataFrame({"nm": [1, 2, 3], "code": ["m", "m", "k"]}).to_parquet(tmp_path / "colour_variants.parquet")
     models, info = read_variant_truth(raw)  # a malformed file: reported, and the manifest still serves
     assert models == {"7": "model-0", "8": "model-0"} and "model_code" in info["problem"]
     pd.DataFrame({"nm": [1, 2, 3], "model_code": ["m", "m", "k"], "product_type": "Skirt"}).to_parquet(
-        tmp_path / "colour_variants.parquet")
+        tmp_path / "colour_variants.parquet"
+    )
     models, info = read_variant_truth(raw)
     assert models == {"1": "m", "2": "m", "3": "k"} and info["source"] == "colour_variants.parquet"
     assert info["models_with_several_products"] == 1

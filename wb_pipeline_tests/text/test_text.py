@@ -75,7 +75,9 @@ def test_unknown_kind_is_rejected() -> None:
 
 
 def test_missing_and_odd_values_are_total_and_index_is_kept() -> None:
-    texts = pd.Series(["Слово", None, "", float("nan"), b"\xd0\xbc\xd0\xb8\xd1\x80 \xff", 12, "a\ud800b"], index=list("abcdefg"))
+    texts = pd.Series(
+        ["Слово", None, "", float("nan"), b"\xd0\xbc\xd0\xb8\xd1\x80 \xff", 12, "a\ud800b"], index=list("abcdefg")
+    )
     out = preprocess_text(texts, "description")
     assert out.index.tolist() == list("abcdefg")
     assert out.tolist() == ["слово", "", "", "", "мир", "", "a b"]
@@ -175,8 +177,30 @@ tricky_text = st.one_of(
     st.text(),
     st.text(alphabet="аБ вXх-.,5٣ΣςİK\u00a0\u2028\t\x0b\x00\x85\u3000  <>&;/!pb#x2FЁ\u00ad\u200b", max_size=40),
     st.lists(
-        st.sampled_from(["<p>", "</b>", "<!-- c -->", "&nbsp;", "&#x41;", "&amp", "5", "кг", "20х30", " x ",
-                         "10\u00a0x\u00a020", "  ", "\n", "Слово", "и", "не", "-", "1,5", "Wi-Fi", "\u200b"]),
+        st.sampled_from(
+            [
+                "<p>",
+                "</b>",
+                "<!-- c -->",
+                "&nbsp;",
+                "&#x41;",
+                "&amp",
+                "5",
+                "кг",
+                "20х30",
+                " x ",
+                "10\u00a0x\u00a020",
+                "  ",
+                "\n",
+                "Слово",
+                "и",
+                "не",
+                "-",
+                "1,5",
+                "Wi-Fi",
+                "\u200b",
+            ]
+        ),
         max_size=12,
     ).map("".join),
 )
@@ -219,8 +243,9 @@ def test_whitespace_collapse_equals_replacing_every_run(texts) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    markup_free = [(text or "").replace("<", "").replace("&", "").replace("\u00ad", "").replace("\u200b", "")
-                   for text in texts]
+    markup_free = [
+        (text or "").replace("<", "").replace("&", "").replace("\u00ad", "").replace("\u200b", "") for text in texts
+    ]
     every_run = pc.replace_substring_regex(pa.array(markup_free, type=pa.large_string()), r"[\s\p{Z}\p{Cc}]+", " ")
     assert normalize_raw_text(pd.Series(markup_free)).tolist() == pc.utf8_trim(every_run, " ").to_pylist()
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from upath import UPath
 
 from wb_pipeline.core.data import schema, storage
-from wb_pipeline.core.data.ingestion import check_wb_folder, one_line
+from wb_pipeline.core.data.ingestion import one_line
+from wb_pipeline.core.data.folder_check import check_wb_folder
 
 # Drop names become Dagster partition keys: keep them to a safe alphabet.
 DROP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

@@ -7,6 +7,7 @@ same code serves local folders and `s3://`, `gs://`, `memory://` URLs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -293,3 +294,9 @@ def encoder_model_folder(models_dir: str, kind: str) -> UPath:
     if kind not in ENCODER_MODEL_FOLDERS:
         raise ValueError(f"encoder model folder {kind!r}: one of {ENCODER_MODEL_FOLDERS}")
     return as_upath(models_dir) / kind
+
+
+def content_hash(data: bytes | str) -> str:
+    """Hex BLAKE2b-128 of the exact bytes (str is hashed as UTF-8)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()

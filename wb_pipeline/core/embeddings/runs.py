@@ -16,13 +16,8 @@ import pandas as pd
 from upath import UPath
 
 from wb_pipeline.core.data import images
-from wb_pipeline.core.embeddings.vectors import (
-    EmbedStats,
-    EmbeddingCache,
-    ProgressCallback,
-    content_hash,
-    embed_incrementally,
-)
+from wb_pipeline.core.data.storage import content_hash
+from wb_pipeline.core.embeddings.vectors import EmbeddingCache, EmbedStats, ProgressCallback, embed_incrementally
 
 
 def embed_texts(
@@ -65,11 +60,11 @@ def embed_zip_images(
     opened from them (`images.open_listed_zip`) instead of from its whole central directory.
     """
     members = list(members)
-    with zip_path.open("rb") as handle, (
-        images.open_zip(handle) if member_table is None else images.open_listed_zip(handle, member_table)
-    ) as zf, ThreadPoolExecutor(
-        max_workers=decode_workers, thread_name_prefix="decode"
-    ) as pool:
+    with (
+        zip_path.open("rb") as handle,
+        images.open_zip(handle) if member_table is None else images.open_listed_zip(handle, member_table) as zf,
+        ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode") as pool,
+    ):
 
         def decode_one(member_and_bytes: tuple[str, bytes]) -> np.ndarray:
             member, data = member_and_bytes

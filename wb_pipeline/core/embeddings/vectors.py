@@ -13,7 +13,6 @@ are dropped on load).
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,16 +28,9 @@ from upath import UPath
 
 from wb_pipeline.core.data import storage
 
-
 # Marks a parquet file as an EmbeddingTable, so a reader knows what to rebuild.
 KIND_KEY = b"wb_pipeline.kind"
 EMBEDDING_TABLE_KIND = b"embedding_table"
-
-
-def content_hash(data: bytes | str) -> str:
-    """Hex BLAKE2b-128 of the exact bytes (str is hashed as UTF-8)."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 @dataclass
@@ -69,7 +61,7 @@ class EmbeddingTable:
         return table.replace_schema_metadata({KIND_KEY: EMBEDDING_TABLE_KIND})
 
     @classmethod
-    def from_arrow(cls, table: pa.Table) -> "EmbeddingTable":
+    def from_arrow(cls, table: pa.Table) -> EmbeddingTable:
         column = table.column("vector").combine_chunks()
         dim = column.type.list_size
         vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
@@ -79,16 +71,12 @@ class EmbeddingTable:
         """Row of each id of `nm` in this table, -1 where it has no vector."""
         return pd.Index(self.nm).get_indexer(list(nm))
 
-    def subset(self, nm: Sequence[str]) -> "EmbeddingTable":
+    def subset(self, nm: Sequence[str]) -> EmbeddingTable:
         """Rows for `nm`, in that order (KeyError naming the first missing id)."""
         position = self.positions(nm)
         if (position < 0).any():
             raise KeyError(f"no embedding for nm {list(nm)[int(np.argmax(position < 0))]!r}")
         return EmbeddingTable(nm=self.nm[position], vectors=self.vectors[position])
-
-
-def write_embedding_table(table: EmbeddingTable, path: UPath) -> None:
-    storage.write_parquet(table.to_arrow(), path)
 
 
 def read_embedding_table(path: UPath) -> EmbeddingTable:
@@ -125,8 +113,10 @@ class EmbeddingCache:
                     table = pq.read_table(handle)
                 column = table.column("vector").combine_chunks()
             except (pa.ArrowException, KeyError, OSError) as error:
-                raise ValueError(f"embedding cache chunk {shard} is unreadable ({error}); delete that file and re-run:"
-                                 " its vectors are embedded again") from error
+                raise ValueError(
+                    f"embedding cache chunk {shard} is unreadable ({error}); delete that file and re-run:"
+                    " its vectors are embedded again"
+                ) from error
             if column.type.list_size != self.dim:
                 raise ValueError(f"{shard}: cached vectors have dim {column.type.list_size}, expected {self.dim}")
             hashes += table.column("content_hash").to_pylist()
@@ -158,7 +148,10 @@ class EmbeddingCache:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
         table = pa.table(
-            {"content_hash": pa.array(list(hashes), pa.string()), "vector": pa.FixedSizeListArray.from_arrays(flat, self.dim)}
+            {
+                "content_hash": pa.array(list(hashes), pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(flat, self.dim),
+            }
         )
         shard = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         storage.write_parquet(table, shard)
@@ -177,9 +170,13 @@ class EmbedStats:
     embedded: int = 0
     seconds: float = 0.0
 
-    def plus(self, other: "EmbedStats") -> "EmbedStats":
-        return EmbedStats(self.total + other.total, self.from_cache + other.from_cache,
-                          self.embedded + other.embedded, self.seconds + other.seconds)
+    def plus(self, other: EmbedStats) -> EmbedStats:
+        return EmbedStats(
+            self.total + other.total,
+            self.from_cache + other.from_cache,
+            self.embedded + other.embedded,
+            self.seconds + other.seconds,
+        )
 
 
 ProgressCallback = Callable[[int, int, float], None]  # (done, total, seconds so far)

@@ -17,8 +17,11 @@ def _figure_png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def loss_curve_png(train_curve: Sequence[tuple[int, float]], validation_curve: Sequence[tuple[int, float]],
-                   best_step: int | None = None) -> bytes:
+def loss_curve_png(
+    train_curve: Sequence[tuple[int, float]],
+    validation_curve: Sequence[tuple[int, float]],
+    best_step: int | None = None,
+) -> bytes:
     """Training batch loss (light, with a running mean) and validation loss per step."""
     from matplotlib.figure import Figure
 
@@ -67,8 +70,11 @@ def scatter_grid_png(points: Mapping[str, np.ndarray], colourings: Mapping[str, 
     return _figure_png(figure)
 
 
-def silhouette_by_k_png(scores: Mapping[str, Mapping[int, float]], chosen: Mapping[str, int],
-                        marks: Mapping[str, Mapping[int, float]] | None = None) -> bytes:
+def silhouette_by_k_png(
+    scores: Mapping[str, Mapping[int, float]],
+    chosen: Mapping[str, int],
+    marks: Mapping[str, Mapping[int, float]] | None = None,
+) -> bytes:
     """Silhouette against k, one line per space (`scores[space][k]`), the chosen k ringed; `marks[name]`
     adds one point per space at another k (e.g. k = number of known categories) as `{space: (k, score)}`."""
     from matplotlib.figure import Figure
@@ -87,8 +93,7 @@ def silhouette_by_k_png(scores: Mapping[str, Mapping[int, float]], chosen: Mappi
         for shape, (name, points) in zip(shapes, (marks or {}).items()):
             if space in points:
                 k, score = points[space]
-                axes.scatter([k], [score], marker=shape, color=colour,
-                             label=name if position == 0 else None)
+                axes.scatter([k], [score], marker=shape, color=colour, label=name if position == 0 else None)
     axes.set_xlabel("k (KMeans clusters)")
     axes.set_ylabel("silhouette (reduced space)")
     handles, names = axes.get_legend_handles_labels()
@@ -98,8 +103,13 @@ def silhouette_by_k_png(scores: Mapping[str, Mapping[int, float]], chosen: Mappi
     return _figure_png(figure)
 
 
-def grouped_bars_png(values: pd.DataFrame, lower: pd.DataFrame | None = None, upper: pd.DataFrame | None = None,
-                     ylabel: str = "", highlight: Mapping[str, str] | None = None) -> bytes:
+def grouped_bars_png(
+    values: pd.DataFrame,
+    lower: pd.DataFrame | None = None,
+    upper: pd.DataFrame | None = None,
+    ylabel: str = "",
+    highlight: Mapping[str, str] | None = None,
+) -> bytes:
     """Grouped bars: one group per row of `values` (e.g. a label), one bar per column (e.g. a model);
     optional `lower`/`upper` frames of the same shape draw error bars (e.g. bootstrap CIs);
     `highlight[row] = column` outlines one bar per group (e.g. the best model)."""
@@ -116,8 +126,16 @@ def grouped_bars_png(values: pd.DataFrame, lower: pd.DataFrame | None = None, up
         if lower is not None and upper is not None:
             errors = np.vstack([heights - lower[bar].to_numpy(dtype=float), upper[bar].to_numpy(dtype=float) - heights])
         offsets = x + (position - (len(bars) - 1) / 2) * width
-        axes.bar(offsets, heights, width, label=str(bar), color=f"C{position % 10}", yerr=errors, capsize=2,
-                 error_kw={"linewidth": 0.8})
+        axes.bar(
+            offsets,
+            heights,
+            width,
+            label=str(bar),
+            color=f"C{position % 10}",
+            yerr=errors,
+            capsize=2,
+            error_kw={"linewidth": 0.8},
+        )
         outlined = [index for index, group in enumerate(groups) if (highlight or {}).get(group) == bar]
         if outlined:  # drawn over, unlabelled: the legend keeps the plain bar style
             axes.bar(offsets[outlined], heights[outlined], width, fill=False, edgecolor="black", linewidth=1.5)

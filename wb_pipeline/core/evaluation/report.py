@@ -39,19 +39,24 @@ def classifier_table(report: pd.DataFrame) -> pd.DataFrame:
             if pd.notna(late.get("gain_low")):  # the paired interval of that difference (classification_report)
                 row["late − best unimodal, 95% paired"] = f"[{late['gain_low']:+.3f}, {late['gain_high']:+.3f}]"
         if "early_fusion" in by_model.index and "text" in by_model.index:
-            row["early − text"] = round(float(by_model.loc["early_fusion", "macro_f1"] - by_model.loc["text", "macro_f1"]), 3)
+            row["early − text"] = round(
+                float(by_model.loc["early_fusion", "macro_f1"] - by_model.loc["text", "macro_f1"]), 3
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def retrieval_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per (direction, method): fold-mean R@1 / R@10 ± CI and R@1's relative gain over CCA on PCA-128."""
-    shown = pd.DataFrame({
-        "direction": summary["direction"], "method": summary["method"],
-        "R@1": [f"{m:.3f} ± {c:.3f}" for m, c in zip(summary["recall_at_1"], summary["recall_at_1_ci"])],
-        "R@10": [f"{m:.3f} ± {c:.3f}" for m, c in zip(summary["recall_at_10"], summary["recall_at_10_ci"])],
-        "R@1 vs CCA-PCA128": [f"{g:+.1%}" for g in summary["recall_at_1_gain_vs_baseline"]],
-    })
+    shown = pd.DataFrame(
+        {
+            "direction": summary["direction"],
+            "method": summary["method"],
+            "R@1": [f"{m:.3f} ± {c:.3f}" for m, c in zip(summary["recall_at_1"], summary["recall_at_1_ci"])],
+            "R@10": [f"{m:.3f} ± {c:.3f}" for m, c in zip(summary["recall_at_10"], summary["recall_at_10_ci"])],
+            "R@1 vs CCA-PCA128": [f"{g:+.1%}" for g in summary["recall_at_1_gain_vs_baseline"]],
+        }
+    )
     return shown
 
 
@@ -74,22 +79,31 @@ def rejection_table(rejected: pd.DataFrame, n_input: int) -> pd.DataFrame:
     return table
 
 
-def quality_tables(classification_report: pd.DataFrame, retrieval_summary: pd.DataFrame,
-                   clustering_report: pd.DataFrame, rejected: pd.DataFrame, n_input: int,
-                   clustering_per_seed: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+def quality_tables(
+    classification_report: pd.DataFrame,
+    retrieval_summary: pd.DataFrame,
+    clustering_report: pd.DataFrame,
+    rejected: pd.DataFrame,
+    n_input: int,
+    clustering_per_seed: pd.DataFrame | None = None,
+) -> dict[str, pd.DataFrame]:
     tables = {
         "classifiers (macro-F1, 95% bootstrap CI, held-out group-aware folds)": classifier_table(classification_report),
         "retrieval (group 5-fold, fold mean ± 1.96·SE)": retrieval_table(retrieval_summary),
-        "clustering (KMeans; AMI / V-measure vs known classes; the run's own seed)": clustering_table(clustering_report),
+        "clustering (KMeans; AMI / V-measure vs known classes; the run's own seed)": clustering_table(
+            clustering_report
+        ),
     }
     if clustering_per_seed is not None and len(clustering_per_seed):
-        recipes = (f" under {', '.join(clustering_per_seed['recipe'].unique())}" if "recipe" in clustering_per_seed
-                   else "")
+        recipes = (
+            f" under {', '.join(clustering_per_seed['recipe'].unique())}" if "recipe" in clustering_per_seed else ""
+        )
         seeds = f"{clustering_per_seed['seed'].nunique()} clustering seeds{recipes}"
         if "train_seed" in clustering_per_seed and clustering_per_seed["train_seed"].nunique() > 1:
             seeds += f" × {clustering_per_seed['train_seed'].nunique()} training seeds of the joint space"
-        tables[f"clustering at equal k over {seeds} (AMI mean ± 95% t-interval; decides)"] = \
-            clustering_seed_table(clustering_per_seed)
+        tables[f"clustering at equal k over {seeds} (AMI mean ± 95% t-interval; decides)"] = clustering_seed_table(
+            clustering_per_seed
+        )
     tables["rejections by reason"] = rejection_table(rejected, n_input)
     return tables
 
@@ -110,6 +124,14 @@ def to_json(tables: Mapping[str, pd.DataFrame], notes: Mapping[str, object]) -> 
             return None if np.isnan(value) else float(value)
         return value
 
-    return json.dumps({"notes": {k: plain(v) for k, v in notes.items()},
-                       "tables": {heading: [{k: plain(v) for k, v in row.items()} for row in table.to_dict("records")]
-                                  for heading, table in tables.items()}}, ensure_ascii=False, indent=1)
+    return json.dumps(
+        {
+            "notes": {k: plain(v) for k, v in notes.items()},
+            "tables": {
+                heading: [{k: plain(v) for k, v in row.items()} for row in table.to_dict("records")]
+                for heading, table in tables.items()
+            },
+        },
+        ensure_ascii=False,
+        indent=1,
+    )

@@ -24,9 +24,9 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import GroupKFold
 from torch.nn import functional as F
 
+from wb_pipeline.core.model_selection.folds import duplicate_groups
+from wb_pipeline.core.model_selection.retrieval_metrics import retrieval_metrics
 from wb_pipeline.core.models.contrastive import ContrastiveConfig, regularised_cca, train_joint_space
-from wb_pipeline.core.evaluation.retrieval_metrics import retrieval_metrics
-from wb_pipeline.core.evaluation.folds import duplicate_groups
 
 METHODS = ("cca_pca128", "closed_form", "heads", "joint")
 
@@ -42,13 +42,21 @@ def cca_baseline(text_train, image_train, text_test, image_test, pca_dim: int = 
     image_pca = PCA(dim, random_state=0).fit(image_train)
     a_train, b_train = text_pca.transform(text_train), image_pca.transform(image_train)
     text_mean, text_map, image_mean, image_map = regularised_cca(a_train, b_train, min(n_components, dim), 1e-3)
-    return (_unit((text_pca.transform(text_test) - text_mean) @ text_map),
-            _unit((image_pca.transform(image_test) - image_mean) @ image_map))
+    return (
+        _unit((text_pca.transform(text_test) - text_mean) @ text_map),
+        _unit((image_pca.transform(image_test) - image_mean) @ image_map),
+    )
 
 
-def cross_validated_retrieval(text: np.ndarray, image: np.ndarray, text_keys: Sequence, image_keys: Sequence,
-                              config: ContrastiveConfig = ContrastiveConfig(), n_splits: int = 5,
-                              ks: Sequence[int] = (1, 10)) -> pd.DataFrame:
+def cross_validated_retrieval(
+    text: np.ndarray,
+    image: np.ndarray,
+    text_keys: Sequence,
+    image_keys: Sequence,
+    config: ContrastiveConfig = ContrastiveConfig(),
+    n_splits: int = 5,
+    ks: Sequence[int] = (1, 10),
+) -> pd.DataFrame:
     """One row per (fold, method, direction) with `recall_at_<k>` and `median_rank` on the fold's held-out pairs."""
     text, image = np.asarray(text, np.float32), np.asarray(image, np.float32)
     text_keys, image_keys = list(text_keys), list(image_keys)
@@ -58,8 +66,9 @@ def cross_validated_retrieval(text: np.ndarray, image: np.ndarray, text_keys: Se
     rows = []
     config = replace(config, recall_ks=tuple(sorted(set(config.recall_ks) | set(ks))))
     for fold, (train, test) in enumerate(GroupKFold(n_splits=n_splits).split(text, groups=groups)):
-        model, _ = train_joint_space(text[train], image[train], [text_keys[i] for i in train],
-                                     [image_keys[i] for i in train], config)
+        model, _ = train_joint_space(
+            text[train], image[train], [text_keys[i] for i in train], [image_keys[i] for i in train], config
+        )
         with torch.no_grad():
             text_test, image_test = torch.from_numpy(text[test]), torch.from_numpy(image[test])
             vectors = {
@@ -70,7 +79,8 @@ def cross_validated_retrieval(text: np.ndarray, image: np.ndarray, text_keys: Se
             if model.closed_form_dim:
                 vectors["closed_form"] = (
                     F.normalize((text_test - model.text_cca_mean) @ model.text_cca_map, dim=-1).numpy(),
-                    F.normalize((image_test - model.image_cca_mean) @ model.image_cca_map, dim=-1).numpy())
+                    F.normalize((image_test - model.image_cca_mean) @ model.image_cca_map, dim=-1).numpy(),
+                )
         for method, (text_side, image_side) in vectors.items():
             for direction, values in retrieval_metrics(text_side, image_side, ks).items():
                 rows.append({"fold": fold, "method": method, "direction": direction, "pairs": len(test), **values})
@@ -90,5 +100,6 @@ def summarise_retrieval(folds: pd.DataFrame, baseline: str = "cca_pca128") -> pd
     base = summary[summary["method"] == baseline].set_index("direction")["recall_at_1"]
     summary["recall_at_1_gain_vs_baseline"] = summary["recall_at_1"] / summary["direction"].map(base) - 1.0
     order = {m: i for i, m in enumerate(METHODS)}
-    return summary.sort_values(["direction", "method"], key=lambda s: s.map(order) if s.name == "method" else s,
-                               ignore_index=True)
+    return summary.sort_values(
+        ["direction", "method"], key=lambda s: s.map(order) if s.name == "method" else s, ignore_index=True
+    )

@@ -20,8 +20,14 @@ from wb_pipeline.core.models import clustering
 from wb_pipeline.core.models.contrastive import ContrastiveConfig, combine_joint, train_joint_space
 
 
-def retrained_joint_vectors(text: np.ndarray, image: np.ndarray, text_keys: Sequence, image_keys: Sequence,
-                            config: ContrastiveConfig, seeds: Sequence[int]) -> dict[int, np.ndarray]:
+def retrained_joint_vectors(
+    text: np.ndarray,
+    image: np.ndarray,
+    text_keys: Sequence,
+    image_keys: Sequence,
+    config: ContrastiveConfig,
+    seeds: Sequence[int],
+) -> dict[int, np.ndarray]:
     """training seed → the combined joint vectors (as `joint_embeddings.combined_joint`) of the model
     trained on every pair with `config`'s seed replaced."""
     vectors = {}
@@ -31,19 +37,28 @@ def retrained_joint_vectors(text: np.ndarray, image: np.ndarray, text_keys: Sequ
     return vectors
 
 
-def equal_k_over_training_seeds(spaces: Mapping[str, np.ndarray], run_training_seed: int,
-                                retrained_joint: Mapping[int, np.ndarray],
-                                targets: Mapping[str, pd.Series | np.ndarray],
-                                recipes: Mapping[str, clustering.ClusteringConfig],
-                                cluster_seeds: Sequence[int]) -> pd.DataFrame:
+def equal_k_over_training_seeds(
+    spaces: Mapping[str, np.ndarray],
+    run_training_seed: int,
+    retrained_joint: Mapping[int, np.ndarray],
+    targets: Mapping[str, pd.Series | np.ndarray],
+    recipes: Mapping[str, clustering.ClusteringConfig],
+    cluster_seeds: Sequence[int],
+) -> pd.DataFrame:
     """`clustering.equal_k_over_recipes` rows with a `train_seed` column: the run's spaces (its joint space
     under `run_training_seed`), then the joint space of each retrained model, every one under each
     recipe and `cluster_seeds`. `seed_comparison` then pools a space's rows over both kinds of seed."""
-    parts = [clustering.equal_k_over_recipes(spaces, targets, recipes, cluster_seeds)
-             .assign(train_seed=int(run_training_seed))]
+    parts = [
+        clustering.equal_k_over_recipes(spaces, targets, recipes, cluster_seeds).assign(
+            train_seed=int(run_training_seed)
+        )
+    ]
     for train_seed, vectors in retrained_joint.items():
         if int(train_seed) == int(run_training_seed):
             raise ValueError(f"equal_k_over_training_seeds: training seed {train_seed} is the run's own")
-        parts.append(clustering.equal_k_over_recipes({"joint": vectors}, targets, recipes, cluster_seeds)
-                     .assign(train_seed=int(train_seed)))
+        parts.append(
+            clustering.equal_k_over_recipes({"joint": vectors}, targets, recipes, cluster_seeds).assign(
+                train_seed=int(train_seed)
+            )
+        )
     return pd.concat(parts, ignore_index=True)

@@ -92,9 +92,10 @@ class LabelRulesConfig:
                     raise ValueError(f"LabelRulesConfig.{name} is not a valid regex: {error}") from None
 
     def __hash__(self) -> int:  # sex_values is a dict; hash the settings by value
-        return hash(tuple(sorted(self.sex_values.items())) + tuple(
-            (name, value) for name, value in vars(self).items() if name != "sex_values"
-        ))
+        return hash(
+            tuple(sorted(self.sex_values.items()))
+            + tuple((name, value) for name, value in vars(self).items() if name != "sex_values")
+        )
 
 
 def _require_in_vocabulary(name: str, values, vocabulary: tuple[str, ...]) -> None:
@@ -138,9 +139,7 @@ def _age_from_number(age: int, config: LabelRulesConfig) -> str:
 
 def age_restrictions_label(values: Sequence[str] | str, config: LabelRulesConfig = DEFAULT_RULES) -> str | None:
     """The notebook's ``get_age_restrictions`` on the space-joined values, smallest age winning."""
-    informative = [
-        v for v in _clean(values) if re.sub(r"\s+", "", v).casefold() not in config.age_uninformative_values
-    ]
+    informative = [v for v in _clean(values) if re.sub(r"\s+", "", v).casefold() not in config.age_uninformative_values]
     if not informative:
         return None
     text = " ".join(informative).lower()

@@ -24,7 +24,9 @@ def file_labels(clean: pd.DataFrame) -> pd.DataFrame:
         else:
             # map each distinct value once (bools inside an object column also become 'True'/'False')
             distinct = pd.unique(values.dropna())
-            mapping = {v: (str(bool(v)) if isinstance(v, (bool, np.bool_)) else str(v).strip() or None) for v in distinct}
+            mapping = {
+                v: (str(bool(v)) if isinstance(v, (bool, np.bool_)) else str(v).strip() or None) for v in distinct
+            }
             as_text = values.map(mapping)
         out[column] = pd.Categorical(as_text.to_numpy(dtype=object))
     return out

@@ -82,8 +82,14 @@ class ClusteringConfig:
     space_choice_margin: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("pca_components", "umap_components", "umap_neighbors", "kmeans_n_init",
-                     "hdbscan_min_cluster_size", "silhouette_sample_size"):
+        for name in (
+            "pca_components",
+            "umap_components",
+            "umap_neighbors",
+            "kmeans_n_init",
+            "hdbscan_min_cluster_size",
+            "silhouette_sample_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ClusteringConfig.{name} must be positive, got {getattr(self, name)}")
         if self.kmeans_k < 0 or self.hdbscan_min_samples < 0:
@@ -95,7 +101,9 @@ class ClusteringConfig:
         if self.space_choice_margin < 0:
             raise ValueError("ClusteringConfig.space_choice_margin must be >= 0")
         if self.reduction not in ("pca_umap", "pca") or self.scatter_method not in SCATTER_METHODS:
-            raise ValueError(f"ClusteringConfig: unknown reduction {self.reduction!r} or scatter {self.scatter_method!r}")
+            raise ValueError(
+                f"ClusteringConfig: unknown reduction {self.reduction!r} or scatter {self.scatter_method!r}"
+            )
 
 
 # The seed's two clustering recipes, both used to judge a space: the same vectors can rank differently
@@ -107,8 +115,9 @@ CLUSTERING_RECIPES: dict[str, ClusteringConfig] = {
 }
 
 
-def clustering_spaces(text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable,
-                      joint_embeddings: pd.DataFrame) -> dict[str, np.ndarray]:
+def clustering_spaces(
+    text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable, joint_embeddings: pd.DataFrame
+) -> dict[str, np.ndarray]:
     """The four spaces, row-aligned with `text_embeddings.nm`; early concatenation weighs the two
     unit vectors equally (scaled by 1/√2 to stay unit-norm)."""
     from wb_pipeline.core.models.contrastive import joint_matrix  # torch: imported only where spaces are built
@@ -146,8 +155,13 @@ def umap_reduce(vectors: np.ndarray, n_components: int, config: ClusteringConfig
     import umap  # imported here: numba compilation makes the import slow
 
     neighbors = max(2, min(config.umap_neighbors, len(vectors) - 1))
-    settings = dict(n_components=min(n_components, len(vectors) - 2), n_neighbors=neighbors,
-                    min_dist=config.umap_min_dist, random_state=config.seed, n_jobs=1)
+    settings = dict(
+        n_components=min(n_components, len(vectors) - 2),
+        n_neighbors=neighbors,
+        min_dist=config.umap_min_dist,
+        random_state=config.seed,
+        n_jobs=1,
+    )
     vectors = np.asarray(vectors, dtype=np.float32)
     from wb_pipeline.core.models.umap_distances import UMAP_SMALL_DATA_ROWS, euclidean_distance_matrix
 
@@ -200,13 +214,15 @@ class KMeansByK:
 
     def __call__(self, k: int) -> np.ndarray:
         if k not in self._labels:
-            self._labels[k] = KMeans(n_clusters=k, n_init=self.config.kmeans_n_init,
-                                     random_state=self.config.seed).fit_predict(self.points)
+            self._labels[k] = KMeans(
+                n_clusters=k, n_init=self.config.kmeans_n_init, random_state=self.config.seed
+            ).fit_predict(self.points)
         return self._labels[k]
 
 
-def choose_k(points: np.ndarray, config: ClusteringConfig,
-             kmeans: KMeansByK | None = None) -> tuple[int, dict[int, float]]:
+def choose_k(
+    points: np.ndarray, config: ClusteringConfig, kmeans: KMeansByK | None = None
+) -> tuple[int, dict[int, float]]:
     """The configured k, or the candidate with the best silhouette (scores per candidate returned)."""
     if config.kmeans_k:
         return min(config.kmeans_k, len(points)), {}
@@ -226,14 +242,16 @@ def known_targets(product_labels: pd.DataFrame, nm: Sequence[str]) -> dict[str, 
 def known_class_counts(targets: Mapping[str, pd.Series | np.ndarray]) -> dict[str, int]:
     """Per target, the number of distinct known classes (the equal-k comparison's k); targets with
     fewer than 2 known classes are left out (nothing to compare)."""
-    counts = {name: int(pd.Series(values, dtype=object).dropna().astype(str).nunique())
-              for name, values in targets.items()}
+    counts = {
+        name: int(pd.Series(values, dtype=object).dropna().astype(str).nunique()) for name, values in targets.items()
+    }
     return {name: count for name, count in counts.items() if count >= 2}
 
 
 def hdbscan_labels(points: np.ndarray, config: ClusteringConfig) -> np.ndarray:
-    model = HDBSCAN(min_cluster_size=config.hdbscan_min_cluster_size,
-                    min_samples=config.hdbscan_min_samples or None, copy=True)
+    model = HDBSCAN(
+        min_cluster_size=config.hdbscan_min_cluster_size, min_samples=config.hdbscan_min_samples or None, copy=True
+    )
     return model.fit_predict(points)
 
 
@@ -250,8 +268,9 @@ class SpaceClustering:
     scatter: np.ndarray | None = None
 
 
-def cluster_space(vectors: np.ndarray, config: ClusteringConfig,
-                  equal_k: Mapping[str, int] | None = None) -> SpaceClustering:
+def cluster_space(
+    vectors: np.ndarray, config: ClusteringConfig, equal_k: Mapping[str, int] | None = None
+) -> SpaceClustering:
     """Reduce one space once; KMeans (silhouette / fixed k, then k = known classes per target), HDBSCAN
     and the 2-D picture all use that reduction."""
     pca, points = reduce_for_clustering(vectors, config)
@@ -264,13 +283,23 @@ def cluster_space(vectors: np.ndarray, config: ClusteringConfig,
         k_choice[equal_k_algorithm(target)] = f"= known {target} classes"
     labels["hdbscan"] = hdbscan_labels(points, config)
     k_choice["hdbscan"] = "density (HDBSCAN)"
-    return SpaceClustering(pca=pca, points=points, labels=labels, k_scores=k_scores, k_choice=k_choice,
-                           scatter=scatter_2d(pca, points, config))
+    return SpaceClustering(
+        pca=pca,
+        points=points,
+        labels=labels,
+        k_scores=k_scores,
+        k_choice=k_choice,
+        scatter=scatter_2d(pca, points, config),
+    )
 
 
-def cluster_spaces(spaces: Mapping[str, np.ndarray], config: ClusteringConfig = ClusteringConfig(),
-                   log=None, equal_k: Mapping[str, int] | None = None,
-                   progress: Callable[[int, int, float], None] | None = None) -> dict[str, SpaceClustering]:
+def cluster_spaces(
+    spaces: Mapping[str, np.ndarray],
+    config: ClusteringConfig = ClusteringConfig(),
+    log=None,
+    equal_k: Mapping[str, int] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> dict[str, SpaceClustering]:
     """Reduce and cluster every space (all must have the same rows). `equal_k`: target → number of
     known classes, for the equal-k KMeans runs. `progress(done, total, seconds)` after each space."""
     sizes = {name: len(vectors) for name, vectors in spaces.items()}
@@ -295,8 +324,11 @@ def cluster_spaces(spaces: Mapping[str, np.ndarray], config: ClusteringConfig = 
 
 def cluster_columns(clusterings: Mapping[str, SpaceClustering]) -> dict[str, np.ndarray]:
     """`{space}_{algorithm}` → labels, the column names of `product_clusters`."""
-    return {f"{space}_{algorithm}": labels
-            for space, clustering in clusterings.items() for algorithm, labels in clustering.labels.items()}
+    return {
+        f"{space}_{algorithm}": labels
+        for space, clustering in clusterings.items()
+        for algorithm, labels in clustering.labels.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,14 +425,22 @@ def lead_table(report: pd.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
             continue
         for algorithm, rule in ((equal_k_algorithm(target), f"= {target} classes"), (KMEANS_FAMILY, None)):
             for _, row in report[report["algorithm"] == algorithm].iterrows():
-                rows.append({"target": target, "k chosen by": rule or row["k_choice"], "space": row["space"],
-                             "k": int(row["n_clusters"]), "AMI": row[f"{target}_ami"],
-                             "V-measure": row[f"{target}_v_measure"]})
+                rows.append(
+                    {
+                        "target": target,
+                        "k chosen by": rule or row["k_choice"],
+                        "space": row["space"],
+                        "k": int(row["n_clusters"]),
+                        "AMI": row[f"{target}_ami"],
+                        "V-measure": row[f"{target}_v_measure"],
+                    }
+                )
     return pd.DataFrame(rows, columns=["target", "k chosen by", "space", "k", "AMI", "V-measure"])
 
 
-def equal_k_comparison(report: pd.DataFrame, target: str, candidate: str,
-                       baselines: Sequence[str]) -> dict[str, object] | None:
+def equal_k_comparison(
+    report: pd.DataFrame, target: str, candidate: str, baselines: Sequence[str]
+) -> dict[str, object] | None:
     """`candidate` space vs the best of `baselines` by `<target>` AMI of KMeans at k = known classes
     (None when the report has no such rows or scores)."""
     column, algorithm = f"{target}_ami", equal_k_algorithm(target)
@@ -410,14 +450,22 @@ def equal_k_comparison(report: pd.DataFrame, target: str, candidate: str,
     if candidate not in scores.index or not scores.index.isin(baselines).any():
         return None
     best = scores[scores.index.isin(baselines)].idxmax()
-    return {"target": target, "k": int(report.loc[report["algorithm"] == algorithm, "n_clusters"].max()),
-            "candidate_ami": float(scores[candidate]), "best_baseline": str(best),
-            "best_baseline_ami": float(scores[best]),
-            "passed": bool(scores[candidate] >= scores[best])}
+    return {
+        "target": target,
+        "k": int(report.loc[report["algorithm"] == algorithm, "n_clusters"].max()),
+        "candidate_ami": float(scores[candidate]),
+        "best_baseline": str(best),
+        "best_baseline_ami": float(scores[best]),
+        "passed": bool(scores[candidate] >= scores[best]),
+    }
 
 
-def equal_k_over_seeds(spaces: Mapping[str, np.ndarray], targets: Mapping[str, pd.Series | np.ndarray],
-                       config: ClusteringConfig, seeds: Sequence[int]) -> pd.DataFrame:
+def equal_k_over_seeds(
+    spaces: Mapping[str, np.ndarray],
+    targets: Mapping[str, pd.Series | np.ndarray],
+    config: ClusteringConfig,
+    seeds: Sequence[int],
+) -> pd.DataFrame:
     """AMI of KMeans at k = the known classes per (seed, target, space), each seed its own reduction and
     KMeans (config.seed replaced). On ~1k products one seed's equal-k AMI moves by ±0.05 between
     seeds, more than the differences between spaces; this is what a comparison should stand on."""
@@ -432,20 +480,36 @@ def equal_k_over_seeds(spaces: Mapping[str, np.ndarray], targets: Mapping[str, p
                 values = pd.Series(targets[target], dtype=object).reset_index(drop=True)
                 known = values.notna().to_numpy()
                 labels = kmeans(max(2, min(classes, len(points) - 1)))
-                rows.append({"seed": int(seed), "target": target, "space": space, "k": classes,
-                             "ami": label_agreement(values[known].to_numpy(), labels[known])["ami"]})
+                rows.append(
+                    {
+                        "seed": int(seed),
+                        "target": target,
+                        "space": space,
+                        "k": classes,
+                        "ami": label_agreement(values[known].to_numpy(), labels[known])["ami"],
+                    }
+                )
     return pd.DataFrame(rows, columns=["seed", "target", "space", "k", "ami"])
 
 
-def equal_k_over_recipes(spaces: Mapping[str, np.ndarray], targets: Mapping[str, pd.Series | np.ndarray],
-                         recipes: Mapping[str, ClusteringConfig], seeds: Sequence[int]) -> pd.DataFrame:
+def equal_k_over_recipes(
+    spaces: Mapping[str, np.ndarray],
+    targets: Mapping[str, pd.Series | np.ndarray],
+    recipes: Mapping[str, ClusteringConfig],
+    seeds: Sequence[int],
+) -> pd.DataFrame:
     """`equal_k_over_seeds` under every recipe, with a `recipe` column."""
     parts = [equal_k_over_seeds(spaces, targets, config, seeds).assign(recipe=name) for name, config in recipes.items()]
     return pd.concat(parts, ignore_index=True)
 
 
-def seed_comparison(per_seed: pd.DataFrame, candidate: str, baselines: Sequence[str],
-                    confidence: float = 0.95, concat: str | None = CONCAT_SPACE) -> pd.DataFrame:
+def seed_comparison(
+    per_seed: pd.DataFrame,
+    candidate: str,
+    baselines: Sequence[str],
+    confidence: float = 0.95,
+    concat: str | None = CONCAT_SPACE,
+) -> pd.DataFrame:
     """Per (recipe, target): every space's mean AMI over its rows (draws) with a t-interval, then
     `candidate` − the best of `baselines` (by mean) and, when present, `candidate` − `concat`, each with a
     Welch interval of the difference and a verdict: "above" / "below" when the interval excludes 0, else
@@ -462,11 +526,24 @@ def seed_comparison(per_seed: pd.DataFrame, candidate: str, baselines: Sequence[
         # Welch's standard error (the two spaces may have different numbers of draws, e.g. the joint space
         # over training × clustering seeds) with the conservative min(n) − 1 degrees of freedom
         n = int(min(c["count"], b["count"]))
-        margin = half_width(float(np.sqrt(np.nan_to_num(c["std"]) ** 2 / c["count"]
-                                          + np.nan_to_num(b["std"]) ** 2 / b["count"])), n)
-        verdict = "tie" if not np.isfinite(margin) or abs(difference) <= margin else ("above" if difference > 0 else "below")
-        return {"recipe": recipe, "target": target, "k": k, "space": f"{candidate} − {other}", "seeds": n,
-                "AMI mean": difference, "± (CI)": margin, "min": np.nan, "max": np.nan, "verdict": verdict}
+        margin = half_width(
+            float(np.sqrt(np.nan_to_num(c["std"]) ** 2 / c["count"] + np.nan_to_num(b["std"]) ** 2 / b["count"])), n
+        )
+        verdict = (
+            "tie" if not np.isfinite(margin) or abs(difference) <= margin else ("above" if difference > 0 else "below")
+        )
+        return {
+            "recipe": recipe,
+            "target": target,
+            "k": k,
+            "space": f"{candidate} − {other}",
+            "seeds": n,
+            "AMI mean": difference,
+            "± (CI)": margin,
+            "min": np.nan,
+            "max": np.nan,
+            "verdict": verdict,
+        }
 
     columns = ["recipe", "target", "k", "space", "seeds", "AMI mean", "± (CI)", "min", "max", "verdict"]
     frame = per_seed if "recipe" in per_seed.columns else per_seed.assign(recipe="")
@@ -476,9 +553,20 @@ def seed_comparison(per_seed: pd.DataFrame, candidate: str, baselines: Sequence[
         summary = part.groupby("space", sort=False)["ami"].agg(["mean", "std", "count", "min", "max"])
         for space, r in summary.iterrows():
             n = int(r["count"])
-            rows.append({"recipe": recipe, "target": target, "k": k, "space": space, "seeds": n,
-                         "AMI mean": r["mean"], "± (CI)": half_width(r["std"] / np.sqrt(n), n),
-                         "min": r["min"], "max": r["max"], "verdict": ""})
+            rows.append(
+                {
+                    "recipe": recipe,
+                    "target": target,
+                    "k": k,
+                    "space": space,
+                    "seeds": n,
+                    "AMI mean": r["mean"],
+                    "± (CI)": half_width(r["std"] / np.sqrt(n), n),
+                    "min": r["min"],
+                    "max": r["max"],
+                    "verdict": "",
+                }
+            )
         present = summary.index[summary.index.isin(baselines)]
         if candidate not in summary.index or not len(present):
             continue
@@ -502,8 +590,9 @@ def mean_equal_k_ami(report: pd.DataFrame, targets: Sequence[str]) -> dict[str, 
     return {space: float(np.mean(values)) for space, values in scores.items() if len(values) == len(scored)}
 
 
-def choose_space_by_scores(scores: Mapping[str, float], margin: float,
-                           candidates: Sequence[str] = CLUSTERING_SPACES) -> tuple[str, str]:
+def choose_space_by_scores(
+    scores: Mapping[str, float], margin: float, candidates: Sequence[str] = CLUSTERING_SPACES
+) -> tuple[str, str]:
     """(space, why): the candidate with the highest score (mean equal-k AMI) where it beats the joint space
     by more than `margin`; else, or without scores, the joint space."""
     scores = {space: value for space, value in scores.items() if space in candidates}
@@ -514,13 +603,22 @@ def choose_space_by_scores(scores: Mapping[str, float], margin: float,
     if joint is None:
         return best, f"{best}: the highest mean equal-k AMI ({scores[best]:.3f}); the joint space was not scored"
     if best == DEFAULT_SPACE or scores[best] <= joint + margin:
-        return DEFAULT_SPACE, (f"the joint space: mean equal-k AMI {joint:.3f}, no space above it by more than "
-                               f"{margin} (best {best} {scores[best]:.3f})")
-    return best, f"{best}: mean equal-k AMI {scores[best]:.3f} beats the joint space's {joint:.3f} by more than {margin}"
+        return DEFAULT_SPACE, (
+            f"the joint space: mean equal-k AMI {joint:.3f}, no space above it by more than "
+            f"{margin} (best {best} {scores[best]:.3f})"
+        )
+    return (
+        best,
+        f"{best}: mean equal-k AMI {scores[best]:.3f} beats the joint space's {joint:.3f} by more than {margin}",
+    )
 
 
-def choose_space(report: pd.DataFrame, targets: Sequence[str], config: ClusteringConfig,
-                 candidates: Sequence[str] = CLUSTERING_SPACES) -> tuple[str, str, dict[str, float]]:
+def choose_space(
+    report: pd.DataFrame,
+    targets: Sequence[str],
+    config: ClusteringConfig,
+    candidates: Sequence[str] = CLUSTERING_SPACES,
+) -> tuple[str, str, dict[str, float]]:
     """(space, why, mean equal-k AMI per space) for `config.space`: a pinned space as is; "auto" =
     `choose_space_by_scores` over the report's equal-k AMI averaged over `targets`."""
     if config.space != "auto":

@@ -16,9 +16,8 @@ unpickles anything.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-
 import warnings
+from collections.abc import Sequence
 
 import lightgbm as lgb
 import numpy as np
@@ -31,7 +30,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from upath import UPath
 
 from wb_pipeline.core.data import storage
-from wb_pipeline.core.evaluation.metrics import bootstrap_macro_f1, paired_macro_f1_gain
+from wb_pipeline.core.model_selection.metrics import bootstrap_macro_f1, paired_macro_f1_gain
 
 BOOSTER_FILE = "late_fusion.lgbm.txt"
 SIDECAR_FILE = "late_fusion.json"
@@ -64,7 +63,7 @@ class MeanProbabilityFusion(ClassifierMixin, BaseEstimator):
     def __init__(self, classes: Sequence | None = None):
         self.classes = classes
 
-    def fit(self, X, y) -> "MeanProbabilityFusion":
+    def fit(self, X, y) -> MeanProbabilityFusion:
         X = check_array(X)
         y = np.asarray(y, dtype=object)
         self.classes_ = _resolve_classes(self.classes, y)
@@ -212,8 +211,9 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         blocks = self._blocks(X)
         candidates = [np.argmax(blocks[:, b], axis=1) for b in range(self.n_prob_blocks)]
         candidates.append(np.argmax(blocks.mean(axis=1), axis=1))
-        resampled = bootstrap_macro_f1(encoded, candidates, len(self.classes_), max(1, self.start_bootstrap),
-                                       seed=self.random_state)
+        resampled = bootstrap_macro_f1(
+            encoded, candidates, len(self.classes_), max(1, self.start_bootstrap), seed=self.random_state
+        )
         best = resampled == resampled.max(axis=0, keepdims=True)
         share = (best / best.sum(axis=0, keepdims=True)).mean(axis=1)
         return share[: self.n_prob_blocks] + share[self.n_prob_blocks] / self.n_prob_blocks
@@ -221,8 +221,9 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
     # --- fit / predict --------------------------------------------------------------------------
 
     def _dataset(self, X, encoded, weight, init_score) -> lgb.Dataset:
-        return lgb.Dataset(X, label=encoded, weight=weight, init_score=init_score, params={"verbose": -1},
-                           free_raw_data=False)
+        return lgb.Dataset(
+            X, label=encoded, weight=weight, init_score=init_score, params={"verbose": -1}, free_raw_data=False
+        )
 
     def _choose_rounds(self, X, encoded, weight, init_score, groups) -> tuple[int, list[int]]:
         """Trees to keep, by `inner_splits` group-aware folds of the training rows: per fold, a booster
@@ -247,9 +248,14 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
             w_valid = None if weight is None else weight[valid]
             train_set = self._dataset(X[train], encoded[train], w_train, init_score[train])
             valid_set = self._dataset(X[valid], encoded[valid], w_valid, init_score[valid])
-            booster = lgb.train(params, train_set, num_boost_round=self.n_estimators, valid_sets=[valid_set],
-                                valid_names=["valid"],
-                                callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
+            booster = lgb.train(
+                params,
+                train_set,
+                num_boost_round=self.n_estimators,
+                valid_sets=[valid_set],
+                valid_names=["valid"],
+                callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+            )
             best = int(booster.best_iteration or booster.current_iteration())
             chosen.append(best)
             raw = np.asarray(booster.predict(X[valid], num_iteration=best, raw_score=True))
@@ -262,13 +268,14 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         if self.gate_on_macro_f1:
             # One-standard-error rule: on a few hundred rows a gain smaller than its own bootstrap error
             # is as likely noise as signal, and the start is the simpler model.
-            gain, error = paired_macro_f1_gain(encoded, decisions(boosted), decisions(init_score), len(labels),
-                                               seed=self.random_state)
+            gain, error = paired_macro_f1_gain(
+                encoded, decisions(boosted), decisions(init_score), len(labels), seed=self.random_state
+            )
             if gain <= self.gate_margin_se * error:
                 return 0, chosen
         return max(1, int(round(float(np.mean(chosen))))), chosen
 
-    def fit(self, X, y, groups=None) -> "LateFusionClassifier":
+    def fit(self, X, y, groups=None) -> LateFusionClassifier:
         X = check_array(X, ensure_all_finite="allow-nan")  # unknown prices stay NaN: LightGBM routes them
         y = np.asarray(y, dtype=object)
         self.classes_ = _resolve_classes(self.classes, y)
@@ -276,8 +283,10 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(f"LateFusionClassifier needs at least 2 classes, got {list(self.classes_)}")
         if X.shape[1] < self.n_prob_blocks * len(self.classes_):
-            raise ValueError(f"LateFusionClassifier: {X.shape[1]} columns cannot hold {self.n_prob_blocks} "
-                             f"probability blocks of {len(self.classes_)} classes")
+            raise ValueError(
+                f"LateFusionClassifier: {X.shape[1]} columns cannot hold {self.n_prob_blocks} "
+                f"probability blocks of {len(self.classes_)} classes"
+            )
         position = {label: i for i, label in enumerate(self.classes_.tolist())}
         encoded = np.fromiter((position[v] for v in y), dtype=np.int64, count=len(y))
         weight = compute_sample_weight(self.class_weight, encoded) if self.class_weight else None
@@ -286,8 +295,11 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         self.n_trees_, self.fold_trees_ = self._choose_rounds(X, encoded, weight, init_score, groups)
         self.booster_ = None
         if self.n_trees_ > 0:
-            self.booster_ = lgb.train(self._params(len(self.classes_)),
-                                      self._dataset(X, encoded, weight, init_score), num_boost_round=self.n_trees_)
+            self.booster_ = lgb.train(
+                self._params(len(self.classes_)),
+                self._dataset(X, encoded, weight, init_score),
+                num_boost_round=self.n_trees_,
+            )
         return self
 
     def predict_proba(self, X) -> np.ndarray:
@@ -311,6 +323,7 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
 
 # --- tabular product features for the meta-model ------------------------------------------------
 
+
 def normalised_brand(brands: pd.Series) -> pd.Series:
     """Brands case-folded with whitespace collapsed; empty or missing → None (no brand)."""
     cleaned = brands.astype("string").str.casefold().str.split().str.join(" ")
@@ -327,13 +340,24 @@ def tabular_features(nm: Sequence[str], products: pd.DataFrame, characteristics:
     `product_characteristics` table (nm, name, value) or None."""
     ids = pd.DataFrame({"nm": pd.Series(list(nm), dtype=object).astype(str)})
     catalogue = products.drop_duplicates("nm").astype({"nm": str})
-    brand_all = normalised_brand(catalogue["brand"]) if "brand" in catalogue else pd.Series(None, index=catalogue.index,
-                                                                                           dtype=object)
+    brand_all = (
+        normalised_brand(catalogue["brand"])
+        if "brand" in catalogue
+        else pd.Series(None, index=catalogue.index, dtype=object)
+    )
     share = brand_all.value_counts(dropna=True) / max(len(catalogue), 1)
-    price = (pd.to_numeric(catalogue["price"], errors="coerce") if "price" in catalogue
-             else pd.Series(np.nan, index=catalogue.index))
-    table = pd.DataFrame({"nm": catalogue["nm"].to_numpy(), "brand": brand_all.to_numpy(dtype=object),
-                          "log_price": np.log1p(price.where(price >= 0)).to_numpy(dtype=np.float64)})
+    price = (
+        pd.to_numeric(catalogue["price"], errors="coerce")
+        if "price" in catalogue
+        else pd.Series(np.nan, index=catalogue.index)
+    )
+    table = pd.DataFrame(
+        {
+            "nm": catalogue["nm"].to_numpy(),
+            "brand": brand_all.to_numpy(dtype=object),
+            "log_price": np.log1p(price.where(price >= 0)).to_numpy(dtype=np.float64),
+        }
+    )
     frame = ids.merge(table, on="nm", how="left")
     frame["brand"] = frame["brand"].astype(object).where(frame["brand"].notna(), None)
     frame["brand_frequency"] = frame["brand"].map(share).fillna(0.0).astype(np.float64)
@@ -359,7 +383,7 @@ class BrandTargetEncoding:
         self.prior = np.full(self.n_classes, 1.0 / self.n_classes)
         self.counts: dict[str, np.ndarray] = {}
 
-    def fit(self, brands: Sequence, encoded_y: np.ndarray) -> "BrandTargetEncoding":
+    def fit(self, brands: Sequence, encoded_y: np.ndarray) -> BrandTargetEncoding:
         encoded_y = np.asarray(encoded_y, dtype=np.int64)
         if len(encoded_y):
             self.prior = np.bincount(encoded_y, minlength=self.n_classes) / len(encoded_y)
@@ -379,30 +403,42 @@ class BrandTargetEncoding:
         return out
 
     def to_json_dict(self) -> dict:
-        return {"n_classes": self.n_classes, "smoothing": self.smoothing, "prior": self.prior.tolist(),
-                "counts": {brand: counts.tolist() for brand, counts in self.counts.items()}}
+        return {
+            "n_classes": self.n_classes,
+            "smoothing": self.smoothing,
+            "prior": self.prior.tolist(),
+            "counts": {brand: counts.tolist() for brand, counts in self.counts.items()},
+        }
 
     @classmethod
-    def from_json_dict(cls, values: dict) -> "BrandTargetEncoding":
+    def from_json_dict(cls, values: dict) -> BrandTargetEncoding:
         encoding = cls(values["n_classes"], values["smoothing"])
         encoding.prior = np.asarray(values["prior"], dtype=np.float64)
         encoding.counts = {brand: np.asarray(counts, dtype=np.float64) for brand, counts in values["counts"].items()}
         return encoding
 
 
-def out_of_fold_brand_encoding(brands: Sequence, encoded_y: np.ndarray, n_classes: int, smoothing: float,
-                               folds: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def out_of_fold_brand_encoding(
+    brands: Sequence,
+    encoded_y: np.ndarray,
+    n_classes: int,
+    smoothing: float,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
     """Brand encodings of every row computed only from the other folds' rows (no row sees its own label)."""
     brands = np.asarray(list(brands), dtype=object)
     out = np.zeros((len(brands), n_classes))
     for train, valid in folds:
-        out[valid] = BrandTargetEncoding(n_classes, smoothing).fit(brands[train], encoded_y[train]).transform(brands[valid])
+        out[valid] = (
+            BrandTargetEncoding(n_classes, smoothing).fit(brands[train], encoded_y[train]).transform(brands[valid])
+        )
     return out
 
 
 def save_brand_encoding(encoding: BrandTargetEncoding, folder: UPath) -> None:
-    storage.atomic_write_bytes(folder / BRAND_ENCODING_FILE,
-                               json.dumps(encoding.to_json_dict(), ensure_ascii=False).encode("utf-8"))
+    storage.atomic_write_bytes(
+        folder / BRAND_ENCODING_FILE, json.dumps(encoding.to_json_dict(), ensure_ascii=False).encode("utf-8")
+    )
 
 
 def load_brand_encoding(folder: UPath) -> BrandTargetEncoding | None:
@@ -436,8 +472,12 @@ def load_late_fusion(folder: UPath) -> LateFusionClassifier:
     model.classes_ = np.asarray(sidecar["classes"], dtype=object)
     model.n_features_in_ = int(sidecar["n_features_in"])
     model.start_, model.n_trees_, model.fold_trees_ = sidecar["start"], int(sidecar["n_trees"]), sidecar["fold_trees"]
-    model.start_weights_ = (np.asarray(sidecar["start_weights"], dtype=np.float64) if "start_weights" in sidecar
-                            else model._start_weights(model.start_))  # saved before mixtures existed
-    model.booster_ = (lgb.Booster(model_str=(folder / BOOSTER_FILE).read_text(encoding="utf-8"))
-                      if model.n_trees_ > 0 else None)
+    model.start_weights_ = (
+        np.asarray(sidecar["start_weights"], dtype=np.float64)
+        if "start_weights" in sidecar
+        else model._start_weights(model.start_)
+    )  # saved before mixtures existed
+    model.booster_ = (
+        lgb.Booster(model_str=(folder / BOOSTER_FILE).read_text(encoding="utf-8")) if model.n_trees_ > 0 else None
+    )
     return model

@@ -23,13 +23,14 @@ probabilities are bit-identical whether it is predicted alone, in a drop or with
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from upath import UPath
 
 from wb_pipeline.core.data.characteristics import characteristics_table
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.models.classification import (
     ALL_MODELS,
     MODEL_BLOCKS,
@@ -38,7 +39,6 @@ from wb_pipeline.core.models.classification import (
     load_label_models,
 )
 from wb_pipeline.core.models.contrastive import combine_joint
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.models.fusion import tabular_features
 
 COLUMNS = ["nm", "label", "predicted", "probability", "model", "status", "reason"]
@@ -55,20 +55,21 @@ def in_fixed_blocks(compute: Callable[..., np.ndarray], *row_arrays: np.ndarray)
     for start in range(0, n, BLOCK_ROWS):
         blocks = []
         for array in row_arrays:
-            block = np.asarray(array[start:start + BLOCK_ROWS])
+            block = np.asarray(array[start : start + BLOCK_ROWS])
             if len(block) < BLOCK_ROWS:
                 padded = np.zeros((BLOCK_ROWS, *block.shape[1:]), dtype=block.dtype)
                 if block.dtype == object:
                     padded[:] = ""
-                padded[:len(block)] = block
+                padded[: len(block)] = block
                 block = padded
             blocks.append(block)
-        parts.append(np.asarray(compute(*blocks))[:min(BLOCK_ROWS, n - start)])
+        parts.append(np.asarray(compute(*blocks))[: min(BLOCK_ROWS, n - start)])
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
-def product_features(nm: Sequence[str], text: EmbeddingTable, image: EmbeddingTable, joint_model=None
-                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def product_features(
+    nm: Sequence[str], text: EmbeddingTable, image: EmbeddingTable, joint_model=None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(block -> matrix, block -> has-it mask), row-aligned with `nm`: the cached text and image
     vectors, and the joint (combined) vector projected by the SAVED joint model where both exist.
     Rows without a vector are zeros and masked out."""
@@ -84,8 +85,10 @@ def product_features(nm: Sequence[str], text: EmbeddingTable, image: EmbeddingTa
         both = available["text"] & available["image"]
         joint = None
         if both.any():
-            joint = combine_joint(in_fixed_blocks(joint_model.project_text, features["text"][both]),
-                                  in_fixed_blocks(joint_model.project_image, features["image"][both]))
+            joint = combine_joint(
+                in_fixed_blocks(joint_model.project_text, features["text"][both]),
+                in_fixed_blocks(joint_model.project_image, features["image"][both]),
+            )
         matrix = np.zeros((len(nm), 0 if joint is None else joint.shape[1]), np.float32)
         if joint is not None:
             matrix[both] = joint
@@ -105,8 +108,11 @@ def model_inputs(models: LabelModels, model: str) -> frozenset[str]:
 
 
 def usable_models(models: LabelModels) -> list[str]:
-    return [m for m in ALL_MODELS if m in models.base or m == "mean_probability"
-            or (m == "late_fusion" and models.late_fusion is not None)]
+    return [
+        m
+        for m in ALL_MODELS
+        if m in models.base or m == "mean_probability" or (m == "late_fusion" and models.late_fusion is not None)
+    ]
 
 
 def model_ranking(report: pd.DataFrame, label: str, models: LabelModels, chosen: str = "best") -> list[str]:
@@ -120,7 +126,11 @@ def model_ranking(report: pd.DataFrame, label: str, models: LabelModels, chosen:
     if first not in usable:
         raise ValueError(f"predictions: model {first!r} of label {label!r} is not saved (saved: {usable})")
     ranked = own[own["model"].isin(usable)].sort_values("macro_f1", ascending=False)["model"].tolist()
-    return [first, *[m for m in dict.fromkeys(ranked) if m != first], *[m for m in usable if m not in ranked and m != first]]
+    return [
+        first,
+        *[m for m in dict.fromkeys(ranked) if m != first],
+        *[m for m in usable if m not in ranked and m != first],
+    ]
 
 
 def load_saved_models(models_root: UPath, labels: Sequence[str]) -> dict[str, LabelModels]:
@@ -129,8 +139,9 @@ def load_saved_models(models_root: UPath, labels: Sequence[str]) -> dict[str, La
     return {label: load_label_models(models_root / label, label) for label in labels}
 
 
-def _predict_label(models: LabelModels, model: str, nm: np.ndarray, features: Mapping[str, np.ndarray],
-                   tabular: pd.DataFrame | None) -> pd.DataFrame:
+def _predict_label(
+    models: LabelModels, model: str, nm: np.ndarray, features: Mapping[str, np.ndarray], tabular: pd.DataFrame | None
+) -> pd.DataFrame:
     blocks = sorted(features)
 
     def proba(nm_block, *matrices):
@@ -138,11 +149,15 @@ def _predict_label(models: LabelModels, model: str, nm: np.ndarray, features: Ma
 
     probabilities = in_fixed_blocks(proba, np.asarray(nm, dtype=object), *[features[b] for b in blocks])
     best = np.argmax(probabilities, axis=1)
-    return pd.DataFrame({
-        "nm": np.asarray(nm, dtype=object), "label": models.label,
-        "predicted": np.asarray(models.classes, dtype=object)[best],
-        "probability": probabilities[np.arange(len(best)), best], "model": model,
-    })
+    return pd.DataFrame(
+        {
+            "nm": np.asarray(nm, dtype=object),
+            "label": models.label,
+            "predicted": np.asarray(models.classes, dtype=object)[best],
+            "probability": probabilities[np.arange(len(best)), best],
+            "model": model,
+        }
+    )
 
 
 def predict_with_features(
@@ -170,7 +185,9 @@ def predict_with_features(
     why_rejected = {}
     if rejected is not None and len(rejected):
         for row in rejected.drop_duplicates("nm").itertuples():
-            why_rejected[str(row.nm)] = f"rejected at cleaning: {row.reason}" + (f" ({row.detail})" if isinstance(row.detail, str) and row.detail else "")
+            why_rejected[str(row.nm)] = f"rejected at cleaning: {row.reason}" + (
+                f" ({row.detail})" if isinstance(row.detail, str) and row.detail else ""
+            )
     blocks = sorted(available)
     pattern = np.array(["|".join(b for b in blocks if available[b][i]) for i in range(n)], dtype=object)
     is_rejected = np.array([x in why_rejected for x in nm], bool)
@@ -179,28 +196,49 @@ def predict_with_features(
         ranking = model_ranking(report, label, models, chosen)
         first, first_needs = ranking[0], model_inputs(models, ranking[0])
         if is_rejected.any():
-            frames.append(pd.DataFrame({"nm": nm[is_rejected], "label": label, "predicted": None, "probability": np.nan,
-                                        "model": None, "status": REJECTED,
-                                        "reason": [why_rejected[x] for x in nm[is_rejected]]}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "nm": nm[is_rejected],
+                        "label": label,
+                        "predicted": None,
+                        "probability": np.nan,
+                        "model": None,
+                        "status": REJECTED,
+                        "reason": [why_rejected[x] for x in nm[is_rejected]],
+                    }
+                )
+            )
         for key in pd.unique(pattern[~is_rejected]):
             rows = np.flatnonzero((pattern == key) & ~is_rejected)
             have = frozenset(key.split("|")) if key else frozenset()
             model = next((m for m in ranking if model_inputs(models, m) <= have), None)
             missing = ", ".join(sorted(first_needs - have))
             if model is None:
-                frames.append(pd.DataFrame({
-                    "nm": nm[rows], "label": label, "predicted": None, "probability": np.nan, "model": None,
-                    "status": NOT_PREDICTED,
-                    "reason": f"no {missing or 'input'} vector, and no saved model of {label} works without it "
-                              f"(saved: {', '.join(ranking)})"}))
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "nm": nm[rows],
+                            "label": label,
+                            "predicted": None,
+                            "probability": np.nan,
+                            "model": None,
+                            "status": NOT_PREDICTED,
+                            "reason": f"no {missing or 'input'} vector, and no saved model of {label} works without it "
+                            f"(saved: {', '.join(ranking)})",
+                        }
+                    )
+                )
                 continue
             part = _predict_label(models, model, nm[rows], {b: np.asarray(features[b])[rows] for b in have}, tabular)
             if model == first:
                 part["status"], part["reason"] = PREDICTED, ""
             else:
                 part["status"] = FALLBACK
-                part["reason"] = (f"no {missing} vector: the chosen model {first} reads "
-                                  f"{', '.join(sorted(first_needs))}; predicted by {model} instead")
+                part["reason"] = (
+                    f"no {missing} vector: the chosen model {first} reads "
+                    f"{', '.join(sorted(first_needs))}; predicted by {model} instead"
+                )
             frames.append(part)
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
@@ -210,8 +248,9 @@ def predict_with_features(
     return out.sort_values(["_order", "label"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
-def with_unparsed_characteristics(products: pd.DataFrame, catalogue: pd.DataFrame,
-                                  characteristics: pd.DataFrame | None) -> pd.DataFrame | None:
+def with_unparsed_characteristics(
+    products: pd.DataFrame, catalogue: pd.DataFrame, characteristics: pd.DataFrame | None
+) -> pd.DataFrame | None:
     """`characteristics` plus the parsed characteristics of the train products of `products` it does
     not hold yet (a drop the labels group has not seen): the same parser as `product_characteristics`,
     which parses train products only."""

@@ -20,8 +20,9 @@ classes the way 3,000 did.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -58,10 +59,14 @@ class DriftConfig:
         if not 0.0 <= self.label_js_threshold <= 1.0:
             raise ValueError(f"DriftConfig.label_js_threshold must be in [0, 1], got {self.label_js_threshold}")
         if self.folds < 2 or self.mmd_permutations < 1 or self.max_reference_rows < 2 or self.min_drop_rows < 2:
-            raise ValueError("DriftConfig: folds >= 2, mmd_permutations >= 1, max_reference_rows >= 2, min_drop_rows >= 2")
+            raise ValueError(
+                "DriftConfig: folds >= 2, mmd_permutations >= 1, max_reference_rows >= 2, min_drop_rows >= 2"
+            )
         if 1.0 / (1 + self.mmd_permutations) >= self.mmd_p_threshold:
-            raise ValueError(f"DriftConfig: {self.mmd_permutations} permutations cannot give p < {self.mmd_p_threshold} "
-                             f"(smallest p = 1/{1 + self.mmd_permutations}); raise mmd_permutations")
+            raise ValueError(
+                f"DriftConfig: {self.mmd_permutations} permutations cannot give p < {self.mmd_p_threshold} "
+                f"(smallest p = 1/{1 + self.mmd_permutations}); raise mmd_permutations"
+            )
         if self.decide_by not in ("domain_auc", "mmd"):
             raise ValueError(f"DriftConfig.decide_by must be 'domain_auc' or 'mmd', got {self.decide_by!r}")
 
@@ -77,8 +82,14 @@ def _two_samples(reference: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, n
     return X, y
 
 
-def domain_classifier_auc(reference: np.ndarray, drop: np.ndarray, groups: Sequence[int] | None = None,
-                          folds: int = 5, c: float = 1.0, seed: int = 0) -> float:
+def domain_classifier_auc(
+    reference: np.ndarray,
+    drop: np.ndarray,
+    groups: Sequence[int] | None = None,
+    folds: int = 5,
+    c: float = 1.0,
+    seed: int = 0,
+) -> float:
     """Held-out ROC AUC of a logistic regression telling drop rows (1) from reference rows (0).
 
     `groups` (one id per row of reference then drop; default: every row its own group) keeps
@@ -95,8 +106,9 @@ def domain_classifier_auc(reference: np.ndarray, drop: np.ndarray, groups: Seque
     return float(roc_auc_score(y, proba))
 
 
-def mmd_permutation_test(reference: np.ndarray, drop: np.ndarray, permutations: int = 200,
-                         seed: int = 0) -> tuple[float, float, float]:
+def mmd_permutation_test(
+    reference: np.ndarray, drop: np.ndarray, permutations: int = 200, seed: int = 0
+) -> tuple[float, float, float]:
     """(MMD², permutation p-value, kernel bandwidth) with an RBF kernel whose bandwidth is the median
     pairwise distance of the pooled rows. p = (1 + #permuted MMD² >= observed) / (1 + permutations)."""
     X, y = _two_samples(reference, drop)
@@ -109,8 +121,11 @@ def mmd_permutation_test(reference: np.ndarray, drop: np.ndarray, permutations: 
         a, b = np.flatnonzero(~mask), np.flatnonzero(mask)
         kaa, kbb, kab = kernel[np.ix_(a, a)], kernel[np.ix_(b, b)], kernel[np.ix_(a, b)]
         na, nb = len(a), len(b)  # unbiased: the diagonals are left out
-        return float((kaa.sum() - np.trace(kaa)) / (na * (na - 1)) + (kbb.sum() - np.trace(kbb)) / (nb * (nb - 1))
-                     - 2.0 * kab.mean())
+        return float(
+            (kaa.sum() - np.trace(kaa)) / (na * (na - 1))
+            + (kbb.sum() - np.trace(kbb)) / (nb * (nb - 1))
+            - 2.0 * kab.mean()
+        )
 
     observed_mask = y == 1
     observed = mmd2(observed_mask)
@@ -154,7 +169,9 @@ class DriftReport:
     reference_rows: int
     decide_by: str
     modality: pd.DataFrame  # modality, rows, domain_auc, mmd2, mmd_p_value, bandwidth, drifted
-    labels: pd.DataFrame  # label, products, js_distance, js_expected_by_sampling, js_excess, top_drop, top_train, shifted
+    labels: (
+        pd.DataFrame
+    )  # label, products, js_distance, js_expected_by_sampling, js_excess, top_drop, top_train, shifted
     judged: bool
     drifted: bool  # vectors drifted (the retraining rule reads this and the AUC/p-value)
     label_shift: bool
@@ -163,13 +180,21 @@ class DriftReport:
 
     def summary(self) -> dict:
         """Flat figures for metadata and for the retraining rule."""
-        out = {"drop_rows": self.drop_rows, "reference_rows": self.reference_rows, "decide_by": self.decide_by,
-               "judged": self.judged, "drifted": self.drifted, "label_shift": self.label_shift}
+        out = {
+            "drop_rows": self.drop_rows,
+            "reference_rows": self.reference_rows,
+            "decide_by": self.decide_by,
+            "judged": self.judged,
+            "drifted": self.drifted,
+            "label_shift": self.label_shift,
+        }
         for row in self.modality.to_dict("records"):
             for key in ("domain_auc", "mmd2", "mmd_p_value"):
                 value = row[key]
-                out[f"{row['modality']}_{key}"] = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-        out["max_label_js_excess"] = (float(self.labels["js_excess"].max()) if len(self.labels) else None)
+                out[f"{row['modality']}_{key}"] = (
+                    None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+                )
+        out["max_label_js_excess"] = float(self.labels["js_excess"].max()) if len(self.labels) else None
         return out
 
 
@@ -200,8 +225,17 @@ def assess_drift(
     for modality in MODALITIES:
         ref, new = reference.get(modality), drop.get(modality)
         if ref is None or new is None or len(ref) < 2 or len(new) < 2:
-            rows.append({"modality": modality, "rows": 0 if new is None else len(new), "domain_auc": np.nan,
-                         "mmd2": np.nan, "mmd_p_value": np.nan, "bandwidth": np.nan, "drifted": False})
+            rows.append(
+                {
+                    "modality": modality,
+                    "rows": 0 if new is None else len(new),
+                    "domain_auc": np.nan,
+                    "mmd2": np.nan,
+                    "mmd_p_value": np.nan,
+                    "bandwidth": np.nan,
+                    "drifted": False,
+                }
+            )
             reasons.append(f"{modality}: not measured (no vectors on one side)")
             continue
         keep = np.arange(len(ref))
@@ -212,8 +246,14 @@ def assess_drift(
             groups = np.r_[np.asarray(reference_groups)[keep], np.asarray(drop_groups)]
         auc = domain_classifier_auc(ref[keep], new, groups, config.folds, config.logistic_c, config.seed)
         mmd2, p_value, bandwidth = mmd_permutation_test(ref[keep], new, config.mmd_permutations, config.seed)
-        row = {"modality": modality, "rows": len(new), "domain_auc": auc, "mmd2": mmd2, "mmd_p_value": p_value,
-               "bandwidth": bandwidth}
+        row = {
+            "modality": modality,
+            "rows": len(new),
+            "domain_auc": auc,
+            "mmd2": mmd2,
+            "mmd_p_value": p_value,
+            "bandwidth": bandwidth,
+        }
         row["drifted"] = judged and _modality_drifted(row, config)
         rows.append(row)
     modality = pd.DataFrame(rows)
@@ -226,36 +266,82 @@ def assess_drift(
             continue
         train = dict(train_shares[label])
         distance = js_distance(drop_share.to_dict(), train)
-        expected = expected_js_by_sampling(train, int(part["predicted"].notna().sum()), config.label_null_draws, config.seed)
-        label_rows.append({"label": label, "products": int(part["predicted"].notna().sum()),
-                           "js_distance": distance, "js_expected_by_sampling": expected,
-                           "js_excess": distance - expected,
-                           "top_drop": f"{drop_share.idxmax()} ({drop_share.max():.0%})",
-                           "top_train": f"{max(train, key=train.get)} ({max(train.values()):.0%})",
-                           "shifted": judged and distance - expected > config.label_js_threshold})
-    labels = pd.DataFrame(label_rows, columns=["label", "products", "js_distance", "js_expected_by_sampling",
-                                               "js_excess", "top_drop", "top_train", "shifted"])
+        expected = expected_js_by_sampling(
+            train, int(part["predicted"].notna().sum()), config.label_null_draws, config.seed
+        )
+        label_rows.append(
+            {
+                "label": label,
+                "products": int(part["predicted"].notna().sum()),
+                "js_distance": distance,
+                "js_expected_by_sampling": expected,
+                "js_excess": distance - expected,
+                "top_drop": f"{drop_share.idxmax()} ({drop_share.max():.0%})",
+                "top_train": f"{max(train, key=train.get)} ({max(train.values()):.0%})",
+                "shifted": judged and distance - expected > config.label_js_threshold,
+            }
+        )
+    labels = pd.DataFrame(
+        label_rows,
+        columns=[
+            "label",
+            "products",
+            "js_distance",
+            "js_expected_by_sampling",
+            "js_excess",
+            "top_drop",
+            "top_train",
+            "shifted",
+        ],
+    )
     drifted = bool(modality["drifted"].any())
     label_shift = bool(labels["shifted"].any()) if len(labels) else False
     verdict = _verdict(modality, labels, judged, drifted, label_shift, n_drop, config)
-    return DriftReport(n_drop, min(n_ref, config.max_reference_rows), config.decide_by, modality, labels, judged,
-                       drifted, label_shift, verdict, reasons)
+    return DriftReport(
+        n_drop,
+        min(n_ref, config.max_reference_rows),
+        config.decide_by,
+        modality,
+        labels,
+        judged,
+        drifted,
+        label_shift,
+        verdict,
+        reasons,
+    )
 
 
-def _verdict(modality: pd.DataFrame, labels: pd.DataFrame, judged: bool, drifted: bool, label_shift: bool,
-             n_drop: int, config: DriftConfig) -> str:
+def _verdict(
+    modality: pd.DataFrame,
+    labels: pd.DataFrame,
+    judged: bool,
+    drifted: bool,
+    label_shift: bool,
+    n_drop: int,
+    config: DriftConfig,
+) -> str:
     if not judged:
-        return (f"Too small to judge: {n_drop} products (< min_drop_rows={config.min_drop_rows}); "
-                "figures are shown but no drift is declared.")
+        return (
+            f"Too small to judge: {n_drop} products (< min_drop_rows={config.min_drop_rows}); "
+            "figures are shown but no drift is declared."
+        )
     measured = modality.dropna(subset=["domain_auc"])
-    figures = "; ".join(f"{r.modality}: a classifier tells the drop from the training catalogue with AUC "
-                        f"{r.domain_auc:.2f} (0.5 = indistinguishable), MMD p = {r.mmd_p_value:.3f}"
-                        for r in measured.itertuples())
-    rule = (f"AUC > {config.domain_auc_threshold:g}" if config.decide_by == "domain_auc"
-            else f"MMD p < {config.mmd_p_threshold:g}")
+    figures = "; ".join(
+        f"{r.modality}: a classifier tells the drop from the training catalogue with AUC "
+        f"{r.domain_auc:.2f} (0.5 = indistinguishable), MMD p = {r.mmd_p_value:.3f}"
+        for r in measured.itertuples()
+    )
+    rule = (
+        f"AUC > {config.domain_auc_threshold:g}"
+        if config.decide_by == "domain_auc"
+        else f"MMD p < {config.mmd_p_threshold:g}"
+    )
     if drifted:
         which = ", ".join(measured.loc[measured["drifted"], "modality"])
-        head = f"DRIFTED ({which}; rule {rule}): these products are unlike what the models were trained on — their predictions are less trustworthy and retraining is due."
+        head = (
+            f"DRIFTED ({which}; rule {rule}): these products are unlike what the models were trained on — "
+            "their predictions are less trustworthy and retraining is due."
+        )
     else:
         head = f"In distribution (rule {rule}): the drop looks like the training catalogue."
     if label_shift:

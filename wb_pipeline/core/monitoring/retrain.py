@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 from wb_pipeline.core.data import storage
 
@@ -66,8 +67,9 @@ def _present(value: float | None) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def decide_retrain(drifts: Sequence[DropDrift], catalogue_at_training: int, catalogue_now: int,
-                   policy: RetrainPolicy) -> RetrainDecision:
+def decide_retrain(
+    drifts: Sequence[DropDrift], catalogue_at_training: int, catalogue_now: int, policy: RetrainPolicy
+) -> RetrainDecision:
     """Whether to retrain, with one reason per trigger that fired ("drift: ...", "added_share: ...")."""
     if catalogue_at_training <= 0:
         raise ValueError(f"decide_retrain: catalogue_at_training must be > 0, got {catalogue_at_training}")
@@ -83,22 +85,31 @@ def decide_retrain(drifts: Sequence[DropDrift], catalogue_at_training: int, cata
                     if _present(auc):
                         worst[f"max_{modality}_domain_auc"] = max(worst.get(f"max_{modality}_domain_auc", 0.0), auc)
                         if auc > policy.drift_auc_threshold:
-                            reasons.append(f"drift: drop {d.drop} {modality} domain AUC {auc:.3f} > "
-                                           f"{policy.drift_auc_threshold:g}")
+                            reasons.append(
+                                f"drift: drop {d.drop} {modality} domain AUC {auc:.3f} > {policy.drift_auc_threshold:g}"
+                            )
                 else:
                     p = getattr(d, f"{modality}_mmd_p_value")
                     if _present(p):
                         worst[f"min_{modality}_mmd_p"] = min(worst.get(f"min_{modality}_mmd_p", 1.0), p)
                         if p < policy.drift_mmd_p_threshold:
-                            reasons.append(f"drift: drop {d.drop} {modality} MMD p {p:.4f} < "
-                                           f"{policy.drift_mmd_p_threshold:g}")
+                            reasons.append(
+                                f"drift: drop {d.drop} {modality} MMD p {p:.4f} < {policy.drift_mmd_p_threshold:g}"
+                            )
     added = max(0, catalogue_now - catalogue_at_training)
     share = added / catalogue_at_training
     if policy.on_added_share and share >= policy.added_share_threshold:
-        reasons.append(f"added_share: {added} products added since the last training = {share:.1%} of the "
-                       f"{catalogue_at_training} trained on >= {policy.added_share_threshold:.0%}")
-    figures = {"drops_judged": sum(d.judged for d in drifts), "catalogue_at_training": catalogue_at_training,
-               "catalogue_now": catalogue_now, "added_share": round(share, 4), **{k: round(v, 4) for k, v in worst.items()}}
+        reasons.append(
+            f"added_share: {added} products added since the last training = {share:.1%} of the "
+            f"{catalogue_at_training} trained on >= {policy.added_share_threshold:.0%}"
+        )
+    figures = {
+        "drops_judged": sum(d.judged for d in drifts),
+        "catalogue_at_training": catalogue_at_training,
+        "catalogue_now": catalogue_now,
+        "added_share": round(share, 4),
+        **{k: round(v, 4) for k, v in worst.items()},
+    }
     return RetrainDecision(bool(reasons), reasons, figures)
 
 
@@ -118,15 +129,24 @@ class TrainingManifest:
     label_shares: dict  # label -> {class: share}
 
     def to_json(self) -> bytes:
-        return json.dumps({"batches": list(self.batches), "catalogue_products": int(self.catalogue_products),
-                           "label_shares": self.label_shares}, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        return json.dumps(
+            {
+                "batches": list(self.batches),
+                "catalogue_products": int(self.catalogue_products),
+                "label_shares": self.label_shares,
+            },
+            ensure_ascii=False,
+            sort_keys=True,
+        ).encode("utf-8")
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "TrainingManifest":
+    def from_json(cls, data: bytes | str) -> TrainingManifest:
         raw = json.loads(data)
         if not isinstance(raw, dict) or not {"batches", "catalogue_products", "label_shares"} <= set(raw):
             raise ValueError("training manifest: expected keys batches, catalogue_products, label_shares")
-        shares = {str(label): {str(c): float(s) for c, s in classes.items()} for label, classes in raw["label_shares"].items()}
+        shares = {
+            str(label): {str(c): float(s) for c, s in classes.items()} for label, classes in raw["label_shares"].items()
+        }
         return cls(tuple(str(b) for b in raw["batches"]), int(raw["catalogue_products"]), shares)
 
 

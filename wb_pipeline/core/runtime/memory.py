@@ -19,10 +19,10 @@ import pickle
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 _CHILD = """
 import importlib, pickle, sys, traceback
@@ -63,8 +63,10 @@ def run_isolated(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
         request.write_bytes(pickle.dumps((list(sys.path), function.__module__, function.__qualname__, args, kwargs)))
         done = subprocess.run([sys.executable, "-c", _CHILD, str(request), str(answer)], check=False)
         if not answer.is_file() or answer.stat().st_size == 0:
-            raise IsolatedRunError(f"{function.__qualname__} in a separate process ended with exit status "
-                                   f"{done.returncode} and no result (killed, or out of memory?)")
+            raise IsolatedRunError(
+                f"{function.__qualname__} in a separate process ended with exit status "
+                f"{done.returncode} and no result (killed, or out of memory?)"
+            )
         outcome = pickle.loads(answer.read_bytes())  # written by our own child process just now
     if outcome[0] == "ok":
         return outcome[1]

@@ -12,8 +12,9 @@ LABEL_WIDTH = 120
 PAD = 4
 
 
-def contact_sheet_png(rows: Sequence[tuple[str, Sequence[Image.Image | None]]], thumb: int = THUMB,
-                      max_per_row: int = 6) -> bytes:
+def contact_sheet_png(
+    rows: Sequence[tuple[str, Sequence[Image.Image | None]]], thumb: int = THUMB, max_per_row: int = 6
+) -> bytes:
     """`rows`: (label, photos) per group; a None photo (unreadable) is drawn as a grey box.
     Labels are drawn with PIL's built-in font, so keep them ASCII (group id, size); titles belong
     in the table beside the picture."""

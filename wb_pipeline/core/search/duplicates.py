@@ -21,8 +21,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from wb_pipeline.core.model_selection.folds import MAX_TITLE_PRODUCTS
 from wb_pipeline.core.search.index import IndexConfig, knn
-from wb_pipeline.core.evaluation.folds import MAX_TITLE_PRODUCTS
 
 OFF = 2.0  # a threshold no cosine reaches: the rule is switched off
 
@@ -40,7 +40,7 @@ class DuplicateConfig:
     `max_title_products`: a text that more products than this share (text cosine >= text_threshold,
     the product itself counted) is generic — a category word, a title made of colour and fabric
     fields — and vouches for nothing: such a product matches by its image only (no text match, no
-    floor fallback). The same handful as `core.evaluation.folds.MAX_TITLE_PRODUCTS` (seen among the
+    floor fallback). The same handful as `core.model_selection.folds.MAX_TITLE_PRODUCTS` (seen among the
     `candidates` text neighbours, so it must stay below them to be seen)."""
 
     vectors: Literal["encoders", "joint"] = "encoders"
@@ -71,8 +71,9 @@ class DuplicateConfig:
         return IndexConfig(exact_below=self.exact_below, threads=self.threads, recall_queries=0)
 
 
-def candidate_pairs(text_vectors: np.ndarray, image_vectors: np.ndarray, k: int,
-                    index_config: IndexConfig = IndexConfig()) -> pd.DataFrame:
+def candidate_pairs(
+    text_vectors: np.ndarray, image_vectors: np.ndarray, k: int, index_config: IndexConfig = IndexConfig()
+) -> pd.DataFrame:
     """Every pair (i < j) that is among the k nearest neighbours of either product in either
     modality, with both similarities: columns `i`, `j`, `text_sim`, `image_sim` (float32), and
     `image_rank` (int32): the larger of j's rank among i's image neighbours and i's among j's
@@ -81,9 +82,15 @@ def candidate_pairs(text_vectors: np.ndarray, image_vectors: np.ndarray, k: int,
     if len(image_vectors) != n:
         raise ValueError(f"candidate_pairs: {n} text vectors but {len(image_vectors)} image vectors")
     if n < 2:
-        return pd.DataFrame({"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64),
-                             "text_sim": np.zeros(0, np.float32), "image_sim": np.zeros(0, np.float32),
-                             "image_rank": np.zeros(0, np.int32)})
+        return pd.DataFrame(
+            {
+                "i": np.zeros(0, np.int64),
+                "j": np.zeros(0, np.int64),
+                "text_sim": np.zeros(0, np.float32),
+                "image_sim": np.zeros(0, np.float32),
+                "image_rank": np.zeros(0, np.int32),
+            }
+        )
     k = min(k, n - 1)
     blocks = []
     for vectors in (text_vectors, image_vectors):
@@ -97,12 +104,15 @@ def candidate_pairs(text_vectors: np.ndarray, image_vectors: np.ndarray, k: int,
     i, j = pairs[:, 0], pairs[:, 1]
     text_vectors = np.asarray(text_vectors, np.float32)
     image_vectors = np.asarray(image_vectors, np.float32)
-    return pd.DataFrame({
-        "i": i, "j": j,
-        "text_sim": np.einsum("ij,ij->i", text_vectors[i], text_vectors[j]).astype(np.float32),
-        "image_sim": np.einsum("ij,ij->i", image_vectors[i], image_vectors[j]).astype(np.float32),
-        "image_rank": mutual_rank(image_positions, i, j),
-    })
+    return pd.DataFrame(
+        {
+            "i": i,
+            "j": j,
+            "text_sim": np.einsum("ij,ij->i", text_vectors[i], text_vectors[j]).astype(np.float32),
+            "image_sim": np.einsum("ij,ij->i", image_vectors[i], image_vectors[j]).astype(np.float32),
+            "image_rank": mutual_rank(image_positions, i, j),
+        }
+    )
 
 
 def mutual_rank(positions: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -128,14 +138,21 @@ def generic_text(pairs: pd.DataFrame, n: int, text_threshold: float, max_title_p
     """Per product: whether more than `max_title_products` products (itself counted) share its text,
     i.e. it has more text twins (candidate pairs with text cosine >= text_threshold) than that minus 1."""
     twins = pairs["text_sim"].to_numpy() >= text_threshold
-    counts = (np.bincount(pairs["i"].to_numpy()[twins], minlength=n)
-              + np.bincount(pairs["j"].to_numpy()[twins], minlength=n))
+    counts = np.bincount(pairs["i"].to_numpy()[twins], minlength=n) + np.bincount(
+        pairs["j"].to_numpy()[twins], minlength=n
+    )
     return counts + 1 > max_title_products
 
 
-def match_edges(pairs: pd.DataFrame, n: int, text_threshold: float, image_threshold: float,
-                text_floor: float = OFF, image_floor: float = OFF,
-                max_title_products: int | None = None) -> np.ndarray:
+def match_edges(
+    pairs: pd.DataFrame,
+    n: int,
+    text_threshold: float,
+    image_threshold: float,
+    text_floor: float = OFF,
+    image_floor: float = OFF,
+    max_title_products: int | None = None,
+) -> np.ndarray:
     """Boolean mask over `pairs`: the matches (see the module docstring). With `max_title_products`,
     a product whose text is generic (`generic_text`) matches by its image only."""
     text_sim, image_sim = pairs["text_sim"].to_numpy(), pairs["image_sim"].to_numpy()
@@ -177,16 +194,28 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 def group_products(pairs: pd.DataFrame, n: int, config: DuplicateConfig) -> tuple[np.ndarray, np.ndarray]:
     """(group id per product, the edge mask over `pairs`) under `config`'s thresholds."""
-    edges = match_edges(pairs, n, config.text_threshold, config.image_threshold, config.text_floor,
-                        config.image_floor, config.max_title_products)
+    edges = match_edges(
+        pairs,
+        n,
+        config.text_threshold,
+        config.image_threshold,
+        config.text_floor,
+        config.image_floor,
+        config.max_title_products,
+    )
     return components(n, pairs["i"].to_numpy()[edges], pairs["j"].to_numpy()[edges]), edges
 
 
 def groups_frame(nm: np.ndarray, groups: np.ndarray) -> pd.DataFrame:
     """The `duplicate_groups` table: `nm`, `group_id`, `group_size` (1 = no duplicate found)."""
     sizes = np.bincount(groups, minlength=int(groups.max()) + 1 if len(groups) else 0)
-    return pd.DataFrame({"nm": np.asarray(nm, dtype=object), "group_id": groups.astype(np.int64),
-                         "group_size": sizes[groups].astype(np.int64)})
+    return pd.DataFrame(
+        {
+            "nm": np.asarray(nm, dtype=object),
+            "group_id": groups.astype(np.int64),
+            "group_size": sizes[groups].astype(np.int64),
+        }
+    )
 
 
 def sample_groups(frame: pd.DataFrame, count: int, seed: int) -> list[int]:

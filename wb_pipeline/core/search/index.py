@@ -108,7 +108,7 @@ class VectorIndex:
             self.index.hnsw.efSearch = self.ef_search
 
     @classmethod
-    def empty(cls, dim: int, kind: IndexKind, config: IndexConfig) -> "VectorIndex":
+    def empty(cls, dim: int, kind: IndexKind, config: IndexConfig) -> VectorIndex:
         if dim < 1:
             raise ValueError(f"VectorIndex: dimension must be >= 1, got {dim}")
         if kind == "exact":
@@ -118,7 +118,7 @@ class VectorIndex:
         return cls(index, "hnsw", config.ef_search)
 
     @classmethod
-    def build(cls, vectors: np.ndarray, config: IndexConfig, kind: IndexKind | None = None) -> "VectorIndex":
+    def build(cls, vectors: np.ndarray, config: IndexConfig, kind: IndexKind | None = None) -> VectorIndex:
         """An index over `vectors` (row i = position i); exact or HNSW by size unless `kind` says."""
         vectors = _as_matrix(vectors, "VectorIndex.build")
         if vectors.shape[1] == 0:
@@ -170,7 +170,7 @@ class VectorIndex:
         return faiss.serialize_index(self.index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, ef_search: int = 128) -> "VectorIndex":
+    def from_bytes(cls, data: bytes, ef_search: int = 128) -> VectorIndex:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         if isinstance(index, faiss.IndexHNSWFlat):
             kind: IndexKind = "hnsw"
@@ -183,8 +183,9 @@ class VectorIndex:
         return cls(index, kind, ef_search)
 
 
-def exact_search(queries: np.ndarray, gallery: np.ndarray, k: int, threads: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    queries: np.ndarray, gallery: np.ndarray, k: int, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product (faiss flat scan: a blocked BLAS product)."""
     gallery = _as_matrix(gallery, "exact_search")
     flat = VectorIndex(faiss.IndexFlatIP(gallery.shape[1]), "exact")
@@ -205,8 +206,9 @@ def drop_self(sims: np.ndarray, positions: np.ndarray, rows: np.ndarray, k: int)
     return (sims[keep].reshape(len(rows), -1)[:, :k], positions[keep].reshape(len(rows), -1)[:, :k])
 
 
-def neighbours_of_all(index: VectorIndex, k: int, threads: int | None = None, block_rows: int = 16_384,
-                      vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def neighbours_of_all(
+    index: VectorIndex, k: int, threads: int | None = None, block_rows: int = 16_384, vectors: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest other products of every indexed product: (similarities [n, k], positions [n, k])."""
     vectors = index.vectors() if vectors is None else vectors
     k = min(k, max(index.size - 1, 0))
@@ -230,8 +232,9 @@ def knn(vectors: np.ndarray, k: int, config: IndexConfig) -> tuple[np.ndarray, n
     return neighbours_of_all(VectorIndex.build(vectors, config), k, config.threads, vectors=vectors)
 
 
-def recall_at_k(index: VectorIndex, vectors: np.ndarray, k: int, n_queries: int, seed: int,
-                threads: int | None = None) -> float:
+def recall_at_k(
+    index: VectorIndex, vectors: np.ndarray, k: int, n_queries: int, seed: int, threads: int | None = None
+) -> float:
     """Recall@k of `index` against exact search over the same `vectors`, on `n_queries` stored
     vectors drawn at random as queries: the share of the exact top-k the index returns (a result
     whose similarity ties the exact k-th one within 1e-5 counts, so interchangeable duplicates do
@@ -247,6 +250,6 @@ def recall_at_k(index: VectorIndex, vectors: np.ndarray, k: int, n_queries: int,
     queries = vectors[rows]
     exact_sims, _ = exact_search(queries, vectors, k, threads)
     ann_sims, ann_positions = index.search(queries, k, threads)
-    kth = exact_sims[:, k - 1:k]
+    kth = exact_sims[:, k - 1 : k]
     hits = ((ann_sims >= kth - TIE_TOLERANCE) & (ann_positions >= 0)).sum(axis=1)
     return float(np.mean(np.minimum(hits, k) / k))

@@ -20,7 +20,6 @@ from wb_pipeline.core.data import images, storage
 from wb_pipeline.core.search.spaces import QueryError, query_vector, uses_joint_model
 from wb_pipeline.core.search.store import IndexBuild
 
-
 # A query longer than this is not a search (the encoder reads at most a few hundred tokens anyway).
 MAX_QUERY_CHARS = 10_000
 # Control (Cc) and format (Cf: zero-width space, BOM, soft hyphen, ...) characters carry no words:
@@ -40,8 +39,10 @@ def clean_query_text(text: str | None) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:  # lone surrogates: argv bytes that are not UTF-8 arrive like this
-        raise QueryError(f"the text query is not valid text (character {error.start + 1} is not Unicode: "
-                         "undecodable bytes?); give the query in UTF-8") from None
+        raise QueryError(
+            f"the text query is not valid text (character {error.start + 1} is not Unicode: "
+            "undecodable bytes?); give the query in UTF-8"
+        ) from None
     cleaned = " ".join("".join(" " if unicodedata.category(c) in _SEPARATOR_CATEGORIES else c for c in text).split())
     if not cleaned:
         what = " (only control characters)" if text.strip() else ""
@@ -61,8 +62,9 @@ def check_image_file(path: str | os.PathLike, config: images.ImageConfig = image
         raise _unreadable(path, error) from None
 
 
-def read_image_file(path: str | os.PathLike, config: images.ImageConfig = images.ImageConfig(),
-                    min_side: int | None = None):
+def read_image_file(
+    path: str | os.PathLike, config: images.ImageConfig = images.ImageConfig(), min_side: int | None = None
+):
     """The photo at `path` decoded to RGB; QueryError naming the file and the reason otherwise. The file
     is checked before anything is read: a regular file (not a folder, FIFO or device) of at most
     `config.max_member_bytes` bytes."""
@@ -74,8 +76,10 @@ def read_image_file(path: str | os.PathLike, config: images.ImageConfig = images
     try:
         return images.decode_image(data, config, min_side)
     except images.ImageDecodeError as error:
-        raise QueryError(f"image {path} cannot be decoded ({error.reason}{': ' + error.detail if error.detail else ''}); "
-                         f"give a JPEG, PNG or WEBP photo") from None
+        raise QueryError(
+            f"image {path} cannot be decoded ({error.reason}{': ' + error.detail if error.detail else ''}); "
+            f"give a JPEG, PNG or WEBP photo"
+        ) from None
 
 
 def _unreadable(path: str | os.PathLike, error: OSError) -> QueryError:
@@ -135,13 +139,20 @@ class Searcher:
         if k < 1:
             raise QueryError(f"--top must be >= 1, got {k}")
         if vector.ndim != 2 or vector.shape[1] != self.build.index.dim:
-            raise QueryError(f"the query vector has {vector.shape[-1]} dimensions but the index's vectors "
-                             f"{self.build.index.dim}: the index was built from other encoders; re-materialize it")
+            raise QueryError(
+                f"the query vector has {vector.shape[-1]} dimensions but the index's vectors "
+                f"{self.build.index.dim}: the index was built from other encoders; re-materialize it"
+            )
         sims, positions = self.build.index.search(vector, min(k, self.build.index.size), self.threads)
         keep = positions[0] >= 0
         rows = self.build.products.iloc[positions[0][keep]]
-        return pd.DataFrame({"nm": rows["nm"].to_numpy(), "score": sims[0][keep],
-                             "title": rows["title"].to_numpy() if "title" in rows else None})
+        return pd.DataFrame(
+            {
+                "nm": rows["nm"].to_numpy(),
+                "score": sims[0][keep],
+                "title": rows["title"].to_numpy() if "title" in rows else None,
+            }
+        )
 
     def search_text(self, text: str, k: int = 10) -> pd.DataFrame:
         return self.top(self.text_vector(text), k)

@@ -20,9 +20,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.models.contrastive import joint_matrix, one_sided_in_combined
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.embeddings.encoders.base import l2_normalize
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.models.contrastive import joint_matrix, one_sided_in_combined
 
 Space = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat"]
 IndexSpace = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat", "auto"]
@@ -51,8 +51,9 @@ def uses_joint_model(space: str) -> bool:
     return space in JOINT_SPACES
 
 
-def space_vectors(space: str, text: EmbeddingTable, image: EmbeddingTable,
-                  joint: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+def space_vectors(
+    space: str, text: EmbeddingTable, image: EmbeddingTable, joint: pd.DataFrame | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(nm, float32 unit vectors) of every product in `space`, in the order of `text.nm`."""
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
@@ -62,8 +63,10 @@ def space_vectors(space: str, text: EmbeddingTable, image: EmbeddingTable,
             raise ValueError(f"space {space!r} needs the joint_embeddings table")
         order = pd.Index(joint["nm"].astype(str)).get_indexer(nm.astype(str))
         if (order < 0).any():
-            raise ValueError(f"joint_embeddings lack {int((order < 0).sum())} products of text_embeddings, "
-                             f"e.g. {nm[order < 0][:3].tolist()}")
+            raise ValueError(
+                f"joint_embeddings lack {int((order < 0).sum())} products of text_embeddings, "
+                f"e.g. {nm[order < 0][:3].tolist()}"
+            )
         return nm, np.ascontiguousarray(joint_matrix(joint, JOINT_SPACES[space])[order])
     if space == "text":
         return nm, text.vectors
@@ -73,8 +76,15 @@ def space_vectors(space: str, text: EmbeddingTable, image: EmbeddingTable,
     return nm, l2_normalize(np.hstack([text.vectors, images.vectors]))
 
 
-def query_vector(space: str, *, text_vector: np.ndarray | None = None, image_vector: np.ndarray | None = None,
-                 joint_model=None, text_dim: int | None = None, image_dim: int | None = None) -> np.ndarray:
+def query_vector(
+    space: str,
+    *,
+    text_vector: np.ndarray | None = None,
+    image_vector: np.ndarray | None = None,
+    joint_model=None,
+    text_dim: int | None = None,
+    image_dim: int | None = None,
+) -> np.ndarray:
     """The unit query vector [1, dim] for one encoder vector (text or image) in `space`.
 
     `joint_model` (a `core.models.contrastive.JointSpaceModel`) is needed for the joint spaces;
@@ -86,13 +96,16 @@ def query_vector(space: str, *, text_vector: np.ndarray | None = None, image_vec
     if space in JOINT_SPACES:
         if joint_model is None:
             raise ValueError(f"space {space!r} needs the joint model to project the query")
-        projected = l2_normalize(joint_model.project_text(vector) if modality == "text"
-                                 else joint_model.project_image(vector))
+        projected = l2_normalize(
+            joint_model.project_text(vector) if modality == "text" else joint_model.project_image(vector)
+        )
         return one_sided_in_combined(projected) if space == "joint" else projected
     if space in ("text", "image"):
         if modality != space:
-            raise QueryError(f"the index is over the {space!r} space: it can only take a {space} query, "
-                             f"not a {modality} query (build it over 'joint' for cross-modal search)")
+            raise QueryError(
+                f"the index is over the {space!r} space: it can only take a {space} query, "
+                f"not a {modality} query (build it over 'joint' for cross-modal search)"
+            )
         return l2_normalize(vector)
     if space == "early_concat":
         if text_dim is None or image_dim is None:

@@ -48,8 +48,14 @@ def vector_hashes(vectors: np.ndarray) -> np.ndarray:
 
 def index_params(config: IndexConfig, kind: str, dim: int) -> dict[str, Any]:
     """What must match for a build to be extended instead of rebuilt."""
-    params: dict[str, Any] = {"format_version": FORMAT_VERSION, "library": LIBRARY, "space": config.space,
-                              "kind": kind, "dim": int(dim), "metric": "inner_product"}
+    params: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "library": LIBRARY,
+        "space": config.space,
+        "kind": kind,
+        "dim": int(dim),
+        "metric": "inner_product",
+    }
     if kind == "hnsw":
         params.update(hnsw_m=config.hnsw_m, ef_construction=config.ef_construction)
     return params
@@ -58,7 +64,7 @@ def index_params(config: IndexConfig, kind: str, dim: int) -> dict[str, Any]:
 def build_id(params: dict[str, Any], nm: np.ndarray, hashes: np.ndarray) -> str:
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8"))
     for product, vector_hash in zip(nm, hashes):
-        digest.update(f"{product}\t{vector_hash}\n".encode("utf-8"))
+        digest.update(f"{product}\t{vector_hash}\n".encode())
     return digest.hexdigest()[:24]
 
 
@@ -87,16 +93,19 @@ def load_build(folder: str | UPath, ef_search: int | None = None) -> IndexBuild:
     if manifest is None:
         raise FileNotFoundError(f"{folder}: no readable {MANIFEST_FILE} (not an index build, or an unfinished one)")
     if manifest.get("format_version") != FORMAT_VERSION or manifest.get("library") != LIBRARY:
-        raise ValueError(f"{folder}: index format {manifest.get('library')!r} v{manifest.get('format_version')!r}, "
-                         f"this code reads {LIBRARY!r} v{FORMAT_VERSION}")
+        raise ValueError(
+            f"{folder}: index format {manifest.get('library')!r} v{manifest.get('format_version')!r}, "
+            f"this code reads {LIBRARY!r} v{FORMAT_VERSION}"
+        )
     wrong = [key for key, kind in (("space", str), ("size", int)) if not isinstance(manifest.get(key), kind)]
     if wrong or not isinstance(manifest.get("ef_search", 128), int) or manifest.get("ef_search", 128) < 1:
         raise ValueError(f"{folder}: {MANIFEST_FILE} lacks a usable {', '.join(wrong) or 'ef_search'}")
     if manifest["space"] not in SPACES:
         raise ValueError(f"{folder}: {MANIFEST_FILE} names space {manifest['space']!r}, not one of {SPACES}")
     dims = manifest.get("encoder_dims")
-    if manifest["space"] == "early_concat" and not (isinstance(dims, dict) and all(
-            isinstance(dims.get(side), int) for side in ("text", "image"))):
+    if manifest["space"] == "early_concat" and not (
+        isinstance(dims, dict) and all(isinstance(dims.get(side), int) for side in ("text", "image"))
+    ):
         raise ValueError(f"{folder}: an early_concat index needs its encoder_dims (text, image) in {MANIFEST_FILE}")
     for name in (INDEX_FILE, PRODUCTS_FILE):
         if not (folder / name).exists():
@@ -107,10 +116,14 @@ def load_build(folder: str | UPath, ef_search: int | None = None) -> IndexBuild:
     if not {"nm", "title"} <= set(products.columns):
         raise ValueError(f"{folder}: {PRODUCTS_FILE} lacks nm or title")
     if index.size != len(products) or index.size != manifest.get("size"):
-        raise ValueError(f"{folder}: the index holds {index.size} vectors, {PRODUCTS_FILE} {len(products)} rows, "
-                         f"the manifest says {manifest.get('size')}")
+        raise ValueError(
+            f"{folder}: the index holds {index.size} vectors, {PRODUCTS_FILE} {len(products)} rows, "
+            f"the manifest says {manifest.get('size')}"
+        )
     if manifest.get("dim", index.dim) != index.dim:
-        raise ValueError(f"{folder}: the index's vectors have {index.dim} dimensions, the manifest says {manifest['dim']}")
+        raise ValueError(
+            f"{folder}: the index's vectors have {index.dim} dimensions, the manifest says {manifest['dim']}"
+        )
     return IndexBuild(folder, index, products, manifest)
 
 
@@ -120,8 +133,9 @@ def save_build(folder: UPath, index: VectorIndex, products: pd.DataFrame, manife
     folder.mkdir(parents=True, exist_ok=True)
     storage.atomic_write_bytes(folder / INDEX_FILE, index.to_bytes())
     storage.write_parquet(products.reset_index(drop=True), folder / PRODUCTS_FILE)
-    storage.atomic_write_bytes(folder / MANIFEST_FILE,
-                               json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False).encode("utf-8"))
+    storage.atomic_write_bytes(
+        folder / MANIFEST_FILE, json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False).encode("utf-8")
+    )
 
 
 @dataclass
@@ -148,7 +162,9 @@ def plan_update(previous: IndexBuild | None, nm: np.ndarray, hashes: np.ndarray,
     if removed:
         return UpdatePlan("full", f"{removed} indexed products are gone (faiss HNSW cannot remove)", everything)
     rows = rows.astype(np.int64)
-    changed = int((np.asarray(hashes, dtype=object)[rows] != previous.products["vector_hash"].to_numpy(dtype=object)).sum())
+    changed = int(
+        (np.asarray(hashes, dtype=object)[rows] != previous.products["vector_hash"].to_numpy(dtype=object)).sum()
+    )
     if changed:
         return UpdatePlan("full", f"{changed} indexed products have other vectors now", everything)
     new_rows = np.setdiff1d(everything, rows, assume_unique=True)
@@ -169,9 +185,16 @@ class BuildStats:
     recall_seconds: float
 
 
-def update_index(root: str | UPath, previous_folder: str | None, nm: np.ndarray, vectors: np.ndarray,
-                 titles: np.ndarray, config: IndexConfig, info: dict[str, Any] | None = None,
-                 log=None) -> tuple[IndexBuild, BuildStats]:
+def update_index(
+    root: str | UPath,
+    previous_folder: str | None,
+    nm: np.ndarray,
+    vectors: np.ndarray,
+    titles: np.ndarray,
+    config: IndexConfig,
+    info: dict[str, Any] | None = None,
+    log=None,
+) -> tuple[IndexBuild, BuildStats]:
     """Build (or extend) the index over `vectors` (row-aligned with `nm` and `titles`) under
     `root/<build id>/`, starting from the build in `previous_folder` when it can be extended.
     `info` (joint model folder, encoder fingerprints...) goes into the manifest as it is."""
@@ -202,8 +225,13 @@ def update_index(root: str | UPath, previous_folder: str | None, nm: np.ndarray,
         index.add(vectors[plan.new_rows], config.threads)
     seconds = time.perf_counter() - started
     order = plan.order
-    products = pd.DataFrame({"nm": nm[order], "vector_hash": hashes[order],
-                             "title": pd.Series(np.asarray(titles, dtype=object)[order], dtype=object)})
+    products = pd.DataFrame(
+        {
+            "nm": nm[order],
+            "vector_hash": hashes[order],
+            "title": pd.Series(np.asarray(titles, dtype=object)[order], dtype=object),
+        }
+    )
     started = time.perf_counter()
     recall = recall_at_k(index, vectors[order], config.recall_k, config.recall_queries, config.seed, config.threads)
     recall_seconds = time.perf_counter() - started
@@ -211,11 +239,23 @@ def update_index(root: str | UPath, previous_folder: str | None, nm: np.ndarray,
     folder = root / identifier
     previous_sequence = int(previous.manifest.get("sequence", 0)) if previous is not None else 0
     manifest = {
-        "format_version": FORMAT_VERSION, "library": LIBRARY, "library_version": LIBRARY_VERSION,
-        "build_id": identifier, "params": params, "space": config.space, "kind": kind, "dim": int(vectors.shape[1]),
-        "size": index.size, "ef_search": config.ef_search, "sequence": previous_sequence + 1,
-        "build": {"mode": plan.mode, "reason": plan.reason, "added": int(len(plan.new_rows)) if plan.mode != "full"
-                  else index.size, "seconds": round(seconds, 4)},
+        "format_version": FORMAT_VERSION,
+        "library": LIBRARY,
+        "library_version": LIBRARY_VERSION,
+        "build_id": identifier,
+        "params": params,
+        "space": config.space,
+        "kind": kind,
+        "dim": int(vectors.shape[1]),
+        "size": index.size,
+        "ef_search": config.ef_search,
+        "sequence": previous_sequence + 1,
+        "build": {
+            "mode": plan.mode,
+            "reason": plan.reason,
+            "added": int(len(plan.new_rows)) if plan.mode != "full" else index.size,
+            "seconds": round(seconds, 4),
+        },
         f"recall_at_{config.recall_k}": None if np.isnan(recall) else round(recall, 5),
         **(info or {}),
     }
@@ -241,7 +281,7 @@ def prune_builds(root: UPath, keep: int, current: str) -> list[str]:
             builds.append((int(manifest.get("sequence", 0)), folder))
     builds.sort(key=lambda item: item[0], reverse=True)
     removed = []
-    for _, folder in builds[max(keep - 1, 0):]:
+    for _, folder in builds[max(keep - 1, 0) :]:
         folder.fs.rm(folder.path, recursive=True)
         removed.append(folder.name)
     return removed

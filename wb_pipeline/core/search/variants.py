@@ -14,9 +14,9 @@ text and by image):
                        AND image cosine < exact_image_threshold   (not the same photo)
                        AND text cosine >= text_floor     (about the same kind of product)
 
-Pairs are scored against known variants (a model id per product) as pairs (`duplicate_detection.edge_scores`:
+Pairs are scored against known variants (a model id per product) as pairs (`scoring.edge_scores`:
 precision / recall / F1 of the matched pairs themselves) and as the connected components of the
-matched pairs (`duplicate_detection.group_scores`).
+matched pairs (`scoring.group_scores`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.evaluation import duplicate_detection
+from wb_pipeline.core.search import scoring
 from wb_pipeline.core.search.duplicates import OFF, components
 
 
@@ -38,7 +38,7 @@ class VariantConfig:
     of neither (the report's `variant_sweep` shows both).
 
     `neighbours`: a model comes in a handful of colours (up to 5, the same handful as
-    `core.evaluation.folds.MAX_TITLE_PRODUCTS`), so each variant's other colours are among its 4 nearest
+    `core.model_selection.folds.MAX_TITLE_PRODUCTS`), so each variant's other colours are among its 4 nearest
     photos, and it among theirs. `exact_image_threshold`: at or above it the photo is the same one
     (the duplicate graph's image threshold), an exact duplicate rather than a variant. `text_floor`:
     the texts say about the same thing: multilingual-e5's cosines crowd into [0.7, 1] (its model
@@ -50,8 +50,11 @@ class VariantConfig:
     text_floor: float = 0.9
 
     def __post_init__(self) -> None:
-        if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, (int, np.integer)) \
-                or self.neighbours < 1:
+        if (
+            isinstance(self.neighbours, bool)
+            or not isinstance(self.neighbours, (int, np.integer))
+            or self.neighbours < 1
+        ):
             raise ValueError(f"VariantConfig.neighbours must be an integer >= 1, got {self.neighbours!r}")
         for name in ("exact_image_threshold", "text_floor"):
             value = getattr(self, name)
@@ -62,9 +65,11 @@ class VariantConfig:
 def variant_edges(pairs: pd.DataFrame, config: VariantConfig) -> np.ndarray:
     """Boolean mask over candidate `pairs` (columns image_rank, text_sim, image_sim, from
     `duplicates.candidate_pairs` with at least `config.neighbours` candidates): the variant matches."""
-    return ((pairs["image_rank"].to_numpy() <= config.neighbours)
-            & (pairs["image_sim"].to_numpy() < config.exact_image_threshold)
-            & (pairs["text_sim"].to_numpy() >= config.text_floor))
+    return (
+        (pairs["image_rank"].to_numpy() <= config.neighbours)
+        & (pairs["image_sim"].to_numpy() < config.exact_image_threshold)
+        & (pairs["text_sim"].to_numpy() >= config.text_floor)
+    )
 
 
 def variant_scores(pairs: pd.DataFrame, n: int, truth: np.ndarray, config: VariantConfig) -> list[dict]:
@@ -73,17 +78,30 @@ def variant_scores(pairs: pd.DataFrame, n: int, truth: np.ndarray, config: Varia
     components (`level` 'groups'), with the candidates' ceiling on recall."""
     edges = variant_edges(pairs, config)
     i, j = pairs["i"].to_numpy()[edges], pairs["j"].to_numpy()[edges]
-    settings = {"neighbours": config.neighbours, "exact_image_threshold": config.exact_image_threshold,
-                "variant_text_floor": config.text_floor}
+    settings = {
+        "neighbours": config.neighbours,
+        "exact_image_threshold": config.exact_image_threshold,
+        "variant_text_floor": config.text_floor,
+    }
     return [
-        {**settings, "level": "match edges", **duplicate_detection.edge_scores(i, j, truth),
-         "candidate_recall": duplicate_detection.candidate_recall(pairs, truth)},
-        {**settings, "level": "groups", **duplicate_detection.group_scores(components(n, i, j), truth)},
+        {
+            **settings,
+            "level": "match edges",
+            **scoring.edge_scores(i, j, truth),
+            "candidate_recall": scoring.candidate_recall(pairs, truth),
+        },
+        {**settings, "level": "groups", **scoring.group_scores(components(n, i, j), truth)},
     ]
 
 
-def variant_sweep(pairs: pd.DataFrame, n: int, truth: np.ndarray, neighbours_grid: Sequence[int],
-                  text_grid: Sequence[float], exact_image_threshold: float) -> pd.DataFrame:
+def variant_sweep(
+    pairs: pd.DataFrame,
+    n: int,
+    truth: np.ndarray,
+    neighbours_grid: Sequence[int],
+    text_grid: Sequence[float],
+    exact_image_threshold: float,
+) -> pd.DataFrame:
     """`variant_scores` (match edges only) for every (neighbours, text floor) of the grids."""
     rows = []
     for neighbours in neighbours_grid:
@@ -96,7 +114,7 @@ def variant_sweep(pairs: pd.DataFrame, n: int, truth: np.ndarray, neighbours_gri
 def variant_truth(nm: Sequence, model_of: Mapping[str, str]) -> np.ndarray:
     """Group id per product from an nm → model map (a product without a model: a group of its own)."""
     model = pd.Series(np.asarray(nm, dtype=object)).astype(str).map(model_of).to_numpy(dtype=object)
-    return duplicate_detection.truth_from_labels(model)
+    return scoring.truth_from_labels(model)
 
 
 def models_from_table(table: pd.DataFrame) -> tuple[dict[str, str], dict[str, int]]:
@@ -110,8 +128,11 @@ def models_from_table(table: pd.DataFrame) -> tuple[dict[str, str], dict[str, in
     models_per_nm = valid.groupby("nm")["model"].nunique()
     conflicting = models_per_nm.index[models_per_nm > 1]
     kept = valid.loc[~valid["nm"].isin(conflicting)]
-    counts = {"rows": len(frame), "products": int(kept["nm"].nunique()),
-              "models_with_several_products": int((kept["model"].value_counts() > 1).sum()),
-              "rows_without_nm_or_model": int(missing.sum()),
-              "products_with_conflicting_models": len(conflicting)}
+    counts = {
+        "rows": len(frame),
+        "products": int(kept["nm"].nunique()),
+        "models_with_several_products": int((kept["model"].value_counts() > 1).sum()),
+        "rows_without_nm_or_model": int(missing.sum()),
+        "products_with_conflicting_models": len(conflicting),
+    }
     return dict(zip(kept["nm"].astype(str), kept["model"].astype(str))), counts

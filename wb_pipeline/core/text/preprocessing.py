@@ -293,9 +293,7 @@ def _regroup(values: pa.Array, parents: pa.Array, n_rows: int, cap: int | None) 
     return pa.LargeListArray.from_arrays(pa.array(offsets), values)
 
 
-def preprocess_text(
-    texts: pd.Series, kind: TextKind, config: TextPreprocessingConfig | None = None
-) -> pd.Series:
+def preprocess_text(texts: pd.Series, kind: TextKind, config: TextPreprocessingConfig | None = None) -> pd.Series:
     """The notebook's TextPreprocessor on a whole column: space-joined kept tokens, ``""`` if none.
 
     ``kind`` selects the word cap and whether stop words are dropped (descriptions only).

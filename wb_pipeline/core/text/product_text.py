@@ -6,8 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from wb_pipeline.core.embeddings.encoders.text import truncate_to_tokens
-
+from wb_pipeline.core.embeddings.encoders.text_inputs import truncate_to_tokens
 from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig, preprocess_and_normalize
 
 # The notebook refills an empty preprocessed title with the first 7 words of the preprocessed description.
@@ -77,7 +76,10 @@ def encoder_text(
     if description_token_budget is not None:
         if tokenizer is None:
             raise ValueError("encoder_text: description_token_budget needs the encoder's tokenizer")
-        description = pd.Series(truncate_to_tokens(description.tolist(), tokenizer, description_token_budget),
-                                index=description.index, dtype=description.dtype)
+        description = pd.Series(
+            truncate_to_tokens(description.tolist(), tokenizer, description_token_budget),
+            index=description.index,
+            dtype=description.dtype,
+        )
         same |= description.eq("")
     return title.where(same, title + ". " + description)

@@ -93,8 +93,9 @@ def ingested_drops(instance: dg.DagsterInstance) -> set[str]:
     return set(json.loads(value.value)) if value is not None else set()
 
 
-def reembed_selection(asset_keys: set[dg.AssetKey], incoming_dir: str, drops: list[str],
-                      n_shards: int) -> tuple[list[dg.AssetKey], list[str]]:
+def reembed_selection(
+    asset_keys: set[dg.AssetKey], incoming_dir: str, drops: list[str], n_shards: int
+) -> tuple[list[dg.AssetKey], list[str]]:
     """The assets of `reembed_new_products` that `drops` need: every catalogue-wide one, and the shard
     steps of only the shards the drops touch (an untouched shard's output would come out the same).
     Also the touched shard keys; all shards when a drop cannot be read."""
@@ -104,13 +105,15 @@ def reembed_selection(asset_keys: set[dg.AssetKey], incoming_dir: str, drops: li
     except Exception:  # noqa: BLE001 - unreadable here means the run itself will report it: run everything
         touched = set(range(n_shards))
     skipped = {keys[shard] for shard in range(n_shards)} - {keys[shard] for shard in touched}
-    selection = [key for key in asset_keys
-                 if not any(key.to_user_string().endswith(f"_shard_{shard}") for shard in skipped)]
+    selection = [
+        key for key in asset_keys if not any(key.to_user_string().endswith(f"_shard_{shard}") for shard in skipped)
+    ]
     return sorted(selection), [keys[shard] for shard in sorted(touched)]
 
 
-def build_reembed_schedule(incoming_dir: str | None = None, n_shards: int = 1,
-                           cron: str = DEFAULT_REEMBED_CRON) -> dg.ScheduleDefinition:
+def build_reembed_schedule(
+    incoming_dir: str | None = None, n_shards: int = 1, cron: str = DEFAULT_REEMBED_CRON
+) -> dg.ScheduleDefinition:
     """The re-embedding schedule on `cron` (`build_definitions` passes `settings.reembed_cron()`)."""
 
     @dg.schedule(
@@ -122,7 +125,9 @@ def build_reembed_schedule(incoming_dir: str | None = None, n_shards: int = 1,
         "ingested yet, runs `reembed_new_products`, which embeds only their products.",
     )
     def reembed_new_products_schedule(context: dg.ScheduleEvaluationContext):
-        pending = sorted(set(context.instance.get_dynamic_partitions(product_drops.name)) - ingested_drops(context.instance))
+        pending = sorted(
+            set(context.instance.get_dynamic_partitions(product_drops.name)) - ingested_drops(context.instance)
+        )
         if not pending:
             return dg.SkipReason("no registered drop waits to be embedded")
         selection, touched = None, None
@@ -132,8 +137,10 @@ def build_reembed_schedule(incoming_dir: str | None = None, n_shards: int = 1,
         return dg.RunRequest(
             run_key=f"reembed:{','.join(pending)}",
             asset_selection=selection,
-            tags={"wb_pipeline/new_drops": ",".join(pending),
-                  **({"wb_pipeline/shards": ",".join(touched)} if touched is not None else {})},
+            tags={
+                "wb_pipeline/new_drops": ",".join(pending),
+                **({"wb_pipeline/shards": ",".join(touched)} if touched is not None else {}),
+            },
         )
 
     return reembed_new_products_schedule
@@ -180,9 +187,14 @@ def predict_new_drops_sensor(context: dg.RunStatusSensorContext):
     pending = drops_to_predict(context.instance)
     if not pending:
         return dg.SkipReason("every ingested drop already has predictions")
-    return [dg.RunRequest(run_key=f"predict:{drop}:{context.dagster_run.run_id}", partition_key=drop,
-                          tags={"wb_pipeline/drop": drop, "wb_pipeline/after_run": context.dagster_run.run_id})
-            for drop in pending]
+    return [
+        dg.RunRequest(
+            run_key=f"predict:{drop}:{context.dagster_run.run_id}",
+            partition_key=drop,
+            tags={"wb_pipeline/drop": drop, "wb_pipeline/after_run": context.dagster_run.run_id},
+        )
+        for drop in pending
+    ]
 
 
 TRAINED_ASSET = dg.AssetKey("label_classifiers")
@@ -210,14 +222,20 @@ def retrain_decision(instance: dg.DagsterInstance, policy: RetrainPolicy):
     catalogue = instance.get_latest_materialization_event(CATALOGUE_ASSET)
     now = _number(catalogue.asset_materialization.metadata, "dagster/row_count") if catalogue else None
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=DRIFT_ASSET, after_storage_id=trained.storage_id), limit=10_000).records
+        dg.AssetRecordsFilter(asset_key=DRIFT_ASSET, after_storage_id=trained.storage_id), limit=10_000
+    ).records
     latest: dict[str, DropDrift] = {}
     for record in sorted(records, key=lambda r: r.storage_id):  # the latest judgement of each drop wins
         meta = record.asset_materialization.metadata
         drop = record.asset_materialization.partition or "?"
-        latest[drop] = DropDrift(drop=drop, judged=bool(_number(meta, "judged")),
-                                 **{k: _number(meta, k) for k in ("text_domain_auc", "image_domain_auc",
-                                                                   "text_mmd_p_value", "image_mmd_p_value")})
+        latest[drop] = DropDrift(
+            drop=drop,
+            judged=bool(_number(meta, "judged")),
+            **{
+                k: _number(meta, k)
+                for k in ("text_domain_auc", "image_domain_auc", "text_mmd_p_value", "image_mmd_p_value")
+            },
+        )
     decision = decide_retrain(list(latest.values()), int(at_training), int(now or at_training), policy)
     return decision, trained.storage_id
 
@@ -241,8 +259,13 @@ def build_retrain_sensor(policy: RetrainPolicy) -> dg.SensorDefinition:
             return dg.SkipReason(f"no retraining rule fired: {json.dumps(decision.figures)}")
         reason = "; ".join(decision.reasons)
         context.log.info(f"retraining: {reason}")
-        return dg.RunRequest(run_key=f"retrain-after:{trained_at}",
-                             tags={RETRAIN_TRIGGER_TAG: decision.trigger, RETRAIN_REASON_TAG: reason[:1000],
-                                   "wb_pipeline/retrain_figures": json.dumps(decision.figures)[:1000]})
+        return dg.RunRequest(
+            run_key=f"retrain-after:{trained_at}",
+            tags={
+                RETRAIN_TRIGGER_TAG: decision.trigger,
+                RETRAIN_REASON_TAG: reason[:1000],
+                "wb_pipeline/retrain_figures": json.dumps(decision.figures)[:1000],
+            },
+        )
 
     return retrain_models_sensor

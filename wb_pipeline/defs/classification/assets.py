@@ -4,7 +4,6 @@ Lineage mirrors the no-leak rule: `fusion_classifier` never sees an embedding, o
 out-of-fold probabilities written by `label_classifiers`.
 """
 
-
 import time
 from typing import Literal
 
@@ -12,15 +11,15 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from wb_pipeline.core.data.storage import as_upath
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.evaluation.figures import grouped_bars_png, png_markdown
+from wb_pipeline.core.model_selection.metrics import MetricsConfig, confusion_matrix_png
 from wb_pipeline.core.models import classification as core
 from wb_pipeline.core.models import contrastive, prediction
-from wb_pipeline.core.runtime import worker_pool
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.models.fusion import tabular_features
-from wb_pipeline.core.evaluation.figures import grouped_bars_png, png_markdown
-from wb_pipeline.core.evaluation.metrics import MetricsConfig, confusion_matrix_png
 from wb_pipeline.core.monitoring.retrain import TrainingManifest, save_training_manifest
-from wb_pipeline.core.data.storage import as_upath
+from wb_pipeline.core.runtime import worker_pool
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import CATALOGUE_METADATA_KEY, RETRAIN_REASON_TAG
 from wb_pipeline.defs.config import config_class, to_core
@@ -36,9 +35,25 @@ ZeroShotSettings = config_class(core.ZeroShotConfig, "ZeroShotSettings")
 class ClassificationReportSettings(ReportSettings, ZeroShotSettings):
     """Bootstrap settings of the metrics and how the zero-shot baseline scores class names."""
 
-REPORT_COLUMNS = ["label", "model", "n", "n_classes", "macro_f1", "macro_f1_low", "macro_f1_high",
-                  "weighted_f1", "weighted_f1_low", "weighted_f1_high", "f1", "positive_class",
-                  "gain_vs_best_unimodal", "gain_low", "gain_high", "best_model"]
+
+REPORT_COLUMNS = [
+    "label",
+    "model",
+    "n",
+    "n_classes",
+    "macro_f1",
+    "macro_f1_low",
+    "macro_f1_high",
+    "weighted_f1",
+    "weighted_f1_low",
+    "weighted_f1_high",
+    "f1",
+    "positive_class",
+    "gain_vs_best_unimodal",
+    "gain_low",
+    "gain_high",
+    "best_model",
+]
 
 
 def classification_models_folder(pipeline_storage: WBStorage):
@@ -51,16 +66,23 @@ def models_folder(pipeline_storage: WBStorage, label: str):
     return classification_models_folder(pipeline_storage) / label
 
 
-def _features(labels: pd.DataFrame, text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable,
-              joint_embeddings: pd.DataFrame) -> dict:
+def _features(
+    labels: pd.DataFrame,
+    text_embeddings: EmbeddingTable,
+    image_embeddings: EmbeddingTable,
+    joint_embeddings: pd.DataFrame,
+) -> dict:
     """Row-aligned text, image and joint (combined) vectors of the products in `labels`."""
     nm = labels["nm"].tolist()
     joint = joint_embeddings.drop_duplicates("nm").set_index("nm")
     missing = pd.Index(nm).difference(joint.index)
     if len(missing):
         raise ValueError(f"classification: {len(missing)} products have no joint vector (e.g. {list(missing[:3])})")
-    return {"text": text_embeddings.subset(nm).vectors, "image": image_embeddings.subset(nm).vectors,
-            "joint": contrastive.joint_matrix(joint.loc[nm].reset_index(), "combined_joint")}
+    return {
+        "text": text_embeddings.subset(nm).vectors,
+        "image": image_embeddings.subset(nm).vectors,
+        "joint": contrastive.joint_matrix(joint.loc[nm].reset_index(), "combined_joint"),
+    }
 
 
 @dg.asset(group_name="classification", kinds={"sklearn"}, code_version="2", pool="classification")
@@ -108,21 +130,30 @@ def label_classifiers(
         report_progress(done_rows, total_rows, time.perf_counter() - step_started)
         frames.append(cv.probabilities)
         choices.append(cv.choices[cv.choices["chosen"]].drop(columns="chosen"))
-        trained.append({
-            "label": label, "rows": len(data.y), "classes": len(data.classes), "groups": len(np.unique(data.groups)),
-            "dropped_rare_classes": len(data.dropped_classes),
-            "dropped_rare_rows": int(sum(data.dropped_classes.values())),
-            **{f"final_{m}": f"C={c:g}, {w}" + (f", image×{iw:g}" if m == "early_fusion" else "")
-               for m, (c, w, iw) in cv.final_settings.items()},
-            "seconds": round(seconds, 1),
-        })
+        trained.append(
+            {
+                "label": label,
+                "rows": len(data.y),
+                "classes": len(data.classes),
+                "groups": len(np.unique(data.groups)),
+                "dropped_rare_classes": len(data.dropped_classes),
+                "dropped_rare_rows": int(sum(data.dropped_classes.values())),
+                **{
+                    f"final_{m}": f"C={c:g}, {w}" + (f", image×{iw:g}" if m == "early_fusion" else "")
+                    for m, (c, w, iw) in cv.final_settings.items()
+                },
+                "seconds": round(seconds, 1),
+            }
+        )
     worker_pool.end_worker_pool()  # the fold pool ends with the step under any executor, not 300 s idle later
-    probabilities = (pd.concat(frames, ignore_index=True) if frames
-                     else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS)))
+    probabilities = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS))
+    )
     # What drift and the retraining rule compare new drops with (the batches and size trained on).
     batches = tuple(sorted(clean_products["batch"].astype(str).unique())) if "batch" in clean_products else ("main",)
-    save_training_manifest(TrainingManifest(batches, len(clean_products), shares),
-                           classification_models_folder(pipeline_storage))
+    save_training_manifest(
+        TrainingManifest(batches, len(clean_products), shares), classification_models_folder(pipeline_storage)
+    )
     return dg.MaterializeResult(
         value=probabilities,
         metadata={
@@ -166,12 +197,20 @@ def fusion_classifier(
         diagnostics.append(per_fold)
         final, inputs, encoding = core.fit_final_late_fusion(label_classifiers, label, classes, settings, tabular)
         core.save_fusion_model(models_folder(pipeline_storage, label), label, final, inputs, encoding)
-        timings.append({"label": label, "classes": len(classes), "final_start": core.fusion_start_name(final.start_, inputs, final.start_weights_),
-                        "final_trees": int(final.n_trees_), "seconds": round(time.perf_counter() - started, 2)})
+        timings.append(
+            {
+                "label": label,
+                "classes": len(classes),
+                "final_start": core.fusion_start_name(final.start_, inputs, final.start_weights_),
+                "final_trees": int(final.n_trees_),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
         context.log.info(f"fusion {label}: {timings[-1]['seconds']}s")
     worker_pool.end_worker_pool()
-    predictions = (pd.concat(frames, ignore_index=True) if frames
-                   else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS)))
+    predictions = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(core.PROBABILITY_COLUMNS))
+    )
     return dg.MaterializeResult(
         value=predictions,
         metadata={
@@ -203,8 +242,9 @@ def classification_report(
     outer = label_classifiers[label_classifiers["stage"] == core.OUTER]
     labels = list(outer["label"].unique())
     classes = {label: core.label_classes(label_classifiers, label) for label in labels}
-    zero_shot, zero_shot_table, temperature = _zero_shot(label_classifiers, classes, contrastive_model,
-                                                         joint_embeddings, text_encoder, zero_shot_config)
+    zero_shot, zero_shot_table, temperature = _zero_shot(
+        label_classifiers, classes, contrastive_model, joint_embeddings, text_encoder, zero_shot_config
+    )
     for row in zero_shot_table:
         if row["status"] != "scored":
             context.log.warning(f"zero-shot {row['label']} not scored: {row['status']} ({row['detail']})")
@@ -216,20 +256,32 @@ def classification_report(
         "model_comparison": dg.MetadataValue.md(_comparison_markdown(report)) if len(report) else "no label trained",
         "table": dg.MetadataValue.md(_report_markdown(report)) if len(report) else "no label trained",
         "zero_shot": metadata.table(pd.DataFrame(zero_shot_table, columns=["label", "status", "detail", "phrases"]))
-        if zero_shot_table else "no label trained",
-        "zero_shot_setup": dg.MetadataValue.json({
-            "joint_column": zero_shot_config.joint_column, "template": zero_shot_config.template,
-            "temperature": temperature, "joint_model": contrastive.model_folder(contrastive_model)}),
+        if zero_shot_table
+        else "no label trained",
+        "zero_shot_setup": dg.MetadataValue.json(
+            {
+                "joint_column": zero_shot_config.joint_column,
+                "template": zero_shot_config.template,
+                "temperature": temperature,
+                "joint_model": contrastive.model_folder(contrastive_model),
+            }
+        ),
     }
     for label in labels:
-        result_metadata[f"confusion_{label}"] = dg.MetadataValue.md(_confusion_markdown(report, predictions, label,
-                                                                                        classes[label]))
+        result_metadata[f"confusion_{label}"] = dg.MetadataValue.md(
+            _confusion_markdown(report, predictions, label, classes[label])
+        )
     return dg.MaterializeResult(value=report, metadata=result_metadata)
 
 
-def _zero_shot(label_classifiers: pd.DataFrame, classes: dict[str, list[str]], contrastive_model: pd.DataFrame,
-               joint_embeddings: pd.DataFrame, text_encoder: TextEncoderResource,
-               config: core.ZeroShotConfig) -> tuple[list[pd.DataFrame], list[dict], float]:
+def _zero_shot(
+    label_classifiers: pd.DataFrame,
+    classes: dict[str, list[str]],
+    contrastive_model: pd.DataFrame,
+    joint_embeddings: pd.DataFrame,
+    text_encoder: TextEncoderResource,
+    config: core.ZeroShotConfig,
+) -> tuple[list[pd.DataFrame], list[dict], float]:
     """Zero-shot outer rows per label, a status row per label, and the softmax temperature (the joint
     model's learned one; it only shapes the probabilities, never the argmax)."""
     model, _ = contrastive.load_joint_model(as_upath(contrastive.model_folder(contrastive_model)))
@@ -245,8 +297,16 @@ def _zero_shot(label_classifiers: pd.DataFrame, classes: dict[str, list[str]], c
     frames, table = [], []
     for label, label_classes in classes.items():
         phrases = core.class_phrases(label, label_classes, config.class_phrases)
-        result = core.zero_shot_predictions(label_classifiers, label, label_classes, joint_embeddings["nm"].to_numpy(),
-                                            joint_vectors, score, config.class_phrases, temperature)
+        result = core.zero_shot_predictions(
+            label_classifiers,
+            label,
+            label_classes,
+            joint_embeddings["nm"].to_numpy(),
+            joint_vectors,
+            score,
+            config.class_phrases,
+            temperature,
+        )
         shown = ", ".join(f"{c} → {p!r}" for c, p in zip(label_classes, phrases))
         if isinstance(result, core.LabelSkip):
             table.append({"label": label, "status": result.reason, "detail": result.detail, "phrases": shown})
@@ -267,9 +327,16 @@ def _lead_markdown(report: pd.DataFrame) -> str:
     for label, part in report.groupby("label", sort=False):
         by_model = part.set_index("model")
         best = str(by_model["best_model"].iloc[0])
-        rows.append({"label": label, "best model": best, "macro-F1": f"{by_model.loc[best, 'macro_f1']:.3f}",
-                     "late fusion − best unimodal [95% paired]": (_gain_text(by_model.loc["late_fusion"])
-                                                                 if "late_fusion" in by_model.index else "")})
+        rows.append(
+            {
+                "label": label,
+                "best model": best,
+                "macro-F1": f"{by_model.loc[best, 'macro_f1']:.3f}",
+                "late fusion − best unimodal [95% paired]": (
+                    _gain_text(by_model.loc["late_fusion"]) if "late_fusion" in by_model.index else ""
+                ),
+            }
+        )
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
@@ -279,24 +346,45 @@ def _comparison_markdown(report: pd.DataFrame) -> str:
     labels = list(dict.fromkeys(report["label"]))
     pivot = lambda column: report.pivot(index="label", columns="model", values=column).loc[labels, order]  # noqa: E731
     best = report.drop_duplicates("label").set_index("label")["best_model"].to_dict()
-    png = grouped_bars_png(values.loc[labels, order], pivot("macro_f1_low"), pivot("macro_f1_high"),
-                           ylabel="held-out macro-F1", highlight=best)
-    return png_markdown(png, "macro-F1 per label and model", "Macro-F1 per label and model with 95% bootstrap "
-                        "intervals; the outlined bar is the model `test_predictions` uses. Look for late fusion "
-                        "(and early fusion) at or above the better of text and image, and for labels where the "
-                        "intervals overlap: there the ranking is not settled by this many rows.")
+    png = grouped_bars_png(
+        values.loc[labels, order],
+        pivot("macro_f1_low"),
+        pivot("macro_f1_high"),
+        ylabel="held-out macro-F1",
+        highlight=best,
+    )
+    return png_markdown(
+        png,
+        "macro-F1 per label and model",
+        "Macro-F1 per label and model with 95% bootstrap "
+        "intervals; the outlined bar is the model `test_predictions` uses. Look for late fusion "
+        "(and early fusion) at or above the better of text and image, and for labels where the "
+        "intervals overlap: there the ranking is not settled by this many rows.",
+    )
 
 
 def _report_markdown(report: pd.DataFrame) -> str:
     shown = report.copy()
-    shown["macro_f1 [95% CI]"] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
-                                  zip(shown["macro_f1"], shown["macro_f1_low"], shown["macro_f1_high"])]
+    shown["macro_f1 [95% CI]"] = [
+        f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+        for m, lo, hi in zip(shown["macro_f1"], shown["macro_f1_low"], shown["macro_f1_high"])
+    ]
     shown["weighted_f1"] = shown["weighted_f1"].map("{:.3f}".format)
     shown["f1 (rarer class)"] = shown.get("f1", pd.Series(np.nan, index=shown.index)).map(
-        lambda v: "" if pd.isna(v) else f"{v:.3f}")
+        lambda v: "" if pd.isna(v) else f"{v:.3f}"
+    )
     shown["gain vs best unimodal [95% paired]"] = [_gain_text(row) for _, row in shown.iterrows()]
-    columns = ["label", "model", "n", "n_classes", "macro_f1 [95% CI]", "weighted_f1", "f1 (rarer class)",
-               "gain vs best unimodal [95% paired]", "best_model"]
+    columns = [
+        "label",
+        "model",
+        "n",
+        "n_classes",
+        "macro_f1 [95% CI]",
+        "weighted_f1",
+        "f1 (rarer class)",
+        "gain vs best unimodal [95% paired]",
+        "best_model",
+    ]
     return shown[columns].to_markdown(index=False)
 
 
@@ -319,8 +407,9 @@ class TestPredictionSettings(dg.Config):
     model: Literal["best", "text", "image", "early_fusion", "joint", "mean_probability", "late_fusion"] = "best"
 
 
-@dg.asset(group_name="classification", kinds={"pandas"}, code_version="3",
-          deps=["label_classifiers", "fusion_classifier"])
+@dg.asset(
+    group_name="classification", kinds={"pandas"}, code_version="3", deps=["label_classifiers", "fusion_classifier"]
+)
 def test_predictions(
     clean_products: pd.DataFrame,
     product_characteristics: pd.DataFrame,
@@ -340,15 +429,29 @@ def test_predictions(
     joint_model, _ = contrastive.load_joint_model(as_upath(contrastive.model_folder(contrastive_model)))
     labels = list(classification_report["label"].unique())
     predictions = prediction.predict_products(
-        test, text_embeddings, image_embeddings, joint_model,
-        prediction.load_saved_models(classification_models_folder(pipeline_storage), labels), classification_report,
-        clean_products, product_characteristics, chosen=config.model)
+        test,
+        text_embeddings,
+        image_embeddings,
+        joint_model,
+        prediction.load_saved_models(classification_models_folder(pipeline_storage), labels),
+        classification_report,
+        clean_products,
+        product_characteristics,
+        chosen=config.model,
+    )
     predicted = predictions[predictions["predicted"].notna()]
-    summary = (predicted.groupby(["label", "model"]).agg(products=("nm", "nunique"),
-                                                         mean_probability=("probability", "mean"))
-               .reset_index() if len(predicted) else pd.DataFrame())
-    status = (predictions.groupby(["label", "status"]).size().unstack(fill_value=0).reset_index()
-              if len(predictions) else pd.DataFrame())
+    summary = (
+        predicted.groupby(["label", "model"])
+        .agg(products=("nm", "nunique"), mean_probability=("probability", "mean"))
+        .reset_index()
+        if len(predicted)
+        else pd.DataFrame()
+    )
+    status = (
+        predictions.groupby(["label", "status"]).size().unstack(fill_value=0).reset_index()
+        if len(predictions)
+        else pd.DataFrame()
+    )
     return dg.MaterializeResult(
         value=predictions,
         metadata={

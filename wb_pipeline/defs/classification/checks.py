@@ -1,6 +1,5 @@
 """Data tests on the classification outputs."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -25,11 +24,21 @@ def fusion_not_worse_than_best_unimodal(classification_report: pd.DataFrame) -> 
         if "late_fusion" not in by_model or unimodal.empty:
             continue
         fused, best = float(by_model["late_fusion"]), float(unimodal.max())
-        rows.append({"label": label, "best_unimodal": str(unimodal.idxmax()), "best_unimodal_macro_f1": round(best, 4),
-                     "late_fusion_macro_f1": round(fused, 4), "gain": round(fused - best, 4),
-                     "ok": fused >= best - FUSION_TOLERANCE, "winner": str(by_model.idxmax())})
-    table = pd.DataFrame(rows, columns=["label", "best_unimodal", "best_unimodal_macro_f1", "late_fusion_macro_f1",
-                                        "gain", "ok", "winner"])
+        rows.append(
+            {
+                "label": label,
+                "best_unimodal": str(unimodal.idxmax()),
+                "best_unimodal_macro_f1": round(best, 4),
+                "late_fusion_macro_f1": round(fused, 4),
+                "gain": round(fused - best, 4),
+                "ok": fused >= best - FUSION_TOLERANCE,
+                "winner": str(by_model.idxmax()),
+            }
+        )
+    table = pd.DataFrame(
+        rows,
+        columns=["label", "best_unimodal", "best_unimodal_macro_f1", "late_fusion_macro_f1", "gain", "ok", "winner"],
+    )
     failing = table.loc[~table["ok"].astype(bool), "label"].tolist()
     return dg.AssetCheckResult(
         passed=bool(len(table)) and not failing,
@@ -54,8 +63,16 @@ def test_predictions_cover_test_products(
     for label in labels:
         own = counts.loc[label] if label in counts.index.get_level_values(0) else pd.Series(dtype=int)
         missing = test_nm.difference(own.index)
-        gaps.append({"label": label, "missing": len(missing), "duplicated": int((own > 1).sum()),
-                     "orphans": len(own.index.difference(test_nm))})
+        gaps.append(
+            {
+                "label": label,
+                "missing": len(missing),
+                "duplicated": int((own > 1).sum()),
+                "orphans": len(own.index.difference(test_nm)),
+            }
+        )
     gap_table = pd.DataFrame(gaps, columns=["label", "missing", "duplicated", "orphans"])
     passed = bool((gap_table[["missing", "duplicated", "orphans"]] == 0).all().all())
-    return dg.AssetCheckResult(passed=passed, metadata={"test_products": len(test_nm), "per_label": metadata.table(gap_table)})
+    return dg.AssetCheckResult(
+        passed=passed, metadata={"test_products": len(test_nm), "per_label": metadata.table(gap_table)}
+    )

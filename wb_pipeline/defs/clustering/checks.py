@@ -1,6 +1,5 @@
 """Data tests on the clustering comparison."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -15,8 +14,11 @@ from wb_pipeline.defs import metadata
     "goal, not a guarantee.",
 )
 def joint_space_not_worse_than_unimodal(clustering_report: pd.DataFrame) -> dg.AssetCheckResult:
-    comparisons = [c for target in clustering.KNOWN_TARGETS
-                   if (c := clustering.equal_k_comparison(clustering_report, target, "joint", clustering.UNIMODAL_SPACES))]
+    comparisons = [
+        c
+        for target in clustering.KNOWN_TARGETS
+        if (c := clustering.equal_k_comparison(clustering_report, target, "joint", clustering.UNIMODAL_SPACES))
+    ]
     if not comparisons:
         return dg.AssetCheckResult(
             passed=False,
@@ -27,11 +29,16 @@ def joint_space_not_worse_than_unimodal(clustering_report: pd.DataFrame) -> dg.A
     return dg.AssetCheckResult(
         passed=not failing,
         severity=dg.AssetCheckSeverity.WARN,
-        description=(f"joint space below the best unimodal space at equal k on {', '.join(failing)}"
-                     if failing else "joint space ≥ best unimodal space at equal k on every known target"),
+        description=(
+            f"joint space below the best unimodal space at equal k on {', '.join(failing)}"
+            if failing
+            else "joint space ≥ best unimodal space at equal k on every known target"
+        ),
         metadata={
             "comparison": metadata.table(pd.DataFrame(comparisons).round(4)),
-            **{f"{c['target']}_joint_minus_best_unimodal_ami": round(c["candidate_ami"] - c["best_baseline_ami"], 4)
-               for c in comparisons},
+            **{
+                f"{c['target']}_joint_minus_best_unimodal_ami": round(c["candidate_ami"] - c["best_baseline_ami"], 4)
+                for c in comparisons
+            },
         },
     )

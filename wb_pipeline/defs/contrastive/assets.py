@@ -5,16 +5,15 @@ with the artifact folder (safetensors weights + JSON config, encoder fingerprint
 its `artifact` column; `joint_embeddings` reloads that artifact and projects every product.
 """
 
-
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.models import contrastive
-from wb_pipeline.core.models.contrastive import ContrastiveConfig
+from wb_pipeline.core.data.storage import as_upath
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.evaluation.figures import loss_curve_png, png_markdown
-from wb_pipeline.core.data.storage import as_upath
+from wb_pipeline.core.models import contrastive
+from wb_pipeline.core.models.contrastive import ContrastiveConfig
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
 from wb_pipeline.defs.resources import WBStorage
@@ -59,11 +58,17 @@ def contrastive_model(
     core_config = to_core(ContrastiveConfig, config)
     images = aligned_images(text_embeddings, image_embeddings)
     keys = contrastive.product_keys(text_embeddings.nm, clean_products, image_index)
-    fingerprints = {"text": upstream_fingerprint(context, "text_embeddings"),
-                    "image": upstream_fingerprint(context, "image_embeddings")}
+    fingerprints = {
+        "text": upstream_fingerprint(context, "text_embeddings"),
+        "image": upstream_fingerprint(context, "image_embeddings"),
+    }
     model, report = contrastive.train_joint_space(
-        text_embeddings.vectors, images.vectors, keys["title_key"].tolist(), keys["image_key"].tolist(),
-        core_config, progress=context.log.debug,
+        text_embeddings.vectors,
+        images.vectors,
+        keys["title_key"].tolist(),
+        keys["image_key"].tolist(),
+        core_config,
+        progress=context.log.debug,
     )
     fingerprint = contrastive.model_fingerprint(core_config, fingerprints, text_embeddings.vectors, images.vectors)
     folder = pipeline_storage.layout.contrastive_models / fingerprint
@@ -76,8 +81,11 @@ def contrastive_model(
         value=table,
         metadata={
             "recall_validation": metadata.table(table.drop(columns=["artifact"]).round(4)),
-            "loss_curve": dg.MetadataValue.md(png_markdown(
-                loss_curve_png(report.train_curve, report.validation_curve, report.best_step), "CLIP loss per step")),
+            "loss_curve": dg.MetadataValue.md(
+                png_markdown(
+                    loss_curve_png(report.train_curve, report.validation_curve, report.best_step), "CLIP loss per step"
+                )
+            ),
             "training_seconds": round(report.seconds, 2),
             "pairs_used": report.n_pairs,
             "train_pairs": report.n_train_pairs,

@@ -1,12 +1,11 @@
 """Data tests on the joint space: valid vectors for every product, and training that helped."""
 
-
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.models.contrastive import JOINT_COLUMNS, joint_matrix
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.models.contrastive import JOINT_COLUMNS, joint_matrix
 
 NORM_TOLERANCE = 1e-3
 

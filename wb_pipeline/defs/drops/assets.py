@@ -12,11 +12,11 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 
+from wb_pipeline.core.data.storage import as_upath
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.models import classification as core
 from wb_pipeline.core.models import contrastive, prediction
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.monitoring import drift, retrain
-from wb_pipeline.core.data.storage import as_upath
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import DROPS_GROUP, product_drops
 from wb_pipeline.defs.classification.assets import classification_models_folder
@@ -34,14 +34,21 @@ class DropPredictionSettings(dg.Config):
 
 
 def _drop_products(drop: str, raw_products_train: pd.DataFrame, raw_products_test: pd.DataFrame) -> pd.DataFrame:
-    parts = [frame.loc[frame["batch"] == drop, ["nm"]].assign(split=split)
-             for split, frame in (("train", raw_products_train), ("test", raw_products_test))]
+    parts = [
+        frame.loc[frame["batch"] == drop, ["nm"]].assign(split=split)
+        for split, frame in (("train", raw_products_train), ("test", raw_products_test))
+    ]
     products = pd.concat(parts, ignore_index=True)
     return products[products["nm"].notna()].drop_duplicates("nm").astype({"nm": str}).reset_index(drop=True)
 
 
-@dg.asset(group_name=DROPS_GROUP, kinds={"sklearn"}, partitions_def=product_drops, code_version="1",
-          deps=["label_classifiers", "fusion_classifier"])
+@dg.asset(
+    group_name=DROPS_GROUP,
+    kinds={"sklearn"},
+    partitions_def=product_drops,
+    code_version="1",
+    deps=["label_classifiers", "fusion_classifier"],
+)
 def drop_predictions(
     context: dg.AssetExecutionContext,
     raw_products_train: pd.DataFrame,
@@ -66,8 +73,9 @@ def drop_predictions(
     drop = context.partition_key
     products = _drop_products(drop, raw_products_train, raw_products_test)
     if products.empty:
-        raise ValueError(f"drop {drop!r}: no products in the ingested tables — was it ingested "
-                         "(run `reembed_new_products` first)?")
+        raise ValueError(
+            f"drop {drop!r}: no products in the ingested tables — was it ingested (run `reembed_new_products` first)?"
+        )
     clean_here = set(clean_products.loc[clean_products["batch"] == drop, "nm"].astype(str))
     rejected = rejected_products[rejected_products["nm"].astype(str).isin(set(products["nm"]) - clean_here)]
     model, _ = contrastive.load_joint_model(as_upath(contrastive.model_folder(contrastive_model)))
@@ -75,12 +83,28 @@ def drop_predictions(
     # The nightly flow does not re-run the labels group: predict_products parses the drop's own
     # characteristics (same parser) where product_characteristics lacks them.
     table = prediction.predict_products(
-        products, text_embeddings, image_embeddings, model,
-        prediction.load_saved_models(classification_models_folder(pipeline_storage), labels), classification_report,
-        clean_products, product_characteristics, clean_nm=clean_here, rejected=rejected, chosen=config.model)
-    status = table.groupby(["label", "status"]).size().unstack(fill_value=0).reset_index() if len(table) else pd.DataFrame()
-    per_label = (table[table["predicted"].notna()].groupby(["label", "model"])
-                 .agg(products=("nm", "nunique"), mean_probability=("probability", "mean")).reset_index().round(3))
+        products,
+        text_embeddings,
+        image_embeddings,
+        model,
+        prediction.load_saved_models(classification_models_folder(pipeline_storage), labels),
+        classification_report,
+        clean_products,
+        product_characteristics,
+        clean_nm=clean_here,
+        rejected=rejected,
+        chosen=config.model,
+    )
+    status = (
+        table.groupby(["label", "status"]).size().unstack(fill_value=0).reset_index() if len(table) else pd.DataFrame()
+    )
+    per_label = (
+        table[table["predicted"].notna()]
+        .groupby(["label", "model"])
+        .agg(products=("nm", "nunique"), mean_probability=("probability", "mean"))
+        .reset_index()
+        .round(3)
+    )
     reasons = table.loc[table["reason"] != "", ["status", "reason"]].value_counts().reset_index(name="rows")
     return dg.MaterializeResult(
         value=table,
@@ -92,7 +116,9 @@ def drop_predictions(
             "labels": len(labels),
             "status_per_label": metadata.table(status) if len(status) else "no label trained",
             "per_label": metadata.table(per_label) if len(per_label) else "nothing predicted",
-            "reasons": metadata.table(reasons, max_rows=100) if len(reasons) else "none: every row predicted by the chosen model",
+            "reasons": metadata.table(reasons, max_rows=100)
+            if len(reasons)
+            else "none: every row predicted by the chosen model",
             "preview": metadata.preview(table, rows=10),
         },
     )
@@ -130,11 +156,20 @@ def drop_drift(
         both = available["text"] & available["image"]
         sides[name] = ({block: features[block][both] for block in ("text", "image")}, groups[mask][both])
     (reference, ref_groups), (new, new_groups) = sides["reference"], sides["drop"]
-    report = drift.assess_drift(reference, new, drop_predictions[drop_predictions["predicted"].notna()],
-                                manifest.label_shares if manifest else {}, settings, ref_groups, new_groups)
+    report = drift.assess_drift(
+        reference,
+        new,
+        drop_predictions[drop_predictions["predicted"].notna()],
+        manifest.label_shares if manifest else {},
+        settings,
+        ref_groups,
+        new_groups,
+    )
     if manifest is None:
-        report.reasons.append("the saved models have no training manifest (trained before it existed): the reference "
-                              "is the main dump and the label shift is not measured")
+        report.reasons.append(
+            "the saved models have no training manifest (trained before it existed): the reference "
+            "is the main dump and the label shift is not measured"
+        )
     summary = {"drop": drop, **report.summary(), "verdict": report.verdict}
     context.log.info(f"drop {drop}: {report.verdict}")
     return dg.MaterializeResult(

@@ -5,8 +5,15 @@ import pandas as pd
 
 from wb_pipeline.defs.automation.jobs import product_drops
 
-FIGURES = ("drop_rows", "reference_rows", "text_domain_auc", "image_domain_auc", "text_mmd_p_value",
-           "image_mmd_p_value", "max_label_js_excess")
+FIGURES = (
+    "drop_rows",
+    "reference_rows",
+    "text_domain_auc",
+    "image_domain_auc",
+    "text_mmd_p_value",
+    "image_mmd_p_value",
+    "max_label_js_excess",
+)
 
 
 @dg.asset_check(
@@ -22,6 +29,11 @@ def drop_within_training_distribution(drop_drift: pd.DataFrame) -> dg.AssetCheck
     return dg.AssetCheckResult(
         passed=not (bool(row["drifted"]) or bool(row["label_shift"])),
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"verdict": dg.MetadataValue.md(str(row["verdict"])), "drifted": bool(row["drifted"]),
-                  "label_shift": bool(row["label_shift"]), "judged": bool(row["judged"]), **figures},
+        metadata={
+            "verdict": dg.MetadataValue.md(str(row["verdict"])),
+            "drifted": bool(row["drifted"]),
+            "label_shift": bool(row["label_shift"]),
+            "judged": bool(row["judged"]),
+            **figures,
+        },
     )

@@ -1,6 +1,5 @@
 """Group `embeddings`: text and image vectors per clean product, computed incrementally."""
 
-
 from collections.abc import Mapping
 from typing import Literal
 
@@ -9,15 +8,26 @@ import numpy as np
 import pandas as pd
 
 from wb_pipeline.core.data import images, schema
+from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.core.embeddings.runs import embed_texts, embed_zip_images
 from wb_pipeline.core.embeddings.vectors import EmbeddingCache, EmbeddingTable, EmbedStats
 from wb_pipeline.core.text.product_text import encoder_text
-from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.defs.embeddings.resources import ImageEncoderResource, TextEncoderResource
 from wb_pipeline.defs.progress import progress_logger
 from wb_pipeline.defs.resources import WBRawData, WBStorage
-from wb_pipeline.defs.sharding import (COLUMNS_INPUT, RAN_NOW, SHARD_INPUT, SHARD_TAG, columns_input, latest_shard_metadata,
-                                       shard_asset_name, shard_description, shard_input, shard_names, summed)
+from wb_pipeline.defs.sharding import (
+    COLUMNS_INPUT,
+    RAN_NOW,
+    SHARD_INPUT,
+    SHARD_TAG,
+    columns_input,
+    latest_shard_metadata,
+    shard_asset_name,
+    shard_description,
+    shard_input,
+    shard_names,
+    summed,
+)
 
 # Chosen by measurement (benchmarks/text_fast_path.py, 2 cores, int8 engine, title + ~200-word
 # description): 64 / 96 / 128 / 192 tokens -> ~116 / 76 / 58 / 37 texts/s (whole: ~12, fp32 torch
@@ -58,10 +68,17 @@ def embedding_metadata(table: EmbeddingTable, encoder, stats: EmbedStats) -> dic
 def _text_embeddings_shard(index: int, n_shards: int, op_tags: Mapping[str, object] | None) -> dg.AssetsDefinition:
     key = shard_keys(n_shards)[index]
 
-    @dg.asset(name=shard_asset_name("text_embeddings", key), group_name="embeddings", kinds={"pytorch", "parquet"},
-              code_version="2", pool="embedding", description=shard_description("text_embeddings", key, n_shards),
-              ins={"product_text": dg.AssetIn(shard_asset_name("product_text", key))}, tags={SHARD_TAG: key},
-              op_tags=op_tags)
+    @dg.asset(
+        name=shard_asset_name("text_embeddings", key),
+        group_name="embeddings",
+        kinds={"pytorch", "parquet"},
+        code_version="2",
+        pool="embedding",
+        description=shard_description("text_embeddings", key, n_shards),
+        ins={"product_text": dg.AssetIn(shard_asset_name("product_text", key))},
+        tags={SHARD_TAG: key},
+        op_tags=op_tags,
+    )
     def text_embeddings_shard(
         context: dg.AssetExecutionContext,
         product_text: pd.DataFrame,
@@ -74,19 +91,23 @@ def _text_embeddings_shard(index: int, n_shards: int, op_tags: Mapping[str, obje
         budget = config.description_token_budget if config.fields == "title_description" else None
         tokenizer = getattr(encoder, "budget_tokenizer", None) if budget is not None else None
         if budget is not None and tokenizer is None:
-            context.log.warning(f"text_embeddings: {encoder!r} has no token counter; "
-                                f"description_token_budget={budget} is not applied")
+            context.log.warning(
+                f"text_embeddings: {encoder!r} has no token counter; description_token_budget={budget} is not applied"
+            )
             budget = None
         texts = encoder_text(product_text, config.fields, config.form, budget, tokenizer)
-        cache = EmbeddingCache(shard_cache(pipeline_storage, "text_embeddings", key, n_shards), encoder.fingerprint,
-                               encoder.dim)
-        vectors, stats = embed_texts(texts.tolist(), encoder, cache, config.chunk_size,
-                                     progress_logger(context, f"text_embeddings[{key}]"))
+        cache = EmbeddingCache(
+            shard_cache(pipeline_storage, "text_embeddings", key, n_shards), encoder.fingerprint, encoder.dim
+        )
+        vectors, stats = embed_texts(
+            texts.tolist(), encoder, cache, config.chunk_size, progress_logger(context, f"text_embeddings[{key}]")
+        )
         table = EmbeddingTable(nm=product_text["nm"].to_numpy(), vectors=vectors)
         metadata = embedding_metadata(table, encoder, stats)
         metadata["input_text"] = f"{config.fields} ({config.form})"
-        metadata["text_engine"] = text_encoder.engine if text_encoder.backend == "sentence_transformers" \
-            else text_encoder.backend
+        metadata["text_engine"] = (
+            text_encoder.engine if text_encoder.backend == "sentence_transformers" else text_encoder.backend
+        )
         metadata["description_token_budget"] = "whole description" if budget is None else f"{budget} tokens"
         return dg.MaterializeResult(value=table, metadata=metadata)
 
@@ -99,11 +120,13 @@ def shard_cache(pipeline_storage: WBStorage, stage: str, key: str, n_shards: int
 
 
 def _gathered(shards: list[EmbeddingTable], nm: pd.Series) -> EmbeddingTable:
-    table = EmbeddingTable(nm=np.concatenate([shard.nm for shard in shards]),
-                           vectors=np.concatenate([shard.vectors for shard in shards]))
+    table = EmbeddingTable(
+        nm=np.concatenate([shard.nm for shard in shards]), vectors=np.concatenate([shard.vectors for shard in shards])
+    )
     if len(table) != len(nm):
-        raise ValueError(f"the shards hold {len(table)} vectors but the catalogue lists {len(nm)} products: "
-                         "re-run the shard steps")
+        raise ValueError(
+            f"the shards hold {len(table)} vectors but the catalogue lists {len(nm)} products: re-run the shard steps"
+        )
     return table.subset(nm.tolist())
 
 
@@ -111,8 +134,19 @@ def _gather_metadata(context: dg.AssetExecutionContext, table: EmbeddingTable, n
     """The shards' figures summed (what the vectors cost when each shard was last embedded)."""
     shard_meta = latest_shard_metadata(context, names)
     first = shard_meta[0] if shard_meta else {}
-    copied = {key: first[key] for key in ("encoder", "encoder_fingerprint", "input_text", "text_engine",
-                                           "description_token_budget", "channel_order", "decode") if key in first}
+    copied = {
+        key: first[key]
+        for key in (
+            "encoder",
+            "encoder_fingerprint",
+            "input_text",
+            "text_engine",
+            "description_token_budget",
+            "channel_order",
+            "decode",
+        )
+        if key in first
+    }
     seconds = sum(float(meta.get("seconds") or 0.0) for meta in shard_meta if meta[RAN_NOW])
     return {
         "dagster/row_count": len(table),
@@ -135,10 +169,15 @@ def build_embedding_assets(n_shards: int, op_tags: Mapping[str, object] | None =
     text_names = shard_names("text_embeddings", n_shards)
     image_names = shard_names("image_embeddings", n_shards)
 
-    @dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"}, code_version="3",
-              ins={"clean_products": columns_input("nm"), **{name: dg.AssetIn() for name in text_names}})
-    def text_embeddings(context: dg.AssetExecutionContext, clean_products: pd.DataFrame,
-                        **shards: EmbeddingTable) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name="embeddings",
+        kinds={"pytorch", "parquet"},
+        code_version="3",
+        ins={"clean_products": columns_input("nm"), **{name: dg.AssetIn() for name in text_names}},
+    )
+    def text_embeddings(
+        context: dg.AssetExecutionContext, clean_products: pd.DataFrame, **shards: EmbeddingTable
+    ) -> dg.MaterializeResult:
         """One L2-normalised float32 text vector per clean product (row-aligned with `nm`), gathered
         from the `text_embeddings_shard_<k>` assets in catalogue order.
 
@@ -147,10 +186,15 @@ def build_embedding_assets(n_shards: int, op_tags: Mapping[str, object] | None =
         table = _gathered([shards[name] for name in text_names], clean_products["nm"])
         return dg.MaterializeResult(value=table, metadata=_gather_metadata(context, table, text_names))
 
-    @dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"}, code_version="2",
-              ins={"clean_products": columns_input("nm"), **{name: dg.AssetIn() for name in image_names}})
-    def image_embeddings(context: dg.AssetExecutionContext, clean_products: pd.DataFrame,
-                         **shards: EmbeddingTable) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name="embeddings",
+        kinds={"pytorch", "parquet"},
+        code_version="2",
+        ins={"clean_products": columns_input("nm"), **{name: dg.AssetIn() for name in image_names}},
+    )
+    def image_embeddings(
+        context: dg.AssetExecutionContext, clean_products: pd.DataFrame, **shards: EmbeddingTable
+    ) -> dg.MaterializeResult:
         """One L2-normalised float32 image vector per clean product (row-aligned with `nm`), gathered
         from the `image_embeddings_shard_<k>` assets in catalogue order.
 
@@ -182,12 +226,21 @@ def _image_embeddings_shard(index: int, n_shards: int, op_tags: Mapping[str, obj
     key = shard_keys(n_shards)[index]
     shard_rows = dg.AssetIn(metadata={SHARD_INPUT: [index, n_shards], COLUMNS_INPUT: ["nm"]})
 
-    @dg.asset(name=shard_asset_name("image_embeddings", key), group_name="embeddings",
-              kinds={"pytorch", "parquet"}, code_version="1", pool="embedding",
-              description=shard_description("image_embeddings", key, n_shards),
-              ins={"clean_products": shard_rows, "image_index": shard_input(index, n_shards),
-                   "image_members": shard_input(index, n_shards)}, tags={SHARD_TAG: key},
-              op_tags=op_tags)
+    @dg.asset(
+        name=shard_asset_name("image_embeddings", key),
+        group_name="embeddings",
+        kinds={"pytorch", "parquet"},
+        code_version="1",
+        pool="embedding",
+        description=shard_description("image_embeddings", key, n_shards),
+        ins={
+            "clean_products": shard_rows,
+            "image_index": shard_input(index, n_shards),
+            "image_members": shard_input(index, n_shards),
+        },
+        tags={SHARD_TAG: key},
+        op_tags=op_tags,
+    )
     def image_embeddings_shard(
         context: dg.AssetExecutionContext,
         clean_products: pd.DataFrame,
@@ -210,8 +263,9 @@ def _image_embeddings_shard(index: int, n_shards: int, op_tags: Mapping[str, obj
         fingerprint = f"{encoder.fingerprint}-{config.channel_order.lower()}"
         if min_decode_side is not None:
             fingerprint += f"-draft{min_decode_side}"
-        cache = EmbeddingCache(shard_cache(pipeline_storage, "image_embeddings", key, n_shards), fingerprint,
-                               encoder.dim)
+        cache = EmbeddingCache(
+            shard_cache(pipeline_storage, "image_embeddings", key, n_shards), fingerprint, encoder.dim
+        )
         vectors = np.zeros((len(rows), encoder.dim), dtype=np.float32)
         stats = EmbedStats()
         for batch, part in rows.groupby("batch", sort=True):

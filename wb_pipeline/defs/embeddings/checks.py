@@ -1,6 +1,5 @@
 """Data tests on the embedding tables (the same checks for text and image)."""
 
-
 import dagster as dg
 import numpy as np
 import pandas as pd

@@ -57,19 +57,52 @@ class TextEncoderResource(dg.ConfigurableResource):
     cache_dir: str  # where converted models live (under the storage dir by default)
 
     def build(self):
-        return _cached_encoder(_build_text_encoder, self.backend, self.model, self.pretrained, self.prompt,
-                               self.max_seq_length, self.batch_size, self.device, self.num_threads,
-                               self.allow_download, self.cache_dir, self.engine)
+        return _cached_encoder(
+            _build_text_encoder,
+            self.backend,
+            self.model,
+            self.pretrained,
+            self.prompt,
+            self.max_seq_length,
+            self.batch_size,
+            self.device,
+            self.num_threads,
+            self.allow_download,
+            self.cache_dir,
+            self.engine,
+        )
 
     def build_query_encoder(self):
         """The same encoder with `query_prompt` instead of `prompt` (for search queries)."""
-        return _cached_encoder(_build_text_encoder, self.backend, self.model, self.pretrained, self.query_prompt,
-                               self.max_seq_length, self.batch_size, self.device, self.num_threads,
-                               self.allow_download, self.cache_dir, self.engine)
+        return _cached_encoder(
+            _build_text_encoder,
+            self.backend,
+            self.model,
+            self.pretrained,
+            self.query_prompt,
+            self.max_seq_length,
+            self.batch_size,
+            self.device,
+            self.num_threads,
+            self.allow_download,
+            self.cache_dir,
+            self.engine,
+        )
 
 
-def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batch_size, device, num_threads,
-                        allow_download, cache_dir, engine="onnx_int8"):
+def _build_text_encoder(
+    backend,
+    model,
+    pretrained,
+    prompt,
+    max_seq_length,
+    batch_size,
+    device,
+    num_threads,
+    allow_download,
+    cache_dir,
+    engine="onnx_int8",
+):
     from wb_pipeline.core.embeddings.encoders import text as text_encoders
 
     if batch_size is None:
@@ -80,24 +113,33 @@ def _build_text_encoder(backend, model, pretrained, prompt, max_seq_length, batc
     if backend == "open_clip":
         from wb_pipeline.core.embeddings.encoders.open_clip import OpenClipTextEncoder
 
-        return OpenClipTextEncoder(**_open_clip_args(model, pretrained), device=device, batch_size=batch_size,
-                                   cache_dir=str(storage.encoder_model_folder(cache_dir, "open_clip")))
-    kwargs = dict(prompt=prompt, max_seq_length=max_seq_length, device=device, batch_size=batch_size,
-                  num_threads=num_threads)
+        return OpenClipTextEncoder(
+            **_open_clip_args(model, pretrained),
+            device=device,
+            batch_size=batch_size,
+            cache_dir=str(storage.encoder_model_folder(cache_dir, "open_clip")),
+        )
+    kwargs = dict(
+        prompt=prompt, max_seq_length=max_seq_length, device=device, batch_size=batch_size, num_threads=num_threads
+    )
     onnx_dir = str(storage.encoder_model_folder(cache_dir, "onnx"))
     if model == DEFAULT_TEXT_MODEL:
-        return text_encoders.default_e5_encoder(str(storage.encoder_model_folder(cache_dir, "e5")), engine=engine,
-                                                onnx_cache_dir=onnx_dir, **kwargs)
+        return text_encoders.default_e5_encoder(
+            str(storage.encoder_model_folder(cache_dir, "e5")), engine=engine, onnx_cache_dir=onnx_dir, **kwargs
+        )
     if engine == "torch":
         return text_encoders.SentenceTransformerTextEncoder(model, allow_download=allow_download, **kwargs)
     from wb_pipeline.core.embeddings.encoders.text_onnx import OnnxTextEncoder
 
     if not Path(model).is_dir():
-        raise ValueError(f"text encoder engine={engine!r} needs a local sentence-transformers folder, got "
-                         f"{model!r}: download it first, or set engine='torch'")
+        raise ValueError(
+            f"text encoder engine={engine!r} needs a local sentence-transformers folder, got "
+            f"{model!r}: download it first, or set engine='torch'"
+        )
     kwargs.pop("device")
-    return OnnxTextEncoder(model, quantization="int8" if engine == "onnx_int8" else "none", cache_dir=onnx_dir,
-                           **kwargs)
+    return OnnxTextEncoder(
+        model, quantization="int8" if engine == "onnx_int8" else "none", cache_dir=onnx_dir, **kwargs
+    )
 
 
 def _open_clip_args(model: str, pretrained: str | None) -> dict:
@@ -126,8 +168,18 @@ class ImageEncoderResource(dg.ConfigurableResource):
     cache_dir: str
 
     def build(self):
-        return _cached_encoder(_build_image_encoder, self.backend, self.model, self.pretrained, self.engine,
-                               self.resolution, self.batch_size, self.device, self.num_threads, self.cache_dir)
+        return _cached_encoder(
+            _build_image_encoder,
+            self.backend,
+            self.model,
+            self.pretrained,
+            self.engine,
+            self.resolution,
+            self.batch_size,
+            self.device,
+            self.num_threads,
+            self.cache_dir,
+        )
 
 
 def _build_image_encoder(backend, model, pretrained, engine, resolution, batch_size, device, num_threads, cache_dir):
@@ -135,10 +187,18 @@ def _build_image_encoder(backend, model, pretrained, engine, resolution, batch_s
     from wb_pipeline.core.embeddings.encoders import open_clip
 
     if backend == "open_clip":
-        return open_clip.OpenClipImageEncoder(**_open_clip_args(model, pretrained), device=device,
-                                                   batch_size=batch_size,
-                                                   cache_dir=str(storage.encoder_model_folder(cache_dir, "open_clip")))
+        return open_clip.OpenClipImageEncoder(
+            **_open_clip_args(model, pretrained),
+            device=device,
+            batch_size=batch_size,
+            cache_dir=str(storage.encoder_model_folder(cache_dir, "open_clip")),
+        )
     return image_encoders.EfficientNetLiteEncoder(
-        variant=model, engine=engine, resolution=resolution, batch_size=batch_size, num_threads=num_threads,
-        device=device, cache_dir=str(storage.encoder_model_folder(cache_dir, "onnx")),
+        variant=model,
+        engine=engine,
+        resolution=resolution,
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device=device,
+        cache_dir=str(storage.encoder_model_folder(cache_dir, "onnx")),
     )

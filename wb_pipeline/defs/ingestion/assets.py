@@ -12,13 +12,21 @@ import pandas as pd
 
 from wb_pipeline.core.data import images, schema, storage
 from wb_pipeline.core.data.ingestion import read_wb_table
+from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import INGESTED_DROPS_METADATA_KEY, product_drops
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData, WBStorage
-from wb_pipeline.defs.sharding import (SHARD_TAG, SHARDED_LAYOUT, latest_shard_metadata, shard_asset_name,
-                                       shard_description, shard_input, shard_names, summed)
+from wb_pipeline.defs.sharding import (
+    SHARD_TAG,
+    SHARDED_LAYOUT,
+    latest_shard_metadata,
+    shard_asset_name,
+    shard_description,
+    shard_input,
+    shard_names,
+    summed,
+)
 
 # A resource, not per-step config: every shard step of a run must check images the same way.
 ImageIndexSettings = config_class(images.ImageConfig, "ImageIndexSettings", base=dg.ConfigurableResource)
@@ -30,7 +38,9 @@ def _sources(context: dg.AssetExecutionContext, raw_data: WBRawData):
     return raw_data.sources(drops), sorted(drops)
 
 
-def _raw_table(context: dg.AssetExecutionContext, raw_data: WBRawData, file_name: str, required) -> dg.MaterializeResult:
+def _raw_table(
+    context: dg.AssetExecutionContext, raw_data: WBRawData, file_name: str, required
+) -> dg.MaterializeResult:
     sources, drops = _sources(context, raw_data)
     parts = []
     for batch, folder in sources:
@@ -87,14 +97,22 @@ def image_members(context: dg.AssetExecutionContext, raw_data: WBRawData) -> dg.
     table = pd.concat(parts, ignore_index=True)
     return dg.MaterializeResult(
         value=table,
-        metadata={"dagster/row_count": len(table), "rows_by_batch": metadata.value_counts(table["batch"], "batch"),
-                  "zip_bytes": int(table.drop_duplicates("batch")["zip_bytes"].sum())},
+        metadata={
+            "dagster/row_count": len(table),
+            "rows_by_batch": metadata.value_counts(table["batch"], "batch"),
+            "zip_bytes": int(table.drop_duplicates("batch")["zip_bytes"].sum()),
+        },
     )
 
 
-def _scan_image_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pipeline_storage: WBStorage,
-                      settings: "ImageIndexSettings", members: pd.DataFrame,
-                      shard: tuple[int, int]) -> dg.MaterializeResult:
+def _scan_image_shard(
+    context: dg.AssetExecutionContext,
+    raw_data: WBRawData,
+    pipeline_storage: WBStorage,
+    settings: "ImageIndexSettings",
+    members: pd.DataFrame,
+    shard: tuple[int, int],
+) -> dg.MaterializeResult:
     sources, _ = _sources(context, raw_data)
     image_config = to_core(images.ImageConfig, settings)
     check_key = hashlib.sha256(images.decode_check_key(image_config).encode()).hexdigest()[:16]
@@ -104,16 +122,26 @@ def _scan_image_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pi
     for batch, folder in sources:
         sizes_path = folder / schema.IMAGE_SIZES_FILE
         sizes = read_wb_table(sizes_path, schema.IMAGE_SIZES_REQUIRED_COLUMNS) if sizes_path.exists() else None
-        cache_path = pipeline_storage.layout.shard_cache("image_index", n_shards,
-                                                         f"{batch}-{check_key}-{index_n}.parquet")
+        cache_path = pipeline_storage.layout.shard_cache(
+            "image_index", n_shards, f"{batch}-{check_key}-{index_n}.parquet"
+        )
         previous = storage.read_parquet(cache_path) if cache_path.exists() else None
         batch_members = members[members["batch"] == batch]
-        with storage.open_regular_file(folder / schema.IMAGES_ZIP) as handle, images.open_listed_zip(handle, batch_members) as zf:
+        with (
+            storage.open_regular_file(folder / schema.IMAGES_ZIP) as handle,
+            images.open_listed_zip(handle, batch_members) as zf,
+        ):
             index, rejected_members = images.build_image_index(zf, sizes, image_config, previous=previous, shard=shard)
         storage.write_parquet(index, cache_path)
-        reused = 0 if previous is None else int(
-            index.set_index(["member", "crc32", "byte_size"]).index.isin(
-                previous.set_index(["member", "crc32", "byte_size"]).index).sum())
+        reused = (
+            0
+            if previous is None
+            else int(
+                index.set_index(["member", "crc32", "byte_size"])
+                .index.isin(previous.set_index(["member", "crc32", "byte_size"]).index)
+                .sum()
+            )
+        )
         checked_now += len(index) - reused
         index.insert(1, "batch", batch)
         rejected_members.insert(0, "batch", batch)
@@ -133,23 +161,39 @@ def _scan_image_shard(context: dg.AssetExecutionContext, raw_data: WBRawData, pi
 
 def _check_counts(index: pd.DataFrame, checked_now: int) -> dict:
     """Rows, decodable ones, and how many were read now vs reused from the previous index."""
-    return {"dagster/row_count": len(index), "decodable": int(index["decodable"].sum()), "checked_now": checked_now,
-            "reused_from_previous_index": len(index) - checked_now}
+    return {
+        "dagster/row_count": len(index),
+        "decodable": int(index["decodable"].sum()),
+        "checked_now": checked_now,
+        "reused_from_previous_index": len(index) - checked_now,
+    }
 
 
 def _image_index_shard(index: int, n_shards: int) -> dg.AssetsDefinition:
     key = shard_keys(n_shards)[index]
 
-    @dg.asset(name=shard_asset_name("image_index", key), group_name="ingestion", kinds={"zip", "pandas"},
-              code_version="2", description=shard_description("image_index", key, n_shards),
-              tags={SHARD_TAG: key}, ins={"image_members": shard_input(index, n_shards)})
-    def image_index_shard(context: dg.AssetExecutionContext, image_members: pd.DataFrame, raw_data: WBRawData,
-                          pipeline_storage: WBStorage, image_index_settings: ImageIndexSettings) -> dg.MaterializeResult:
+    @dg.asset(
+        name=shard_asset_name("image_index", key),
+        group_name="ingestion",
+        kinds={"zip", "pandas"},
+        code_version="2",
+        description=shard_description("image_index", key, n_shards),
+        tags={SHARD_TAG: key},
+        ins={"image_members": shard_input(index, n_shards)},
+    )
+    def image_index_shard(
+        context: dg.AssetExecutionContext,
+        image_members: pd.DataFrame,
+        raw_data: WBRawData,
+        pipeline_storage: WBStorage,
+        image_index_settings: ImageIndexSettings,
+    ) -> dg.MaterializeResult:
         """The members of one shard checked (decode, content hash, content signals), each batch's
         result kept under `cache/image_index/` so an unchanged member is not read again. The zip is
         opened from this shard's rows of `image_members`, not from its central directory."""
-        return _scan_image_shard(context, raw_data, pipeline_storage, image_index_settings, image_members,
-                                 (index, n_shards))
+        return _scan_image_shard(
+            context, raw_data, pipeline_storage, image_index_settings, image_members, (index, n_shards)
+        )
 
     return image_index_shard
 
@@ -160,10 +204,16 @@ def build_image_index_assets(n_shards: int) -> list[dg.AssetsDefinition]:
     shards = [_image_index_shard(index, n_shards) for index in range(n_shards)]
     names = shard_names("image_index", n_shards)
 
-    @dg.asset(group_name="ingestion", kinds={"zip", "pandas"}, code_version="3",
-              ins={name: dg.AssetIn() for name in names}, metadata={SHARDED_LAYOUT: True})
-    def image_index(context: dg.AssetExecutionContext, image_index_settings: ImageIndexSettings,
-                    **shard_indexes: pd.DataFrame) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name="ingestion",
+        kinds={"zip", "pandas"},
+        code_version="3",
+        ins={name: dg.AssetIn() for name in names},
+        metadata={SHARDED_LAYOUT: True},
+    )
+    def image_index(
+        context: dg.AssetExecutionContext, image_index_settings: ImageIndexSettings, **shard_indexes: pd.DataFrame
+    ) -> dg.MaterializeResult:
         """One row per `{nm}.jpg` member of the images zip(s): byte size, CRC-32, content hash,
         decodable, width, height, mode, reason, and for images under the empty-image size trigger the
         content check (signals, `empty_rule`, `empty_detail`; see `core.data.images.apply_empty_image_rule`).
@@ -176,8 +226,7 @@ def build_image_index_assets(n_shards: int) -> list[dg.AssetsDefinition]:
         shard, so `image_embeddings_shard_<k>` reads only its rows."""
         image_config = to_core(images.ImageConfig, image_index_settings)
         drops = sorted(context.instance.get_dynamic_partitions(product_drops.name))
-        index = images.merge_shard_indexes([shard_indexes[name] for name in names], [MAIN_BATCH, *drops],
-                                           image_config)
+        index = images.merge_shard_indexes([shard_indexes[name] for name in names], [MAIN_BATCH, *drops], image_config)
         shard_meta = latest_shard_metadata(context, names)
         checked_now = summed(shard_meta, "checked_now", ran_now_only=True)
         return dg.MaterializeResult(

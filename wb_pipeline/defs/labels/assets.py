@@ -1,13 +1,11 @@
 """Group `labels`: parsed characteristics and the derived labels."""
 
-
 import dagster as dg
 import pandas as pd
 
-from wb_pipeline.core.data import schema
 from wb_pipeline.core.data.characteristics import characteristics_table
-from wb_pipeline.core.labels.table import assemble_labels, values_outside_vocabulary
 from wb_pipeline.core.labels.rules import LabelRulesConfig, derive_labels
+from wb_pipeline.core.labels.table import assemble_labels, values_outside_vocabulary
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
 

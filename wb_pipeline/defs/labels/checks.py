@@ -1,6 +1,5 @@
 """Data tests on the labels."""
 
-
 import dagster as dg
 import pandas as pd
 

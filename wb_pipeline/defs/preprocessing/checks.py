@@ -1,6 +1,5 @@
 """Data tests on the cleaning step's outputs."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -37,7 +36,10 @@ def clean_products_required_columns(clean_products: pd.DataFrame) -> dg.AssetChe
     }
     return dg.AssetCheckResult(
         passed=not missing_columns and not any(empty.values()),
-        metadata={"missing_columns": ", ".join(missing_columns) or "none", **{f"empty_{k}": v for k, v in empty.items()}},
+        metadata={
+            "missing_columns": ", ".join(missing_columns) or "none",
+            **{f"empty_{k}": v for k, v in empty.items()},
+        },
     )
 
 

@@ -6,7 +6,6 @@ with the build folder (faiss index + products + manifest, under `<storage>/searc
 `index_folder` column: what `python -m wb_pipeline.search` reads.
 """
 
-
 import dataclasses
 import json
 import time
@@ -16,13 +15,13 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from wb_pipeline.core.models import contrastive
 from wb_pipeline.core.data import images, schema
-from wb_pipeline.core.evaluation import folds
-from wb_pipeline.core.models.clustering import ClusteringConfig
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.data.ingestion import SchemaError, read_wb_table
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.evaluation.figures import png_markdown
+from wb_pipeline.core.model_selection import folds
+from wb_pipeline.core.models import contrastive
+from wb_pipeline.core.models.clustering import ClusteringConfig
 from wb_pipeline.core.search import duplicates as dup
 from wb_pipeline.core.search import report, variants
 from wb_pipeline.core.search.contact_sheet import contact_sheet_png
@@ -92,8 +91,9 @@ def product_index(
     space_reason = "pinned by config"
     if core_config.space == AUTO_SPACE:
         clusters_meta = latest_metadata(context, "product_clusters")
-        space, space_reason = choose_index_space(dict(clusters_meta.get("space_mean_equal_k_ami") or {}),
-                                                 ClusteringConfig().space_choice_margin)
+        space, space_reason = choose_index_space(
+            dict(clusters_meta.get("space_mean_equal_k_ami") or {}), ClusteringConfig().space_choice_margin
+        )
         core_config = dataclasses.replace(core_config, space=space)
     nm, vectors = space_vectors(core_config.space, text_embeddings, image_embeddings, joint_embeddings)
     previous = latest_metadata(context, "product_index").get("index_folder")
@@ -103,14 +103,25 @@ def product_index(
         "joint_model": contrastive.model_folder(contrastive_model) if uses_joint_model(core_config.space) else None,
         "encoders": {"text": str(text_meta.get("encoder_fingerprint", "unknown")), "image": image_fingerprint},
         "encoder_dims": {"text": text_embeddings.dim, "image": image_embeddings.dim},
-        "image_decode": {"channel_order": str(image_meta.get("channel_order", "RGB")),
-                         "draft": "-draft" in image_fingerprint},
+        "image_decode": {
+            "channel_order": str(image_meta.get("channel_order", "RGB")),
+            "draft": "-draft" in image_fingerprint,
+        },
     }
     rss_before = _rss_mib()
-    build, stats = update_index(pipeline_storage.layout.search_index, previous, nm, vectors,
-                                titles_for(nm, clean_products), core_config, info, log=context.log.warning)
-    value = build.products.assign(position=np.arange(len(build.products), dtype=np.int64),
-                                  index_folder=str(build.folder))
+    build, stats = update_index(
+        pipeline_storage.layout.search_index,
+        previous,
+        nm,
+        vectors,
+        titles_for(nm, clean_products),
+        core_config,
+        info,
+        log=context.log.warning,
+    )
+    value = build.products.assign(
+        position=np.arange(len(build.products), dtype=np.int64), index_folder=str(build.folder)
+    )
     recall_key = f"recall_at_{core_config.recall_k}"
     return dg.MaterializeResult(
         value=value[["nm", "position", "vector_hash", "title", "index_folder"]],
@@ -132,8 +143,13 @@ def product_index(
             "index_mib": round(build.index.memory_bytes() / 2**20, 2),
             "process_rss_mib": _rss_mib(),
             "process_rss_before_mib": rss_before,
-            "hnsw": dg.MetadataValue.json({"M": core_config.hnsw_m, "ef_construction": core_config.ef_construction,
-                                           "ef_search": core_config.ef_search}),
+            "hnsw": dg.MetadataValue.json(
+                {
+                    "M": core_config.hnsw_m,
+                    "ef_construction": core_config.ef_construction,
+                    "ef_search": core_config.ef_search,
+                }
+            ),
             "index_folder": dg.MetadataValue.path(str(build.folder)),
             "joint_model": info["joint_model"] or "-",
         },
@@ -160,15 +176,18 @@ def similar_products(product_index: pd.DataFrame, config: SimilarProductsSetting
     k = positions.shape[1]
     nm = build.products["nm"].to_numpy(dtype=object)
     keep = (positions >= 0).ravel()
-    frame = pd.DataFrame({
-        "nm": np.repeat(nm, k)[keep],
-        "neighbour_nm": nm[np.where(positions >= 0, positions, 0).ravel()][keep],
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int64), len(nm))[keep],
-        "similarity": sims.ravel()[keep].astype(np.float32),
-    })
+    frame = pd.DataFrame(
+        {
+            "nm": np.repeat(nm, k)[keep],
+            "neighbour_nm": nm[np.where(positions >= 0, positions, 0).ravel()][keep],
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int64), len(nm))[keep],
+            "similarity": sims.ravel()[keep].astype(np.float32),
+        }
+    )
     titles = dict(zip(build.products["nm"], build.products["title"]))
-    shown = frame.head(3 * k).assign(title=lambda f: f["nm"].map(titles),
-                                     neighbour_title=lambda f: f["neighbour_nm"].map(titles))
+    shown = frame.head(3 * k).assign(
+        title=lambda f: f["nm"].map(titles), neighbour_title=lambda f: f["neighbour_nm"].map(titles)
+    )
     return dg.MaterializeResult(
         value=frame,
         metadata={
@@ -184,8 +203,9 @@ def similar_products(product_index: pd.DataFrame, config: SimilarProductsSetting
     )
 
 
-def modality_vectors(source: str, text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable,
-                     joint_embeddings: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def modality_vectors(
+    source: str, text_embeddings: EmbeddingTable, image_embeddings: EmbeddingTable, joint_embeddings: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(nm, text vectors, image vectors) row-aligned with `text_embeddings`: the encoders' own
     vectors (`encoders`) or their joint-space projections (`joint`)."""
     nm = np.asarray(text_embeddings.nm, dtype=object)
@@ -196,8 +216,9 @@ def modality_vectors(source: str, text_embeddings: EmbeddingTable, image_embeddi
     return nm, text_joint, image_joint
 
 
-def group_photos(groups: list[int], frame: pd.DataFrame, image_index: pd.DataFrame, raw_data: WBRawData,
-                 per_group: int = 6) -> list[tuple[str, list]]:
+def group_photos(
+    groups: list[int], frame: pd.DataFrame, image_index: pd.DataFrame, raw_data: WBRawData, per_group: int = 6
+) -> list[tuple[str, list]]:
     """(label, photos) per shown group, read from the raw zips (an unreadable photo: None)."""
     members = image_index.drop_duplicates("nm").set_index("nm")[["batch", "member"]]
     rows = []
@@ -241,15 +262,21 @@ def duplicate_groups(
     `nm`, `group_id`, `group_size` (1 = no duplicate found). Metadata: group sizes, a sample of
     groups with titles and a contact sheet of their photos."""
     core_config = to_core(dup.DuplicateConfig, config)
-    nm, text_vectors, image_vectors = modality_vectors(core_config.vectors, text_embeddings, image_embeddings,
-                                                       joint_embeddings)
+    nm, text_vectors, image_vectors = modality_vectors(
+        core_config.vectors, text_embeddings, image_embeddings, joint_embeddings
+    )
     started = time.perf_counter()
     pairs = dup.candidate_pairs(text_vectors, image_vectors, core_config.candidates, core_config.index_config())
     groups, edges = dup.group_products(pairs, len(nm), core_config)
     seconds = time.perf_counter() - started
     frame = dup.groups_frame(nm, groups)
-    strong = dup.match_edges(pairs, len(nm), core_config.text_threshold, core_config.image_threshold,
-                             max_title_products=core_config.max_title_products)
+    strong = dup.match_edges(
+        pairs,
+        len(nm),
+        core_config.text_threshold,
+        core_config.image_threshold,
+        max_title_products=core_config.max_title_products,
+    )
     generic = dup.generic_text(pairs, len(nm), core_config.text_threshold, core_config.max_title_products)
     shown_groups = dup.sample_groups(frame, core_config.sample_groups, core_config.seed)
     titles = titles_for(nm, clean_products)
@@ -269,8 +296,12 @@ def duplicate_groups(
         "seconds": round(seconds, 3),
         "config": dg.MetadataValue.json({k: getattr(core_config, k) for k in report.SETTINGS}),
         "group_sizes": metadata.table(
-            frame.drop_duplicates("group_id")["group_size"].value_counts().sort_index()
-            .rename_axis("group_size").reset_index(name="groups")),
+            frame.drop_duplicates("group_id")["group_size"]
+            .value_counts()
+            .sort_index()
+            .rename_axis("group_size")
+            .reset_index(name="groups")
+        ),
         "sample_groups": metadata.table(sample[["group_id", "group_size", "nm", "title"]], max_rows=60),
     }
     if shown_groups:
@@ -285,7 +316,7 @@ def duplicate_groups(
 class DuplicateReportSettings(dg.Config):
     """Threshold grids of the sweep (2.0 = that modality off), the neighbours per product for
     purity, and which vector sources the sweep compares; which titles count as known duplicates
-    (`max_title_products`, see `core.evaluation.folds.specific_keys`); the colour-variant matcher's
+    (`max_title_products`, see `core.model_selection.folds.specific_keys`); the colour-variant matcher's
     settings (`core.search.variants.VariantConfig`; its exact-duplicate ceiling is the
     `duplicate_groups` image threshold, its neighbours at most `duplicate_groups`' candidates) and
     its sweep grids."""
@@ -333,10 +364,15 @@ def read_variant_truth(raw_data: WBRawData) -> tuple[dict[str, str] | None, dict
         problem = f"{schema.COLOUR_VARIANTS_FILE} unusable: {error}"
     models = read_sample_ground_truth(raw_data)
     if models is not None:
-        return models, {"source": SAMPLE_MANIFEST_FILE, "products": len(models),
-                        **({"problem": problem} if problem else {})}
-    return None, {"source": "none (no usable colour_variants.parquet, not a generated sample)",
-                  **({"problem": problem} if problem else {})}
+        return models, {
+            "source": SAMPLE_MANIFEST_FILE,
+            "products": len(models),
+            **({"problem": problem} if problem else {}),
+        }
+    return None, {
+        "source": "none (no usable colour_variants.parquet, not a generated sample)",
+        **({"problem": problem} if problem else {}),
+    }
 
 
 @dg.asset(group_name="search", kinds={"pandas"}, code_version="2")
@@ -355,7 +391,7 @@ def duplicate_report(
 ) -> dg.MaterializeResult:
     """How good the duplicate groups are, and how to set their thresholds. Known duplicates: the
     same specific normalised title (one at most `max_title_products` products carry) or the same
-    image bytes (`core.evaluation.folds.duplicate_groups`), and where known the colour variants of one
+    image bytes (`core.model_selection.folds.duplicate_groups`), and where known the colour variants of one
     model: the raw folder's optional `colour_variants.parquet` (nm, model_code), else on the
     generated sample its manifest's ground truth. Rows (`section`): `configured` — the
     `duplicate_groups` asset against each truth (pairwise precision / recall / F1 of its groups,
@@ -377,26 +413,47 @@ def duplicate_report(
     if "problem" in variant_source:
         context.log.warning(f"duplicate_report: colour variants: {variant_source['problem']}")
     truths = report.known_duplicates(nm, clean_products, image_index, variant_model, config.max_title_products)
-    variant_config = variants.VariantConfig(config.variant_neighbours, float(settings["image_threshold"]),
-                                            config.variant_text_floor)
-    too_many = [k for k in [variant_config.neighbours, *config.variant_neighbours_grid] if k > int(settings["candidates"])]
+    variant_config = variants.VariantConfig(
+        config.variant_neighbours, float(settings["image_threshold"]), config.variant_text_floor
+    )
+    too_many = [
+        k for k in [variant_config.neighbours, *config.variant_neighbours_grid] if k > int(settings["candidates"])
+    ]
     if too_many:
-        raise ValueError(f"duplicate_report: variant neighbours {too_many} exceed the {settings['candidates']} candidates "
-                         "per product of duplicate_groups; a variant must be among them")
+        raise ValueError(
+            f"duplicate_report: variant neighbours {too_many} exceed the {settings['candidates']} candidates "
+            "per product of duplicate_groups; a variant must be among them"
+        )
     index_config = IndexConfig(exact_below=defaults.exact_below, threads=config.threads, recall_queries=0)
     pairs_by_source = {}
     for source in dict.fromkeys([settings["vectors"], *config.vector_sources]):
         _, text_vectors, image_vectors = modality_vectors(source, text_embeddings, image_embeddings, joint_embeddings)
-        pairs_by_source[source] = dup.candidate_pairs(text_vectors, image_vectors, int(settings["candidates"]),
-                                                      index_config)
+        pairs_by_source[source] = dup.candidate_pairs(
+            text_vectors, image_vectors, int(settings["candidates"]), index_config
+        )
     spaces = {space: space_vectors(space, text_embeddings, image_embeddings, joint_embeddings)[1] for space in SPACES}
     table = report.duplicate_report(
-        nm, groups.astype(np.int64), pairs_by_source, truths, settings,
-        report.ReportGrids(config.text_grid, config.image_grid, config.floor_text_grid, config.floor_image_grid,
-                           config.variant_neighbours_grid, config.variant_text_grid),
-        spaces, by_nm(product_labels, nm), similar_products,
-        str(latest_metadata(context, "product_index").get("space", IndexConfig().space)), config.purity_k,
-        index_config, variant_config)
+        nm,
+        groups.astype(np.int64),
+        pairs_by_source,
+        truths,
+        settings,
+        report.ReportGrids(
+            config.text_grid,
+            config.image_grid,
+            config.floor_text_grid,
+            config.floor_image_grid,
+            config.variant_neighbours_grid,
+            config.variant_text_grid,
+        ),
+        spaces,
+        by_nm(product_labels, nm),
+        similar_products,
+        str(latest_metadata(context, "product_index").get("space", IndexConfig().space)),
+        config.purity_k,
+        index_config,
+        variant_config,
+    )
     result_metadata = _report_metadata(table, truths, settings)
     result_metadata["variant_truth"] = dg.MetadataValue.json(variant_source)
     result_metadata.update(_variant_metadata(table, settings["vectors"]))
@@ -410,14 +467,16 @@ def _variant_metadata(table: pd.DataFrame, configured_vectors: str) -> dict:
     if rows.empty:
         return {}
     scores = ["precision", "recall", "f1", "true_pairs", "predicted_pairs", "correct_pairs"]
-    shown = rows[["vectors", "level", "neighbours", "exact_image_threshold", "variant_text_floor", *scores,
-                  "candidate_recall"]].round(4)
+    shown = rows[
+        ["vectors", "level", "neighbours", "exact_image_threshold", "variant_text_floor", *scores, "candidate_recall"]
+    ].round(4)
     result = {"same_model_other_colour": metadata.table(shown)}
     sweep = table.loc[table["section"] == "variant_sweep"]
     if not sweep.empty:
         best = sweep.sort_values(["vectors", "f1"], ascending=[True, False]).groupby("vectors").head(1)
         result["variant_sweep_best"] = metadata.table(
-            best[["vectors", "neighbours", "variant_text_floor", *scores]].round(4))
+            best[["vectors", "neighbours", "variant_text_floor", *scores]].round(4)
+        )
     pairs = rows.loc[(rows["vectors"] == configured_vectors) & (rows["level"] == "match edges"), "f1"]
     if len(pairs) and pd.notna(pairs.iloc[0]):
         result["f1_same_model_other_colour"] = float(pairs.iloc[0])
@@ -426,22 +485,35 @@ def _variant_metadata(table: pd.DataFrame, configured_vectors: str) -> dict:
 
 def _report_metadata(table: pd.DataFrame, truths: dict[str, np.ndarray], settings: dict) -> dict:
     scores = ["precision", "recall", "f1", "product_f1", "product_f1_dup", "groups", "largest_group"]
-    configured = table.loc[table["section"] == "configured",
-                            ["truth", "level", *scores, "candidate_recall", "true_pairs", "predicted_pairs"]]
+    configured = table.loc[
+        table["section"] == "configured",
+        ["truth", "level", *scores, "candidate_recall", "true_pairs", "predicted_pairs"],
+    ]
     sweep = table.loc[table["section"] == "sweep"]
-    best = (sweep.sort_values(["truth", "vectors", "f1"], ascending=[True, True, False])
-            .groupby(["truth", "vectors"], as_index=False).head(1))
+    best = (
+        sweep.sort_values(["truth", "vectors", "f1"], ascending=[True, True, False])
+        .groupby(["truth", "vectors"], as_index=False)
+        .head(1)
+    )
     floors = table.loc[table["section"] == "floors"]
     purity = table.loc[table["section"] == "purity", ["space", "label", "gallery", "purity", "neighbours_counted"]]
     main = configured.loc[configured["level"] == "groups"].set_index("truth")
     result = {
         "dagster/row_count": len(table),
-        "truths": dg.MetadataValue.json({name: {"products_with_a_duplicate": int((np.bincount(t)[t] > 1).sum()),
-                                                "true_pairs": float((np.bincount(t) * (np.bincount(t) - 1) / 2).sum())}
-                                         for name, t in truths.items()}),
+        "truths": dg.MetadataValue.json(
+            {
+                name: {
+                    "products_with_a_duplicate": int((np.bincount(t)[t] > 1).sum()),
+                    "true_pairs": float((np.bincount(t) * (np.bincount(t) - 1) / 2).sum()),
+                }
+                for name, t in truths.items()
+            }
+        ),
         "configured_thresholds": dg.MetadataValue.json(settings),
         "configured": metadata.table(configured.round(4)),
-        "best_of_sweep": metadata.table(best[["truth", "vectors", "text_threshold", "image_threshold", *scores]].round(4)),
+        "best_of_sweep": metadata.table(
+            best[["truth", "vectors", "text_threshold", "image_threshold", *scores]].round(4)
+        ),
         "floors": metadata.table(floors[["truth", "text_floor", "image_floor", *scores]].round(4), max_rows=100),
         "purity": metadata.table(purity.round(4)),
     }

@@ -1,7 +1,6 @@
 """Data tests on the search group: the index holds exactly the products of its space, its ANN
 recall against exact search, and duplicate groups that partition the products."""
 
-
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -21,8 +20,12 @@ def coverage(nm: pd.Series, text_embeddings: EmbeddingTable) -> dict[str, int]:
     """How `nm` differs from the embedded products: missing, extra and repeated ids."""
     nm = nm.astype(str)
     expected = set(pd.Series(text_embeddings.nm).astype(str))
-    return {"missing": len(expected - set(nm)), "extra": len(set(nm) - expected),
-            "duplicated": int(nm.duplicated().sum()), "embedded_products": len(expected)}
+    return {
+        "missing": len(expected - set(nm)),
+        "extra": len(set(nm) - expected),
+        "duplicated": int(nm.duplicated().sum()),
+        "embedded_products": len(expected),
+    }
 
 
 @dg.asset_check(
@@ -32,7 +35,9 @@ def coverage(nm: pd.Series, text_embeddings: EmbeddingTable) -> dict[str, int]:
     description="The saved index holds one vector per product of the space (= every embedded product), "
     "no product twice, and its product table matches it.",
 )
-def product_index_size_matches_space(product_index: pd.DataFrame, text_embeddings: EmbeddingTable) -> dg.AssetCheckResult:
+def product_index_size_matches_space(
+    product_index: pd.DataFrame, text_embeddings: EmbeddingTable
+) -> dg.AssetCheckResult:
     build = load_build(index_folder(product_index))
     found = coverage(build.products["nm"], text_embeddings)
     sizes_agree = build.index.size == found["embedded_products"] == len(product_index)
@@ -53,8 +58,12 @@ def product_index_recall(product_index: pd.DataFrame) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=bool(np.isnan(recall) or recall >= MIN_RECALL),
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={f"recall_at_{RECALL_K}": None if np.isnan(recall) else round(recall, 4), "kind": build.index.kind,
-                  "threshold": MIN_RECALL, "ef_search": build.index.ef_search},
+        metadata={
+            f"recall_at_{RECALL_K}": None if np.isnan(recall) else round(recall, 4),
+            "kind": build.index.kind,
+            "threshold": MIN_RECALL,
+            "ef_search": build.index.ef_search,
+        },
     )
 
 
@@ -65,13 +74,20 @@ def product_index_recall(product_index: pd.DataFrame) -> dg.AssetCheckResult:
     description="Every embedded product is in exactly one duplicate group (singletons allowed) and each "
     "group's recorded size is its real size.",
 )
-def duplicate_groups_partition_products(duplicate_groups: pd.DataFrame, text_embeddings: EmbeddingTable) -> dg.AssetCheckResult:
+def duplicate_groups_partition_products(
+    duplicate_groups: pd.DataFrame, text_embeddings: EmbeddingTable
+) -> dg.AssetCheckResult:
     found = coverage(duplicate_groups["nm"], text_embeddings)  # `duplicated` = a product in two groups
     real_sizes = duplicate_groups.groupby("group_id")["nm"].transform("size")
     wrong_sizes = int((real_sizes != duplicate_groups["group_size"]).sum())
     no_group = int(duplicate_groups["group_id"].isna().sum())
     return dg.AssetCheckResult(
         passed=bool(not (found["duplicated"] or found["missing"] or found["extra"] or wrong_sizes or no_group)),
-        metadata={"products": len(duplicate_groups), **found, "wrong_group_size": wrong_sizes,
-                  "without_group": no_group, "groups": int(duplicate_groups["group_id"].nunique())},
+        metadata={
+            "products": len(duplicate_groups),
+            **found,
+            "wrong_group_size": wrong_sizes,
+            "without_group": no_group,
+            "groups": int(duplicate_groups["group_id"].nunique()),
+        },
     )

@@ -13,7 +13,7 @@ import pandas as pd
 from wb_pipeline.core.data.ingestion import normalize_nm
 from wb_pipeline.core.data.schema import IMAGE_SIZES_FILE, IMAGE_SIZES_REQUIRED_COLUMNS
 from wb_pipeline.core.data.storage import product_shards
-from wb_pipeline.core.embeddings.vectors import content_hash
+from wb_pipeline.core.data.storage import content_hash
 
 from .archive import (
     _duplicate_names,

@@ -210,8 +210,15 @@ def read_e5_checkpoint(path: str | os.PathLike[str] | None = None) -> E5Checkpoi
     hidden, layers, heads, ffn, vocab, max_positions, type_vocab = cursor.unpack("7i", "header sizes")
     (eps,) = cursor.unpack("f", "layer-norm eps")
     (quant_flag,) = cursor.unpack("i", "quantisation flag")
-    header = dict(hidden=hidden, layers=layers, heads=heads, ffn=ffn, vocab=vocab,
-                  max_positions=max_positions, type_vocab=type_vocab)
+    header = dict(
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        ffn=ffn,
+        vocab=vocab,
+        max_positions=max_positions,
+        type_vocab=type_vocab,
+    )
     if min(header.values()) <= 0 or hidden % heads:
         raise E5FormatError(f"{file_path}: implausible header {header}")
 
@@ -267,11 +274,24 @@ def read_e5_checkpoint(path: str | os.PathLike[str] | None = None) -> E5Checkpoi
         raise E5FormatError(f"{file_path}: missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}")
 
     return E5Checkpoint(
-        file_version=file_version, hidden_size=hidden, num_layers=layers, num_heads=heads,
-        intermediate_size=ffn, vocab_size=vocab, max_positions=max_positions,
-        type_vocab_size=type_vocab, layer_norm_eps=float(eps), quantised=bool(quant_flag),
-        pieces=pieces, scores=scores, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, unk_id=unk_id,
-        normalization_map=normalization_map, tensors=tensors,
+        file_version=file_version,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        intermediate_size=ffn,
+        vocab_size=vocab,
+        max_positions=max_positions,
+        type_vocab_size=type_vocab,
+        layer_norm_eps=float(eps),
+        quantised=bool(quant_flag),
+        pieces=pieces,
+        scores=scores,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        unk_id=unk_id,
+        normalization_map=normalization_map,
+        tensors=tensors,
     )
 
 
@@ -345,8 +365,7 @@ def build_normalizer(normalization_map: dict[int, str]):
             raise E5FormatError(f"{len(protected)} code points need protection from NFKC; expected a handful")
     steps = [normalizers.Replace(chr(codepoint), chr(_PROTECT_BASE + i)) for i, codepoint in enumerate(protected)]
     steps += [
-        normalizers.Replace(Regex(_regex_char_class(group)), output)
-        for output, group in sorted(exceptions.items())
+        normalizers.Replace(Regex(_regex_char_class(group)), output) for output, group in sorted(exceptions.items())
     ]
     if use_nfkc:
         steps.append(nfkc)
@@ -359,7 +378,8 @@ def build_normalizer(normalization_map: dict[int, str]):
     checked = sorted(set(normalization_map) | set(protected))
     built = _normalize_each(normalizer, checked)
     disagreements = [
-        codepoint for codepoint, output in zip(checked, built)
+        codepoint
+        for codepoint, output in zip(checked, built)
         if output != normalization_map.get(codepoint, chr(codepoint)).replace("  ", " ")
     ]
     if disagreements:
@@ -398,14 +418,16 @@ def build_tokenizer(checkpoint: E5Checkpoint):
         pair=f"{bos} $A {eos} {eos} $B {eos}",
         special_tokens=[(bos, checkpoint.bos_id), (eos, checkpoint.eos_id)],
     )
-    specials = [checkpoint.pieces[i] for i in (checkpoint.bos_id, checkpoint.pad_id, checkpoint.eos_id, checkpoint.unk_id)]
+    specials = [
+        checkpoint.pieces[i] for i in (checkpoint.bos_id, checkpoint.pad_id, checkpoint.eos_id, checkpoint.unk_id)
+    ]
     if checkpoint.pieces[-1] == "<mask>":
         specials.append("<mask>")
     tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
     return tokenizer
 
 
-def _bert_state_dict(checkpoint: E5Checkpoint) -> dict[str, "torch.Tensor"]:  # noqa: F821
+def _bert_state_dict(checkpoint: E5Checkpoint) -> dict[str, torch.Tensor]:  # noqa: F821
     """Rename the file's tensors to transformers ``BertModel`` parameter names."""
     import torch
 
@@ -418,9 +440,14 @@ def _bert_state_dict(checkpoint: E5Checkpoint) -> dict[str, "torch.Tensor"]:  # 
         "embeddings.LayerNorm.bias": t["emb.ln.b"],
     }
     parts = {
-        "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-        "ao": "attention.output.dense", "aln": "attention.output.LayerNorm",
-        "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm",
+        "q": "attention.self.query",
+        "k": "attention.self.key",
+        "v": "attention.self.value",
+        "ao": "attention.output.dense",
+        "aln": "attention.output.LayerNorm",
+        "fi": "intermediate.dense",
+        "fo": "output.dense",
+        "oln": "output.LayerNorm",
     }
     for layer in range(checkpoint.num_layers):
         for short, long in parts.items():
@@ -454,13 +481,20 @@ def _write_sentence_transformer(checkpoint: E5Checkpoint, folder: Path, max_seq_
 
     hf_folder = folder / "_hf"
     config = BertConfig(
-        vocab_size=checkpoint.vocab_size, hidden_size=checkpoint.hidden_size,
-        num_hidden_layers=checkpoint.num_layers, num_attention_heads=checkpoint.num_heads,
-        intermediate_size=checkpoint.intermediate_size, hidden_act="gelu",
-        max_position_embeddings=checkpoint.max_positions, type_vocab_size=checkpoint.type_vocab_size,
-        layer_norm_eps=checkpoint.layer_norm_eps, pad_token_id=checkpoint.pad_id,
-        bos_token_id=checkpoint.bos_id, eos_token_id=checkpoint.eos_id,
-        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        vocab_size=checkpoint.vocab_size,
+        hidden_size=checkpoint.hidden_size,
+        num_hidden_layers=checkpoint.num_layers,
+        num_attention_heads=checkpoint.num_heads,
+        intermediate_size=checkpoint.intermediate_size,
+        hidden_act="gelu",
+        max_position_embeddings=checkpoint.max_positions,
+        type_vocab_size=checkpoint.type_vocab_size,
+        layer_norm_eps=checkpoint.layer_norm_eps,
+        pad_token_id=checkpoint.pad_id,
+        bos_token_id=checkpoint.bos_id,
+        eos_token_id=checkpoint.eos_id,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
     )
     with torch.device("meta"):
         model = BertModel(config)
@@ -490,8 +524,13 @@ def _write_sentence_transformer(checkpoint: E5Checkpoint, folder: Path, max_seq_
 
     fast_tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=build_tokenizer(checkpoint),
-        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        cls_token="<s>", sep_token="</s>", mask_token="<mask>" if checkpoint.pieces[-1] == "<mask>" else None,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        cls_token="<s>",
+        sep_token="</s>",
+        mask_token="<mask>" if checkpoint.pieces[-1] == "<mask>" else None,
         model_max_length=max_seq_length,
     )
     fast_tokenizer.save_pretrained(hf_folder)
@@ -499,7 +538,9 @@ def _write_sentence_transformer(checkpoint: E5Checkpoint, folder: Path, max_seq_
     transformer = Transformer(str(hf_folder), max_seq_length=max_seq_length)
     pooling = Pooling(checkpoint.hidden_size, pooling_mode="mean")
     st_model = SentenceTransformer(
-        modules=[transformer, pooling, Normalize()], device="cpu", prompts=dict(E5_PROMPTS),
+        modules=[transformer, pooling, Normalize()],
+        device="cpu",
+        prompts=dict(E5_PROMPTS),
     )
     st_model.save(str(folder / "model"))
     shutil.rmtree(hf_folder)

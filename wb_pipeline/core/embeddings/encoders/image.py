@@ -229,9 +229,7 @@ def _check_batch(batch: np.ndarray, resolution: int | tuple[int, int]) -> np.nda
     array = np.asarray(batch)
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
     if array.ndim != 4 or array.shape[1:] != (3, height, width):
-        raise ValueError(
-            f"expected a preprocessed batch of shape [n, 3, {height}, {width}], got {array.shape}"
-        )
+        raise ValueError(f"expected a preprocessed batch of shape [n, 3, {height}, {width}], got {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"expected a floating-point batch, got dtype {array.dtype}")
     return np.ascontiguousarray(array, dtype=np.float32)
@@ -261,9 +259,7 @@ def _encode_in_batches(
     rows: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        stacked = np.stack(
-            [preprocess(_as_rgb(image, start + offset)) for offset, image in enumerate(chunk)]
-        )
+        stacked = np.stack([preprocess(_as_rgb(image, start + offset)) for offset, image in enumerate(chunk)])
         rows.append(encode_preprocessed(stacked))
     if not rows:
         return np.zeros((0, dim), dtype=np.float32)

@@ -63,8 +63,8 @@ def atomic_output(destination: Path) -> Iterator[Path]:
 
 
 def export_to_onnx(
-    module: "torch.nn.Module",  # noqa: F821 - torch is imported lazily
-    example_input: "torch.Tensor | tuple[torch.Tensor, ...]",  # noqa: F821
+    module: torch.nn.Module,  # noqa: F821 - torch is imported lazily
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],  # noqa: F821
     destination: Path,
     opset_version: int = DEFAULT_OPSET,
     *,
@@ -109,7 +109,7 @@ def export_to_onnx(
 
 def open_onnx_session(
     path: Path, num_threads: int | None = None, allow_spinning: bool = False
-) -> "onnxruntime.InferenceSession":  # noqa: F821
+) -> onnxruntime.InferenceSession:  # noqa: F821
     """Open ``path`` with onnxruntime on the CPU.
 
     Args:
@@ -131,25 +131,26 @@ def open_onnx_session(
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def onnx_cache_path(cache_key: str, file_stem: str, cache_dir: Path | None = None,
-                    opset_version: int = DEFAULT_OPSET) -> Path:
+def onnx_cache_path(
+    cache_key: str, file_stem: str, cache_dir: Path | None = None, opset_version: int = DEFAULT_OPSET
+) -> Path:
     """Where :func:`cached_onnx_export` keeps the export of ``cache_key`` (the file may not exist yet)."""
     import torch
 
     if cache_dir is None:
-        raise ValueError(f"{file_stem}: no folder for the ONNX export given (cache_dir); the pipeline's is "
-                         "`<models dir>/onnx` (core.data.storage.encoder_model_folder)")
+        raise ValueError(
+            f"{file_stem}: no folder for the ONNX export given (cache_dir); the pipeline's is "
+            "`<models dir>/onnx` (core.data.storage.encoder_model_folder)"
+        )
     folder = Path(cache_dir)
-    digest = hashlib.sha256(
-        f"{cache_key}|opset={opset_version}|torch={torch.__version__}".encode()
-    ).hexdigest()[:16]
+    digest = hashlib.sha256(f"{cache_key}|opset={opset_version}|torch={torch.__version__}".encode()).hexdigest()[:16]
     return folder / f"{file_stem}-{digest}.onnx"
 
 
 def cached_onnx_export(
     cache_key: str,
     file_stem: str,
-    build_module: Callable[[], tuple["torch.nn.Module", "torch.Tensor"]],  # noqa: F821
+    build_module: Callable[[], tuple[torch.nn.Module, torch.Tensor]],  # noqa: F821
     cache_dir: Path | None = None,
     num_threads: int | None = None,
     opset_version: int = DEFAULT_OPSET,
@@ -159,7 +160,7 @@ def cached_onnx_export(
     output_names: Sequence[str] = (OUTPUT_NAME,),
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     open_session: bool = True,
-) -> tuple[Path, "onnxruntime.InferenceSession | None"]:  # noqa: F821
+) -> tuple[Path, onnxruntime.InferenceSession | None]:  # noqa: F821
     """Return ``(path, session)`` for a cached export, exporting first when needed.
 
     Args:
@@ -187,8 +188,15 @@ def cached_onnx_export(
         except Exception as error:  # a broken cache entry must not break the run
             logger.warning("cached ONNX file %s is unreadable (%s); exporting again", path, error)
     module, example_input = build_module()
-    export_to_onnx(module, example_input, path, opset_version=opset_version, input_names=input_names,
-                   output_names=output_names, dynamic_axes=dynamic_axes)
+    export_to_onnx(
+        module,
+        example_input,
+        path,
+        opset_version=opset_version,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_axes=dynamic_axes,
+    )
     logger.info("exported %s", path)
     return path, open_onnx_session(path, num_threads, allow_spinning) if open_session else None
 
@@ -214,7 +222,7 @@ def cached_derived_file(source: Path, tag: str, derive: Callable[[Path, Path], N
 class OnnxFeatureRunner:
     """Runs a single-input, single-output ONNX session on float32 batches."""
 
-    def __init__(self, session: "onnxruntime.InferenceSession") -> None:  # noqa: F821
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:  # noqa: F821
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name

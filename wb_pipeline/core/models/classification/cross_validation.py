@@ -11,7 +11,7 @@ import pandas as pd
 from joblib import delayed
 from sklearn.metrics import f1_score
 
-from wb_pipeline.core.evaluation.folds import (
+from wb_pipeline.core.model_selection.folds import (
     group_stratified_folds,
 )
 from wb_pipeline.core.runtime import worker_pool
@@ -60,19 +60,34 @@ def _oof_for_grid(blocks, y, folds, classes, settings, config) -> dict[Setting, 
             design = _design([b[train] for b in blocks], chain[0][2], config.row_space)
             previous = None
             for c_value, class_weight, image_weight in chain:
-                fitted, model = _solve(design, y[train], c_value, class_weight, config.max_iter,
-                                       previous if config.warm_start else None, config.solver)
+                fitted, model = _solve(
+                    design,
+                    y[train],
+                    c_value,
+                    class_weight,
+                    config.max_iter,
+                    previous if config.warm_start else None,
+                    config.solver,
+                )
                 previous = fitted
                 result[(c_value, class_weight, image_weight)][valid] = aligned_proba(model, X_valid, classes)
     return result
 
 
 def _rows(label, model, stage, fold, rows, data: LabelData, proba: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({
-        "label": label, "model": model, "stage": stage, "fold": fold, "row": rows,
-        "nm": data.nm[rows], "y": data.y[rows], "group": np.asarray(data.groups)[rows],
-        "proba": list(proba.astype(np.float64)),
-    })
+    return pd.DataFrame(
+        {
+            "label": label,
+            "model": model,
+            "stage": stage,
+            "fold": fold,
+            "row": rows,
+            "nm": data.nm[rows],
+            "y": data.y[rows],
+            "group": np.asarray(data.groups)[rows],
+            "proba": list(proba.astype(np.float64)),
+        }
+    )
 
 
 @dataclass
@@ -84,29 +99,42 @@ class LabelCV:
     final_settings: dict[str, Setting]
 
 
-def _outer_fold(data: LabelData, fold: int, train: np.ndarray, valid: np.ndarray,
-                config: ClassificationConfig) -> tuple[list[pd.DataFrame], list[dict]]:
+def _outer_fold(
+    data: LabelData, fold: int, train: np.ndarray, valid: np.ndarray, config: ClassificationConfig
+) -> tuple[list[pd.DataFrame], list[dict]]:
     """One outer fold of `cross_validate_label`: every base model's inner grid, choice and outer fit."""
     frames, choices = [], []
     with _quiet_fits(config):
         # The inner folds depend only on the outer training rows: the same for every base model.
-        inner_folds = group_stratified_folds(data.y[train], data.groups[train], config.inner_splits,
-                                             config.seed + 1 + fold)
+        inner_folds = group_stratified_folds(
+            data.y[train], data.groups[train], config.inner_splits, config.seed + 1 + fold
+        )
         for model in data.models:
             blocks = data.blocks(model)
             settings = grid(config, model)
-            inner = _oof_for_grid([b[train] for b in blocks], data.y[train], inner_folds, data.classes,
-                                  settings, config)
+            inner = _oof_for_grid(
+                [b[train] for b in blocks], data.y[train], inner_folds, data.classes, settings, config
+            )
             inner_scores = {s: _macro_f1(data.y[train], inner[s], data.classes) for s in settings}
             best = max(settings, key=lambda s: (inner_scores[s], -settings.index(s)))
             for setting, score in inner_scores.items():
-                choices.append({"label": data.label, "model": model, "fold": fold, "C": setting[0],
-                                "class_weight": setting[1], "image_weight": setting[2],
-                                "inner_macro_f1": score, "chosen": setting == best})
+                choices.append(
+                    {
+                        "label": data.label,
+                        "model": model,
+                        "fold": fold,
+                        "C": setting[0],
+                        "class_weight": setting[1],
+                        "image_weight": setting[2],
+                        "inner_macro_f1": score,
+                        "chosen": setting == best,
+                    }
+                )
             # Every base model's inner out-of-fold probabilities: the late-fusion meta-model's training rows.
             frames.append(_rows(data.label, model, INNER, fold, train, data, inner[best]))
-            outer = _fit_predict([b[train] for b in blocks], data.y[train], [b[valid] for b in blocks], best,
-                                 data.classes, config)
+            outer = _fit_predict(
+                [b[train] for b in blocks], data.y[train], [b[valid] for b in blocks], best, data.classes, config
+            )
             frames.append(_rows(data.label, model, OUTER, fold, valid, data, outer))
     return frames, choices
 
@@ -121,13 +149,17 @@ def cross_validate_label(data: LabelData, config: ClassificationConfig) -> Label
     """Nested group-aware CV of the text, image, early-fusion (and joint) logistic regressions; the outer
     folds run in `config.n_jobs` processes (the same results for any n_jobs)."""
     outer_folds = group_stratified_folds(data.y, data.groups, config.n_splits, config.seed)
-    results = _parallel([delayed(_outer_fold)(data, fold, train, valid, config)
-                         for fold, (train, valid) in enumerate(outer_folds)], config.n_jobs)
+    results = _parallel(
+        [delayed(_outer_fold)(data, fold, train, valid, config) for fold, (train, valid) in enumerate(outer_folds)],
+        config.n_jobs,
+    )
     frames = [frame for fold_frames, _ in results for frame in fold_frames]
     choices = [choice for _, fold_choices in results for choice in fold_choices]
     choice_frame = pd.DataFrame(choices)
     # Final settings: best mean inner macro-F1 over the outer folds (no outer score is used).
-    mean_inner = choice_frame.groupby(["model", "C", "class_weight", "image_weight"], sort=False)["inner_macro_f1"].mean()
+    mean_inner = choice_frame.groupby(["model", "C", "class_weight", "image_weight"], sort=False)[
+        "inner_macro_f1"
+    ].mean()
     final = {}
     for model in data.models:
         best_index = mean_inner.loc[model].idxmax()

@@ -47,8 +47,13 @@ class LabelModels:
     fusion_inputs: tuple[str, ...] = UNIMODAL_MODELS  # whose probabilities the meta-model reads
     brand_encoding: BrandTargetEncoding | None = None  # set when the meta-model reads tabular features
 
-    def predict_proba(self, model: str, features: Mapping[str, np.ndarray],
-                      tabular: pd.DataFrame | None = None, nm: Sequence[str] | None = None) -> np.ndarray:
+    def predict_proba(
+        self,
+        model: str,
+        features: Mapping[str, np.ndarray],
+        tabular: pd.DataFrame | None = None,
+        nm: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """Class probabilities (columns = `classes`) of `model` for row-aligned features (text, image,
         joint); late fusion with tabular inputs also needs the products' `nm` and their `tabular` rows."""
         if model in self.base:
@@ -63,25 +68,34 @@ class LabelModels:
             X = np.hstack([self.predict_proba(m, features) for m in self.fusion_inputs])
             if self.brand_encoding is not None:
                 if tabular is None or nm is None:
-                    raise ValueError(f"{self.label}: this late-fusion model reads tabular features; pass tabular and nm")
+                    raise ValueError(
+                        f"{self.label}: this late-fusion model reads tabular features; pass tabular and nm"
+                    )
                 numeric, brands = _tabular_block(tabular, np.asarray(list(nm), dtype=object))
                 X = np.hstack([X, numeric, self.brand_encoding.transform(brands)])
             return aligned_proba(self.late_fusion, X, self.classes)
         raise ValueError(f"unknown model {model!r}; known: {(*self.base, *FUSION_MODELS)}")
 
 
-def fit_final_base_models(data: LabelData, settings: Mapping[str, Setting],
-                          config: ClassificationConfig) -> LabelModels:
+def fit_final_base_models(
+    data: LabelData, settings: Mapping[str, Setting], config: ClassificationConfig
+) -> LabelModels:
     """Refit every base regression on all labelled rows with the chosen settings."""
     with _quiet_fits(config):
-        base = {m: fit_logistic(data.blocks(m), data.y, settings[m], config.max_iter, config.row_space, config.solver)
-                for m in data.models}
+        base = {
+            m: fit_logistic(data.blocks(m), data.y, settings[m], config.max_iter, config.row_space, config.solver)
+            for m in data.models
+        }
     return LabelModels(label=data.label, classes=list(data.classes), base=base)
 
 
-def fit_final_late_fusion(probabilities: pd.DataFrame, label: str, classes: Sequence[str],
-                          config: ClassificationConfig, tabular: pd.DataFrame | None = None
-                          ) -> tuple[LateFusionClassifier, tuple[str, ...], BrandTargetEncoding | None]:
+def fit_final_late_fusion(
+    probabilities: pd.DataFrame,
+    label: str,
+    classes: Sequence[str],
+    config: ClassificationConfig,
+    tabular: pd.DataFrame | None = None,
+) -> tuple[LateFusionClassifier, tuple[str, ...], BrandTargetEncoding | None]:
     """The meta-model refit on the outer out-of-fold probabilities of all labelled rows (+ tabular
     features, the brand encoding out of fold), its inputs, and the brand encoding fitted on all rows
     (what predictions of new products use)."""
@@ -96,11 +110,17 @@ def save_logistic(model: LogisticRegression, folder: UPath, name: str, extra: di
     """coef_/intercept_ as safetensors and classes/settings as JSON (atomic writes, no pickle)."""
     # The fitted dtype is kept (float32 inputs give float32 weights), so reloaded predictions are identical.
     tensors = {"coef": np.ascontiguousarray(model.coef_), "intercept": np.ascontiguousarray(model.intercept_)}
-    sidecar = {"classes": [str(c) for c in model.classes_], "C": float(model.C),
-               "class_weight": model.class_weight if isinstance(model.class_weight, str) else "none",
-               "n_features_in": int(model.n_features_in_), **(extra or {})}
+    sidecar = {
+        "classes": [str(c) for c in model.classes_],
+        "C": float(model.C),
+        "class_weight": model.class_weight if isinstance(model.class_weight, str) else "none",
+        "n_features_in": int(model.n_features_in_),
+        **(extra or {}),
+    }
     storage.atomic_write_bytes(folder / f"{name}.safetensors", save_safetensors(tensors))
-    storage.atomic_write_bytes(folder / f"{name}.json", json.dumps(sidecar, ensure_ascii=False, indent=1).encode("utf-8"))
+    storage.atomic_write_bytes(
+        folder / f"{name}.json", json.dumps(sidecar, ensure_ascii=False, indent=1).encode("utf-8")
+    )
 
 
 def load_logistic(folder: UPath, name: str) -> LogisticRegression:
@@ -113,7 +133,9 @@ def load_logistic(folder: UPath, name: str) -> LogisticRegression:
     model.classes_ = np.asarray(sidecar["classes"], dtype=object)
     model.n_features_in_ = int(sidecar["n_features_in"])
     if model.coef_.shape[1] != model.n_features_in_:
-        raise ValueError(f"{folder}/{name}: coef has {model.coef_.shape[1]} columns, sidecar says {model.n_features_in_}")
+        raise ValueError(
+            f"{folder}/{name}: coef has {model.coef_.shape[1]} columns, sidecar says {model.n_features_in_}"
+        )
     return model
 
 
@@ -126,8 +148,13 @@ def save_label_models(models: LabelModels, folder: UPath) -> None:
         save_fusion_model(folder, models.label, models.late_fusion, models.fusion_inputs, models.brand_encoding)
 
 
-def save_fusion_model(folder: UPath, label: str, model: LateFusionClassifier, inputs: Sequence[str],
-                      brand_encoding: BrandTargetEncoding | None) -> None:
+def save_fusion_model(
+    folder: UPath,
+    label: str,
+    model: LateFusionClassifier,
+    inputs: Sequence[str],
+    brand_encoding: BrandTargetEncoding | None,
+) -> None:
     """The meta-model, its inputs and (when it reads tabular features) the brand encoding."""
     if brand_encoding is not None:
         save_brand_encoding(brand_encoding, folder)

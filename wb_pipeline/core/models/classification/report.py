@@ -10,7 +10,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.evaluation.metrics import (
+from wb_pipeline.core.model_selection.metrics import (
     MetricsConfig,
     paired_macro_f1_gain,
     per_class_f1,
@@ -25,8 +25,9 @@ def predicted_classes(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray
     return np.asarray(classes, dtype=object)[np.argmax(np.vstack(frame["proba"].to_numpy()), axis=1)]
 
 
-def build_report(predictions: pd.DataFrame, label_classes: Mapping[str, Sequence[str]],
-                 metrics: MetricsConfig = MetricsConfig()) -> pd.DataFrame:
+def build_report(
+    predictions: pd.DataFrame, label_classes: Mapping[str, Sequence[str]], metrics: MetricsConfig = MetricsConfig()
+) -> pd.DataFrame:
     """One row per label × model scored on the outer (held-out) predictions.
 
     Columns: label, model, n, n_classes, macro_f1 (+ _low/_high), weighted_f1 (+ bounds),
@@ -42,13 +43,28 @@ def build_report(predictions: pd.DataFrame, label_classes: Mapping[str, Sequence
         y_pred = predicted_classes(part, classes)
         positive = _positive_class(y_true, classes)
         result = scores_with_intervals(y_true, y_pred, classes, metrics, positive)
-        rows.append({"label": label, "model": model, "n": len(part), "n_classes": len(classes), **result,
-                     "positive_class": positive, "per_class_f1": json.dumps(per_class_f1(y_true, y_pred, classes),
-                                                                           ensure_ascii=False)})
+        rows.append(
+            {
+                "label": label,
+                "model": model,
+                "n": len(part),
+                "n_classes": len(classes),
+                **result,
+                "positive_class": positive,
+                "per_class_f1": json.dumps(per_class_f1(y_true, y_pred, classes), ensure_ascii=False),
+            }
+        )
     report = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate((*ALL_MODELS, ZERO_SHOT_MODEL))}
-    report = report.sort_values(["label", "model"], key=lambda s: s.map(order) if s.name == "model" else s.map(
-        {l: i for i, l in enumerate(LABELS)}).fillna(len(LABELS)), ignore_index=True)
+    report = report.sort_values(
+        ["label", "model"],
+        key=lambda s: (
+            s.map(order)
+            if s.name == "model"
+            else s.map({label: i for i, label in enumerate(LABELS)}).fillna(len(LABELS))
+        ),
+        ignore_index=True,
+    )
     best_unimodal = report[report["model"].isin(UNIMODAL_MODELS)].groupby("label")["macro_f1"].max()
     report["gain_vs_best_unimodal"] = report["macro_f1"] - report["label"].map(best_unimodal)
     report["gain_low"], report["gain_high"] = _paired_gain_bounds(report, outer, label_classes, metrics)
@@ -58,8 +74,9 @@ def build_report(predictions: pd.DataFrame, label_classes: Mapping[str, Sequence
     return report
 
 
-def _paired_gain_bounds(report: pd.DataFrame, outer: pd.DataFrame, label_classes: Mapping[str, Sequence[str]],
-                        metrics: MetricsConfig) -> tuple[np.ndarray, np.ndarray]:
+def _paired_gain_bounds(
+    report: pd.DataFrame, outer: pd.DataFrame, label_classes: Mapping[str, Sequence[str]], metrics: MetricsConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """The confidence bounds of each row's `gain_vs_best_unimodal` by a PAIRED bootstrap: the model and
     the label's best unimodal model scored on the same resampled held-out rows. Two models' own
     intervals overlap far more often than their difference is unsure; this is the interval of the
@@ -81,9 +98,12 @@ def _paired_gain_bounds(report: pd.DataFrame, outer: pd.DataFrame, label_classes
             if len(rows) == 0:
                 continue
             true_code = reference.loc[rows, "y"].map(position).to_numpy()
-            codes = [np.argmax(np.vstack(frame.loc[rows, "proba"].to_numpy()), axis=1) for frame in (candidate, reference)]
-            gain, error = paired_macro_f1_gain(true_code, codes[0], codes[1], len(classes), metrics.n_bootstrap,
-                                               metrics.seed)
+            codes = [
+                np.argmax(np.vstack(frame.loc[rows, "proba"].to_numpy()), axis=1) for frame in (candidate, reference)
+            ]
+            gain, error = paired_macro_f1_gain(
+                true_code, codes[0], codes[1], len(classes), metrics.n_bootstrap, metrics.seed
+            )
             low[report.index.get_loc(index)], high[report.index.get_loc(index)] = gain - z * error, gain + z * error
     return low, high
 

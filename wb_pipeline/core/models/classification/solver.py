@@ -67,11 +67,20 @@ def _design(blocks: Sequence[np.ndarray], image_weight: float, row_space: bool) 
     # rows' coordinates in it are R.T. A rank-deficient X (duplicate rows) only gives zero columns,
     # whose weights the penalty keeps at 0.
     q, r = np.linalg.qr(X.T.astype(np.float64))
-    return _Design(np.ascontiguousarray(r.T, dtype=np.float32), column_factors, np.ascontiguousarray(q.T, dtype=np.float32))
+    return _Design(
+        np.ascontiguousarray(r.T, dtype=np.float32), column_factors, np.ascontiguousarray(q.T, dtype=np.float32)
+    )
 
 
-def _solve(design: _Design, y: np.ndarray, c_value: float, class_weight: str, max_iter: int,
-           warm: LogisticRegression | None = None, solver: str = "lbfgs") -> tuple[LogisticRegression, LogisticRegression]:
+def _solve(
+    design: _Design,
+    y: np.ndarray,
+    c_value: float,
+    class_weight: str,
+    max_iter: int,
+    warm: LogisticRegression | None = None,
+    solver: str = "lbfgs",
+) -> tuple[LogisticRegression, LogisticRegression]:
     """(the solver's model on `design.X` — reusable as the next warm start —, a copy predicting on the RAW
     stacked blocks). With `warm`, the solver starts from that model's solution (same design, same y)."""
     weight = None if class_weight == "none" else class_weight
@@ -87,8 +96,14 @@ def _solve(design: _Design, y: np.ndarray, c_value: float, class_weight: str, ma
     return fitted, raw
 
 
-def fit_logistic(blocks: Sequence[np.ndarray], y: np.ndarray, setting: Setting, max_iter: int,
-                 row_space: bool = False, solver: str = "lbfgs") -> LogisticRegression:
+def fit_logistic(
+    blocks: Sequence[np.ndarray],
+    y: np.ndarray,
+    setting: Setting,
+    max_iter: int,
+    row_space: bool = False,
+    solver: str = "lbfgs",
+) -> LogisticRegression:
     """A LogisticRegression (multinomial; `solver`) on the horizontally stacked `blocks`, each divided by its
     `block_scales` value (and the second — the image block of early fusion — weighed by the setting).
 

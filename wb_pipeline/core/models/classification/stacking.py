@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from joblib import delayed
 
-from wb_pipeline.core.evaluation.folds import (
+from wb_pipeline.core.model_selection.folds import (
     group_stratified_folds,
 )
 from wb_pipeline.core.models.fusion import (
@@ -56,9 +56,16 @@ def _tabular_block(tabular: pd.DataFrame | None, nm: np.ndarray) -> tuple[np.nda
     return part[list(TABULAR_COLUMNS)].to_numpy(dtype=np.float64), part["brand"].to_numpy(dtype=object)
 
 
-def meta_features(probabilities: pd.DataFrame, stage: str, fold: int | None, inputs: Sequence[str],
-                  tabular: pd.DataFrame | None, classes: Sequence[str], config: ClassificationConfig,
-                  brand_encoding: BrandTargetEncoding | None = None):
+def meta_features(
+    probabilities: pd.DataFrame,
+    stage: str,
+    fold: int | None,
+    inputs: Sequence[str],
+    tabular: pd.DataFrame | None,
+    classes: Sequence[str],
+    config: ClassificationConfig,
+    brand_encoding: BrandTargetEncoding | None = None,
+):
     """(rows, y, groups, X, brand encoding fitted on these rows) of the late-fusion meta-model.
 
     X = [P_input1 | P_input2 | ... | tabular columns | brand encoding]. The brand encoding of these
@@ -84,8 +91,14 @@ def meta_features(probabilities: pd.DataFrame, stage: str, fold: int | None, inp
     return rows, y, groups, X, fitted
 
 
-def _fusion_fold(own: pd.DataFrame, fold: int, inputs: tuple[str, ...], tabular: pd.DataFrame | None,
-                 classes: Sequence[str], config: ClassificationConfig) -> tuple[list[pd.DataFrame], dict]:
+def _fusion_fold(
+    own: pd.DataFrame,
+    fold: int,
+    inputs: tuple[str, ...],
+    tabular: pd.DataFrame | None,
+    classes: Sequence[str],
+    config: ClassificationConfig,
+) -> tuple[list[pd.DataFrame], dict]:
     """One outer fold of `cross_validate_fusion`: the meta-model on the fold's inner rows, the mean baseline."""
     by_row = own.drop_duplicates("row").set_index("row")
     _, y_inner, groups_inner, X_inner, encoding = meta_features(own, INNER, fold, inputs, tabular, classes, config)
@@ -94,23 +107,44 @@ def _fusion_fold(own: pd.DataFrame, fold: int, inputs: tuple[str, ...], tabular:
     _, y_uni, X_uni_inner = stacked(own, INNER, fold)
     _, _, X_uni_outer = stacked(own, OUTER, fold)
     mean = MeanProbabilityFusion(classes=list(classes)).fit(X_uni_inner, y_uni)
-    diagnostic = {"label": own["label"].iloc[0], "fold": int(fold), "inputs": ", ".join(inputs),
-                  "tabular": tabular is not None, "start": fusion_start_name(late.start_, inputs, late.start_weights_),
-                  "trees": int(late.n_trees_)}
+    diagnostic = {
+        "label": own["label"].iloc[0],
+        "fold": int(fold),
+        "inputs": ", ".join(inputs),
+        "tabular": tabular is not None,
+        "start": fusion_start_name(late.start_, inputs, late.start_weights_),
+        "trees": int(late.n_trees_),
+    }
     frames = []
-    for name, proba in (("late_fusion", late.predict_proba(X_outer)),
-                        ("mean_probability", mean.predict_proba(X_uni_outer))):
-        frames.append(pd.DataFrame({
-            "label": own["label"].iloc[0], "model": name, "stage": OUTER, "fold": int(fold), "row": rows,
-            "nm": by_row["nm"].loc[rows].to_numpy(), "y": y_outer, "group": by_row["group"].loc[rows].to_numpy(),
-            "proba": list(proba.astype(np.float64)),
-        }))
+    for name, proba in (
+        ("late_fusion", late.predict_proba(X_outer)),
+        ("mean_probability", mean.predict_proba(X_uni_outer)),
+    ):
+        frames.append(
+            pd.DataFrame(
+                {
+                    "label": own["label"].iloc[0],
+                    "model": name,
+                    "stage": OUTER,
+                    "fold": int(fold),
+                    "row": rows,
+                    "nm": by_row["nm"].loc[rows].to_numpy(),
+                    "y": y_outer,
+                    "group": by_row["group"].loc[rows].to_numpy(),
+                    "proba": list(proba.astype(np.float64)),
+                }
+            )
+        )
     return frames, diagnostic
 
 
-def cross_validate_fusion(probabilities: pd.DataFrame, label: str, classes: Sequence[str],
-                          config: ClassificationConfig, tabular: pd.DataFrame | None = None
-                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def cross_validate_fusion(
+    probabilities: pd.DataFrame,
+    label: str,
+    classes: Sequence[str],
+    config: ClassificationConfig,
+    tabular: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Outer-fold predictions of late fusion (trained on inner OOF probabilities of the configured base
     models, plus `tabular` product features when given) and of mean-probability fusion (text + image);
     and one row per fold saying where the meta-model started and how many trees it kept. The folds run
@@ -121,8 +155,9 @@ def cross_validate_fusion(probabilities: pd.DataFrame, label: str, classes: Sequ
     if tabular is not None:  # only this label's products travel to the workers
         tabular = tabular[tabular["nm"].isin(set(own["nm"]))]
     folds = sorted(own.loc[own["stage"] == OUTER, "fold"].unique())
-    results = _parallel([delayed(_fusion_fold)(own, fold, inputs, tabular, classes, config) for fold in folds],
-                        config.n_jobs)
+    results = _parallel(
+        [delayed(_fusion_fold)(own, fold, inputs, tabular, classes, config) for fold in folds], config.n_jobs
+    )
     frames = [frame for fold_frames, _ in results for frame in fold_frames]
     return pd.concat(frames, ignore_index=True), pd.DataFrame([diagnostic for _, diagnostic in results])
 

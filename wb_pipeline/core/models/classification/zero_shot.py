@@ -57,7 +57,9 @@ def softmax_over_cosines(cosines: np.ndarray, temperature: float) -> np.ndarray:
     return weights / weights.sum(axis=1, keepdims=True)
 
 
-def zero_shot_probabilities(product_vectors: np.ndarray, class_vectors: np.ndarray, temperature: float = 0.01) -> np.ndarray:
+def zero_shot_probabilities(
+    product_vectors: np.ndarray, class_vectors: np.ndarray, temperature: float = 0.01
+) -> np.ndarray:
     """Softmax over cosine similarities between product vectors and class-name vectors of one space."""
     products = product_vectors / np.maximum(np.linalg.norm(product_vectors, axis=1, keepdims=True), 1e-12)
     names = class_vectors / np.maximum(np.linalg.norm(class_vectors, axis=1, keepdims=True), 1e-12)
@@ -81,22 +83,35 @@ def zero_shot_predictions(
     space (e.g. `core.models.contrastive.zero_shot_scores`), turned into probabilities by a softmax at
     `temperature`. When a row has no joint vector the label is skipped (reason
     'missing_joint_vectors'): a score on fewer rows would not be comparable with the others."""
-    rows = probabilities[(probabilities["label"] == label) & (probabilities["stage"] == OUTER)
-                         & (probabilities["model"] == UNIMODAL_MODELS[0])].sort_values("row")
+    rows = probabilities[
+        (probabilities["label"] == label)
+        & (probabilities["stage"] == OUTER)
+        & (probabilities["model"] == UNIMODAL_MODELS[0])
+    ].sort_values("row")
     position = pd.Series(np.arange(len(joint_nm)), index=pd.Index(np.asarray(joint_nm, dtype=object)))
     position = position[~position.index.duplicated()]
     found = rows["nm"].isin(position.index).to_numpy()
     if not found.all():
         missing = rows.loc[~found, "nm"].tolist()
-        return LabelSkip(label, "missing_joint_vectors",
-                         f"{len(missing)} of {len(rows)} evaluated rows have no joint vector (e.g. {missing[:3]})")
+        return LabelSkip(
+            label,
+            "missing_joint_vectors",
+            f"{len(missing)} of {len(rows)} evaluated rows have no joint vector (e.g. {missing[:3]})",
+        )
     vectors = np.asarray(joint_vectors, dtype=np.float32)[position.loc[rows["nm"]].to_numpy()]
     cosines = np.asarray(score(class_phrases(label, classes, phrases), vectors), dtype=np.float64)
     if cosines.shape != (len(rows), len(classes)):
         raise ValueError(f"zero-shot {label}: scores of shape {cosines.shape}, expected {(len(rows), len(classes))}")
     proba = softmax_over_cosines(cosines, temperature)
-    return pd.DataFrame({
-        "label": label, "model": ZERO_SHOT_MODEL, "stage": OUTER, "fold": rows["fold"].to_numpy(),
-        "row": rows["row"].to_numpy(), "nm": rows["nm"].to_numpy(), "y": rows["y"].to_numpy(),
-        "proba": list(proba),
-    })
+    return pd.DataFrame(
+        {
+            "label": label,
+            "model": ZERO_SHOT_MODEL,
+            "stage": OUTER,
+            "fold": rows["fold"].to_numpy(),
+            "row": rows["row"].to_numpy(),
+            "nm": rows["nm"].to_numpy(),
+            "y": rows["y"].to_numpy(),
+            "proba": list(proba),
+        }
+    )

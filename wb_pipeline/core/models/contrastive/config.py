@@ -87,8 +87,9 @@ class ContrastiveConfig:
         if self.num_threads < 0:
             raise ValueError("ContrastiveConfig.num_threads must be >= 0 (0 = keep torch's setting)")
         if self.closed_form_dim < 0 or self.closed_form_regularization <= 0 or self.closed_form_weight <= 0:
-            raise ValueError("ContrastiveConfig: closed_form_dim must be >= 0, closed_form_regularization and "
-                             "closed_form_weight > 0")
+            raise ValueError(
+                "ContrastiveConfig: closed_form_dim must be >= 0, closed_form_regularization and closed_form_weight > 0"
+            )
         if self.unfreeze_text_layers < 0 or self.unfreeze_image_layers < 0:
             raise ValueError("ContrastiveConfig.unfreeze_*_layers must be >= 0")
         if self.unfreeze_text_layers > 0 or self.unfreeze_image_layers > 0:

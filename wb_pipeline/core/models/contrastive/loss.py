@@ -10,8 +10,9 @@ from .config import ContrastiveConfig
 from .model import JointSpaceModel
 
 
-def neighbourhood_distillation(raw_text: torch.Tensor, text_heads: torch.Tensor, image_heads: torch.Tensor,
-                               temperature: float) -> torch.Tensor:
+def neighbourhood_distillation(
+    raw_text: torch.Tensor, text_heads: torch.Tensor, image_heads: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Mean over both sides of KL(P ‖ Q_side): P = softmax over the raw text cosines of the batch's
     other products (the teacher, no gradient), Q_side = softmax over that side's unit-norm head
     similarities, both at `temperature`, self-similarity masked out."""

@@ -41,8 +41,9 @@ def _head(in_dim: int, config: ContrastiveConfig) -> nn.Module:
     )
 
 
-def regularised_cca(text: np.ndarray, image: np.ndarray, n_components: int, regularization: float
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def regularised_cca(
+    text: np.ndarray, image: np.ndarray, n_components: int, regularization: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Closed-form regularised CCA: (text mean, text map [d_t, n], image mean, image map [d_i, n]).
 
     Each side's covariance gets a ridge of `regularization` × its mean eigenvalue (so the inverse is
@@ -59,8 +60,12 @@ def regularised_cca(text: np.ndarray, image: np.ndarray, n_components: int, regu
 
     whiten_text, whiten_image = inverse_sqrt(a.T @ a / len(a)), inverse_sqrt(b.T @ b / len(b))
     u, _, vt = np.linalg.svd(whiten_text @ (a.T @ b / len(a)) @ whiten_image)
-    return (text_mean.astype(np.float32), (whiten_text @ u[:, :n_components]).astype(np.float32),
-            image_mean.astype(np.float32), (whiten_image @ vt.T[:, :n_components]).astype(np.float32))
+    return (
+        text_mean.astype(np.float32),
+        (whiten_text @ u[:, :n_components]).astype(np.float32),
+        image_mean.astype(np.float32),
+        (whiten_image @ vt.T[:, :n_components]).astype(np.float32),
+    )
 
 
 class JointSpaceModel(nn.Module):
@@ -92,7 +97,8 @@ class JointSpaceModel(nn.Module):
         if not self.closed_form_dim:
             return
         text_mean, text_map, image_mean, image_map = regularised_cca(
-            text_vectors, image_vectors, self.closed_form_dim, self.config.closed_form_regularization)
+            text_vectors, image_vectors, self.closed_form_dim, self.config.closed_form_regularization
+        )
         with torch.no_grad():
             self.text_cca_mean.copy_(torch.from_numpy(text_mean))
             self.text_cca_map.copy_(torch.from_numpy(text_map))
@@ -116,12 +122,12 @@ class JointSpaceModel(nn.Module):
         return F.normalize(torch.cat([canonical, head], dim=-1), dim=-1)
 
     def encode_text(self, text_vectors: torch.Tensor) -> torch.Tensor:
-        return self._with_closed_form(self.head_text(text_vectors), text_vectors, self.text_cca_mean,
-                                      self.text_cca_map)
+        return self._with_closed_form(self.head_text(text_vectors), text_vectors, self.text_cca_mean, self.text_cca_map)
 
     def encode_image(self, image_vectors: torch.Tensor) -> torch.Tensor:
-        return self._with_closed_form(self.head_image(image_vectors), image_vectors, self.image_cca_mean,
-                                      self.image_cca_map)
+        return self._with_closed_form(
+            self.head_image(image_vectors), image_vectors, self.image_cca_mean, self.image_cca_map
+        )
 
     @torch.no_grad()
     def project_text(self, text_vectors: np.ndarray, block_rows: int = 8192) -> np.ndarray:
@@ -140,8 +146,10 @@ class JointSpaceModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            blocks = [encode(torch.tensor(vectors[s : s + block_rows])).numpy()  # tensor() copies: inputs may be read-only
-                      for s in range(0, len(vectors), block_rows)]
+            blocks = [
+                encode(torch.tensor(vectors[s : s + block_rows])).numpy()  # tensor() copies: inputs may be read-only
+                for s in range(0, len(vectors), block_rows)
+            ]
         finally:
             self.train(was_training)
         return np.concatenate(blocks) if blocks else np.zeros((0, self.output_dim), np.float32)
@@ -208,12 +216,14 @@ def joint_embedding_frame(nm: Sequence[str], text_joint: np.ndarray, image_joint
     """The `joint_embeddings` table: nm and one float32 list column per vector kind (text, image,
     combined = their normalised concatenation); one table keeps the three row-aligned by construction."""
     combined = combine_joint(text_joint, image_joint)
-    return pd.DataFrame({
-        "nm": np.asarray(list(nm), dtype=object),
-        "text_joint": list(np.asarray(text_joint, np.float32)),
-        "image_joint": list(np.asarray(image_joint, np.float32)),
-        "combined_joint": list(combined),
-    })
+    return pd.DataFrame(
+        {
+            "nm": np.asarray(list(nm), dtype=object),
+            "text_joint": list(np.asarray(text_joint, np.float32)),
+            "image_joint": list(np.asarray(image_joint, np.float32)),
+            "combined_joint": list(combined),
+        }
+    )
 
 
 def joint_matrix(frame: pd.DataFrame, column: str = "combined_joint") -> np.ndarray:

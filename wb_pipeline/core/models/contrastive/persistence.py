@@ -79,13 +79,17 @@ def load_joint_model(folder: UPath) -> tuple[JointSpaceModel, dict[str, Any]]:
         raise FileNotFoundError(f"load_joint_model: {folder} lacks {CONFIG_FILE} or {WEIGHTS_FILE}")
     info = json.loads(config_path.read_bytes().decode("utf-8"))
     if info.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ValueError(f"load_joint_model: {config_path} has format_version {info.get('format_version')!r}, "
-                         f"expected {MODEL_FORMAT_VERSION}")
+        raise ValueError(
+            f"load_joint_model: {config_path} has format_version {info.get('format_version')!r}, "
+            f"expected {MODEL_FORMAT_VERSION}"
+        )
     model = JointSpaceModel(info["text_dim"], info["image_dim"], config_from_json(info["config"]))
     state = load_safetensors(weights_path.read_bytes())
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(f"load_joint_model: weights in {weights_path} do not match the saved config: {error}") from error
+        raise ValueError(
+            f"load_joint_model: weights in {weights_path} do not match the saved config: {error}"
+        ) from error
     model.eval()
     return model, info

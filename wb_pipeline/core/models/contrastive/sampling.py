@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from wb_pipeline.core.evaluation.folds import (
+from wb_pipeline.core.model_selection.folds import (
     MAX_TITLE_PRODUCTS,
     specific_keys,
 )
@@ -101,8 +101,9 @@ class DuplicateFreeBatchSampler:
         return self.epoch(0)
 
 
-def product_keys(nm: Sequence[str], products: pd.DataFrame, image_index: pd.DataFrame,
-                 max_title_products: int = MAX_TITLE_PRODUCTS) -> pd.DataFrame:
+def product_keys(
+    nm: Sequence[str], products: pd.DataFrame, image_index: pd.DataFrame, max_title_products: int = MAX_TITLE_PRODUCTS
+) -> pd.DataFrame:
     """Duplicate keys per product, in the order of `nm`:
 
     - `title_key`: the title lower-cased with whitespace collapsed (same title → near-duplicate text);
@@ -111,7 +112,7 @@ def product_keys(nm: Sequence[str], products: pd.DataFrame, image_index: pd.Data
     - `image_key`: the image's content hash (identical image bytes).
 
     A title (or title + description) that more than `max_title_products` of these products share is
-    generic, not a duplicate key, and is missing here (`core.evaluation.folds.specific_keys`).
+    generic, not a duplicate key, and is missing here (`core.model_selection.folds.specific_keys`).
     `products` needs nm, title, description; `image_index` nm, content_hash. A product missing from
     either gets missing keys (which link nothing) — never an error, never a dropped row."""
     ids = pd.DataFrame({"nm": pd.Series(list(nm), dtype=object).astype(str)})
@@ -125,9 +126,12 @@ def product_keys(nm: Sequence[str], products: pd.DataFrame, image_index: pd.Data
 
     title = normalise(frame["title"])
     full_text = normalise(frame["title"].fillna("").astype(str) + " " + frame["description"].fillna("").astype(str))
-    return pd.DataFrame({
-        "nm": frame["nm"].to_numpy(dtype=object),
-        "title_key": specific_keys(title.to_numpy(dtype=object, na_value=None), max_title_products),
-        "text_key": specific_keys(full_text.to_numpy(dtype=object, na_value=None), max_title_products),
-        "image_key": frame["content_hash"].astype("string").to_numpy(dtype=object, na_value=None),
-    }, dtype=object)
+    return pd.DataFrame(
+        {
+            "nm": frame["nm"].to_numpy(dtype=object),
+            "title_key": specific_keys(title.to_numpy(dtype=object, na_value=None), max_title_products),
+            "text_key": specific_keys(full_text.to_numpy(dtype=object, na_value=None), max_title_products),
+            "image_key": frame["content_hash"].astype("string").to_numpy(dtype=object, na_value=None),
+        },
+        dtype=object,
+    )

@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from wb_pipeline.core.evaluation.folds import (
+from wb_pipeline.core.model_selection.folds import (
     duplicate_groups,
 )
-from wb_pipeline.core.evaluation.retrieval_metrics import (
+from wb_pipeline.core.model_selection.retrieval_metrics import (
     chance_metrics,
     retrieval_metrics,
 )
@@ -88,9 +88,16 @@ def _as_tensor(vectors: np.ndarray, what: str) -> torch.Tensor:
     return torch.from_numpy(np.array(array, dtype=np.float32, order="C"))  # own writable copy
 
 
-def _train_steps(model: JointSpaceModel, optimizer: torch.optim.Optimizer, loss_fn: _PairLoss,
-                 sampler: DuplicateFreeBatchSampler, text: torch.Tensor, image: torch.Tensor, max_steps: int,
-                 after_step: Callable[[int, float], bool]) -> int:
+def _train_steps(
+    model: JointSpaceModel,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: _PairLoss,
+    sampler: DuplicateFreeBatchSampler,
+    text: torch.Tensor,
+    image: torch.Tensor,
+    max_steps: int,
+    after_step: Callable[[int, float], bool],
+) -> int:
     """Steps of `loss_fn` over fresh epochs of `sampler` until `max_steps` or until `after_step(step, loss)`
     returns True; the number of steps taken."""
     step, epoch = 0, 0
@@ -141,11 +148,17 @@ def train_joint_space(
             f"train_joint_space: split gave {len(train_rows)} train and {len(validation_rows)} validation pairs; "
             "need at least 2 on each side"
         )
-    sampler = DuplicateFreeBatchSampler([text_keys[i] for i in train_rows], [image_keys[i] for i in train_rows],
-                                        config.batch_size, config.seed)
-    validation_batches = list(DuplicateFreeBatchSampler(
-        [text_keys[i] for i in validation_rows], [image_keys[i] for i in validation_rows], config.batch_size, config.seed
-    ).epoch(0))
+    sampler = DuplicateFreeBatchSampler(
+        [text_keys[i] for i in train_rows], [image_keys[i] for i in train_rows], config.batch_size, config.seed
+    )
+    validation_batches = list(
+        DuplicateFreeBatchSampler(
+            [text_keys[i] for i in validation_rows],
+            [image_keys[i] for i in validation_rows],
+            config.batch_size,
+            config.seed,
+        ).epoch(0)
+    )
     train_text, train_image = text_t[train_rows], image_t[train_rows]
     val_text, val_image = text_t[validation_rows], image_t[validation_rows]
     loss_fn = _PairLoss(config)
@@ -154,17 +167,15 @@ def train_joint_space(
         model = JointSpaceModel(text_t.shape[1], image_t.shape[1], config)
         model.set_closed_form(train_text.numpy(), train_image.numpy())
         optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay
+            [p for p in model.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
         )
 
         @torch.no_grad()
         def validation_loss() -> float:
             model.eval()
-            total = sum(
-                loss_fn(model, val_text[b], val_image[b]).item()
-                * len(b)
-                for b in validation_batches
-            )
+            total = sum(loss_fn(model, val_text[b], val_image[b]).item() * len(b) for b in validation_batches)
             model.train()
             return total / sum(len(b) for b in validation_batches)
 
@@ -180,7 +191,10 @@ def train_joint_space(
             return retrieval_metrics(text_side, image_side, config.recall_ks)
 
         # 'before' = untrained heads alone: what training the heads has to beat.
-        metrics = {"chance": chance_metrics(len(validation_rows), config.recall_ks), "before": held_out_metrics("heads")}
+        metrics = {
+            "chance": chance_metrics(len(validation_rows), config.recall_ks),
+            "before": held_out_metrics("heads"),
+        }
         if model.closed_form_dim:
             metrics["closed_form"] = held_out_metrics("closed_form")
         best_loss = validation_loss()
@@ -219,11 +233,20 @@ def train_joint_space(
             model = JointSpaceModel(text_t.shape[1], image_t.shape[1], config)
             model.set_closed_form(text_t.numpy(), image_t.numpy())
             optimizer = torch.optim.AdamW(
-                [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
-                weight_decay=config.weight_decay)
-            _train_steps(model, optimizer, loss_fn, DuplicateFreeBatchSampler(text_keys, image_keys, config.batch_size,
-                                                                              config.seed),
-                         text_t, image_t, refit_steps, lambda step, loss: False)
+                [p for p in model.parameters() if p.requires_grad],
+                lr=config.learning_rate,
+                weight_decay=config.weight_decay,
+            )
+            _train_steps(
+                model,
+                optimizer,
+                loss_fn,
+                DuplicateFreeBatchSampler(text_keys, image_keys, config.batch_size, config.seed),
+                text_t,
+                image_t,
+                refit_steps,
+                lambda step, loss: False,
+            )
             model.eval()
 
     report = TrainingReport(

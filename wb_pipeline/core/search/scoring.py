@@ -47,11 +47,16 @@ def group_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     per_product = 2 * overlap / (size_p + size_t)
     has_duplicate = size_t > 1
     return {
-        "precision": precision, "recall": recall, "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "product_f1": float(per_product.mean()) if len(per_product) else float("nan"),
         "product_f1_dup": float(per_product[has_duplicate].mean()) if has_duplicate.any() else float("nan"),
-        "true_pairs": true_pairs, "predicted_pairs": predicted_pairs, "correct_pairs": tp,
-        "groups": int((predicted_sizes > 1).sum()), "grouped_products": int(size_p[size_p > 1].size),
+        "true_pairs": true_pairs,
+        "predicted_pairs": predicted_pairs,
+        "correct_pairs": tp,
+        "groups": int((predicted_sizes > 1).sum()),
+        "grouped_products": int(size_p[size_p > 1].size),
         "largest_group": int(predicted_sizes.max()) if len(predicted_sizes) else 0,
     }
 
@@ -65,8 +70,14 @@ def edge_scores(i: np.ndarray, j: np.ndarray, truth: np.ndarray) -> dict[str, fl
     precision = correct / edges if edges else float("nan")
     recall = correct / true_pairs if true_pairs else float("nan")
     f1 = 2 * correct / (edges + true_pairs) if edges + true_pairs else float("nan")
-    return {"precision": precision, "recall": recall, "f1": f1, "true_pairs": true_pairs,
-            "predicted_pairs": edges, "correct_pairs": correct}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "true_pairs": true_pairs,
+        "predicted_pairs": edges,
+        "correct_pairs": correct,
+    }
 
 
 def truth_from_labels(labels: Sequence) -> np.ndarray:
@@ -88,23 +99,41 @@ def candidate_recall(pairs: pd.DataFrame, truth: np.ndarray) -> float:
     return float(same.sum() / true_pairs)
 
 
-def threshold_sweep(pairs: pd.DataFrame, n: int, truths: Mapping[str, np.ndarray], text_grid: Sequence[float],
-                    image_grid: Sequence[float], text_floor: float, image_floor: float,
-                    max_title_products: int | None = None) -> pd.DataFrame:
+def threshold_sweep(
+    pairs: pd.DataFrame,
+    n: int,
+    truths: Mapping[str, np.ndarray],
+    text_grid: Sequence[float],
+    image_grid: Sequence[float],
+    text_floor: float,
+    image_floor: float,
+    max_title_products: int | None = None,
+) -> pd.DataFrame:
     """Scores of the connected components for every (text threshold, image threshold) in the grids
     (2.0 = that modality off), against every truth. The fallback floors apply where they are below
     the thresholds (a floor is never above its threshold); `max_title_products` as in `match_edges`."""
     rows = []
     for text_threshold in text_grid:
         for image_threshold in image_grid:
-            edges = match_edges(pairs, n, text_threshold, image_threshold,
-                                min(text_floor, text_threshold) if text_floor < OFF else OFF,
-                                min(image_floor, image_threshold) if image_floor < OFF else OFF,
-                                max_title_products)
+            edges = match_edges(
+                pairs,
+                n,
+                text_threshold,
+                image_threshold,
+                min(text_floor, text_threshold) if text_floor < OFF else OFF,
+                min(image_floor, image_threshold) if image_floor < OFF else OFF,
+                max_title_products,
+            )
             groups = components(n, pairs["i"].to_numpy()[edges], pairs["j"].to_numpy()[edges])
             for truth_name, truth in truths.items():
-                rows.append({"truth": truth_name, "text_threshold": float(text_threshold),
-                             "image_threshold": float(image_threshold), **group_scores(groups, truth)})
+                rows.append(
+                    {
+                        "truth": truth_name,
+                        "text_threshold": float(text_threshold),
+                        "image_threshold": float(image_threshold),
+                        **group_scores(groups, truth),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -116,9 +145,12 @@ def neighbour_purity(positions: np.ndarray, labels: Sequence, query_rows: np.nda
     rows = np.arange(len(positions)) if query_rows is None else np.asarray(query_rows)
     positions = np.asarray(positions)[rows]
     query = codes[rows][:, None]
-    valid = (positions >= 0)
+    valid = positions >= 0
     neighbour = np.where(valid, codes[np.where(valid, positions, 0)], -1)
     known = valid & (neighbour >= 0) & (query >= 0)
     counted = int(known.sum())
-    return {"purity": float((neighbour == query)[known].sum() / counted) if counted else float("nan"),
-            "neighbours_counted": counted, "queries": int((known.any(axis=1)).sum())}
+    return {
+        "purity": float((neighbour == query)[known].sum() / counted) if counted else float("nan"),
+        "neighbours_counted": counted,
+        "queries": int((known.any(axis=1)).sum()),
+    }

@@ -103,11 +103,3 @@ def group_stratified_folds(y: Sequence, groups: Sequence[int], n_splits: int, se
         raise ValueError(f"only {n_groups} distinct groups for {n_splits} folds")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return [(train, valid) for train, valid in splitter.split(np.zeros(len(y)), y, groups)]
-
-
-def fold_ids(folds: Folds, n_rows: int) -> np.ndarray:
-    """The validation fold number of each row (-1 for a row in no validation part)."""
-    ids = np.full(n_rows, -1, dtype=np.int64)
-    for number, (_, valid) in enumerate(folds):
-        ids[valid] = number
-    return ids

@@ -9,7 +9,6 @@ on resamples.
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,7 +62,10 @@ def _f1_from_counts(counts: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_f1(
-    y_true: Sequence, y_pred: Sequence, labels: Sequence, config: MetricsConfig = MetricsConfig(),
+    y_true: Sequence,
+    y_pred: Sequence,
+    labels: Sequence,
+    config: MetricsConfig = MetricsConfig(),
     positive_label=None,
 ) -> dict[str, np.ndarray]:
     """Bootstrap distributions (n_bootstrap values each) of macro_f1, weighted_f1 and, when
@@ -97,17 +99,25 @@ def bootstrap_f1(
     return {name: np.concatenate(values) for name, values in out.items() if values}
 
 
-def paired_macro_f1_gain(true_code: np.ndarray, candidate_code: np.ndarray, reference_code: np.ndarray,
-                         n_classes: int, n_bootstrap: int = 200, seed: int = 0) -> tuple[float, float]:
+def paired_macro_f1_gain(
+    true_code: np.ndarray,
+    candidate_code: np.ndarray,
+    reference_code: np.ndarray,
+    n_classes: int,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> tuple[float, float]:
     """(macro-F1 of `candidate` − macro-F1 of `reference` on all rows, its bootstrap standard error):
     both predictions scored on the SAME resampled rows (a paired bootstrap), so the error is that of
     the difference, not of either score. Inputs are class codes 0..n_classes-1."""
-    true_code, candidate_code, reference_code = (np.asarray(c, dtype=np.int64) for c in
-                                                 (true_code, candidate_code, reference_code))
+    true_code, candidate_code, reference_code = (
+        np.asarray(c, dtype=np.int64) for c in (true_code, candidate_code, reference_code)
+    )
     n, k = len(true_code), int(n_classes)
     if n == 0 or len(candidate_code) != n or len(reference_code) != n:
-        raise ValueError(f"paired_macro_f1_gain: {n} true values, {len(candidate_code)} and "
-                         f"{len(reference_code)} predictions")
+        raise ValueError(
+            f"paired_macro_f1_gain: {n} true values, {len(candidate_code)} and {len(reference_code)} predictions"
+        )
 
     def macro(counts: np.ndarray) -> np.ndarray:
         return _f1_from_counts(counts).mean(axis=-1)
@@ -125,15 +135,17 @@ def paired_macro_f1_gain(true_code: np.ndarray, candidate_code: np.ndarray, refe
     return gain, float(differences.std(ddof=1)) if n_bootstrap > 1 else 0.0
 
 
-def bootstrap_macro_f1(true_code: np.ndarray, predictions: Sequence[np.ndarray], n_classes: int,
-                       n_bootstrap: int = 200, seed: int = 0) -> np.ndarray:
+def bootstrap_macro_f1(
+    true_code: np.ndarray, predictions: Sequence[np.ndarray], n_classes: int, n_bootstrap: int = 200, seed: int = 0
+) -> np.ndarray:
     """Macro-F1 of each prediction (class codes 0..n_classes-1) on the SAME `n_bootstrap` resamples of
     the rows (seeded): an array [len(predictions), n_bootstrap], for paired comparisons of many."""
     true_code = np.asarray(true_code, dtype=np.int64)
     n, k = len(true_code), int(n_classes)
     if n == 0 or any(len(p) != n for p in predictions):
-        raise ValueError(f"bootstrap_macro_f1: {n} true values and predictions of lengths "
-                         f"{[len(p) for p in predictions]}")
+        raise ValueError(
+            f"bootstrap_macro_f1: {n} true values and predictions of lengths {[len(p) for p in predictions]}"
+        )
     rows = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
     offsets = (np.arange(n_bootstrap) * k * k)[:, None]
     result = np.empty((len(predictions), n_bootstrap))
@@ -152,7 +164,10 @@ def confidence_interval(distribution: np.ndarray, confidence: float) -> tuple[fl
 
 
 def scores_with_intervals(
-    y_true: Sequence, y_pred: Sequence, labels: Sequence, config: MetricsConfig = MetricsConfig(),
+    y_true: Sequence,
+    y_pred: Sequence,
+    labels: Sequence,
+    config: MetricsConfig = MetricsConfig(),
     positive_label=None,
 ) -> dict[str, float]:
     """`scores` plus `<metric>_low` / `<metric>_high` bootstrap bounds for every F1 metric."""
@@ -187,10 +202,16 @@ def confusion_matrix_png(y_true: Sequence, y_pred: Sequence, labels: Sequence, t
     if len(labels) <= 20:
         for (row, column), value in np.ndenumerate(counts):
             if value:
-                axes.text(column, row, str(value), ha="center", va="center", fontsize=7,
-                          color="white" if shares[row, column] > 0.5 else "black")
+                axes.text(
+                    column,
+                    row,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if shares[row, column] > 0.5 else "black",
+                )
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
-

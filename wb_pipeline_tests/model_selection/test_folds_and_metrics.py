@@ -5,16 +5,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from wb_pipeline.core.evaluation import metrics
-from wb_pipeline.core.models.classification import product_groups
-from wb_pipeline.core.evaluation.folds import (
+from wb_pipeline.core.model_selection import metrics
+from wb_pipeline.core.model_selection.folds import (
     MAX_TITLE_PRODUCTS,
     brand_groups,
     duplicate_groups,
-    fold_ids,
     group_stratified_folds,
     specific_keys,
 )
+from wb_pipeline.core.models.classification import product_groups
 
 
 def test_duplicate_groups_are_transitive_components():
@@ -45,6 +44,14 @@ def test_brand_groups_missing_brand_is_own_group():
     assert len(set(groups.tolist())) == 4
 
 
+def fold_ids(folds, n_rows: int) -> np.ndarray:
+    """The validation fold number of each row (-1 for a row in no validation part)."""
+    ids = np.full(n_rows, -1, dtype=np.int64)
+    for number, (_, valid) in enumerate(folds):
+        ids[valid] = number
+    return ids
+
+
 def test_folds_keep_duplicates_together_and_stratify():
     rng = np.random.default_rng(0)
     n = 300
@@ -70,8 +77,9 @@ def test_too_few_groups_is_a_clear_error():
 
 
 def test_product_groups_use_title_case_insensitively_and_image_hash():
-    clean = pd.DataFrame({"nm": ["1", "2", "3", "4"], "title": ["Шапка ", "шапка", "Шарф", "Носки"],
-                          "brand": ["b1", "b2", "b1", None]})
+    clean = pd.DataFrame(
+        {"nm": ["1", "2", "3", "4"], "title": ["Шапка ", "шапка", "Шарф", "Носки"], "brand": ["b1", "b2", "b1", None]}
+    )
     index = pd.DataFrame({"nm": ["1", "2", "3", "4"], "content_hash": ["x", "y", "z", "z"]})
     groups = product_groups(clean, index, "duplicates")
     assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]
@@ -109,7 +117,9 @@ def test_scores_equal_sklearn_on_hand_made_case():
     y_pred = ["a", "b", "b", "b", "c", "a", "c"]
     labels = ["a", "b", "c", "d"]  # 'd' never occurs: counts as F1 0 in the macro mean
     result = metrics.scores(y_true, y_pred, labels)
-    assert result["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+    assert result["macro_f1"] == pytest.approx(
+        f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    )
     # by hand: a: P=1/2 R=1/2 F=.5; b: P=2/3 R=1 F=.8; c: P=1 R=2/3 F=.8; d: 0
     assert result["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.8 + 0.0) / 4)
     assert result["weighted_f1"] == pytest.approx((2 * 0.5 + 2 * 0.8 + 3 * 0.8) / 7)
@@ -132,18 +142,21 @@ def test_bootstrap_resamples_match_sklearn():
         t, p = y_true[index], y_pred[index]
         assert dist["macro_f1"][b] == pytest.approx(f1_score(t, p, labels=labels, average="macro", zero_division=0))
         assert dist["weighted_f1"][b] == pytest.approx(
-            f1_score(t, p, labels=labels, average="weighted", zero_division=0))
+            f1_score(t, p, labels=labels, average="weighted", zero_division=0)
+        )
         assert dist["f1"][b] == pytest.approx(f1_score(t, p, labels=["z"], average=None, zero_division=0)[0])
 
 
 def test_interval_brackets_point_estimate_and_narrows_with_data():
     rng = np.random.default_rng(1)
+
     def interval(n):
         y_true = rng.choice(["a", "b"], size=n)
         y_pred = np.where(rng.random(n) < 0.8, y_true, np.where(y_true == "a", "b", "a"))
         result = metrics.scores_with_intervals(y_true, y_pred, ["a", "b"], metrics.MetricsConfig(n_bootstrap=400))
         assert result["macro_f1_low"] <= result["macro_f1"] <= result["macro_f1_high"]
         return result["macro_f1_high"] - result["macro_f1_low"]
+
     assert interval(2000) < interval(100)
 
 
@@ -153,8 +166,9 @@ def test_paired_gain_is_the_sklearn_difference_with_the_error_of_the_difference(
     good = np.where(rng.random(300) < 0.8, y, rng.integers(0, 3, 300))
     worse = np.where(rng.random(300) < 0.6, y, rng.integers(0, 3, 300))
     gain, error = metrics.paired_macro_f1_gain(y, good, worse, 3, n_bootstrap=300, seed=0)
-    expected = (f1_score(y, good, labels=[0, 1, 2], average="macro")
-                - f1_score(y, worse, labels=[0, 1, 2], average="macro"))
+    expected = f1_score(y, good, labels=[0, 1, 2], average="macro") - f1_score(
+        y, worse, labels=[0, 1, 2], average="macro"
+    )
     assert gain == pytest.approx(expected)
     assert 0 < error < 0.06 and gain > 3 * error  # a real gain stands well clear of its error
     # a candidate that differs from the reference by noise alone (12 rows re-drawn at random): its
