@@ -550,7 +550,10 @@ def test_cli_prints_nm_score_title_lines(tiny_search_run, capsys, monkeypatch):
         assert nm in nms
         scores.append(float(score))
     assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
-    assert "results in" in err and "space joint" in err
+    # the index's own space (`auto` picks joint or early_concat from the clustering evidence of this run)
+    index_space = _meta(run, "product_index")["space"]
+    assert index_space in ("joint", "early_concat")
+    assert "results in" in err and f"space {index_space}," in err
     # a photo of the catalogue finds products too
     photo = run["root"] / "query.jpg"
     Image.new("RGB", (300, 300), (30, 60, 200)).save(photo, format="JPEG", quality=90)
