@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 LOCATION = "wb_pipeline.definitions:defs"  # the name dagster gives the workspace.yaml entry
 SLICE_GROUP = "ingestion"  # the cheap group materialized from the UI
 PAGE_WAIT_S = 60
-RUN_WAIT_S = 180
+RUN_WAIT_S = 600  # one process per step (the UI's default executor): ~12 steps x 5-15 s of start-up under load
 # The slice's tables and the raw file each one reads (its metadata names the file and its row count).
 TABLE_FILES = {"raw_products_train": schema.TRAIN_FILE, "raw_products_test": schema.TEST_FILE}
 
