@@ -7,20 +7,16 @@ Usage::
     .venv/bin/python -m benchmarks.product_space_share storage/eval/flipkart --short      # 1 seed, 10 halves, PCA-64
 
 STORAGE_DIR is a run's storage folder (its `assets/` hold text_embeddings, image_embeddings,
-joint_embeddings, product_labels, clean_products and image_index). Each side's encoder vectors are
-centred and scaled to unit mean squared norm (`standardise`); the product vector for a text share s
-is unit([√s·T, √(1−s)·I]) (`product_vector`). s is chosen on the grid 0, 0.1, …, 1 by equal-k AMI
-(KMeans at k = the number of known classes of category / sub_category, PCA-64 recipe, mean over the
-seeds and the two targets), CROSS-FITTED: chosen on one random half of the labelled products, scored
-on the other half, over `--halves` random halves × both directions (`crossfit_share`). Without labels
-the fallback is the ridge R² rule, s = (1 − R²(text|image)) / ((1 − R²(text|image)) + (1 − R²(image|text))),
-group 5-fold over duplicate groups (`r2_rule_share`).
+joint_embeddings and product_labels). The product vector and the choice of the text's share s are the
+pipeline's own (`wb_pipeline.core.models.product_space`, what `contrastive_model` runs): s by
+cross-fitted equal-k AMI on the PCA-64 recipe over `--halves` random halves, and the ridge R² rule
+that decides without known classes.
 
 Prints, per recipe, the equal-k AMI mean ± sd over seeds of text, image, the plain concatenation,
-today's joint vector (joint_embeddings' combined_joint), the product vector at the chosen s and at
-the R² rule's s; with the chosen s, how often each s was chosen and the held-out scores. The write-up
-is docs/DESIGN-NOTES.md, "The joint space on photo-led catalogues (open)". Never passes or fails on
-a number.
+the run's joint vectors (joint_embeddings: the heads' concatenation and the product vector the run
+chose), the product vector at the chosen s and at the R² rule's s; with the chosen s, how often each s
+was chosen and the held-out score. The write-up is docs/DESIGN-NOTES.md, "The joint space on photo-led
+catalogues". Never passes or fails on a number.
 """
 
 from __future__ import annotations
@@ -28,178 +24,34 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import Ridge
-from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
 
 from wb_pipeline.core.data.storage import as_upath, read_parquet
 from wb_pipeline.core.embeddings.vectors import read_embedding_table
-from wb_pipeline.core.model_selection.folds import duplicate_groups
-from wb_pipeline.core.models import clustering
-from wb_pipeline.core.models.clustering import CLUSTERING_RECIPES, ClusteringConfig, known_targets
-
-SHARE_GRID = tuple(round(0.1 * i, 1) for i in range(11))
-CHOICE_RECIPE = "pca64"  # s is chosen under the PCA-64 recipe (a grid of UMAP fits costs ~10× more)
-SPLIT_SEED = 12345
-
+from wb_pipeline.core.models import clustering, product_space
+from wb_pipeline.core.models.clustering import CLUSTERING_RECIPES, known_targets
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions
 
 
-def standardise(x: np.ndarray) -> np.ndarray:
-    """Centred and scaled to unit mean squared norm (each side then carries the same total variance)."""
-    x = np.asarray(x, dtype=np.float64)
-    centred = x - x.mean(axis=0)
-    scale = np.sqrt((centred**2).sum(axis=1).mean())
-    return centred / max(scale, 1e-12)
-
-
-def product_vector(text: np.ndarray, image: np.ndarray, share: float) -> np.ndarray:
-    """unit([√s·text, √(1−s)·image]) as float32 [n, text dim + image dim]; s = the text's share."""
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"product_vector: share must be in [0, 1], got {share}")
-    joined = np.hstack([np.sqrt(share) * np.asarray(text), np.sqrt(1.0 - share) * np.asarray(image)])
-    norms = np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12)
-    return (joined / norms).astype(np.float32)
-
-
-def grid_labels(
-    text: np.ndarray,
-    image: np.ndarray,
-    k_by_target: Mapping[str, int],
-    config: ClusteringConfig,
-    seeds: Sequence[int],
-    grid: Sequence[float] = SHARE_GRID,
-) -> dict[tuple[float, int, str], np.ndarray]:
-    """KMeans labels at k = known classes, per (share, seed, target), of the standardised sides'
-    product vector (every product clustered; only the scoring is split)."""
-    text, image = standardise(text), standardise(image)
-    labels = {}
-    for share in grid:
-        vectors = product_vector(text, image, share)
-        for seed in seeds:
-            seeded = replace(config, seed=int(seed))
-            _, points = clustering.reduce_for_clustering(vectors, seeded)
-            kmeans = clustering.KMeansByK(points, seeded)
-            for target, k in k_by_target.items():
-                labels[(float(share), int(seed), target)] = kmeans(max(2, min(k, len(points) - 1)))
-    return labels
-
-
-def masked_ami(values: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
-    """AMI of `labels` against the known `values` among the rows of `mask`."""
-    known = mask & pd.Series(values, dtype=object).notna().to_numpy()
-    if known.sum() < 2:
-        return float("nan")
-    return clustering.label_agreement(np.asarray(values, dtype=object)[known], labels[known])["ami"]
-
-
-class ShareChoice(NamedTuple):
-    share: float  # the most frequent choice over the folds (ties: the smaller share)
-    held_out: dict[str, tuple[float, float]]  # per target: held-out AMI of each fold's choice, mean and sd
-    frequency: dict[float, int]  # how many folds chose each share
-
-
-def crossfit_share(
-    text: np.ndarray,
-    image: np.ndarray,
-    targets: Mapping[str, np.ndarray],
-    config: ClusteringConfig = CLUSTERING_RECIPES[CHOICE_RECIPE],
-    seeds: Sequence[int] = (0,),
-    halves: int = 10,
-    grid: Sequence[float] = SHARE_GRID,
-    split_seed: int = SPLIT_SEED,
-) -> ShareChoice:
-    """The text share chosen by equal-k AMI (mean over seeds and targets) on one random half of the
-    labelled products and scored on the other half, over `halves` random halves × both directions."""
-    k_by_target = clustering.known_class_counts(targets)
-    if not k_by_target:
-        raise ValueError("crossfit_share: no target with 2 or more known classes")
-    targets = {t: np.asarray(targets[t], dtype=object) for t in k_by_target}
-    labels = grid_labels(text, image, k_by_target, config, seeds, grid)
-    n = len(text)
-    labelled = np.zeros(n, bool)
-    for values in targets.values():
-        labelled |= pd.Series(values, dtype=object).notna().to_numpy()
-    labelled_rows = np.flatnonzero(labelled)
-    rng = np.random.default_rng(split_seed)
-
-    def score(share: float, mask: np.ndarray, target: str) -> float:
-        return float(
-            np.mean([masked_ami(targets[target], labels[(float(share), int(s), target)], mask) for s in seeds])
-        )
-
-    chosen, held = [], {t: [] for t in targets}
-    for _ in range(halves):
-        first = np.zeros(n, bool)
-        first[rng.permutation(labelled_rows)[: len(labelled_rows) // 2]] = True
-        second = labelled & ~first
-        for select, evaluate in ((first, second), (second, first)):
-            means = [np.nanmean([score(share, select, t) for t in targets]) for share in grid]
-            best = float(grid[int(np.nanargmax(means))])
-            chosen.append(best)
-            for t in targets:
-                held[t].append(score(best, evaluate, t))
-    counts = Counter(chosen)
-    share = min(counts, key=lambda s: (-counts[s], s))
-    return ShareChoice(
-        share=share,
-        held_out={t: (float(np.nanmean(v)), float(np.nanstd(v))) for t, v in held.items()},
-        frequency={s: counts[s] for s in sorted(counts)},
-    )
-
-
-def r2_rule_share(
-    text: np.ndarray, image: np.ndarray, groups: np.ndarray | None = None, alpha: float = 10.0, folds: int = 5
-) -> tuple[float, dict[str, float]]:
-    """The label-free share: each side weighted by what the other does not predict (ridge, 5-fold R²,
-    folds by duplicate group when `groups` is given); returns (s, {"text|image": R², "image|text": R²})."""
-    text, image = standardise(text), standardise(image)
-    splitter = GroupKFold(folds) if groups is not None else KFold(folds, shuffle=True, random_state=0)
-    r2 = {}
-    for source, goal, name in ((image, text, "text|image"), (text, image, "image|text")):
-        predicted = cross_val_predict(Ridge(alpha=alpha), source, goal, cv=splitter, groups=groups)
-        r2[name] = float(1.0 - ((goal - predicted) ** 2).sum() / (goal**2).sum())  # goal is centred
-    unique_text = max(1.0 - r2["text|image"], 0.0)
-    unique_image = max(1.0 - r2["image|text"], 0.0)
-    total = unique_text + unique_image
-    return (unique_text / total if total > 0 else 0.5), r2
-
-
-# ---------------------------------------------------------------------------------------------
-# A run's stored vectors
-
-
 def load_run(storage_dir: str | Path) -> dict[str, object]:
-    """Row-aligned (by text_embeddings' nm) encoder vectors, today's joint vector, targets and duplicate groups."""
-    from wb_pipeline.core.models.contrastive import joint_matrix, product_keys  # torch: only when run
+    """Row-aligned (by text_embeddings' nm) encoder vectors, the run's joint vectors and the known classes."""
+    from wb_pipeline.core.models.contrastive import JOINT_COLUMNS, joint_matrix  # torch: only when run
 
     assets = Path(storage_dir) / "assets"
-
-    def read(name: str) -> pd.DataFrame:
-        return read_parquet(as_upath(assets / f"{name}.parquet"))
-
     text = read_embedding_table(as_upath(assets / "text_embeddings.parquet"))
     image = read_embedding_table(as_upath(assets / "image_embeddings.parquet")).subset(text.nm)
     nm = [str(v) for v in text.nm]
-    joint_frame = read("joint_embeddings").drop_duplicates("nm").astype({"nm": str}).set_index("nm")
-    joint = joint_matrix(joint_frame.loc[nm].reset_index(), "combined_joint")
-    keys = product_keys(nm, read("clean_products"), read("image_index"))
-    return {
-        "text": text.vectors,
-        "image": image.vectors,
-        "joint": joint,
-        "targets": known_targets(read("product_labels"), text.nm),
-        "groups": duplicate_groups(keys["title_key"], keys["image_key"]),
-    }
+    frame = read_parquet(as_upath(assets / "joint_embeddings.parquet")).drop_duplicates("nm").astype({"nm": str})
+    frame = frame.set_index("nm").loc[nm].reset_index()
+    joint = {column: joint_matrix(frame, column) for column in JOINT_COLUMNS if column in frame.columns}
+    labels = read_parquet(as_upath(assets / "product_labels.parquet"))
+    return {"text": text.vectors, "image": image.vectors, "joint": joint, "targets": known_targets(labels, text.nm)}
 
 
 def summary_table(per_seed: pd.DataFrame, spaces: Sequence[str], targets: Sequence[str]) -> pd.DataFrame:
@@ -246,35 +98,29 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     t0 = time.perf_counter()
-    choice = crossfit_share(text, image, targets, CLUSTERING_RECIPES[CHOICE_RECIPE], seeds, args.halves)
+    choice = product_space.choose_text_share(text, image, targets, halves=args.halves, seeds=seeds)
     t1 = time.perf_counter()
-    rule_share, r2 = r2_rule_share(text, image, run["groups"])
+    rule_share, text_given_image, image_given_text = product_space.r2_text_share(text, image)
     t2 = time.perf_counter()
 
     chosen_name = f"raw @ chosen s = {choice.share:.1f}"
     rule_name = f"raw @ R² rule s = {rule_share:.2f}"
-    standard_text, standard_image = standardise(text), standardise(image)
-    spaces = {
-        "text": text,
-        "image": image,
-        "plain concatenation": np.hstack([text, image]) / np.sqrt(2.0),
-        "joint today (combined_joint)": run["joint"],
-        chosen_name: product_vector(standard_text, standard_image, choice.share),
-        rule_name: product_vector(standard_text, standard_image, rule_share),
-    }
+    spaces = {"text": text, "image": image, "plain concatenation": np.hstack([text, image]) / np.sqrt(2.0)}
+    for column, name in (("heads_joint", "joint heads"), ("combined_joint", "the run's combined_joint")):
+        if column in run["joint"]:
+            spaces[name] = run["joint"][column]
+    spaces[chosen_name] = product_space.weighted_vectors(text, image, choice.share)
+    spaces[rule_name] = product_space.weighted_vectors(text, image, rule_share)
     per_seed = clustering.equal_k_over_recipes(spaces, targets, {r: CLUSTERING_RECIPES[r] for r in recipes}, seeds)
     t3 = time.perf_counter()
 
-    folds = sum(choice.frequency.values())
     print(
-        f"s chosen by cross-fitted equal-k AMI ({CHOICE_RECIPE}, {args.halves} halves × 2 = {folds} folds): "
-        f"{choice.share:.1f}; chosen {', '.join(f'{s:.1f}: {c}' for s, c in choice.frequency.items())}; "
-        f"held-out AMI of each fold's choice "
-        + ", ".join(f"{t} {m:.3f} ± {sd:.3f}" for t, (m, sd) in choice.held_out.items())
-        + f" ({t1 - t0:.0f} s)"
+        f"s chosen by {choice.rule} ({args.halves} halves × 2): {choice.share:.1f}; chosen "
+        f"{', '.join(f'{s:.1f}: {c}' for s, c in sorted(choice.chosen_counts.items()))}; held-out AMI "
+        f"{'—' if choice.held_out_ami is None else f'{choice.held_out_ami:.3f}'} ({t1 - t0:.0f} s)"
     )
     print(
-        f"R² rule (ridge, group 5-fold): text|image {r2['text|image']:.3f}, image|text {r2['image|text']:.3f} "
+        f"R² rule (ridge, 5-fold): text|image {text_given_image:.3f}, image|text {image_given_text:.3f} "
         f"-> s = {rule_share:.3f} ({t2 - t1:.1f} s)"
     )
     print(f"equal-k AMI, mean ± sd over {len(seeds)} seed(s) ({t3 - t2:.0f} s; total {t3 - started:.0f} s):")

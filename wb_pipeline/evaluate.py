@@ -155,11 +155,13 @@ def clustering_over_seeds(
         return None
     spaces = clustering.clustering_spaces(text, image, joint_embeddings)
     targets = clustering.known_targets(product_labels, text.nm)
-    _, info = contrastive.load_joint_model(storage.as_upath(contrastive.model_folder(contrastive_model)))
+    model, info = contrastive.load_joint_model(storage.as_upath(contrastive.model_folder(contrastive_model)))
     config = contrastive.config_from_json(info["config"])
     others = [config.seed + i for i in range(1, max(1, n_train_seeds))]
+    images = image.subset(text.nm)
+    share = float(model.product_text_share) if model.has_product_space else None
     retrained = training_seeds.retrained_joint_vectors(
-        text.vectors, image.vectors, keys["title_key"].tolist(), keys["image_key"].tolist(), config, others
+        text.vectors, images.vectors, keys["title_key"].tolist(), keys["image_key"].tolist(), config, others, share
     )
     return training_seeds.equal_k_over_training_seeds(
         spaces, config.seed, retrained, targets, clustering.CLUSTERING_RECIPES, range(n_seeds)

@@ -11,6 +11,7 @@ from upath import UPath
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.models import classification as core
 from wb_pipeline.core.models import contrastive, prediction
+from wb_pipeline.core.models.contrastive import combine_joint
 from wb_pipeline.defs.automation.jobs import product_drops
 from wb_pipeline.defs.classification import assets as classification_assets
 from wb_pipeline.defs.classification import checks as classification_checks
@@ -213,6 +214,9 @@ class _Linear:
             return _unit(self.layer(torch.tensor(np.asarray(vectors))).numpy())
 
     project_image = project_text
+
+    def product_vectors(self, text, image):  # as a JointSpaceModel without a product space: the heads' vectors
+        return combine_joint(self.project_text(text), self.project_image(image))
 
 
 def test_a_product_gets_the_same_answer_alone_or_in_any_batch():

@@ -222,12 +222,10 @@ def test_drop_features_project_joint_only_where_both_vectors_exist():
     text = EmbeddingTable(nm=["1", "2"], vectors=np.eye(2, 3, dtype=np.float32))
     image = EmbeddingTable(nm=["1"], vectors=np.ones((1, 2), np.float32))
 
-    class Model:  # the saved joint model's projection interface
-        def project_text(self, x):
-            return np.asarray(x)[:, :2]
-
-        def project_image(self, x):
-            return np.asarray(x)
+    class Model:  # the saved joint model's product-vector interface
+        def product_vectors(self, text_vectors, image_vectors):
+            both = np.hstack([np.asarray(text_vectors), np.asarray(image_vectors)])
+            return both / np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
 
     features, available = prediction.product_features(["1", "2", "3"], text, image, Model())
     assert available["text"].tolist() == [True, True, False] and available["image"].tolist() == [True, False, False]

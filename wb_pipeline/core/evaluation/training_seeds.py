@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from wb_pipeline.core.models import clustering
-from wb_pipeline.core.models.contrastive import ContrastiveConfig, combine_joint, train_joint_space
+from wb_pipeline.core.models.contrastive import ContrastiveConfig, train_joint_space
 
 
 def retrained_joint_vectors(
@@ -27,13 +27,17 @@ def retrained_joint_vectors(
     image_keys: Sequence,
     config: ContrastiveConfig,
     seeds: Sequence[int],
+    text_share: float | None = None,
 ) -> dict[int, np.ndarray]:
-    """training seed → the combined joint vectors (as `joint_embeddings.combined_joint`) of the model
-    trained on every pair with `config`'s seed replaced."""
+    """training seed → the product vectors (as `joint_embeddings.combined_joint`) of the model trained on
+    every pair with `config`'s seed replaced, with the run's product space (`text_share`; None: the heads'
+    concatenation, a model saved without one)."""
     vectors = {}
     for seed in seeds:
         model, _ = train_joint_space(text, image, text_keys, image_keys, replace(config, seed=int(seed)))
-        vectors[int(seed)] = combine_joint(model.project_text(text), model.project_image(image))
+        if text_share is not None:
+            model.set_product_space(text, image, text_share)
+        vectors[int(seed)] = model.product_vectors(text, image)
     return vectors
 
 

@@ -38,7 +38,6 @@ from wb_pipeline.core.models.classification import (
     LabelModels,
     load_label_models,
 )
-from wb_pipeline.core.models.contrastive import combine_joint
 from wb_pipeline.core.models.fusion import tabular_features
 
 COLUMNS = ["nm", "label", "predicted", "probability", "model", "status", "reason"]
@@ -85,10 +84,7 @@ def product_features(
         both = available["text"] & available["image"]
         joint = None
         if both.any():
-            joint = combine_joint(
-                in_fixed_blocks(joint_model.project_text, features["text"][both]),
-                in_fixed_blocks(joint_model.project_image, features["image"][both]),
-            )
+            joint = in_fixed_blocks(joint_model.product_vectors, features["text"][both], features["image"][both])
         matrix = np.zeros((len(nm), 0 if joint is None else joint.shape[1]), np.float32)
         if joint is not None:
             matrix[both] = joint

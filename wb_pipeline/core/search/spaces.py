@@ -2,7 +2,7 @@
 
 | space | product vector | text query | image query |
 |---|---|---|---|
-| `joint` (default) | `combined_joint` (normalised concatenation of the joint text and image vectors) | text head, as [q, q]/√2 | image head, as [q, q]/√2 |
+| `joint` (default) | `combined_joint`: the product vector [√s·text, √(1−s)·image] of the standardised encoder vectors | [√s·q, 0] | [0, √(1−s)·q] |
 | `joint_text` | `text_joint` | text head | image head (cross-modal) |
 | `joint_image` | `image_joint` | text head (cross-modal) | image head |
 | `text` | the text encoder's vector | encoder vector | — (no shared space) |
@@ -22,7 +22,7 @@ import pandas as pd
 
 from wb_pipeline.core.embeddings.encoders.base import l2_normalize
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
-from wb_pipeline.core.models.contrastive import joint_matrix, one_sided_in_combined
+from wb_pipeline.core.models.contrastive import joint_matrix
 
 Space = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat"]
 IndexSpace = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat", "auto"]
@@ -96,10 +96,11 @@ def query_vector(
     if space in JOINT_SPACES:
         if joint_model is None:
             raise ValueError(f"space {space!r} needs the joint model to project the query")
-        projected = l2_normalize(
+        if space == "joint":
+            return joint_model.product_query(vector, modality)
+        return l2_normalize(
             joint_model.project_text(vector) if modality == "text" else joint_model.project_image(vector)
         )
-        return one_sided_in_combined(projected) if space == "joint" else projected
     if space in ("text", "image"):
         if modality != space:
             raise QueryError(

@@ -12,7 +12,7 @@ import pandas as pd
 from wb_pipeline.core.data.storage import as_upath
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.evaluation.figures import loss_curve_png, png_markdown
-from wb_pipeline.core.models import contrastive
+from wb_pipeline.core.models import clustering, contrastive, product_space
 from wb_pipeline.core.models.contrastive import ContrastiveConfig
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
@@ -37,13 +37,14 @@ def aligned_images(text_embeddings: EmbeddingTable, image_embeddings: EmbeddingT
         raise ValueError(f"contrastive: text and image embeddings cover different products: {error}") from error
 
 
-@dg.asset(group_name="contrastive", kinds={"pytorch", "safetensors"}, code_version="3")
+@dg.asset(group_name="contrastive", kinds={"pytorch", "safetensors"}, code_version="4")
 def contrastive_model(
     context: dg.AssetExecutionContext,
     text_embeddings: EmbeddingTable,
     image_embeddings: EmbeddingTable,
     clean_products: pd.DataFrame,
     image_index: pd.DataFrame,
+    product_labels: pd.DataFrame,
     pipeline_storage: WBStorage,
     config: ContrastiveSettings,
 ) -> dg.MaterializeResult:
@@ -54,7 +55,10 @@ def contrastive_model(
     concatenated with the heads' vectors. Value: held-out Recall@1/5/10 and median rank per direction at
     chance, before (random heads), for the CCA part and the heads alone, and after (the joint vectors
     of the early-stopping model); the saved model is then refit on ALL pairs for the same number of
-    epochs (`refit_on_all_pairs`). `artifact` = the saved model folder."""
+    epochs (`refit_on_all_pairs`). The model also fixes the PRODUCT vector (`combined_joint`): both encoders'
+    standardised vectors, the text given the share the catalogue's known classes support best at equal k
+    (cross-fitted; the R² rule without known classes; `product_text_share` pins it) — metadata
+    `product_text_share`, `product_share_rule`, `product_share_held_out_ami`. `artifact` = the saved model folder."""
     core_config = to_core(ContrastiveConfig, config)
     images = aligned_images(text_embeddings, image_embeddings)
     keys = contrastive.product_keys(text_embeddings.nm, clean_products, image_index)
@@ -70,7 +74,22 @@ def contrastive_model(
         core_config,
         progress=context.log.debug,
     )
-    fingerprint = contrastive.model_fingerprint(core_config, fingerprints, text_embeddings.vectors, images.vectors)
+    if core_config.product_text_share is not None:
+        share = product_space.ShareChoice(float(core_config.product_text_share), product_space.RULE_PINNED)
+    else:
+        share = product_space.choose_text_share(
+            text_embeddings.vectors,
+            images.vectors,
+            clustering.known_targets(product_labels, text_embeddings.nm),
+            step=core_config.product_share_step,
+            halves=core_config.product_share_halves,
+            min_labelled=core_config.product_share_min_labelled,
+            seed=core_config.seed,
+        )
+    model.set_product_space(text_embeddings.vectors, images.vectors, share.share)
+    fingerprint = contrastive.model_fingerprint(
+        core_config, fingerprints, text_embeddings.vectors, images.vectors, np.array([share.share], np.float64)
+    )
     folder = pipeline_storage.layout.contrastive_models / fingerprint
     contrastive.save_joint_model(model, folder, fingerprints, report)
     table = report.metrics_frame()
@@ -102,6 +121,7 @@ def contrastive_model(
             "image_to_text_recall_at_1": after["image_to_text"].get("recall_at_1"),
             "text_to_image_recall_at_1": after["text_to_image"].get("recall_at_1"),
             "closed_form_dim": model.closed_form_dim,
+            **share.metadata(),
             "encoder_fingerprints": dg.MetadataValue.json(fingerprints),
             "artifact": dg.MetadataValue.path(str(folder)),
         },
@@ -114,19 +134,23 @@ def joint_embeddings(
     text_embeddings: EmbeddingTable,
     image_embeddings: EmbeddingTable,
 ) -> dg.MaterializeResult:
-    """Every product in the joint space: `nm` and three float32 list columns, `text_joint`,
-    `image_joint` and `combined_joint` (their normalised concatenation), unit-norm, row-aligned with
-    `text_embeddings`. Read a column as a matrix with `wb_pipeline.core.models.contrastive.joint_matrix`."""
+    """Every product in the joint space: `nm` and four float32 list columns, unit-norm, row-aligned with
+    `text_embeddings`: the heads' `text_joint` and `image_joint` (cross-modal search), `heads_joint`
+    (their concatenation: zero-shot) and `combined_joint`, the product vector the model fixed.
+    Read a column as a matrix with `wb_pipeline.core.models.contrastive.joint_matrix`."""
     model, info = contrastive.load_joint_model(as_upath(contrastive.model_folder(contrastive_model)))
     images = aligned_images(text_embeddings, image_embeddings)
     text_joint, image_joint = model.project_text(text_embeddings.vectors), model.project_image(images.vectors)
-    frame = contrastive.joint_embedding_frame(text_embeddings.nm, text_joint, image_joint)
+    product = model.product_vectors(text_embeddings.vectors, images.vectors)
+    frame = contrastive.joint_embedding_frame(text_embeddings.nm, text_joint, image_joint, product)
     own_pair_cosine = (text_joint * image_joint).sum(axis=1)
     return dg.MaterializeResult(
         value=frame,
         metadata={
             "dagster/row_count": len(frame),
             "dim": int(text_joint.shape[1]) if len(frame) else 0,
+            "product_dim": int(product.shape[1]) if len(frame) else 0,
+            "product_text_share": float(model.product_text_share),
             "mean_own_pair_cosine": float(np.mean(own_pair_cosine)) if len(frame) else None,
             "model": dg.MetadataValue.path(contrastive.model_folder(contrastive_model)),
             "encoder_fingerprints": dg.MetadataValue.json(info.get("encoder_fingerprints", {})),

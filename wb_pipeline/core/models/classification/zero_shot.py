@@ -24,7 +24,9 @@ class ZeroShotConfig:
     A class is encoded as `template.format(phrase)`, where the phrase is `class_phrases['<label>=<class>']`
     when given, else the class value itself ('для женщин', 'зима', a category name)."""
 
-    joint_column: str = "combined_joint"  # which product vector: text_joint | image_joint | combined_joint
+    # which joint vector: the heads' (text_joint | image_joint | heads_joint = both), where a class name's text
+    # vector can be projected; `combined_joint` is the product vector of the standardised encoder vectors
+    joint_column: str = "heads_joint"
     template: str = "{}"  # the text encoder adds its own prompt ('passage: ' for e5)
     class_phrases: dict[str, str] = field(default_factory=_default_class_phrases)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-MODEL_FORMAT_VERSION = 2  # 2: the closed-form (CCA) buffers
+MODEL_FORMAT_VERSION = 3  # 2: the closed-form (CCA) buffers; 3: the product space's buffers
 
 
 WEIGHTS_FILE = "model.safetensors"
@@ -60,6 +60,15 @@ class ContrastiveConfig:
     # the model that is kept has not left a fifth of a small catalogue unused (docs/DESIGN-NOTES.md).
     refit_on_all_pairs: bool = True
     recall_ks: tuple[int, ...] = (1, 5, 10)
+    # The product vector (clusters, similar products, the default search index): each encoder's vectors
+    # centred and scaled, the text given this share of the variance, [√s·text, √(1−s)·image]. None: read
+    # from the catalogue (core.models.product_space: cross-fitted equal-k AMI over a grid of
+    # `product_share_step` on `product_share_halves` random halves when at least
+    # `product_share_min_labelled` products have a known class, else the R² rule).
+    product_text_share: float | None = None
+    product_share_step: float = 0.1
+    product_share_halves: int = 20
+    product_share_min_labelled: int = 50
     seed: int = 0
     deterministic: bool = True
     # Tiny matmuls: one thread is fastest, and on a shared CPU extra threads mostly spin-wait.
@@ -70,6 +79,17 @@ class ContrastiveConfig:
     unfreeze_image_layers: int = 0
 
     def __post_init__(self) -> None:
+        if self.product_text_share is not None and not 0.0 <= self.product_text_share <= 1.0:
+            raise ValueError(f"ContrastiveConfig: product_text_share must be in [0, 1], got {self.product_text_share}")
+        if (
+            not 0.0 < self.product_share_step <= 1.0
+            or self.product_share_halves < 1
+            or self.product_share_min_labelled < 2
+        ):
+            raise ValueError(
+                "ContrastiveConfig: product_share_step must be in (0, 1], product_share_halves >= 1, "
+                "product_share_min_labelled >= 2"
+            )
         positive = ("joint_dim", "mlp_hidden_dim", "batch_size", "max_steps", "eval_every_steps", "patience_evals")
         for name in positive:
             if getattr(self, name) <= 0:

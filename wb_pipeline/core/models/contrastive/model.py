@@ -87,6 +87,13 @@ class JointSpaceModel(nn.Module):
         for side, dim in (("text", self.text_dim), ("image", self.image_dim)):
             self.register_buffer(f"{side}_cca_mean", torch.zeros(dim))
             self.register_buffer(f"{side}_cca_map", torch.zeros(dim, self.closed_form_dim))
+        # The product vector (`product_vectors`; the share is chosen by core.models.product_space): each
+        # encoder's vectors centred and scaled to unit mean squared norm, the text given `product_text_share`
+        # of the variance. Below 0 until `set_product_space`: then the heads' concatenation stands in.
+        self.register_buffer("product_text_mean", torch.zeros(self.text_dim))
+        self.register_buffer("product_image_mean", torch.zeros(self.image_dim))
+        self.register_buffer("product_scales", torch.ones(2))
+        self.register_buffer("product_text_share", torch.tensor(-1.0))
 
     @property
     def output_dim(self) -> int:
@@ -104,6 +111,62 @@ class JointSpaceModel(nn.Module):
             self.text_cca_map.copy_(torch.from_numpy(text_map))
             self.image_cca_mean.copy_(torch.from_numpy(image_mean))
             self.image_cca_map.copy_(torch.from_numpy(image_map))
+
+    def set_product_space(self, text_vectors: np.ndarray, image_vectors: np.ndarray, text_share: float) -> None:
+        """Fix the product vector: each side's mean and scale from these (all) products, the text's share."""
+        if not 0.0 <= float(text_share) <= 1.0:
+            raise ValueError(f"JointSpaceModel: the text's share must be in [0, 1], got {text_share}")
+        (text_mean, text_scale), (image_mean, image_scale) = (
+            side_statistics(text_vectors),
+            side_statistics(image_vectors),
+        )
+        with torch.no_grad():
+            self.product_text_mean.copy_(torch.from_numpy(text_mean))
+            self.product_image_mean.copy_(torch.from_numpy(image_mean))
+            self.product_scales.copy_(torch.tensor([text_scale, image_scale], dtype=torch.float32))
+            self.product_text_share.fill_(float(text_share))
+
+    @property
+    def has_product_space(self) -> bool:
+        return float(self.product_text_share) >= 0.0
+
+    @property
+    def product_dim(self) -> int:
+        return self.text_dim + self.image_dim if self.has_product_space else 2 * self.output_dim
+
+    def _product_parts(self, text: np.ndarray | None, image: np.ndarray | None, rows: int) -> np.ndarray:
+        share = float(self.product_text_share)
+        text_scale, image_scale = (float(v) for v in self.product_scales)
+        parts = [
+            np.zeros((rows, self.text_dim), np.float32)
+            if text is None
+            else np.sqrt(share) * (np.asarray(text, np.float32) - self.product_text_mean.numpy()) / text_scale,
+            np.zeros((rows, self.image_dim), np.float32)
+            if image is None
+            else np.sqrt(1.0 - share) * (np.asarray(image, np.float32) - self.product_image_mean.numpy()) / image_scale,
+        ]
+        both = np.hstack(parts).astype(np.float32)
+        return both / np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
+
+    def product_vectors(self, text_vectors: np.ndarray, image_vectors: np.ndarray) -> np.ndarray:
+        """The product vector of every (text, image) pair: unit [√s · text, √(1−s) · image] of the
+        standardised encoder vectors (what clusters, similar products and the default index use); the
+        heads' concatenation (`combine_joint`) for a model without a product space."""
+        if not self.has_product_space:
+            return combine_joint(self.project_text(text_vectors), self.project_image(image_vectors))
+        return self._product_parts(text_vectors, image_vectors, len(text_vectors))
+
+    def product_query(self, vectors: np.ndarray, modality: str) -> np.ndarray:
+        """ONE modality's vectors (a text query, a photo) in the product space: the other side's part
+        is 0, so the ranking is that modality's own (cross-modal search is on the heads:
+        `joint_text` / `joint_image`)."""
+        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        if not self.has_product_space:
+            projected = self.project_text(vectors) if modality == "text" else self.project_image(vectors)
+            return one_sided_in_combined(projected)
+        if modality == "text":
+            return self._product_parts(vectors, None, len(vectors))
+        return self._product_parts(None, vectors, len(vectors))
 
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
@@ -153,6 +216,14 @@ class JointSpaceModel(nn.Module):
         finally:
             self.train(was_training)
         return np.concatenate(blocks) if blocks else np.zeros((0, self.output_dim), np.float32)
+
+
+def side_statistics(vectors: np.ndarray) -> tuple[np.ndarray, float]:
+    """(mean, scale) that centre one modality's vectors and scale them to unit mean squared norm."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    mean = vectors.mean(axis=0) if len(vectors) else np.zeros(vectors.shape[1])
+    scale = float(np.sqrt(((vectors - mean) ** 2).sum(axis=1).mean())) if len(vectors) else 1.0
+    return mean.astype(np.float32), (scale if scale > 0 else 1.0)
 
 
 def combine_joint(text_joint: np.ndarray, image_joint: np.ndarray) -> np.ndarray:
@@ -209,19 +280,24 @@ def zero_shot_scores(
     return products @ class_joint.T
 
 
-JOINT_COLUMNS = ("text_joint", "image_joint", "combined_joint")
+JOINT_COLUMNS = ("text_joint", "image_joint", "heads_joint", "combined_joint")
 
 
-def joint_embedding_frame(nm: Sequence[str], text_joint: np.ndarray, image_joint: np.ndarray) -> pd.DataFrame:
-    """The `joint_embeddings` table: nm and one float32 list column per vector kind (text, image,
-    combined = their normalised concatenation); one table keeps the three row-aligned by construction."""
-    combined = combine_joint(text_joint, image_joint)
+def joint_embedding_frame(
+    nm: Sequence[str], text_joint: np.ndarray, image_joint: np.ndarray, product: np.ndarray | None = None
+) -> pd.DataFrame:
+    """The `joint_embeddings` table: nm and one float32 list column per vector kind: the heads' text and
+    image vectors (cross-modal), `heads_joint` (their normalised concatenation: zero-shot's space) and
+    `combined_joint`, the product vector (`JointSpaceModel.product_vectors`; the heads' concatenation
+    when not given); one table keeps them row-aligned by construction."""
+    heads = combine_joint(text_joint, image_joint)
     return pd.DataFrame(
         {
             "nm": np.asarray(list(nm), dtype=object),
             "text_joint": list(np.asarray(text_joint, np.float32)),
             "image_joint": list(np.asarray(image_joint, np.float32)),
-            "combined_joint": list(combined),
+            "heads_joint": list(heads),
+            "combined_joint": list(heads if product is None else np.asarray(product, np.float32)),
         }
     )
 
