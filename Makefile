@@ -12,7 +12,7 @@ SYSTEM_PACKAGES ?= chromium chromium-driver postgresql
 # Tests: everything (slow tests included); `make test PYTEST_ARGS='-m "not slow"'` for the inner loop.
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps run eval ui test lint bench bench-short
+.PHONY: setup system-deps run eval ui serve test lint bench bench-short
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -59,6 +59,10 @@ eval: setup
 # The Dagster UI on http://127.0.0.1:3000
 ui: setup
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The HTTP service over the latest materialized models and index on http://127.0.0.1:8000 (README, "Serving").
+serve: setup
+	$(BIN)/python -m wb_pipeline.serve
 
 # (2) The test suite.
 test: system-deps setup

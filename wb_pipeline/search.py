@@ -70,7 +70,7 @@ def open_searcher(
     ef_search: int | None = None,
     definitions=None,
 ):
-    """A `Searcher` over the latest build, with the encoder a `need` ("text" / "image") query uses."""
+    """A `Searcher` over the latest build, with the encoder a `need` ("text" / "image" / "both") query uses."""
     from wb_pipeline.core.data.images import ImageConfig
     from wb_pipeline.core.data.ingestion import one_line
     from wb_pipeline.core.models.contrastive import load_joint_model
@@ -98,7 +98,7 @@ def open_searcher(
     resources = definitions.resources
     text_encoder = image_encoder = None
     recorded = manifest.get("encoders") or {}
-    if need == "text":
+    if need in ("text", "both"):
         resource = resources["text_encoder"]
         product_side = resource.build()  # the fingerprint needs no model load
         if recorded.get("text") not in (None, "unknown") and product_side.fingerprint != recorded["text"]:
@@ -108,7 +108,7 @@ def open_searcher(
                 "this encoder, or configure the one it used"
             )
         text_encoder = resource.build_query_encoder()
-    else:
+    if need in ("image", "both"):
         image_encoder = resources["image_encoder"].build()
         fingerprint = str(recorded.get("image") or "unknown")
         if fingerprint != "unknown" and not fingerprint.startswith(image_encoder.fingerprint):

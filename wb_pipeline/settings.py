@@ -17,6 +17,7 @@ value in effect; `--get NAME` prints one value (the Makefile uses it).
 | `WB_PIPELINE_RETRAIN_DRIFT_BY` | which drift statistic retrains: `domain_auc` or `mmd` | `domain_auc` |
 | `WB_PIPELINE_RETRAIN_DRIFT_MMD_P` | with `mmd`: retrain when the MMD p-value is below it | 0.01 |
 | `WB_PIPELINE_RETRAIN_ADDED_SHARE` | retrain when products added since the last training reach this share | 0.25 |
+| `WB_PIPELINE_SERVE_MAX_UPLOAD_BYTES` | `make serve`: the largest request body (a card with its photo) | 8388608 (8 MiB) |
 
 All default folders are git-ignored. No dagster import here: the CLI, tests and benchmarks share it.
 """
@@ -36,6 +37,8 @@ INCOMING_DIR_ENV = "WB_PIPELINE_INCOMING_DIR"
 MODELS_DIR_ENV = "WB_PIPELINE_MODELS_DIR"
 SHARDS_ENV = "WB_PIPELINE_SHARDS"
 REEMBED_CRON_ENV = "WB_PIPELINE_REEMBED_CRON"
+SERVE_MAX_UPLOAD_ENV = "WB_PIPELINE_SERVE_MAX_UPLOAD_BYTES"
+DEFAULT_SERVE_MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 DEFAULT_SHARDS = 4
 DEFAULT_REEMBED_CRON = "0 2 * * *"  # nightly at 02:00
 
@@ -56,6 +59,7 @@ VARIABLES = (
     SHARDS_ENV,
     REEMBED_CRON_ENV,
     *RETRAIN_ENV.values(),
+    SERVE_MAX_UPLOAD_ENV,
 )
 
 
@@ -141,6 +145,20 @@ def retrain_policy():
         raise ValueError(f"retraining settings ({', '.join(RETRAIN_ENV.values())}): {error}") from None
 
 
+def serve_max_upload_bytes() -> int:
+    """`WB_PIPELINE_SERVE_MAX_UPLOAD_BYTES`: the HTTP service's largest request body (default 8 MiB)."""
+    raw = _read(SERVE_MAX_UPLOAD_ENV)
+    if not raw:
+        return DEFAULT_SERVE_MAX_UPLOAD_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{SERVE_MAX_UPLOAD_ENV}={raw!r} is not a whole number of bytes") from None
+    if value < 1024:
+        raise ValueError(f"{SERVE_MAX_UPLOAD_ENV}={value}: use at least 1024 bytes")
+    return value
+
+
 def effective() -> dict[str, str]:
     """Every setting with the value in effect (defaults resolved), by short name."""
     policy = retrain_policy()
@@ -152,6 +170,7 @@ def effective() -> dict[str, str]:
         "shards": str(n_shards()),
         "reembed_cron": reembed_cron(),
         **{name: str(getattr(policy, name)) for name in RETRAIN_ENV},
+        "serve_max_upload_bytes": str(serve_max_upload_bytes()),
     }
 
 
@@ -175,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 SHARDS_ENV,
                 REEMBED_CRON_ENV,
                 *RETRAIN_ENV.values(),
+                SERVE_MAX_UPLOAD_ENV,
             ),
         )
     )

@@ -228,3 +228,38 @@ def sample_groups(frame: pd.DataFrame, count: int, seed: int) -> list[int]:
     rng = np.random.default_rng(seed)
     picked = rng.choice(rest, size=min(max(count - len(largest), 0), len(rest)), replace=False) if len(rest) else []
     return largest + sorted(int(g) for g in picked)
+
+
+def new_product_matches(text_sim: np.ndarray, image_sim: np.ndarray, config: DuplicateConfig) -> np.ndarray:
+    """Which catalogue products one NEW product would be joined to by the duplicate graph of `config`.
+
+    `text_sim` / `image_sim`: its cosine to each of its candidates (row-aligned; the union of its
+    `config.candidates` nearest catalogue products by text and by image; -1 where a modality is
+    missing). The rule of `match_edges`, seen from the new product: a match by either modality's
+    threshold (by text only when its text is not generic, i.e. no more than `max_title_products`
+    products, itself counted, share it); without any, its single best candidate (mean similarity)
+    when both reach the floors. (A lonely catalogue product whose own best candidate would become the
+    new product is not looked at: that edge needs the catalogue's whole graph.)"""
+    text_sim = np.asarray(text_sim, np.float32)
+    image_sim = np.asarray(image_sim, np.float32)
+    n = len(text_sim)
+    pairs = pd.DataFrame(
+        {
+            "i": np.zeros(n, np.int64),
+            "j": np.arange(1, n + 1, dtype=np.int64),
+            "text_sim": text_sim,
+            "image_sim": image_sim,
+        }
+    )
+    strong = match_edges(
+        pairs, n + 1, config.text_threshold, config.image_threshold, max_title_products=config.max_title_products
+    )
+    if strong.any() or n == 0 or config.text_floor >= OFF or config.image_floor >= OFF:
+        return strong
+    generic = generic_text(pairs, n + 1, config.text_threshold, config.max_title_products)[0]
+    eligible = (text_sim >= config.text_floor) & (image_sim >= config.image_floor) & (not generic)
+    keep = np.zeros(n, bool)
+    if eligible.any():
+        score = np.where(eligible, (text_sim + image_sim) / 2.0, -np.inf)
+        keep[int(np.argmax(score))] = True
+    return keep

@@ -115,3 +115,30 @@ def query_vector(
         parts = [vector, zeros] if modality == "text" else [zeros, vector]
         return l2_normalize(np.hstack(parts))
     raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+
+
+def product_vector(
+    space: str, text_vector: np.ndarray, image_vector: np.ndarray, joint_model=None, product_vectors=None
+) -> np.ndarray:
+    """The unit vector [1, dim] in `space` of a product with BOTH encoder vectors — what `space_vectors`
+    holds for a catalogue product (a product with one modality enters as that modality's query,
+    `query_vector`). `product_vectors(text, image)` computes the joint model's product vector (default:
+    `joint_model.product_vectors`; the prediction path passes its fixed-block version)."""
+    text_vector = np.atleast_2d(np.asarray(text_vector, np.float32))
+    image_vector = np.atleast_2d(np.asarray(image_vector, np.float32))
+    if space in JOINT_SPACES:
+        if joint_model is None:
+            raise ValueError(f"space {space!r} needs the joint model to project the product")
+        if space == "joint":
+            compute = product_vectors or joint_model.product_vectors
+            return np.asarray(compute(text_vector, image_vector), np.float32)
+        if space == "joint_text":
+            return l2_normalize(joint_model.project_text(text_vector))
+        return l2_normalize(joint_model.project_image(image_vector))
+    if space == "text":
+        return l2_normalize(text_vector)
+    if space == "image":
+        return l2_normalize(image_vector)
+    if space == "early_concat":
+        return l2_normalize(np.hstack([text_vector, image_vector]))
+    raise ValueError(f"space must be one of {SPACES}, got {space!r}")
