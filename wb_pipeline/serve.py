@@ -22,8 +22,6 @@ body over `WB_PIPELINE_SERVE_MAX_UPLOAD_BYTES` or a photo with too many pixels, 
 other than multipart, form or JSON, 422 for a card the pipeline would reject.
 """
 
-from __future__ import annotations
-
 import argparse
 import logging
 import sys

@@ -111,7 +111,7 @@ def parse_card(fields: dict, photo: bytes | None, limits: ServingLimits = Servin
     nm = _text_field(fields, "nm", limits.max_field_chars)
     raw_characteristics = fields.get("characteristics")
     if raw_characteristics is not None and not isinstance(raw_characteristics, str):
-        raise CardError("field 'characteristics' must be text: the WB JSON list of {name, value} items")
+        raise CardError("field 'characteristics' must be text: the WB JSON list of {charcName, charcValues} items")
     characteristics = None
     if raw_characteristics is not None and raw_characteristics.strip():
         size = len(raw_characteristics.encode("utf-8", "surrogatepass"))
@@ -161,7 +161,7 @@ def card_characteristics(card: ProductCard, limits: ServingLimits = ServingLimit
         row = parsed.rejections.iloc[0]
         raise CardError(
             f"field 'characteristics' cannot be parsed ({row['reason']}: {str(row['detail'])[:200]}); "
-            'send the WB form, a JSON list like [{"name": "Цвет", "value": ["белый"]}]'
+            'send the WB form, a JSON list like [{"charcName": "Цвет", "charcValues": ["белый"]}]'
         )
     return parsed.long
 
