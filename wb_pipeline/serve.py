@@ -450,7 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     import uvicorn
+    from threadpoolctl import threadpool_limits
 
+    # BLAS on one thread: a request's matrix products are small (blocks of 64 rows), and concurrent
+    # requests already fill the cores; a second BLAS thread per request only spins (measured).
+    threadpool_limits(1, user_api="blas")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = ServiceState(args.storage, args.models_dir)
     try:

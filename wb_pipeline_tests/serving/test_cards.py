@@ -180,3 +180,30 @@ def test_only_a_complete_materialization_is_servable(tmp_path):
     assert "contrastive_model is newer" in incomplete_reason(layout, materialization_stamp(layout))
     # the stamp changes when any served file is rewritten
     assert materialization_stamp(layout) != stamp
+
+
+def test_tabular_features_from_brand_counts_equal_those_from_the_whole_catalogue():
+    import pandas as pd
+
+    from wb_pipeline.core.models.fusion import brand_counts, tabular_features
+
+    catalogue = pd.DataFrame(
+        {
+            "nm": ["1", "2", "3", "4", "5"],
+            "brand": ["Ромашка", " ромашка ", "Nike", None, "NIKE"],
+            "price": [100.0, None, 5.0, 7.0, 1.0],
+        }
+    )
+    card = pd.DataFrame({"nm": ["card"], "brand": ["nike"], "price": [42.0]})
+    whole = pd.concat([catalogue, card], ignore_index=True)
+    expected = tabular_features(["card"], whole, None)
+    counts = brand_counts(catalogue).plus(card)
+    got = tabular_features(["card"], card, None, counts)
+    pd.testing.assert_frame_equal(got, expected)
+    assert got["brand_frequency"].iloc[0] == 3 / 6
+    # an edit of product 3 (Nike -> Ромашка): its old row leaves the counts, the new one enters
+    edit = pd.DataFrame({"nm": ["3"], "brand": ["Ромашка"], "price": [5.0]})
+    whole = pd.concat([catalogue[catalogue["nm"] != "3"], edit], ignore_index=True)
+    counts = brand_counts(catalogue).plus(catalogue[catalogue["nm"] == "3"], sign=-1).plus(edit)
+    pd.testing.assert_frame_equal(tabular_features(["3"], edit, None, counts), tabular_features(["3"], whole, None))
+    assert counts.products == 5

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
@@ -330,14 +331,46 @@ def normalised_brand(brands: pd.Series) -> pd.Series:
     return cleaned.where(cleaned.fillna("").ne("")).astype(object).where(lambda s: s.notna(), None)
 
 
-def tabular_features(nm: Sequence[str], products: pd.DataFrame, characteristics: pd.DataFrame | None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class BrandCounts:
+    """How many products of a catalogue carry each normalised brand, and the catalogue's size: what the
+    brand share of `tabular_features` divides. Built once (`brand_counts`) by a caller that scores a few
+    products at a time against a large catalogue (a service), and updated by the products it adds."""
+
+    counts: pd.Series  # normalised brand -> products
+    products: int
+
+    def plus(self, products: pd.DataFrame, sign: int = 1) -> BrandCounts:
+        """These counts with `products` (nm, brand) added (`sign=-1`: removed)."""
+        other = brand_counts(products)
+        counts = self.counts.add(sign * other.counts, fill_value=0)
+        return BrandCounts(counts[counts > 0], self.products + sign * other.products)
+
+    def shares(self) -> pd.Series:
+        return self.counts / max(self.products, 1)
+
+
+def brand_counts(products: pd.DataFrame) -> BrandCounts:
+    """`BrandCounts` of `products` (one per distinct `nm`; `brand` optional)."""
+    catalogue = products.drop_duplicates("nm")
+    brands = normalised_brand(catalogue["brand"]) if "brand" in catalogue else pd.Series(dtype=object)
+    return BrandCounts(brands.value_counts(dropna=True), len(catalogue))
+
+
+def tabular_features(
+    nm: Sequence[str],
+    products: pd.DataFrame,
+    characteristics: pd.DataFrame | None,
+    catalogue_brands: BrandCounts | None = None,
+) -> pd.DataFrame:
     """Per product of `nm` (same order): `brand` (normalised, None if absent) and the numeric meta-model
     columns `TABULAR_COLUMNS` — log1p(price) (NaN when unknown: LightGBM routes missing values), the share
     of the catalogue (`products`) carrying the same brand (0 without a brand; label-free, so no fold
     can leak through it), and the number of distinct characteristics the card fills in.
 
     `products` needs `nm` and optionally `brand`, `price`; `characteristics` is the long
-    `product_characteristics` table (nm, name, value) or None."""
+    `product_characteristics` table (nm, name, value) or None. `catalogue_brands`: the catalogue's
+    `brand_counts`, when `products` holds only the products of `nm` (the shares then come from it)."""
     ids = pd.DataFrame({"nm": pd.Series(list(nm), dtype=object).astype(str)})
     catalogue = products.drop_duplicates("nm").astype({"nm": str})
     brand_all = (
@@ -345,7 +378,11 @@ def tabular_features(nm: Sequence[str], products: pd.DataFrame, characteristics:
         if "brand" in catalogue
         else pd.Series(None, index=catalogue.index, dtype=object)
     )
-    share = brand_all.value_counts(dropna=True) / max(len(catalogue), 1)
+    share = (
+        brand_all.value_counts(dropna=True) / max(len(catalogue), 1)
+        if catalogue_brands is None
+        else catalogue_brands.shares()
+    )
     price = (
         pd.to_numeric(catalogue["price"], errors="coerce")
         if "price" in catalogue

@@ -38,7 +38,7 @@ from wb_pipeline.core.models.classification import (
     LabelModels,
     load_label_models,
 )
-from wb_pipeline.core.models.fusion import tabular_features
+from wb_pipeline.core.models.fusion import BrandCounts, tabular_features
 
 COLUMNS = ["nm", "label", "predicted", "probability", "model", "status", "reason"]
 PREDICTED, FALLBACK, NOT_PREDICTED, REJECTED = "predicted", "fallback", "not_predicted", "rejected"
@@ -129,6 +129,14 @@ def model_ranking(report: pd.DataFrame, label: str, models: LabelModels, chosen:
     ]
 
 
+def label_rankings(
+    report: pd.DataFrame, label_models: Mapping[str, LabelModels], chosen: str = "best"
+) -> dict[str, list[str]]:
+    """`model_ranking` of every label: what `predict_with_features` reads per label. A caller predicting
+    many times with the same models (a service) computes it once and passes it in."""
+    return {label: model_ranking(report, label, models, chosen) for label, models in label_models.items()}
+
+
 def load_saved_models(models_root: UPath, labels: Sequence[str]) -> dict[str, LabelModels]:
     """The saved final models of each label, from `<models_root>/<label>/` (loaded without unpickling).
     `models_root` is the classification models folder (`StorageLayout.classification_models`)."""
@@ -165,6 +173,7 @@ def predict_with_features(
     tabular: pd.DataFrame | None,
     rejected: pd.DataFrame | None = None,
     chosen: str = "best",
+    rankings: Mapping[str, list[str]] | None = None,
 ) -> pd.DataFrame:
     """One row per (product, label): `COLUMNS`, from features already assembled (`predict_products`
     assembles them; call this one only with `product_features`' output).
@@ -172,7 +181,8 @@ def predict_with_features(
     `products`: nm of every product (clean or not), in order; `features`: block -> matrix row-aligned
     with `products` (rows of products without that block are ignored); `available`: block -> bool mask,
     row-aligned; `rejected`: nm, reason, detail of the products that cleaning rejected (their rows say
-    why and carry no prediction)."""
+    why and carry no prediction); `rankings`: `label_rankings(report, label_models, chosen)` when
+    already computed."""
     nm = products["nm"].astype(str).to_numpy(dtype=object)
     n = len(nm)
     for block, mask in available.items():
@@ -189,7 +199,7 @@ def predict_with_features(
     is_rejected = np.array([x in why_rejected for x in nm], bool)
     frames = []
     for label, models in label_models.items():
-        ranking = model_ranking(report, label, models, chosen)
+        ranking = rankings[label] if rankings is not None else model_ranking(report, label, models, chosen)
         first, first_needs = ranking[0], model_inputs(models, ranking[0])
         if is_rejected.any():
             frames.append(
@@ -276,6 +286,8 @@ def predict_products(
     clean_nm: set[str] | None = None,
     rejected: pd.DataFrame | None = None,
     chosen: str = "best",
+    rankings: Mapping[str, list[str]] | None = None,
+    catalogue_brands: BrandCounts | None = None,
 ) -> pd.DataFrame:
     """THE prediction path: for every product of `products` (column `nm`, in order) and every label of
     `label_models` (`load_saved_models`), the predicted class and its probability (`COLUMNS`).
@@ -287,12 +299,17 @@ def predict_products(
     brand share is over all of it); `characteristics`: the long `product_characteristics` table;
     `clean_nm`: the products allowed to use their vectors (None = all) — a product outside it never
     reads a vector (its nm may have one from another batch); `rejected`: nm, reason, detail of the
-    products that cleaning rejected; `chosen`: "best" or one model for every label."""
+    products that cleaning rejected; `chosen`: "best" or one model for every label; `rankings`: the
+    models' order per label when the caller computed it once (`label_rankings`); `catalogue_brands`: the
+    whole catalogue's `fusion.brand_counts` when `catalogue` holds only the products to predict (a service
+    scoring one card against a large catalogue)."""
     products = products[["nm"]].astype({"nm": str}).reset_index(drop=True)
     features, available = product_features(products["nm"], text, image, joint_model)
     if clean_nm is not None:
         is_clean = products["nm"].isin(set(map(str, clean_nm))).to_numpy()
         available = {block: mask & is_clean for block, mask in available.items()}
     characteristics = with_unparsed_characteristics(products, catalogue, characteristics)
-    tabular = tabular_features(products["nm"], catalogue, characteristics)
-    return predict_with_features(products, features, available, label_models, report, tabular, rejected, chosen)
+    tabular = tabular_features(products["nm"], catalogue, characteristics, catalogue_brands)
+    return predict_with_features(
+        products, features, available, label_models, report, tabular, rejected, chosen, rankings
+    )

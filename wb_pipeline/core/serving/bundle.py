@@ -26,6 +26,7 @@ from wb_pipeline.core.data import images, storage
 from wb_pipeline.core.data.cleaning import CleaningConfig
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable, read_embedding_table
 from wb_pipeline.core.models import contrastive, prediction
+from wb_pipeline.core.models.fusion import BrandCounts, brand_counts
 from wb_pipeline.core.search.duplicates import DuplicateConfig, new_product_matches
 from wb_pipeline.core.search.query import Searcher
 from wb_pipeline.core.search.spaces import product_vector, query_vector, uses_joint_model
@@ -132,6 +133,9 @@ class ServingBundle:
     cleaning: CleaningConfig = CleaningConfig()
     duplicates: DuplicateConfig = DuplicateConfig()
     info: dict = field(default_factory=dict)
+    rankings: dict = field(default_factory=dict)  # prediction.label_rankings: the models' order per label
+    brands: BrandCounts | None = None  # the catalogue's brand counts (the tabular features' brand share)
+    catalogue_rows: dict = field(default_factory=dict)  # nm -> row of `catalogue`
     _pool: ThreadPoolExecutor | None = None
 
     @classmethod
@@ -226,6 +230,9 @@ class ServingBundle:
             },
             "assets": {a: _file_time(layout.asset_file(a)) for a in SERVED_ASSETS},
         }
+        bundle.rankings = prediction.label_rankings(bundle.report, bundle.label_models)
+        bundle.brands = brand_counts(bundle.catalogue)
+        bundle.catalogue_rows = {nm: i for i, nm in enumerate(bundle.catalogue["nm"])}
         bundle._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photo")
         return bundle
 
@@ -283,8 +290,11 @@ class ServingBundle:
                 "price": pd.Series([card.price], dtype="float64"),
             }
         )
-        others = self.catalogue[self.catalogue["nm"] != card.nm]
-        catalogue = pd.concat([others, row], ignore_index=True)
+        # the catalogue with the card: its own row replaces a catalogue product it names (an edit)
+        brands = self.brands.plus(row)
+        edited = self.catalogue_rows.get(card.nm)
+        if edited is not None:
+            brands = brands.plus(self.catalogue.iloc[[edited]], sign=-1)
         return prediction.predict_products(
             pd.DataFrame({"nm": [card.nm]}),
             text,
@@ -292,8 +302,10 @@ class ServingBundle:
             self.joint_model,
             self.label_models,
             self.report,
-            catalogue,
+            row,
             card_characteristics(card),
+            rankings=self.rankings,
+            catalogue_brands=brands,
         )
 
     def similar(self, card: ProductCard, top: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:

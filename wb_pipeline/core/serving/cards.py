@@ -22,7 +22,7 @@ from wb_pipeline.core.data import images
 from wb_pipeline.core.data.characteristics import characteristics_table
 from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products
 from wb_pipeline.core.data.images.config import REASON_TOO_LARGE, REASON_TOO_MANY_PIXELS
-from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig
+from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig, normalize_raw_text
 from wb_pipeline.core.text.product_text import build_product_text, encoder_text
 
 # The id a card gets when it names no catalogue product (a WB nm is a number, so it never collides).
@@ -206,7 +206,17 @@ def card_encoder_text(clean: pd.DataFrame, encoder, inputs: TextInputs) -> str:
     """The exact text `text_embeddings` would encode for this (cleaned) card: `product_text`, then
     `encoder_text` with the description cut to the token budget by the encoder's own counter (no
     budget when the encoder has none, as the asset does)."""
-    text = build_product_text(clean, inputs.preprocessing)
+    if inputs.form == "natural":
+        # the natural columns alone: `normalize_raw_text` is what `build_product_text` computes for them
+        # (`preprocess_and_normalize`'s second output), without the token preprocessing they do not read
+        text = pd.DataFrame(
+            {
+                "title_natural": normalize_raw_text(clean["title"]),
+                "description_natural": normalize_raw_text(clean["description"]),
+            }
+        )
+    else:
+        text = build_product_text(clean, inputs.preprocessing)
     budget = inputs.description_token_budget if inputs.fields == "title_description" else None
     tokenizer = getattr(encoder, "budget_tokenizer", None) if budget is not None else None
     if tokenizer is None:
