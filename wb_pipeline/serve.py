@@ -394,6 +394,7 @@ class BodyLimit:
             except ValueError:
                 return await _reject(send, 400, "Content-Length is not a number")
             if too_big:
+                await self._drain(receive)
                 return await _reject(send, 413, self._message(int(length)))
         seen = 0
         started = False
@@ -416,7 +417,20 @@ class BodyLimit:
             await self.app(scope, counted_receive, tracked_send)
         except _TooLarge:
             if not started:
+                await self._drain(receive)
                 await _reject(send, 413, self._message(seen))
+
+    async def _drain(self, receive) -> None:
+        """Read and drop the rest of the body (up to 4x the limit), so the client, still sending, can
+        read the 413 instead of a broken pipe; nothing is kept."""
+        drained = 0
+        while drained <= 4 * self.max_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     def _message(self, size: int) -> str:
         return f"request body of {size:,}+ bytes, above the {self.max_bytes:,}-byte upload limit"
