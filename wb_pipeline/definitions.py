@@ -28,6 +28,7 @@ from wb_pipeline.defs.preprocessing import checks as preprocessing_checks
 from wb_pipeline.defs.resources import WBRawData, WBStorage, WBStorageIOManager
 from wb_pipeline.defs.search import assets as search_assets
 from wb_pipeline.defs.search import checks as search_checks
+from wb_pipeline.defs.sharding import SHARD_RESULTS_IO_MANAGER, ShardingSettings, ShardResultsIOManager
 
 ASSET_MODULES = [
     ingestion_assets,
@@ -71,18 +72,17 @@ def build_definitions(
     default to the offline e5 text and EfficientNet-Lite0 image encoders; the retraining rule to
     `settings.retrain_policy()` (`WB_PIPELINE_RETRAIN_*`), the schedule's cron to `settings.reembed_cron()`
     (`WB_PIPELINE_REEMBED_CRON`); the number of product shards to `n_shards`
-    (default `WB_PIPELINE_SHARDS`, else 4); `encoder_op_tags` go on every encoder shard step (e.g. a
+    (default `WB_PIPELINE_SHARDS`, else 4: the `sharding` resource, editable per run); `encoder_op_tags` go on
+    every encoder shard step (e.g. a
     `dagster-k8s/config` pod spec, see `wb_pipeline.engines.k8s_definitions`)."""
     layout = settings.layout(storage_dir, models_dir)
     incoming_dir = incoming_dir or settings.incoming_dir()
     n_shards = n_shards or settings.n_shards()
-    sharded = [
-        *ingestion_assets.build_image_index_assets(n_shards),
-        *preprocessing_assets.build_product_text_assets(n_shards),
-        *embeddings_assets.build_embedding_assets(n_shards, encoder_op_tags),
-    ]
     return dg.Definitions(
-        assets=[*dg.load_assets_from_modules(ASSET_MODULES), *sharded],
+        assets=[
+            *dg.load_assets_from_modules(ASSET_MODULES),
+            *embeddings_assets.build_embedding_assets(encoder_op_tags),
+        ],
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
         jobs=[
             jobs.full_pipeline,
@@ -101,6 +101,8 @@ def build_definitions(
             "raw_data": WBRawData(raw_dir=raw_dir or settings.raw_dir(), incoming_dir=incoming_dir),
             "io_manager": WBStorageIOManager(base_dir=layout.base_dir, n_shards=n_shards),
             "pipeline_storage": WBStorage(base_dir=layout.base_dir),
+            "sharding": ShardingSettings(n_shards=n_shards),
+            SHARD_RESULTS_IO_MANAGER: ShardResultsIOManager(base_dir=layout.base_dir),
             "text_encoder": text_encoder or TextEncoderResource(cache_dir=layout.encoder_models),
             "image_encoder": image_encoder or ImageEncoderResource(cache_dir=layout.encoder_models),
             # settings every shard step of a run shares (editable in the launchpad's resources section)

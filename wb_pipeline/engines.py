@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import dask.distributed
 from dagster._core.errors import raise_execution_interrupts
-from dagster._utils import iterate_with_context
+from dagster._core.execution.plan.active import ActiveExecution
 from dagster_dask import dask_executor
 from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements, query_on_dask_worker
 
@@ -98,16 +98,18 @@ class _StepEvents:
         return 1024 * len(self.events)  # order of magnitude is all dask's memory accounting needs
 
 
-def _execute_step_on_worker(dependencies: list, call: _StepCall) -> _StepEvents:
+def _execute_step_on_worker(call: _StepCall) -> _StepEvents:
     """The dask task: run one step in the worker process (dagster_dask's own worker function)."""
-    return _StepEvents(query_on_dask_worker(dependencies, *call.args))
+    return _StepEvents(query_on_dask_worker([], *call.args))  # submitted once its inputs exist: no dependencies
 
 
 class _PoolSafeDaskExecutor(DaskExecutor):
-    """`dagster_dask`'s DaskExecutor (same config, same cluster types, one task per step), with two
-    fixes: the task arguments are wrapped so runs with pools can be submitted (see `_StepCall`), and
-    task keys include the run id so two runs of the same job on one cluster do not share tasks
-    (dask would run a key once: dagster-io/dagster#21418)."""
+    """`dagster_dask`'s DaskExecutor (same config, same cluster types, one task per step), with three
+    fixes: steps are submitted as they become ready, driven by Dagster's `ActiveExecution`, so the
+    dynamic shard steps run (dagster_dask plans every step up front and silently skips mapped steps:
+    dagster-io/dagster#9785); the task arguments are wrapped so runs with pools can be submitted (see
+    `_StepCall`); and task keys include the run id so two runs of the same job on one cluster do not
+    share tasks (dask would run a key once: dagster-io/dagster#21418)."""
 
     def execute(self, plan_context, execution_plan):
         if not plan_context.instance.is_persistent:
@@ -125,29 +127,40 @@ class _PoolSafeDaskExecutor(DaskExecutor):
                 f"unknown dask cluster type {self.cluster_type!r}: expected 'existing' or one of "
                 f"{sorted(_DASK_CLUSTERS)}"
             )
-        with dask.distributed.Client(cluster) as client:
-            futures: dict[str, dask.distributed.Future] = {}
-            for step_level in execution_plan.get_steps_to_execute_by_level():
-                for step in step_level:
-                    upstream = [futures[key] for step_input in step.step_inputs for key in step_input.dependency_keys]
+        with dask.distributed.Client(cluster) as client, ActiveExecution(execution_plan, self.retries) as active:
+            # Steps are submitted as they become ready (as the multiprocess and k8s executors do), not planned
+            # up front by level: a sharded stage's shard steps exist only once its shard list has run.
+            running: dict[dask.distributed.Future, str] = {}
+            while not active.is_complete:
+                for step in active.get_steps_to_execute():
                     call = _StepCall(
                         plan_context.reconstructable_job,
                         run,
                         plan_context.run_config,
                         [step.key],
                         plan_context.instance.get_ref(),
-                        execution_plan.known_state,
+                        active.get_known_state(),
                     )
-                    futures[step.key] = client.submit(
+                    future = client.submit(
                         _execute_step_on_worker,
-                        upstream,
                         call,
                         key=f"{plan_context.job_name}.{step.key}.{run.run_id}",
                         resources=get_dask_resource_requirements(step.tags),
+                        pure=False,
                     )
-            completed = dask.distributed.as_completed(list(futures.values()), with_results=True)
-            for _future, step_events in iterate_with_context(raise_execution_interrupts, completed):
-                yield from step_events.events
+                    running[future] = step.key
+                yield from active.plan_events_iterator(plan_context)
+                if not running:
+                    continue
+                with raise_execution_interrupts():
+                    done, _ = dask.distributed.wait(list(running), return_when="FIRST_COMPLETED")
+                for future in done:
+                    step_key = running.pop(future)
+                    for event in future.result().events:
+                        yield event
+                        active.handle_event(event)
+                    active.verify_complete(plan_context, step_key)
+                yield from active.plan_events_iterator(plan_context)
 
 
 @dg.executor(
@@ -221,10 +234,10 @@ def k8s_definitions() -> dg.Definitions:
     return _definitions_on(k8s_job_executor, encoder_op_tags={"dagster-k8s/config": ENCODER_STEP_K8S_CONFIG})
 
 
-# The pod of every encoder shard step (`text_embeddings_shard_<k>`, `image_embeddings_shard_<k>`), as a
-# `dagster-k8s/config` op tag: the run config's per-step keys are op names, which depend on the shard
-# count. One GPU each (the `embedding` pool caps how many run at once), CPU for decoding JPEGs /
-# tokenizing alongside, memory for the model, the chunk in flight and ONE shard's table.
+# The pod of every encoder shard step (`text_embeddings.text_embeddings_shard[<key>]`, and the image one),
+# as a `dagster-k8s/config` op tag on the shard op: one spec for every shard, whatever their count. One GPU
+# each (the `embedding` pool caps how many run at once), CPU for decoding JPEGs / tokenizing alongside,
+# memory for the model, the chunk in flight and ONE shard's table.
 ENCODER_STEP_K8S_CONFIG = {
     "container_config": {
         "resources": {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "16Gi", "nvidia.com/gpu": "1"}}

@@ -12,9 +12,9 @@ Generates the catalogue with the sample generator (reused when ``<out>/data-<n>-
 one of the same spec: its manifest is written last), prepares the models (e5 conversion, onnx
 export: reused from ``--models``), then materialises the ``ingestion``, ``preprocessing`` and
 ``embeddings`` groups — ``raw_products_train``, ``raw_products_test``, ``image_members`` (the zip's
-directory, read once), the ``image_index_shard_<k>``
-steps and their gather ``image_index``, ``clean_products`` + ``rejected_products``, the
-``product_text``, ``text_embeddings`` and ``image_embeddings`` shard steps and gathers, with their
+directory, read once), ``image_index`` (its shard list, shard steps and gather),
+``clean_products`` + ``rejected_products``, and the ``product_text``, ``text_embeddings`` and
+``image_embeddings`` shard lists, shard steps and gathers, with their
 asset checks — in ONE Dagster run over a fresh storage folder, on ``--shards`` N product shards
 (default: the pipeline's). Per stage (its shard steps + gather summed) it prints wall seconds
 (STEP_START..STEP_SUCCESS from the run's event log, so input loading and output writing are

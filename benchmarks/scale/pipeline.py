@@ -42,6 +42,18 @@ def ensure_dataset(folder: Path, n_products: int, seed: int) -> dict[str, Any]:
     return {"manifest": manifest, "seconds": seconds, "reused": reused, "bytes": data_bytes}
 
 
+def _step_output_metadata(instance, run_id: str) -> dict[str, dict[str, Any]]:
+    """step key -> the metadata of its output (a shard step reports its rows and figures there)."""
+    import dagster as dg
+
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT, limit=100_000).records
+    found = {}
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        found[event.step_key] = {k: v.value for k, v in event.step_output_data.metadata.items()}
+    return found
+
+
 def _metadata(instance, asset: str) -> dict[str, Any]:
     import dagster as dg
 
@@ -77,7 +89,7 @@ class PipelineRun:
     executor: str  # one of EXECUTORS
     n_shards: int
     steps: dict[str, dict[str, float]]  # step key -> start, end (unix), seconds, peak_rss_mib
-    metadata: dict[str, dict[str, Any]]  # asset -> materialization metadata (shard assets included)
+    metadata: dict[str, dict[str, Any]]  # asset -> materialization metadata; shard step key -> output metadata
     rss_peak_mib: float  # this process and its children (multiprocess: + forkserver + step process; dask: + cluster)
     rss_before_mib: float  # after loading the encoders, before the run
     rss_after_mib: float
@@ -265,9 +277,9 @@ def run_pipeline(
     }
     defs = benchmark_definitions(parameters)
     planned = {key.to_user_string() for key in defs.resolve_job_def(JOB_NAME).asset_layer.executable_asset_keys}
-    if planned != expected_assets(n_shards):
+    if planned != expected_assets():
         raise RuntimeError(
-            f"the benchmark job selects {sorted(planned ^ expected_assets(n_shards))} "
+            f"the benchmark job selects {sorted(planned ^ expected_assets())} "
             "beyond / short of the stages: update STAGES"
         )
     # python_log_level: also quiets the IO manager's DEBUG lines when loading product_text after the run
@@ -313,7 +325,8 @@ def run_pipeline(
                 raise RuntimeError(f"no memory record from steps {sorted(missing)}")
             for key, step in steps.items():  # the step's own process, not this one's + the child's
                 step["peak_rss_mib"] = step_memory[key]["vm_hwm_mib"]
-        metadata = {asset: _metadata(instance, asset) for asset in sorted(expected_assets(n_shards))}
+        metadata = {asset: _metadata(instance, asset) for asset in sorted(expected_assets())}
+        metadata.update(_step_output_metadata(instance, run_id))  # the shard steps' rows and figures
         rss_after_run = rss_mib()
         product_text = defs.load_asset_value("product_text", instance=instance) if load_product_text else None
     storage_bytes = sum(p.stat().st_size for p in storage_dir.rglob("*") if p.is_file())

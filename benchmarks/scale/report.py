@@ -97,7 +97,7 @@ def stage_rows(run: PipelineRun, n_products: int, text_rate_real_length: float) 
 @dataclass
 class StepRow:
     step: str
-    kind: str  # "shard", "gather", "whole catalogue" or "check"
+    kind: str  # "shard list", "shard", "gather", "whole catalogue" or "check"
     stage: str | None  # the sharded stage of a shard step / gather
     rows: int | None
     wall_s: float
@@ -109,14 +109,16 @@ class StepRow:
 def step_rows(run: PipelineRun) -> list[StepRow]:
     """Every step of the run in the order it started: shard steps with their rows (the shard asset's
     `dagster/row_count`), gathers, whole-catalogue steps and checks, each with its wall and peak RSS."""
-    from wb_pipeline.defs.sharding import shard_names
+    from wb_pipeline.defs import sharding
 
     kind_of: dict[str, tuple[str, str | None, tuple[str, ...]]] = {}
     for stage_key, _, assets, sharded in STAGES:
         if sharded:
-            for name in shard_names(stage_key, run.n_shards):
+            listing, *shards, gather = sharding.stage_step_keys(stage_key, run.n_shards)
+            kind_of[listing] = ("shard list", stage_key, ())
+            for name in shards:  # a shard's rows: its step's output metadata (`run.metadata[step key]`)
                 kind_of[name] = ("shard", stage_key, (name,))
-            kind_of[stage_key] = ("gather", stage_key, assets)
+            kind_of[gather] = ("gather", stage_key, assets)
         else:
             kind_of[stage_key] = ("whole catalogue", None, assets)
     measured_in = "own process" if run.executor == "multiprocess" else "shared process"

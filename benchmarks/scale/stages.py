@@ -66,8 +66,8 @@ TOKEN_SAMPLE = 2_000  # encoder texts tokenised to measure the mean token count
 
 
 # (stage key, stage label, assets whose dagster/row_count make the stage's rows, sharded), in run order.
-# A sharded stage is N shard steps `<key>_shard_<k>` plus the gather step `<key>` (wb_pipeline.defs.sharding);
-# the others are one step whose key is the stage key.
+# A sharded stage is one asset run as a shard-list step, N shard steps and a gather step
+# (`wb_pipeline.defs.sharding.stage_step_keys`); the others are one step whose key is the stage key.
 STAGES: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
     ("raw_products_train", "ingestion: raw_products_train", ("raw_products_train",), False),
     ("raw_products_test", "ingestion: raw_products_test", ("raw_products_test",), False),
@@ -111,16 +111,14 @@ JOB_NAME = "scale_benchmark"
 STEP_MEMORY_FILE = "step-memory.jsonl"
 
 
-def expected_assets(n_shards: int) -> set[str]:
-    """The assets the benchmark's job must materialise: every stage's assets and its shard assets."""
-    from wb_pipeline.defs.sharding import shard_names
-
-    names = {asset for _, _, assets, _ in STAGES for asset in assets}
-    return names | {name for stage in SHARDED_STAGES for name in shard_names(stage, n_shards)}
+def expected_assets() -> set[str]:
+    """The assets the benchmark's job must materialise: every stage's assets (one per stage, whatever
+    the shard count)."""
+    return {asset for _, _, assets, _ in STAGES for asset in assets}
 
 
 def stage_step_keys(stage_key: str, sharded: bool, n_shards: int) -> list[str]:
-    """The step keys of one stage: its shard steps then its gather, or its one step."""
-    from wb_pipeline.defs.sharding import shard_names
+    """The step keys of one stage: its shard list, shard steps and gather, or its one step."""
+    from wb_pipeline.defs import sharding
 
-    return [*shard_names(stage_key, n_shards), stage_key] if sharded else [stage_key]
+    return sharding.stage_step_keys(stage_key, n_shards) if sharded else [stage_key]

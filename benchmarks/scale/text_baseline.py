@@ -54,43 +54,40 @@ def lengthen_descriptions(product_text: pd.DataFrame, words: int, pool_source: p
 
 
 def _asset_text_path(subset: pd.DataFrame, text_resource, work_dir: Path) -> tuple[float, int]:
-    """(seconds inside the text embedding step, rows) for `subset` through the REAL shard asset
-    (`text_embeddings_shard_00` of a one-shard graph: the code every shard step runs) with the
-    pipeline's resource and default settings, on an empty cache (a fresh storage folder)."""
+    """(seconds inside the text embedding step, rows) for `subset` through the REAL `text_embeddings`
+    stage at one shard (its shard step is the code every shard step runs) with the pipeline's resource
+    and default settings, on an empty cache (a fresh storage folder)."""
     import dagster as dg
 
-    from wb_pipeline.defs.embeddings.assets import (
-        TextEmbeddingSettings,
-        build_embedding_assets,
-    )
+    from wb_pipeline.core.data import storage as storage_paths
+    from wb_pipeline.defs import sharding
+    from wb_pipeline.defs.embeddings.assets import TextEmbeddingSettings, build_embedding_assets
     from wb_pipeline.defs.resources import WBStorage, WBStorageIOManager
-    from wb_pipeline.defs.sharding import shard_names
 
-    (shard_name,) = shard_names("text_embeddings", 1)
-    (text_name,) = shard_names("product_text", 1)
-    text_shard = next(a for a in build_embedding_assets(1) if a.key == dg.AssetKey(shard_name))
-
-    @dg.asset(name=text_name)
-    def subset_product_text() -> pd.DataFrame:
-        return subset
-
+    text_stage = next(a for a in build_embedding_assets() if a.key == dg.AssetKey("text_embeddings"))
     storage = Path(tempfile.mkdtemp(prefix="text-subset-", dir=work_dir))
     try:
+        layout = storage_paths.StorageLayout(str(storage))  # what the upstream stages would have written
+        storage_paths.write_parquet(subset, layout.shard_output("product_text", 1, "00"))
+        storage_paths.write_sharded_parquet(subset[["nm"]], layout.asset_file("clean_products"), 1)
         instance = dg.DagsterInstance.ephemeral()
         result = dg.materialize(
-            [subset_product_text, text_shard],
+            [text_stage],
             instance=instance,
             resources={
                 "io_manager": WBStorageIOManager(base_dir=str(storage)),
                 "pipeline_storage": WBStorage(base_dir=str(storage)),
+                "sharding": sharding.ShardingSettings(n_shards=1),
+                sharding.SHARD_RESULTS_IO_MANAGER: sharding.ShardResultsIOManager(base_dir=str(storage)),
                 "text_encoder": text_resource,
                 "text_embedding_settings": TextEmbeddingSettings(),
             },
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
-        meta = _metadata(instance, shard_name)
-        step = next(s for s in instance.get_run_step_stats(result.run_id) if s.step_key == shard_name)
-        # The asset's own timing of the embedding call, when it reports one; else the whole step.
+        meta = _metadata(instance, "text_embeddings")
+        (shard_step,) = sharding.shard_step_keys("text_embeddings", 1)
+        step = next(s for s in instance.get_run_step_stats(result.run_id) if s.step_key == shard_step)
+        # The step's own timing of the embedding call, when it reports one; else the whole step.
         seconds = float(meta.get("seconds") or (step.end_time - step.start_time))
         if meta.get("embedded_now", len(subset)) != len(subset):
             raise RuntimeError(f"text subset: expected {len(subset)} texts embedded, got {meta.get('embedded_now')}")

@@ -9,7 +9,7 @@ from upath import UPath
 
 from wb_pipeline.core.data import storage
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable, is_embedding_table
-from wb_pipeline.defs.sharding import COLUMNS_INPUT, SHARD_INPUT, SHARDED_LAYOUT
+from wb_pipeline.defs.sharding import SHARDED_LAYOUT
 from wb_pipeline.settings import default_sample_dir
 
 MAIN_BATCH = "main"
@@ -66,8 +66,7 @@ class WBStorage(dg.ConfigurableResource):
 class _ParquetUPathIOManager(dg.UPathIOManager):
     """DataFrames and EmbeddingTables as parquet files; one file per asset (and per partition),
     written atomically. A DataFrame output with `SHARDED_LAYOUT` metadata is stored grouped by
-    product shard; an input with `SHARD_INPUT` metadata reads only that shard's rows, one with
-    `COLUMNS_INPUT` only those columns."""
+    product shard (shard steps read their rows themselves: `defs.sharding.ShardRun`)."""
 
     extension = ".parquet"
 
@@ -89,10 +88,6 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
             )
 
     def load_from_path(self, context: dg.InputContext, path: UPath):
-        wanted = context.definition_metadata or {}
-        shard, columns = wanted.get(SHARD_INPUT), wanted.get(COLUMNS_INPUT)
-        if shard is not None or columns is not None:
-            return storage.read_sharded_parquet(path, None if shard is None else tuple(shard), columns)
         with path.open("rb") as handle:
             table = pq.read_table(handle)
         if is_embedding_table(table):

@@ -1,84 +1,272 @@
-"""Product shards in the asset graph: the heavy per-product steps run once per shard.
+"""Product shards in the asset graph: each heavy per-product stage is ONE asset whose run fans out
+into one step per shard.
 
-A product's shard is `core.data.storage.product_shards` (CRC-32 of `nm` mod N, N = `WB_PIPELINE_SHARDS`).
-Each heavy stage is N shard assets (`<stage>_shard_<k>`: the image check, product text, text and
-image vectors) plus one asset under the stage's usual name that gathers them in catalogue order,
-so every downstream asset, check and job reads the same tables as before. Whole-catalogue tables
-that shard steps read (`clean_products`, `image_index`) are stored grouped by shard
-(`core.data.storage.write_sharded_parquet`), and a shard step's input loads only its own row groups:
-its memory follows the shard, not the catalogue. docs/DESIGN-NOTES.md says why shards are assets of
-one run rather than Dagster partitions.
+A product's shard is `core.data.storage.product_shards` (CRC-32 of `nm` mod N). N is the `sharding`
+resource's `n_shards` (`WB_PIPELINE_SHARDS`), read when a run starts, so the asset graph is the same at
+any shard count. A sharded stage (`sharded_stage`) is a graph-backed asset of three ops:
+
+    <stage>_list_shards   -> one dynamic output per shard (all N, or the run's `wb_pipeline/shards` tag)
+    <stage>_shard[<key>]  -> the shard's work on its own rows; its table is written to
+                             `assets/<stage>.shards/<N>/<key>.parquet` (+ `<key>.json`: its figures)
+    <stage>_gather        -> the stage's table in catalogue order, from every shard's latest file
+
+A failed shard is re-run alone ("re-execute from failure": the shard list is reused); the Dask
+executor (`wb_pipeline.engines`) and the k8s executor give each shard step its own worker or pod.
+A shard step reads only its rows of the whole-catalogue tables stored grouped by shard
+(`core.data.storage.write_sharded_parquet`; the IO manager does it for outputs with `SHARDED_LAYOUT`),
+so its memory follows the shard, not the catalogue. docs/DESIGN-NOTES.md ("Product shards") says why
+dynamic shard steps rather than one asset per shard or Dagster partitions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import dagster as dg
 import pandas as pd
+import pyarrow.parquet as pq
+from upath import UPath
 
+from wb_pipeline.core.data import storage
 from wb_pipeline.core.data.storage import shard_keys
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable, is_embedding_table
 
 # Output metadata: store this DataFrame grouped by product shard (the IO manager's `n_shards`); True
 # shards by the `nm` column, a column name by that column.
 SHARDED_LAYOUT = "wb_pipeline/sharded_layout"
-# Input metadata: load only shard (index, count) of the upstream table / only these columns.
-SHARD_INPUT = "wb_pipeline/shard"
-COLUMNS_INPUT = "wb_pipeline/columns"
-SHARD_TAG = "wb_pipeline/shard"
+# Run tag: run only these shards' steps (comma-separated keys, e.g. "01,03"); the others keep their
+# latest output. The re-embed schedule sets it to the shards a drop touches.
+SHARDS_TAG = "wb_pipeline/shards"
+SHARD_RESULTS_IO_MANAGER = "shard_results_io_manager"
 
 
-def shard_asset_name(stage: str, key: str) -> str:
-    return f"{stage}_shard_{key}"
+class ShardingSettings(dg.ConfigurableResource):
+    """How many product shards the heavy stages run as (one step each). The storage IO manager groups
+    the sharded tables by the same count (`build_definitions` gives both `WB_PIPELINE_SHARDS`); a new
+    count starts new shard caches."""
+
+    n_shards: int = 4
 
 
-def shard_names(stage: str, n_shards: int) -> list[str]:
-    return [shard_asset_name(stage, key) for key in shard_keys(n_shards)]
+def after(*assets: str) -> dict[str, dg.AssetIn]:
+    """Inputs that order a sharded stage after `assets` without loading them (its steps read the
+    rows they need from storage themselves)."""
+    return {name: dg.AssetIn(dagster_type=dg.Nothing) for name in assets}
 
 
-def shard_input(index: int, n_shards: int) -> dg.AssetIn:
-    """An input that loads only the rows of shard `index` of a table stored with `SHARDED_LAYOUT`."""
-    return dg.AssetIn(metadata={SHARD_INPUT: [index, n_shards]})
+@dataclass(frozen=True)
+class ShardRun:
+    """What a shard step knows: its index and key, the run's shard count, and the storage to read from."""
 
+    index: int
+    n_shards: int
+    layout: storage.StorageLayout
 
-def columns_input(*columns: str) -> dg.AssetIn:
-    return dg.AssetIn(metadata={COLUMNS_INPUT: list(columns)})
+    @property
+    def key(self) -> str:
+        return shard_keys(self.n_shards)[self.index]
 
+    @property
+    def shard(self) -> tuple[int, int]:
+        return (self.index, self.n_shards)
 
-def shard_description(stage: str, key: str, n_shards: int) -> str:
-    return f"Shard {key} of {n_shards} of `{stage}`: the products whose CRC-32(nm) mod {n_shards} = {int(key)}."
-
-
-RAN_NOW = "__ran_in_this_run"
-
-
-def latest_shard_metadata(context: dg.AssetExecutionContext, names: Sequence[str]) -> list[dict]:
-    """The metadata of each shard asset's latest materialization (the one whose output is being read),
-    with `RAN_NOW`: whether that was in this run (a run may skip shards a drop does not touch)."""
-    found = []
-    for name in names:
-        event = context.instance.get_latest_materialization_event(dg.AssetKey(name))
-        meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-        found.append(
-            {
-                **{key: value.value for key, value in meta.items()},
-                RAN_NOW: event is not None and event.run_id == context.run.run_id,
-            }
+    def rows_of(self, asset: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """This shard's rows of a whole-catalogue table stored grouped by shard (`SHARDED_LAYOUT`)."""
+        return storage.read_sharded_parquet(
+            self.layout.asset_file(asset), self.shard, None if columns is None else list(columns)
         )
-    return found
+
+    def output_of(self, stage: str):
+        """This shard's latest output of another sharded stage (a DataFrame or an EmbeddingTable)."""
+        return read_shard_output(self.layout.shard_output(stage, self.n_shards, self.key))
+
+    def cache(self, stage: str, name: str | None = None) -> UPath:
+        return self.layout.shard_cache(stage, self.n_shards, name or self.key)
 
 
-def summed(metadata: Sequence[dict], key: str, ran_now_only: bool = False) -> int:
-    """`key` summed over the shards (only over those materialized in this run with `ran_now_only`)."""
-    return int(sum(int(meta.get(key) or 0) for meta in metadata if meta[RAN_NOW] or not ran_now_only))
+@dataclass
+class ShardOutputs:
+    """Every shard's latest output of a stage (in shard order) and the figures each reported; `ran`:
+    the keys whose step belongs to this run (a run may skip untouched shards)."""
+
+    values: list
+    metadata: list[dict]
+    ran: set[str] = field(default_factory=set)
+
+    def summed(self, key: str, ran_only: bool = False) -> int:
+        """`key` summed over the shards (only over those run in this run with `ran_only`)."""
+        return int(sum(int(meta.get(key) or 0) for meta in self.metadata if not ran_only or meta["shard"] in self.ran))
 
 
-def in_catalogue_order(frame: pd.DataFrame, nm: pd.Series) -> pd.DataFrame:
+def read_shard_output(path: UPath):
+    try:
+        with storage.open_regular_file(path) as handle:
+            table = pq.read_table(handle)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} is missing: that shard has not run at this shard count yet; run the stage without "
+            f"the `{SHARDS_TAG}` tag"
+        ) from None
+    return EmbeddingTable.from_arrow(table) if is_embedding_table(table) else storage.arrow_to_frame(table)
+
+
+def _write_shard_output(path: UPath, value, metadata: Mapping) -> None:
+    if isinstance(value, EmbeddingTable):
+        storage.write_parquet(value.to_arrow(), path)
+    else:
+        storage.write_parquet(value, path)
+    storage.atomic_write_bytes(path.with_suffix(".json"), json.dumps(dict(metadata), default=str).encode())
+
+
+def _selected_shards(tags: Mapping[str, str], n_shards: int) -> list[int]:
+    keys = shard_keys(n_shards)
+    wanted = tags.get(SHARDS_TAG)
+    if not wanted:
+        return list(range(n_shards))
+    asked = [key.strip() for key in wanted.split(",") if key.strip()]
+    unknown = [key for key in asked if key not in keys]
+    if unknown:
+        raise ValueError(f"run tag {SHARDS_TAG}={wanted!r}: no shard {unknown} among {n_shards} shards")
+    return [keys.index(key) for key in asked]
+
+
+def shard_in_catalogue_order(frame: pd.DataFrame, nm: pd.Series) -> pd.DataFrame:
     """The rows of `frame` (one per product, e.g. concatenated shards) in the order of `nm`."""
     position = pd.Index(frame["nm"]).get_indexer(nm.tolist())
     if (position < 0).any() or len(position) != len(frame):
         raise ValueError(
             f"the shards hold {len(frame)} rows but the catalogue lists {len(nm)} products "
-            f"({int((position < 0).sum())} missing): re-run the shard steps"
+            f"({int((position < 0).sum())} missing): re-run the stage without the `{SHARDS_TAG}` tag"
         )
     return frame.iloc[position].reset_index(drop=True)
+
+
+def shard_step_keys(stage: str, n_shards: int) -> list[str]:
+    """The step keys of a sharded stage's shard steps in a run that ran them all."""
+    return [f"{stage}.{stage}_shard[{key}]" for key in shard_keys(n_shards)]
+
+
+def stage_step_keys(stage: str, n_shards: int) -> list[str]:
+    """Every step of a sharded stage: its shard list, its shard steps, its gather."""
+    return [f"{stage}.{stage}_list_shards", *shard_step_keys(stage, n_shards), f"{stage}.{stage}_gather"]
+
+
+ShardWork = Callable[[dg.OpExecutionContext, ShardRun], tuple[object, dict]]
+GatherWork = Callable[[dg.OpExecutionContext, ShardOutputs, storage.StorageLayout], tuple[object, dict]]
+
+
+def sharded_stage(
+    stage: str,
+    *,
+    upstream: Sequence[str],
+    shard_work: ShardWork,
+    gather_work: GatherWork,
+    group_name: str,
+    description: str,
+    kinds: set[str],
+    resources: set[str] = frozenset(),
+    shard_tags: Mapping[str, object] | None = None,
+    pool: str | None = None,
+    output_metadata: Mapping[str, object] | None = None,
+) -> dg.AssetsDefinition:
+    """The asset `stage`: after `upstream`, one `<stage>_shard[<key>]` step per shard runs
+    `shard_work(context, ShardRun)` -> (the shard's table, its figures), then `<stage>_gather` runs
+    `gather_work(context, ShardOutputs, layout)` -> (the stage's table, its metadata). `resources`:
+    the resource keys both need (besides `pipeline_storage` and `sharding`); `shard_tags` go on the
+    shard steps (e.g. a k8s pod spec)."""
+    needs = {"pipeline_storage", "sharding", *resources}
+
+    @dg.op(
+        name=f"{stage}_list_shards",
+        ins={name: dg.In(dg.Nothing) for name in upstream},  # runs after them, loads nothing
+        out=dg.DynamicOut(int, io_manager_key=SHARD_RESULTS_IO_MANAGER),
+        required_resource_keys={"sharding"},
+        description=f"The shards of `{stage}` this run computes: all, or those of the `{SHARDS_TAG}` run tag.",
+    )
+    def list_shards(context):
+        n_shards = context.resources.sharding.n_shards
+        selected = _selected_shards(context.run.tags, n_shards)
+        context.log.info(f"{stage}: {len(selected)} of {n_shards} shards run now")
+        for index in selected:
+            yield dg.DynamicOutput(index, mapping_key=shard_keys(n_shards)[index])
+
+    @dg.op(
+        name=f"{stage}_shard",
+        out=dg.Out(dict, io_manager_key=SHARD_RESULTS_IO_MANAGER),
+        required_resource_keys=needs,
+        tags=dict(shard_tags or {}),
+        pool=pool,
+        description=f"One shard of `{stage}`: its products only.",
+    )
+    def run_shard(context, shard: int) -> dict:
+        run = ShardRun(shard, context.resources.sharding.n_shards, context.resources.pipeline_storage.layout)
+        value, figures = shard_work(context, run)
+        result = {
+            "shard": run.key,
+            "n_shards": run.n_shards,
+            "rows": len(value),
+            "run_id": context.run_id,
+            # the plain figures travel on (the gather sums them); tables stay in this step's metadata
+            **{name: val for name, val in figures.items() if val is None or isinstance(val, int | float | str)},
+        }
+        _write_shard_output(run.layout.shard_output(stage, run.n_shards, run.key), value, result)
+        context.add_output_metadata({**result, **figures, "dagster/row_count": len(value)})
+        return result
+
+    @dg.op(
+        name=f"{stage}_gather",
+        ins={"results": dg.In(list)},
+        out=dg.Out(metadata=dict(output_metadata or {})),
+        required_resource_keys=needs,
+        description=f"`{stage}` in catalogue order, from every shard's latest output.",
+    )
+    def gather(context, results: list):
+        n_shards = context.resources.sharding.n_shards
+        layout = context.resources.pipeline_storage.layout
+        paths = [layout.shard_output(stage, n_shards, key) for key in shard_keys(n_shards)]
+        values = [read_shard_output(path) for path in paths]
+        metadata = [json.loads(storage.read_regular_file(path.with_suffix(".json"), 1 << 20)) for path in paths]
+        outputs = ShardOutputs(values, metadata, {result["shard"] for result in results})
+        value, meta = gather_work(context, outputs, layout)
+        context.add_output_metadata({**meta, "shards": n_shards, "shards_run_now": len(outputs.ran)})
+        return value
+
+    def stage_asset(**upstream_done):
+        results = list_shards(**upstream_done).map(run_shard)
+        return gather(results.collect())
+
+    stage_asset.__signature__ = inspect.Signature(  # the graph's inputs: the upstream assets, by name
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in upstream]
+    )
+    return dg.graph_asset(
+        name=stage,
+        group_name=group_name,
+        kinds=kinds,
+        description=description,
+        ins=after(*upstream),
+        metadata=dict(output_metadata or {}),
+    )(stage_asset)
+
+
+class ShardResultsIOManager(dg.ConfigurableIOManager):
+    """The small results a sharded stage's steps pass on (a shard index, a shard's figures) as JSON
+    under `<base_dir>/runs/<run id>/`: readable by every worker that sees the storage dir, and never
+    pickled."""
+
+    base_dir: str
+
+    def _path(self, context: dg.OutputContext) -> UPath:
+        _run_id, *parts = context.get_identifier()  # step key, output name (, mapping key)
+        name = ".".join(parts).replace("[", "-").replace("]", "")
+        return storage.StorageLayout(self.base_dir).run_step_results(context.run_id) / f"{name}.json"
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        if not isinstance(obj, int | dict):
+            raise TypeError(f"{context.step_key}: shard results are ints or dicts, got {type(obj)}")
+        storage.atomic_write_bytes(self._path(context), json.dumps(obj).encode())
+
+    def load_input(self, context: dg.InputContext):
+        return json.loads(storage.read_regular_file(self._path(context.upstream_output), 1 << 20))

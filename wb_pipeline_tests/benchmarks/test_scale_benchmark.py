@@ -76,9 +76,9 @@ def test_every_stage_is_measured_with_rows_equal_to_the_data(tiny_run):
     for label in ("preprocessing: product_text", "embeddings: text_embeddings", "embeddings: image_embeddings"):
         assert stages[label]["rows"] == clean, label
     assert any(s.startswith(scale.CHECKS_STAGE) for s in stages)  # the assets' checks ran in the same run
-    # a sharded stage is its N shard steps + its gather
+    # a sharded stage is its shard list, its N shard steps and its gather
     assert {label: stages[label]["steps"] for label in expected_labels} == {
-        label: N_SHARDS + 1 if sharded else 1 for _, label, _, sharded in scale.STAGES
+        label: N_SHARDS + 2 if sharded else 1 for _, label, _, sharded in scale.STAGES
     }
 
 
@@ -88,10 +88,11 @@ def test_every_shard_step_is_a_row_of_the_step_table_and_the_shards_add_up(tiny_
     assert results["n_shards"] == N_SHARDS and results["executor"] == "in_process"
     shard_steps = [s for s in steps if s["kind"] == "shard"]
     assert sorted(s["step"] for s in shard_steps) == sorted(
-        f"{stage}_shard_{k:02d}" for stage in scale.SHARDED_STAGES for k in range(N_SHARDS)
+        f"{stage}.{stage}_shard[{k:02d}]" for stage in scale.SHARDED_STAGES for k in range(N_SHARDS)
     )
-    gathers = {s["step"]: s for s in steps if s["kind"] == "gather"}
+    gathers = {s["stage"]: s for s in steps if s["kind"] == "gather"}
     assert sorted(gathers) == sorted(scale.SHARDED_STAGES)
+    assert all(gathers[stage]["step"] == f"{stage}.{stage}_gather" for stage in gathers)
     for stage in scale.SHARDED_STAGES:  # every product (image member) is in exactly one shard
         assert sum(s["rows"] for s in shard_steps if s["stage"] == stage) == gathers[stage]["rows"] > 0, stage
     assert all(s["wall_s"] > 0 and s["peak_rss_mib"] > 0 and s["measured_in"] == "shared process" for s in steps)
@@ -173,7 +174,7 @@ def test_outputs_are_written_as_json_and_markdown(tiny_run, tmp_path):
     assert json.loads(json_path.read_text())["products"] == N_PRODUCTS
     markdown = md_path.read_text()
     assert "| stage" in markdown and "embeddings: image_embeddings" in markdown and "Projection" in markdown
-    assert "| text_embeddings_shard_01" in markdown and "10,000,000 products on K workers" in markdown
+    assert "| text_embeddings.text_embeddings_shard[01]" in markdown and "10,000,000 products on K workers" in markdown
     assert "products/shard" in scale.compare([json_path, json_path])
 
 

@@ -169,14 +169,14 @@ def test_a_corrupt_shard_fails_alone_and_a_retry_reruns_only_that_shard(
     with dg.execute_job(job, instance=instance, run_config=in_process, raise_on_error=False) as broken:
         assert not broken.success
         failures = [e for e in broken.all_events if e.event_type_value == "STEP_FAILURE"]
-        assert [e.step_key for e in failures] == ["text_embeddings_shard_01"]  # it fails alone ...
+        assert [e.step_key for e in failures] == ["text_embeddings.text_embeddings_shard[01]"]  # it fails alone ...
         assert str(corrupt) in failures[0].step_failure_data.error.to_string()  # ... naming the file
         landed = {e.step_key for e in broken.all_events if e.event_type_value == "STEP_SUCCESS"}
         assert {
-            "text_embeddings_shard_00",
-            "text_embeddings_shard_02",
-            "text_embeddings_shard_03",
-            "image_embeddings_shard_01",
+            "text_embeddings.text_embeddings_shard[00]",
+            "text_embeddings.text_embeddings_shard[02]",
+            "text_embeddings.text_embeddings_shard[03]",
+            "image_embeddings.image_embeddings_shard[01]",
         } <= landed  # ... while the other shards land
         broken_run = broken.run_id
 
@@ -185,7 +185,10 @@ def test_a_corrupt_shard_fails_alone_and_a_retry_reruns_only_that_shard(
     with dg.execute_job(job, instance=instance, run_config=in_process, reexecution_options=options) as retry:
         assert retry.success
         rerun = _executed_steps(instance, retry.run_id)
-    assert {key for key in rerun if "_shard_" in key} == {"text_embeddings_shard_01"}  # only the failed shard
-    assert "text_embeddings" in rerun and "image_embeddings" not in rerun
+    # only the failed shard (the shard list is reused, not listed again), then the stage's gather
+    assert {key for key in rerun if key.startswith(("text_embeddings.", "image_embeddings."))} == {
+        "text_embeddings.text_embeddings_shard[01]",
+        "text_embeddings.text_embeddings_gather",
+    }
     defs = _definitions(tmp_path, small_sample_dir, storage, shared_models_dir, tiny_st_folder)
     _assert_complete(defs, instance)

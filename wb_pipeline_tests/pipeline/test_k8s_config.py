@@ -22,8 +22,6 @@ from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
 from dagster_postgres import DagsterPostgresStorage
 
-from wb_pipeline import settings
-from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.engines import MODELS_DIR_ENV, k8s_definitions
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
@@ -108,11 +106,11 @@ def test_run_config_validates_against_the_k8s_job(k8s_full_pipeline):
 
 def test_per_step_config_names_real_ops_and_gives_every_embedding_pool_step_a_gpu(k8s_full_pipeline):
     per_step = _yaml("run_config.yaml")["execution"]["config"]["per_step_k8s_config"]
-    op_names = {node.name for node in k8s_full_pipeline.graph.node_defs}
+    op_names = {op.name for op in k8s_full_pipeline.graph.iterate_op_defs()}
     assert set(per_step) <= op_names, set(per_step) - op_names  # dagster-k8s would ignore a typo silently
-    embedding_ops = {node.name: node for node in k8s_full_pipeline.graph.node_defs if node.pool == "embedding"}
-    shards = shard_keys(settings.n_shards())
-    assert set(embedding_ops) == {f"{stage}_embeddings_shard_{key}" for stage in ("text", "image") for key in shards}
+    embedding_ops = {op.name: op for op in k8s_full_pipeline.graph.iterate_op_defs() if op.pool == "embedding"}
+    # one op per encoder stage, run once per shard: the same pod spec whatever the shard count
+    assert set(embedding_ops) == {f"{stage}_embeddings_shard" for stage in ("text", "image")}
     for op in embedding_ops.values():  # the GPU pod comes from the op tag, whatever the shard count
         assert json.loads(op.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"][GPU] == "1"
 
@@ -121,7 +119,7 @@ def _step_k8s_config(op_name: str) -> dict:
     """What the executor merges for a step: the executor-wide step config, the per-op run config, then
     the op's `dagster-k8s/config` tag."""
     execution = _yaml("run_config.yaml")["execution"]["config"]
-    node = {n.name: n for n in k8s_definitions().resolve_job_def("full_pipeline").graph.node_defs}[op_name]
+    node = {op.name: op for op in k8s_definitions().resolve_job_def("full_pipeline").graph.iterate_op_defs()}[op_name]
     return execution, [
         execution["step_k8s_config"],
         execution["per_step_k8s_config"].get(op_name, {}),
@@ -130,7 +128,7 @@ def _step_k8s_config(op_name: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "op_name", ["text_embeddings_shard_00", "image_embeddings_shard_01", "raw_products_train", "text_embeddings"]
+    "op_name", ["text_embeddings_shard", "image_embeddings_shard", "raw_products_train", "text_embeddings_gather"]
 )
 def test_step_pod_that_dagster_k8s_would_submit(op_name):
     """The Kubernetes Job for one step, built by dagster-k8s from the run config and op tags the way the
@@ -155,7 +153,7 @@ def test_step_pod_that_dagster_k8s_would_submit(op_name):
     pod = job.spec.template.spec
     (container,) = pod.containers
     assert {source.config_map_ref.name for source in container.env_from if source.config_map_ref} == {"wb-pipeline-env"}
-    if "_embeddings_shard_" in op_name:
+    if op_name.endswith("_embeddings_shard"):
         assert container.resources.limits[GPU] == "1"
         assert container.resources.requests["cpu"] == "4"  # the per-op override won over the default
         assert pod.node_selector == {f"{GPU}.present": "true"}

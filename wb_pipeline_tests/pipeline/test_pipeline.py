@@ -17,6 +17,7 @@ from wb_pipeline.core.data.storage import as_upath, product_shards, shard_keys
 from wb_pipeline.definitions import build_definitions
 from wb_pipeline.defs.automation import jobs
 from wb_pipeline.defs.automation.jobs import DROPS_GROUP, product_drops
+from wb_pipeline.defs.sharding import SHARDS_TAG
 from wb_pipeline.sample_data import SampleSpec, read_manifest, write_sample
 from wb_pipeline.sample_data.drops import write_drop
 
@@ -161,6 +162,18 @@ def test_second_run_embeds_nothing(full_run):
     assert result.success
     assert _metadata(instance, "text_embeddings")["embedded_now"] == 0
     assert _metadata(instance, "image_embeddings")["embedded_now"] == 0
+    # with the shards tag only that shard's steps run; the stage still has every product (the other
+    # shards' latest outputs), in catalogue order
+    before = _load(full_run, "text_embeddings")
+    result = defs.resolve_job_def("reembed_new_products").execute_in_process(instance=instance, tags={SHARDS_TAG: "01"})
+    assert result.success
+    ran = {event.step_key for event in result.all_events if event.event_type_value == "STEP_SUCCESS"}
+    assert {key for key in ran if "_shard[" in key} == {
+        f"{stage}.{stage}_shard[01]" for stage in ("image_index", "product_text", "text_embeddings", "image_embeddings")
+    }
+    after = _load(full_run, "text_embeddings")
+    assert list(after.nm) == list(before.nm) and np.array_equal(after.vectors, before.vectors)
+    assert _metadata(instance, "text_embeddings")["shards_run_now"] == 1
 
 
 def _write_drop(folder, exclude_nm: set[str], n: int = 30) -> list[str]:
@@ -207,17 +220,14 @@ def test_new_drop_is_registered_and_only_its_products_are_embedded(full_run):
         request = schedule.evaluate_tick(context).run_requests[0]
     assert request.tags["wb_pipeline/new_drops"] == "drop-001"
     touched = sorted({shard_keys(settings.n_shards())[s] for s in product_shards(new_nm, settings.n_shards())})
-    assert request.tags["wb_pipeline/shards"] == ",".join(touched)  # the shards of the drop's products
-    selected_shards = {
-        key.to_user_string().rsplit("_shard_", 1)[1]
-        for key in request.asset_selection
-        if "_shard_" in key.to_user_string()
-    }
-    assert selected_shards == set(touched)
-    result = defs.resolve_job_def("reembed_new_products").execute_in_process(
-        instance=instance, tags=request.tags, asset_selection=request.asset_selection
-    )
+    assert request.tags[SHARDS_TAG] == ",".join(touched)  # the shards of the drop's products
+    result = defs.resolve_job_def("reembed_new_products").execute_in_process(instance=instance, tags=request.tags)
     assert result.success
+    ran = {event.step_key for event in result.all_events if event.event_type_value == "STEP_SUCCESS"}
+    for stage in ("image_index", "product_text", "text_embeddings", "image_embeddings"):  # only those shards ran
+        assert {key.split("[")[1].rstrip("]") for key in ran if key.startswith(f"{stage}.{stage}_shard[")} == set(
+            touched
+        )
 
     assert _metadata(instance, "text_embeddings")["embedded_now"] == 30
     assert _metadata(instance, "image_embeddings")["embedded_now"] == 30

@@ -17,9 +17,9 @@ from upath import UPath
 
 from wb_pipeline.core.data import images, schema, storage
 from wb_pipeline.core.data.drops import drop_shards
-from wb_pipeline.defs.automation.jobs import reembed_selection
+from wb_pipeline.defs.automation.jobs import touched_shards
 from wb_pipeline.defs.resources import WBStorageIOManager
-from wb_pipeline.defs.sharding import SHARDED_LAYOUT, columns_input, in_catalogue_order, shard_input
+from wb_pipeline.defs.sharding import SHARDED_LAYOUT, SHARDS_TAG, ShardRun, shard_in_catalogue_order
 
 
 def _frame(n: int) -> pd.DataFrame:
@@ -70,29 +70,26 @@ def test_sharded_layout_of_an_empty_table(tmp_path):
     assert len(storage.read_sharded_parquet(path, (0, 4))) == 0
 
 
-def test_io_manager_stores_grouped_by_shard_and_loads_only_the_shard(tmp_path):
+def test_io_manager_stores_grouped_by_shard_and_a_shard_step_reads_only_its_rows(tmp_path):
     frame = _frame(400)
 
     @dg.asset(metadata={SHARDED_LAYOUT: True})
     def catalogue() -> pd.DataFrame:
         return frame
 
-    @dg.asset(ins={"catalogue": shard_input(1, 4)})
-    def one_shard(catalogue: pd.DataFrame) -> pd.DataFrame:
-        return catalogue
-
-    @dg.asset(ins={"catalogue": columns_input("nm")})
-    def ids(catalogue: pd.DataFrame) -> pd.DataFrame:
+    @dg.asset
+    def whole(catalogue: pd.DataFrame) -> pd.DataFrame:
         return catalogue
 
     io_manager = WBStorageIOManager(base_dir=str(tmp_path), n_shards=4)
-    assert dg.materialize([catalogue, one_shard, ids], resources={"io_manager": io_manager}).success
+    assert dg.materialize([catalogue, whole], resources={"io_manager": io_manager}).success
     shard_of = storage.product_shards(frame["nm"].tolist(), 4)
+    layout = storage.StorageLayout(str(tmp_path))
     pd.testing.assert_frame_equal(
-        storage.read_parquet(UPath(tmp_path / "assets" / "one_shard.parquet")),
-        frame[shard_of == 1].reset_index(drop=True),
+        ShardRun(1, 4, layout).rows_of("catalogue"), frame[shard_of == 1].reset_index(drop=True)
     )
-    assert storage.read_parquet(UPath(tmp_path / "assets" / "ids.parquet"))["nm"].tolist() == frame["nm"].tolist()
+    assert ShardRun(2, 4, layout).rows_of("catalogue", ["nm"])["nm"].tolist() == frame["nm"][shard_of == 2].tolist()
+    pd.testing.assert_frame_equal(storage.read_parquet(UPath(tmp_path / "assets" / "whole.parquet")), frame)
     stored = pq.read_table(tmp_path / "assets" / "catalogue.parquet")
     assert storage.product_shards(stored.column("nm").to_pylist(), 4).tolist() == sorted(shard_of.tolist())
 
@@ -101,9 +98,9 @@ def test_gathering_shards_restores_the_catalogue_order_and_refuses_stale_shards(
     frame = _frame(50)
     shard_of = storage.product_shards(frame["nm"].tolist(), 3)
     shards = pd.concat([frame[shard_of == s] for s in range(3)], ignore_index=True)
-    pd.testing.assert_frame_equal(in_catalogue_order(shards, frame["nm"]), frame)
-    with pytest.raises(ValueError, match="re-run the shard steps"):
-        in_catalogue_order(shards.iloc[1:], frame["nm"])  # a shard step that did not see a product
+    pd.testing.assert_frame_equal(shard_in_catalogue_order(shards, frame["nm"]), frame)
+    with pytest.raises(ValueError, match=f"re-run the stage without the `{SHARDS_TAG}` tag"):
+        shard_in_catalogue_order(shards.iloc[1:], frame["nm"])  # a shard step that did not see a product
 
 
 def _jpeg(value: int, size=(64, 64)) -> bytes:
@@ -160,7 +157,7 @@ def _drop(folder, ids: list[int], photos: list[int]):
             zf.writestr(f"{nm}.jpg", _jpeg(nm))
 
 
-def test_a_drop_needs_only_the_shard_steps_of_the_shards_it_touches(tmp_path):
+def test_a_drop_touches_only_the_shards_of_its_products_and_photos(tmp_path):
     n = 4
     ids = [int(v) for v in range(100, 140)]
     shard_of = dict(zip(ids, storage.product_shards([str(v) for v in ids], n).tolist()))
@@ -169,22 +166,11 @@ def test_a_drop_needs_only_the_shard_steps_of_the_shards_it_touches(tmp_path):
     _drop(tmp_path / "drop-a", [one], [one, photo_only])
     assert drop_shards(UPath(tmp_path / "drop-a"), n) == {1, 3}
 
-    keys = {dg.AssetKey(name) for name in ["clean_products", "text_embeddings", "image_index"]}
-    keys |= {
-        dg.AssetKey(f"{stage}_shard_{k}") for stage in ("text_embeddings", "image_index") for k in storage.shard_keys(n)
-    }
-    selection, touched = reembed_selection(keys, str(tmp_path), ["drop-a"], n)
-    assert touched == ["01", "03"]
-    names = {key.to_user_string() for key in selection}
-    assert {"clean_products", "text_embeddings", "image_index"} <= names  # catalogue-wide steps always run
-    assert {name for name in names if "_shard_" in name} == {
-        f"{stage}_shard_{k}" for stage in ("text_embeddings", "image_index") for k in ("01", "03")
-    }
+    assert touched_shards(str(tmp_path), ["drop-a"], n) == ["01", "03"]
     # a drop that cannot be read: every shard (the run reports the problem)
     (tmp_path / "drop-b").mkdir()
     (tmp_path / "drop-b" / schema.TRAIN_FILE).write_bytes(b"not parquet")
-    selection, touched = reembed_selection(keys, str(tmp_path), ["drop-b"], n)
-    assert touched == storage.shard_keys(n) and set(selection) == keys
+    assert touched_shards(str(tmp_path), ["drop-b"], n) == storage.shard_keys(n)
 
 
 def test_only_image_members_reads_the_zip_directory(tmp_path, instance, small_sample_dir, monkeypatch):
@@ -216,3 +202,20 @@ def test_only_image_members_reads_the_zip_directory(tmp_path, instance, small_sa
     vectors = defs.load_asset_value("image_embeddings", instance=instance)
     assert set(index["member"]) <= set(members["member"]) and len(members) >= len(index)
     assert len(vectors.nm) > 0 and np.isfinite(vectors.vectors).all()
+
+
+def test_the_shards_tag_selects_shards_and_an_unknown_shard_is_refused():
+    from wb_pipeline.defs.sharding import _selected_shards
+
+    assert _selected_shards({}, 4) == [0, 1, 2, 3]
+    assert _selected_shards({SHARDS_TAG: "03, 01"}, 4) == [3, 1]
+    with pytest.raises(ValueError, match=r"no shard \['07'\] among 4 shards"):
+        _selected_shards({SHARDS_TAG: "01,07"}, 4)
+
+
+def test_a_shard_output_that_never_ran_names_the_fix(tmp_path):
+    from wb_pipeline.defs.sharding import read_shard_output
+
+    missing = storage.StorageLayout(str(tmp_path)).shard_output("text_embeddings", 4, "02")
+    with pytest.raises(FileNotFoundError, match=f"has not run at this shard count yet.*`{SHARDS_TAG}`"):
+        read_shard_output(missing)

@@ -42,8 +42,13 @@ class UnreadableFile(OSError):
     broken link, or a file above the size limit. The message names the path and what it is."""
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _file_kind(mode: int) -> str:
@@ -145,8 +150,9 @@ def product_shards(nm: Sequence[str], n_shards: int) -> np.ndarray:
     """The shard (0 .. n_shards-1) of each product id."""
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
-    return np.fromiter((zlib.crc32(str(value).encode("utf-8")) % n_shards for value in nm), dtype=np.int64,
-                       count=len(nm))
+    return np.fromiter(
+        (zlib.crc32(str(value).encode("utf-8")) % n_shards for value in nm), dtype=np.int64, count=len(nm)
+    )
 
 
 def shard_keys(n_shards: int) -> list[str]:
@@ -164,8 +170,7 @@ def write_sharded_parquet(frame: pd.DataFrame, path: UPath, n_shards: int, key: 
     table = pa.Table.from_pandas(frame.iloc[order], preserve_index=False)
     table = table.append_column(POSITION_COLUMN, pa.array(order, type=pa.int64()))
     bounds = np.searchsorted(shards[order], np.arange(n_shards + 1))
-    layout = {"n_shards": n_shards, "key": key,
-              "rows": [[int(bounds[s]), int(bounds[s + 1])] for s in range(n_shards)]}
+    layout = {"n_shards": n_shards, "key": key, "rows": [[int(bounds[s]), int(bounds[s + 1])] for s in range(n_shards)]}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), SHARD_LAYOUT_KEY: json.dumps(layout)})
     with _atomic_handle(path) as handle, pq.ParquetWriter(handle, table.schema) as writer:
         for shard in range(n_shards):  # row groups never straddle two shards
@@ -176,8 +181,9 @@ def write_sharded_parquet(frame: pd.DataFrame, path: UPath, n_shards: int, key: 
             writer.write_table(table)
 
 
-def read_sharded_parquet(path: UPath, shard: tuple[int, int] | None = None,
-                         columns: list[str] | None = None) -> pd.DataFrame:
+def read_sharded_parquet(
+    path: UPath, shard: tuple[int, int] | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
     """Rows of a parquet file: all of them in their original order (`shard=None`), or only the rows of
     shard `(index, n_shards)` in their original relative order. A file written by
     `write_sharded_parquet` with the same shard count serves a shard from its own row groups; any
@@ -188,8 +194,7 @@ def read_sharded_parquet(path: UPath, shard: tuple[int, int] | None = None,
         layout = (parquet.schema_arrow.metadata or {}).get(SHARD_LAYOUT_KEY)
         layout = json.loads(layout) if layout else None
         names = parquet.schema_arrow.names
-        wanted = None if columns is None else [c for c in columns if c in names] + (
-            [POSITION_COLUMN] if layout else [])
+        wanted = None if columns is None else [c for c in columns if c in names] + ([POSITION_COLUMN] if layout else [])
         if shard is not None and layout is not None and layout["n_shards"] == shard[1]:
             start, end = layout["rows"][shard[0]]
             groups, offset = [], 0
@@ -198,8 +203,11 @@ def read_sharded_parquet(path: UPath, shard: tuple[int, int] | None = None,
                 if offset < end and offset + rows > start:
                     groups.append(group)
                 offset += rows
-            table = parquet.read_row_groups(groups, columns=wanted) if groups else \
-                parquet.schema_arrow.empty_table().select(wanted or names)
+            table = (
+                parquet.read_row_groups(groups, columns=wanted)
+                if groups
+                else parquet.schema_arrow.empty_table().select(wanted or names)
+            )
             return arrow_to_frame(table)
         key = (layout or {}).get("key", "nm")
         if shard is not None and wanted is not None and key not in wanted:
@@ -245,6 +253,8 @@ class StorageLayout:
     default `<base_dir>/models`, which is only right while the storage dir is local.
 
         <base_dir>/assets/<asset>.parquet                  asset values (the storage IO manager)
+        <base_dir>/assets/<stage>.shards/<N>/<key>.parquet one shard's output of a sharded stage (+ .json)
+        <base_dir>/runs/<run id>/...                       small step results of a run (shard lists)
         <base_dir>/cache/<stage>/<N>-shards/<key>          per-shard caches (embeddings, image checks)
         <base_dir>/models/classification/<label>/          saved classifiers (+ training_manifest.json)
         <base_dir>/models/contrastive/<fingerprint>/       saved joint models
@@ -266,6 +276,15 @@ class StorageLayout:
     def asset_file(self, asset: str) -> UPath:
         """Where the storage IO manager keeps an (unpartitioned) asset's value."""
         return self.assets / f"{asset}.parquet"
+
+    def shard_output(self, stage: str, n_shards: int, key: str) -> UPath:
+        """The latest output of shard `key` (of `n_shards`) of a sharded stage; its metadata beside it
+        as `<key>.json`. Stable across runs: a run that skips a shard keeps the last one's file."""
+        return self.assets / f"{stage}.shards" / str(n_shards) / f"{key}.parquet"
+
+    def run_step_results(self, run_id: str) -> UPath:
+        """Small JSON results that a run's steps pass to each other (a stage's shard list and reports)."""
+        return self.root / "runs" / run_id
 
     def shard_cache(self, stage: str, n_shards: int, name: str) -> UPath:
         """A cache of one product shard of `stage` (a new shard count starts new caches)."""

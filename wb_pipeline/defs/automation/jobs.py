@@ -10,6 +10,7 @@ from wb_pipeline.core.data.drops import drop_shards, scan_incoming
 from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.core.monitoring.retrain import DropDrift, RetrainPolicy, decide_retrain
 from wb_pipeline.defs.progress import log_finished_step, release_memory_after_step
+from wb_pipeline.defs.sharding import SHARDS_TAG
 from wb_pipeline.settings import DEFAULT_REEMBED_CRON, REEMBED_CRON_ENV
 
 # The registry of new-product drops: one dynamic partition key per drop folder (product batches,
@@ -93,22 +94,15 @@ def ingested_drops(instance: dg.DagsterInstance) -> set[str]:
     return set(json.loads(value.value)) if value is not None else set()
 
 
-def reembed_selection(
-    asset_keys: set[dg.AssetKey], incoming_dir: str, drops: list[str], n_shards: int
-) -> tuple[list[dg.AssetKey], list[str]]:
-    """The assets of `reembed_new_products` that `drops` need: every catalogue-wide one, and the shard
-    steps of only the shards the drops touch (an untouched shard's output would come out the same).
-    Also the touched shard keys; all shards when a drop cannot be read."""
+def touched_shards(incoming_dir: str, drops: list[str], n_shards: int) -> list[str]:
+    """The keys of the product shards `drops` touch (an untouched shard's output would come out the
+    same, so its steps need not run); all shards when a drop cannot be read."""
     keys = shard_keys(n_shards)
     try:
         touched = set().union(*(drop_shards(storage.as_upath(incoming_dir) / drop, n_shards) for drop in drops))
     except Exception:  # noqa: BLE001 - unreadable here means the run itself will report it: run everything
         touched = set(range(n_shards))
-    skipped = {keys[shard] for shard in range(n_shards)} - {keys[shard] for shard in touched}
-    selection = [
-        key for key in asset_keys if not any(key.to_user_string().endswith(f"_shard_{shard}") for shard in skipped)
-    ]
-    return sorted(selection), [keys[shard] for shard in sorted(touched)]
+    return [keys[shard] for shard in sorted(touched)]
 
 
 def build_reembed_schedule(
@@ -130,18 +124,10 @@ def build_reembed_schedule(
         )
         if not pending:
             return dg.SkipReason("no registered drop waits to be embedded")
-        selection, touched = None, None
-        if incoming_dir is not None and context.repository_def is not None:
-            job_keys = set(context.repository_def.get_job(reembed_new_products.name).asset_layer.executable_asset_keys)
-            selection, touched = reembed_selection(job_keys, incoming_dir, pending, n_shards)
-        return dg.RunRequest(
-            run_key=f"reembed:{','.join(pending)}",
-            asset_selection=selection,
-            tags={
-                "wb_pipeline/new_drops": ",".join(pending),
-                **({"wb_pipeline/shards": ",".join(touched)} if touched is not None else {}),
-            },
-        )
+        tags = {"wb_pipeline/new_drops": ",".join(pending)}
+        if incoming_dir is not None:  # only the shards the drops touch run their shard steps
+            tags[SHARDS_TAG] = ",".join(touched_shards(incoming_dir, pending, n_shards))
+        return dg.RunRequest(run_key=f"reembed:{','.join(pending)}", tags=tags)
 
     return reembed_new_products_schedule
 

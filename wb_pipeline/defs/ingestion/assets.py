@@ -12,21 +12,12 @@ import pandas as pd
 
 from wb_pipeline.core.data import images, schema, storage
 from wb_pipeline.core.data.ingestion import read_wb_table
-from wb_pipeline.core.data.storage import shard_keys
+from wb_pipeline.core.data.storage import StorageLayout
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import INGESTED_DROPS_METADATA_KEY, product_drops
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData, WBStorage
-from wb_pipeline.defs.sharding import (
-    SHARD_TAG,
-    SHARDED_LAYOUT,
-    latest_shard_metadata,
-    shard_asset_name,
-    shard_description,
-    shard_input,
-    shard_names,
-    summed,
-)
+from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData
+from wb_pipeline.defs.sharding import SHARDED_LAYOUT, ShardOutputs, ShardRun, sharded_stage
 
 # A resource, not per-step config: every shard step of a run must check images the same way.
 ImageIndexSettings = config_class(images.ImageConfig, "ImageIndexSettings", base=dg.ConfigurableResource)
@@ -81,7 +72,7 @@ def image_members(context: dg.AssetExecutionContext, raw_data: WBRawData) -> dg.
     """Where every member of the images zip(s) lies: one row per central-directory record (name, shard
     key, position, offset, sizes, CRC-32, compression), with its `batch`; see
     `core.data.images.zip_member_table`. The one step that reads each zip's whole central directory:
-    stored grouped by shard, so `image_index_shard_<k>` and `image_embeddings_shard_<k>` open the zip
+    stored grouped by shard, so the image-index and image-embedding shard steps open the zip
     from their own rows only and their memory follows the shard, not the zip (zipfile holds ~630 B
     a member for a directory it parses)."""
     sources, _ = _sources(context, raw_data)
@@ -105,33 +96,30 @@ def image_members(context: dg.AssetExecutionContext, raw_data: WBRawData) -> dg.
     )
 
 
-def _scan_image_shard(
-    context: dg.AssetExecutionContext,
-    raw_data: WBRawData,
-    pipeline_storage: WBStorage,
-    settings: "ImageIndexSettings",
-    members: pd.DataFrame,
-    shard: tuple[int, int],
-) -> dg.MaterializeResult:
+def _image_index_shard(context: dg.OpExecutionContext, shard: ShardRun) -> tuple[pd.DataFrame, dict]:
+    """The members of one shard checked (decode, content hash, content signals), each batch's result
+    kept in the shard's cache so an unchanged member is not read again. The zip is opened from this
+    shard's rows of `image_members`, not from its central directory."""
+    raw_data, settings = context.resources.raw_data, context.resources.image_index_settings
+    members = shard.rows_of("image_members")
     sources, _ = _sources(context, raw_data)
     image_config = to_core(images.ImageConfig, settings)
     check_key = hashlib.sha256(images.decode_check_key(image_config).encode()).hexdigest()[:16]
-    index_n, n_shards = shard
     indexes, rejected = [], []
     checked_now = 0
     for batch, folder in sources:
         sizes_path = folder / schema.IMAGE_SIZES_FILE
         sizes = read_wb_table(sizes_path, schema.IMAGE_SIZES_REQUIRED_COLUMNS) if sizes_path.exists() else None
-        cache_path = pipeline_storage.layout.shard_cache(
-            "image_index", n_shards, f"{batch}-{check_key}-{index_n}.parquet"
-        )
+        cache_path = shard.cache("image_index", f"{batch}-{check_key}-{shard.index}.parquet")
         previous = storage.read_parquet(cache_path) if cache_path.exists() else None
         batch_members = members[members["batch"] == batch]
         with (
             storage.open_regular_file(folder / schema.IMAGES_ZIP) as handle,
             images.open_listed_zip(handle, batch_members) as zf,
         ):
-            index, rejected_members = images.build_image_index(zf, sizes, image_config, previous=previous, shard=shard)
+            index, rejected_members = images.build_image_index(
+                zf, sizes, image_config, previous=previous, shard=shard.shard
+            )
         storage.write_parquet(index, cache_path)
         reused = (
             0
@@ -149,14 +137,11 @@ def _scan_image_shard(
         rejected.append(rejected_members)
     index = pd.concat(indexes, ignore_index=True)
     rejected_members = pd.concat(rejected, ignore_index=True)
-    return dg.MaterializeResult(
-        value=index,
-        metadata={
-            **_check_counts(index, checked_now),
-            "rejected_members": len(rejected_members),
-            "rejected_member_reasons": metadata.table(rejected_members, max_rows=100),
-        },
-    )
+    return index, {
+        **_check_counts(index, checked_now),
+        "rejected_members": len(rejected_members),
+        "rejected_member_reasons": metadata.table(rejected_members, max_rows=100),
+    }
 
 
 def _check_counts(index: pd.DataFrame, checked_now: int) -> dict:
@@ -169,78 +154,36 @@ def _check_counts(index: pd.DataFrame, checked_now: int) -> dict:
     }
 
 
-def _image_index_shard(index: int, n_shards: int) -> dg.AssetsDefinition:
-    key = shard_keys(n_shards)[index]
-
-    @dg.asset(
-        name=shard_asset_name("image_index", key),
-        group_name="ingestion",
-        kinds={"zip", "pandas"},
-        code_version="2",
-        description=shard_description("image_index", key, n_shards),
-        tags={SHARD_TAG: key},
-        ins={"image_members": shard_input(index, n_shards)},
-    )
-    def image_index_shard(
-        context: dg.AssetExecutionContext,
-        image_members: pd.DataFrame,
-        raw_data: WBRawData,
-        pipeline_storage: WBStorage,
-        image_index_settings: ImageIndexSettings,
-    ) -> dg.MaterializeResult:
-        """The members of one shard checked (decode, content hash, content signals), each batch's
-        result kept under `cache/image_index/` so an unchanged member is not read again. The zip is
-        opened from this shard's rows of `image_members`, not from its central directory."""
-        return _scan_image_shard(
-            context, raw_data, pipeline_storage, image_index_settings, image_members, (index, n_shards)
-        )
-
-    return image_index_shard
+def _image_index_gather(context, shards: ShardOutputs, layout: StorageLayout) -> tuple[pd.DataFrame, dict]:
+    image_config = to_core(images.ImageConfig, context.resources.image_index_settings)
+    drops = sorted(context.instance.get_dynamic_partitions(product_drops.name))
+    index = images.merge_shard_indexes(shards.values, [MAIN_BATCH, *drops], image_config)
+    return index, {
+        **_check_counts(index, shards.summed("checked_now", ran_only=True)),
+        "reasons": metadata.value_counts(index["reason"], "reason"),
+        "empty_image_rule": image_config.empty_image_rule,
+        "empty_by_rule": metadata.value_counts(index["empty_rule"], "empty_rule"),
+        "small_images_kept": int((index["pixel_std"].notna() & ~index["is_empty"]).sum()),
+        "rejected_members": shards.summed("rejected_members"),
+        "preview": metadata.preview(index),
+    }
 
 
-def build_image_index_assets(n_shards: int) -> list[dg.AssetsDefinition]:
-    """`image_index_shard_<k>` per shard, and `image_index`: their rows in zip order with the empty-image
-    rule applied over the whole catalogue."""
-    shards = [_image_index_shard(index, n_shards) for index in range(n_shards)]
-    names = shard_names("image_index", n_shards)
-
-    @dg.asset(
-        group_name="ingestion",
-        kinds={"zip", "pandas"},
-        code_version="3",
-        ins={name: dg.AssetIn() for name in names},
-        metadata={SHARDED_LAYOUT: True},
-    )
-    def image_index(
-        context: dg.AssetExecutionContext, image_index_settings: ImageIndexSettings, **shard_indexes: pd.DataFrame
-    ) -> dg.MaterializeResult:
-        """One row per `{nm}.jpg` member of the images zip(s): byte size, CRC-32, content hash,
-        decodable, width, height, mode, reason, and for images under the empty-image size trigger the
-        content check (signals, `empty_rule`, `empty_detail`; see `core.data.images.apply_empty_image_rule`).
-
-        Gathered from the `image_index_shard_<k>` assets, which stream the zip member by member (it is
-        never extracted); sizes from `image_df.parquet` are recorded and cross-checked when the file
-        exists. Members that are not a plain `{nm}.jpg` (path traversal, folders, other files, duplicate
-        names) are listed in the shards' metadata with a reason. Incremental: a member whose (name,
-        CRC-32, size) is unchanged since the last run is not read or decoded again. Stored grouped by
-        shard, so `image_embeddings_shard_<k>` reads only its rows."""
-        image_config = to_core(images.ImageConfig, image_index_settings)
-        drops = sorted(context.instance.get_dynamic_partitions(product_drops.name))
-        index = images.merge_shard_indexes([shard_indexes[name] for name in names], [MAIN_BATCH, *drops], image_config)
-        shard_meta = latest_shard_metadata(context, names)
-        checked_now = summed(shard_meta, "checked_now", ran_now_only=True)
-        return dg.MaterializeResult(
-            value=index,
-            metadata={
-                **_check_counts(index, checked_now),
-                "reasons": metadata.value_counts(index["reason"], "reason"),
-                "empty_image_rule": image_config.empty_image_rule,
-                "empty_by_rule": metadata.value_counts(index["empty_rule"], "empty_rule"),
-                "small_images_kept": int((index["pixel_std"].notna() & ~index["is_empty"]).sum()),
-                "rejected_members": summed(shard_meta, "rejected_members"),
-                "shards": n_shards,
-                "preview": metadata.preview(index),
-            },
-        )
-
-    return [*shards, image_index]
+image_index = sharded_stage(
+    "image_index",
+    upstream=["image_members"],
+    shard_work=_image_index_shard,
+    gather_work=_image_index_gather,
+    resources={"raw_data", "image_index_settings"},
+    group_name="ingestion",
+    kinds={"zip", "pandas"},
+    output_metadata={SHARDED_LAYOUT: True},
+    description="One row per `{nm}.jpg` member of the images zip(s): byte size, CRC-32, content hash, "
+    "decodable, width, height, mode, reason, and for images under the empty-image size trigger the content "
+    "check (signals, `empty_rule`, `empty_detail`; see `core.data.images.apply_empty_image_rule`). One step "
+    "per product shard (`image_index_shard[<key>]`) streams its members from the zip (never extracted); "
+    "sizes from `image_df.parquet` are recorded and cross-checked when the file exists. Members that are not "
+    "a plain `{nm}.jpg` (path traversal, folders, other files, duplicate names) are listed in the shards' "
+    "metadata with a reason. Incremental: a member whose (name, CRC-32, size) is unchanged since the last "
+    "run is not read again. Stored grouped by shard, so each image-embedding shard reads only its rows.",
+)

@@ -7,21 +7,12 @@ import pandas as pd
 
 from wb_pipeline.core.data.cleaning import CleaningConfig
 from wb_pipeline.core.data.cleaning import clean_products as clean_products_core
-from wb_pipeline.core.data.storage import shard_keys
+from wb_pipeline.core.data.storage import StorageLayout, read_sharded_parquet
 from wb_pipeline.core.text import preprocessing
 from wb_pipeline.core.text.product_text import build_product_text
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.defs.sharding import (
-    SHARD_TAG,
-    SHARDED_LAYOUT,
-    columns_input,
-    in_catalogue_order,
-    shard_asset_name,
-    shard_description,
-    shard_input,
-    shard_names,
-)
+from wb_pipeline.defs.sharding import SHARDED_LAYOUT, ShardOutputs, ShardRun, shard_in_catalogue_order, sharded_stage
 
 CleaningSettings = config_class(CleaningConfig, "CleaningSettings")
 # A resource, not per-step config: every shard of a run must get the same preprocessing.
@@ -96,69 +87,43 @@ def clean_and_rejected_products(
     )
 
 
-def _product_text_shard(index: int, n_shards: int) -> dg.AssetsDefinition:
-    key = shard_keys(n_shards)[index]
-
-    @dg.asset(
-        name=shard_asset_name("product_text", key),
-        group_name="preprocessing",
-        kinds={"pandas"},
-        code_version="1",
-        description=shard_description("product_text", key, n_shards),
-        ins={"clean_products": shard_input(index, n_shards)},
-        tags={SHARD_TAG: key},
+def _product_text_shard(context: dg.OpExecutionContext, shard: ShardRun) -> tuple[pd.DataFrame, dict]:
+    started = time.perf_counter()
+    settings = context.resources.text_preprocessing_settings
+    frame = build_product_text(
+        shard.rows_of("clean_products"), to_core(preprocessing.TextPreprocessingConfig, settings)
     )
-    def product_text_shard(
-        clean_products: pd.DataFrame, text_preprocessing_settings: TextPreprocessingSettings
-    ) -> dg.MaterializeResult:
-        started = time.perf_counter()
-        frame = build_product_text(
-            clean_products, to_core(preprocessing.TextPreprocessingConfig, text_preprocessing_settings)
-        )
-        seconds = time.perf_counter() - started
-        words = frame["description_preprocessed"].str.split().str.len()
-        return dg.MaterializeResult(
-            value=frame,
-            metadata={
-                "dagster/row_count": len(frame),
-                "seconds": round(seconds, 3),
-                "rows_per_second": round(len(frame) / seconds, 1) if seconds else None,
-                "mean_description_words": float(words.mean()) if len(words) else 0.0,
-                "empty_preprocessed_titles": int(frame["title_preprocessed"].eq("").sum()),
-            },
-        )
-
-    return product_text_shard
+    seconds = time.perf_counter() - started
+    words = frame["description_preprocessed"].str.split().str.len()
+    return frame, {
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(len(frame) / seconds, 1) if seconds else None,
+        "mean_description_words": float(words.mean()) if len(words) else 0.0,
+        "empty_preprocessed_titles": int(frame["title_preprocessed"].eq("").sum()),
+    }
 
 
-def build_product_text_assets(n_shards: int) -> list[dg.AssetsDefinition]:
-    """`product_text_shard_<k>` per shard, and `product_text`: all of them in catalogue order."""
-    shards = [_product_text_shard(index, n_shards) for index in range(n_shards)]
-    names = shard_names("product_text", n_shards)
+def _product_text_gather(context, shards: ShardOutputs, layout: StorageLayout) -> tuple[pd.DataFrame, dict]:
+    nm = read_sharded_parquet(layout.asset_file("clean_products"), columns=["nm"])["nm"]
+    frame = shard_in_catalogue_order(pd.concat(shards.values, ignore_index=True), nm)
+    words = frame["description_preprocessed"].str.split().str.len()
+    return frame, {
+        "dagster/row_count": len(frame),
+        "mean_description_words": float(words.mean()) if len(words) else 0.0,
+        "empty_preprocessed_titles": int(frame["title_preprocessed"].eq("").sum()),
+        "preview": metadata.preview(frame),
+    }
 
-    @dg.asset(
-        group_name="preprocessing",
-        kinds={"pandas"},
-        code_version="2",
-        ins={"clean_products": columns_input("nm"), **{name: dg.AssetIn() for name in names}},
-    )
-    def product_text(clean_products: pd.DataFrame, **shard_texts: pd.DataFrame) -> dg.MaterializeResult:
-        """Per product: natural text (HTML stripped, for transformer encoders) and the notebook's
-        preprocessed tokens (units/dimensions removed, lower-cased, stop-words/punctuation/digits dropped,
-        60/300 word caps); gathered from the `product_text_shard_<k>` assets in catalogue order."""
-        frame = in_catalogue_order(
-            pd.concat([shard_texts[name] for name in names], ignore_index=True), clean_products["nm"]
-        )
-        words = frame["description_preprocessed"].str.split().str.len()
-        return dg.MaterializeResult(
-            value=frame,
-            metadata={
-                "dagster/row_count": len(frame),
-                "mean_description_words": float(words.mean()) if len(words) else 0.0,
-                "empty_preprocessed_titles": int(frame["title_preprocessed"].eq("").sum()),
-                "shards": n_shards,
-                "preview": metadata.preview(frame),
-            },
-        )
 
-    return [*shards, product_text]
+product_text = sharded_stage(
+    "product_text",
+    upstream=["clean_products"],
+    shard_work=_product_text_shard,
+    gather_work=_product_text_gather,
+    resources={"text_preprocessing_settings"},
+    group_name="preprocessing",
+    kinds={"pandas"},
+    description="Per product: natural text (HTML stripped, for transformer encoders) and the notebook's "
+    "preprocessed tokens (units/dimensions removed, lower-cased, stop-words/punctuation/digits dropped, "
+    "60/300 word caps); one step per product shard (`product_text_shard[<key>]`), gathered in catalogue order.",
+)
