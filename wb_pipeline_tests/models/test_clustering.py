@@ -20,6 +20,7 @@ from wb_pipeline.core.models.clustering import (
     equal_k_comparison,
     equal_k_over_recipes,
     equal_k_over_seeds,
+    fit_sample_rows,
     known_class_counts,
     label_agreement,
     lead_table,
@@ -142,6 +143,39 @@ def test_cluster_spaces_and_report_on_blobs():
         cluster_spaces({"a": points, "b": points[:5]}, FAST)
     with pytest.raises(ValueError, match="NaN"):
         cluster_spaces({"a": np.full((10, 3), np.nan)}, FAST)
+
+
+def test_above_the_fit_sample_size_clusters_are_fitted_on_a_sample_and_every_product_assigned():
+    points, labels = blobs(n_per=150, centres=4)  # 600 products, fitted on 200 of them
+    sampled = dataclasses.replace(FAST, fit_sample_size=200, kmeans_k=0)
+    result = cluster_spaces({"s": points}, sampled, equal_k={"category": 4})["s"]
+    fit_rows = fit_sample_rows(len(points), sampled)
+    assert len(fit_rows) == 200 and np.array_equal(fit_rows, fit_sample_rows(len(points), sampled))  # seeded
+    for algorithm in ("kmeans", "kmeans_k_category", "hdbscan"):
+        assert result.labels[algorithm].shape == (600,)
+        assert label_agreement(labels, result.labels[algorithm])["ami"] > 0.95, algorithm
+    assert result.points.shape == (600, 8) and result.scatter.shape == (600, 2)
+    # the fit saw only the sample: its labels there are what fitting the sample alone gives
+    alone = cluster_spaces({"s": points[fit_rows]}, dataclasses.replace(sampled, fit_sample_size=0))["s"]
+    assert label_agreement(alone.labels["kmeans"], result.labels["kmeans"][fit_rows])["ami"] == pytest.approx(1.0)
+    # at or below the sample size nothing changes: every product is fitted
+    assert (
+        fit_sample_rows(200, sampled) is None
+        and fit_sample_rows(10**6, dataclasses.replace(FAST, fit_sample_size=0)) is None
+    )
+    with pytest.raises(ValueError, match="fit_sample_size"):
+        dataclasses.replace(FAST, fit_sample_size=50)
+
+
+@pytest.mark.slow
+def test_umap_fitted_on_a_sample_places_the_other_products():
+    points, labels = blobs(n_per=100, centres=3)
+    config = ClusteringConfig(
+        pca_components=8, umap_components=3, kmeans_k=3, hdbscan_min_cluster_size=5, fit_sample_size=120
+    )
+    result = cluster_spaces({"s": points}, config)["s"]
+    assert result.points.shape == (300, 3) and np.isfinite(result.points).all()
+    assert label_agreement(labels, result.labels["kmeans"])["ami"] > 0.9
 
 
 @pytest.mark.slow

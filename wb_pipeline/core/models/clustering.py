@@ -73,6 +73,11 @@ class ClusteringConfig:
     # "pca" = the first two PCA components.
     scatter_method: Literal["clustering_space", "umap", "pca"] = "clustering_space"
     seed: int = 0
+    # Above this many products, every reduction and clustering is FITTED on a seeded random sample of this
+    # many and the other products are assigned to it (PCA / UMAP transform, KMeans predict, HDBSCAN: the
+    # cluster of the nearest sampled product): the fit's memory and time stop growing with the catalogue.
+    # 0 = always fit on every product.
+    fit_sample_size: int = 50_000
     # The space whose clusters `product_clusters` hands on (its `cluster` column): "auto" = the space that
     # recovers the known classes best at equal k (mean AMI over the known targets), the joint space when
     # no class is known; or one space pinned by name.
@@ -92,6 +97,8 @@ class ClusteringConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ClusteringConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.fit_sample_size < 0 or 0 < self.fit_sample_size < 100:
+            raise ValueError(f"ClusteringConfig.fit_sample_size must be 0 or >= 100, got {self.fit_sample_size}")
         if self.kmeans_k < 0 or self.hdbscan_min_samples < 0:
             raise ValueError("ClusteringConfig.kmeans_k and hdbscan_min_samples must be >= 0")
         if self.kmeans_k == 0 and (not self.kmeans_k_candidates or min(self.kmeans_k_candidates) < 2):
@@ -210,13 +217,12 @@ class KMeansByK:
     equal-k runs often ask for the same k)."""
 
     def __init__(self, points: np.ndarray, config: ClusteringConfig):
-        self.points, self.config, self._labels = points, config, {}
+        self.points, self.config, self._labels, self.models = points, config, {}, {}
 
     def __call__(self, k: int) -> np.ndarray:
         if k not in self._labels:
-            self._labels[k] = KMeans(
-                n_clusters=k, n_init=self.config.kmeans_n_init, random_state=self.config.seed
-            ).fit_predict(self.points)
+            self.models[k] = KMeans(n_clusters=k, n_init=self.config.kmeans_n_init, random_state=self.config.seed)
+            self._labels[k] = self.models[k].fit_predict(self.points)
         return self._labels[k]
 
 
@@ -268,11 +274,87 @@ class SpaceClustering:
     scatter: np.ndarray | None = None
 
 
+def fit_sample_rows(n_rows: int, config: ClusteringConfig) -> np.ndarray | None:
+    """The rows the reductions and clusterings are fitted on (sorted), or None for all of them."""
+    if not config.fit_sample_size or n_rows <= config.fit_sample_size:
+        return None
+    return np.sort(np.random.default_rng(config.seed).choice(n_rows, config.fit_sample_size, replace=False))
+
+
+ASSIGN_CHUNK_ROWS = 65_536  # rows transformed / predicted at a time when assigning to a sampled fit
+
+
+def _in_chunks(transform: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> np.ndarray:
+    return np.concatenate([transform(rows[i : i + ASSIGN_CHUNK_ROWS]) for i in range(0, len(rows), ASSIGN_CHUNK_ROWS)])
+
+
+def _cluster_space_from_sample(
+    vectors: np.ndarray, fit_rows: np.ndarray, config: ClusteringConfig, equal_k: Mapping[str, int] | None
+) -> SpaceClustering:
+    """`cluster_space` fitted on `fit_rows` only, every product assigned to the fitted model."""
+    import umap  # imported here: numba compilation makes the import slow
+    from sklearn.neighbors import NearestNeighbors
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    sample = vectors[fit_rows]
+    components = min(config.pca_components, vectors.shape[1], len(sample) - 1)
+    pca_model = PCA(n_components=components, random_state=config.seed)
+    pca_model.fit(sample)
+    pca = _in_chunks(lambda rows: pca_model.transform(rows).astype(np.float32), vectors)
+    if config.reduction == "pca":
+        points = pca
+    else:  # UMAP's own (not precomputed) path: a fitted model that can place new points
+        reducer = umap.UMAP(
+            n_components=min(config.umap_components, len(sample) - 2),
+            n_neighbors=max(2, min(config.umap_neighbors, len(sample) - 1)),
+            min_dist=config.umap_min_dist,
+            random_state=config.seed,
+            n_jobs=1,
+        ).fit(pca[fit_rows])
+        points = np.empty((len(vectors), reducer.embedding_.shape[1]), np.float32)
+        points[fit_rows] = reducer.embedding_
+        others = np.setdiff1d(np.arange(len(vectors)), fit_rows)
+        if len(others):
+            points[others] = _in_chunks(lambda rows: reducer.transform(rows).astype(np.float32), pca[others])
+    fitted = KMeansByK(points[fit_rows], config)
+    k, k_scores = choose_k(points[fit_rows], config, fitted)
+
+    def kmeans_all(k_: int) -> np.ndarray:
+        fitted(k_)  # fits (once per k) on the sample
+        model = fitted.models[k_]
+        return _in_chunks(model.predict, points)
+
+    labels = {KMEANS_FAMILY: kmeans_all(k)}
+    k_choice = {KMEANS_FAMILY: "fixed (config)" if config.kmeans_k else "silhouette"}
+    for target, classes in (equal_k or {}).items():
+        labels[equal_k_algorithm(target)] = kmeans_all(max(2, min(classes, len(fit_rows) - 1)))
+        k_choice[equal_k_algorithm(target)] = f"= known {target} classes"
+    sample_density = hdbscan_labels(points[fit_rows], config)
+    nearest = NearestNeighbors(n_neighbors=1).fit(points[fit_rows])
+    labels["hdbscan"] = _in_chunks(lambda rows: sample_density[nearest.kneighbors(rows)[1][:, 0]], points)
+    k_choice["hdbscan"] = "density (HDBSCAN) on the fit sample; others: their nearest sampled product's"
+    scatter_config = config
+    if config.scatter_method == "umap":
+        scatter_config = replace(config, scatter_method="clustering_space")  # no 2nd UMAP fit
+    return SpaceClustering(
+        pca=pca,
+        points=points,
+        labels=labels,
+        k_scores=k_scores,
+        k_choice=k_choice,
+        scatter=scatter_2d(pca, points, scatter_config),
+    )
+
+
 def cluster_space(
     vectors: np.ndarray, config: ClusteringConfig, equal_k: Mapping[str, int] | None = None
 ) -> SpaceClustering:
     """Reduce one space once; KMeans (silhouette / fixed k, then k = known classes per target), HDBSCAN
-    and the 2-D picture all use that reduction."""
+    and the 2-D picture all use that reduction. Above `config.fit_sample_size` products all of it is
+    fitted on a seeded sample and every product assigned (`_cluster_space_from_sample`)."""
+    fit_rows = fit_sample_rows(len(vectors), config)
+    if fit_rows is not None:
+        return _cluster_space_from_sample(vectors, fit_rows, config, equal_k)
     pca, points = reduce_for_clustering(vectors, config)
     kmeans = KMeansByK(points, config)
     k, k_scores = choose_k(points, config, kmeans)
