@@ -23,6 +23,7 @@ BENCHMARKS = [
     "benchmarks.pipeline_profile",
     "benchmarks.search",
     "benchmarks.drop_drift",
+    "benchmarks.serving",
 ]
 
 

@@ -13,6 +13,7 @@ on; nothing here executes input or writes a file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -155,6 +156,8 @@ def _price(value) -> float | None:
 def card_characteristics(card: ProductCard, limits: ServingLimits = ServingLimits()) -> pd.DataFrame:
     """The card's characteristics as the long `product_characteristics` table (nm, name, value), parsed
     by the pipeline's parser (never executed); CardError when the parser rejects them."""
+    if card.characteristics is None:  # nothing to parse: the parser's empty table, built once
+        return _no_characteristics().copy()
     raw = pd.Series([card.characteristics], dtype=object)
     parsed = characteristics_table(pd.Series([card.nm]), raw, limits.max_characteristics_bytes)
     if card.characteristics is not None and len(parsed.rejections):
@@ -164,6 +167,11 @@ def card_characteristics(card: ProductCard, limits: ServingLimits = ServingLimit
             'send the WB form, a JSON list like [{"charcName": "Цвет", "charcValues": ["белый"]}]'
         )
     return parsed.long
+
+
+@functools.cache
+def _no_characteristics() -> pd.DataFrame:
+    return characteristics_table(pd.Series([], dtype=object), pd.Series([], dtype=object)).long
 
 
 def raw_frame(card: ProductCard) -> pd.DataFrame:
