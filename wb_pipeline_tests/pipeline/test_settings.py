@@ -71,7 +71,7 @@ def test_readme_lists_every_variable():
     text = README.read_text(encoding="utf-8")
     table = text[text.index("## Configuration") :]
     table = table[: table.index("\n## ", 1)]
-    assert len(settings.VARIABLES) == 10
+    assert len(settings.VARIABLES) == 11
     missing = [name for name in settings.VARIABLES if f"`{name}`" not in table]
     assert missing == []
 
