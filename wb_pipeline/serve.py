@@ -90,10 +90,9 @@ class ServiceState:
                 self._failed_stamp, self.problem = stamp, str(error)
             log.warning("not serving the materialization of %s: %s", self.layout.base_dir, error)
             return
-        with self._lock:
-            old, self.bundle, self.loaded_at, self.problem, self._failed_stamp = bundle, bundle, time.time(), None, None
+        with self._lock:  # requests holding the old bundle finish with it; it is freed after them
+            self.bundle, self.loaded_at, self.problem, self._failed_stamp = bundle, time.time(), None, None
         log.info("serving the materialization of %s", self.layout.base_dir)
-        del old
 
     def _bundle_inputs(self) -> dict:
         from wb_pipeline.core.data.cleaning import CleaningConfig

@@ -232,5 +232,16 @@ def test_nothing_materialized_is_a_503_then_a_new_materialization_is_served_with
         status, answer = late.post_form("/predict", {"title": "Платье женское"})
         assert status == 200 and len(answer["labels"]) == len(health["serving"]["labels"])
         assert "runs" in health["serving"] and "unavailable" in health["serving"]["runs"]  # no instance here
+        # a newer materialization (every served file rewritten) is swapped in; the old one answers meanwhile
+        loaded_at = health["loaded_at"]
+        now = time.time()
+        for path in sorted((storage / "assets").glob("*.parquet")):
+            os.utime(path, (now, now))
+        statuses = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and late.get("/health")[1]["loaded_at"] == loaded_at:
+            statuses.append(late.post_form("/predict", {"title": "Платье женское"})[0])
+        assert late.get("/health")[1]["loaded_at"] > loaded_at
+        assert statuses and set(statuses) == {200}
     finally:
         late.stop()

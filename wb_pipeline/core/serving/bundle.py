@@ -236,10 +236,6 @@ class ServingBundle:
         bundle._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="photo")
         return bundle
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-
     # --- the card's vectors -------------------------------------------------------------------------
 
     def _image_vector(self, photo: bytes) -> np.ndarray:
@@ -323,7 +319,7 @@ class ServingBundle:
                 space,
                 text_vector,
                 image_vector,
-                self.joint_model if uses_joint_model(space) else None,
+                searcher.joint_model if uses_joint_model(space) else None,
                 lambda t, i: prediction.in_fixed_blocks(searcher.joint_model.product_vectors, t, i),
             )
         else:
