@@ -219,3 +219,23 @@ def test_a_shard_output_that_never_ran_names_the_fix(tmp_path):
     missing = storage.StorageLayout(str(tmp_path)).shard_output("text_embeddings", 4, "02")
     with pytest.raises(FileNotFoundError, match=f"has not run at this shard count yet.*`{SHARDS_TAG}`"):
         read_shard_output(missing)
+
+
+def test_the_asset_graph_is_the_same_at_any_shard_count(tmp_path):
+    from wb_pipeline.definitions import build_definitions
+
+    graphs = {}
+    for n_shards in (1, 4, 512):
+        defs = build_definitions(
+            raw_dir=str(tmp_path / "raw"), storage_dir=str(tmp_path / "storage"), n_shards=n_shards
+        )
+        graph = defs.resolve_asset_graph()
+        graphs[n_shards] = (
+            sorted(key.to_user_string() for key in graph.get_all_asset_keys()),
+            sorted(key.to_user_string() for key in graph.asset_check_keys),
+            sorted(op.name for op in defs.resolve_job_def("full_pipeline").graph.iterate_op_defs()),
+        )
+    assert graphs[1] == graphs[4] == graphs[512]
+    assets = graphs[1][0]
+    assert {"image_index", "product_text", "text_embeddings", "image_embeddings"} <= set(assets)
+    assert not [name for name in assets if "shard" in name]  # one node per stage, no shard assets
