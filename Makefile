@@ -45,6 +45,8 @@ run: setup
 # then one quality table, also written there as quality.md / quality.json.
 RAW_DIR ?=
 EVAL_NAME ?= $(notdir $(patsubst %/,%,$(RAW_DIR)))
+# extra options of the quality table (`python -m wb_pipeline.evaluate --help`), e.g. fewer seeds in CI
+EVAL_ARGS ?=
 EVAL_DIR := $(CURDIR)/storage/eval/$(EVAL_NAME)
 eval: setup
 	@test -n "$(RAW_DIR)" || { echo "usage: make eval RAW_DIR=/path/to/wb_layout_folder [EVAL_NAME=name]"; exit 2; }
@@ -54,7 +56,7 @@ eval: setup
 	WB_PIPELINE_RAW_DIR=$(abspath $(RAW_DIR)) WB_PIPELINE_STORAGE_DIR=$(EVAL_DIR) \
 	  WB_PIPELINE_MODELS_DIR=$$($(BIN)/python -m wb_pipeline.settings --get models_dir) DAGSTER_HOME=$(EVAL_DIR)/dagster_home \
 	  $(BIN)/dagster job execute -m wb_pipeline.definitions -j full_pipeline -c deploy/cli-run.yaml
-	$(BIN)/python -m wb_pipeline.evaluate $(EVAL_DIR) --name $(EVAL_NAME)
+	$(BIN)/python -m wb_pipeline.evaluate $(EVAL_DIR) --name $(EVAL_NAME) $(EVAL_ARGS)
 
 # The Dagster UI on http://127.0.0.1:3000
 ui: setup

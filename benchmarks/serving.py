@@ -228,7 +228,9 @@ def main() -> None:
     parser.add_argument("--storage", help="a materialized storage dir (default: the settings' storage dir)")
     parser.add_argument("--raw-dir", help="its WB folder, for the photos (default: the settings' raw dir)")
     args = parser.parse_args()
-    storage, raw_dir = args.storage or settings.storage_dir(), args.raw_dir or settings.raw_dir()
+    # CI points these at the `make eval` run it just made instead of materializing a sample once more
+    storage = args.storage or os.environ.get("BENCH_SERVING_STORAGE") or settings.storage_dir()
+    raw_dir = args.raw_dir or os.environ.get("BENCH_SERVING_RAW_DIR") or settings.raw_dir()
     if not materialized(storage):
         print(f"{storage} holds no complete materialization: running the pipeline on a generated sample first")
         raw_dir, storage = materialize_sample(
