@@ -288,62 +288,31 @@ def _in_chunks(transform: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) 
     return np.concatenate([transform(rows[i : i + ASSIGN_CHUNK_ROWS]) for i in range(0, len(rows), ASSIGN_CHUNK_ROWS)])
 
 
-def _cluster_space_from_sample(
-    vectors: np.ndarray, fit_rows: np.ndarray, config: ClusteringConfig, equal_k: Mapping[str, int] | None
-) -> SpaceClustering:
-    """`cluster_space` fitted on `fit_rows` only, every product assigned to the fitted model."""
+def _reduce_from_sample(
+    vectors: np.ndarray, fit_rows: np.ndarray, config: ClusteringConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """`reduce_for_clustering` fitted on `fit_rows` only, every product transformed by the fitted models."""
     import umap  # imported here: numba compilation makes the import slow
-    from sklearn.neighbors import NearestNeighbors
 
     vectors = np.asarray(vectors, dtype=np.float32)
-    sample = vectors[fit_rows]
-    components = min(config.pca_components, vectors.shape[1], len(sample) - 1)
-    pca_model = PCA(n_components=components, random_state=config.seed)
-    pca_model.fit(sample)
+    components = min(config.pca_components, vectors.shape[1], len(fit_rows) - 1)
+    pca_model = PCA(n_components=components, random_state=config.seed).fit(vectors[fit_rows])
     pca = _in_chunks(lambda rows: pca_model.transform(rows).astype(np.float32), vectors)
     if config.reduction == "pca":
-        points = pca
-    else:  # UMAP's own (not precomputed) path: a fitted model that can place new points
-        reducer = umap.UMAP(
-            n_components=min(config.umap_components, len(sample) - 2),
-            n_neighbors=max(2, min(config.umap_neighbors, len(sample) - 1)),
-            min_dist=config.umap_min_dist,
-            random_state=config.seed,
-            n_jobs=1,
-        ).fit(pca[fit_rows])
-        points = np.empty((len(vectors), reducer.embedding_.shape[1]), np.float32)
-        points[fit_rows] = reducer.embedding_
-        others = np.setdiff1d(np.arange(len(vectors)), fit_rows)
-        if len(others):
-            points[others] = _in_chunks(lambda rows: reducer.transform(rows).astype(np.float32), pca[others])
-    fitted = KMeansByK(points[fit_rows], config)
-    k, k_scores = choose_k(points[fit_rows], config, fitted)
-
-    def kmeans_all(k_: int) -> np.ndarray:
-        fitted(k_)  # fits (once per k) on the sample
-        model = fitted.models[k_]
-        return _in_chunks(model.predict, points)
-
-    labels = {KMEANS_FAMILY: kmeans_all(k)}
-    k_choice = {KMEANS_FAMILY: "fixed (config)" if config.kmeans_k else "silhouette"}
-    for target, classes in (equal_k or {}).items():
-        labels[equal_k_algorithm(target)] = kmeans_all(max(2, min(classes, len(fit_rows) - 1)))
-        k_choice[equal_k_algorithm(target)] = f"= known {target} classes"
-    sample_density = hdbscan_labels(points[fit_rows], config)
-    nearest = NearestNeighbors(n_neighbors=1).fit(points[fit_rows])
-    labels["hdbscan"] = _in_chunks(lambda rows: sample_density[nearest.kneighbors(rows)[1][:, 0]], points)
-    k_choice["hdbscan"] = "density (HDBSCAN) on the fit sample; others: their nearest sampled product's"
-    scatter_config = config
-    if config.scatter_method == "umap":
-        scatter_config = replace(config, scatter_method="clustering_space")  # no 2nd UMAP fit
-    return SpaceClustering(
-        pca=pca,
-        points=points,
-        labels=labels,
-        k_scores=k_scores,
-        k_choice=k_choice,
-        scatter=scatter_2d(pca, points, scatter_config),
-    )
+        return pca, pca
+    reducer = umap.UMAP(  # UMAP's own (not precomputed) path: a fitted model that can place new points
+        n_components=min(config.umap_components, len(fit_rows) - 2),
+        n_neighbors=max(2, min(config.umap_neighbors, len(fit_rows) - 1)),
+        min_dist=config.umap_min_dist,
+        random_state=config.seed,
+        n_jobs=1,
+    ).fit(pca[fit_rows])
+    points = np.empty((len(vectors), reducer.embedding_.shape[1]), np.float32)
+    points[fit_rows] = reducer.embedding_
+    others = np.setdiff1d(np.arange(len(vectors)), fit_rows)
+    if len(others):
+        points[others] = _in_chunks(lambda rows: reducer.transform(rows).astype(np.float32), pca[others])
+    return pca, points
 
 
 def cluster_space(
@@ -351,27 +320,46 @@ def cluster_space(
 ) -> SpaceClustering:
     """Reduce one space once; KMeans (silhouette / fixed k, then k = known classes per target), HDBSCAN
     and the 2-D picture all use that reduction. Above `config.fit_sample_size` products all of it is
-    fitted on a seeded sample and every product assigned (`_cluster_space_from_sample`)."""
+    fitted on a seeded sample (`fit_sample_rows`) and every product assigned to the fitted models:
+    KMeans by `predict`, HDBSCAN by the cluster of the nearest sampled product."""
     fit_rows = fit_sample_rows(len(vectors), config)
-    if fit_rows is not None:
-        return _cluster_space_from_sample(vectors, fit_rows, config, equal_k)
-    pca, points = reduce_for_clustering(vectors, config)
-    kmeans = KMeansByK(points, config)
-    k, k_scores = choose_k(points, config, kmeans)
-    labels = {KMEANS_FAMILY: kmeans(k)}
+    if fit_rows is None:
+        pca, points = reduce_for_clustering(vectors, config)
+        fit_points = points
+    else:
+        pca, points = _reduce_from_sample(vectors, fit_rows, config)
+        fit_points = points[fit_rows]
+    kmeans = KMeansByK(fit_points, config)
+
+    def kmeans_labels(k: int) -> np.ndarray:
+        fitted = kmeans(k)  # fitted once per k
+        return fitted if fit_rows is None else _in_chunks(kmeans.models[k].predict, points)
+
+    k, k_scores = choose_k(fit_points, config, kmeans)
+    labels = {KMEANS_FAMILY: kmeans_labels(k)}
     k_choice = {KMEANS_FAMILY: "fixed (config)" if config.kmeans_k else "silhouette"}
     for target, classes in (equal_k or {}).items():
-        labels[equal_k_algorithm(target)] = kmeans(max(2, min(classes, len(points) - 1)))
+        labels[equal_k_algorithm(target)] = kmeans_labels(max(2, min(classes, len(fit_points) - 1)))
         k_choice[equal_k_algorithm(target)] = f"= known {target} classes"
-    labels["hdbscan"] = hdbscan_labels(points, config)
-    k_choice["hdbscan"] = "density (HDBSCAN)"
+    density = hdbscan_labels(fit_points, config)
+    if fit_rows is None:
+        labels["hdbscan"], k_choice["hdbscan"] = density, "density (HDBSCAN)"
+    else:
+        from sklearn.neighbors import NearestNeighbors
+
+        nearest = NearestNeighbors(n_neighbors=1).fit(fit_points)
+        labels["hdbscan"] = _in_chunks(lambda rows: density[nearest.kneighbors(rows)[1][:, 0]], points)
+        k_choice["hdbscan"] = "density (HDBSCAN) on the fit sample; others: their nearest sampled product's"
+    scatter_config = config
+    if fit_rows is not None and config.scatter_method == "umap":
+        scatter_config = replace(config, scatter_method="clustering_space")  # no 2nd UMAP fit over the catalogue
     return SpaceClustering(
         pca=pca,
         points=points,
         labels=labels,
         k_scores=k_scores,
         k_choice=k_choice,
-        scatter=scatter_2d(pca, points, config),
+        scatter=scatter_2d(pca, points, scatter_config),
     )
 
 
