@@ -84,6 +84,41 @@ def read_embedding_table(path: UPath) -> EmbeddingTable:
         return EmbeddingTable.from_arrow(pq.read_table(handle))
 
 
+@dataclass(frozen=True)
+class VectorFileCheck:
+    """What `check_vector_file` found: rows, vector dim, float32 storage, finite values, off-unit rows."""
+
+    rows: int
+    dim: int
+    float32: bool
+    finite: bool
+    rows_not_unit_norm: int
+
+
+def check_vector_file(path: UPath, norm_tolerance: float, batch_rows: int = 65_536) -> VectorFileCheck:
+    """Check a stored embedding table batch by batch (its memory: one batch, not the table): float32,
+    finite values, unit L2 norms within `norm_tolerance`."""
+    rows = off = 0
+    finite = True
+    with storage.open_regular_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        vector_type = parquet.schema_arrow.field("vector").type
+        dim = vector_type.list_size
+        float32 = vector_type.value_type == pa.float32()
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=["vector"]):
+            vectors = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+            rows += len(vectors)
+            finite = finite and bool(np.isfinite(vectors).all())
+            off += int((np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > norm_tolerance).sum())
+    return VectorFileCheck(rows, dim, float32, finite, off)
+
+
+def stored_ids(path: UPath) -> pd.Index:
+    """The `nm` column of a stored table alone."""
+    with storage.open_regular_file(path) as handle:
+        return pd.Index(pq.read_table(handle, columns=["nm"]).column("nm").to_pylist())
+
+
 def is_embedding_table(table: pa.Table) -> bool:
     return (table.schema.metadata or {}).get(KIND_KEY) == EMBEDDING_TABLE_KIND
 

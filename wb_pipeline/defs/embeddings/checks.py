@@ -1,10 +1,11 @@
-"""Data tests on the embedding tables (the same checks for text and image)."""
+"""Data tests on the embedding tables (the same checks for text and image). They read the stored
+tables batch by batch / column by column (`core.embeddings.vectors.check_vector_file`, `stored_ids`),
+so a check's memory does not grow with the catalogue."""
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.embeddings.vectors import check_vector_file, stored_ids
+from wb_pipeline.defs.resources import WBStorage
 
 NORM_TOLERANCE = 1e-3
 
@@ -14,28 +15,30 @@ def _checks_for(asset_name: str) -> list[dg.AssetChecksDefinition]:
         asset=asset_name,
         name=f"{asset_name}_vectors_valid",
         blocking=True,
-        description="float32, 2-D, finite values, unit L2 norms.",
+        description="float32, 2-D, finite values, unit L2 norms (read batch by batch).",
     )
-    def vectors_valid(table: EmbeddingTable) -> dg.AssetCheckResult:
-        vectors = table.vectors
-        finite = bool(np.isfinite(vectors).all())
-        norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
-        off = int((np.abs(norms - 1.0) > NORM_TOLERANCE).sum())
+    def vectors_valid(pipeline_storage: WBStorage) -> dg.AssetCheckResult:
+        found = check_vector_file(pipeline_storage.layout.asset_file(asset_name), NORM_TOLERANCE)
         return dg.AssetCheckResult(
-            passed=vectors.dtype == np.float32 and vectors.ndim == 2 and finite and off == 0,
-            metadata={"dtype": str(vectors.dtype), "dim": table.dim, "finite": finite, "rows_not_unit_norm": off},
+            passed=found.float32 and found.finite and found.rows_not_unit_norm == 0,
+            metadata={
+                "dtype": "float32" if found.float32 else "not float32",
+                "dim": found.dim,
+                "rows": found.rows,
+                "finite": found.finite,
+                "rows_not_unit_norm": found.rows_not_unit_norm,
+            },
         )
 
     @dg.asset_check(
         asset=asset_name,
         name=f"{asset_name}_cover_clean_products",
         blocking=True,
-        additional_ins={"clean_products": dg.AssetIn()},
-        description="Exactly one row per clean product, no orphan rows.",
+        description="Exactly one row per clean product, no orphan rows (reads the `nm` columns only).",
     )
-    def cover_clean_products(table: EmbeddingTable, clean_products: pd.DataFrame) -> dg.AssetCheckResult:
-        ids = pd.Index(table.nm)
-        clean = pd.Index(clean_products["nm"])
+    def cover_clean_products(pipeline_storage: WBStorage) -> dg.AssetCheckResult:
+        layout = pipeline_storage.layout
+        ids, clean = stored_ids(layout.asset_file(asset_name)), stored_ids(layout.asset_file("clean_products"))
         missing, orphans = clean.difference(ids), ids.difference(clean)
         duplicated = int(ids.duplicated().sum())
         return dg.AssetCheckResult(
