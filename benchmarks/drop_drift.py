@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python -m benchmarks.drop_drift            # 400-product catalogue, drops of 40
-    .venv/bin/python -m benchmarks.drop_drift --short    # 160 products, drops of 30
+    .venv/bin/python -m benchmarks.drop_drift --short    # 160 products, drops of 30, 2 in-distribution drops
 
 A generated catalogue (seed 11) gets three or four drops: `in-distribution` (the generator at
 another seed: same categories, same language), `other-categories-en` (the generator with only
@@ -41,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--short", action="store_true")
     parser.add_argument("--real", type=Path, default=REAL_DEFAULT)
-    parser.add_argument("--null-drops", type=int, default=6, help="in-distribution drops (other generator seeds)")
+    parser.add_argument(
+        "--null-drops", type=int, default=None, help="in-distribution drops, other generator seeds (default 6; short 2)"
+    )
     parser.add_argument("--c", type=float, nargs="+", default=[1.0, 10.0], help="domain classifier C values")
     parser.add_argument("--models-dir", default=settings.models_dir())
     args = parser.parse_args(argv)
+    if args.null_drops is None:
+        args.null_drops = 2 if args.short else 6
     if not 1 <= args.null_drops <= 6:
         parser.error("--null-drops must be 1..6 (seeds 91-96; 97 and 98 are the out-of-distribution drops)")
     n_catalogue, n_drop = (160, 30) if args.short else (400, 40)

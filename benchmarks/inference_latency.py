@@ -155,7 +155,7 @@ def fit_label_models(text_vectors: np.ndarray, image_vectors: np.ndarray, n_esti
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 3; short 1)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -163,6 +163,8 @@ def main() -> None:
         help="torch threads of the text encoder (1 is faster while other jobs load the cores)",
     )
     args = parser.parse_args()
+    if args.reps is None:
+        args.reps = 1 if args.short else 3
     sizes = MODES["short" if args.short else "full"]
 
     import torch
