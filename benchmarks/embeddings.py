@@ -6,9 +6,9 @@ Usage::
     .venv/bin/python -m benchmarks.embeddings --short    # CI smoke run: small sizes, 1 repetition
 
 Prints one table; never passes or fails on a timing. Every timing is the median of ``--reps``
-(default 3; 1 in the ``--short`` smoke run) repetitions after a warm-up call, and raw/end-to-end repetitions are interleaved so
-bursts of outside load hit both sides alike. Each section runs in its own fresh process, so its
-peak RSS is its own. Sections, all on the same generated inputs:
+(default 3; 1 in the ``--short`` smoke run) repetitions after a warm-up call, and raw/end-to-end
+repetitions are interleaved so bursts of outside load hit both sides alike. Each section runs in its
+own fresh process, so its peak RSS is its own. Sections, all on the same generated inputs:
 
 * ``text`` -- the offline e5 text encoder as the pipeline configures it
   (``TextEncoderResource().build()``, the onnxruntime int8 engine by default): the bare
