@@ -62,6 +62,7 @@ def build_definitions(
     image_encoder: ImageEncoderResource | None = None,
     retrain_policy: RetrainPolicy | None = None,
     n_shards: int | None = None,
+    products_per_shard: int | None = None,
     encoder_op_tags: Mapping[str, object] | None = None,
 ) -> dg.Definitions:
     """Definitions reading WB files from `raw_dir` (+ drops registered from `incoming_dir`) and writing
@@ -71,13 +72,16 @@ def build_definitions(
     `<storage_dir>/models`: `settings.layout`, which places every path); the encoders
     default to the offline e5 text and EfficientNet-Lite0 image encoders; the retraining rule to
     `settings.retrain_policy()` (`WB_PIPELINE_RETRAIN_*`), the schedule's cron to `settings.reembed_cron()`
-    (`WB_PIPELINE_REEMBED_CRON`); the number of product shards to `n_shards`
-    (default `WB_PIPELINE_SHARDS`, else 4: the `sharding` resource, editable per run); `encoder_op_tags` go on
+    (`WB_PIPELINE_REEMBED_CRON`); the number of product shards to `n_shards` (default `WB_PIPELINE_SHARDS`),
+    else to the power of two that keeps `products_per_shard` (default `WB_PIPELINE_PRODUCTS_PER_SHARD`)
+    products in a shard, decided per run (the `sharding` resource, editable per run); `encoder_op_tags` go on
     every encoder shard step (e.g. a
     `dagster-k8s/config` pod spec, see `wb_pipeline.engines.k8s_definitions`)."""
     layout = settings.layout(storage_dir, models_dir)
     incoming_dir = incoming_dir or settings.incoming_dir()
-    n_shards = n_shards or settings.n_shards()
+    sharding = ShardingSettings(
+        n_shards=n_shards or settings.n_shards(), products_per_shard=products_per_shard or settings.products_per_shard()
+    )
     return dg.Definitions(
         assets=[
             *dg.load_assets_from_modules(ASSET_MODULES),
@@ -91,7 +95,7 @@ def build_definitions(
             jobs.predict_new_drops,
             jobs.retrain_models,
         ],
-        schedules=[jobs.build_reembed_schedule(incoming_dir, n_shards, settings.reembed_cron())],
+        schedules=[jobs.build_reembed_schedule(incoming_dir, sharding, layout, settings.reembed_cron())],
         sensors=[
             jobs.build_incoming_sensor(incoming_dir),
             jobs.predict_new_drops_sensor,
@@ -99,9 +103,11 @@ def build_definitions(
         ],
         resources={
             "raw_data": WBRawData(raw_dir=raw_dir or settings.raw_dir(), incoming_dir=incoming_dir),
-            "io_manager": WBStorageIOManager(base_dir=layout.base_dir, n_shards=n_shards),
+            "io_manager": WBStorageIOManager(
+                base_dir=layout.base_dir, n_shards=sharding.n_shards, products_per_shard=sharding.products_per_shard
+            ),
             "pipeline_storage": WBStorage(base_dir=layout.base_dir),
-            "sharding": ShardingSettings(n_shards=n_shards),
+            "sharding": sharding,
             SHARD_RESULTS_IO_MANAGER: ShardResultsIOManager(base_dir=layout.base_dir),
             "text_encoder": text_encoder or TextEncoderResource(cache_dir=layout.encoder_models),
             "image_encoder": image_encoder or ImageEncoderResource(cache_dir=layout.encoder_models),

@@ -11,7 +11,8 @@ value in effect; `--get NAME` prints one value (the Makefile uses it).
 | `WB_PIPELINE_STORAGE_DIR` | asset values, caches, trained models (local path or fsspec URL) | `storage/` in the repo |
 | `WB_PIPELINE_INCOMING_DIR` | where new-product drops arrive | `data/incoming/` in the repo |
 | `WB_PIPELINE_MODELS_DIR` | LOCAL folder of converted / exported encoder models; set it when the storage dir is object storage | `<storage dir>/models` |
-| `WB_PIPELINE_SHARDS` | product shards of the heavy steps, the same in every process | 4 |
+| `WB_PIPELINE_PRODUCTS_PER_SHARD` | products a shard of the heavy steps holds at most (on average); the shard count is the power of two that keeps it, decided per run from the catalogue size | 32000 |
+| `WB_PIPELINE_SHARDS` | a fixed shard count instead (1 to 4096), the same in every process | from the products per shard |
 | `WB_PIPELINE_REEMBED_CRON` | cron of `reembed_new_products_schedule` | `0 2 * * *` |
 | `WB_PIPELINE_RETRAIN_DRIFT_AUC` | retrain when a drop's domain AUC exceeds it | 0.8 |
 | `WB_PIPELINE_RETRAIN_DRIFT_BY` | which drift statistic retrains: `domain_auc` or `mmd` | `domain_auc` |
@@ -36,10 +37,11 @@ STORAGE_DIR_ENV = "WB_PIPELINE_STORAGE_DIR"
 INCOMING_DIR_ENV = "WB_PIPELINE_INCOMING_DIR"
 MODELS_DIR_ENV = "WB_PIPELINE_MODELS_DIR"
 SHARDS_ENV = "WB_PIPELINE_SHARDS"
+PRODUCTS_PER_SHARD_ENV = "WB_PIPELINE_PRODUCTS_PER_SHARD"
 REEMBED_CRON_ENV = "WB_PIPELINE_REEMBED_CRON"
 SERVE_MAX_UPLOAD_ENV = "WB_PIPELINE_SERVE_MAX_UPLOAD_BYTES"
 DEFAULT_SERVE_MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-DEFAULT_SHARDS = 4
+DEFAULT_PRODUCTS_PER_SHARD = 32_000
 DEFAULT_REEMBED_CRON = "0 2 * * *"  # nightly at 02:00
 
 # Retraining rule (`wb_pipeline.core.monitoring.retrain.RetrainPolicy`), read by `retrain_models_sensor`.
@@ -56,6 +58,7 @@ VARIABLES = (
     STORAGE_DIR_ENV,
     INCOMING_DIR_ENV,
     MODELS_DIR_ENV,
+    PRODUCTS_PER_SHARD_ENV,
     SHARDS_ENV,
     REEMBED_CRON_ENV,
     *RETRAIN_ENV.values(),
@@ -103,17 +106,33 @@ def layout(storage: str | None = None, models: str | None = None) -> StorageLayo
 
 
 def n_shards() -> int:
-    """`WB_PIPELINE_SHARDS` (the number of product shards the heavy steps are split into), default 4.
-    Every process of a deployment (orchestrator, workers, pods) must see the same value."""
+    """`WB_PIPELINE_SHARDS`: a fixed number of product shards for the heavy steps; 0 when unset (the
+    count then follows the catalogue size, `products_per_shard`). Every process of a deployment
+    (orchestrator, workers, pods) must see the same value."""
     raw = _read(SHARDS_ENV)
     if not raw:
-        return DEFAULT_SHARDS
+        return 0
     try:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{SHARDS_ENV}={raw!r} is not a whole number") from None
     if not 1 <= value <= 4096:
         raise ValueError(f"{SHARDS_ENV}={value}: use 1 to 4096 shards")
+    return value
+
+
+def products_per_shard() -> int:
+    """`WB_PIPELINE_PRODUCTS_PER_SHARD` (default 32,000): the shard count of a run is the smallest power of
+    two that keeps at most this many products in a shard on average."""
+    raw = _read(PRODUCTS_PER_SHARD_ENV)
+    if not raw:
+        return DEFAULT_PRODUCTS_PER_SHARD
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{PRODUCTS_PER_SHARD_ENV}={raw!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"{PRODUCTS_PER_SHARD_ENV}={value}: use at least 1 product per shard")
     return value
 
 
@@ -167,7 +186,8 @@ def effective() -> dict[str, str]:
         "storage_dir": storage_dir(),
         "incoming_dir": incoming_dir(),
         "models_dir": layout().encoder_models,
-        "shards": str(n_shards()),
+        "products_per_shard": str(products_per_shard()),
+        "shards": str(n_shards() or "from products_per_shard"),
         "reembed_cron": reembed_cron(),
         **{name: str(getattr(policy, name)) for name in RETRAIN_ENV},
         "serve_max_upload_bytes": str(serve_max_upload_bytes()),
@@ -191,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 STORAGE_DIR_ENV,
                 INCOMING_DIR_ENV,
                 MODELS_DIR_ENV,
+                PRODUCTS_PER_SHARD_ENV,
                 SHARDS_ENV,
                 REEMBED_CRON_ENV,
                 *RETRAIN_ENV.values(),

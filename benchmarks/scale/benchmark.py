@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .pipeline import run_pipeline
+from .pipeline import resolved_shard_count, run_pipeline
 from .report import (
     _run_summary,
     projection_many,
@@ -47,12 +47,11 @@ def run_benchmark(
     is that process's). Encoders are injectable (resources for the pipeline, a factory for the fp32
     reference), so a test can run it with tiny models.
     """
-    from wb_pipeline import settings
     from wb_pipeline.defs.embeddings.resources import TextEncoderResource
 
     if executor not in ("in_process", "multiprocess"):
         raise ValueError(f"executor {executor!r}: the measured run is in_process or multiprocess (dask: dask=True)")
-    n_shards = n_shards or settings.n_shards()
+    n_shards = resolved_shard_count(raw_dir, n_shards)
     text_encoder = text_encoder or TextEncoderResource(cache_dir=str(models_dir))
     run = run_pipeline(
         raw_dir,

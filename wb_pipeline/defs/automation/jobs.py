@@ -6,11 +6,11 @@ import json
 import dagster as dg
 
 from wb_pipeline.core.data import storage
-from wb_pipeline.core.data.drops import drop_shards, scan_incoming
+from wb_pipeline.core.data.drops import drop_ids, scan_incoming
 from wb_pipeline.core.data.storage import shard_keys
 from wb_pipeline.core.monitoring.retrain import DropDrift, RetrainPolicy, decide_retrain
 from wb_pipeline.defs.progress import log_finished_step, release_memory_after_step
-from wb_pipeline.defs.sharding import SHARDS_TAG
+from wb_pipeline.defs.sharding import SHARD_COUNT_TAG, SHARDS_TAG, ShardingSettings, catalogue_size
 from wb_pipeline.settings import DEFAULT_REEMBED_CRON, REEMBED_CRON_ENV
 
 # The registry of new-product drops: one dynamic partition key per drop folder (product batches,
@@ -94,19 +94,27 @@ def ingested_drops(instance: dg.DagsterInstance) -> set[str]:
     return set(json.loads(value.value)) if value is not None else set()
 
 
-def touched_shards(incoming_dir: str, drops: list[str], n_shards: int) -> list[str]:
-    """The keys of the product shards `drops` touch (an untouched shard's output would come out the
-    same, so its steps need not run); all shards when a drop cannot be read."""
-    keys = shard_keys(n_shards)
+def touched_shards(incoming_dir: str, drops: list[str], sharding: ShardingSettings, layout) -> tuple[int, list[str]]:
+    """The shard count of a run that ingests `drops` (the catalogue's size with their products) and the
+    keys of the shards they touch (an untouched shard's output would come out the same, so its steps need
+    not run); all shards when a drop cannot be read."""
+    size = catalogue_size(layout)
     try:
-        touched = set().union(*(drop_shards(storage.as_upath(incoming_dir) / drop, n_shards) for drop in drops))
+        found = [drop_ids(storage.as_upath(incoming_dir) / drop) for drop in drops]
     except Exception:  # noqa: BLE001 - unreadable here means the run itself will report it: run everything
-        touched = set(range(n_shards))
-    return [keys[shard] for shard in sorted(touched)]
+        n_shards = sharding.count_for(size)
+        return n_shards, shard_keys(n_shards)
+    n_shards = sharding.count_for(size + sum(len(products) for products, _ in found))
+    touched = set().union(*(storage.product_shards(products + photos, n_shards).tolist() for products, photos in found))
+    keys = shard_keys(n_shards)
+    return n_shards, [keys[shard] for shard in sorted(touched)]
 
 
 def build_reembed_schedule(
-    incoming_dir: str | None = None, n_shards: int = 1, cron: str = DEFAULT_REEMBED_CRON
+    incoming_dir: str | None = None,
+    sharding: ShardingSettings | None = None,
+    layout: storage.StorageLayout | None = None,
+    cron: str = DEFAULT_REEMBED_CRON,
 ) -> dg.ScheduleDefinition:
     """The re-embedding schedule on `cron` (`build_definitions` passes `settings.reembed_cron()`)."""
 
@@ -125,8 +133,10 @@ def build_reembed_schedule(
         if not pending:
             return dg.SkipReason("no registered drop waits to be embedded")
         tags = {"wb_pipeline/new_drops": ",".join(pending)}
-        if incoming_dir is not None:  # only the shards the drops touch run their shard steps
-            tags[SHARDS_TAG] = ",".join(touched_shards(incoming_dir, pending, n_shards))
+        if incoming_dir is not None and sharding is not None and layout is not None:
+            # only the shards the drops touch run their shard steps (all of them when the count changes)
+            n_shards, keys = touched_shards(incoming_dir, pending, sharding, layout)
+            tags[SHARDS_TAG], tags[SHARD_COUNT_TAG] = ",".join(keys), str(n_shards)
         return dg.RunRequest(run_key=f"reembed:{','.join(pending)}", tags=tags)
 
     return reembed_new_products_schedule

@@ -63,7 +63,12 @@ def _text_embeddings_shard(context: dg.OpExecutionContext, shard: ShardRun) -> t
         )
         budget = None
     texts = encoder_text(product_text, config.fields, config.form, budget, tokenizer)
-    cache = EmbeddingCache(shard.cache("text_embeddings"), encoder.fingerprint, encoder.dim)
+    cache = EmbeddingCache(
+        shard.cache("text_embeddings"),
+        encoder.fingerprint,
+        encoder.dim,
+        seeds=[related.cache("text_embeddings") for related in shard.related()],
+    )
     vectors, stats = embed_texts(
         texts.tolist(), encoder, cache, config.chunk_size, progress_logger(context, f"text_embeddings[{shard.key}]")
     )
@@ -188,7 +193,12 @@ def _image_embeddings_shard(context: dg.OpExecutionContext, shard: ShardRun) -> 
     fingerprint = f"{encoder.fingerprint}-{config.channel_order.lower()}"
     if min_decode_side is not None:
         fingerprint += f"-draft{min_decode_side}"
-    cache = EmbeddingCache(shard.cache("image_embeddings"), fingerprint, encoder.dim)
+    cache = EmbeddingCache(
+        shard.cache("image_embeddings"),
+        fingerprint,
+        encoder.dim,
+        seeds=[related.cache("image_embeddings") for related in shard.related()],
+    )
     vectors = np.zeros((len(rows), encoder.dim), dtype=np.float32)
     stats = EmbedStats()
     for batch, part in rows.groupby("batch", sort=True):

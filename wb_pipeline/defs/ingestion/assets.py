@@ -111,7 +111,7 @@ def _image_index_shard(context: dg.OpExecutionContext, shard: ShardRun) -> tuple
         sizes_path = folder / schema.IMAGE_SIZES_FILE
         sizes = read_wb_table(sizes_path, schema.IMAGE_SIZES_REQUIRED_COLUMNS) if sizes_path.exists() else None
         cache_path = shard.cache("image_index", f"{batch}-{check_key}-{shard.index}.parquet")
-        previous = storage.read_parquet(cache_path) if cache_path.exists() else None
+        previous = _previous_index(shard, cache_path, f"{batch}-{check_key}")
         batch_members = members[members["batch"] == batch]
         with (
             storage.open_regular_file(folder / schema.IMAGES_ZIP) as handle,
@@ -144,6 +144,17 @@ def _image_index_shard(context: dg.OpExecutionContext, shard: ShardRun) -> tuple
     }
 
 
+def _previous_index(shard: ShardRun, cache_path, name: str) -> pd.DataFrame | None:
+    """The shard's last checked index; after a change of shard count, the related shards' indexes (the
+    shard at N/2 holding it, or its halves at 2N), so no unchanged member is decoded again."""
+    if cache_path.exists():
+        return storage.read_parquet(cache_path)
+    paths = [related.cache("image_index", f"{name}-{related.index}.parquet") for related in shard.related()]
+    # rows of other products are harmless: previous results are matched by (member, CRC-32, size)
+    found = [storage.read_parquet(path) for path in paths if path.exists()]
+    return pd.concat(found, ignore_index=True) if found else None
+
+
 def _check_counts(index: pd.DataFrame, checked_now: int) -> dict:
     """Rows, decodable ones, and how many were read now vs reused from the previous index."""
     return {
@@ -171,7 +182,8 @@ def _image_index_gather(context, shards: ShardOutputs, layout: StorageLayout) ->
 
 image_index = sharded_stage(
     "image_index",
-    upstream=["image_members"],
+    # the raw tables too: their row counts are the catalogue size the shard count follows
+    upstream=["image_members", "raw_products_train", "raw_products_test"],
     shard_work=_image_index_shard,
     gather_work=_image_index_gather,
     resources={"raw_data", "image_index_settings"},
