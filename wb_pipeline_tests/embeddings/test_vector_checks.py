@@ -4,6 +4,7 @@ on what they must catch."""
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pytest
 from upath import UPath
 
 from wb_pipeline.core.data import storage
@@ -60,3 +61,41 @@ def test_the_asset_checks_fail_on_a_bad_table_and_a_missing_product(tmp_path):
     assert checks["text_embeddings_vectors_valid"].metadata["rows_not_unit_norm"].value == 1
     assert not checks["text_embeddings_cover_clean_products"].passed
     assert checks["text_embeddings_cover_clean_products"].metadata["missing"].value == 1
+
+
+def test_some_rows_of_a_stored_table_are_read_from_their_row_groups_only(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from wb_pipeline.core.embeddings.vectors import read_embedding_rows
+
+    monkeypatch.setattr(storage, "ROW_GROUP_ROWS", 100)  # 1,000 rows in 10 row groups
+    nm, vectors = [str(i) for i in range(1000)], _unit(1000)
+    path = _write(tmp_path / "t.parquet", nm, vectors)
+    assert pq.ParquetFile(path.path).num_row_groups == 10
+    groups = []
+    original = pq.ParquetFile.read_row_group
+
+    def counted(self, group, **kwargs):
+        groups.append(group)
+        return original(self, group, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    rows = np.array([3, 5, 250, 999])
+    got = read_embedding_rows(path, rows)
+    assert got.nm.tolist() == ["3", "5", "250", "999"] and np.array_equal(got.vectors, vectors[rows])
+    assert groups == [0, 2, 9]  # only the groups holding the rows asked for
+    assert len(read_embedding_rows(path, np.array([], np.int64))) == 0
+    for bad in ([5, 3], [1000]):
+        with pytest.raises((ValueError, IndexError)):
+            read_embedding_rows(path, np.array(bad))
+
+
+def test_rows_of_a_table_are_found_by_id_a_row_group_at_a_time(tmp_path):
+    frame = pd.DataFrame({"nm": [str(i) for i in range(300)], "title": [f"t{i}" for i in range(300)], "x": range(300)})
+    sharded = UPath(tmp_path / "sharded.parquet")
+    storage.write_sharded_parquet(frame, sharded, 4)
+    plain = UPath(tmp_path / "plain.parquet")
+    storage.write_parquet(frame, plain)
+    for path in (sharded, plain):
+        got = storage.read_rows_where(path, "nm", ["250", "7", "nope", "42"], ["title"])
+        assert got.to_dict("list") == {"nm": ["7", "42", "250"], "title": ["t7", "t42", "t250"]}  # catalogue order

@@ -20,6 +20,7 @@ from wb_pipeline.core.model_selection.retrieval_metrics import (
     retrieval_metrics,
 )
 from wb_pipeline.core.models.contrastive import (
+    JOINT_COLUMNS,
     ContrastiveConfig,
     DuplicateFreeBatchSampler,
     JointSpaceModel,
@@ -34,6 +35,7 @@ from wb_pipeline.core.models.contrastive import (
     regularised_cca,
     save_joint_model,
     train_joint_space,
+    training_rows,
     zero_shot_scores,
 )
 from wb_pipeline.defs.resources import WBStorage, WBStorageIOManager
@@ -438,8 +440,28 @@ def stub_assets(values: dict) -> list:
     return stubs
 
 
-def storage_resources(base: str) -> dict:
-    return {"io_manager": WBStorageIOManager(base_dir=base), "pipeline_storage": WBStorage(base_dir=base)}
+def storage_resources(base: str, n_shards: int = 1) -> dict:
+    from wb_pipeline.defs.sharding import SHARD_RESULTS_IO_MANAGER, ShardingSettings, ShardResultsIOManager
+
+    return {
+        "io_manager": WBStorageIOManager(base_dir=base),
+        "pipeline_storage": WBStorage(base_dir=base),
+        "sharding": ShardingSettings(n_shards=n_shards),
+        SHARD_RESULTS_IO_MANAGER: ShardResultsIOManager(base_dir=base),
+    }
+
+
+def write_embedding_shards(base: str, values: dict, n_shards: int) -> None:
+    """The embedding stages' per-shard outputs, as their shard steps leave them (joint_embeddings reads them)."""
+    from wb_pipeline.core.data import storage
+
+    layout = storage.StorageLayout(base)
+    for stage in ("text_embeddings", "image_embeddings"):
+        table = values[stage]
+        shard_of = storage.product_shards(list(table.nm), n_shards)
+        for index, key in enumerate(storage.shard_keys(n_shards)):
+            part = EmbeddingTable(nm=table.nm[shard_of == index], vectors=table.vectors[shard_of == index])
+            storage.write_parquet(part.to_arrow(), layout.shard_output(stage, n_shards, key))
 
 
 FAST_RUN_CONFIG = {"joint_dim": 8, "batch_size": 32, "max_steps": 80, "eval_every_steps": 5, "learning_rate": 0.005}
@@ -449,6 +471,7 @@ def test_contrastive_assets_materialize(tmp_path, instance):
     from wb_pipeline.defs.contrastive import assets, checks
 
     values = synthetic_catalogue()
+    write_embedding_shards(str(tmp_path), values, 1)
     result = dg.materialize(
         [
             *stub_assets(values),
@@ -484,6 +507,40 @@ def test_contrastive_assets_materialize(tmp_path, instance):
     assert materialization.metadata["pairs_used"].value == 150
     checks_passed = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks_passed == {"joint_embeddings_valid": True, "training_beats_untrained_heads": True}
+    assert materialization.metadata["training_products"].value == materialization.metadata["catalogue_products"].value
+
+
+def test_a_large_catalogue_trains_on_a_bounded_sample_and_every_shard_is_projected_alike(tmp_path, instance):
+    from wb_pipeline.defs.contrastive import assets
+
+    values = synthetic_catalogue()
+    joints = {}
+    for n_shards in (1, 4):
+        base = str(tmp_path / f"{n_shards}-shards")
+        write_embedding_shards(base, values, n_shards)
+        result = dg.materialize(
+            [*stub_assets(values), assets.contrastive_model, assets.joint_embeddings],
+            resources=storage_resources(base, n_shards),
+            instance=instance,
+            run_config={"ops": {"contrastive_model": {"config": {**FAST_RUN_CONFIG, "max_training_pairs": 100}}}},
+        )
+        assert result.success
+        metadata = result.asset_materializations_for_node("contrastive_model")[0].metadata
+        assert (metadata["training_products"].value, metadata["catalogue_products"].value) == (100, 150)
+        assert metadata["pairs_used"].value == 100
+        joints[n_shards] = result.asset_value("joint_embeddings")
+        assert joints[n_shards]["nm"].tolist() == values["text_embeddings"].nm.tolist()  # every product, in order
+    for column in JOINT_COLUMNS:  # the same model projects each shard exactly as the whole catalogue
+        np.testing.assert_array_equal(joint_matrix(joints[4], column), joint_matrix(joints[1], column))
+
+
+def test_training_rows_are_all_or_a_seeded_sample():
+    assert training_rows(5, 0, 0).tolist() == [0, 1, 2, 3, 4] == training_rows(5, 5, 3).tolist()
+    sample = training_rows(1000, 100, 7)
+    assert len(sample) == 100 == len(set(sample.tolist())) and (np.diff(sample) > 0).all() and sample[-1] < 1000
+    assert sample.tolist() == training_rows(1000, 100, 7).tolist() != training_rows(1000, 100, 8).tolist()
+    with pytest.raises(ValueError, match="max_training_pairs"):
+        training_rows(10, -1, 0)
 
 
 def test_product_keys_normalise_and_keep_every_row():

@@ -84,6 +84,28 @@ def read_embedding_table(path: UPath) -> EmbeddingTable:
         return EmbeddingTable.from_arrow(pq.read_table(handle))
 
 
+def read_embedding_rows(path: UPath, positions: np.ndarray) -> EmbeddingTable:
+    """Rows `positions` (sorted, unique) of a stored embedding table, reading only the row groups that
+    hold them: a sample of a catalogue's vectors without the catalogue's vectors in memory."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) and (np.any(np.diff(positions) <= 0) or positions[0] < 0):
+        raise ValueError("read_embedding_rows: positions must be sorted, unique and >= 0")
+    with storage.open_regular_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        if len(positions) and positions[-1] >= starts[-1]:
+            raise IndexError(f"{path}: row {int(positions[-1])} asked for, the table has {int(starts[-1])}")
+        parts = []
+        for group in range(parquet.num_row_groups):
+            low, high = np.searchsorted(positions, [starts[group], starts[group + 1]])
+            if high > low:
+                rows = pa.array(positions[low:high] - starts[group])
+                parts.append(parquet.read_row_group(group, columns=["nm", "vector"]).take(rows))
+        table = pa.concat_tables(parts) if parts else parquet.schema_arrow.empty_table().select(["nm", "vector"])
+    return EmbeddingTable.from_arrow(table)
+
+
 @dataclass(frozen=True)
 class VectorFileCheck:
     """What `check_vector_file` found: rows, vector dim, float32 storage, finite values, off-unit rows."""

@@ -31,6 +31,7 @@ from upath import UPath
 
 from wb_pipeline.core.data.characteristics import characteristics_table
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.models import contrastive
 from wb_pipeline.core.models.classification import (
     ALL_MODELS,
     MODEL_BLOCKS,
@@ -64,6 +65,30 @@ def in_fixed_blocks(compute: Callable[..., np.ndarray], *row_arrays: np.ndarray)
             blocks.append(block)
         parts.append(np.asarray(compute(*blocks))[: min(BLOCK_ROWS, n - start)])
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
+
+def joint_embedding_rows(joint_model, nm: Sequence[str], text_vectors: np.ndarray, image_vectors: np.ndarray):
+    """(the `joint_embeddings` rows of these products, each one's own-pair cosine), projected by the
+    saved joint model in fixed blocks: a product's row is the same whether its shard or the whole
+    catalogue is projected."""
+    dim = joint_model.output_dim  # of each head's vector; the product vector follows them
+
+    def project(text_block: np.ndarray, image_block: np.ndarray) -> np.ndarray:
+        return np.hstack(
+            [
+                joint_model.project_text(text_block),
+                joint_model.project_image(image_block),
+                joint_model.product_vectors(text_block, image_block),
+            ]
+        )
+
+    if len(nm) == 0:
+        stacked = np.zeros((0, 2 * dim + joint_model.product_dim), np.float32)
+    else:
+        stacked = in_fixed_blocks(project, np.asarray(text_vectors), np.asarray(image_vectors))
+    text_joint, image_joint = stacked[:, :dim], stacked[:, dim : 2 * dim]
+    frame = contrastive.joint_embedding_frame(nm, text_joint, image_joint, stacked[:, 2 * dim :])
+    return frame, (text_joint * image_joint).sum(axis=1)
 
 
 def product_features(

@@ -41,7 +41,7 @@ from .persistence import (
     model_folder,
     save_joint_model,
 )
-from .sampling import DuplicateFreeBatchSampler, group_split, product_keys
+from .sampling import DuplicateFreeBatchSampler, group_split, product_keys, training_rows
 from .training import train_joint_space
 
 __all__ = [
@@ -64,5 +64,6 @@ __all__ = [
     "regularised_cca",
     "save_joint_model",
     "train_joint_space",
+    "training_rows",
     "zero_shot_scores",
 ]

@@ -59,6 +59,10 @@ class ContrastiveConfig:
     # epochs the best validation state took: the held-out figures come from the early-stopping model, and
     # the model that is kept has not left a fifth of a small catalogue unused (docs/DESIGN-NOTES.md).
     refit_on_all_pairs: bool = True
+    # Products the model is trained and its product space fitted on: a seeded sample of this many when
+    # the catalogue is larger (0: all), so the step's memory follows the setting, not the catalogue.
+    # 200,000 pairs are ~520 steps of 384 per epoch at the batch size: more than `max_steps` visits.
+    max_training_pairs: int = 200_000
     recall_ks: tuple[int, ...] = (1, 5, 10)
     # The product vector (clusters, similar products, the default search index): each encoder's vectors
     # centred and scaled, the text given this share of the variance, [√s·text, √(1−s)·image]. None: read

@@ -101,6 +101,16 @@ class DuplicateFreeBatchSampler:
         return self.epoch(0)
 
 
+def training_rows(n_rows: int, max_rows: int, seed: int) -> np.ndarray:
+    """Sorted positions of the products a joint model is fitted on: all `n_rows`, or a seeded uniform
+    sample of `max_rows` of them when there are more (`max_rows` 0: no limit)."""
+    if max_rows < 0:
+        raise ValueError(f"max_training_pairs must be >= 0, got {max_rows}")
+    if max_rows == 0 or n_rows <= max_rows:
+        return np.arange(n_rows, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=max_rows, replace=False)).astype(np.int64)
+
+
 def product_keys(
     nm: Sequence[str], products: pd.DataFrame, image_index: pd.DataFrame, max_title_products: int = MAX_TITLE_PRODUCTS
 ) -> pd.DataFrame:
