@@ -99,3 +99,14 @@ def test_rows_of_a_table_are_found_by_id_a_row_group_at_a_time(tmp_path):
     for path in (sharded, plain):
         got = storage.read_rows_where(path, "nm", ["250", "7", "nope", "42"], ["title"])
         assert got.to_dict("list") == {"nm": ["7", "42", "250"], "title": ["t7", "t42", "t250"]}  # catalogue order
+
+
+def test_a_list_column_is_checked_batch_by_batch_too(tmp_path):
+    vectors = _unit(7)
+    vectors[2] *= 2  # off-unit
+    frame = pd.DataFrame({"nm": [str(i) for i in range(7)], "joint": list(vectors)})
+    frame.at[5, "joint"] = np.full(3, 1 / np.sqrt(3), np.float32)  # unit, but of another length
+    path = UPath(tmp_path / "joint.parquet")
+    storage.write_parquet(frame, path)
+    found = check_vector_file(path, 1e-3, batch_rows=2, column="joint")
+    assert (found.rows, found.dim, found.float32, found.finite, found.rows_not_unit_norm) == (7, 8, True, True, 2)

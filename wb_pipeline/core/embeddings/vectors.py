@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from upath import UPath
 
@@ -117,22 +118,31 @@ class VectorFileCheck:
     rows_not_unit_norm: int
 
 
-def check_vector_file(path: UPath, norm_tolerance: float, batch_rows: int = 65_536) -> VectorFileCheck:
-    """Check a stored embedding table batch by batch (its memory: one batch, not the table): float32,
-    finite values, unit L2 norms within `norm_tolerance`."""
+def check_vector_file(
+    path: UPath, norm_tolerance: float, batch_rows: int = 65_536, column: str = "vector"
+) -> VectorFileCheck:
+    """Check a stored vector column (fixed-size or plain lists) batch by batch (its memory: one batch,
+    not the table): float32, finite values, unit L2 norms within `norm_tolerance`; a row whose length
+    differs from the first row's counts as not unit-norm."""
     rows = off = 0
     finite = True
+    dim = None
     with storage.open_regular_file(path) as handle:
         parquet = pq.ParquetFile(handle)
-        vector_type = parquet.schema_arrow.field("vector").type
-        dim = vector_type.list_size
+        vector_type = parquet.schema_arrow.field(column).type
         float32 = vector_type.value_type == pa.float32()
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=["vector"]):
-            vectors = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-            rows += len(vectors)
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=[column]):
+            values = batch.column(0)
+            lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+            if dim is None and len(lengths):
+                dim = int(lengths[0])
+            same = lengths == dim
+            flat = values.filter(pa.array(same)).flatten().to_numpy(zero_copy_only=False)
+            vectors = flat.reshape(-1, dim or 0)
+            rows += len(lengths)
             finite = finite and bool(np.isfinite(vectors).all())
-            off += int((np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > norm_tolerance).sum())
-    return VectorFileCheck(rows, dim, float32, finite, off)
+            off += int((np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > norm_tolerance).sum()) + int((~same).sum())
+    return VectorFileCheck(rows, dim or 0, float32, finite, off)
 
 
 def stored_ids(path: UPath) -> pd.Index:

@@ -1,11 +1,11 @@
 """Data tests on the joint space: valid vectors for every product, and training that helped."""
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
-from wb_pipeline.core.models.contrastive import JOINT_COLUMNS, joint_matrix
+from wb_pipeline.core.embeddings.vectors import check_vector_file, stored_ids
+from wb_pipeline.core.models.contrastive import JOINT_COLUMNS
+from wb_pipeline.defs.resources import WBStorage
 
 NORM_TOLERANCE = 1e-3
 
@@ -13,16 +13,17 @@ NORM_TOLERANCE = 1e-3
 @dg.asset_check(
     asset="joint_embeddings",
     blocking=True,
-    additional_ins={"text_embeddings": dg.AssetIn()},
-    description="One row per embedded product, same order; every joint vector finite and unit-norm.",
+    description="One row per embedded product, same order; every joint vector finite and unit-norm. Reads the "
+    "stored tables' `nm` columns and each vector column batch by batch, never the whole table.",
 )
-def joint_embeddings_valid(joint_embeddings: pd.DataFrame, text_embeddings: EmbeddingTable) -> dg.AssetCheckResult:
-    same_rows = np.array_equal(joint_embeddings["nm"].to_numpy(dtype=object), text_embeddings.nm)
+def joint_embeddings_valid(pipeline_storage: WBStorage) -> dg.AssetCheckResult:
+    layout = pipeline_storage.layout
+    path = layout.asset_file("joint_embeddings")
+    same_rows = stored_ids(path).equals(stored_ids(layout.asset_file("text_embeddings")))
     not_unit = {}
     for column in JOINT_COLUMNS:
-        vectors = joint_matrix(joint_embeddings, column)
-        norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
-        not_unit[column] = int((~np.isfinite(norms) | (np.abs(norms - 1.0) > NORM_TOLERANCE)).sum())
+        found = check_vector_file(path, NORM_TOLERANCE, column=column)
+        not_unit[column] = found.rows_not_unit_norm + (0 if found.finite else found.rows)
     return dg.AssetCheckResult(
         passed=bool(same_rows and not any(not_unit.values())),
         metadata={"rows_match_text_embeddings": bool(same_rows), **{f"{k}_not_unit": v for k, v in not_unit.items()}},
