@@ -106,6 +106,36 @@ def test_saved_models_reload_to_identical_predictions_without_pickle(tmp_path, m
     assert text_accuracy > 0.8
 
 
+@pytest.mark.parametrize("n_classes", [2, 37])
+def test_logistic_probabilities_row_by_row_equal_sklearn_and_ignore_the_other_rows(n_classes):
+    """The prediction path's regression probabilities: sklearn's up to rounding, and each row's bits its
+    own: alone, at any position of a 64-row block, with a fitted (F-ordered) or reloaded (C-ordered) matrix."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 1664)).astype(np.float32)
+    model = LogisticRegression(max_iter=200).fit(X, rng.integers(0, n_classes, size=300))
+    model.coef_ = np.asfortranarray(model.coef_.astype(np.float32))
+    model.intercept_ = model.intercept_.astype(np.float32)
+    block = X[:64]
+    got = logistic_solver.logistic_proba_by_row(model, block)
+    np.testing.assert_allclose(got, model.predict_proba(block), rtol=1e-5, atol=1e-7)
+    assert (got.argmax(axis=1) == model.predict_proba(block).argmax(axis=1)).all()
+    c_ordered = LogisticRegression()
+    c_ordered.coef_, c_ordered.intercept_ = np.ascontiguousarray(model.coef_), model.intercept_
+    c_ordered.classes_, c_ordered.n_features_in_ = model.classes_, model.n_features_in_
+    for row in (0, 5, 11, 63):
+        alone = np.zeros_like(block)
+        alone[0] = block[row]
+        assert np.array_equal(logistic_solver.logistic_proba_by_row(model, alone)[0], got[row])
+        assert np.array_equal(logistic_solver.logistic_proba_by_row(model, block[row : row + 1])[0], got[row])
+        assert np.array_equal(logistic_solver.logistic_proba_by_row(c_ordered, block[row : row + 1])[0], got[row])
+    with pytest.raises(ValueError, match="NaN"):
+        logistic_solver.logistic_proba_by_row(model, np.full((1, 1664), np.nan, np.float32))
+    with pytest.raises(ValueError, match="features"):  # another width: sklearn's own check and message
+        logistic_solver.logistic_proba_by_row(model, block[:, :10])
+
+
 def test_label_classes_match_probability_width():
     frame = pd.DataFrame({"label": "x", "y": ["b", "a", "b"], "proba": [np.ones(2)] * 3})
     assert core.label_classes(frame, "x") == ["a", "b"]

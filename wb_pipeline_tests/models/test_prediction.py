@@ -10,7 +10,8 @@ from upath import UPath
 
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.models import classification as core
-from wb_pipeline.core.models import contrastive, prediction
+from wb_pipeline.core.models import contrastive, fusion, prediction
+from wb_pipeline.core.models.classification.stacking import _tabular_block
 from wb_pipeline.core.models.contrastive import combine_joint
 from wb_pipeline.defs.automation.jobs import product_drops
 from wb_pipeline.defs.classification import assets as classification_assets
@@ -219,10 +220,13 @@ class _Linear:
         return combine_joint(self.project_text(text), self.project_image(image))
 
 
-def test_a_product_gets_the_same_answer_alone_or_in_any_batch():
+@pytest.mark.parametrize("n_classes", [3, 37])
+def test_a_product_gets_the_same_answer_alone_or_in_any_batch(n_classes):
+    """Bit for bit, at any position of its block: with 37 classes (sub_category's count) a BLAS matrix
+    product's row changed in the last bits with its position, so a card (row 0) differed from the batch."""
     rng = np.random.default_rng(2)
     n, dim = 90, 384
-    y = np.array(["a", "b", "c"], dtype=object)[rng.integers(0, 3, size=n)]
+    y = np.array([f"c{i}" for i in range(n_classes)], dtype=object)[rng.integers(0, n_classes, size=n)]
     text = _unit(rng.normal(size=(n, dim)) + np.eye(dim)[pd.Series(y).astype("category").cat.codes.to_numpy()])
     image = _unit(rng.normal(size=(n, dim)))
     joint_model = _Linear(dim, 96)
@@ -231,27 +235,47 @@ def test_a_product_gets_the_same_answer_alone_or_in_any_batch():
 
     models = core.LabelModels(
         label="sex",
-        classes=["a", "b", "c"],
+        classes=sorted(set(y)),
         base={
             "text": LogisticRegression(max_iter=500).fit(text, y),
             "image": LogisticRegression(max_iter=500).fit(image, y),
             "joint": LogisticRegression(max_iter=500).fit(joint, y),
         },
     )
-    report = pd.DataFrame(
-        {"label": "sex", "model": ["joint", "text", "image"], "macro_f1": [0.9, 0.8, 0.5], "best_model": "joint"}
-    )
     nm = [str(i) for i in range(n)]
+    catalogue = pd.DataFrame(
+        {"nm": nm, "split": "test", "brand": [f"b{i % 5}" for i in range(n)], "price": rng.uniform(10, 900, n)}
+    )
+    # late fusion over the text and image probabilities, the tabular columns and the brand encoding
+    classes = sorted(set(y))
+    unimodal = np.hstack([models.predict_proba(m, {"text": text, "image": image}) for m in ("text", "image")])
+    numeric, brands = _tabular_block(fusion.tabular_features(nm, catalogue, None), np.array(nm, dtype=object))
+    encoding = fusion.BrandTargetEncoding(len(classes), 5.0).fit(brands, [classes.index(v) for v in y])
+    late = fusion.LateFusionClassifier(classes=classes, n_estimators=10, min_child_samples=5, boost_from="mean")
+    late.fit(np.hstack([unimodal, numeric, encoding.transform(brands)]), y)
+    fused = core.LabelModels("category", classes, models.base, late, ("text", "image"), encoding)
+    season = core.LabelModels("season", classes, models.base)
+    report = pd.DataFrame(
+        [
+            {"label": label, "model": model, "macro_f1": f1, "best_model": best}
+            for label, best in (("sex", "joint"), ("season", "mean_probability"), ("category", "late_fusion"))
+            for model, f1 in (("joint", 0.9), ("text", 0.8), ("image", 0.5), ("mean_probability", 0.7))
+        ]
+    )
     tables = EmbeddingTable(np.array(nm), text), EmbeddingTable(np.array(nm), image)
-    catalogue = pd.DataFrame({"nm": nm, "split": "test"})
+    label_models = {"sex": models, "season": season, "category": fused}
 
     def predict(chosen):
         return prediction.predict_products(
-            pd.DataFrame({"nm": chosen}), *tables, joint_model, {"sex": models}, report, catalogue, None
+            pd.DataFrame({"nm": chosen}), *tables, joint_model, label_models, report, catalogue, None
         ).set_index("nm")
 
     everything = predict(nm)
-    assert (everything["model"] == "joint").all()
+    assert everything.groupby("label")["model"].unique().map(list).to_dict() == {
+        "sex": ["joint"],
+        "season": ["mean_probability"],
+        "category": ["late_fusion"],
+    }
     for chosen in (["5"], ["5", "17"], nm[3:8], nm[10:19], nm[::-1]):
         part = predict(chosen)
         pd.testing.assert_frame_equal(part, everything.loc[chosen], check_exact=True)

@@ -325,10 +325,21 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
 # --- tabular product features for the meta-model ------------------------------------------------
 
 
+def _normalised_brand(value) -> str | None:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return " ".join(str(value).casefold().split()) or None
+
+
 def normalised_brand(brands: pd.Series) -> pd.Series:
-    """Brands case-folded with whitespace collapsed; empty or missing → None (no brand)."""
-    cleaned = brands.astype("string").str.casefold().str.split().str.join(" ")
-    return cleaned.where(cleaned.fillna("").ne("")).astype(object).where(lambda s: s.notna(), None)
+    """Brands case-folded with whitespace collapsed (Python's `str.casefold` and `str.split`); empty or
+    missing → None (no brand); a non-text value through `str`."""
+    return pd.Series([_normalised_brand(v) for v in brands.tolist()], index=brands.index, dtype=object)
+
+
+def _first_rows(keys: Sequence[str]) -> dict[str, int]:
+    """key -> the position of its first occurrence."""
+    return dict(zip(reversed(keys), range(len(keys) - 1, -1, -1)))
 
 
 @dataclass(frozen=True)
@@ -337,24 +348,34 @@ class BrandCounts:
     brand share of `tabular_features` divides. Built once (`brand_counts`) by a caller that scores a few
     products at a time against a large catalogue (a service), and updated by the products it adds."""
 
-    counts: pd.Series  # normalised brand -> products
+    counts: dict[str, int]  # normalised brand -> products
     products: int
 
     def plus(self, products: pd.DataFrame, sign: int = 1) -> BrandCounts:
         """These counts with `products` (nm, brand) added (`sign=-1`: removed)."""
         other = brand_counts(products)
-        counts = self.counts.add(sign * other.counts, fill_value=0)
-        return BrandCounts(counts[counts > 0], self.products + sign * other.products)
+        counts = dict(self.counts)
+        for brand, count in other.counts.items():
+            counts[brand] = counts.get(brand, 0) + sign * count
+        return BrandCounts({b: c for b, c in counts.items() if c > 0}, self.products + sign * other.products)
 
-    def shares(self) -> pd.Series:
-        return self.counts / max(self.products, 1)
+    def share(self, brand: str | None) -> float:
+        """The share of the catalogue carrying `brand` (0 without a brand)."""
+        return self.counts.get(brand, 0) / max(self.products, 1) if brand is not None else 0.0
 
 
 def brand_counts(products: pd.DataFrame) -> BrandCounts:
     """`BrandCounts` of `products` (one per distinct `nm`; `brand` optional)."""
-    catalogue = products.drop_duplicates("nm")
-    brands = normalised_brand(catalogue["brand"]) if "brand" in catalogue else pd.Series(dtype=object)
-    return BrandCounts(brands.value_counts(dropna=True), len(catalogue))
+    first = _first_rows(products["nm"].tolist())
+    if "brand" not in products:
+        return BrandCounts({}, len(first))
+    raw = products["brand"].tolist()
+    counts: dict[str, int] = {}
+    for row in sorted(first.values()):
+        brand = _normalised_brand(raw[row])
+        if brand is not None:
+            counts[brand] = counts.get(brand, 0) + 1
+    return BrandCounts(counts, len(first))
 
 
 def tabular_features(
@@ -368,42 +389,40 @@ def tabular_features(
     of the catalogue (`products`) carrying the same brand (0 without a brand; label-free, so no fold
     can leak through it), and the number of distinct characteristics the card fills in.
 
-    `products` needs `nm` and optionally `brand`, `price`; `characteristics` is the long
-    `product_characteristics` table (nm, name, value) or None. `catalogue_brands`: the catalogue's
-    `brand_counts`, when `products` holds only the products of `nm` (the shares then come from it)."""
-    ids = pd.DataFrame({"nm": pd.Series(list(nm), dtype=object).astype(str)})
-    catalogue = products.drop_duplicates("nm").astype({"nm": str})
-    brand_all = (
-        normalised_brand(catalogue["brand"])
-        if "brand" in catalogue
-        else pd.Series(None, index=catalogue.index, dtype=object)
-    )
-    share = (
-        brand_all.value_counts(dropna=True) / max(len(catalogue), 1)
-        if catalogue_brands is None
-        else catalogue_brands.shares()
-    )
-    price = (
-        pd.to_numeric(catalogue["price"], errors="coerce")
-        if "price" in catalogue
-        else pd.Series(np.nan, index=catalogue.index)
-    )
-    table = pd.DataFrame(
+    `products` needs `nm` and optionally `brand`, `price` (each nm's first row counts); `characteristics`
+    is the long `product_characteristics` table (nm, name, value) or None. `catalogue_brands`: the
+    catalogue's `brand_counts`, when `products` holds only the products of `nm` (the shares then come
+    from it). Array and dict lookups: one product costs microseconds, a catalogue what its size costs."""
+    ids = [str(x) for x in nm]
+    keys = [str(x) for x in products["nm"].tolist()]
+    first = _first_rows(keys)
+    position = np.fromiter((first.get(x, -1) for x in ids), np.int64, len(ids))
+    found = position >= 0
+    rows = position[found]
+    brand = np.full(len(ids), None, dtype=object)
+    if "brand" in products:
+        raw = products["brand"].to_numpy(dtype=object)
+        brand[found] = [_normalised_brand(v) for v in raw[rows].tolist()]
+    counts = brand_counts(products) if catalogue_brands is None else catalogue_brands
+    log_price = np.full(len(ids), np.nan)
+    if "price" in products:
+        price = pd.to_numeric(products["price"].iloc[rows], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        log_price[found] = np.log1p(np.where(price >= 0, price, np.nan))
+    n_characteristics = np.zeros(len(ids))
+    if characteristics is not None and len(characteristics):
+        own = characteristics.astype({"nm": str})
+        own = own[own["nm"].isin(set(ids))]
+        per_product = own.groupby("nm")["name"].nunique()
+        n_characteristics = np.array([float(per_product.get(x, 0)) for x in ids])
+    return pd.DataFrame(
         {
-            "nm": catalogue["nm"].to_numpy(),
-            "brand": brand_all.to_numpy(dtype=object),
-            "log_price": np.log1p(price.where(price >= 0)).to_numpy(dtype=np.float64),
+            "nm": pd.Series(ids, dtype=object).astype(str),
+            "brand": pd.Series(brand, dtype=object),
+            "log_price": log_price,
+            "brand_frequency": np.array([counts.share(b) for b in brand], dtype=np.float64),
+            "n_characteristics": n_characteristics,
         }
     )
-    frame = ids.merge(table, on="nm", how="left")
-    frame["brand"] = frame["brand"].astype(object).where(frame["brand"].notna(), None)
-    frame["brand_frequency"] = frame["brand"].map(share).fillna(0.0).astype(np.float64)
-    if characteristics is not None and len(characteristics):
-        counts = characteristics.astype({"nm": str}).groupby("nm")["name"].nunique()
-        frame["n_characteristics"] = frame["nm"].map(counts).fillna(0).astype(np.float64)
-    else:
-        frame["n_characteristics"] = 0.0
-    return frame[["nm", "brand", *TABULAR_COLUMNS]]
 
 
 class BrandTargetEncoding:

@@ -16,17 +16,23 @@ the next-best saved model whose inputs it has, and the row says so; when no save
 product never got past cleaning, the row has no prediction and a reason. So every product has one row
 per label, never a silent gap.
 
-Every matrix product runs on blocks of exactly `BLOCK_ROWS` rows (the last block padded with zeros):
-BLAS picks its kernel by the number of rows, and with a fixed count a product's vector and
-probabilities are bit-identical whether it is predicted alone, in a drop or with the whole test split.
+A product's vector and probabilities are bit-identical whether it is predicted alone (a service's card,
+whatever its BLAS setting), in a drop or with the whole test split: the joint projection runs on blocks
+of exactly `BLOCK_ROWS` rows (the last block padded with zeros: BLAS picks its kernel by the number of
+rows), the label models' regressions multiply each row on its own (`logistic_proba_by_row`: a row of a
+BLAS matrix product also changes with its position in the block), and everything on one BLAS thread
+(more threads split the sums differently).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import ThreadpoolController
 from upath import UPath
 
 from wb_pipeline.core.data.characteristics import characteristics_table
@@ -39,6 +45,7 @@ from wb_pipeline.core.models.classification import (
     LabelModels,
     load_label_models,
 )
+from wb_pipeline.core.models.classification.stacking import _tabular_block
 from wb_pipeline.core.models.fusion import BrandCounts, tabular_features
 
 COLUMNS = ["nm", "label", "predicted", "probability", "model", "status", "reason"]
@@ -46,24 +53,46 @@ PREDICTED, FALLBACK, NOT_PREDICTED, REJECTED = "predicted", "fallback", "not_pre
 BLOCK_ROWS = 64
 
 
-def in_fixed_blocks(compute: Callable[..., np.ndarray], *row_arrays: np.ndarray) -> np.ndarray:
+@functools.cache
+def _blas_libraries():
+    """The process's BLAS libraries (threadpoolctl), found once."""
+    return ThreadpoolController().select(user_api="blas")
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread inside the block: its kernels split a product's sums differently with more
+    threads (measured: a 64-row block's probabilities changed in the last bits between 1 and 2 threads),
+    so the prediction path fixes the count, as it fixes the rows of a block. Cheap when already one."""
+    libraries = _blas_libraries()
+    if all(library.num_threads == 1 for library in libraries.lib_controllers):
+        yield
+        return
+    with libraries.limit(limits=1):
+        yield
+
+
+def in_fixed_blocks(compute: Callable[..., np.ndarray], *row_arrays: np.ndarray, pad: bool = True) -> np.ndarray:
     """`compute(*blocks)` over blocks of exactly `BLOCK_ROWS` rows of the row-aligned `row_arrays`
-    (the last block zero-padded, the padding's output dropped), concatenated. A row's result then
-    does not depend on how many other rows it came with."""
+    (the last block zero-padded, the padding's output dropped), concatenated, on one BLAS thread. A
+    row's result then depends neither on how many other rows it came with nor on the caller's threads.
+    `pad=False` leaves the last block short: for a `compute` whose rows are independent by construction
+    (each row its own vector-matrix product, as the label models predict), where padding only costs."""
     n = len(row_arrays[0])
     parts = []
-    for start in range(0, n, BLOCK_ROWS):
-        blocks = []
-        for array in row_arrays:
-            block = np.asarray(array[start : start + BLOCK_ROWS])
-            if len(block) < BLOCK_ROWS:
-                padded = np.zeros((BLOCK_ROWS, *block.shape[1:]), dtype=block.dtype)
-                if block.dtype == object:
-                    padded[:] = ""
-                padded[: len(block)] = block
-                block = padded
-            blocks.append(block)
-        parts.append(np.asarray(compute(*blocks))[: min(BLOCK_ROWS, n - start)])
+    with one_blas_thread():
+        for start in range(0, n, BLOCK_ROWS):
+            blocks = []
+            for array in row_arrays:
+                block = np.asarray(array[start : start + BLOCK_ROWS])
+                if pad and len(block) < BLOCK_ROWS:
+                    padded = np.zeros((BLOCK_ROWS, *block.shape[1:]), dtype=block.dtype)
+                    if block.dtype == object:
+                        padded[:] = ""
+                    padded[: len(block)] = block
+                    block = padded
+                blocks.append(block)
+            parts.append(np.asarray(compute(*blocks))[: min(BLOCK_ROWS, n - start)])
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
@@ -169,24 +198,25 @@ def load_saved_models(models_root: UPath, labels: Sequence[str]) -> dict[str, La
 
 
 def _predict_label(
-    models: LabelModels, model: str, nm: np.ndarray, features: Mapping[str, np.ndarray], tabular: pd.DataFrame | None
-) -> pd.DataFrame:
+    models: LabelModels,
+    model: str,
+    features: Mapping[str, np.ndarray],
+    tabular: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted class [n], its probability [n]) of `model` for row-aligned features and tabular rows."""
     blocks = sorted(features)
+    rows = [features[b] for b in blocks]
+    if model == "late_fusion" and models.reads_tabular and tabular is not None:
+        rows += list(tabular)
 
-    def proba(nm_block, *matrices):
-        return models.predict_proba(model, dict(zip(blocks, matrices)), tabular, nm_block)
+    def proba(*matrices):
+        block_tabular = (matrices[len(blocks)], matrices[len(blocks) + 1]) if len(matrices) > len(blocks) else None
+        return models.predict_proba(model, dict(zip(blocks, matrices[: len(blocks)])), block_tabular)
 
-    probabilities = in_fixed_blocks(proba, np.asarray(nm, dtype=object), *[features[b] for b in blocks])
+    # the regressions multiply row by row (`logistic_proba_by_row`), the rest is per row: no padding needed
+    probabilities = in_fixed_blocks(proba, *rows, pad=False)
     best = np.argmax(probabilities, axis=1)
-    return pd.DataFrame(
-        {
-            "nm": np.asarray(nm, dtype=object),
-            "label": models.label,
-            "predicted": np.asarray(models.classes, dtype=object)[best],
-            "probability": probabilities[np.arange(len(best)), best],
-            "model": model,
-        }
-    )
+    return np.asarray(models.classes, dtype=object)[best], probabilities[np.arange(len(best)), best]
 
 
 def predict_with_features(
@@ -222,61 +252,66 @@ def predict_with_features(
     blocks = sorted(available)
     pattern = np.array(["|".join(b for b in blocks if available[b][i]) for i in range(n)], dtype=object)
     is_rejected = np.array([x in why_rejected for x in nm], bool)
-    frames = []
+    # the tabular rows of the products, aligned once (each model reads them row by row)
+    aligned = _tabular_block(tabular, nm) if tabular is not None else None
+    columns = {name: [] for name in COLUMNS}
+
+    def add(rows, label, predicted, probability, model, status, reason) -> None:
+        count = len(rows)
+        for name, value in (
+            ("nm", nm[rows]),
+            ("label", [label] * count),
+            ("predicted", predicted if isinstance(predicted, np.ndarray) else [predicted] * count),
+            ("probability", probability if isinstance(probability, np.ndarray) else [probability] * count),
+            ("model", [model] * count),
+            ("status", [status] * count),
+            ("reason", reason if isinstance(reason, list) else [reason] * count),
+        ):
+            columns[name].append(value)
+
+    groups = [(key, np.flatnonzero((pattern == key) & ~is_rejected)) for key in pd.unique(pattern[~is_rejected])]
     for label, models in label_models.items():
         ranking = rankings[label] if rankings is not None else model_ranking(report, label, models, chosen)
         first, first_needs = ranking[0], model_inputs(models, ranking[0])
         if is_rejected.any():
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "nm": nm[is_rejected],
-                        "label": label,
-                        "predicted": None,
-                        "probability": np.nan,
-                        "model": None,
-                        "status": REJECTED,
-                        "reason": [why_rejected[x] for x in nm[is_rejected]],
-                    }
-                )
-            )
-        for key in pd.unique(pattern[~is_rejected]):
-            rows = np.flatnonzero((pattern == key) & ~is_rejected)
+            rows = np.flatnonzero(is_rejected)
+            add(rows, label, None, np.nan, None, REJECTED, [why_rejected[x] for x in nm[rows]])
+        for key, rows in groups:
             have = frozenset(key.split("|")) if key else frozenset()
             model = next((m for m in ranking if model_inputs(models, m) <= have), None)
             missing = ", ".join(sorted(first_needs - have))
             if model is None:
-                frames.append(
-                    pd.DataFrame(
-                        {
-                            "nm": nm[rows],
-                            "label": label,
-                            "predicted": None,
-                            "probability": np.nan,
-                            "model": None,
-                            "status": NOT_PREDICTED,
-                            "reason": f"no {missing or 'input'} vector, and no saved model of {label} works without it "
-                            f"(saved: {', '.join(ranking)})",
-                        }
-                    )
+                reason = (
+                    f"no {missing or 'input'} vector, and no saved model of {label} works without it "
+                    f"(saved: {', '.join(ranking)})"
                 )
+                add(rows, label, None, np.nan, None, NOT_PREDICTED, reason)
                 continue
-            part = _predict_label(models, model, nm[rows], {b: np.asarray(features[b])[rows] for b in have}, tabular)
+            part_features = {b: np.asarray(features[b])[rows] for b in have}
+            part_tabular = None if aligned is None else (aligned[0][rows], aligned[1][rows])
+            predicted, probability = _predict_label(models, model, part_features, part_tabular)
             if model == first:
-                part["status"], part["reason"] = PREDICTED, ""
+                add(rows, label, predicted, probability, model, PREDICTED, "")
             else:
-                part["status"] = FALLBACK
-                part["reason"] = (
+                reason = (
                     f"no {missing} vector: the chosen model {first} reads "
                     f"{', '.join(sorted(first_needs))}; predicted by {model} instead"
                 )
-            frames.append(part)
-    if not frames:
+                add(rows, label, predicted, probability, model, FALLBACK, reason)
+    if not columns["nm"]:
         return pd.DataFrame(columns=COLUMNS)
-    out = pd.concat(frames, ignore_index=True)[COLUMNS]
+    merged = {name: np.concatenate([np.asarray(p, dtype=object) for p in parts]) for name, parts in columns.items()}
+    merged["probability"] = merged["probability"].astype(np.float64)
+    # by product (in `products` order), then label; stable, so equal keys keep the order they were added in
     order = {x: i for i, x in enumerate(nm)}
-    out["_order"] = out["nm"].map(order)
-    return out.sort_values(["_order", "label"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    by = np.lexsort((merged["label"], np.fromiter((order[x] for x in merged["nm"]), np.int64, len(merged["nm"]))))
+    # text columns holding a None (no prediction) stay object columns, the others are inferred (str)
+    return pd.DataFrame(
+        {
+            name: pd.Series(values[by], dtype=object) if any(v is None for v in values) else values[by]
+            for name, values in merged.items()
+        }
+    )
 
 
 def with_unparsed_characteristics(
@@ -329,12 +364,13 @@ def predict_products(
     whole catalogue's `fusion.brand_counts` when `catalogue` holds only the products to predict (a service
     scoring one card against a large catalogue)."""
     products = products[["nm"]].astype({"nm": str}).reset_index(drop=True)
-    features, available = product_features(products["nm"], text, image, joint_model)
-    if clean_nm is not None:
-        is_clean = products["nm"].isin(set(map(str, clean_nm))).to_numpy()
-        available = {block: mask & is_clean for block, mask in available.items()}
-    characteristics = with_unparsed_characteristics(products, catalogue, characteristics)
-    tabular = tabular_features(products["nm"], catalogue, characteristics, catalogue_brands)
-    return predict_with_features(
-        products, features, available, label_models, report, tabular, rejected, chosen, rankings
-    )
+    with one_blas_thread():
+        features, available = product_features(products["nm"], text, image, joint_model)
+        if clean_nm is not None:
+            is_clean = products["nm"].isin(set(map(str, clean_nm))).to_numpy()
+            available = {block: mask & is_clean for block, mask in available.items()}
+        characteristics = with_unparsed_characteristics(products, catalogue, characteristics)
+        tabular = tabular_features(products["nm"], catalogue, characteristics, catalogue_brands)
+        return predict_with_features(
+            products, features, available, label_models, report, tabular, rejected, chosen, rankings
+        )

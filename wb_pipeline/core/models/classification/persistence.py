@@ -32,8 +32,8 @@ from .config import (
     ClassificationConfig,
     LabelData,
 )
-from .solver import Setting, _quiet_fits, aligned_proba, fit_logistic
-from .stacking import _tabular_block, fusion_inputs, meta_features
+from .solver import Setting, _quiet_fits, align_classes, aligned_proba, fit_logistic, logistic_proba_by_row
+from .stacking import fusion_inputs, meta_features
 
 
 @dataclass
@@ -47,18 +47,24 @@ class LabelModels:
     fusion_inputs: tuple[str, ...] = UNIMODAL_MODELS  # whose probabilities the meta-model reads
     brand_encoding: BrandTargetEncoding | None = None  # set when the meta-model reads tabular features
 
+    @property
+    def reads_tabular(self) -> bool:
+        """Whether the late-fusion meta-model reads the tabular columns (and the brand encoding)."""
+        return self.late_fusion is not None and self.brand_encoding is not None
+
     def predict_proba(
         self,
         model: str,
         features: Mapping[str, np.ndarray],
-        tabular: pd.DataFrame | None = None,
-        nm: Sequence[str] | None = None,
+        tabular: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Class probabilities (columns = `classes`) of `model` for row-aligned features (text, image,
-        joint); late fusion with tabular inputs also needs the products' `nm` and their `tabular` rows."""
+        joint); late fusion with tabular inputs also needs the products' tabular rows, row-aligned too:
+        (numeric columns [n, 3], brands [n]) as `stacking._tabular_block` gives them."""
         if model in self.base:
             X = np.hstack([np.asarray(features[b], dtype=np.float32) for b in MODEL_BLOCKS[model]])
-            return aligned_proba(self.base[model], X, self.classes)
+            base = self.base[model]
+            return align_classes(logistic_proba_by_row(base, X), base.classes_, self.classes)
         if model == "mean_probability":
             unimodal = np.hstack([self.predict_proba(m, features) for m in UNIMODAL_MODELS])
             return unimodal.reshape(len(unimodal), len(UNIMODAL_MODELS), len(self.classes)).mean(axis=1)
@@ -67,11 +73,9 @@ class LabelModels:
                 raise ValueError(f"{self.label}: no late-fusion model fitted")
             X = np.hstack([self.predict_proba(m, features) for m in self.fusion_inputs])
             if self.brand_encoding is not None:
-                if tabular is None or nm is None:
-                    raise ValueError(
-                        f"{self.label}: this late-fusion model reads tabular features; pass tabular and nm"
-                    )
-                numeric, brands = _tabular_block(tabular, np.asarray(list(nm), dtype=object))
+                if tabular is None:
+                    raise ValueError(f"{self.label}: this late-fusion model reads tabular features; pass tabular")
+                numeric, brands = tabular
                 X = np.hstack([X, numeric, self.brand_encoding.transform(brands)])
             return aligned_proba(self.late_fusion, X, self.classes)
         raise ValueError(f"unknown model {model!r}; known: {(*self.base, *FUSION_MODELS)}")

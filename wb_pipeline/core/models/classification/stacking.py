@@ -51,9 +51,20 @@ def _encoded(y: np.ndarray, classes: Sequence[str]) -> np.ndarray:
 
 
 def _tabular_block(tabular: pd.DataFrame | None, nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(numeric tabular columns [n, 3], brands [n]) for `nm` from a `core.models.fusion.tabular_features` frame."""
-    part = tabular.drop_duplicates("nm").set_index("nm").reindex(pd.Index(nm, dtype=object))
-    return part[list(TABULAR_COLUMNS)].to_numpy(dtype=np.float64), part["brand"].to_numpy(dtype=object)
+    """(numeric tabular columns [n, 3], brands [n]) for `nm` from a `core.models.fusion.tabular_features` frame:
+    each nm's first row there; NaN (numbers and brand) for an nm it lacks. Plain array and dict lookups, no
+    frame is rebuilt (one product scored at a time pays a few microseconds, not a reindexed frame)."""
+    keys = tabular["nm"].to_numpy(dtype=object)
+    first = dict(zip(keys[::-1].tolist(), range(len(keys) - 1, -1, -1)))  # the first row of each nm wins
+    position = np.fromiter((first.get(x, -1) for x in np.asarray(nm, dtype=object).tolist()), np.int64, len(nm))
+    found = position >= 0
+    numeric = np.full((len(position), len(TABULAR_COLUMNS)), np.nan)
+    brands = np.full(len(position), np.nan, dtype=object)
+    if found.any():
+        rows = position[found]
+        numeric[found] = np.column_stack([tabular[c].to_numpy(dtype=np.float64)[rows] for c in TABULAR_COLUMNS])
+        brands[found] = tabular["brand"].to_numpy(dtype=object)[rows]
+    return numeric, brands
 
 
 def meta_features(
