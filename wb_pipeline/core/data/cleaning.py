@@ -16,6 +16,7 @@ Deviations from the seed notebook (DESIGN.md §4):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -67,21 +68,35 @@ class CleaningResult:
         default_factory=lambda: pd.DataFrame(columns=REJECTED_VALUE_COLUMNS))
 
 
+def _missing_price(value) -> bool:
+    return (
+        value is None
+        or value is pd.NA
+        or (isinstance(value, float) and value != value)
+        or (isinstance(value, str) and not value.strip())
+    )
+
+
 def checked_prices(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """`price` cells as float64 (missing where missing or unusable) and, per cell, why it was unusable
     (a REJECT_PRICE_* code; None for a usable or a missing price). Numbers stored as text ('1299',
-    ' 12.5 ') count as numbers, blank text as missing; bools are not prices."""
-    raw = values.astype(object)
-    missing = raw.map(lambda v: v is None or v is pd.NA or (isinstance(v, float) and v != v)
-                      or (isinstance(v, str) and not v.strip()))
-    as_text = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
-    numbers = pd.to_numeric(as_text.where(~raw.map(lambda v: isinstance(v, (bool, np.bool_))), "not a number"),
-                            errors="coerce").astype("float64")
-    reason = pd.Series(None, index=values.index, dtype=object)
-    reason[~missing & numbers.isna()] = REJECT_PRICE_NOT_A_NUMBER
-    reason[numbers.notna() & ~np.isfinite(numbers.fillna(0))] = REJECT_PRICE_NOT_FINITE
-    reason[numbers.notna() & np.isfinite(numbers.fillna(0)) & (numbers < 0)] = REJECT_PRICE_NEGATIVE
-    return numbers.where(reason.isna()), reason
+    ' 12.5 ') count as numbers, blank text as missing; bools are not prices. One pass over the cells,
+    one `pd.to_numeric`: a one-row card pays microseconds."""
+    cells = values.astype(object).tolist()
+    missing = np.fromiter((_missing_price(v) for v in cells), bool, len(cells))
+    candidates = [
+        "not a number" if isinstance(v, (bool, np.bool_)) else (v.strip() if isinstance(v, str) else v) for v in cells
+    ]
+    numbers = pd.to_numeric(pd.Series(candidates, index=values.index, dtype=object), errors="coerce").astype("float64")
+    number = numbers.to_numpy()
+    known = ~np.isnan(number)
+    finite = np.isfinite(np.where(known, number, 0.0))
+    reason = np.full(len(cells), None, dtype=object)
+    reason[~missing & ~known] = REJECT_PRICE_NOT_A_NUMBER
+    reason[known & ~finite] = REJECT_PRICE_NOT_FINITE
+    reason[known & finite & (np.where(known, number, 0.0) < 0)] = REJECT_PRICE_NEGATIVE
+    usable = pd.Series(np.where(reason == None, number, np.nan), index=values.index, dtype="float64")  # noqa: E711
+    return usable, pd.Series(reason, index=values.index, dtype=object)
 
 
 def _as_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -149,36 +164,47 @@ def clean_products(
     """
     clean_parts, rejected_parts, value_parts = [], [], []
     # An nm is a duplicate if it occurred before, in this split or an earlier one (one hash pass).
-    all_nm = pd.concat([raw["nm"] for raw in splits.values()], ignore_index=True) if splits else pd.Series()
+    all_nm = (
+        pd.concat([raw["nm"] for raw in splits.values()], ignore_index=True) if len(splits) > 1
+        else next(iter(splits.values()))["nm"] if splits else pd.Series()
+    )
     seen_before = all_nm.duplicated(keep="first").to_numpy()
     offset = 0
     for split, raw in splits.items():
+        # the bookkeeping (masks, reasons) in numpy arrays: a one-row card costs what its few kernels cost
         frame = raw.reset_index(drop=True).copy()
-        duplicated = pd.Series(seen_before[offset : offset + len(frame)], index=frame.index)
-        offset += len(frame)
-        reason = pd.Series(None, index=frame.index, dtype=object)
-        detail = pd.Series("", index=frame.index, dtype=object)
+        n = len(frame)
+        duplicated = seen_before[offset : offset + n]
+        offset += n
+        reason = np.full(n, None, dtype=object)
+        detail = np.full(n, "", dtype=object)
 
-        def reject(mask: pd.Series, code: str, why: pd.Series | str = "") -> None:
-            new = mask & reason.isna()
+        def reject(mask: np.ndarray, code: str, why: np.ndarray | str = "") -> None:
+            new = np.asarray(mask, bool) & (reason == None)  # noqa: E711
             reason[new] = code
-            detail[new] = why if isinstance(why, str) else why[new]
+            detail[new] = why if isinstance(why, str) else np.asarray(why, dtype=object)[new]
 
-        reject(frame["nm"].isna(), REJECT_MISSING_NM)
-        reject(frame["nm"].notna() & duplicated, REJECT_DUPLICATE_NM, f"nm already seen (split {split} or earlier)")
+        nm_missing = frame["nm"].isna().to_numpy()
+        reject(nm_missing, REJECT_MISSING_NM)
+        reject(~nm_missing & duplicated, REJECT_DUPLICATE_NM, f"nm already seen (split {split} or earlier)")
 
         title, bad_title = _as_text(frame["title"])
         description, bad_description = _as_text(frame["description"])
-        reject(bad_title | bad_description, REJECT_TEXT_NOT_UTF8, "title or description bytes are not UTF-8")
-        reject(title.isna() & description.isna(), REJECT_NO_TEXT)
+        reject(
+            (bad_title | bad_description).to_numpy(), REJECT_TEXT_NOT_UTF8, "title or description bytes are not UTF-8"
+        )
+        title_missing, description_missing = title.isna().to_numpy(), description.isna().to_numpy()
+        reject(title_missing & description_missing, REJECT_NO_TEXT)
 
-        description = description.fillna(title)
+        if description_missing.any():
+            description = description.fillna(title)
         # Only rows without a title need the description's first words.
-        needs_title = title.isna() & description.notna()
-        first_words = description[needs_title].str.split().str[: config.title_fill_words].str.join(" ")
-        title = title.fillna(first_words)
+        needs_title = title_missing & description.notna().to_numpy()
+        if needs_title.any():
+            first_words = description[needs_title].str.split().str[: config.title_fill_words].str.join(" ")
+            title = title.fillna(first_words)
         frame["title"], frame["description"] = title, description
-        short = title.fillna("").str.strip().str.len() < config.min_title_chars
+        short = (title.fillna("").str.strip().str.len() < config.min_title_chars).to_numpy()
         reject(short, REJECT_TITLE_TOO_SHORT, f"title shorter than {config.min_title_chars} characters")
 
         if config.require_image:
@@ -188,42 +214,51 @@ def clean_products(
             status = frame[["nm"]].merge(
                 image_index.reindex(columns=columns).drop_duplicates("nm"), on="nm", how="left"
             )
-            status.index = frame.index
-            reject(status["decodable"].isna(), REJECT_MISSING_IMAGE, "no {nm}.jpg in the images zip")
+            reject(status["decodable"].isna().to_numpy(), REJECT_MISSING_IMAGE, "no {nm}.jpg in the images zip")
             # undecodable before empty: a zero-byte or corrupt file is also "small", but the decode
             # failure is the more useful reason
-            undecodable = status["decodable"].eq(False)
-            reject(undecodable, REJECT_UNDECODABLE_IMAGE, status["reason"].fillna("").astype(str))
-            is_empty = status["is_empty"].eq(True)
+            undecodable = status["decodable"].eq(False).to_numpy()
+            reject(undecodable, REJECT_UNDECODABLE_IMAGE, status["reason"].fillna("").astype(str).to_numpy())
+            is_empty = status["is_empty"].eq(True).to_numpy()
             # the detail names the rule of the empty-image check that fired (core.data.images)
-            reject(is_empty, REJECT_EMPTY_IMAGE, status["empty_detail"].astype(object).fillna("empty image"))
+            reject(is_empty, REJECT_EMPTY_IMAGE, status["empty_detail"].astype(object).fillna("empty image").to_numpy())
 
         frame.insert(1, "split", split)
-        kept = reason.isna()
+        kept = reason == None  # noqa: E711
         if "price" in frame.columns:
             prices, price_reason = checked_prices(frame["price"])
-            if price_reason.notna().any() or not pd.api.types.is_numeric_dtype(frame["price"]):
+            unusable = price_reason.notna().to_numpy()
+            if unusable.any() or not pd.api.types.is_numeric_dtype(frame["price"]):
                 frame["price"] = prices  # numbers stay as they were typed when every one is usable
-            bad = kept & price_reason.notna()
-            value_parts.append(pd.DataFrame({"nm": frame["nm"][bad], "split": split, "column": "price",
-                                             "value": raw["price"].reset_index(drop=True)[bad].map(_shown),
-                                             "reason": price_reason[bad]}))
-        clean_parts.append(frame[kept])
+            bad = kept & unusable
+            if bad.any():
+                value_parts.append(pd.DataFrame({"nm": frame["nm"][bad], "split": split, "column": "price",
+                                                 "value": raw["price"].reset_index(drop=True)[bad].map(_shown),
+                                                 "reason": price_reason[bad]}))
+        clean_parts.append(frame[kept] if not kept.all() else frame)
         rejected_parts.append(
-            pd.DataFrame({"nm": frame["nm"], "split": split, "reason": reason, "detail": detail})[~kept]
+            pd.DataFrame({"nm": frame["nm"][~kept].reset_index(drop=True), "split": split,
+                          "reason": pd.Series(reason[~kept], dtype=object).astype(str),
+                          "detail": pd.Series(detail[~kept], dtype=object).astype(str)})
         )
 
     clean = pd.concat(clean_parts, ignore_index=True) if clean_parts else pd.DataFrame()
     rejected = (
         pd.concat(rejected_parts, ignore_index=True)
         if rejected_parts
-        else pd.DataFrame(columns=REJECTED_COLUMNS)
+        else pd.DataFrame(columns=REJECTED_COLUMNS).astype({"reason": str, "detail": str})
     )
     values = [part for part in value_parts if len(part)]
-    rejected_values = (pd.concat(values, ignore_index=True) if values
-                       else pd.DataFrame(columns=REJECTED_VALUE_COLUMNS)).astype({"value": str, "reason": str})
-    return CleaningResult(clean=clean, rejected=rejected.astype({"reason": str, "detail": str}),
-                          rejected_values=rejected_values)
+    rejected_values = (
+        pd.concat(values, ignore_index=True).astype({"value": str, "reason": str}) if values
+        else _no_rejected_values().copy()
+    )
+    return CleaningResult(clean=clean, rejected=rejected, rejected_values=rejected_values)
+
+
+@functools.cache
+def _no_rejected_values() -> pd.DataFrame:
+    return pd.DataFrame(columns=REJECTED_VALUE_COLUMNS).astype({"value": str, "reason": str})
 
 
 def _shown(value: object, limit: int = 60) -> str:
