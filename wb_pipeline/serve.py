@@ -98,8 +98,8 @@ class ServiceState:
         from wb_pipeline.core.data.cleaning import CleaningConfig
         from wb_pipeline.core.data.images import ImageConfig
         from wb_pipeline.core.search.duplicates import DuplicateConfig
-        from wb_pipeline.core.serving.cards import TextInputs
         from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig
+        from wb_pipeline.core.text.product_text import TextInputs
         from wb_pipeline.defs.config import to_core
 
         resources = self.definitions.resources

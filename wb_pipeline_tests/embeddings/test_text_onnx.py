@@ -181,6 +181,22 @@ def test_budget_cuts_only_the_description_and_keeps_a_long_title_whole(tiny_st_f
         encoder_text(frame, description_token_budget=-1, tokenizer=tokenizer)
 
 
+def test_encoder_input_applies_the_budget_only_with_the_encoders_own_counter(tiny_st_folder):
+    """The one helper `text_embeddings` and a service's card feed the encoder through."""
+    from wb_pipeline.core.text.product_text import TextInputs, encoder_input
+
+    encoder = OnnxTextEncoder(tiny_st_folder, max_seq_length=32)
+    frame = pd.DataFrame({"title_natural": ["платье"], "description_natural": ["кроссовки мужские 42 летнее"]})
+    texts, budget = encoder_input(frame, encoder, TextInputs(description_token_budget=2))
+    assert (texts.tolist(), budget) == (["платье. кроссовки мужские"], 2)
+    texts, budget = encoder_input(frame, object(), TextInputs(description_token_budget=2))  # no token counter
+    assert (texts.tolist(), budget) == (["платье. кроссовки мужские 42 летнее"], None)
+    texts, budget = encoder_input(frame, encoder, TextInputs(fields="title", description_token_budget=2))
+    assert (texts.tolist(), budget) == (["платье"], None)
+    texts, budget = encoder_input(frame, encoder, TextInputs(description_token_budget=None))
+    assert (texts.tolist(), budget) == (["платье. кроссовки мужские 42 летнее"], None)
+
+
 def test_torch_encoder_offers_the_same_budget_tokenizer(tiny_st_folder, tiny_reference):
     text = ["платье женское летнее хлопок кроссовки"]
     onnx_tokenizer = OnnxTextEncoder(tiny_st_folder, max_seq_length=32).budget_tokenizer

@@ -294,3 +294,6 @@ def test_build_product_text_equals_its_definition(rows, strip_html) -> None:
     assert out["title_natural"].tolist() == normalize_raw_text(clean["title"]).tolist()
     assert out["description_natural"].tolist() == normalize_raw_text(clean["description"]).tolist()
     assert out["nm"].tolist() == clean["nm"].tolist()
+    natural = build_product_text(clean, config, natural_only=True)  # a card's: the natural columns alone
+    assert list(natural.columns) == ["nm", "split", "title_natural", "description_natural"]
+    pd.testing.assert_frame_equal(natural, out[list(natural.columns)])

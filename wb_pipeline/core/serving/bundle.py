@@ -33,12 +33,12 @@ from wb_pipeline.core.search.spaces import product_vector, query_vector, uses_jo
 from wb_pipeline.core.serving.cards import (
     CardError,
     ProductCard,
-    TextInputs,
     card_characteristics,
     card_encoder_text,
     clean_card,
     decode_photo,
 )
+from wb_pipeline.core.text.product_text import TextInputs
 
 # The asset files a served materialization is made of (their mtimes and sizes are its stamp).
 SERVED_ASSETS = (

@@ -3,7 +3,7 @@
 A card (title, description, optional characteristics, brand, price, photo) becomes exactly what the
 batch pipeline would have made of the same product: the cleaning rules of `clean_products`
 (`core.data.cleaning`), the `product_text` preprocessing, the encoder text of `text_embeddings`
-(`core.text.product_text.encoder_text`, the same fields, form and description token budget), the
+(`core.text.product_text.encoder_input`, the same fields, form and description token budget), the
 characteristics parser of `product_characteristics`, and the photo decoded by the image pipeline's
 decoder (`core.data.images.decode_image`: decompression-bomb guard, truncated / corrupt / unsupported
 files refused). Every refusal is a `CardError` carrying an HTTP status and a message a person can act
@@ -23,8 +23,7 @@ from wb_pipeline.core.data import images
 from wb_pipeline.core.data.characteristics import characteristics_table
 from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products
 from wb_pipeline.core.data.images.config import REASON_TOO_LARGE, REASON_TOO_MANY_PIXELS
-from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig, normalize_raw_text
-from wb_pipeline.core.text.product_text import build_product_text, encoder_text
+from wb_pipeline.core.text.product_text import TextInputs, build_product_text, encoder_input
 
 # The id a card gets when it names no catalogue product (a WB nm is a number, so it never collides).
 CARD_NM = "card"
@@ -200,36 +199,11 @@ def clean_card(card: ProductCard, config: CleaningConfig = CleaningConfig()) -> 
     return result.clean
 
 
-@dataclass(frozen=True)
-class TextInputs:
-    """How `text_embeddings` feeds its encoder (the resource `text_embedding_settings` + preprocessing)."""
-
-    fields: str = "title_description"
-    form: str = "natural"
-    description_token_budget: int | None = 96
-    preprocessing: TextPreprocessingConfig = TextPreprocessingConfig()
-
-
 def card_encoder_text(clean: pd.DataFrame, encoder, inputs: TextInputs) -> str:
-    """The exact text `text_embeddings` would encode for this (cleaned) card: `product_text`, then
-    `encoder_text` with the description cut to the token budget by the encoder's own counter (no
-    budget when the encoder has none, as the asset does)."""
-    if inputs.form == "natural":
-        # the natural columns alone: `normalize_raw_text` is what `build_product_text` computes for them
-        # (`preprocess_and_normalize`'s second output), without the token preprocessing they do not read
-        text = pd.DataFrame(
-            {
-                "title_natural": normalize_raw_text(clean["title"]),
-                "description_natural": normalize_raw_text(clean["description"]),
-            }
-        )
-    else:
-        text = build_product_text(clean, inputs.preprocessing)
-    budget = inputs.description_token_budget if inputs.fields == "title_description" else None
-    tokenizer = getattr(encoder, "budget_tokenizer", None) if budget is not None else None
-    if tokenizer is None:
-        budget = None
-    return str(encoder_text(text, inputs.fields, inputs.form, budget, tokenizer).iloc[0])
+    """The exact text `text_embeddings` would encode for this (cleaned) card (`encoder_input` on its
+    `product_text` row: the natural columns alone when the natural form is fed)."""
+    text = build_product_text(clean, inputs.preprocessing, natural_only=inputs.form == "natural")
+    return str(encoder_input(text, encoder, inputs)[0].iloc[0])
 
 
 def decode_photo(data: bytes, config: images.ImageConfig, min_side: int | None):

@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from wb_pipeline.core.embeddings.encoders.text_inputs import truncate_to_tokens
-from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig, preprocess_and_normalize
+from wb_pipeline.core.text.preprocessing import TextPreprocessingConfig, normalize_raw_text, preprocess_and_normalize
 
 # The notebook refills an empty preprocessed title with the first 7 words of the preprocessed description.
 PREPROCESSED_TITLE_FILL_WORDS = 7
 
+# Chosen by measurement (benchmarks/text_fast_path.py, 2 cores, int8 engine, title + ~200-word
+# description): 64 / 96 / 128 / 192 tokens -> ~116 / 76 / 58 / 37 texts/s (whole: ~12, fp32 torch
+# reference ~8); macro-F1 on the bundled sample within +-0.01 of the reference for each. 96 is the
+# largest budget that reaches the ~60-80 texts/s the 128k-product target needs.
+DEFAULT_DESCRIPTION_TOKEN_BUDGET = 96
 
-def build_product_text(clean: pd.DataFrame, config: TextPreprocessingConfig) -> pd.DataFrame:
+
+def build_product_text(
+    clean: pd.DataFrame, config: TextPreprocessingConfig, natural_only: bool = False
+) -> pd.DataFrame:
     """nm, split, natural title/description (for transformer encoders) and preprocessed tokens.
 
     After preprocessing, the notebook's second fill applies: an empty preprocessed description takes
     the preprocessed title, an empty preprocessed title the first words of the description.
+    `natural_only`: the natural columns alone (`normalize_raw_text`, the same values), for a caller that
+    feeds the natural form to an encoder and needs no tokens (a service's card).
     """
+    if natural_only:
+        return pd.DataFrame(
+            {
+                "nm": clean["nm"].to_numpy(),
+                "split": clean["split"].to_numpy(),
+                "title_natural": normalize_raw_text(clean["title"]).reset_index(drop=True),
+                "description_natural": normalize_raw_text(clean["description"]).reset_index(drop=True),
+            }
+        )
     title, title_natural = preprocess_and_normalize(clean["title"], "title", config)
     description, description_natural = preprocess_and_normalize(clean["description"], "description", config)
     description = description.where(description != "", title)
@@ -83,3 +103,29 @@ def encoder_text(
         )
         same |= description.eq("")
     return title.where(same, title + ". " + description)
+
+
+@dataclass(frozen=True)
+class TextInputs:
+    """How the text encoder is fed (the `text_embedding_settings` resource, with the preprocessing of
+    `product_text`): which fields, in which form, the description's token budget."""
+
+    fields: str = "title_description"
+    form: str = "natural"
+    description_token_budget: int | None = DEFAULT_DESCRIPTION_TOKEN_BUDGET
+    preprocessing: TextPreprocessingConfig = TextPreprocessingConfig()
+
+
+def encoder_input(product_text: pd.DataFrame, encoder: Any, inputs: TextInputs) -> tuple[pd.Series, int | None]:
+    """(the exact text `encoder` embeds for each product, the description token budget applied).
+
+    `encoder_text` with the description cut to `inputs.description_token_budget` tokens as counted by
+    the encoder's own counter (its `budget_tokenizer`). The budget applies to `fields="title_description"`
+    only, and only with a counter: an encoder without one (USE, open_clip) gets the whole description
+    and the budget returned is None, so the caller can say so. `text_embeddings` and a service's card
+    both call this, so a card's vector is a catalogue product's."""
+    budget = inputs.description_token_budget if inputs.fields == "title_description" else None
+    tokenizer = getattr(encoder, "budget_tokenizer", None) if budget is not None else None
+    if tokenizer is None:
+        budget = None
+    return encoder_text(product_text, inputs.fields, inputs.form, budget, tokenizer), budget

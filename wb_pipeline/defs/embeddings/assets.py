@@ -10,15 +10,9 @@ from wb_pipeline.core.data import images, schema
 from wb_pipeline.core.data.storage import StorageLayout, read_sharded_parquet
 from wb_pipeline.core.embeddings.runs import embed_texts, embed_zip_images
 from wb_pipeline.core.embeddings.vectors import EmbeddingCache, EmbeddingTable, EmbedStats
-from wb_pipeline.core.text.product_text import encoder_text
+from wb_pipeline.core.text.product_text import DEFAULT_DESCRIPTION_TOKEN_BUDGET, TextInputs, encoder_input
 from wb_pipeline.defs.progress import progress_logger
 from wb_pipeline.defs.sharding import SHARDS_TAG, ShardOutputs, ShardRun, sharded_stage
-
-# Chosen by measurement (benchmarks/text_fast_path.py, 2 cores, int8 engine, title + ~200-word
-# description): 64 / 96 / 128 / 192 tokens -> ~116 / 76 / 58 / 37 texts/s (whole: ~12, fp32 torch
-# reference ~8); macro-F1 on the bundled sample within +-0.01 of the reference for each. 96 is the
-# largest budget that reaches the ~60-80 texts/s the 128k-product target needs.
-DEFAULT_DESCRIPTION_TOKEN_BUDGET = 96
 
 
 class TextEmbeddingSettings(dg.ConfigurableResource):
@@ -55,14 +49,13 @@ def _text_embeddings_shard(context: dg.OpExecutionContext, shard: ShardRun) -> t
     text_encoder = context.resources.text_encoder
     encoder = text_encoder.build()
     product_text = shard.output_of("product_text")
-    budget = config.description_token_budget if config.fields == "title_description" else None
-    tokenizer = getattr(encoder, "budget_tokenizer", None) if budget is not None else None
-    if budget is not None and tokenizer is None:
+    inputs = TextInputs(config.fields, config.form, config.description_token_budget)
+    texts, budget = encoder_input(product_text, encoder, inputs)
+    if budget is None and config.fields == "title_description" and config.description_token_budget is not None:
         context.log.warning(
-            f"text_embeddings: {encoder!r} has no token counter; description_token_budget={budget} is not applied"
+            f"text_embeddings: {encoder!r} has no token counter; "
+            f"description_token_budget={config.description_token_budget} is not applied"
         )
-        budget = None
-    texts = encoder_text(product_text, config.fields, config.form, budget, tokenizer)
     cache = EmbeddingCache(
         shard.cache("text_embeddings"),
         encoder.fingerprint,
