@@ -30,13 +30,14 @@ def build_product_text(
     `natural_only`: the natural columns alone (`normalize_raw_text`, the same values), for a caller that
     feeds the natural form to an encoder and needs no tokens (a service's card).
     """
-    if natural_only:
+    if natural_only:  # both columns through one call (its fixed cost is most of a card's)
+        natural = normalize_raw_text(pd.concat([clean["title"], clean["description"]], ignore_index=True))
         return pd.DataFrame(
             {
                 "nm": clean["nm"].to_numpy(),
                 "split": clean["split"].to_numpy(),
-                "title_natural": normalize_raw_text(clean["title"]).reset_index(drop=True),
-                "description_natural": normalize_raw_text(clean["description"]).reset_index(drop=True),
+                "title_natural": natural[: len(clean)].reset_index(drop=True),
+                "description_natural": natural[len(clean) :].reset_index(drop=True),
             }
         )
     title, title_natural = preprocess_and_normalize(clean["title"], "title", config)
@@ -91,18 +92,17 @@ def encoder_text(
     title = product_text[f"title_{form}"].fillna("")
     if fields == "title":
         return title
-    description = product_text[f"description_{form}"].fillna("")
-    same = description.eq(title) | description.eq("")
+    if description_token_budget is not None and tokenizer is None:
+        raise ValueError("encoder_text: description_token_budget needs the encoder's tokenizer")
+    # plain string operations per product: a one-card call pays no column-kernel overhead
+    titles = title.tolist()
+    descriptions = product_text[f"description_{form}"].fillna("").tolist()
+    same = [d == t or not d for t, d in zip(titles, descriptions)]  # the whole description: title or empty
     if description_token_budget is not None:
-        if tokenizer is None:
-            raise ValueError("encoder_text: description_token_budget needs the encoder's tokenizer")
-        description = pd.Series(
-            truncate_to_tokens(description.tolist(), tokenizer, description_token_budget),
-            index=description.index,
-            dtype=description.dtype,
-        )
-        same |= description.eq("")
-    return title.where(same, title + ". " + description)
+        descriptions = truncate_to_tokens(descriptions, tokenizer, description_token_budget)
+        same = [s or not d for s, d in zip(same, descriptions)]
+    joined = [t if s else f"{t}. {d}" for t, d, s in zip(titles, descriptions, same)]
+    return pd.Series(joined, index=title.index, dtype=title.dtype, name=title.name)
 
 
 @dataclass(frozen=True)
