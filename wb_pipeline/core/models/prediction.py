@@ -363,7 +363,7 @@ def predict_products(
     models' order per label when the caller computed it once (`label_rankings`); `catalogue_brands`: the
     whole catalogue's `fusion.brand_counts` when `catalogue` holds only the products to predict (a service
     scoring one card against a large catalogue)."""
-    products = products[["nm"]].astype({"nm": str}).reset_index(drop=True)
+    products = pd.DataFrame({"nm": products["nm"].astype(str).reset_index(drop=True)})
     with one_blas_thread():
         features, available = product_features(products["nm"], text, image, joint_model)
         if clean_nm is not None:

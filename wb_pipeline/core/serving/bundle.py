@@ -277,11 +277,10 @@ class ServingBundle:
         image = EmbeddingTable(
             nm=nm if image_vector is not None else nm[:0], vectors=image_vector if image_vector is not None else empty
         )
-        row = pd.DataFrame(
+        row = pd.DataFrame(  # the tabular features' source: nm, brand, price
             {
                 "nm": [card.nm],
                 "split": ["card"],  # not "train": predict_products must not re-parse; parsed below
-                "title": [card.title],
                 "brand": pd.Series([card.brand], dtype=object),
                 "price": pd.Series([card.price], dtype="float64"),
             }
