@@ -25,9 +25,7 @@ import http.client
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -35,32 +33,11 @@ import zipfile
 from pathlib import Path
 
 from wb_pipeline import settings
+from wb_pipeline.serve import ServiceProcess, multipart
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
 TARGET_P50_MS = 50.0
-BOUNDARY = "----wbpipelinebenchmark"
-
-
-def multipart(fields: dict, photo: bytes | None) -> bytes:
-    parts = [
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'.encode() + str(v).encode() + b"\r\n"
-        for k, v in fields.items()
-    ]
-    if photo is not None:
-        parts.append(
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="photo"; filename="p.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n".encode()
-            + photo
-            + b"\r\n"
-        )
-    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def materialized(storage: str) -> bool:
@@ -114,50 +91,6 @@ def load_cards(storage: str, raw_dir: str, limit: int) -> list[tuple[dict, bytes
                 fields["price"] = repr(float(row.price))
             cards.append(({k: v for k, v in fields.items() if isinstance(v, str)}, archive.read(f"{row.nm}.jpg")))
     return cards
-
-
-class Server:
-    def __init__(self, storage: str):
-        self.port = free_port()
-        env = {**os.environ, settings.STORAGE_DIR_ENV: storage}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "wb_pipeline.serve", "--port", str(self.port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        started = time.perf_counter()
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited: {self.process.stderr.read().decode()[-2000:]}")
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                connection.request("GET", "/health")
-                if connection.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.perf_counter() - started > 900:
-                raise RuntimeError("the service did not start in 900 s")
-            time.sleep(0.2)
-        self.startup_seconds = time.perf_counter() - started
-
-    def peak_rss_mib(self) -> float | None:
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def run_scenario(port: int, path: str, bodies: list[tuple[bytes, str]], clients: int, requests: int) -> dict:
@@ -238,11 +171,12 @@ def main() -> None:
         )
     cards = load_cards(storage, raw_dir, 64 if args.short else 256)
     text_only = [(json.dumps(fields).encode(), "application/json") for fields, _ in cards]
-    with_photo = [(multipart(fields, photo), f"multipart/form-data; boundary={BOUNDARY}") for fields, photo in cards]
+    with_photo = [multipart(fields, photo) for fields, photo in cards]
     counts = {1: 30 if args.short else 200, 16: 64 if args.short else 400}
-    server = Server(storage)
+    server = ServiceProcess({settings.STORAGE_DIR_ENV: storage}, cwd=ROOT)
     rows = []
     try:
+        startup_seconds = server.wait(900)  # /health 200: models loaded, warm-up done
         rss_after_start = server.peak_rss_mib()
         for name, path, bodies in (
             ("predict, text only", "/predict", text_only),
@@ -265,7 +199,7 @@ def main() -> None:
     print()
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; storage {storage}; {len(cards)} distinct cards")
     print(
-        f"service start-up (models loaded, warm-up done): {server.startup_seconds:.1f} s; "
+        f"service start-up (models loaded, warm-up done): {startup_seconds:.1f} s; "
         f"peak RSS {peak:.0f} MiB (after start-up {rss_after_start:.0f} MiB)"
     )
     print()
@@ -286,7 +220,7 @@ def main() -> None:
                 "machine": cpu_model(),
                 "cores": os.cpu_count(),
                 "storage": storage,
-                "startup_seconds": server.startup_seconds,
+                "startup_seconds": startup_seconds,
                 "peak_rss_mib": peak,
                 "rows": rows,
             },
