@@ -106,3 +106,12 @@ def test_io_manager_round_trips_embedding_tables(tmp_path):
     io = WBStorageIOManager(base_dir=str(tmp_path))
     assert dg.materialize([vectors, consumer], resources={"io_manager": io}).success
     assert pd.read_parquet(tmp_path / "assets" / "consumer.parquet")["first"].tolist() == [1.0, 0.0]
+
+
+def test_blank_values_and_columns_are_counted_from_the_file_batch_by_batch(tmp_path):
+    titles = ["a", None, "  ", "\t\n", "b"]
+    frame = pd.DataFrame({"nm": ["1", "2", "3", "4", "5"], "title": titles, "n": [1, 2, 3, 4, 5]})
+    path = UPath(tmp_path / "t.parquet")
+    storage.write_sharded_parquet(frame, path, 2)
+    assert storage.parquet_columns(path) == ["nm", "title", "n"]  # the shard layout's own column left out
+    assert storage.blank_counts(path, ["title", "nm"], batch_rows=2) == {"title": 3, "nm": 0}

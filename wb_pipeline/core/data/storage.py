@@ -279,6 +279,25 @@ def read_sharded_parquet(
     return frame
 
 
+def parquet_columns(path: UPath) -> list[str]:
+    """Column names of a parquet file, from its footer (the shard layout's position column left out)."""
+    with open_regular_file(path) as handle:
+        return [name for name in pq.ParquetFile(handle).schema_arrow.names if name != POSITION_COLUMN]
+
+
+def blank_counts(path: UPath, columns: Sequence[str], batch_rows: int = 65_536) -> dict[str, int]:
+    """Per column of a parquet file, the values that are missing or only whitespace, counted batch by
+    batch (memory: one batch of those columns, never the table)."""
+    counts = dict.fromkeys(columns, 0)
+    with open_regular_file(path) as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=list(columns)):
+            for name in columns:
+                values = batch.column(name)
+                text = pc.utf8_trim_whitespace(values.cast(pa.string()))
+                counts[name] += values.null_count + int(pc.sum(pc.equal(text, "")).as_py() or 0)
+    return counts
+
+
 def parquet_rows(path: UPath) -> int:
     """Rows of a parquet file, from its footer (nothing else is read)."""
     with open_regular_file(path) as handle:

@@ -3,8 +3,10 @@
 import dagster as dg
 import pandas as pd
 
+from wb_pipeline.core.data import storage
 from wb_pipeline.core.models.classification import ALL_MODELS, UNIMODAL_MODELS
 from wb_pipeline.defs import metadata
+from wb_pipeline.defs.resources import WBStorage
 
 FUSION_TOLERANCE = 0.005  # macro-F1 points late fusion may trail the best unimodal model before warning
 
@@ -50,12 +52,14 @@ def fusion_not_worse_than_best_unimodal(classification_report: pd.DataFrame) -> 
 @dg.asset_check(
     asset="test_predictions",
     blocking=True,
-    additional_ins={"clean_products": dg.AssetIn(), "classification_report": dg.AssetIn()},
+    additional_ins={"classification_report": dg.AssetIn()},
+    additional_deps=["clean_products"],
     description="Every clean test product has exactly one prediction per trained label.",
 )
 def test_predictions_cover_test_products(
-    test_predictions: pd.DataFrame, clean_products: pd.DataFrame, classification_report: pd.DataFrame
+    test_predictions: pd.DataFrame, classification_report: pd.DataFrame, pipeline_storage: WBStorage
 ) -> dg.AssetCheckResult:
+    clean_products = storage.read_parquet(pipeline_storage.layout.asset_file("clean_products"), ["nm", "split"])
     test_nm = pd.Index(clean_products.loc[clean_products["split"] == "test", "nm"].unique())
     labels = list(classification_report["label"].unique())
     counts = test_predictions.groupby(["label", "nm"]).size()
