@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from wb_pipeline.core.data import storage
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.search import duplicates as dup
 from wb_pipeline.core.search import scoring
@@ -33,6 +34,7 @@ from wb_pipeline.core.search.store import (
     update_index,
     vector_hashes,
 )
+from wb_pipeline.defs.resources import WBStorage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -616,14 +618,23 @@ def _index_table(build) -> pd.DataFrame:
     return build.products.assign(position=np.arange(len(build.products)), index_folder=str(build.folder))
 
 
+def _stored_text(folder, text: EmbeddingTable) -> WBStorage:
+    """A storage dir holding `text` as the text_embeddings table (the checks read its ids from there)."""
+    pipeline_storage = WBStorage(base_dir=str(folder))
+    storage.write_parquet(text.to_arrow(), pipeline_storage.layout.asset_file("text_embeddings"))
+    return pipeline_storage
+
+
 def test_index_size_check_fails_when_the_index_and_the_space_differ(tmp_path):
     from wb_pipeline.defs.search.checks import product_index_size_matches_space
 
     nm, text, _ = _tables()
     build, _ = update_index(tmp_path, None, nm, text.vectors, nm, IndexConfig())
-    assert product_index_size_matches_space(product_index=_index_table(build), text_embeddings=text).passed
+    stored = _stored_text(tmp_path / "storage", text)
+    assert product_index_size_matches_space(product_index=_index_table(build), pipeline_storage=stored).passed
     extra = EmbeddingTable(np.append(nm, "999"), np.vstack([text.vectors, text.vectors[:1]]))
-    result = product_index_size_matches_space(product_index=_index_table(build), text_embeddings=extra)
+    stored_extra = _stored_text(tmp_path / "storage-extra", extra)
+    result = product_index_size_matches_space(product_index=_index_table(build), pipeline_storage=stored_extra)
     assert not result.passed and result.metadata["missing"].value == 1
 
 
@@ -641,17 +652,18 @@ def test_recall_check_warns_on_a_poor_hnsw(tmp_path):
     assert product_index_recall(product_index=_index_table(good)).passed
 
 
-def test_partition_check_catches_a_product_in_two_groups_or_none():
+def test_partition_check_catches_a_product_in_two_groups_or_none(tmp_path):
     from wb_pipeline.defs.search.checks import duplicate_groups_partition_products
 
     nm, text, _ = _tables(4)
+    stored = _stored_text(tmp_path, text)
     good = dup.groups_frame(nm, np.array([0, 0, 1, 2]))
-    assert duplicate_groups_partition_products(duplicate_groups=good, text_embeddings=text).passed
+    assert duplicate_groups_partition_products(duplicate_groups=good, pipeline_storage=stored).passed
     twice = pd.concat([good, good.iloc[[0]].assign(group_id=2)], ignore_index=True)
-    assert not duplicate_groups_partition_products(duplicate_groups=twice, text_embeddings=text).passed
-    assert not duplicate_groups_partition_products(duplicate_groups=good.iloc[1:], text_embeddings=text).passed
+    assert not duplicate_groups_partition_products(duplicate_groups=twice, pipeline_storage=stored).passed
+    assert not duplicate_groups_partition_products(duplicate_groups=good.iloc[1:], pipeline_storage=stored).passed
     wrong_size = good.assign(group_size=[2, 2, 2, 1])
-    result = duplicate_groups_partition_products(duplicate_groups=wrong_size, text_embeddings=text)
+    result = duplicate_groups_partition_products(duplicate_groups=wrong_size, pipeline_storage=stored)
     assert not result.passed and result.metadata["wrong_group_size"].value == 1
 
 

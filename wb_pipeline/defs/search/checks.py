@@ -5,9 +5,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.embeddings.vectors import stored_ids
 from wb_pipeline.core.search.index import recall_at_k
 from wb_pipeline.core.search.store import load_build
+from wb_pipeline.defs.resources import WBStorage
 from wb_pipeline.defs.search.assets import index_folder
 
 MIN_RECALL = 0.95
@@ -16,10 +17,11 @@ RECALL_QUERIES = 500
 RECALL_SEED = 1  # other queries than the build's own measurement (seed 0)
 
 
-def coverage(nm: pd.Series, text_embeddings: EmbeddingTable) -> dict[str, int]:
-    """How `nm` differs from the embedded products: missing, extra and repeated ids."""
+def coverage(nm: pd.Series, pipeline_storage: WBStorage) -> dict[str, int]:
+    """How `nm` differs from the embedded products (the stored text table's ids alone): missing, extra
+    and repeated ids."""
     nm = nm.astype(str)
-    expected = set(pd.Series(text_embeddings.nm).astype(str))
+    expected = set(stored_ids(pipeline_storage.layout.asset_file("text_embeddings")).astype(str))
     return {
         "missing": len(expected - set(nm)),
         "extra": len(set(nm) - expected),
@@ -31,15 +33,13 @@ def coverage(nm: pd.Series, text_embeddings: EmbeddingTable) -> dict[str, int]:
 @dg.asset_check(
     asset="product_index",
     blocking=True,
-    additional_ins={"text_embeddings": dg.AssetIn()},
+    additional_deps=["text_embeddings"],
     description="The saved index holds one vector per product of the space (= every embedded product), "
     "no product twice, and its product table matches it.",
 )
-def product_index_size_matches_space(
-    product_index: pd.DataFrame, text_embeddings: EmbeddingTable
-) -> dg.AssetCheckResult:
+def product_index_size_matches_space(product_index: pd.DataFrame, pipeline_storage: WBStorage) -> dg.AssetCheckResult:
     build = load_build(index_folder(product_index))
-    found = coverage(build.products["nm"], text_embeddings)
+    found = coverage(build.products["nm"], pipeline_storage)
     sizes_agree = build.index.size == found["embedded_products"] == len(product_index)
     return dg.AssetCheckResult(
         passed=bool(sizes_agree and not (found["missing"] or found["extra"] or found["duplicated"])),
@@ -70,14 +70,14 @@ def product_index_recall(product_index: pd.DataFrame) -> dg.AssetCheckResult:
 @dg.asset_check(
     asset="duplicate_groups",
     blocking=True,
-    additional_ins={"text_embeddings": dg.AssetIn()},
+    additional_deps=["text_embeddings"],
     description="Every embedded product is in exactly one duplicate group (singletons allowed) and each "
     "group's recorded size is its real size.",
 )
 def duplicate_groups_partition_products(
-    duplicate_groups: pd.DataFrame, text_embeddings: EmbeddingTable
+    duplicate_groups: pd.DataFrame, pipeline_storage: WBStorage
 ) -> dg.AssetCheckResult:
-    found = coverage(duplicate_groups["nm"], text_embeddings)  # `duplicated` = a product in two groups
+    found = coverage(duplicate_groups["nm"], pipeline_storage)  # `duplicated` = a product in two groups
     real_sizes = duplicate_groups.groupby("group_id")["nm"].transform("size")
     wrong_sizes = int((real_sizes != duplicate_groups["group_size"]).sum())
     no_group = int(duplicate_groups["group_id"].isna().sum())
