@@ -933,3 +933,45 @@ def test_empty_image_settings_are_validated() -> None:
         ImageConfig(empty_min_ink_spread=-1.0)
     with pytest.raises(ValueError, match="empty_analysis_pixels"):
         ImageConfig(empty_analysis_pixels=10)
+
+
+def _streamed(data: bytes, rows_per_table: int) -> pd.DataFrame:
+    return pd.concat(images.iter_member_tables(io.BytesIO(data), rows_per_table), ignore_index=True)
+
+
+@pytest.mark.parametrize("prefix", [b"", b"junk before the zip " * 50])  # a zip appended to other bytes
+def test_the_streamed_directory_equals_zipfiles_own(prefix: bytes) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in [
+            ("1.jpg", b"a"),
+            ("../x.jpg", b"e"),
+            ("d/", b""),
+            ("2.jpg", b"b"),
+            ("2.jpg", b"dup"),
+            ("ünïcode.jpg", b"u"),
+            ("C:\\evil.jpg", b"w"),
+        ]:
+            zf.writestr(name, data)
+        zf.writestr(zipfile.ZipInfo("3.jpg"), b"stored" * 100, compress_type=zipfile.ZIP_DEFLATED)
+    data = prefix + buffer.getvalue()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        expected = images.zip_member_table(zf, len(data))
+    for rows_per_table in (1, 3, 1000):
+        pd.testing.assert_frame_equal(_streamed(data, rows_per_table), expected)
+    assert images.zip_member_count(io.BytesIO(data)) == len(expected) == 8
+
+
+def test_a_zip64_directory_is_streamed_like_zipfile_reads_it() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:  # > 65,535 records: a Zip64 end
+        for nm in range(70_000):
+            zf.writestr(f"{nm}.jpg", b"")
+    data = buffer.getvalue()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        expected = images.zip_member_table(zf, len(data))
+    streamed = _streamed(data, 65_536)
+    pd.testing.assert_frame_equal(streamed, expected)
+    assert images.zip_member_count(io.BytesIO(data)) == 70_000
+    with pytest.raises(zipfile.BadZipFile):
+        list(images.iter_member_tables(io.BytesIO(b"not a zip at all")))

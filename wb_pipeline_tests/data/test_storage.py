@@ -3,7 +3,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import dagster as dg
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from upath import UPath
 
@@ -115,3 +117,28 @@ def test_blank_values_and_columns_are_counted_from_the_file_batch_by_batch(tmp_p
     storage.write_sharded_parquet(frame, path, 2)
     assert storage.parquet_columns(path) == ["nm", "title", "n"]  # the shard layout's own column left out
     assert storage.blank_counts(path, ["title", "nm"], batch_rows=2) == {"title": 3, "nm": 0}
+
+
+@pytest.mark.parametrize("n_shards", [1, 4, 300])  # 300 > MAX_SPILL_BUCKETS: two shards share a spill file
+def test_a_table_written_in_pieces_is_the_table_written_whole(tmp_path, n_shards):
+    rng = np.random.default_rng(n_shards)
+    frame = pd.DataFrame({"nm": [str(v) for v in rng.permutation(50_000)[:2000]], "x": rng.normal(size=2000)})
+    whole, pieces = UPath(tmp_path / "whole.parquet"), UPath(tmp_path / "pieces.parquet")
+    storage.write_sharded_parquet(frame, whole, n_shards)
+    counts = storage.write_sharded_parquet_stream(
+        (frame.iloc[i : i + 300] for i in range(0, 2000, 300)), pieces, n_shards
+    )
+    assert (
+        counts.tolist()
+        == np.bincount(storage.product_shards(frame["nm"].tolist(), n_shards), minlength=n_shards).tolist()
+    )
+    assert pq.read_table(pieces.path).equals(pq.read_table(whole.path))  # same rows, order and layout
+    pd.testing.assert_frame_equal(storage.read_parquet(pieces), frame)
+    for shard in {0, n_shards // 2, n_shards - 1}:
+        pd.testing.assert_frame_equal(
+            storage.read_sharded_parquet(pieces, (shard, n_shards)),
+            storage.read_sharded_parquet(whole, (shard, n_shards)),
+        )
+    empty = UPath(tmp_path / "empty.parquet")
+    assert storage.write_sharded_parquet_stream([frame.iloc[:0]], empty, n_shards).sum() == 0
+    assert storage.read_parquet(empty).columns.tolist() == ["nm", "x"] and len(storage.read_parquet(empty)) == 0

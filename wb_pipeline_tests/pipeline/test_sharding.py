@@ -282,10 +282,10 @@ def test_an_empty_embedding_cache_starts_from_the_related_shards_cache(tmp_path)
     assert seeded_again.lookup(["b"])[0].tolist() == [False]
 
 
-def test_only_image_members_reads_the_zip_directory(tmp_path, instance, small_sample_dir, monkeypatch):
-    # A shard step that parsed the whole central directory would carry the whole catalogue's members
-    # (~630 B each); the image-check and image-embedding shard steps must open the zip from their rows
-    # of image_members.
+def test_image_members_streams_the_zip_directory(tmp_path, instance, small_sample_dir, monkeypatch):
+    # A step that parsed the whole central directory with zipfile would carry the whole catalogue's
+    # members (~630 B each): image_members streams the records (images.iter_member_tables), the
+    # image-check and image-embedding shard steps open the zip from their rows of image_members.
     from wb_pipeline.definitions import build_definitions
     from wb_pipeline.defs.embeddings.resources import ImageEncoderResource
 
@@ -305,7 +305,7 @@ def test_only_image_members_reads_the_zip_directory(tmp_path, instance, small_sa
         asset_selection=selection.resolve(defs.resolve_asset_graph())
     )
     assert job.execute_in_process(instance=instance).success
-    assert len(parsed) == 1  # image_members, once, for the one zip
+    assert parsed == []  # no step parses the whole directory: image_members streams it, shards open theirs
     members = defs.load_asset_value("image_members", instance=instance)
     index = defs.load_asset_value("image_index", instance=instance)
     vectors = defs.load_asset_value("image_embeddings", instance=instance)

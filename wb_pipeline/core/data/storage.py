@@ -11,9 +11,10 @@ import hashlib
 import json
 import os
 import stat
+import tempfile
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +229,67 @@ def write_sharded_parquet(frame: pd.DataFrame, path: UPath, n_shards: int, key: 
                 writer.write_table(table.slice(start, end - start), row_group_size=64 * 1024)
         if len(table) == 0:
             writer.write_table(table)
+
+
+# Spill files of `write_sharded_parquet_stream`: the table is held at most 1/this at a time (once N allows).
+MAX_SPILL_BUCKETS = 256
+SHARD_COLUMN = "__shard"
+
+
+def write_sharded_parquet_stream(
+    pieces: Iterable[pd.DataFrame], path: UPath, n_shards: int, key: str = "nm"
+) -> np.ndarray:
+    """`write_sharded_parquet` for a table that arrives in pieces and is never whole: each piece is
+    spilled to local temp files by shard range (up to `MAX_SPILL_BUCKETS`), then each range is read
+    back, ordered by shard and appended. Memory: one piece, then one range (the table / min(N, 256)).
+    Same file, layout and row order as `write_sharded_parquet` of the concatenated pieces. Returns the
+    rows per shard."""
+    buckets = min(n_shards, MAX_SPILL_BUCKETS)
+    shards_per_bucket = -(-n_shards // buckets)
+    counts = np.zeros(n_shards, dtype=np.int64)
+    schema = None
+    with tempfile.TemporaryDirectory(prefix="sharded-") as spill:
+        writers: dict[int, pq.ParquetWriter] = {}
+        try:
+            for piece in pieces:
+                table = pa.Table.from_pandas(piece, preserve_index=False)
+                schema = schema or table.schema
+                table = table.cast(schema)
+                start = int(counts.sum())
+                shards = product_shards(piece[key].tolist(), n_shards)
+                counts += np.bincount(shards, minlength=n_shards)
+                table = table.append_column(POSITION_COLUMN, pa.array(np.arange(start, start + len(piece))))
+                table = table.append_column(SHARD_COLUMN, pa.array(shards))
+                bucket_of = shards // shards_per_bucket
+                for bucket in np.unique(bucket_of).tolist():
+                    part = table.filter(pa.array(bucket_of == bucket))
+                    if bucket not in writers:
+                        writers[bucket] = pq.ParquetWriter(os.path.join(spill, f"{bucket}.parquet"), part.schema)
+                    writers[bucket].write_table(part)
+        finally:
+            for writer in writers.values():
+                writer.close()
+        if schema is None:
+            raise ValueError(f"{path}: no pieces to write (give at least one, possibly empty, piece)")
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        layout = {"n_shards": n_shards, "key": key, "rows": [[int(bounds[s]), int(bounds[s + 1])] for s in range(n_shards)]}
+        final = schema.append(pa.field(POSITION_COLUMN, pa.int64()))
+        final = final.with_metadata({**(final.metadata or {}), SHARD_LAYOUT_KEY: json.dumps(layout)})
+        with _atomic_handle(path) as handle, pq.ParquetWriter(handle, final) as out:
+            for bucket in range(buckets):
+                if bucket not in writers:
+                    continue
+                table = pq.read_table(os.path.join(spill, f"{bucket}.parquet"))
+                table = table.sort_by([(SHARD_COLUMN, "ascending"), (POSITION_COLUMN, "ascending")])
+                shards = table.column(SHARD_COLUMN).to_numpy()
+                table = table.drop_columns([SHARD_COLUMN]).cast(final)
+                edges = np.searchsorted(shards, np.arange(shards.min(), shards.max() + 2)) if len(shards) else []
+                for low, high in zip(edges[:-1], edges[1:], strict=False):  # row groups never straddle two shards
+                    if high > low:
+                        out.write_table(table.slice(low, high - low), row_group_size=ROW_GROUP_ROWS)
+            if not counts.sum():
+                out.write_table(final.empty_table())
+    return counts
 
 
 def read_sharded_parquet(

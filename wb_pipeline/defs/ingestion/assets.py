@@ -16,8 +16,8 @@ from wb_pipeline.core.data.storage import StorageLayout
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.automation.jobs import INGESTED_DROPS_METADATA_KEY, product_drops
 from wb_pipeline.defs.config import config_class, to_core
-from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData
-from wb_pipeline.defs.sharding import SHARDED_LAYOUT, ShardOutputs, ShardRun, sharded_stage
+from wb_pipeline.defs.resources import MAIN_BATCH, WBRawData, WBStorage
+from wb_pipeline.defs.sharding import SHARDED_LAYOUT, ShardingSettings, ShardOutputs, ShardRun, sharded_stage
 
 # A resource, not per-step config: every shard step of a run must check images the same way.
 ImageIndexSettings = config_class(images.ImageConfig, "ImageIndexSettings", base=dg.ConfigurableResource)
@@ -67,31 +67,44 @@ def raw_products_test(context: dg.AssetExecutionContext, raw_data: WBRawData) ->
     return _raw_table(context, raw_data, schema.TEST_FILE, schema.TEST_REQUIRED_COLUMNS)
 
 
-@dg.asset(group_name="ingestion", kinds={"zip", "pandas"}, code_version="1", metadata={SHARDED_LAYOUT: "shard_key"})
-def image_members(context: dg.AssetExecutionContext, raw_data: WBRawData) -> dg.MaterializeResult:
+@dg.asset(group_name="ingestion", kinds={"zip", "pandas"}, code_version="2")
+def image_members(
+    context: dg.AssetExecutionContext, raw_data: WBRawData, pipeline_storage: WBStorage, sharding: ShardingSettings
+) -> dg.MaterializeResult:
     """Where every member of the images zip(s) lies: one row per central-directory record (name, shard
     key, position, offset, sizes, CRC-32, compression), with its `batch`; see
-    `core.data.images.zip_member_table`. The one step that reads each zip's whole central directory:
-    stored grouped by shard, so the image-index and image-embedding shard steps open the zip
-    from their own rows only and their memory follows the shard, not the zip (zipfile holds ~630 B
-    a member for a directory it parses)."""
+    `core.data.images.iter_member_tables`. The one step that reads each zip's central directory, and it
+    streams it: records are read 65,536 at a time and spilled by shard, so its memory follows a piece of
+    the directory, not the zip (`zipfile` holds ~630 B a member). Stored grouped by shard, so the
+    image-index and image-embedding shard steps open the zip from their own rows only."""
     sources, _ = _sources(context, raw_data)
-    parts = []
-    for batch, folder in sources:
+    members, zip_bytes, by_batch = 0, 0, {}
+    for _, folder in sources:  # the shard count from the zips' own member counts (their end records)
         with storage.open_regular_file(folder / schema.IMAGES_ZIP) as handle:
-            zip_bytes = handle.seek(0, 2)
-            handle.seek(0)
-            with images.open_zip(handle) as zf:
-                table = images.zip_member_table(zf, zip_bytes)
-        table.insert(0, "batch", batch)
-        parts.append(table)
-    table = pd.concat(parts, ignore_index=True)
+            members += images.zip_member_count(handle)
+    n_shards = sharding.count_for(members)
+
+    def pieces():
+        nonlocal zip_bytes
+        for batch, folder in sources:
+            with storage.open_regular_file(folder / schema.IMAGES_ZIP) as handle:
+                for table in images.iter_member_tables(handle):
+                    table.insert(0, "batch", batch)
+                    by_batch[batch] = by_batch.get(batch, 0) + len(table)
+                    yield table
+                zip_bytes += handle.seek(0, 2)
+
+    counts = storage.write_sharded_parquet_stream(
+        pieces(), pipeline_storage.layout.asset_file("image_members"), n_shards, key="shard_key"
+    )
     return dg.MaterializeResult(
-        value=table,
         metadata={
-            "dagster/row_count": len(table),
-            "rows_by_batch": metadata.value_counts(table["batch"], "batch"),
-            "zip_bytes": int(table.drop_duplicates("batch")["zip_bytes"].sum()),
+            "dagster/row_count": int(counts.sum()),
+            "rows_by_batch": metadata.table(
+                pd.DataFrame({"batch": list(by_batch), "count": list(by_batch.values())}), max_rows=100
+            ),
+            "zip_bytes": zip_bytes,
+            "shards": n_shards,
         },
     )
 

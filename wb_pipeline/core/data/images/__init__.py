@@ -19,6 +19,8 @@ from .archive import (
     open_listed_zip,
     open_zip,
     read_member,
+    iter_member_tables,
+    zip_member_count,
     zip_member_table,
 )
 from .config import (
@@ -54,5 +56,7 @@ __all__ = [
     "open_listed_zip",
     "open_zip",
     "read_member",
+    "iter_member_tables",
+    "zip_member_count",
     "zip_member_table",
 ]

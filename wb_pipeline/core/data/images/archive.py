@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import weakref
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from typing import IO
 
 import numpy as np
@@ -138,6 +140,82 @@ def zip_member_table(zf: zipfile.ZipFile, zip_bytes: int) -> pd.DataFrame:
                                      ("compress_type", "compress_type"), ("flag_bits", "flag_bits"))},
         "zip_bytes": np.full(len(infos), zip_bytes, dtype=np.int64),
     }, columns=list(MEMBER_TABLE_COLUMNS))
+
+
+def _member_frame(rows: dict[str, list], zip_bytes: int) -> pd.DataFrame:
+    n = len(rows["member"])
+    return pd.DataFrame({
+        "member": pd.Series(rows["member"], dtype=object),
+        "shard_key": pd.Series(rows["shard_key"], dtype=object),
+        **{column: np.asarray(rows[column], dtype=np.int64) for column in
+           ("zip_position", "header_offset", "compress_size", "file_size", "crc32", "compress_type", "flag_bits")},
+        "zip_bytes": np.full(n, zip_bytes, dtype=np.int64),
+    }, columns=list(MEMBER_TABLE_COLUMNS))
+
+
+def _end_record(file_object: IO[bytes]) -> list:
+    try:
+        end = zipfile._EndRecData(file_object)
+    except OSError as error:
+        raise zipfile.BadZipFile("File is not a zip file") from error
+    if not end:
+        raise zipfile.BadZipFile("File is not a zip file")
+    return end
+
+
+def zip_member_count(file_object: IO[bytes]) -> int:
+    """The number of central-directory records a zip says it has (its end record alone is read)."""
+    return int(_end_record(file_object)[zipfile._ECD_ENTRIES_TOTAL])
+
+
+def iter_member_tables(file_object: IO[bytes], rows_per_table: int = 65_536) -> Iterator[pd.DataFrame]:
+    """`zip_member_table`'s rows, `rows_per_table` at a time, read straight from the zip's central
+    directory: memory follows one table, not the zip (`zipfile` holds the whole directory and ~630 B of
+    `ZipInfo` a member). Each record is decoded as `zipfile.ZipFile` decodes it (same name decoding,
+    Zip64 extra fields, offsets of a zip appended to other bytes)."""
+    zip_bytes = file_object.seek(0, os.SEEK_END)
+    end = _end_record(file_object)
+    size_cd, offset_cd = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]
+    concat = end[zipfile._ECD_LOCATION] - size_cd - offset_cd
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        concat -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    if offset_cd + concat < 0:
+        raise zipfile.BadZipFile("Bad offset for central directory")
+    file_object.seek(offset_cd + concat)
+    rows: dict[str, list] = {column: [] for column in MEMBER_TABLE_COLUMNS if column != "zip_bytes"}
+    read = position = 0
+    while read < size_cd:
+        record = file_object.read(zipfile.sizeCentralDir)
+        if len(record) != zipfile.sizeCentralDir:
+            raise zipfile.BadZipFile("Truncated central directory")
+        fields = struct.unpack(zipfile.structCentralDir, record)
+        if fields[zipfile._CD_SIGNATURE] != zipfile.stringCentralDir:
+            raise zipfile.BadZipFile("Bad magic number for central directory")
+        raw_name = file_object.read(fields[zipfile._CD_FILENAME_LENGTH])
+        flags = fields[zipfile._CD_FLAG_BITS]
+        info = zipfile.ZipInfo(raw_name.decode("utf-8" if flags & zipfile._MASK_UTF_FILENAME else "cp437"))
+        info.extra = file_object.read(fields[zipfile._CD_EXTRA_FIELD_LENGTH])
+        file_object.seek(fields[zipfile._CD_COMMENT_LENGTH], os.SEEK_CUR)
+        info.header_offset = fields[zipfile._CD_LOCAL_HEADER_OFFSET]
+        info.flag_bits, info.compress_type = fields[zipfile._CD_FLAG_BITS], fields[zipfile._CD_COMPRESS_TYPE]
+        info.CRC, info.compress_size = fields[zipfile._CD_CRC], fields[zipfile._CD_COMPRESSED_SIZE]
+        info.file_size = fields[zipfile._CD_UNCOMPRESSED_SIZE]
+        info._decodeExtra()  # Zip64 sizes and offset
+        for column, value in (
+            ("member", info.orig_filename), ("shard_key", member_shard_key(info.filename)),
+            ("zip_position", position), ("header_offset", info.header_offset + concat),
+            ("compress_size", info.compress_size), ("file_size", info.file_size), ("crc32", info.CRC),
+            ("compress_type", info.compress_type), ("flag_bits", info.flag_bits),
+        ):
+            rows[column].append(value)
+        position += 1
+        read += (zipfile.sizeCentralDir + fields[zipfile._CD_FILENAME_LENGTH]
+                 + fields[zipfile._CD_EXTRA_FIELD_LENGTH] + fields[zipfile._CD_COMMENT_LENGTH])
+        if len(rows["member"]) == rows_per_table:
+            yield _member_frame(rows, zip_bytes)
+            rows = {column: [] for column in rows}
+    if rows["member"] or position == 0:
+        yield _member_frame(rows, zip_bytes)
 
 
 class _ListedZipFile(zipfile.ZipFile):
