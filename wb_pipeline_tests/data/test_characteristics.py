@@ -103,9 +103,21 @@ def test_form3_plain_json_parses() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(1.5, "1.5"), ("1,5", "1.5"), (" 12,50 ", "12.5"), (2.0, "2"), (3, "3"), ("-7", "-7"), ("100", "100"),
-     ("12345678901234567890", "12345678901234567890"), ("abc", "abc"), ("  ", None), (None, None),
-     (float("nan"), None), (True, "true")],
+    [
+        (1.5, "1.5"),
+        ("1,5", "1.5"),
+        (" 12,50 ", "12.5"),
+        (2.0, "2"),
+        (3, "3"),
+        ("-7", "-7"),
+        ("100", "100"),
+        ("12345678901234567890", "12345678901234567890"),
+        ("abc", "abc"),
+        ("  ", None),
+        (None, None),
+        (float("nan"), None),
+        (True, "true"),
+    ],
 )
 def test_canonical_value(value, expected) -> None:
     assert canonical_value(value) == expected
@@ -121,8 +133,12 @@ def test_code_in_a_cell_is_never_executed(tmp_path) -> None:
         f"b'b\\'[1]\\'' + __import__('os').system('touch {marker}')",
     ]
     for payload in payloads:
-        assert reason_of(payload.encode()) in {"unrecognised_form", "malformed_numpy_repr", "malformed_json",
-                                                "malformed_bytes_literal"}
+        assert reason_of(payload.encode()) in {
+            "unrecognised_form",
+            "malformed_numpy_repr",
+            "malformed_json",
+            "malformed_bytes_literal",
+        }
     assert not marker.exists()
 
 
@@ -149,8 +165,10 @@ def test_code_in_a_cell_is_never_executed(tmp_path) -> None:
         (b"b'b\\'[{\"charcName\": \"a\"\\''", "malformed_json"),
         (b"b'unterminated", "malformed_bytes_literal"),
         (b"b'\\xff'", "not_utf8"),
-        (b"b'b\\'b\\\\\\'b\\\\\\\\\\\\\\'b\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\'[]\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\'\\\\\\\\\\\\\\'\\\\\\'\\''",
-         "malformed_bytes_literal"),
+        (
+            b"b'b\\'b\\\\\\'b\\\\\\\\\\\\\\'b\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\'[]\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\'\\\\\\\\\\\\\\'\\\\\\'\\''",
+            "malformed_bytes_literal",
+        ),
         (b"[{'charcName': 'a', 'charcValues': array(['x'], dtype=object)}", "malformed_numpy_repr"),
         (b"[{'charcName': 'a', 'value': (1, {2: [3]})}]", "malformed_item"),
     ],
@@ -180,8 +198,17 @@ def test_size_cap() -> None:
 
 def test_characteristics_table_accounts_for_every_row() -> None:
     raw = pd.Series(
-        [form1(ITEMS), form2(ITEMS[:2]), form3(ITEMS[:1]), None, b"[]", b"junk", form1(ITEMS, ensure_ascii=False),
-         form1(ITEMS)[:-4], b"\xff"],
+        [
+            form1(ITEMS),
+            form2(ITEMS[:2]),
+            form3(ITEMS[:1]),
+            None,
+            b"[]",
+            b"junk",
+            form1(ITEMS, ensure_ascii=False),
+            form1(ITEMS)[:-4],
+            b"\xff",
+        ],
         dtype=object,
     )
     nm = pd.Series([101, 102, 103, 104, 105, 106, 107, 108, 109])
@@ -189,18 +216,24 @@ def test_characteristics_table_accounts_for_every_row() -> None:
     assert len(table.parsed) + len(table.rejections) == len(raw)
     assert set(table.parsed["nm"]) | set(table.rejections["nm"]) == {str(n) for n in nm}
     assert dict(zip(table.rejections["nm"], table.rejections["reason"])) == {
-        "104": "empty", "106": "unrecognised_form", "108": "malformed_bytes_literal", "109": "not_utf8"}
+        "104": "empty",
+        "106": "unrecognised_form",
+        "108": "malformed_bytes_literal",
+        "109": "not_utf8",
+    }
     assert table.parsed.set_index("nm").loc["105", ["n_items", "n_values"]].tolist() == [0, 0]
     assert table.parsed.set_index("nm").loc["101", ["n_items", "n_values"]].tolist() == [8, 11]
     assert list(table.long.columns) == ["nm", "name", "value"]
     first = table.long[table.long["nm"] == "101"]
     assert list(zip(first["name"], first["value"])) == [
-        (item["name"], value) for item in EXPECTED for value in item["values"]]
+        (item["name"], value) for item in EXPECTED for value in item["values"]
+    ]
     # the fast (vectorised) path and the per-cell parser agree
     for nm_value in ("101", "107"):
         rows = table.long[table.long["nm"] == nm_value]
         assert [(n, v) for n, v in zip(rows["name"], rows["value"])] == [
-            (item["name"], value) for item in parse_characteristics(form1(ITEMS)) for value in item["values"]]
+            (item["name"], value) for item in parse_characteristics(form1(ITEMS)) for value in item["values"]
+        ]
     assert set(table.long.loc[table.long["nm"] == "102", "value"]) == {"Женский", "лето", "демисезон"}
 
 
@@ -225,9 +258,15 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=200), st.text(max_size=200), st.none(),
-                 st.lists(item_strategy, max_size=3).map(form1),
-                 st.lists(item_strategy, max_size=3).map(lambda items: form1(items)[: len(form1(items)) // 2])))
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200),
+        st.none(),
+        st.lists(item_strategy, max_size=3).map(form1),
+        st.lists(item_strategy, max_size=3).map(lambda items: form1(items)[: len(form1(items)) // 2]),
+    )
+)
 def test_parse_returns_a_list_or_raises_the_parse_error(raw) -> None:
     try:
         items = parse_characteristics(raw)
@@ -259,10 +298,18 @@ def test_every_form_round_trips(items, form) -> None:
 
 
 TRICKY_FORM2_ITEMS = [
-    [{"charcName": "Флаг", "value": True}, {"charcName": "Нет", "value": None}, {"charcName": "x", "value": float("nan")}],
+    [
+        {"charcName": "Флаг", "value": True},
+        {"charcName": "Нет", "value": None},
+        {"charcName": "x", "value": float("nan")},
+    ],
     [{"charcName": "} {", "charcValues": ["True", "None", "nan", "inf", "array(", ", dtype=object)", "}\n {"]}],
     [{"charcName": "a", "charcValues": ["it's", 'say "hi"', "back\\slash"]}, {"charcName": "b", "value": 1}],
-    [{"charcName": "Длина", "value": "12,5"}, {"charcName": "Вес", "value": 0.25}, {"charcName": "Пусто", "charcValues": []}],
+    [
+        {"charcName": "Длина", "value": "12,5"},
+        {"charcName": "Вес", "value": 0.25},
+        {"charcName": "Пусто", "charcValues": []},
+    ],
     [{"charcName": "Пол", "charcValues": ["Женский", "Унисекс"]}] * 3,
 ]
 
@@ -280,6 +327,7 @@ def test_column_fast_paths_agree_with_the_per_cell_parser(items) -> None:
 
 
 # --- the bulk (Arrow JSON) path gives exactly the per-cell parser's result ---------------------
+
 
 def _table_rows(table) -> tuple[list, list]:
     long = list(zip(table.long["nm"], table.long["name"], table.long["value"]))
@@ -308,8 +356,11 @@ def _bulk_takes(text: str) -> bool:
 
 
 bulk_scalar = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**25), 10**25),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(alphabet=" 0123456789,.-e\u00a0x", max_size=6),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**25), 10**25),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(alphabet=" 0123456789,.-e\u00a0x", max_size=6),
 )
 bulk_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8) | st.text(
     alphabet=' \t\n\\"/\x00\x1f\u00a0\u2028\ue001aЖ', max_size=6
@@ -332,7 +383,7 @@ def test_bulk_json_path_equals_the_per_cell_parser(rows) -> None:
 
 EDGE_JSON_CELLS = [
     '[{"charcName": "a", "value": 1E400}, {"charcName": "b", "value": -0}, {"charcName": "c", "value": 1.0}]',
-    '[{"charcName": "d", "value": 0.1000000000000000055511151231257827}, {"charcName": "e", "value": 12345678901234567890123}]',
+    '[{"charcName": "d", "value": 0.1000000000000000055511151231257827}, {"charcName": "e", "value": 12345678901234567890123}]',  # noqa: E501
     '[{"charcName": "f", "value": 2.5e-3}, {"charcName": "g", "value": true}, {"charcName": "h", "value": null}]',
     '[{"charcName": "value", "value": "value"}, {"charcName": " \\u00a0x ", "value": " 1,5 "}]',
     '[{"charcName": "i", "charcValues": ["\\u0000", "\\/", " \\t ", "\\u00a0y\\u2028", "\\"value\\": 5"]}]',
@@ -364,7 +415,9 @@ def test_cells_outside_the_bulk_grammar_still_match_the_per_cell_parser(cell) ->
     cells = [cell.encode(), b'[{"charcName": "ok", "value": 3}]']
     table = characteristics_table(pd.Series(range(2)), pd.Series(cells, dtype=object))
     assert _table_rows(table) == _per_cell_rows(cells)
-    assert list(table.rejections["nm"]) == [str(i) for i, c in enumerate(cells) if c.startswith(b'[{"charcName": "\\ud83d')]
+    assert list(table.rejections["nm"]) == [
+        str(i) for i, c in enumerate(cells) if c.startswith(b'[{"charcName": "\\ud83d')
+    ]
 
 
 def test_a_failing_bulk_read_falls_back_to_the_per_cell_parser(monkeypatch) -> None:

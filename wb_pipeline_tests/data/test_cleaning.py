@@ -8,8 +8,15 @@ from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products
 
 
 def _index(nms, reason=None, decodable=True, empty_detail=None):
-    return pd.DataFrame({"nm": nms, "decodable": decodable, "is_empty": reason == "empty", "reason": reason,
-                         "empty_detail": empty_detail})
+    return pd.DataFrame(
+        {
+            "nm": nms,
+            "decodable": decodable,
+            "is_empty": reason == "empty",
+            "reason": reason,
+            "empty_detail": empty_detail,
+        }
+    )
 
 
 def _raw(rows):
@@ -71,7 +78,9 @@ def test_duplicate_nm_across_splits_rejected_in_later_split():
 
 
 def test_non_utf8_text_bytes_rejected_with_reason():
-    raw = pd.DataFrame({"nm": ["1", "2"], "title": [b"\xff\xfe bad", "Кружка"], "description": ["d", b"\xd0\x9a\xd1\x80"]})
+    raw = pd.DataFrame(
+        {"nm": ["1", "2"], "title": [b"\xff\xfe bad", "Кружка"], "description": ["d", b"\xd0\x9a\xd1\x80"]}
+    )
     result = clean_products({"test": raw}, _index(["1", "2"]))
     assert result.rejected["reason"].tolist() == [cleaning.REJECT_TEXT_NOT_UTF8]
     assert result.clean["description"].tolist() == ["Кр"]
@@ -139,8 +148,9 @@ def test_arrow_text_path_equals_the_per_cell_rules(cells, as_str_dtype):
 
 
 def test_lone_surrogate_text_is_rejected_not_a_crash():
-    raw = pd.DataFrame({"nm": ["1", "2"], "title": ["Кружка \udc80", "Кружка"], "description": ["d", "d"]}, dtype=object)
+    raw = pd.DataFrame(
+        {"nm": ["1", "2"], "title": ["Кружка \udc80", "Кружка"], "description": ["d", "d"]}, dtype=object
+    )
     result = clean_products({"test": raw}, _index(["1", "2"]))
     assert result.rejected[["nm", "reason"]].values.tolist() == [["1", cleaning.REJECT_TEXT_NOT_UTF8]]
     assert result.clean["nm"].tolist() == ["2"]
-

@@ -65,7 +65,9 @@ def png_declaring(width: int, height: int) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def padded_to(data: bytes, total_bytes: int) -> bytes:
@@ -101,9 +103,7 @@ def pixel(image: Image.Image, xy: tuple[int, int] = (0, 0)) -> tuple[int, ...]:
 # --- member names ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("name", "nm"), [("123.jpg", "123"), ("0.jpg", "0"), ("ab_c-9.jpg", "ab_c-9")]
-)
+@pytest.mark.parametrize(("name", "nm"), [("123.jpg", "123"), ("0.jpg", "0"), ("ab_c-9.jpg", "ab_c-9")])
 def test_valid_member_names_give_their_nm(name: str, nm: str) -> None:
     assert nm_from_member_name(name) == nm
     assert member_name_rejection(name) is None
@@ -372,10 +372,22 @@ def test_index_of_a_hostile_zip_accounts_for_every_member() -> None:
     rows = index.set_index("nm")
     assert rows.index.tolist() == ["1", "2", "3", "4", "5", "6", "7", "8", "10"]
     assert rows["decodable"].to_dict() == {
-        "1": True, "2": False, "3": False, "4": False, "5": True, "6": True, "7": True, "8": False, "10": False,
+        "1": True,
+        "2": False,
+        "3": False,
+        "4": False,
+        "5": True,
+        "6": True,
+        "7": True,
+        "8": False,
+        "10": False,
     }
     assert rows.loc[["2", "3", "4", "8", "10"], "reason"].tolist() == [
-        "truncated", "zero_bytes", "corrupt", "too_many_pixels", "too_many_pixels",
+        "truncated",
+        "zero_bytes",
+        "corrupt",
+        "too_many_pixels",
+        "too_many_pixels",
     ]
     assert rows.loc["1", ["width", "height", "mode"]].tolist() == [64, 48, "RGB"]
     assert rows.loc["2", ["width", "height"]].tolist() == [256, 256]  # the header was readable
@@ -632,14 +644,20 @@ def test_module_does_not_import_dagster() -> None:
 
 def test_index_with_previous_reuses_unchanged_members_without_reading_them(monkeypatch) -> None:
     limit = CONFIG.empty_image_max_bytes
-    members = [("1.jpg", noise_jpeg(seed=1)), ("2.jpg", b"not an image"), ("3.jpg", padded_to(noise_jpeg(seed=3), limit + 5))]
+    members = [
+        ("1.jpg", noise_jpeg(seed=1)),
+        ("2.jpg", b"not an image"),
+        ("3.jpg", padded_to(noise_jpeg(seed=3), limit + 5)),
+    ]
     sizes = pd.DataFrame({"nm": [1, 2, 3], "size": [len(members[0][1]), 12, limit + 99]})
     first, _ = build_image_index(open_members(members), sizes, CONFIG)
     assert first["crc32"].tolist() == [zlib.crc32(data) for _, data in members]
 
     reads: list[str] = []
     real_read = archive._read_info
-    monkeypatch.setattr(image_index, "_read_info", lambda zf, info, cap: reads.append(info.filename) or real_read(zf, info, cap))
+    monkeypatch.setattr(
+        image_index, "_read_info", lambda zf, info, cap: reads.append(info.filename) or real_read(zf, info, cap)
+    )
     again, _ = build_image_index(open_members(members), sizes, CONFIG, previous=first)
     assert reads == []
     pd.testing.assert_frame_equal(again, first)
@@ -667,9 +685,15 @@ def test_decode_check_key_changes_with_settings_that_change_the_check() -> None:
     assert images.decode_check_key(CONFIG) != images.decode_check_key(ImageConfig(max_member_bytes=10))
     # the empty-image rule is recomputed on every run, so it is not part of the key
     assert images.decode_check_key(CONFIG) == images.decode_check_key(ImageConfig(empty_image_max_bytes=1))
-    for thresholds in (dict(empty_image_rule="size"), dict(empty_max_pixel_std=9.0), dict(empty_min_repeats=2),
-                       dict(empty_min_informative_share=0.5), dict(empty_min_edge_sharpness=0.9),
-                       dict(empty_min_body_share=0.5), dict(empty_min_ink_spread=20.0)):
+    for thresholds in (
+        dict(empty_image_rule="size"),
+        dict(empty_max_pixel_std=9.0),
+        dict(empty_min_repeats=2),
+        dict(empty_min_informative_share=0.5),
+        dict(empty_min_edge_sharpness=0.9),
+        dict(empty_min_body_share=0.5),
+        dict(empty_min_ink_spread=20.0),
+    ):
         assert images.decode_check_key(CONFIG) == images.decode_check_key(ImageConfig(**thresholds))
     # ... but what the content signals are measured with is
     assert images.decode_check_key(CONFIG) != images.decode_check_key(ImageConfig(empty_analysis_pixels=4096))
@@ -688,8 +712,13 @@ def product_on_white(width: int = 400, height: int = 520, colour=(40, 60, 150), 
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     draw.ellipse([width * 0.25, height * 0.85, width * 0.75, height * 0.9], fill=(235, 235, 235))  # soft shadow
-    draw.rounded_rectangle([width * 0.22, height * 0.35, width * 0.78, height * 0.86], radius=width * 0.05,
-                           fill=colour, outline=outline, width=4)
+    draw.rounded_rectangle(
+        [width * 0.22, height * 0.35, width * 0.78, height * 0.86],
+        radius=width * 0.05,
+        fill=colour,
+        outline=outline,
+        width=4,
+    )
     draw.arc([width * 0.35, height * 0.15, width * 0.65, height * 0.5], 180, 360, fill=outline, width=8)
     draw.line([width * 0.3, height * 0.5, width * 0.7, height * 0.5], fill=outline, width=3)
     return image.filter(ImageFilter.SMOOTH)
@@ -732,7 +761,7 @@ def small_product(width: int = 400, height: int = 533, colour=(220, 40, 110), ba
     light = -100.0 * (u**2 + v**2) + 30.0 * u + 10.0 * np.sin(xx * 1.7) * np.sin(yy * 1.3)
     pixels = np.empty((height, width, 3), np.float32)
     pixels[:] = backdrop
-    patch = pixels[int(height * 0.45):int(height * 0.45) + h, int(width * 0.32):int(width * 0.32) + w]
+    patch = pixels[int(height * 0.45) : int(height * 0.45) + h, int(width * 0.32) : int(width * 0.32) + w]
     patch[inside] = (np.asarray(colour, np.float32) + light[:, :, None])[inside]
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).filter(ImageFilter.SMOOTH)
 
@@ -742,8 +771,15 @@ def bold_caption(width: int = 400, height: int = 533) -> Image.Image:
     from PIL import ImageDraw, ImageFont
 
     image = Image.new("RGB", (width, height), (240, 240, 240))
-    ImageDraw.Draw(image).text((width / 2, height / 2), "NO IMAGE", fill=(160, 160, 160), anchor="mm",
-                               font=ImageFont.load_default(size=44), stroke_width=2, stroke_fill=(160, 160, 160))
+    ImageDraw.Draw(image).text(
+        (width / 2, height / 2),
+        "NO IMAGE",
+        fill=(160, 160, 160),
+        anchor="mm",
+        font=ImageFont.load_default(size=44),
+        stroke_width=2,
+        stroke_fill=(160, 160, 160),
+    )
     return image
 
 
@@ -786,7 +822,9 @@ def test_content_rule_keeps_small_clean_shots_and_rejects_each_placeholder_kind(
     rows = build_image_index(open_members(members), None, CONFIG)[0]
     rows.index = names
     assert rows["decodable"].all() and rows["pixel_std"].notna().all()
-    assert not rows.loc[list(kept), "is_empty"].any(), rows.loc[list(kept), ["pixel_std", "informative_share", "edge_sharpness"]]
+    assert not rows.loc[list(kept), "is_empty"].any(), rows.loc[
+        list(kept), ["pixel_std", "informative_share", "edge_sharpness"]
+    ]
     for name, (_, rule) in placeholders.items():
         assert rows.loc[name, "is_empty"] and rows.loc[name, "reason"] == "empty", name
         assert rows.loc[name, "empty_rule"] == rule and rows.loc[name, "empty_detail"].startswith(f"{rule}: "), name
@@ -799,8 +837,11 @@ def test_content_rule_keeps_small_clean_shots_and_rejects_each_placeholder_kind(
 def test_a_small_product_on_a_plain_backdrop_is_kept_while_flat_or_thin_graphics_are_not() -> None:
     # Products that fill under 5% of the frame (what the tiny-area rule alone rejected on a real
     # catalogue's bikinis) and placeholders whose graphic has a body too (bold letters, a filled icon).
-    products = {"pink": small_product(), "black": small_product(colour=(40, 40, 46)),
-                "grey_backdrop_white": small_product(colour=(252, 252, 252), backdrop=(214, 214, 218))}
+    products = {
+        "pink": small_product(),
+        "black": small_product(colour=(40, 40, 46)),
+        "grey_backdrop_white": small_product(colour=(252, 252, 252), backdrop=(214, 214, 218)),
+    }
     graphics = {"no_photo": no_photo_graphic(), "bold_caption": bold_caption(), "filled_icon": filled_camera_icon()}
     members = [(f"{i}.jpg", small_jpeg(image)) for i, image in enumerate([*products.values(), *graphics.values()])]
     rows = build_image_index(open_members(members), None, CONFIG)[0]
@@ -866,7 +907,10 @@ def test_repeats_count_only_images_under_the_size_trigger() -> None:
 
 
 def test_apply_empty_image_rule_is_idempotent_and_follows_new_settings() -> None:
-    members = [("1.jpg", small_jpeg(Image.new("RGB", (300, 300), (240, 240, 240)))), ("2.jpg", small_jpeg(product_on_white()))]
+    members = [
+        ("1.jpg", small_jpeg(Image.new("RGB", (300, 300), (240, 240, 240)))),
+        ("2.jpg", small_jpeg(product_on_white())),
+    ]
     index = build_image_index(open_members(members), None, CONFIG)[0]
     pd.testing.assert_frame_equal(images.apply_empty_image_rule(index, CONFIG), index)
     by_size = images.apply_empty_image_rule(index, SIZE_RULE)
@@ -891,7 +935,9 @@ def test_raising_the_size_trigger_measures_the_newly_small_members_once(monkeypa
     assert first["pixel_std"].notna().tolist() == [True, False]
     reads: list[str] = []
     real_read = archive._read_info
-    monkeypatch.setattr(image_index, "_read_info", lambda zf, info, cap: reads.append(info.filename) or real_read(zf, info, cap))
+    monkeypatch.setattr(
+        image_index, "_read_info", lambda zf, info, cap: reads.append(info.filename) or real_read(zf, info, cap)
+    )
     raised, _ = build_image_index(open_members(members), None, CONFIG, previous=first)
     assert reads == ["2.jpg"]  # the member that now falls under the trigger, and only it
     pd.testing.assert_frame_equal(raised, build_image_index(open_members(members), None, CONFIG)[0])
@@ -909,7 +955,9 @@ def test_content_signals_of_an_array() -> None:
     signals = images.content_signals(spot, informative_delta=4)
     assert signals.informative_share == pytest.approx(400 / 2400)
     assert signals.edge_sharpness > 0.9 and signals.pixel_std > 50
-    assert images.content_signals(spot, 4).pixel_hash == signals.pixel_hash != images.content_signals(flat, 4).pixel_hash
+    assert (
+        images.content_signals(spot, 4).pixel_hash == signals.pixel_hash != images.content_signals(flat, 4).pixel_hash
+    )
     assert signals.body_share == pytest.approx(18 * 18 / 2400)  # the square less its one-pixel rim
     assert signals.ink_spread == 0.0  # one flat colour
     shaded = flat.copy()

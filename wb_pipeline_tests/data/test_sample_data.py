@@ -18,7 +18,13 @@ from PIL import Image
 from wb_pipeline.core.data.images import ImageConfig, build_image_index, open_zip
 from wb_pipeline.core.data.schema import IMAGE_SIZES_FILE, IMAGES_ZIP, TEST_FILE, TRAIN_FILE, label_vocabularies
 from wb_pipeline.sample_data import (
-    MANIFEST_FILE, SampleSpec, ensure_sample, generate_catalogue, generate_tables, read_manifest, write_sample,
+    MANIFEST_FILE,
+    SampleSpec,
+    ensure_sample,
+    generate_catalogue,
+    generate_tables,
+    read_manifest,
+    write_sample,
 )
 from wb_pipeline.sample_data.__main__ import main as cli_main
 from wb_pipeline.sample_data.catalog import sub_category_to_category
@@ -98,9 +104,14 @@ def test_tables_in_memory_match_the_written_files(sample_dir):
 
 def test_all_three_characteristics_forms_are_present_and_genuine(catalogue):
     train = catalogue[catalogue["split"] == "train"]
-    by_form = {form: [c for c in train.loc[train["characteristics_form"] == form, "characteristics"]
-                     if c != b"[]" and b"'[]'" not in c]  # an empty list is valid but prints differently
-               for form in (1, 2, 3)}
+    by_form = {
+        form: [
+            c
+            for c in train.loc[train["characteristics_form"] == form, "characteristics"]
+            if c != b"[]" and b"'[]'" not in c
+        ]  # an empty list is valid but prints differently
+        for form in (1, 2, 3)
+    }
     assert all(len(cells) >= 10 for cells in by_form.values())
     form1, form2, form3 = by_form[1], by_form[2], by_form[3]
     assert all(c.startswith(b"b'b\\'") and c.endswith(b"\\''") for c in form1)
@@ -133,8 +144,10 @@ def test_malformed_cells_are_present(sample_dir):
 
 def test_label_characteristics_are_imbalanced_and_mostly_missing(catalogue):
     train = catalogue[catalogue["split"] == "train"]
-    share = {label: train[f"{label}_in_characteristics"].mean()
-             for label in ("sex", "season", "age_restrictions", "fragility")}
+    share = {
+        label: train[f"{label}_in_characteristics"].mean()
+        for label in ("sex", "season", "age_restrictions", "fragility")
+    }
     assert 0.12 < share["sex"] < 0.4
     assert share["season"] < share["sex"] and share["age_restrictions"] < share["sex"]
     with_none = ~train[[f"{k}_in_characteristics" for k in share]].any(axis=1)
@@ -190,7 +203,7 @@ def test_image_defects_are_present(sample_dir):
         assert not set(defects["small_clean"]) & set(defects["empty"])
         assert len(defects["corrupt"]) >= 1
         for nm in defects["corrupt"]:
-            with pytest.raises(Exception):
+            with pytest.raises((OSError, SyntaxError, ValueError)):  # what PIL raises on a broken JPEG
                 _decode(archive.read(f"{nm}.jpg"))
         assert defects["missing"] and not set(defects["missing"]) & members
         assert defects["duplicate"]
@@ -200,7 +213,9 @@ def test_image_defects_are_present(sample_dir):
         assert all(sizes[nm] >= threshold for nm in normal)
         modes = {_decode(archive.read(f"{nm}.jpg")).mode for nm in defects["grayscale"] + defects["cmyk"]}
         assert modes == {"L", "CMYK"}
-    products = set(pd.read_parquet(out / TRAIN_FILE)["nm"].astype(str)) | set(pd.read_parquet(out / TEST_FILE)["nm"].astype(str))
+    products = set(pd.read_parquet(out / TRAIN_FILE)["nm"].astype(str)) | set(
+        pd.read_parquet(out / TEST_FILE)["nm"].astype(str)
+    )
     assert defects["orphan"] and not set(defects["orphan"]) & products
 
 
@@ -212,17 +227,25 @@ def test_the_content_rule_rejects_the_placeholders_and_keeps_the_small_clean_sho
     assert index.loc[defects["empty"], "is_empty"].all()
     assert not index.loc[defects["small_clean"], "is_empty"].any()
     assert index["is_empty"].sum() == len(defects["empty"])  # nothing else is taken for a placeholder
-    expected = {"uniform": "near_uniform", "no_photo": "tiny_informative_area", "logo": "tiny_informative_area",
-                "blurred": "blurred"}
+    expected = {
+        "uniform": "near_uniform",
+        "no_photo": "tiny_informative_area",
+        "logo": "tiny_informative_area",
+        "blurred": "blurred",
+    }
     for nm, kind in defects["empty_kind"].items():
         assert index.loc[nm, "empty_rule"] == expected[kind], (nm, kind)
 
 
 def test_images_carry_sex_and_season_signal(sample_dir, catalogue):
     out, manifest = sample_dir
-    skip = set(manifest["image_defects"]["empty"]) | set(manifest["image_defects"]["corrupt"]) \
-        | {d for d, _ in manifest["image_defects"]["duplicate"]} | set(manifest["image_defects"]["missing"]) \
-        | set(manifest["image_defects"]["small_clean"])  # studio shots on white: no season background
+    skip = (
+        set(manifest["image_defects"]["empty"])
+        | set(manifest["image_defects"]["corrupt"])
+        | {d for d, _ in manifest["image_defects"]["duplicate"]}
+        | set(manifest["image_defects"]["missing"])
+        | set(manifest["image_defects"]["small_clean"])
+    )  # studio shots on white: no season background
     redness: dict[str, list[float]] = {"W": [], "M": []}
     brightness: dict[str, list[float]] = {"W": [], "D": []}
     with zipfile.ZipFile(out / IMAGES_ZIP) as archive:
@@ -301,10 +324,15 @@ def test_ensure_sample_refuses_to_replace_foreign_data(tmp_path):
     assert (tmp_path / "real" / TRAIN_FILE).read_bytes() == b"not ours"
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"n_products": 1}, "n_products"), ({"test_fraction": 1.0}, "test_fraction"),
-    ({"empty_image_rate": 1.5}, "empty_image_rate"), ({"image_side": (10, 20)}, "image_side"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"n_products": 1}, "n_products"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"empty_image_rate": 1.5}, "empty_image_rate"),
+        ({"image_side": (10, 20)}, "image_side"),
+    ],
+)
 def test_spec_validation_names_the_bad_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SampleSpec(**kwargs)
@@ -323,11 +351,14 @@ def test_numpy_form_is_exactly_numpys_own_str():
     items = [
         {"charcName": "Пол", "charcValues": ["Женский"]},
         {"charcName": "Состав", "charcValues": ["хлопок 95%", "эластан 5%", "вискоза 70%", "полиэстер 30%", "лен"]},
-        {"charcName": "A", "value": 1}, {"charcName": "B", "value": True}, {"charcName": "C", "value": "0,5"},
+        {"charcName": "A", "value": 1},
+        {"charcName": "B", "value": True},
+        {"charcName": "C", "value": "0,5"},
     ]
     array = np.empty(len(items), dtype=object)
-    array[:] = [{**d, "charcValues": np.array(d["charcValues"], dtype=object)} if "charcValues" in d else d
-                for d in items]
+    array[:] = [
+        {**d, "charcValues": np.array(d["charcValues"], dtype=object)} if "charcValues" in d else d for d in items
+    ]
     encoded = encode_characteristics(items, FORM_NUMPY_REPR)
     assert encoded == str(array).encode("utf-8")
     assert b"dtype=object)}\n {" in encoded  # dicts separated by a newline, no comma

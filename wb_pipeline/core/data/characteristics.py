@@ -282,9 +282,7 @@ def _parse_unwrapped(text: str, was_bytes_literal: bool) -> object:
         raise CharacteristicsParseError(reason, detail) from None
 
 
-def parse_characteristics(
-    raw: bytes | str | None, max_bytes: int = DEFAULT_MAX_CHARACTERISTICS_BYTES
-) -> list[dict]:
+def parse_characteristics(raw: bytes | str | None, max_bytes: int = DEFAULT_MAX_CHARACTERISTICS_BYTES) -> list[dict]:
     """Parse one cell in any stored form into ``[{"name": str, "values": list[str]}, ...]``.
 
     Raises :class:`CharacteristicsParseError` (with ``.reason``) for anything else; never executes
@@ -335,8 +333,14 @@ _MARK = "\ue000"
 # Only a \uD800-\uDFFF escape can put a lone surrogate into text decoded from valid UTF-8.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _NOT_SIMPLE_NUMPY_REPR = r'["\\\x{E000}]'
-_NUMPY_TO_JSON = (("}", "}, {"), ("True", "true"), ("False", "false"), ("None", "null"), ("nan", "NaN"),
-                  ("inf", "Infinity"))
+_NUMPY_TO_JSON = (
+    ("}", "}, {"),
+    ("True", "true"),
+    ("False", "false"),
+    ("None", "null"),
+    ("nan", "NaN"),
+    ("inf", "Infinity"),
+)
 
 
 def _fast_numpy_repr_to_json(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -387,7 +391,9 @@ _JSON_ITEM = (
     rf'"charcValues"{_JSON_WS}:{_JSON_WS}\[{_JSON_WS}(?:{_JSON_STRING}(?:{_JSON_WS},{_JSON_WS}{_JSON_STRING})*)?{_JSON_WS}\]'
     rf'|"value"{_JSON_WS}:{_JSON_WS}(?:{_JSON_STRING}|{_JSON_SCALAR})){_JSON_WS}\}}'
 )
-_SIMPLE_JSON_ROW = rf"^{_JSON_WS}\[{_JSON_WS}(?:{_JSON_ITEM}(?:{_JSON_WS},{_JSON_WS}{_JSON_ITEM})*)?{_JSON_WS}\]{_JSON_WS}$"
+_SIMPLE_JSON_ROW = (
+    rf"^{_JSON_WS}\[{_JSON_WS}(?:{_JSON_ITEM}(?:{_JSON_WS},{_JSON_WS}{_JSON_ITEM})*)?{_JSON_WS}\]{_JSON_WS}$"
+)
 # Arrow reads `value` as a string column, so a non-string scalar value is renamed and quoted:
 # `"value": 1.5` -> `"value_json": "1.5"` (the grammar admits no other key, so this is unambiguous).
 _VALUE_SCALAR = rf'"value"({_JSON_WS}:{_JSON_WS})({_JSON_SCALAR})'
@@ -465,9 +471,7 @@ def _parse_json_in_bulk(json_texts: pa.Array, positions: np.ndarray) -> _LongPar
     raw_scalars = list(
         zip(texts.take(pa.array(scalar_items)).to_pylist(), scalar_json.take(pa.array(scalar_items)).to_pylist())
     )
-    canonical = {
-        raw: canonical_value(raw[0] if raw[1] is None else json.loads(raw[1])) for raw in set(raw_scalars)
-    }
+    canonical = {raw: canonical_value(raw[0] if raw[1] is None else json.loads(raw[1])) for raw in set(raw_scalars)}
     scalar_values = [canonical[raw] for raw in raw_scalars]
     has_value = np.array([value is not None for value in scalar_values], dtype=bool)
     scalar_items = scalar_items[has_value]
@@ -557,7 +561,9 @@ def characteristics_table(
         eligible = _bulk_eligible(json_array)
         if eligible.any():
             try:
-                parts.append(_parse_json_in_bulk(json_array.filter(pa.array(eligible)), np.asarray(pending)[json_at[eligible]]))
+                parts.append(
+                    _parse_json_in_bulk(json_array.filter(pa.array(eligible)), np.asarray(pending)[json_at[eligible]])
+                )
             except (pa.ArrowException, ValueError):  # a safety net: the per-cell parser decides
                 eligible[:] = False
         per_cell = np.setdiff1d(np.arange(len(pending)), json_at[eligible]).tolist()
@@ -595,8 +601,12 @@ def characteristics_table(
     long = pd.DataFrame(
         {
             "nm": column(nm_array.take(pa.array(value_positions[value_order]))),
-            "name": column(pa.concat_arrays([part.names.cast(pa.large_string()) for part in parts]).take(pa.array(value_order))),
-            "value": column(pa.concat_arrays([part.values.cast(pa.large_string()) for part in parts]).take(pa.array(value_order))),
+            "name": column(
+                pa.concat_arrays([part.names.cast(pa.large_string()) for part in parts]).take(pa.array(value_order))
+            ),
+            "value": column(
+                pa.concat_arrays([part.values.cast(pa.large_string()) for part in parts]).take(pa.array(value_order))
+            ),
         }
     )
     rejected = pd.DataFrame(rejections, columns=["nm", "reason", "detail"]).astype(

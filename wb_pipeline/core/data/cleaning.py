@@ -65,7 +65,8 @@ class CleaningResult:
     rejected: pd.DataFrame  # nm, split, reason, detail
     # values set to missing in clean products: nm, split, column, value (as text), reason
     rejected_values: pd.DataFrame = dataclasses.field(
-        default_factory=lambda: pd.DataFrame(columns=REJECTED_VALUE_COLUMNS))
+        default_factory=lambda: pd.DataFrame(columns=REJECTED_VALUE_COLUMNS)
+    )
 
 
 def _missing_price(value) -> bool:
@@ -165,8 +166,11 @@ def clean_products(
     clean_parts, rejected_parts, value_parts = [], [], []
     # An nm is a duplicate if it occurred before, in this split or an earlier one (one hash pass).
     all_nm = (
-        pd.concat([raw["nm"] for raw in splits.values()], ignore_index=True) if len(splits) > 1
-        else next(iter(splits.values()))["nm"] if splits else pd.Series()
+        pd.concat([raw["nm"] for raw in splits.values()], ignore_index=True)
+        if len(splits) > 1
+        else next(iter(splits.values()))["nm"]
+        if splits
+        else pd.Series()
     )
     seen_before = all_nm.duplicated(keep="first").to_numpy()
     offset = 0
@@ -232,14 +236,27 @@ def clean_products(
                 frame["price"] = prices  # numbers stay as they were typed when every one is usable
             bad = kept & unusable
             if bad.any():
-                value_parts.append(pd.DataFrame({"nm": frame["nm"][bad], "split": split, "column": "price",
-                                                 "value": raw["price"].reset_index(drop=True)[bad].map(_shown),
-                                                 "reason": price_reason[bad]}))
+                value_parts.append(
+                    pd.DataFrame(
+                        {
+                            "nm": frame["nm"][bad],
+                            "split": split,
+                            "column": "price",
+                            "value": raw["price"].reset_index(drop=True)[bad].map(_shown),
+                            "reason": price_reason[bad],
+                        }
+                    )
+                )
         clean_parts.append(frame[kept] if not kept.all() else frame)
         rejected_parts.append(
-            pd.DataFrame({"nm": frame["nm"][~kept].reset_index(drop=True), "split": split,
-                          "reason": pd.Series(reason[~kept], dtype=object).astype(str),
-                          "detail": pd.Series(detail[~kept], dtype=object).astype(str)})
+            pd.DataFrame(
+                {
+                    "nm": frame["nm"][~kept].reset_index(drop=True),
+                    "split": split,
+                    "reason": pd.Series(reason[~kept], dtype=object).astype(str),
+                    "detail": pd.Series(detail[~kept], dtype=object).astype(str),
+                }
+            )
         )
 
     clean = pd.concat(clean_parts, ignore_index=True) if clean_parts else pd.DataFrame()
@@ -250,7 +267,8 @@ def clean_products(
     )
     values = [part for part in value_parts if len(part)]
     rejected_values = (
-        pd.concat(values, ignore_index=True).astype({"value": str, "reason": str}) if values
+        pd.concat(values, ignore_index=True).astype({"value": str, "reason": str})
+        if values
         else _no_rejected_values().copy()
     )
     return CleaningResult(clean=clean, rejected=rejected, rejected_values=rejected_values)

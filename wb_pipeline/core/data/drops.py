@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from upath import UPath
 
 from wb_pipeline.core.data import schema, storage
-from wb_pipeline.core.data.ingestion import one_line
 from wb_pipeline.core.data.folder_check import check_wb_folder
+from wb_pipeline.core.data.ingestion import one_line
 
 # Drop names become Dagster partition keys: keep them to a safe alphabet.
 DROP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -64,8 +64,11 @@ def scan_incoming(incoming_dir: str) -> list[DropStatus]:
         try:
             signature = drop_signature(folder)
         except OSError as error:
-            statuses.append(DropStatus(folder.name, str(folder), f"unlisted:{type(error).__name__}",
-                                       f"unreadable_drop: {one_line(error)}"))
+            statuses.append(
+                DropStatus(
+                    folder.name, str(folder), f"unlisted:{type(error).__name__}", f"unreadable_drop: {one_line(error)}"
+                )
+            )
             continue
         try:
             problem = validate_drop(folder)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass, field
+
 import pandas as pd
 from upath import UPath
+
 from wb_pipeline.core.data import storage
 from wb_pipeline.core.data.ingestion import SchemaError, one_line, read_wb_table
 
@@ -40,7 +42,10 @@ def check_wb_folder(folder: str | UPath, require_all: bool = True) -> FolderChec
         names = {child.name for child in root.iterdir()}
     except OSError as error:
         return FolderCheck(f"unreadable_folder: {root}: {one_line(error)}")
-    product_files = [(schema.TRAIN_FILE, schema.TRAIN_REQUIRED_COLUMNS), (schema.TEST_FILE, schema.TEST_REQUIRED_COLUMNS)]
+    product_files = [
+        (schema.TRAIN_FILE, schema.TRAIN_REQUIRED_COLUMNS),
+        (schema.TEST_FILE, schema.TEST_REQUIRED_COLUMNS),
+    ]
     present = [(name, columns) for name, columns in product_files if name in names]
     absent = [name for name, _ in product_files if name not in names]
     if require_all and absent:
@@ -60,9 +65,11 @@ def check_wb_folder(folder: str | UPath, require_all: bool = True) -> FolderChec
             bad = reasons.dropna()
             if len(bad):
                 examples = ", ".join(cleaning._shown(v) for v in frame.loc[bad.index, "price"].head(3))
-                notes.append(f"{name}: {len(bad)} of {len(frame)} prices are not usable numbers "
-                             f"({', '.join(f'{r} {n}' for r, n in bad.value_counts().items())}; e.g. {examples}): "
-                             "those products get a missing price (listed in clean_products' rejected_values)")
+                notes.append(
+                    f"{name}: {len(bad)} of {len(frame)} prices are not usable numbers "
+                    f"({', '.join(f'{r} {n}' for r, n in bad.value_counts().items())}; e.g. {examples}): "
+                    "those products get a missing price (listed in clean_products' rejected_values)"
+                )
         missing_nm = int(frame["nm"].isna().sum())
         if missing_nm:
             notes.append(f"{name}: {missing_nm} rows without an nm will be rejected (missing_nm)")
@@ -80,12 +87,15 @@ def check_wb_folder(folder: str | UPath, require_all: bool = True) -> FolderChec
     bad_members = pd.Series({name: reason for name, reason in rejected.items() if reason is not None}, dtype=object)
     if len(bad_members):
         examples = ", ".join(repr(name) for name in bad_members.index[:3])
-        notes.append(f"{schema.IMAGES_ZIP}: {len(bad_members)} of {len(members)} members are not a plain {{nm}}.jpg "
-                     f"and are never read ({', '.join(f'{r} {n}' for r, n in bad_members.value_counts().items())}; "
-                     f"e.g. {examples}): listed in image_index's rejected_members")
+        notes.append(
+            f"{schema.IMAGES_ZIP}: {len(bad_members)} of {len(members)} members are not a plain {{nm}}.jpg "
+            f"and are never read ({', '.join(f'{r} {n}' for r, n in bad_members.value_counts().items())}; "
+            f"e.g. {examples}): listed in image_index's rejected_members"
+        )
     if not counts["photos"]:
-        return FolderCheck(f"no_photos: {schema.IMAGES_ZIP} holds no {{nm}}.jpg member ({len(members)} members)",
-                           tuple(notes), counts)
+        return FolderCheck(
+            f"no_photos: {schema.IMAGES_ZIP} holds no {{nm}}.jpg member ({len(members)} members)", tuple(notes), counts
+        )
     if schema.IMAGE_SIZES_FILE in names:
         try:
             read_wb_table(root / schema.IMAGE_SIZES_FILE, schema.IMAGE_SIZES_REQUIRED_COLUMNS)

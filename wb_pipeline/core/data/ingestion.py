@@ -35,9 +35,7 @@ def normalize_nm(values: pa.Array | pa.ChunkedArray | pd.Series, source: str) ->
         finite = floats[~np.isnan(floats)]
         if finite.size and not np.all(finite == np.floor(finite)):
             raise SchemaError(f"{source}: column 'nm' holds non-integral numbers")
-        result = pa.array(
-            [None if np.isnan(v) else str(int(v)) for v in floats], type=pa.string()
-        )
+        result = pa.array([None if np.isnan(v) else str(int(v)) for v in floats], type=pa.string())
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
         result = pc.utf8_trim_whitespace(array)
         result = pc.if_else(pc.equal(result, ""), pa.scalar(None, pa.string()), result)
@@ -65,9 +63,7 @@ def read_wb_table(path: UPath, required_columns: Sequence[str]) -> pd.DataFrame:
         raise SchemaError(f"{path}: not a readable parquet file ({error})") from error
     missing = [name for name in required_columns if name not in table.column_names]
     if missing:
-        raise SchemaError(
-            f"{path}: missing required column(s) {missing}; found {table.column_names}"
-        )
+        raise SchemaError(f"{path}: missing required column(s) {missing}; found {table.column_names}")
     frame = table.drop_columns(["nm"]).to_pandas()
     frame.insert(0, "nm", normalize_nm(table.column("nm"), str(path)))
     ordered = list(required_columns) + [c for c in frame.columns if c not in required_columns]

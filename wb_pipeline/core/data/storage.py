@@ -272,7 +272,11 @@ def write_sharded_parquet_stream(
         if schema is None:
             raise ValueError(f"{path}: no pieces to write (give at least one, possibly empty, piece)")
         bounds = np.concatenate([[0], np.cumsum(counts)])
-        layout = {"n_shards": n_shards, "key": key, "rows": [[int(bounds[s]), int(bounds[s + 1])] for s in range(n_shards)]}
+        layout = {
+            "n_shards": n_shards,
+            "key": key,
+            "rows": [[int(bounds[s]), int(bounds[s + 1])] for s in range(n_shards)],
+        }
         final = schema.append(pa.field(POSITION_COLUMN, pa.int64()))
         final = final.with_metadata({**(final.metadata or {}), SHARD_LAYOUT_KEY: json.dumps(layout)})
         with _atomic_handle(path) as handle, pq.ParquetWriter(handle, final) as out:

@@ -14,12 +14,12 @@ members and possibly on object storage. Everything here treats the zip as hostil
 
 from .archive import (
     MEMBER_TABLE_COLUMNS,
+    iter_member_tables,
     member_name_rejection,
     nm_from_member_name,
     open_listed_zip,
     open_zip,
     read_member,
-    iter_member_tables,
     zip_member_count,
     zip_member_table,
 )

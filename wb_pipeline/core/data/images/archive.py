@@ -109,13 +109,21 @@ def open_zip(path_or_file: str | os.PathLike[str] | IO[bytes]) -> zipfile.ZipFil
             return _OwningZipFile(upath.open("rb"))
     except zipfile.BadZipFile as error:
         raise ValueError(f"{description}: not a valid zip archive ({error})") from error
-    raise TypeError(
-        f"open_zip expects a path, a UPath or a binary file object, got {type(path_or_file).__name__}"
-    )
+    raise TypeError(f"open_zip expects a path, a UPath or a binary file object, got {type(path_or_file).__name__}")
 
 
-MEMBER_TABLE_COLUMNS = ("member", "shard_key", "zip_position", "header_offset", "compress_size", "file_size",
-                        "crc32", "compress_type", "flag_bits", "zip_bytes")
+MEMBER_TABLE_COLUMNS = (
+    "member",
+    "shard_key",
+    "zip_position",
+    "header_offset",
+    "compress_size",
+    "file_size",
+    "crc32",
+    "compress_type",
+    "flag_bits",
+    "zip_bytes",
+)
 
 
 def member_shard_key(name: str) -> str:
@@ -130,27 +138,50 @@ def zip_member_table(zf: zipfile.ZipFile, zip_bytes: int) -> pd.DataFrame:
     and how its bytes are stored. `zip_bytes`: the zip file's size, recorded so that
     `open_listed_zip` notices a zip that changed since the table was made."""
     infos = zf.infolist()
-    return pd.DataFrame({
-        "member": pd.Series([info.orig_filename for info in infos], dtype=object),
-        "shard_key": pd.Series([member_shard_key(info.filename) for info in infos], dtype=object),
-        "zip_position": np.arange(len(infos), dtype=np.int64),
-        **{column: np.fromiter((getattr(info, attribute) for info in infos), dtype=np.int64, count=len(infos))
-           for column, attribute in (("header_offset", "header_offset"), ("compress_size", "compress_size"),
-                                     ("file_size", "file_size"), ("crc32", "CRC"),
-                                     ("compress_type", "compress_type"), ("flag_bits", "flag_bits"))},
-        "zip_bytes": np.full(len(infos), zip_bytes, dtype=np.int64),
-    }, columns=list(MEMBER_TABLE_COLUMNS))
+    return pd.DataFrame(
+        {
+            "member": pd.Series([info.orig_filename for info in infos], dtype=object),
+            "shard_key": pd.Series([member_shard_key(info.filename) for info in infos], dtype=object),
+            "zip_position": np.arange(len(infos), dtype=np.int64),
+            **{
+                column: np.fromiter((getattr(info, attribute) for info in infos), dtype=np.int64, count=len(infos))
+                for column, attribute in (
+                    ("header_offset", "header_offset"),
+                    ("compress_size", "compress_size"),
+                    ("file_size", "file_size"),
+                    ("crc32", "CRC"),
+                    ("compress_type", "compress_type"),
+                    ("flag_bits", "flag_bits"),
+                )
+            },
+            "zip_bytes": np.full(len(infos), zip_bytes, dtype=np.int64),
+        },
+        columns=list(MEMBER_TABLE_COLUMNS),
+    )
 
 
 def _member_frame(rows: dict[str, list], zip_bytes: int) -> pd.DataFrame:
     n = len(rows["member"])
-    return pd.DataFrame({
-        "member": pd.Series(rows["member"], dtype=object),
-        "shard_key": pd.Series(rows["shard_key"], dtype=object),
-        **{column: np.asarray(rows[column], dtype=np.int64) for column in
-           ("zip_position", "header_offset", "compress_size", "file_size", "crc32", "compress_type", "flag_bits")},
-        "zip_bytes": np.full(n, zip_bytes, dtype=np.int64),
-    }, columns=list(MEMBER_TABLE_COLUMNS))
+    return pd.DataFrame(
+        {
+            "member": pd.Series(rows["member"], dtype=object),
+            "shard_key": pd.Series(rows["shard_key"], dtype=object),
+            **{
+                column: np.asarray(rows[column], dtype=np.int64)
+                for column in (
+                    "zip_position",
+                    "header_offset",
+                    "compress_size",
+                    "file_size",
+                    "crc32",
+                    "compress_type",
+                    "flag_bits",
+                )
+            },
+            "zip_bytes": np.full(n, zip_bytes, dtype=np.int64),
+        },
+        columns=list(MEMBER_TABLE_COLUMNS),
+    )
 
 
 def _end_record(file_object: IO[bytes]) -> list:
@@ -202,15 +233,24 @@ def iter_member_tables(file_object: IO[bytes], rows_per_table: int = 65_536) -> 
         info.file_size = fields[zipfile._CD_UNCOMPRESSED_SIZE]
         info._decodeExtra()  # Zip64 sizes and offset
         for column, value in (
-            ("member", info.orig_filename), ("shard_key", member_shard_key(info.filename)),
-            ("zip_position", position), ("header_offset", info.header_offset + concat),
-            ("compress_size", info.compress_size), ("file_size", info.file_size), ("crc32", info.CRC),
-            ("compress_type", info.compress_type), ("flag_bits", info.flag_bits),
+            ("member", info.orig_filename),
+            ("shard_key", member_shard_key(info.filename)),
+            ("zip_position", position),
+            ("header_offset", info.header_offset + concat),
+            ("compress_size", info.compress_size),
+            ("file_size", info.file_size),
+            ("crc32", info.CRC),
+            ("compress_type", info.compress_type),
+            ("flag_bits", info.flag_bits),
         ):
             rows[column].append(value)
         position += 1
-        read += (zipfile.sizeCentralDir + fields[zipfile._CD_FILENAME_LENGTH]
-                 + fields[zipfile._CD_EXTRA_FIELD_LENGTH] + fields[zipfile._CD_COMMENT_LENGTH])
+        read += (
+            zipfile.sizeCentralDir
+            + fields[zipfile._CD_FILENAME_LENGTH]
+            + fields[zipfile._CD_EXTRA_FIELD_LENGTH]
+            + fields[zipfile._CD_COMMENT_LENGTH]
+        )
         if len(rows["member"]) == rows_per_table:
             yield _member_frame(rows, zip_bytes)
             rows = {column: [] for column in rows}
@@ -251,8 +291,10 @@ def open_listed_zip(file_object: IO[bytes], members: pd.DataFrame) -> zipfile.Zi
         recorded = set(members["zip_bytes"].tolist())
         actual = file_object.seek(0, os.SEEK_END)
         if recorded != {actual}:
-            raise ValueError(f"{_describe(file_object)}: the zip has {actual} bytes but its member table was "
-                             f"made from {sorted(recorded)}: the zip changed since, re-read its directory")
+            raise ValueError(
+                f"{_describe(file_object)}: the zip has {actual} bytes but its member table was "
+                f"made from {sorted(recorded)}: the zip changed since, re-read its directory"
+            )
         file_object.seek(0)
     return _ListedZipFile(file_object, members)
 
@@ -279,9 +321,7 @@ def _read_info(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> by
     if info.flag_bits & 0x1:
         raise ImageDecodeError(REASON_ENCRYPTED, f"{info.filename} is encrypted")
     if info.file_size > max_bytes:
-        raise ImageDecodeError(
-            REASON_TOO_LARGE, f"{info.filename} has {info.file_size} bytes > limit {max_bytes}"
-        )
+        raise ImageDecodeError(REASON_TOO_LARGE, f"{info.filename} has {info.file_size} bytes > limit {max_bytes}")
     try:
         with zf.open(info) as member_file:
             # Read one byte past the cap: the declared size in the header is not trusted.

@@ -99,9 +99,7 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
-SUPPORTED_MODES = frozenset(
-    {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr"} | _ALPHA_MODES | _SIXTEEN_BIT_MODES
-)
+SUPPORTED_MODES = frozenset({"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr"} | _ALPHA_MODES | _SIXTEEN_BIT_MODES)
 
 
 # Which rule of the content check confirmed an "empty image" (index `empty_rule`, the start of
@@ -125,10 +123,29 @@ EMPTY_RULES = (EMPTY_RULE_SIZE, EMPTY_RULE_NEAR_UNIFORM, EMPTY_RULE_TINY_AREA, E
 
 
 INDEX_COLUMNS = (
-    "nm", "member", "byte_size", "crc32", "size_from_image_df", "content_hash", "decodable", "width",
-    "height", "mode", "reason", "is_empty", "size_mismatch", "detail",
-    "pixel_std", "informative_share", "body_share", "ink_spread", "edge_sharpness", "pixel_hash", "same_image_count",
-    "empty_rule", "empty_detail",
+    "nm",
+    "member",
+    "byte_size",
+    "crc32",
+    "size_from_image_df",
+    "content_hash",
+    "decodable",
+    "width",
+    "height",
+    "mode",
+    "reason",
+    "is_empty",
+    "size_mismatch",
+    "detail",
+    "pixel_std",
+    "informative_share",
+    "body_share",
+    "ink_spread",
+    "edge_sharpness",
+    "pixel_hash",
+    "same_image_count",
+    "empty_rule",
+    "empty_detail",
 )
 
 
@@ -139,8 +156,16 @@ CONTENT_SIGNAL_COLUMNS = ("pixel_std", "informative_share", "body_share", "ink_s
 # What reading + decode-checking one member found: all an index row needs besides the image_df
 # size and the empty-image rule, so a re-run can take it from the previous index instead of
 # reading the member again (see `build_image_index(previous=...)`).
-_CHECK_RESULT_COLUMNS = ("content_hash", "decodable", "width", "height", "mode", "reason", "detail",
-                         *CONTENT_SIGNAL_COLUMNS)
+_CHECK_RESULT_COLUMNS = (
+    "content_hash",
+    "decodable",
+    "width",
+    "height",
+    "mode",
+    "reason",
+    "detail",
+    *CONTENT_SIGNAL_COLUMNS,
+)
 
 
 # Bumped when the decode check or the content signals change, so indexes made by older code are
@@ -221,9 +246,18 @@ class ImageConfig:
             raise ValueError(f"ImageConfig.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.empty_image_rule not in ("content", "size"):
             raise ValueError(f"ImageConfig.empty_image_rule must be 'content' or 'size', got {self.empty_image_rule!r}")
-        for name in ("empty_image_max_bytes", "max_image_pixels", "max_member_bytes", "empty_max_pixel_std",
-                     "empty_informative_delta", "empty_min_informative_share", "empty_min_body_share",
-                     "empty_min_ink_spread", "empty_min_edge_sharpness", "empty_min_repeats"):
+        for name in (
+            "empty_image_max_bytes",
+            "max_image_pixels",
+            "max_member_bytes",
+            "empty_max_pixel_std",
+            "empty_informative_delta",
+            "empty_min_informative_share",
+            "empty_min_body_share",
+            "empty_min_ink_spread",
+            "empty_min_edge_sharpness",
+            "empty_min_repeats",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"ImageConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.empty_analysis_pixels < 64:

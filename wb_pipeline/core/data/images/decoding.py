@@ -93,7 +93,10 @@ def _with_header(error: ImageDecodeError, header: dict[str, object]) -> ImageDec
 
 
 def _decode_unchecked(
-    data: bytes, config: ImageConfig, draft_size: tuple[int, int] | None, draft_pixels: int | None,
+    data: bytes,
+    config: ImageConfig,
+    draft_size: tuple[int, int] | None,
+    draft_pixels: int | None,
     header: dict[str, object],
 ) -> _DecodeResult:
     if len(data) == 0:

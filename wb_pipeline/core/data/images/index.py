@@ -12,8 +12,7 @@ import pandas as pd
 
 from wb_pipeline.core.data.ingestion import normalize_nm
 from wb_pipeline.core.data.schema import IMAGE_SIZES_FILE, IMAGE_SIZES_REQUIRED_COLUMNS
-from wb_pipeline.core.data.storage import product_shards
-from wb_pipeline.core.data.storage import content_hash
+from wb_pipeline.core.data.storage import content_hash, product_shards
 
 from .archive import (
     _duplicate_names,
@@ -59,8 +58,13 @@ def _image_df_sizes(sizes: pd.DataFrame) -> tuple[dict[str, int], list[dict[str,
     def reject(mask: pd.Series, reason: str, detail: str) -> None:
         for raw_nm, nm in zip(sizes["nm"][mask], nms[mask]):
             rejected.append(
-                dict(member=None, reason=reason, nm=None if pd.isna(nm) else nm, source=IMAGE_SIZES_FILE,
-                     detail=f"{detail} (nm={raw_nm!r})")
+                dict(
+                    member=None,
+                    reason=reason,
+                    nm=None if pd.isna(nm) else nm,
+                    source=IMAGE_SIZES_FILE,
+                    detail=f"{detail} (nm={raw_nm!r})",
+                )
             )
 
     bad_nm = nms.isna()
@@ -173,8 +177,13 @@ def build_image_index(
     for nm in size_by_nm:
         if nm not in indexed and nm + IMAGE_SUFFIX not in duplicates:
             rejected.append(
-                dict(member=nm + IMAGE_SUFFIX, reason=REJECT_NOT_IN_ZIP, nm=nm, source=IMAGE_SIZES_FILE,
-                     detail="image_df lists this nm but the zip has no such member")
+                dict(
+                    member=nm + IMAGE_SUFFIX,
+                    reason=REJECT_NOT_IN_ZIP,
+                    nm=nm,
+                    source=IMAGE_SIZES_FILE,
+                    detail="image_df lists this nm but the zip has no such member",
+                )
             )
     index = apply_empty_image_rule(_index_frame(columns), config)
     if shard is not None:  # the zip order, to merge the shards back into it (`merge_shard_indexes`)
@@ -237,8 +246,18 @@ def _index_row(
     known: dict[str, object] | None = None,
 ) -> dict[str, object]:
     row: dict[str, object] = dict(
-        nm=nm, member=info.filename, byte_size=info.file_size, crc32=info.CRC, size_from_image_df=image_df_size,
-        content_hash=None, decodable=False, width=None, height=None, mode=None, reason=None, detail=None,
+        nm=nm,
+        member=info.filename,
+        byte_size=info.file_size,
+        crc32=info.CRC,
+        size_from_image_df=image_df_size,
+        content_hash=None,
+        decodable=False,
+        width=None,
+        height=None,
+        mode=None,
+        reason=None,
+        detail=None,
     )
     row.update(dict.fromkeys(CONTENT_SIGNAL_COLUMNS))
     size_for_empty = info.file_size if image_df_size is None else image_df_size
@@ -254,15 +273,21 @@ def _index_row(
             row["content_hash"] = content_hash(data)
             if under_trigger:  # one decode serves the decode check and the content signals
                 result = _decode(data, config, draft_pixels=config.empty_analysis_pixels)
-                signals = content_signals(_analysis_pixels(result.image, config.empty_analysis_pixels),
-                                          config.empty_informative_delta)
+                signals = content_signals(
+                    _analysis_pixels(result.image, config.empty_analysis_pixels), config.empty_informative_delta
+                )
                 row.update(dataclasses.asdict(signals))
             else:
                 result = _decode(data, config, draft_size=_CHECK_DRAFT_SIZE)
             row.update(decodable=True, width=result.width, height=result.height, mode=result.mode)
         except ImageDecodeError as error:
-            row.update(reason=error.reason, detail=error.detail or None, width=error.header.get("width"),
-                       height=error.header.get("height"), mode=error.header.get("mode"))
+            row.update(
+                reason=error.reason,
+                detail=error.detail or None,
+                width=error.header.get("width"),
+                height=error.header.get("height"),
+                mode=error.header.get("mode"),
+            )
     row["size_mismatch"] = image_df_size is not None and image_df_size != info.file_size
     if row["size_mismatch"]:
         note = f"image_df size {image_df_size} != zip member size {info.file_size}"
@@ -287,8 +312,10 @@ def _index_frame(columns: dict[str, list[object]]) -> pd.DataFrame:
             "is_empty": pd.Series([False] * len(columns["nm"]), dtype="bool"),  # set by apply_empty_image_rule
             "size_mismatch": pd.Series(columns["size_mismatch"], dtype="bool"),
             "detail": pd.Series(columns["detail"], dtype="str"),
-            **{name: pd.Series(columns[name], dtype="float64")
-               for name in ("pixel_std", "informative_share", "body_share", "ink_spread", "edge_sharpness")},
+            **{
+                name: pd.Series(columns[name], dtype="float64")
+                for name in ("pixel_std", "informative_share", "body_share", "ink_spread", "edge_sharpness")
+            },
             "pixel_hash": pd.Series(columns["pixel_hash"], dtype="str"),
             "same_image_count": pd.Series([None] * len(columns["nm"]), dtype="Int64"),
             "empty_rule": pd.Series([None] * len(columns["nm"]), dtype="str"),
@@ -298,6 +325,4 @@ def _index_frame(columns: dict[str, list[object]]) -> pd.DataFrame:
 
 
 def _rejected_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {column: pd.Series([row[column] for row in rows], dtype="str") for column in REJECTED_COLUMNS}
-    )
+    return pd.DataFrame({column: pd.Series([row[column] for row in rows], dtype="str") for column in REJECTED_COLUMNS})

@@ -83,7 +83,9 @@ def content_signals(pixels: np.ndarray, informative_delta: int) -> ContentSignal
     ink_spread = 0.0
     if body.sum() >= 2:
         ink = body & (distance >= _level_quantiles(distance[body], 0.5)[0])
-        ink_spread = float(max(high - low for low, high in (_level_quantiles(plane[ink], 0.1, 0.9) for plane in planes)))
+        ink_spread = float(
+            max(high - low for low, high in (_level_quantiles(plane[ink], 0.1, 0.9) for plane in planes))
+        )
     gradient = strongest.ravel()
     if gradient.size:
         top = max(1, round(gradient.size * _EDGE_TOP_SHARE))
@@ -92,14 +94,21 @@ def content_signals(pixels: np.ndarray, informative_delta: int) -> ContentSignal
         edge_sharpness = 0.0
     gray = planes[0] * _LUMA[0] + planes[1] * _LUMA[1] + planes[2] * _LUMA[2]
     thumb = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), "L").resize(
-        (_PIXEL_HASH_SIDE + 1, _PIXEL_HASH_SIDE), Image.Resampling.BOX)
+        (_PIXEL_HASH_SIDE + 1, _PIXEL_HASH_SIDE), Image.Resampling.BOX
+    )
     cells = np.asarray(thumb, dtype=np.int16)
     step = cells[:, 1:] - cells[:, :-1]
     # brighter / darker / level (within the dead zone) per neighbour pair: flat areas stay "level"
     # whatever the compression noise, so a re-encoded copy of a picture keeps its hash
     bits = np.concatenate([(step > _PIXEL_HASH_DEAD_ZONE).ravel(), (step < -_PIXEL_HASH_DEAD_ZONE).ravel()])
-    return ContentSignals(pixel_std, float(informative.mean()), float(body.mean()), ink_spread, edge_sharpness,
-                          np.packbits(bits).tobytes().hex())
+    return ContentSignals(
+        pixel_std,
+        float(informative.mean()),
+        float(body.mean()),
+        ink_spread,
+        edge_sharpness,
+        np.packbits(bits).tobytes().hex(),
+    )
 
 
 def apply_empty_image_rule(index: pd.DataFrame, config: ImageConfig) -> pd.DataFrame:
@@ -130,8 +139,10 @@ def apply_empty_image_rule(index: pd.DataFrame, config: ImageConfig) -> pd.DataF
     detail = pd.Series(None, index=out.index, dtype=object)
     if config.empty_image_rule == "size":
         rule[under] = EMPTY_RULE_SIZE
-        detail[under] = [f"{EMPTY_RULE_SIZE}: {n} bytes <= {config.empty_image_max_bytes} (empty_image_rule=size)"
-                         for n in size[under]]
+        detail[under] = [
+            f"{EMPTY_RULE_SIZE}: {n} bytes <= {config.empty_image_max_bytes} (empty_image_rule=size)"
+            for n in size[under]
+        ]
     else:
         for position in np.flatnonzero(analysed.to_numpy()):
             fired = _content_rule(out.iloc[position], config)
@@ -163,10 +174,12 @@ def _content_rule(row: pd.Series, config: ImageConfig) -> tuple[str, str] | None
         if no_body is not None:
             return EMPTY_RULE_TINY_AREA, (
                 f"{row['informative_share']:.1%} of the frame differs from the background by more than "
-                f"{config.empty_informative_delta} levels < {config.empty_min_informative_share:.1%}, and {no_body}")
+                f"{config.empty_informative_delta} levels < {config.empty_min_informative_share:.1%}, and {no_body}"
+            )
     if row["edge_sharpness"] < config.empty_min_edge_sharpness:
         return EMPTY_RULE_BLURRED, f"edge sharpness {row['edge_sharpness']:.2f} < {config.empty_min_edge_sharpness}"
     if config.empty_min_repeats and row["same_image_count"] >= config.empty_min_repeats:
         return EMPTY_RULE_REPEATED, (
-            f"the same picture in {row['same_image_count']} small images >= {config.empty_min_repeats}")
+            f"the same picture in {row['same_image_count']} small images >= {config.empty_min_repeats}"
+        )
     return None
