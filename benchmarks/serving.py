@@ -6,9 +6,10 @@ Usage::
     .venv/bin/python -m benchmarks.serving --short          # fewer requests (CI)
     .venv/bin/python -m benchmarks.serving --storage DIR    # another materialized storage dir
 
-A real server process (`python -m wb_pipeline.serve` on a free loopback port, the storage's latest
-materialization, the default encoders) and a real HTTP client (the standard library's `http.client`,
-one keep-alive connection per client thread). The cards are the catalogue's clean test products (their
+A real server process (`ServiceProcess`: `python -m wb_pipeline.serve` on a free loopback port, the
+storage's latest materialization, the default encoders; the serving tests start theirs with it too)
+and a real HTTP client (the standard library's `http.client`, one keep-alive connection per client
+thread). The cards are the catalogue's clean test products (their
 title, description, brand, price and photo), sent in turn, so no two consecutive requests carry the
 same card. Per scenario — `/predict` text only, `/predict` text + photo, `/similar` text + photo — at 1
 and 16 concurrent clients: latency p50 / p99 (ms), requests per second, errors (any status but 200).
@@ -25,19 +26,139 @@ import http.client
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from wb_pipeline import settings
-from wb_pipeline.serve import ServiceProcess, multipart
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
 TARGET_P50_MS = 50.0
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def multipart(fields: dict, photo: bytes | None = None, photo_type: str = "image/jpeg") -> tuple[bytes, str]:
+    """A multipart/form-data body (text fields + an optional `photo` file) and its content type."""
+    boundary = "----wbpipelineboundary7d93"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        + str(value).encode()
+        + b"\r\n"
+        for name, value in fields.items()
+    ]
+    if photo is not None:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="photo.jpg"\r\n'
+            f"Content-Type: {photo_type}\r\n\r\n".encode()
+            + photo
+            + b"\r\n"
+        )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+class ServiceProcess:
+    """`python -m wb_pipeline.serve` in a subprocess on a free loopback port (this benchmark, the serving
+    tests: here because the package may not import the benchmarks, and tests may import both).
+
+    `env`: variables to set (None removes one) over this process's environment; its output goes to
+    `log` (a file; a temporary one by default), so a chatty service never blocks on a full pipe."""
+
+    def __init__(self, env: dict | None = None, log=None, cwd=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = dict(os.environ)
+        for name, value in (env or {}).items():
+            if value is None:
+                environment.pop(name, None)
+            else:
+                environment[name] = str(value)
+        if log is None:
+            handle, log = tempfile.mkstemp(prefix=f"serve-{self.port}-", suffix=".log")
+            os.close(handle)
+        self.log_path = Path(log)
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wb_pipeline.serve", "--port", str(self.port)],
+            cwd=cwd or ROOT,
+            env=environment,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait(self, timeout: float, statuses: Sequence[int] = (200,)) -> float:
+        """Seconds until GET /health answers with one of `statuses`; RuntimeError (with the log's tail)
+        when the service exits or `timeout` passes first."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited ({self.process.returncode}): {self.log_text()[-2000:]}")
+            try:
+                if self.get("/health")[0] in statuses:
+                    return time.monotonic() - started
+            except OSError:  # not listening yet (URLError is an OSError)
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"no /health answer in {list(statuses)} within {timeout:.0f} s: {self.log_text()[-2000:]}")
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        """(status, the JSON body parsed, or its text when it is not JSON) of one request."""
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            payload = error.read()
+            try:
+                return error.code, json.loads(payload)
+            except ValueError:
+                return error.code, payload.decode(errors="replace")
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def post_form(self, path: str, fields: dict, photo: bytes | None = None, photo_type: str = "image/jpeg"):
+        body, content_type = multipart(fields, photo, photo_type)
+        return self.request("POST", path, body, {"Content-Type": content_type})
+
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def peak_rss_mib(self) -> float | None:
+        """The service's peak resident memory so far (Linux `VmHWM`), None where it cannot be read."""
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self._log.close()
 
 
 def materialized(storage: str) -> bool:

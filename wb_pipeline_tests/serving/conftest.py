@@ -5,8 +5,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from benchmarks.serving import ServiceProcess, multipart  # noqa: F401 (multipart: the tests' request bodies)
 from wb_pipeline.sample_data import SampleSpec, write_sample
-from wb_pipeline.serve import ServiceProcess, multipart  # noqa: F401 (multipart: the tests' request bodies)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ def served_run(shared_models_dir, tmp_path_factory):
 
 
 class Service(ServiceProcess):
-    """The service over a test storage dir (`wb_pipeline.serve.ServiceProcess`): upload limit `max_upload`,
+    """The service over a test storage dir (`benchmarks.serving.ServiceProcess`): upload limit `max_upload`,
     TMPDIR `tmp` (whatever it would spool to disk lands there; the tests check it), the Dagster instance
     `home` (none: the storage dir alone is served)."""
 

@@ -1,11 +1,11 @@
-"""`wb_pipeline.serve.ServiceProcess` and `multipart`: how the tests and benchmarks/serving start the service
+"""`benchmarks.serving.ServiceProcess` and `multipart`: how the tests and benchmarks/serving start the service
 and build its request bodies (the service itself is tested in test_service.py)."""
 
 import email
 
 import pytest
 
-from wb_pipeline.serve import ServiceProcess, multipart
+from benchmarks.serving import ServiceProcess, multipart
 
 
 def test_multipart_body_reads_back_as_the_fields_and_the_photo():
