@@ -105,10 +105,20 @@ class ShardRun:
     def cache(self, stage: str, name: str | None = None) -> UPath:
         return self.layout.shard_cache(stage, self.n_shards, name or self.key)
 
-    def related(self) -> list[ShardRun]:
-        """This shard at the other shard counts that nest with this one (`storage.related_shards`),
-        nearest first: where its caches can start from after the shard count changed."""
-        return [ShardRun(index, count, self.layout) for index, count in storage.related_shards(*self.shard)]
+    def seed_caches(self, stage: str, name: Callable[[ShardRun], str] | None = None) -> list[UPath]:
+        """Where this shard's cache of `stage` (file or folder `name(shard)`, default its key) can start
+        from after the shard count changed (`storage.related_shards`): the nearest existing cache of a
+        shard that contains this one, else the existing caches of its two halves."""
+        containing, halves = storage.related_shards(*self.shard)
+
+        def path(index: int, count: int) -> UPath:
+            related = ShardRun(index, count, self.layout)
+            return related.cache(stage, name(related) if name else None)
+
+        for index, count in containing:
+            if path(index, count).exists():
+                return [path(index, count)]
+        return [path(index, count) for index, count in halves if path(index, count).exists()]
 
 
 @dataclass
@@ -216,7 +226,7 @@ def sharded_stage(
         n_shards = context.resources.sharding.count_for(products)
         selected = _selected_shards(context.run.tags, n_shards)
         # a shard with no output at this count yet (the count changed) runs whatever the tag says: the
-        # gather needs every shard; its caches start from the related shards' (`ShardRun.related`)
+        # gather needs every shard; its caches start from related shards' (`ShardRun.seed_caches`)
         never_ran = [
             index
             for index, key in enumerate(shard_keys(n_shards))

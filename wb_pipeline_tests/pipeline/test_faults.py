@@ -34,7 +34,8 @@ RUNNER = textwrap.dedent(
     from wb_pipeline.defs.embeddings.resources import TextEncoderResource
     raw, storage, models, text_model = sys.argv[1:5]
     defs = build_definitions(raw_dir=raw, storage_dir=storage, incoming_dir=storage + "/incoming", models_dir=models,
-                             text_encoder=TextEncoderResource(model=text_model, max_seq_length=32, cache_dir=models))
+                             text_encoder=TextEncoderResource(model=text_model, max_seq_length=32, cache_dir=models),
+                             n_shards=4)
     run_config = {"resources": {"text_embedding_settings": {"config": {"chunk_size": 8}},
                                 "image_embedding_settings": {"config": {"chunk_size": 8}}}}
     with dg.DagsterInstance.get() as instance:

@@ -95,11 +95,30 @@ def test_shards_nest_across_power_of_two_counts():
     at = {n: storage.product_shards(nm, n) for n in (1, 2, 4, 8)}
     for n in (2, 4, 8):
         assert (at[n] % (n // 2) == at[n // 2]).all()  # shard i of N lies inside shard i mod N/2 of N/2
-    assert storage.related_shards(5, 8) == [(1, 4), (5, 16), (13, 16)]
-    assert storage.related_shards(0, 1) == [(0, 2), (1, 2)]
-    assert storage.related_shards(1, 3) == []  # a fixed count that is no power of two nests with nothing
-    for index, count in storage.related_shards(5, 8):  # each related shard shares products with shard 5 of 8
-        assert ((at[8] == 5) & (storage.product_shards(nm, count) == index)).any()
+    assert storage.related_shards(5, 8) == ([(1, 4), (1, 2), (0, 1)], [(5, 16), (13, 16)])
+    assert storage.related_shards(0, 1) == ([], [(0, 2), (1, 2)])
+    assert storage.related_shards(1, 3) == ([], [])  # a fixed count that is no power of two nests with nothing
+    containing, halves = storage.related_shards(5, 8)
+    for index, count in containing:  # each contains shard 5 of 8 ...
+        assert set(np.flatnonzero(at[8] == 5)) <= set(np.flatnonzero(storage.product_shards(nm, count) == index))
+    at_16 = storage.product_shards(nm, 16)  # ... which is the union of its halves
+    assert set(np.flatnonzero(at[8] == 5)) == set(np.flatnonzero(np.isin(at_16, [i for i, _ in halves])))
+
+
+def test_a_shard_starts_from_the_nearest_existing_cache_that_holds_its_products(tmp_path):
+    layout = storage.StorageLayout(str(tmp_path))
+    shard = ShardRun(5, 8, layout)
+    assert shard.seed_caches("text_embeddings") == []
+    for index, count in ((0, 1), (1, 4), (5, 16), (13, 16)):
+        ShardRun(index, count, layout).cache("text_embeddings").mkdir(parents=True)
+    assert shard.seed_caches("text_embeddings") == [ShardRun(1, 4, layout).cache("text_embeddings")]  # nearest
+    ShardRun(1, 4, layout).cache("text_embeddings").rmdir()
+    assert shard.seed_caches("text_embeddings") == [ShardRun(0, 1, layout).cache("text_embeddings")]
+    ShardRun(0, 1, layout).cache("text_embeddings").rmdir()
+    assert shard.seed_caches("text_embeddings") == [
+        ShardRun(5, 16, layout).cache("text_embeddings"),
+        ShardRun(13, 16, layout).cache("text_embeddings"),
+    ]
 
 
 @pytest.mark.parametrize("wanted", [1, 2, 8, 16])

@@ -195,14 +195,18 @@ def shard_count(n_products: int, products_per_shard: int) -> int:
     return 1 << (wanted - 1).bit_length()
 
 
-def related_shards(index: int, n_shards: int) -> list[tuple[int, int]]:
-    """Shards `(index, n)` at the neighbouring power-of-two counts that share products with shard
-    `(index, n_shards)`: the one at N/2 that contains it, then its two halves at 2N (the caches a run at a
-    new count starts from; one step of growth or shrinkage, so what they hold stays within ~2 shards)."""
+def related_shards(index: int, n_shards: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(the shards `(index, n)` at N/2, N/4, ... 1 that contain shard `(index, n_shards)`, nearest first;
+    its two halves at 2N): where its caches can start from after the shard count changed. A shard of an
+    older, smaller count held about as many products as one of N (the count followed the catalogue), so
+    starting from the nearest one that exists costs about one shard's cache."""
     if n_shards & (n_shards - 1):
-        return []  # not a power of two (a fixed WB_PIPELINE_SHARDS): counts need not nest
-    halves = [(index, 2 * n_shards), (index + n_shards, 2 * n_shards)]
-    return ([(index % (n_shards // 2), n_shards // 2)] if n_shards > 1 else []) + halves
+        return [], []  # not a power of two (a fixed WB_PIPELINE_SHARDS): counts need not nest
+    containing, count = [], n_shards
+    while count > 1:
+        count //= 2
+        containing.append((index % count, count))
+    return containing, [(index, 2 * n_shards), (index + n_shards, 2 * n_shards)]
 
 
 def shard_keys(n_shards: int) -> list[str]:

@@ -60,7 +60,7 @@ def _text_embeddings_shard(context: dg.OpExecutionContext, shard: ShardRun) -> t
         shard.cache("text_embeddings"),
         encoder.fingerprint,
         encoder.dim,
-        seeds=[related.cache("text_embeddings") for related in shard.related()],
+        seeds=shard.seed_caches("text_embeddings"),
     )
     vectors, stats = embed_texts(
         texts.tolist(), encoder, cache, config.chunk_size, progress_logger(context, f"text_embeddings[{shard.key}]")
@@ -190,7 +190,7 @@ def _image_embeddings_shard(context: dg.OpExecutionContext, shard: ShardRun) -> 
         shard.cache("image_embeddings"),
         fingerprint,
         encoder.dim,
-        seeds=[related.cache("image_embeddings") for related in shard.related()],
+        seeds=shard.seed_caches("image_embeddings"),
     )
     vectors = np.zeros((len(rows), encoder.dim), dtype=np.float32)
     stats = EmbedStats()

@@ -158,13 +158,13 @@ def _image_index_shard(context: dg.OpExecutionContext, shard: ShardRun) -> tuple
 
 
 def _previous_index(shard: ShardRun, cache_path, name: str) -> pd.DataFrame | None:
-    """The shard's last checked index; after a change of shard count, the related shards' indexes (the
-    shard at N/2 holding it, or its halves at 2N), so no unchanged member is decoded again."""
+    """The shard's last checked index; after a change of shard count, the related shards' indexes
+    (`ShardRun.seed_caches`), so no unchanged member is decoded again."""
     if cache_path.exists():
         return storage.read_parquet(cache_path)
-    paths = [related.cache("image_index", f"{name}-{related.index}.parquet") for related in shard.related()]
+    paths = shard.seed_caches("image_index", lambda related: f"{name}-{related.index}.parquet")
     # rows of other products are harmless: previous results are matched by (member, CRC-32, size)
-    found = [storage.read_parquet(path) for path in paths if path.exists()]
+    found = [storage.read_parquet(path) for path in paths]
     return pd.concat(found, ignore_index=True) if found else None
 
 
