@@ -105,35 +105,33 @@ def layout(storage: str | None = None, models: str | None = None) -> StorageLayo
     return StorageLayout(storage or storage_dir(), models or models_dir())
 
 
+def _whole_number(name: str, default: int, minimum: int, maximum: int | None, what: str) -> int:
+    """The variable `name` as an int in [minimum, maximum] (`default` when unset), else a ValueError
+    naming the variable, its value and the allowed range of `what`."""
+    raw = _read(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        allowed = f"{minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ValueError(f"{name}={value}: use {allowed} {what}")
+    return value
+
+
 def n_shards() -> int:
     """`WB_PIPELINE_SHARDS`: a fixed number of product shards for the heavy steps; 0 when unset (the
     count then follows the catalogue size, `products_per_shard`). Every process of a deployment
     (orchestrator, workers, pods) must see the same value."""
-    raw = _read(SHARDS_ENV)
-    if not raw:
-        return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{SHARDS_ENV}={raw!r} is not a whole number") from None
-    if not 1 <= value <= 4096:
-        raise ValueError(f"{SHARDS_ENV}={value}: use 1 to 4096 shards")
-    return value
+    return _whole_number(SHARDS_ENV, 0, 1, 4096, "shards")
 
 
 def products_per_shard() -> int:
     """`WB_PIPELINE_PRODUCTS_PER_SHARD` (default 32,000): the shard count of a run is the smallest power of
     two that keeps at most this many products in a shard on average."""
-    raw = _read(PRODUCTS_PER_SHARD_ENV)
-    if not raw:
-        return DEFAULT_PRODUCTS_PER_SHARD
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{PRODUCTS_PER_SHARD_ENV}={raw!r} is not a whole number") from None
-    if value < 1:
-        raise ValueError(f"{PRODUCTS_PER_SHARD_ENV}={value}: use at least 1 product per shard")
-    return value
+    return _whole_number(PRODUCTS_PER_SHARD_ENV, DEFAULT_PRODUCTS_PER_SHARD, 1, None, "products per shard")
 
 
 def reembed_cron() -> str:
@@ -166,16 +164,7 @@ def retrain_policy():
 
 def serve_max_upload_bytes() -> int:
     """`WB_PIPELINE_SERVE_MAX_UPLOAD_BYTES`: the HTTP service's largest request body (default 8 MiB)."""
-    raw = _read(SERVE_MAX_UPLOAD_ENV)
-    if not raw:
-        return DEFAULT_SERVE_MAX_UPLOAD_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{SERVE_MAX_UPLOAD_ENV}={raw!r} is not a whole number of bytes") from None
-    if value < 1024:
-        raise ValueError(f"{SERVE_MAX_UPLOAD_ENV}={value}: use at least 1024 bytes")
-    return value
+    return _whole_number(SERVE_MAX_UPLOAD_ENV, DEFAULT_SERVE_MAX_UPLOAD_BYTES, 1024, None, "bytes")
 
 
 def effective() -> dict[str, str]:

@@ -166,18 +166,8 @@ def _member_frame(rows: dict[str, list], zip_bytes: int) -> pd.DataFrame:
         {
             "member": pd.Series(rows["member"], dtype=object),
             "shard_key": pd.Series(rows["shard_key"], dtype=object),
-            **{
-                column: np.asarray(rows[column], dtype=np.int64)
-                for column in (
-                    "zip_position",
-                    "header_offset",
-                    "compress_size",
-                    "file_size",
-                    "crc32",
-                    "compress_type",
-                    "flag_bits",
-                )
-            },
+            # the integer columns: every column between the two names and `zip_bytes`
+            **{column: np.asarray(rows[column], dtype=np.int64) for column in MEMBER_TABLE_COLUMNS[2:-1]},
             "zip_bytes": np.full(n, zip_bytes, dtype=np.int64),
         },
         columns=list(MEMBER_TABLE_COLUMNS),
