@@ -17,6 +17,7 @@ same functions `drop_drift` uses). Nothing is trained; thresholds are not tuned 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from wb_pipeline import settings
+from benchmarks.paths import MODELS_DIR
 from wb_pipeline.core.models.classification import product_groups
 from wb_pipeline.core.models.prediction import product_features
 from wb_pipeline.core.monitoring import drift
@@ -45,14 +46,22 @@ def main(argv: list[str] | None = None) -> int:
         "--null-drops", type=int, default=None, help="in-distribution drops, other generator seeds (default 6; short 2)"
     )
     parser.add_argument("--c", type=float, nargs="+", default=[1.0, 10.0], help="domain classifier C values")
-    parser.add_argument("--models-dir", default=settings.models_dir())
+    parser.add_argument("--models-dir", default=str(MODELS_DIR))
     args = parser.parse_args(argv)
     if args.null_drops is None:
         args.null_drops = 2 if args.short else 6
     if not 1 <= args.null_drops <= 6:
         parser.error("--null-drops must be 1..6 (seeds 91-96; 97 and 98 are the out-of-distribution drops)")
-    n_catalogue, n_drop = (160, 30) if args.short else (400, 40)
     root = Path(tempfile.mkdtemp(prefix="drop_drift_"))
+    try:  # the run's storage is hundreds of MB: never left behind, even on a failure
+        return measure_drops(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure_drops(args: argparse.Namespace, root: Path) -> int:
+    """The catalogue and its drops under `root`, one `reembed_new_products` run, the table."""
+    n_catalogue, n_drop = (160, 30) if args.short else (400, 40)
     raw, incoming, sources = root / "raw", root / "incoming", root / "sources"
     write_sample(raw, SampleSpec(n_products=n_catalogue, seed=11))
     # Seeds must differ between sources: the generator's nm sequence follows the seed, and a repeated nm

@@ -51,9 +51,8 @@ from typing import Any
 
 import numpy as np
 
-BENCH_DIR = Path(__file__).resolve().parent
-OUT_DIR = BENCH_DIR / "out"
-MODELS_DIR = OUT_DIR / "models"
+from benchmarks.paths import BENCH_DIR, MODELS_DIR, OUT_DIR
+
 DROP_SOURCE_SEED = 4242
 TEXT_SEED = 7
 LONG_TEXT_WORDS = 300

@@ -33,13 +33,11 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-BENCH_DIR = Path(__file__).resolve().parent
-OUT_DIR = BENCH_DIR / "out"
-MODELS_DIR = OUT_DIR / "models"
+from benchmarks.paths import MODELS_DIR, OUT_DIR
+
 ANCHOR_MS = 495.0
 TARGET_MS = 50.0
 # Label → class count of the bundled sample's trained labels (sub_category after rare-class dropping).

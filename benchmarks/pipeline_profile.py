@@ -9,9 +9,9 @@ Usage::
 
 The run is `make run`'s (`deploy/cli-run.yaml`: in-process executor) unless `--executor multiprocess`
 (a fresh interpreter per step, Dagster's default for the job). Storage and the Dagster instance are
-fresh folders under `benchmarks/out/pipeline_profile/`; converted / exported models come from
-`WB_PIPELINE_MODELS_DIR` (else a fresh folder: the one-time e5 conversion and ONNX exports then land in
-the embedding steps, as on a first run).
+fresh folders under `benchmarks/out/pipeline_profile/`; converted / exported models come from the main
+run's models folder (`benchmarks.paths.MODELS_DIR`), unless `--fresh-models`: a fresh folder, so the
+one-time e5 conversion and ONNX exports land in the embedding steps, as on a machine's first run.
 
 Per step: wall seconds (STEP_START..STEP_SUCCESS in the event log: input loading and output writing
 included), CPU seconds of all threads (a success hook reads the process CPU: in-process, the CPU
@@ -41,6 +41,7 @@ from pathlib import Path
 import dagster as dg
 from dagster import DagsterEventType
 
+from benchmarks.paths import MODELS_DIR
 from wb_pipeline import settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,6 +215,9 @@ def main() -> int:
         help="both: one run on each, one after the other, and their ratio",
     )
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--fresh-models", action="store_true", help="convert / export the encoders inside the run (a first run)"
+    )
     args = parser.parse_args()
     raw_dir = args.raw_dir
     if args.short and not raw_dir:
@@ -224,7 +228,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.executor == "both":
         return compare_executors(args, raw_dir)
-    profile = run_profile(raw_dir, args.executor, settings.models_dir(), args.out)
+    profile = run_profile(raw_dir, args.executor, None if args.fresh_models else str(MODELS_DIR), args.out)
     table = markdown(profile)
     print(table, flush=True)
     (args.out / f"profile-{args.executor}.json").write_text(json.dumps(profile, indent=2))
@@ -239,6 +243,7 @@ def compare_executors(args, raw_dir: str | None) -> int:
     for executor in ("in_process", "multiprocess"):
         out = args.out / executor
         command = [sys.executable, "-m", "benchmarks.pipeline_profile", "--executor", executor, "--out", str(out)]
+        command += ["--fresh-models"] if args.fresh_models else []
         subprocess.run(command + (["--raw-dir", raw_dir] if raw_dir else []), check=False)
         profiles[executor] = json.loads((out / f"profile-{executor}.json").read_text())
     inside, multi = profiles["in_process"], profiles["multiprocess"]

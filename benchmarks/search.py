@@ -31,15 +31,12 @@ import argparse
 import io
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks.paths import MODELS_DIR, OUT_DIR
 from wb_pipeline.core.models.contrastive import ContrastiveConfig
 
-BENCH_DIR = Path(__file__).resolve().parent
-OUT_DIR = BENCH_DIR / "out"
-MODELS_DIR = OUT_DIR / "models"
 DIM = 2 * (ContrastiveConfig().joint_dim + ContrastiveConfig().closed_form_dim)  # the default combined joint vector
 K = 10
 TARGET_MS = 50.0

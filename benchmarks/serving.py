@@ -39,6 +39,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.paths import MODELS_DIR
 from wb_pipeline import settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,17 +105,21 @@ class ServiceProcess:
     def wait(self, timeout: float, statuses: Sequence[int] = (200,)) -> float:
         """Seconds until GET /health answers with one of `statuses`; RuntimeError (with the log's tail)
         when the service exits or `timeout` passes first."""
-        started = time.monotonic()
+        started, answer = time.monotonic(), None
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the service exited ({self.process.returncode}): {self.log_text()[-2000:]}")
             try:
-                if self.get("/health")[0] in statuses:
+                answer = self.get("/health")
+                if answer[0] in statuses:
                     return time.monotonic() - started
             except OSError:  # not listening yet (URLError is an OSError)
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"no /health answer in {list(statuses)} within {timeout:.0f} s: {self.log_text()[-2000:]}")
+        raise RuntimeError(
+            f"no /health answer in {list(statuses)} within {timeout:.0f} s (the last: {answer}): "
+            f"{self.log_text()[-2000:]}"
+        )
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         """(status, the JSON body parsed, or its text when it is not JSON) of one request."""
@@ -180,9 +185,7 @@ def materialize_sample(folder: Path, products: int) -> tuple[str, str]:
         write_sample(raw, SampleSpec(n_products=products, seed=7))
     if not materialized(str(storage)):
         (folder / "home").mkdir(parents=True, exist_ok=True)
-        defs = build_definitions(
-            raw_dir=str(raw), storage_dir=str(storage), models_dir=settings.layout().encoder_models
-        )
+        defs = build_definitions(raw_dir=str(raw), storage_dir=str(storage), models_dir=str(MODELS_DIR))
         with dg.instance_for_test(temp_dir=str(folder / "home")) as instance:
             result = defs.resolve_job_def("full_pipeline").execute_in_process(instance=instance)
             assert result.success

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-BENCH_DIR = Path(__file__).resolve().parent
-MODELS_DIR = BENCH_DIR / "out" / "models"
+from benchmarks.paths import BENCH_DIR, MODELS_DIR
+
 SAMPLE_DIR = BENCH_DIR.parent / "data" / "sample"
 LONG_DESCRIPTION_WORDS = 200
 REFERENCE = ("torch", None)

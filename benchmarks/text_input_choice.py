@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
+from benchmarks.paths import MODELS_DIR
 from wb_pipeline.core.data.characteristics import characteristics_table
 from wb_pipeline.core.data.cleaning import CleaningConfig, clean_products
 from wb_pipeline.core.embeddings.encoders.text import default_e5_encoder
@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-products", type=int, default=1500)
     parser.add_argument("--short", action="store_true", help="300 products")
-    parser.add_argument("--models-dir", default=str(Path(__file__).parent / "out" / "models"))
+    parser.add_argument("--models-dir", default=str(MODELS_DIR))
     args = parser.parse_args()
     n = 300 if args.short else args.n_products
     train, test = generate_tables(SampleSpec(n_products=n, seed=3, with_images=False))

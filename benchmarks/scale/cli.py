@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from benchmarks.paths import MODELS_DIR
+
 from .benchmark import run_benchmark
 from .memory import machine_info, process_peak_rss_mib
 from .pipeline import ensure_dataset
@@ -19,7 +21,6 @@ from .stages import (
     DASK_WORKERS,
     DEFAULT_BASELINE_SUBSET,
     DEFAULT_PRODUCTS,
-    MODELS_DIR,
     OUT_DIR,
     SHORT_BASELINE_SUBSET,
     SHORT_PRODUCTS,

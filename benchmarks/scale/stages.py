@@ -3,15 +3,9 @@ the real catalogue's size and text length, the targets, and the step keys each s
 
 from __future__ import annotations
 
-from pathlib import Path
-
-BENCH_DIR = Path(__file__).resolve().parent.parent
-
+from benchmarks.paths import BENCH_DIR
 
 OUT_DIR = BENCH_DIR / "out" / "scale"
-
-
-MODELS_DIR = BENCH_DIR / "out" / "models"
 
 
 DEFAULT_PRODUCTS = 128_000
