@@ -4,17 +4,22 @@ incremental add vs rebuild, and a search query's latency with the encoder includ
     .venv/bin/python -m benchmarks.search            # 10,000 and 128,000 vectors (several minutes on 2 cores)
     .venv/bin/python -m benchmarks.search --short    # CI smoke run: 10,000 vectors (< 1 min)
 
-Vectors are generated (the catalogue's joint space is 320-d: 256 head + 64 CCA; 256-d here):
-unit vectors around ``n / 100``
-random centres (products come in families of similar items), seeded. Queries are held-out vectors
+Vectors are generated, of the default combined joint vector's dimension (``DIM``: a text and a photo
+half, each the joint head's plus the CCA part's dimensions): unit vectors around ``n / 100`` random
+centres (products come in families of similar items), seeded. Queries are held-out vectors
 of the same distribution, not in the index. Per size:
 
 * ``exact`` (faiss ``IndexFlatIP``) and ``hnsw`` (``IndexHNSWFlat`` with the project's defaults,
   `core.search.index.IndexConfig`): build seconds (``--threads`` OpenMP threads), index memory
   (the serialised index: vectors + graph), p50 / p99 latency of one query at a time on one thread,
-  recall@10 against exact search (ties within 1e-5 count as hits);
+  recall@10 against exact search (judged on each found vector's true similarity; ties within 1e-5
+  count as hits);
 * HNSW at other ``efSearch`` values (search effort, no rebuild): the recall / latency trade-off;
-* incremental: 1% new vectors added to the built index vs building the whole index again.
+* incremental: 1% new vectors added to the built index vs building the whole index again;
+* ``ivf``: the inverted file of compressed codes `product_index` builds above its memory budget
+  (``IndexConfig.memory_budget_mib``), with each of ``--ivf-codes``, trained on the default seeded
+  sample, at several ``nprobe``: build seconds, memory, latency, recall; and which kind the default
+  budget picks at that size.
 
 Then a text query end to end at batch 1: the default text encoder (multilingual-e5-small, onnx
 int8, ``query: `` prompt, ``--threads`` threads) on short Russian queries, a joint text head of
@@ -31,6 +36,7 @@ import argparse
 import io
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -67,6 +73,20 @@ def generate(n: int, seed: int, dim: int = DIM, spread: float = 1.4) -> tuple[np
     return vectors[:n], vectors[n:]
 
 
+def stored_joint_vectors(storage_dir: str, held_out: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(indexed, held-out query) rows of a materialized run's combined joint vectors (unit norm)."""
+    import pyarrow.parquet as pq
+
+    from wb_pipeline import settings
+
+    path = settings.layout(storage_dir).asset_file("joint_embeddings")
+    column = pq.read_table(str(path), columns=["combined_joint"]).column(0)
+    vectors = np.stack(column.to_numpy(zero_copy_only=False)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = np.random.default_rng(seed).random(len(vectors)) < held_out
+    return np.ascontiguousarray(vectors[~queries]), np.ascontiguousarray(vectors[queries])
+
+
 def latency_ms(search, queries: np.ndarray, reps: int) -> tuple[float, float]:
     """(p50, p99) ms of one query at a time, over `reps` passes through the queries."""
     times = []
@@ -78,16 +98,21 @@ def latency_ms(search, queries: np.ndarray, reps: int) -> tuple[float, float]:
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
 
 
-def recall(found: np.ndarray, found_sims: np.ndarray, exact_sims: np.ndarray) -> float:
-    kth = exact_sims[:, K - 1 : K]
-    return float(np.mean(np.minimum(((found_sims >= kth - 1e-5) & (found >= 0)).sum(axis=1), K) / K))
-
-
-def bench_size(n: int, threads: int, reps: int, ef_values: list[int], seed: int = 0) -> tuple[list[dict], object]:
-    from wb_pipeline.core.search.index import IndexConfig, VectorIndex
+def bench_size(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    threads: int,
+    reps: int,
+    ef_values: list[int],
+    ivf_codes: list[str],
+    nprobes: list[int],
+    label: str = "",
+) -> tuple[list[dict], object]:
+    """Every index kind over `vectors`, queried with `queries` (not in the index)."""
+    from wb_pipeline.core.search.index import IndexConfig, VectorIndex, hits_at_k
 
     config = IndexConfig(threads=threads)
-    vectors, queries = generate(n, seed)
+    n = label or len(vectors)
     rows = []
     started = time.perf_counter()
     exact = VectorIndex.build(vectors, config, "exact")
@@ -122,12 +147,12 @@ def bench_size(n: int, threads: int, reps: int, ef_values: list[int], seed: int 
                 "memory_mib": hnsw.memory_bytes() / 2**20 if ef == config.ef_search else None,
                 "p50_ms": p50,
                 "p99_ms": p99,
-                "recall_at_10": recall(positions, sims, exact_sims),
+                "recall_at_10": hits_at_k(queries, vectors, positions, exact_sims),
             }
         )
     hnsw.index.hnsw.efSearch = config.ef_search
     # incremental: 1% new products added to an index of the other 99%, vs building all of it again
-    n_new = max(n // 100, 1)
+    n_new = max(len(vectors) // 100, 1)
     started = time.perf_counter()
     base = VectorIndex.build(vectors[:-n_new], config, "hnsw")
     base_build = time.perf_counter() - started
@@ -143,13 +168,56 @@ def bench_size(n: int, threads: int, reps: int, ef_values: list[int], seed: int 
             "memory_mib": base.memory_bytes() / 2**20,
             "p50_ms": None,
             "p99_ms": None,
-            "recall_at_10": recall(positions, sims, exact_sims),
+            "recall_at_10": hits_at_k(queries, vectors, positions, exact_sims),
             "note": f"add {add_seconds:.2f} s vs full rebuild {hnsw_build:.1f} s "
             f"({hnsw_build / max(add_seconds, 1e-9):.0f}x); 99% build {base_build:.1f} s",
         }
     )
     del base
+    rows += bench_ivf(vectors, queries, exact_sims, config, threads, reps, ivf_codes, nprobes, label)
+    size, dim = vectors.shape
+    chosen = config.kind_for(size, dim)
+    rows[-1]["note"] = (
+        f"at the default memory budget ({config.memory_budget_mib:,} MiB) the pipeline builds "
+        + (f"ivf {config.codes_for(size, dim)}" if chosen == "ivf" else chosen)
+        + f" over {size:,} vectors of {dim} dimensions"
+    )
     return rows, hnsw
+
+
+def bench_ivf(
+    vectors, queries, exact_sims, config, threads: int, reps: int, codes: list[str], nprobes: list[int], label=""
+):
+    """The compressed index (what `product_index` builds above its memory budget) with each code spec,
+    trained on the default seeded sample, at each `nprobe`."""
+    import dataclasses
+
+    from wb_pipeline.core.search.index import VectorIndex, hits_at_k
+
+    rows = []
+    for spec in codes:
+        ivf_config = dataclasses.replace(config, ivf_codes=spec)
+        started = time.perf_counter()
+        ivf = VectorIndex.build(vectors, ivf_config, "ivf")
+        build = time.perf_counter() - started
+        for nprobe in nprobes:
+            ivf.set_effort(config.ef_search, nprobe)
+            _, positions = ivf.search(queries, K, threads)
+            p50, p99 = latency_ms(lambda q: ivf.search(q, K, 1), queries[:200], reps)
+            first = nprobe == nprobes[0]
+            rows.append(
+                {
+                    "vectors": label or len(vectors),
+                    "index": f"ivf {config.lists_for(len(vectors))} lists, {spec}, nprobe={nprobe}"
+                    + (" (default)" if nprobe == config.nprobe else ""),
+                    "build_s": build if first else None,
+                    "memory_mib": ivf.memory_bytes() / 2**20 if first else None,
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                    "recall_at_10": hits_at_k(queries, vectors, positions, exact_sims),
+                }
+            )
+    return rows
 
 
 def jpeg_bytes(seed: int) -> bytes:
@@ -241,6 +309,8 @@ def bench_queries(index, threads: int, reps: int) -> list[dict]:
 def _fmt(value, digits: int = 2) -> str:
     if value is None:
         return ""
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4f}" if digits == 4 else f"{value:.{digits}f}"
     return str(value)
@@ -252,19 +322,38 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for building and the encoders (default 2)")
     parser.add_argument("--reps", type=int, default=None, help="passes over the queries (default 3, short 1)")
     parser.add_argument("--sizes", type=int, nargs="*", help="index sizes (default 10000 128000; short 10000)")
+    parser.add_argument(
+        "--real-storage",
+        nargs="*",
+        help="materialized storage dirs (e.g. storage/eval/mango): their joint vectors indexed the same way, "
+        "a seeded 10%% held out as queries",
+    )
+    parser.add_argument(
+        "--ivf-codes",
+        nargs="*",
+        help=f"codes of the compressed index (default SQ8 SQ4 PQ{DIM // 4}; short SQ8 SQ4; PQ trains slowly)",
+    )
     args = parser.parse_args()
     from wb_pipeline.core.search.index import IndexConfig, faiss_threads
 
     reps = args.reps or (1 if args.short else 3)
     sizes = args.sizes or ([10_000] if args.short else [10_000, 128_000])
     ef_values = [32, 64, 128] if args.short else [16, 32, 64, 128, 256]
+    ivf_codes = args.ivf_codes or (["SQ8", "SQ4"] if args.short else ["SQ8", "SQ4", f"PQ{DIM // 4}"])
+    nprobes = [8, 32] if args.short else [8, 16, 32, 64]
     started = time.perf_counter()
     rows, largest = [], None
     with faiss_threads(args.threads):
         for n in sizes:
-            size_rows, largest = bench_size(n, args.threads, reps, ef_values)
+            vectors, queries = generate(n, seed=0)
+            size_rows, largest = bench_size(vectors, queries, args.threads, reps, ef_values, ivf_codes, nprobes)
             rows.extend(size_rows)
             print(f"({n} vectors done, {time.perf_counter() - started:.0f} s)", flush=True)
+        for storage_dir in args.real_storage or []:
+            vectors, queries = stored_joint_vectors(storage_dir)
+            label = f"{len(vectors):,} real ({Path(storage_dir).name})"
+            size_rows, _ = bench_size(vectors, queries, args.threads, reps, ef_values, ivf_codes, nprobes, label)
+            rows.extend(size_rows)
         query_rows = bench_queries(largest, args.threads, reps)
     config = IndexConfig()
     print(
@@ -274,12 +363,12 @@ def main() -> None:
     print("| vectors | index | build s | memory MiB | p50 ms | p99 ms | recall@10 |\n|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['vectors']:,} | {row['index']} | {_fmt(row['build_s'])} | {_fmt(row['memory_mib'], 1)} | "
+            f"| {_fmt(row['vectors'])} | {row['index']} | {_fmt(row['build_s'])} | {_fmt(row['memory_mib'], 1)} | "
             f"{_fmt(row['p50_ms'], 3)} | {_fmt(row['p99_ms'], 3)} | {_fmt(row['recall_at_10'], 4)} |"
         )
     for row in rows:
         if row.get("note"):
-            print(f"- {row['vectors']:,}: {row['note']}")
+            print(f"- {_fmt(row['vectors'])}: {row['note']}")
     total = next(r for r in query_rows if r["stage"] == "text: total")
     print(
         f"\nQuery latency at batch 1 against the {largest.size:,}-vector HNSW index "

@@ -69,6 +69,7 @@ def open_searcher(
     threads: int = 1,
     ef_search: int | None = None,
     definitions=None,
+    nprobe: int | None = None,
 ):
     """A `Searcher` over the latest build, with the encoder a `need` ("text" / "image" / "both") query uses."""
     from wb_pipeline.core.data.images import ImageConfig
@@ -81,7 +82,7 @@ def open_searcher(
     storage_dir = storage_dir or settings.storage_dir()
     folder = latest_index_folder(storage_dir)
     try:
-        build = load_build(folder, ef_search)
+        build = load_build(folder, ef_search, nprobe)
     except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: faiss refusing a corrupt index file
         raise NotMaterialized(f"the materialized product index is not usable: {one_line(error)}") from error
     manifest = build.manifest
@@ -160,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--models-dir", help="converted encoder models (default: WB_PIPELINE_MODELS_DIR, else <storage>/models)"
     )
     parser.add_argument("--ef-search", type=int_at_least(1), help="HNSW search effort (default: the index's)")
+    parser.add_argument(
+        "--nprobe", type=int_at_least(1), help="lists an ivf (compressed) index visits (default: the index's)"
+    )
     parser.add_argument("--threads", type=int_at_least(1), default=1, help="faiss threads for the search (default 1)")
     parser.add_argument("--timing", action="store_true", help="print the query's latency to stderr")
     args = parser.parse_args(argv)
@@ -174,7 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             check_image_file(args.image)  # so does a folder, a FIFO, a device or an oversized file
         searcher = open_searcher(
-            args.storage, args.models_dir, "image" if args.image is not None else "text", args.threads, args.ef_search
+            args.storage,
+            args.models_dir,
+            "image" if args.image is not None else "text",
+            args.threads,
+            args.ef_search,
+            nprobe=args.nprobe,
         )
 
         def run():

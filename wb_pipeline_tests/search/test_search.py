@@ -22,7 +22,18 @@ from wb_pipeline.core.data import storage
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.search import duplicates as dup
 from wb_pipeline.core.search import scoring
-from wb_pipeline.core.search.index import IndexConfig, VectorIndex, exact_search, knn, neighbours_of_all, recall_at_k
+from wb_pipeline.core.search.index import (
+    IndexConfig,
+    VectorIndex,
+    code_ladder,
+    exact_search,
+    hits_at_k,
+    hnsw_bytes,
+    ivf_bytes,
+    knn,
+    neighbours_of_all,
+    recall_at_k,
+)
 from wb_pipeline.core.search.query import QueryError, Searcher, clean_query_text, format_results, read_image_file
 from wb_pipeline.core.search.spaces import QUERYABLE_SPACES, choose_index_space, query_vector, space_vectors
 from wb_pipeline.core.search.store import (
@@ -197,6 +208,77 @@ def test_index_config_validation():
         VectorIndex.build(np.full((3, 4), np.nan, np.float32), IndexConfig())
     with pytest.raises(ValueError, match="dimension 8, the index holds 4"):
         VectorIndex.build(_unit(np.eye(4)), IndexConfig()).search(np.ones((1, 8), np.float32), 1)
+    with pytest.raises(ValueError, match="ivf_codes must be 'auto' or a faiss code spec"):
+        IndexConfig(ivf_codes="IVF64,Flat")  # only the code part: the lists are the index's own
+    with pytest.raises(ValueError, match="nprobe"):
+        IndexConfig(nprobe=0)
+
+
+# --- the index to a memory budget ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "dim", "m"), [(3000, 64, 16), (5000, 24, 8)])
+def test_hnsw_memory_estimate_matches_the_built_index(n, dim, m):
+    index = VectorIndex.build(_clustered(n, dim=dim), IndexConfig(exact_below=0, hnsw_m=m, ef_construction=40))
+    assert index.kind == "hnsw"
+    assert abs(hnsw_bytes(n, dim, m) / index.memory_bytes() - 1) < 0.03
+
+
+def test_the_memory_budget_picks_the_kind_and_the_finest_codes_that_fit():
+    config = IndexConfig(exact_below=1000, memory_budget_mib=1)
+    assert config.kind_for(999, 64) == "exact"
+    fits = max(n for n in range(1000, 5000) if hnsw_bytes(n, 64, config.hnsw_m) <= 2**20)  # HNSW in 1 MiB
+    assert config.kind_for(fits, 64) == "hnsw" and config.kind_for(fits + 1, 64) == "ivf"
+    assert code_ladder(64) == [("SQ8", 64), ("SQ4", 32), ("PQ16", 16), ("PQ8", 8), ("PQ4", 4), ("PQ2", 2)]
+    assert [codes for codes, _ in code_ladder(896)][:3] == ["SQ8", "SQ4", "PQ224"]  # m divides the dimension
+    chosen = {n: config.codes_for(n, 64) for n in (8_000, 20_000, 30_000, 40_000, 60_000)}
+    assert chosen == {8_000: "SQ8", 20_000: "SQ4", 30_000: "PQ16", 40_000: "PQ8", 60_000: "PQ4"}
+    for n, codes in chosen.items():  # the finest that fits: the next finer one would not
+        ladder = [c for c, _ in code_ladder(64)]
+        assert ivf_bytes(n, 64, dict(code_ladder(64))[codes], config.lists_for(n)) <= 2**20
+        if codes != "SQ8":
+            finer = ladder[ladder.index(codes) - 1]
+            assert ivf_bytes(n, 64, dict(code_ladder(64))[finer], config.lists_for(n)) > 2**20
+    with pytest.raises(ValueError, match="memory_budget_mib is 1"):
+        config.codes_for(100_000, 64)  # 2 bytes a vector + its id + the lists' centroids: over 1 MiB
+    assert IndexConfig(ivf_codes="PQ8").codes_for(10**9, 64) == "PQ8"  # pinned codes: no budget search
+    assert IndexConfig(ivf_lists=0, train_sample=100_000).lists_for(1_000_000) == 2564  # ~39 points per list
+    assert IndexConfig().lists_for(1_000) == 25 and IndexConfig(ivf_lists=7).lists_for(10) == 7
+
+
+def test_an_index_over_the_budget_is_a_compressed_ivf_that_still_finds_the_neighbours(tmp_path):
+    vectors = _clustered(6000, dim=48)
+    nm = np.array([str(i) for i in range(6000)], dtype=object)
+    config = IndexConfig(exact_below=0, memory_budget_mib=1, recall_queries=300, train_sample=3000)
+    build, stats = update_index(tmp_path, None, nm[:5800], vectors[:5800], nm[:5800], config)
+    assert build.index.kind == "ivf" and build.manifest["params"]["ivf_codes"] == "SQ8"
+    assert build.index.memory_bytes() <= 2**20 < hnsw_bytes(5800, 48, config.hnsw_m)
+    assert stats.recall_at_k >= 0.9
+    raw = (build.folder / INDEX_FILE).read_bytes()
+    assert raw[:4] == b"IwSq"  # faiss's own IVF scalar-quantizer header, not a pickle
+    again = load_build(build.folder)
+    assert again.index.kind == "ivf" and again.index.nprobe == config.nprobe
+    assert load_build(build.folder, nprobe=2).index.nprobe == 2
+    # decoded vectors are close to the originals (8-bit codes), in position order
+    cosines = np.einsum("nd,nd->n", _unit(again.index.vectors()), vectors[:5800])
+    assert np.quantile(cosines, 0.99) > 0.999 and cosines.min() > 0.9
+    # a drop is added to the trained index, not rebuilt
+    second, stats = update_index(tmp_path, str(build.folder), nm, vectors, nm, config)
+    assert stats.mode == "incremental" and stats.added == 200 and second.index.kind == "ivf"
+    assert stats.recall_at_k >= 0.9
+
+
+def test_recall_is_judged_on_the_true_similarity_of_what_was_found():
+    vectors = _clustered(200, dim=16)
+    queries = vectors[:5]
+    exact_sims, exact_positions = exact_search(queries, vectors, 3)
+    assert hits_at_k(queries, vectors, exact_positions, exact_sims) == 1.0
+    wrong = exact_positions.copy()
+    wrong[:, 2] = np.argmin(queries @ vectors.T, axis=1)  # the least similar vector instead of the 3rd
+    assert hits_at_k(queries, vectors, wrong, exact_sims) == pytest.approx(2 / 3)
+    missing = exact_positions.copy()
+    missing[:, 1:] = -1  # nothing found
+    assert hits_at_k(queries, vectors, missing, exact_sims) == pytest.approx(1 / 3)
 
 
 # --- the duplicate graph on hand-built vectors ------------------------------------------------------

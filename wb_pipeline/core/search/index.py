@@ -7,17 +7,25 @@ recall, has an exact flat index in the same file format, and needs no extra depe
 pulls in numkong).
 
 - Below `IndexConfig.exact_below` vectors the index is exact (`IndexFlatIP`: a BLAS matrix product,
-  recall 1 by construction); at or above it, HNSW (`IndexHNSWFlat`, inner product). Vectors are
-  unit-norm, so inner product = cosine similarity.
+  recall 1 by construction); at or above it, HNSW (`IndexHNSWFlat`, inner product), as long as the
+  HNSW index fits `IndexConfig.memory_budget_mib` (it holds every vector in float32 beside its graph);
+  above the budget, an inverted file with compressed codes (`ivf`: `IVF<lists>,<codes>`, by default
+  the finest codes that fit the budget: 8-bit scalar, 4-bit scalar, then product quantization at
+  a quarter, an eighth ... of a byte a dimension), trained on a seeded sample of at most
+  `train_sample` vectors and filled in blocks. Vectors are unit-norm, so inner product = cosine
+  similarity.
 - Saved in faiss's own binary format (`faiss.serialize_index`, the bytes `faiss.write_index` writes),
   never pickled; `ef_search` is not part of that format and is set again on load.
-- Incremental: both index kinds take `add`; faiss HNSW cannot remove vectors, so a changed or
-  removed product means a rebuild (decided in `core.search.store.plan_update`).
+- Incremental: every index kind takes `add` (an `ivf` index keeps the lists it was trained with);
+  faiss HNSW cannot remove vectors, so a changed or removed product means a rebuild (decided in
+  `core.search.store.plan_update`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -29,7 +37,11 @@ from wb_pipeline.core.search.spaces import AUTO_SPACE, SPACES, IndexSpace
 
 LIBRARY = "faiss-cpu"
 LIBRARY_VERSION = faiss.__version__
-IndexKind = Literal["exact", "hnsw"]
+IndexKind = Literal["exact", "hnsw", "ivf"]
+# `IndexConfig.ivf_codes`: the code part of a faiss factory string that the inverted file stores per vector
+IVF_CODES = re.compile(r"^(auto|SQ(4|6|8|fp16)|PQ\d+(x\d+)?)$")
+IVF_ID_BYTES = 8  # each vector's id in its inverted list (int64)
+ADD_BLOCK_ROWS = 65_536  # vectors encoded and added at a time (bounds the transient copy of a compressed build)
 # Similarities within this of the exact k-th one count as a hit: identical vectors (same photo,
 # same text) tie, and which of them an exact search returns is arbitrary.
 TIE_TOLERANCE = 1e-5
@@ -46,7 +58,16 @@ class IndexConfig:
     for 3x the build time. `ef_search` is search effort only: raise it without rebuilding.
     `threads`: OpenMP threads faiss may use for building and batch searches (0 = faiss's default).
     `recall_queries` products are searched both ways to measure recall@`recall_k` of the ANN
-    against exact search (skipped for an exact index: 1 by construction)."""
+    against exact search (skipped for an exact index: 1 by construction).
+
+    `memory_budget_mib`: the most the index may take in memory (every process that searches it loads
+    it whole: `similar_products`, the search CLI, the service). Above what HNSW would take
+    (`hnsw_bytes`), the index is an inverted file of compressed codes (`ivf`): `ivf_codes` per vector
+    ("auto": the finest of `code_ladder` that fits the budget; or faiss's code spec: "SQ8" 1 byte a
+    dimension, "SQ4", "SQfp16", "PQ<m>" m bytes a vector),
+    `ivf_lists` lists (0: 4·√n, between 64 and 65,536, and at most a 39th of the training sample),
+    trained on `train_sample` vectors drawn with `seed`, `nprobe` lists visited per query (search
+    effort: raise it without rebuilding)."""
 
     # "auto" (the `product_index` asset's default) = `spaces.choose_index_space` from the clustering evidence
     space: IndexSpace = "joint"
@@ -59,19 +80,88 @@ class IndexConfig:
     recall_k: int = 10
     seed: int = 0
     keep_builds: int = 3  # index folders kept under <storage>/search/index (the newest ones)
+    memory_budget_mib: int = 2048
+    ivf_codes: str = "auto"
+    ivf_lists: int = 0
+    nprobe: int = 32
+    train_sample: int = 100_000
 
     def __post_init__(self) -> None:
         if self.space not in (*SPACES, AUTO_SPACE):
             raise ValueError(f"IndexConfig.space must be one of {SPACES} or {AUTO_SPACE!r}, got {self.space!r}")
-        for name in ("hnsw_m", "ef_construction", "ef_search", "recall_k", "keep_builds"):
+        if not IVF_CODES.match(self.ivf_codes):
+            raise ValueError(
+                f"IndexConfig.ivf_codes must be 'auto' or a faiss code spec like SQ8, SQ4, SQfp16 or PQ32, "
+                f"got {self.ivf_codes!r}"
+            )
+        for name in (
+            "hnsw_m",
+            "ef_construction",
+            "ef_search",
+            "recall_k",
+            "keep_builds",
+            "memory_budget_mib",
+            "nprobe",
+            "train_sample",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("exact_below", "threads", "recall_queries"):
+        for name in ("exact_below", "threads", "recall_queries", "ivf_lists"):
             if getattr(self, name) < 0:
                 raise ValueError(f"IndexConfig.{name} must be >= 0, got {getattr(self, name)}")
 
-    def kind_for(self, size: int) -> IndexKind:
-        return "exact" if size < self.exact_below else "hnsw"
+    def kind_for(self, size: int, dim: int) -> IndexKind:
+        """exact below `exact_below` vectors, else HNSW while it fits the memory budget, else ivf."""
+        if size < self.exact_below:
+            return "exact"
+        return "hnsw" if hnsw_bytes(size, dim, self.hnsw_m) <= self.memory_budget_mib * 2**20 else "ivf"
+
+    def lists_for(self, size: int) -> int:
+        """Inverted lists of an ivf index over `size` vectors (`ivf_lists`, or 0: see the class)."""
+        if self.ivf_lists:
+            return self.ivf_lists
+        trained_on = min(size, self.train_sample)
+        return int(max(1, min(65_536, max(64, 4 * math.isqrt(size)), trained_on // 39)))
+
+    def codes_for(self, size: int, dim: int) -> str:
+        """The ivf codes of an index over `size` `dim`-d vectors: `ivf_codes`, or for "auto" the finest
+        of `code_ladder(dim)` whose index fits `memory_budget_mib`; ValueError when none does."""
+        if self.ivf_codes != "auto":
+            return self.ivf_codes
+        budget = self.memory_budget_mib * 2**20
+        lists = self.lists_for(size)
+        for codes, code_bytes in code_ladder(dim):
+            if ivf_bytes(size, dim, code_bytes, lists) <= budget:
+                return codes
+        smallest = ivf_bytes(size, dim, code_ladder(dim)[-1][1], lists)
+        raise ValueError(
+            f"IndexConfig: {size:,} vectors of {dim} dimensions need {smallest / 2**20:,.2f} MiB even with the "
+            f"coarsest codes; memory_budget_mib is {self.memory_budget_mib:,}"
+        )
+
+
+def code_ladder(dim: int) -> list[tuple[str, int]]:
+    """(faiss code spec, bytes a vector) from the finest to the coarsest: 8-bit and 4-bit scalar codes,
+    then product quantization with m = the largest divisor of `dim` at or below dim/4, dim/8, dim/16,
+    dim/32 (m bytes: one 8-bit centroid id per sub-vector; faiss needs m to divide the dimension)."""
+    ladder = [("SQ8", dim), ("SQ4", (dim + 1) // 2)]
+    for fraction in (4, 8, 16, 32):
+        m = max((d for d in range(1, dim // fraction + 1) if dim % d == 0), default=0)
+        if m and m < ladder[-1][1] and f"PQ{m}" not in dict(ladder):
+            ladder.append((f"PQ{m}", m))
+    return ladder
+
+
+def ivf_bytes(size: int, dim: int, code_bytes: int, lists: int) -> int:
+    """What an ivf index takes: each vector's code and id, and the lists' float32 centroids."""
+    return int(size * (code_bytes + IVF_ID_BYTES) + lists * dim * 4)
+
+
+def hnsw_bytes(size: int, dim: int, m: int) -> int:
+    """What faiss's HNSW over `size` `dim`-d float32 vectors takes: the vectors, 2·m level-0 links a
+    vector (int32), the upper levels' links (1/(m-1) of the vectors have them, m links a level), its
+    level and offset (within ~3% of `memory_bytes` from 10,000 to 128,000 vectors, tested)."""
+    return int(size * (4 * dim + 4 * 2 * m + 4 * m * m / (m - 1) ** 2 + 12))
 
 
 @contextlib.contextmanager
@@ -100,12 +190,20 @@ def _as_matrix(vectors: np.ndarray, what: str, dim: int | None = None) -> np.nda
 
 
 class VectorIndex:
-    """A faiss index (exact flat or HNSW, inner product) with its kind and search effort."""
+    """A faiss index (exact flat, HNSW or an inverted file of compressed codes; inner product) with its
+    kind and search effort (`ef_search` for HNSW, `nprobe` for ivf)."""
 
-    def __init__(self, index: faiss.Index, kind: IndexKind, ef_search: int = 128):
-        self.index, self.kind, self.ef_search = index, kind, int(ef_search)
-        if kind == "hnsw":
+    def __init__(self, index: faiss.Index, kind: IndexKind, ef_search: int = 128, nprobe: int = 32):
+        self.index, self.kind = index, kind
+        self.set_effort(ef_search, nprobe)
+
+    def set_effort(self, ef_search: int, nprobe: int) -> None:
+        """Search effort: HNSW's efSearch, ivf's lists visited per query (neither needs a rebuild)."""
+        self.ef_search, self.nprobe = int(ef_search), int(nprobe)
+        if self.kind == "hnsw":
             self.index.hnsw.efSearch = self.ef_search
+        elif self.kind == "ivf":
+            faiss.extract_index_ivf(self.index).nprobe = self.nprobe
 
     @classmethod
     def empty(cls, dim: int, kind: IndexKind, config: IndexConfig) -> VectorIndex:
@@ -113,17 +211,35 @@ class VectorIndex:
             raise ValueError(f"VectorIndex: dimension must be >= 1, got {dim}")
         if kind == "exact":
             return cls(faiss.IndexFlatIP(int(dim)), "exact")
+        if kind == "ivf":
+            raise ValueError("VectorIndex.empty: an ivf index is trained on vectors first (VectorIndex.trained_ivf)")
         index = faiss.IndexHNSWFlat(int(dim), config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = config.ef_construction
         return cls(index, "hnsw", config.ef_search)
 
     @classmethod
+    def trained_ivf(cls, vectors: np.ndarray, config: IndexConfig) -> VectorIndex:
+        """An empty ivf index whose lists and codes are trained on a seeded sample of `vectors`."""
+        size, dim = vectors.shape
+        spec = f"IVF{config.lists_for(size)},{config.codes_for(size, dim)}"
+        try:
+            index = faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as error:  # e.g. PQ<m> with m not dividing the dimension
+            raise ValueError(f"VectorIndex: faiss cannot build {spec!r} over {dim}-d vectors: {error}") from error
+        rows = np.random.default_rng(config.seed).choice(size, size=min(size, config.train_sample), replace=False)
+        with faiss_threads(config.threads):
+            index.train(vectors[np.sort(rows)])
+        return cls(index, "ivf", config.ef_search, config.nprobe)
+
+    @classmethod
     def build(cls, vectors: np.ndarray, config: IndexConfig, kind: IndexKind | None = None) -> VectorIndex:
-        """An index over `vectors` (row i = position i); exact or HNSW by size unless `kind` says."""
+        """An index over `vectors` (row i = position i); its kind by size and the memory budget unless
+        `kind` says."""
         vectors = _as_matrix(vectors, "VectorIndex.build")
         if vectors.shape[1] == 0:
             raise ValueError("VectorIndex.build: vectors have dimension 0 (no products in the space?)")
-        index = cls.empty(vectors.shape[1], kind or config.kind_for(len(vectors)), config)
+        kind = kind or config.kind_for(*vectors.shape)
+        index = cls.trained_ivf(vectors, config) if kind == "ivf" else cls.empty(vectors.shape[1], kind, config)
         index.add(vectors, config.threads)
         return index
 
@@ -138,9 +254,9 @@ class VectorIndex:
     def add(self, vectors: np.ndarray, threads: int | None = None) -> None:
         """Append vectors; they get the next positions."""
         vectors = _as_matrix(vectors, "VectorIndex.add", self.dim)
-        if len(vectors):
-            with faiss_threads(threads):
-                self.index.add(vectors)
+        with faiss_threads(threads):
+            for start in range(0, len(vectors), ADD_BLOCK_ROWS):
+                self.index.add(vectors[start : start + ADD_BLOCK_ROWS])
 
     def search(self, queries: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(similarities float32 [q, k], positions int64 [q, k]), best first; position -1 and
@@ -156,9 +272,12 @@ class VectorIndex:
         return sims, positions.astype(np.int64)
 
     def vectors(self) -> np.ndarray:
-        """Every stored vector, in position order (both kinds keep the raw vectors)."""
+        """Every stored vector, in position order: the vectors themselves (exact, HNSW), or decoded from
+        their codes (ivf: approximations, as close as the codes keep them)."""
         if self.size == 0:
             return np.zeros((0, self.dim), np.float32)
+        if self.kind == "ivf":
+            faiss.extract_index_ivf(self.index).make_direct_map()  # position -> (list, offset), for reconstruct
         return self.index.reconstruct_n(0, self.size)
 
     def memory_bytes(self) -> int:
@@ -170,17 +289,19 @@ class VectorIndex:
         return faiss.serialize_index(self.index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, ef_search: int = 128) -> VectorIndex:
+    def from_bytes(cls, data: bytes, ef_search: int = 128, nprobe: int = 32) -> VectorIndex:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         if isinstance(index, faiss.IndexHNSWFlat):
             kind: IndexKind = "hnsw"
         elif isinstance(index, faiss.IndexFlatIP):
             kind = "exact"
+        elif faiss.try_extract_index_ivf(index) is not None:
+            kind = "ivf"
         else:
             raise ValueError(f"VectorIndex.from_bytes: unexpected faiss index type {type(index).__name__}")
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("VectorIndex.from_bytes: the index does not use the inner-product metric")
-        return cls(index, kind, ef_search)
+        return cls(index, kind, ef_search, nprobe)
 
 
 def exact_search(
@@ -249,7 +370,16 @@ def recall_at_k(
     rows = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
     queries = vectors[rows]
     exact_sims, _ = exact_search(queries, vectors, k, threads)
-    ann_sims, ann_positions = index.search(queries, k, threads)
-    kth = exact_sims[:, k - 1 : k]
-    hits = ((ann_sims >= kth - TIE_TOLERANCE) & (ann_positions >= 0)).sum(axis=1)
+    _, ann_positions = index.search(queries, k, threads)
+    return hits_at_k(queries, vectors, ann_positions, exact_sims)
+
+
+def hits_at_k(queries: np.ndarray, vectors: np.ndarray, positions: np.ndarray, exact_sims: np.ndarray) -> float:
+    """The share of the exact top-k (`exact_sims`, best first) that `positions` found. Judged on the
+    TRUE similarity of each found vector, not on the one the index reports (an ivf index reports
+    similarities decoded from its codes); a found vector that ties the exact k-th within 1e-5 counts."""
+    k = exact_sims.shape[1]
+    found = positions >= 0
+    true_sims = np.einsum("qd,qkd->qk", queries, vectors[np.where(found, positions, 0)])
+    hits = ((true_sims >= exact_sims[:, k - 1 : k] - TIE_TOLERANCE) & found).sum(axis=1)
     return float(np.mean(np.minimum(hits, k) / k))

@@ -14,7 +14,8 @@ so the same vectors give the same folder and an unchanged catalogue costs nothin
 Incremental update (`update_index`): when the previous build has the same parameters and every
 product it holds is still in the space with a bit-identical vector, the new products are added to
 a copy of it (appended positions); anything else — a removed or changed product, another joint
-model (all vectors change), the size crossing `exact_below`, other graph parameters — rebuilds it.
+model (all vectors change), the size crossing `exact_below` or the memory budget, other graph or
+code parameters — rebuilds it. An extended ivf index keeps the lists and codes it was trained with.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def vector_hashes(vectors: np.ndarray) -> np.ndarray:
     return np.array([hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in vectors], dtype=object)
 
 
-def index_params(config: IndexConfig, kind: str, dim: int) -> dict[str, Any]:
+def index_params(config: IndexConfig, kind: str, dim: int, size: int) -> dict[str, Any]:
     """What must match for a build to be extended instead of rebuilt."""
     params: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -58,6 +59,8 @@ def index_params(config: IndexConfig, kind: str, dim: int) -> dict[str, Any]:
     }
     if kind == "hnsw":
         params.update(hnsw_m=config.hnsw_m, ef_construction=config.ef_construction)
+    if kind == "ivf":  # the settings, not the resolved lists: a growing catalogue keeps its trained lists
+        params.update(ivf_codes=config.codes_for(size, dim), ivf_lists=config.ivf_lists)
     return params
 
 
@@ -86,7 +89,7 @@ def read_manifest(folder: UPath) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def load_build(folder: str | UPath, ef_search: int | None = None) -> IndexBuild:
+def load_build(folder: str | UPath, ef_search: int | None = None, nprobe: int | None = None) -> IndexBuild:
     """A saved build; FileNotFoundError / ValueError naming the folder and what is wrong."""
     folder = storage.as_upath(folder)
     manifest = read_manifest(folder)
@@ -98,8 +101,13 @@ def load_build(folder: str | UPath, ef_search: int | None = None) -> IndexBuild:
             f"this code reads {LIBRARY!r} v{FORMAT_VERSION}"
         )
     wrong = [key for key, kind in (("space", str), ("size", int)) if not isinstance(manifest.get(key), kind)]
-    if wrong or not isinstance(manifest.get("ef_search", 128), int) or manifest.get("ef_search", 128) < 1:
-        raise ValueError(f"{folder}: {MANIFEST_FILE} lacks a usable {', '.join(wrong) or 'ef_search'}")
+    wrong += [
+        key
+        for key, default in (("ef_search", 128), ("nprobe", 32))
+        if not isinstance(manifest.get(key, default), int) or manifest.get(key, default) < 1
+    ]
+    if wrong:
+        raise ValueError(f"{folder}: {MANIFEST_FILE} lacks a usable {', '.join(wrong)}")
     if manifest["space"] not in SPACES:
         raise ValueError(f"{folder}: {MANIFEST_FILE} names space {manifest['space']!r}, not one of {SPACES}")
     dims = manifest.get("encoder_dims")
@@ -111,7 +119,9 @@ def load_build(folder: str | UPath, ef_search: int | None = None) -> IndexBuild:
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder}: {name} is missing")
     with storage.open_regular_file(folder / INDEX_FILE) as handle:
-        index = VectorIndex.from_bytes(handle.read(), ef_search or manifest.get("ef_search", 128))
+        index = VectorIndex.from_bytes(
+            handle.read(), ef_search or manifest.get("ef_search", 128), nprobe or manifest.get("nprobe", 32)
+        )
     products = storage.read_parquet(folder / PRODUCTS_FILE)
     if not {"nm", "title"} <= set(products.columns):
         raise ValueError(f"{folder}: {PRODUCTS_FILE} lacks nm or title")
@@ -204,12 +214,12 @@ def update_index(
     if vectors.ndim != 2 or len(vectors) != len(nm) or len(vectors) == 0:
         raise ValueError(f"update_index: {len(nm)} products but vectors of shape {vectors.shape} (need >= 1 product)")
     hashes = vector_hashes(vectors)
-    kind = config.kind_for(len(vectors))
-    params = index_params(config, kind, vectors.shape[1])
+    kind = config.kind_for(*vectors.shape)
+    params = index_params(config, kind, vectors.shape[1], len(vectors))
     previous = None
     if previous_folder:
         try:
-            previous = load_build(previous_folder, config.ef_search)
+            previous = load_build(previous_folder, config.ef_search, config.nprobe)
         except (OSError, ValueError) as error:
             if log is not None:
                 log(f"previous index not usable, rebuilding: {error}")
@@ -219,9 +229,7 @@ def update_index(
         index = VectorIndex.build(vectors, config, kind)
     else:
         index = previous.index
-        index.ef_search = config.ef_search
-        if kind == "hnsw":
-            index.index.hnsw.efSearch = config.ef_search
+        index.set_effort(config.ef_search, config.nprobe)
         index.add(vectors[plan.new_rows], config.threads)
     seconds = time.perf_counter() - started
     order = plan.order
@@ -249,6 +257,7 @@ def update_index(
         "dim": int(vectors.shape[1]),
         "size": index.size,
         "ef_search": config.ef_search,
+        "nprobe": config.nprobe,
         "sequence": previous_sequence + 1,
         "build": {
             "mode": plan.mode,

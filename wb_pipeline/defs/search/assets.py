@@ -82,10 +82,12 @@ def product_index(
     """A faiss nearest-neighbour index over one space (`space`: "auto" by default = the joint space, or
     the early concatenation where the clustering report shows it recovers the known classes better at
     equal k (`product_clusters` metadata; metadata `space_reason` says why); or pinned: joint combined,
-    joint text / image, text, image or early concatenation), exact below `exact_below` products and
-    HNSW above, saved in faiss's own format under `<storage>/search/index/<build id>/` with the
-    products' `nm` order and a manifest beside it. A drop of new products is added to the previous
-    build when every indexed product kept its vector (else rebuilt; metadata says which and why).
+    joint text / image, text, image or early concatenation), exact below `exact_below` products,
+    HNSW above while it fits `memory_budget_mib`, an inverted file of compressed codes beyond (trained
+    on a seeded sample of `train_sample` vectors), saved in faiss's own format under
+    `<storage>/search/index/<build id>/` with the products' `nm` order and a manifest beside it. A drop
+    of new products is added to the previous build when every indexed product kept its vector (else
+    rebuilt; metadata says which and why).
     Metadata: size, build seconds, recall@10 of the ANN vs exact search on sampled queries, memory."""
     core_config = to_core(IndexConfig, config)
     space_reason = "pinned by config"
@@ -138,7 +140,7 @@ def product_index(
             "added": stats.added,
             "build_seconds": round(stats.seconds, 3),
             recall_key: None if np.isnan(stats.recall_at_k) else round(stats.recall_at_k, 4),
-            "recall_queries": min(core_config.recall_queries, build.index.size) if build.index.kind == "hnsw" else 0,
+            "recall_queries": min(core_config.recall_queries, build.index.size) if build.index.kind != "exact" else 0,
             "recall_seconds": round(stats.recall_seconds, 3),
             "index_mib": round(build.index.memory_bytes() / 2**20, 2),
             "process_rss_mib": _rss_mib(),
@@ -149,6 +151,13 @@ def product_index(
                     "ef_construction": core_config.ef_construction,
                     "ef_search": core_config.ef_search,
                 }
+            ),
+            "memory_budget_mib": core_config.memory_budget_mib,
+            "ivf": dg.MetadataValue.json(
+                {key: build.manifest["params"].get(key) for key in ("ivf_codes", "ivf_lists")}
+                | {"nprobe": core_config.nprobe}
+                if build.index.kind == "ivf"
+                else {}
             ),
             "index_folder": dg.MetadataValue.path(str(build.folder)),
             "joint_model": info["joint_model"] or "-",

@@ -63,6 +63,10 @@ def product_index_recall(product_index: pd.DataFrame) -> dg.AssetCheckResult:
             "kind": build.index.kind,
             "threshold": MIN_RECALL,
             "ef_search": build.index.ef_search,
+            "nprobe": build.index.nprobe,
+            # an ivf index stores codes: its decoded vectors are both the queries and the truth here, so
+            # this is the lists' recall; the build's own recall (product_index metadata) includes the codes'
+            "judged_against": "decoded vectors" if build.index.kind == "ivf" else "stored vectors",
         },
     )
 
