@@ -142,3 +142,25 @@ def test_a_table_written_in_pieces_is_the_table_written_whole(tmp_path, n_shards
     empty = UPath(tmp_path / "empty.parquet")
     assert storage.write_sharded_parquet_stream([frame.iloc[:0]], empty, n_shards).sum() == 0
     assert storage.read_parquet(empty).columns.tolist() == ["nm", "x"] and len(storage.read_parquet(empty)) == 0
+
+
+def test_parquet_written_piece_by_piece_is_one_file_equal_to_the_whole(tmp_path):
+    pieces = [
+        pd.DataFrame({"nm": [f"p{i}" for i in range(start, start + 5)], "rank": np.arange(5, dtype=np.int64)})
+        for start in (0, 5, 10)
+    ]
+    path = UPath(tmp_path / "out.parquet")
+    assert storage.write_parquet_stream(iter(pieces), path) == 15
+    pd.testing.assert_frame_equal(pd.read_parquet(path), pd.concat(pieces, ignore_index=True))
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3  # one per piece: nothing held whole
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]  # no temp file left
+
+    def failing():
+        yield pieces[0]
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        storage.write_parquet_stream(failing(), UPath(tmp_path / "failed.parquet"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]  # neither a half file nor a temp one
+    with pytest.raises(ValueError, match="no pieces"):
+        storage.write_parquet_stream(iter([]), UPath(tmp_path / "empty.parquet"))

@@ -29,6 +29,7 @@ from wb_pipeline.core.search.index import (
     exact_search,
     hits_at_k,
     hnsw_bytes,
+    iter_neighbours,
     ivf_bytes,
     knn,
     neighbours_of_all,
@@ -266,6 +267,21 @@ def test_an_index_over_the_budget_is_a_compressed_ivf_that_still_finds_the_neigh
     second, stats = update_index(tmp_path, str(build.folder), nm, vectors, nm, config)
     assert stats.mode == "incremental" and stats.added == 200 and second.index.kind == "ivf"
     assert stats.recall_at_k >= 0.9
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf"])
+def test_neighbours_in_blocks_equal_one_pass_over_all(kind):
+    vectors = _clustered(1000, dim=24)
+    index = VectorIndex.build(vectors, IndexConfig(exact_below=0, train_sample=1000), kind)
+    whole_sims, whole_positions = neighbours_of_all(index, 5, block_rows=5000)
+    blocks = list(iter_neighbours(index, 5, block_rows=300))
+    assert [len(rows) for rows, _, _ in blocks] == [300, 300, 300, 100]
+    np.testing.assert_array_equal(np.concatenate([rows for rows, _, _ in blocks]), np.arange(1000))
+    np.testing.assert_array_equal(np.concatenate([p for _, _, p in blocks]), whole_positions)
+    np.testing.assert_allclose(np.concatenate([s for _, s, _ in blocks]), whole_sims, atol=1e-6)
+    assert not (whole_positions == np.arange(1000)[:, None]).any()
+    # each block's queries are read from the index a block at a time (decoded codes for ivf)
+    np.testing.assert_allclose(index.vectors(300, 600), index.vectors()[300:600], atol=1e-7)
 
 
 def test_recall_is_judged_on_the_true_similarity_of_what_was_found():

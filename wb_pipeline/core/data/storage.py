@@ -139,6 +139,26 @@ def write_parquet(frame: pd.DataFrame | pa.Table, path: UPath) -> None:
         pq.write_table(table, handle, row_group_size=ROW_GROUP_ROWS)
 
 
+def write_parquet_stream(pieces: Iterable[pd.DataFrame], path: UPath) -> int:
+    """Write the pieces, one after the other, as ONE parquet file (atomically; the schema is the first
+    piece's, every piece must match it): memory follows a piece, not the file. Returns the rows written."""
+    rows, writer = 0, None
+    with _atomic_handle(path) as handle:
+        try:
+            for piece in pieces:
+                table = pa.Table.from_pandas(piece, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(handle, table.schema)
+                writer.write_table(table.cast(writer.schema), row_group_size=ROW_GROUP_ROWS)
+                rows += len(piece)
+            if writer is None:
+                raise ValueError(f"write_parquet_stream: no pieces to write to {path}")
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
+
+
 def read_rows_where(path: UPath, key: str, values: Sequence, columns: list[str]) -> pd.DataFrame:
     """The rows of a parquet file whose `key` is in `values` (only `columns`), read a row group at a
     time, so memory follows the rows asked for, not the file; a table written by

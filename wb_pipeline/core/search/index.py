@@ -271,14 +271,17 @@ class VectorIndex:
         sims = np.where(positions >= 0, sims, -np.inf).astype(np.float32)
         return sims, positions.astype(np.int64)
 
-    def vectors(self) -> np.ndarray:
-        """Every stored vector, in position order: the vectors themselves (exact, HNSW), or decoded from
-        their codes (ivf: approximations, as close as the codes keep them)."""
-        if self.size == 0:
+    def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The stored vectors at positions [start, stop) (default: all), in position order: the vectors
+        themselves (exact, HNSW), or decoded from their codes (ivf: as close as the codes keep them)."""
+        stop = self.size if stop is None else min(stop, self.size)
+        if stop <= start:
             return np.zeros((0, self.dim), np.float32)
         if self.kind == "ivf":
-            faiss.extract_index_ivf(self.index).make_direct_map()  # position -> (list, offset), for reconstruct
-        return self.index.reconstruct_n(0, self.size)
+            ivf = faiss.extract_index_ivf(self.index)
+            if not ivf.direct_map.type:  # position -> (list, offset), what reconstruct needs; built once
+                ivf.make_direct_map()
+        return self.index.reconstruct_n(int(start), int(stop - start))
 
     def memory_bytes(self) -> int:
         """Bytes of the serialised index (vectors + HNSW graph): what it takes in memory, ~exactly."""
@@ -327,22 +330,32 @@ def drop_self(sims: np.ndarray, positions: np.ndarray, rows: np.ndarray, k: int)
     return (sims[keep].reshape(len(rows), -1)[:, :k], positions[keep].reshape(len(rows), -1)[:, :k])
 
 
+def iter_neighbours(
+    index: VectorIndex, k: int, threads: int | None = None, block_rows: int = 16_384, vectors: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The k nearest other products of every indexed product, `block_rows` products at a time:
+    (positions [b], similarities [b, k], neighbour positions [b, k]) per block. The queries are the
+    block's stored vectors (`vectors` when given), so memory follows a block, not the catalogue."""
+    k = min(k, max(index.size - 1, 0))
+    for start in range(0, index.size, block_rows):
+        rows = np.arange(start, min(start + block_rows, index.size))
+        if k == 0:
+            yield rows, np.zeros((len(rows), 0), np.float32), np.zeros((len(rows), 0), np.int64)
+            continue
+        queries = index.vectors(start, rows[-1] + 1) if vectors is None else vectors[rows]
+        sims, positions = index.search(queries, k + 1, threads)
+        yield rows, *drop_self(sims, positions, rows, k)
+
+
 def neighbours_of_all(
     index: VectorIndex, k: int, threads: int | None = None, block_rows: int = 16_384, vectors: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest other products of every indexed product: (similarities [n, k], positions [n, k])."""
-    vectors = index.vectors() if vectors is None else vectors
-    k = min(k, max(index.size - 1, 0))
-    if k == 0:
-        return np.zeros((index.size, 0), np.float32), np.zeros((index.size, 0), np.int64)
-    sims, positions = [], []
-    for start in range(0, index.size, block_rows):
-        rows = np.arange(start, min(start + block_rows, index.size))
-        s, p = index.search(vectors[rows], k + 1, threads)
-        s, p = drop_self(s, p, rows, k)
-        sims.append(s)
-        positions.append(p)
-    return np.concatenate(sims), np.concatenate(positions)
+    blocks = list(iter_neighbours(index, k, threads, block_rows, vectors))
+    if not blocks:
+        k = min(k, max(index.size - 1, 0))
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks])
 
 
 def knn(vectors: np.ndarray, k: int, config: IndexConfig) -> tuple[np.ndarray, np.ndarray]:

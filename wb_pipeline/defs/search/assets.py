@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from wb_pipeline.core.data import images, schema
+from wb_pipeline.core.data import images, schema, storage
 from wb_pipeline.core.data.ingestion import SchemaError, read_wb_table
 from wb_pipeline.core.embeddings.vectors import EmbeddingTable
 from wb_pipeline.core.evaluation.figures import png_markdown
@@ -25,7 +25,7 @@ from wb_pipeline.core.models.clustering import ClusteringConfig
 from wb_pipeline.core.search import duplicates as dup
 from wb_pipeline.core.search import report, variants
 from wb_pipeline.core.search.contact_sheet import contact_sheet_png
-from wb_pipeline.core.search.index import IndexConfig, neighbours_of_all
+from wb_pipeline.core.search.index import IndexConfig, iter_neighbours
 from wb_pipeline.core.search.spaces import AUTO_SPACE, SPACES, choose_index_space, space_vectors, uses_joint_model
 from wb_pipeline.core.search.store import load_build, update_index
 from wb_pipeline.defs import metadata
@@ -34,6 +34,7 @@ from wb_pipeline.defs.resources import WBRawData, WBStorage
 
 ProductIndexSettings = config_class(IndexConfig, "ProductIndexSettings", defaults={"space": AUTO_SPACE})
 DuplicateSettings = config_class(dup.DuplicateConfig, "DuplicateSettings")
+BLOCK_PRODUCTS = 16_384  # products searched and written at a time by `similar_products`
 SAMPLE_MANIFEST_FILE = "sample_manifest.json"  # wb_pipeline.sample_data's ground truth, when the raw dir is a sample
 
 
@@ -172,41 +173,55 @@ class SimilarProductsSettings(dg.Config):
     threads: int = 2
 
 
-@dg.asset(group_name="search", kinds={"faiss", "parquet"}, code_version="1")
-def similar_products(product_index: pd.DataFrame, config: SimilarProductsSettings) -> dg.MaterializeResult:
+@dg.asset(group_name="search", kinds={"faiss", "parquet"}, code_version="2")
+def similar_products(
+    product_index: pd.DataFrame, pipeline_storage: WBStorage, config: SimilarProductsSettings
+) -> dg.MaterializeResult:
     """Top-k neighbours of every product in the index's space: `nm`, `neighbour_nm`, `rank` (1 =
-    most similar), `similarity` (cosine); the product itself is never its own neighbour."""
+    most similar), `similarity` (cosine); the product itself is never its own neighbour. Searched
+    `BLOCK_PRODUCTS` products at a time and written block by block: memory follows the index and a
+    block, not the catalogue times k."""
     if config.k < 1:
         raise ValueError(f"similar_products: k must be >= 1, got {config.k}")
     build = load_build(index_folder(product_index))
-    started = time.perf_counter()
-    sims, positions = neighbours_of_all(build.index, config.k, config.threads)
-    seconds = time.perf_counter() - started
-    k = positions.shape[1]
     nm = build.products["nm"].to_numpy(dtype=object)
-    keep = (positions >= 0).ravel()
-    frame = pd.DataFrame(
-        {
-            "nm": np.repeat(nm, k)[keep],
-            "neighbour_nm": nm[np.where(positions >= 0, positions, 0).ravel()][keep],
-            "rank": np.tile(np.arange(1, k + 1, dtype=np.int64), len(nm))[keep],
-            "similarity": sims.ravel()[keep].astype(np.float32),
-        }
-    )
+    k = min(config.k, max(build.index.size - 1, 0))
+    first_and_last = np.zeros(2)
+    preview: list[pd.DataFrame] = []
+
+    def blocks():
+        for rows, sims, positions in iter_neighbours(build.index, config.k, config.threads, BLOCK_PRODUCTS):
+            keep = (positions >= 0).ravel()
+            frame = pd.DataFrame(
+                {
+                    "nm": np.repeat(nm[rows], k)[keep],
+                    "neighbour_nm": nm[np.where(positions >= 0, positions, 0).ravel()][keep],
+                    "rank": np.tile(np.arange(1, k + 1, dtype=np.int64), len(rows))[keep],
+                    "similarity": sims.ravel()[keep].astype(np.float32),
+                }
+            )
+            if k:
+                first_and_last[:] += sims[:, 0].sum(), sims[:, -1].sum()
+            if not preview:
+                preview.append(frame.head(3 * k))
+            yield frame
+
+    started = time.perf_counter()
+    rows = storage.write_parquet_stream(blocks(), pipeline_storage.layout.asset_file("similar_products"))
+    seconds = time.perf_counter() - started
     titles = dict(zip(build.products["nm"], build.products["title"]))
-    shown = frame.head(3 * k).assign(
+    shown = preview[0].assign(
         title=lambda f: f["nm"].map(titles), neighbour_title=lambda f: f["neighbour_nm"].map(titles)
     )
     return dg.MaterializeResult(
-        value=frame,
         metadata={
-            "dagster/row_count": len(frame),
+            "dagster/row_count": rows,
             "k": k,
             "space": build.manifest["space"],
             "products": len(nm),
             "seconds": round(seconds, 3),
-            "mean_similarity_rank_1": float(np.mean(sims[:, 0])) if k else None,
-            f"mean_similarity_rank_{k}": float(np.mean(sims[:, -1])) if k else None,
+            "mean_similarity_rank_1": float(first_and_last[0] / len(nm)) if k else None,
+            f"mean_similarity_rank_{k}": float(first_and_last[1] / len(nm)) if k else None,
             "preview": metadata.table(shown.round({"similarity": 4})),
         },
     )
