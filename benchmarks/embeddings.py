@@ -25,7 +25,7 @@ own fresh process, so its peak RSS is its own. Sections, all on the same generat
 * ``memory`` -- peak RSS of ``embed_zip_images`` at two image counts (members of the sample zip
   cycled, each under its own cache key, so every one is read, decoded and encoded).
 
-Converted / exported models live in ``benchmarks/out/models`` and the generated sample in
+Converted / exported models are the main run's (``benchmarks.paths.MODELS_DIR``) and the generated sample in
 ``benchmarks/out/sample-<n>`` (both reused across runs); results are also written as JSON to
 ``benchmarks/out/embeddings[-short].json``.
 """
