@@ -36,7 +36,14 @@ from wb_pipeline.core.search.index import (
     recall_at_k,
 )
 from wb_pipeline.core.search.query import QueryError, Searcher, clean_query_text, format_results, read_image_file
-from wb_pipeline.core.search.spaces import QUERYABLE_SPACES, choose_index_space, query_vector, space_vectors
+from wb_pipeline.core.search.spaces import (
+    QUERYABLE_SPACES,
+    SPACES,
+    choose_index_space,
+    query_vector,
+    space_vectors,
+    stored_space_vectors,
+)
 from wb_pipeline.core.search.store import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -282,6 +289,29 @@ def test_neighbours_in_blocks_equal_one_pass_over_all(kind):
     assert not (whole_positions == np.arange(1000)[:, None]).any()
     # each block's queries are read from the index a block at a time (decoded codes for ivf)
     np.testing.assert_allclose(index.vectors(300, 600), index.vectors()[300:600], atol=1e-7)
+
+
+def test_stored_space_vectors_equal_the_in_memory_ones_for_every_space(tmp_path):
+    rng = np.random.default_rng(0)
+    nm = np.array([f"{100 + i}" for i in range(30)], dtype=object)
+    text = EmbeddingTable(nm=nm, vectors=_unit(rng.standard_normal((30, 8))))
+    image = EmbeddingTable(nm=nm[::-1].copy(), vectors=_unit(rng.standard_normal((30, 6))))  # another order
+    joint = pd.DataFrame({"nm": nm[rng.permutation(30)]})
+    for column in ("text_joint", "image_joint", "heads_joint", "combined_joint"):
+        joint[column] = list(_unit(rng.standard_normal((30, 4))))
+    paths = {name: storage.as_upath(tmp_path / f"{name}.parquet") for name in ("text", "image", "joint")}
+    storage.write_parquet(text.to_arrow(), paths["text"])
+    storage.write_parquet(image.to_arrow(), paths["image"])
+    storage.write_parquet(joint, paths["joint"])
+    for space in SPACES:
+        expected_nm, expected = space_vectors(space, text, image, joint)
+        got_nm, got = stored_space_vectors(space, paths["text"], paths["image"], paths["joint"])
+        assert got_nm.tolist() == expected_nm.tolist() == nm.tolist()
+        np.testing.assert_allclose(got, expected, atol=1e-7, err_msg=space)
+    paths["image"].unlink()  # a joint space never reads the encoders' vectors
+    stored_space_vectors("joint", paths["text"], paths["image"], paths["joint"])
+    with pytest.raises(FileNotFoundError):
+        stored_space_vectors("image", paths["text"], paths["image"], paths["joint"])
 
 
 def test_recall_is_judged_on_the_true_similarity_of_what_was_found():

@@ -145,6 +145,12 @@ def check_vector_file(
     return VectorFileCheck(rows, dim or 0, float32, finite, off)
 
 
+def stored_dim(path: UPath) -> int:
+    """The vector dimension of a stored embedding table, from its schema alone."""
+    with storage.open_regular_file(path) as handle:
+        return int(pq.ParquetFile(handle).schema_arrow.field("vector").type.list_size)
+
+
 def stored_ids(path: UPath) -> pd.Index:
     """The `nm` column of a stored table alone."""
     with storage.open_regular_file(path) as handle:

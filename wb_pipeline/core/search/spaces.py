@@ -20,8 +20,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from wb_pipeline.core.data import storage
 from wb_pipeline.core.embeddings.encoders.base import l2_normalize
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable, read_embedding_table, stored_ids
 from wb_pipeline.core.models.contrastive import joint_matrix
 
 Space = Literal["joint", "joint_text", "joint_image", "text", "image", "early_concat"]
@@ -59,21 +60,39 @@ def space_vectors(
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     nm = np.asarray(text.nm, dtype=object)
     if space in JOINT_SPACES:
-        if joint is None:
-            raise ValueError(f"space {space!r} needs the joint_embeddings table")
-        order = pd.Index(joint["nm"].astype(str)).get_indexer(nm.astype(str))
-        if (order < 0).any():
-            raise ValueError(
-                f"joint_embeddings lack {int((order < 0).sum())} products of text_embeddings, "
-                f"e.g. {nm[order < 0][:3].tolist()}"
-            )
-        return nm, np.ascontiguousarray(joint_matrix(joint, JOINT_SPACES[space])[order])
+        return nm, joint_in_order(space, nm, joint)
     if space == "text":
         return nm, text.vectors
     images = image.subset(nm)
     if space == "image":
         return nm, images.vectors
     return nm, l2_normalize(np.hstack([text.vectors, images.vectors]))
+
+
+def joint_in_order(space: str, nm: np.ndarray, joint: pd.DataFrame | None) -> np.ndarray:
+    """The joint-space vectors of `space` (a joint space) for the products `nm`, in that order."""
+    if joint is None:
+        raise ValueError(f"space {space!r} needs the joint_embeddings table")
+    nm = np.asarray(nm, dtype=object)
+    order = pd.Index(joint["nm"].astype(str)).get_indexer(nm.astype(str))
+    if (order < 0).any():
+        raise ValueError(
+            f"joint_embeddings lack {int((order < 0).sum())} products of text_embeddings, "
+            f"e.g. {nm[order < 0][:3].tolist()}"
+        )
+    return np.ascontiguousarray(joint_matrix(joint, JOINT_SPACES[space])[order])
+
+
+def stored_space_vectors(space: str, text_path, image_path, joint_path) -> tuple[np.ndarray, np.ndarray]:
+    """`space_vectors` from the stored tables, reading only what `space` needs: a joint space reads the
+    text table's ids and the joint table's one column, never the encoders' vectors."""
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    if space in JOINT_SPACES:
+        nm = np.asarray(stored_ids(text_path), dtype=object)
+        return nm, joint_in_order(space, nm, storage.read_parquet(joint_path, columns=["nm", JOINT_SPACES[space]]))
+    text = read_embedding_table(text_path)
+    return space_vectors(space, text, read_embedding_table(image_path) if space != "text" else text)
 
 
 def query_vector(

@@ -17,7 +17,7 @@ import psutil
 
 from wb_pipeline.core.data import images, schema, storage
 from wb_pipeline.core.data.ingestion import SchemaError, read_wb_table
-from wb_pipeline.core.embeddings.vectors import EmbeddingTable
+from wb_pipeline.core.embeddings.vectors import EmbeddingTable, stored_dim
 from wb_pipeline.core.evaluation.figures import png_markdown
 from wb_pipeline.core.model_selection import folds
 from wb_pipeline.core.models import contrastive
@@ -26,7 +26,14 @@ from wb_pipeline.core.search import duplicates as dup
 from wb_pipeline.core.search import report, variants
 from wb_pipeline.core.search.contact_sheet import contact_sheet_png
 from wb_pipeline.core.search.index import IndexConfig, iter_neighbours
-from wb_pipeline.core.search.spaces import AUTO_SPACE, SPACES, choose_index_space, space_vectors, uses_joint_model
+from wb_pipeline.core.search.spaces import (
+    AUTO_SPACE,
+    SPACES,
+    choose_index_space,
+    space_vectors,
+    stored_space_vectors,
+    uses_joint_model,
+)
 from wb_pipeline.core.search.store import load_build, update_index
 from wb_pipeline.defs import metadata
 from wb_pipeline.defs.config import config_class, to_core
@@ -69,14 +76,16 @@ def _rss_mib() -> float:
 
 
 # After product_clusters (an ordering edge, not an input): an "auto" index reads its latest equal-k evidence.
-@dg.asset(group_name="search", kinds={"faiss", "parquet"}, code_version="2", deps=["product_clusters"])
+# The vector tables are deps, read from storage: only the chosen space's columns are loaded.
+@dg.asset(
+    group_name="search",
+    kinds={"faiss", "parquet"},
+    code_version="3",
+    deps=["product_clusters", "joint_embeddings", "text_embeddings", "image_embeddings", "clean_products"],
+)
 def product_index(
     context: dg.AssetExecutionContext,
-    joint_embeddings: pd.DataFrame,
     contrastive_model: pd.DataFrame,
-    text_embeddings: EmbeddingTable,
-    image_embeddings: EmbeddingTable,
-    clean_products: pd.DataFrame,
     pipeline_storage: WBStorage,
     config: ProductIndexSettings,
 ) -> dg.MaterializeResult:
@@ -98,26 +107,29 @@ def product_index(
             dict(clusters_meta.get("space_mean_equal_k_ami") or {}), ClusteringConfig().space_choice_margin
         )
         core_config = dataclasses.replace(core_config, space=space)
-    nm, vectors = space_vectors(core_config.space, text_embeddings, image_embeddings, joint_embeddings)
+    layout = pipeline_storage.layout
+    text_path, image_path = layout.asset_file("text_embeddings"), layout.asset_file("image_embeddings")
+    rss_before = _rss_mib()
+    nm, vectors = stored_space_vectors(core_config.space, text_path, image_path, layout.asset_file("joint_embeddings"))
     previous = latest_metadata(context, "product_index").get("index_folder")
     text_meta, image_meta = latest_metadata(context, "text_embeddings"), latest_metadata(context, "image_embeddings")
     image_fingerprint = str(image_meta.get("encoder_fingerprint", "unknown"))
     info = {
         "joint_model": contrastive.model_folder(contrastive_model) if uses_joint_model(core_config.space) else None,
         "encoders": {"text": str(text_meta.get("encoder_fingerprint", "unknown")), "image": image_fingerprint},
-        "encoder_dims": {"text": text_embeddings.dim, "image": image_embeddings.dim},
+        "encoder_dims": {"text": stored_dim(text_path), "image": stored_dim(image_path)},
         "image_decode": {
             "channel_order": str(image_meta.get("channel_order", "RGB")),
             "draft": "-draft" in image_fingerprint,
         },
     }
-    rss_before = _rss_mib()
+    titles = storage.read_rows_where(layout.asset_file("clean_products"), "nm", nm, ["nm", "title"])
     build, stats = update_index(
         pipeline_storage.layout.search_index,
         previous,
         nm,
         vectors,
-        titles_for(nm, clean_products),
+        titles_for(nm, titles),
         core_config,
         info,
         log=context.log.warning,
