@@ -29,6 +29,7 @@ from wb_pipeline.core.search.index import (
     exact_search,
     hits_at_k,
     hnsw_bytes,
+    index_recall,
     iter_neighbours,
     ivf_bytes,
     knn,
@@ -312,6 +313,17 @@ def test_stored_space_vectors_equal_the_in_memory_ones_for_every_space(tmp_path)
     stored_space_vectors("joint", paths["text"], paths["image"], paths["joint"])
     with pytest.raises(FileNotFoundError):
         stored_space_vectors("image", paths["text"], paths["image"], paths["joint"])
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_index_recall_in_blocks_equals_recall_over_all_stored_vectors(kind):
+    vectors = _clustered(2000, dim=24)
+    index = VectorIndex.build(vectors, IndexConfig(exact_below=0, train_sample=2000, hnsw_m=4, ef_construction=8), kind)
+    index.set_effort(4, 1)  # little search effort: recall well below 1, so a wrong merge would show
+    whole = recall_at_k(index, index.vectors(), 10, 300, seed=3)
+    assert 0.3 < whole < 0.99
+    assert index_recall(index, 10, 300, seed=3, block_rows=170) == pytest.approx(whole, abs=1e-12)
+    assert index_recall(VectorIndex.build(vectors, IndexConfig()), 10, 300, seed=3) == 1.0
 
 
 def test_recall_is_judged_on_the_true_similarity_of_what_was_found():

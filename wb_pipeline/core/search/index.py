@@ -387,12 +387,40 @@ def recall_at_k(
     return hits_at_k(queries, vectors, ann_positions, exact_sims)
 
 
+def index_recall(
+    index: VectorIndex, k: int, n_queries: int, seed: int, threads: int | None = None, block_rows: int = 65_536
+) -> float:
+    """`recall_at_k` of an index against its OWN stored vectors (decoded, for ivf), without holding them:
+    the exact top-k is merged over `block_rows` vectors at a time, and only the queries and what the
+    index found are read whole. 1.0 for an exact index; NaN when there is nothing to query."""
+    if index.kind == "exact":
+        return 1.0
+    k = min(k, index.size)
+    if index.size == 0 or n_queries == 0 or k == 0:
+        return float("nan")
+    rows = np.sort(np.random.default_rng(seed).choice(index.size, size=min(n_queries, index.size), replace=False))
+    queries = np.stack([index.vectors(int(row), int(row) + 1)[0] for row in rows])
+    exact_sims = np.full((len(rows), k), -np.inf, np.float32)
+    for start in range(0, index.size, block_rows):
+        block_sims, _ = exact_search(queries, index.vectors(start, start + block_rows), k, threads)
+        exact_sims = -np.sort(-np.concatenate([exact_sims, block_sims], axis=1), axis=1)[:, :k]
+    _, positions = index.search(queries, k, threads)
+    found = positions >= 0
+    found_vectors = np.stack([index.vectors(int(p), int(p) + 1)[0] for p in np.where(found, positions, 0).ravel()])
+    return _share_found(queries, found_vectors.reshape(*positions.shape, -1), found, exact_sims)
+
+
 def hits_at_k(queries: np.ndarray, vectors: np.ndarray, positions: np.ndarray, exact_sims: np.ndarray) -> float:
     """The share of the exact top-k (`exact_sims`, best first) that `positions` found. Judged on the
     TRUE similarity of each found vector, not on the one the index reports (an ivf index reports
     similarities decoded from its codes); a found vector that ties the exact k-th within 1e-5 counts."""
-    k = exact_sims.shape[1]
     found = positions >= 0
-    true_sims = np.einsum("qd,qkd->qk", queries, vectors[np.where(found, positions, 0)])
+    return _share_found(queries, vectors[np.where(found, positions, 0)], found, exact_sims)
+
+
+def _share_found(queries: np.ndarray, found_vectors: np.ndarray, found: np.ndarray, exact_sims: np.ndarray) -> float:
+    """`hits_at_k` from the found vectors [q, k, dim] and which of them exist."""
+    k = exact_sims.shape[1]
+    true_sims = np.einsum("qd,qkd->qk", queries, found_vectors)
     hits = ((true_sims >= exact_sims[:, k - 1 : k] - TIE_TOLERANCE) & found).sum(axis=1)
     return float(np.mean(np.minimum(hits, k) / k))

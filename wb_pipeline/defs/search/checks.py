@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from wb_pipeline.core.embeddings.vectors import stored_ids
-from wb_pipeline.core.search.index import recall_at_k
+from wb_pipeline.core.search.index import index_recall
 from wb_pipeline.core.search.store import load_build
 from wb_pipeline.defs.resources import WBStorage
 from wb_pipeline.defs.search.assets import index_folder
@@ -54,7 +54,7 @@ def product_index_size_matches_space(product_index: pd.DataFrame, pipeline_stora
 )
 def product_index_recall(product_index: pd.DataFrame) -> dg.AssetCheckResult:
     build = load_build(index_folder(product_index))
-    recall = recall_at_k(build.index, build.index.vectors(), RECALL_K, RECALL_QUERIES, RECALL_SEED, threads=2)
+    recall = index_recall(build.index, RECALL_K, RECALL_QUERIES, RECALL_SEED, threads=2)  # never all vectors at once
     return dg.AssetCheckResult(
         passed=bool(np.isnan(recall) or recall >= MIN_RECALL),
         severity=dg.AssetCheckSeverity.WARN,
