@@ -277,11 +277,23 @@ class VectorIndex:
         stop = self.size if stop is None else min(stop, self.size)
         if stop <= start:
             return np.zeros((0, self.dim), np.float32)
+        self._readable()
+        return self.index.reconstruct_n(int(start), int(stop - start))
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """The stored vectors at `positions` (any order, repeats allowed), as `vectors` reads them."""
+        positions = np.asarray(positions, dtype=np.int64).ravel()
+        if len(positions) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        self._readable()
+        return self.index.reconstruct_batch(positions)
+
+    def _readable(self) -> None:
+        """An ivf index needs its direct map (position -> list, offset) to reconstruct; built once."""
         if self.kind == "ivf":
             ivf = faiss.extract_index_ivf(self.index)
-            if not ivf.direct_map.type:  # position -> (list, offset), what reconstruct needs; built once
+            if not ivf.direct_map.type:
                 ivf.make_direct_map()
-        return self.index.reconstruct_n(int(start), int(stop - start))
 
     def memory_bytes(self) -> int:
         """Bytes of the serialised index (vectors + HNSW graph): what it takes in memory, ~exactly."""
@@ -330,13 +342,18 @@ def drop_self(sims: np.ndarray, positions: np.ndarray, rows: np.ndarray, k: int)
     return (sims[keep].reshape(len(rows), -1)[:, :k], positions[keep].reshape(len(rows), -1)[:, :k])
 
 
+def neighbour_count(index: VectorIndex, k: int) -> int:
+    """How many other products each product can have as neighbours: k, at most the index's size - 1."""
+    return min(k, max(index.size - 1, 0))
+
+
 def iter_neighbours(
     index: VectorIndex, k: int, threads: int | None = None, block_rows: int = 16_384, vectors: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The k nearest other products of every indexed product, `block_rows` products at a time:
     (positions [b], similarities [b, k], neighbour positions [b, k]) per block. The queries are the
     block's stored vectors (`vectors` when given), so memory follows a block, not the catalogue."""
-    k = min(k, max(index.size - 1, 0))
+    k = neighbour_count(index, k)
     for start in range(0, index.size, block_rows):
         rows = np.arange(start, min(start + block_rows, index.size))
         if k == 0:
@@ -353,7 +370,7 @@ def neighbours_of_all(
     """The k nearest other products of every indexed product: (similarities [n, k], positions [n, k])."""
     blocks = list(iter_neighbours(index, k, threads, block_rows, vectors))
     if not blocks:
-        k = min(k, max(index.size - 1, 0))
+        k = neighbour_count(index, k)
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     return np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks])
 
@@ -399,15 +416,15 @@ def index_recall(
     if index.size == 0 or n_queries == 0 or k == 0:
         return float("nan")
     rows = np.sort(np.random.default_rng(seed).choice(index.size, size=min(n_queries, index.size), replace=False))
-    queries = np.stack([index.vectors(int(row), int(row) + 1)[0] for row in rows])
+    queries = index.vectors_at(rows)
     exact_sims = np.full((len(rows), k), -np.inf, np.float32)
     for start in range(0, index.size, block_rows):
         block_sims, _ = exact_search(queries, index.vectors(start, start + block_rows), k, threads)
         exact_sims = -np.sort(-np.concatenate([exact_sims, block_sims], axis=1), axis=1)[:, :k]
     _, positions = index.search(queries, k, threads)
     found = positions >= 0
-    found_vectors = np.stack([index.vectors(int(p), int(p) + 1)[0] for p in np.where(found, positions, 0).ravel()])
-    return _share_found(queries, found_vectors.reshape(*positions.shape, -1), found, exact_sims)
+    found_vectors = index.vectors_at(np.where(found, positions, 0)).reshape(*positions.shape, -1)
+    return _share_found(queries, found_vectors, found, exact_sims)
 
 
 def hits_at_k(queries: np.ndarray, vectors: np.ndarray, positions: np.ndarray, exact_sims: np.ndarray) -> float:

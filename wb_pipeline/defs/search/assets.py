@@ -25,7 +25,7 @@ from wb_pipeline.core.models.clustering import ClusteringConfig
 from wb_pipeline.core.search import duplicates as dup
 from wb_pipeline.core.search import report, variants
 from wb_pipeline.core.search.contact_sheet import contact_sheet_png
-from wb_pipeline.core.search.index import IndexConfig, iter_neighbours
+from wb_pipeline.core.search.index import IndexConfig, iter_neighbours, neighbour_count
 from wb_pipeline.core.search.spaces import (
     AUTO_SPACE,
     SPACES,
@@ -197,7 +197,7 @@ def similar_products(
         raise ValueError(f"similar_products: k must be >= 1, got {config.k}")
     build = load_build(index_folder(product_index))
     nm = build.products["nm"].to_numpy(dtype=object)
-    k = min(config.k, max(build.index.size - 1, 0))
+    k = neighbour_count(build.index, config.k)
     first_and_last = np.zeros(2)
     preview: list[pd.DataFrame] = []
 
